@@ -1,0 +1,44 @@
+"""Config system: YAML with `_target_` objects, command-line overrides, env interpolation, validation.
+
+```python
+from automodel.core.config import load_config, instantiate
+
+cfg = load_config("config.yaml", ["--optimizer.lr", "1e-4"])
+optimizer = instantiate(cfg.optimizer, params=model.parameters())
+```
+"""
+
+from ._entry import RecipeArgs, parse_recipe_argv, recipe_main
+from ._errors import ConfigError, Problem, UserError
+from ._load import load_config, save_config
+from ._node import ConfigNode
+from ._overrides import Override, apply_overrides, parse_overrides
+from ._redact import REDACTED, is_secret_key
+from ._targets import DEFAULT_ALLOWED_IMPORTS, TargetError, build_value, instantiate, resolve_target
+from ._validate import Section, validate_config
+from ._yaml import parse_value
+
+__all__ = [
+    "DEFAULT_ALLOWED_IMPORTS",
+    "REDACTED",
+    "ConfigError",
+    "ConfigNode",
+    "Override",
+    "Problem",
+    "RecipeArgs",
+    "Section",
+    "TargetError",
+    "UserError",
+    "apply_overrides",
+    "build_value",
+    "instantiate",
+    "is_secret_key",
+    "load_config",
+    "parse_overrides",
+    "parse_recipe_argv",
+    "parse_value",
+    "recipe_main",
+    "resolve_target",
+    "save_config",
+    "validate_config",
+]

@@ -1,0 +1,101 @@
+"""The argv protocol between the `automodel` CLI and a recipe: parse, load, validate, run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import UserError
+from ._load import load_config
+from ._node import ConfigNode
+from ._validate import Section, validate_config
+
+
+@dataclass
+class RecipeArgs:
+    """What a recipe's argv says: the config file, overrides and protocol flags."""
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    validate_only: bool = False
+    debug: bool = False
+    allowed_imports: list[str] = field(default_factory=list)
+
+
+def parse_recipe_argv(argv: Sequence[str]) -> RecipeArgs:
+    """Split `[--validate-only] [--debug] [--allow-import M] -c PATH [overrides]` into its parts."""
+    config = None
+    rest: list[str] = []
+    flags = RecipeArgs(config="")
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-c", "--config") or arg.startswith(("--config=", "--allow-import=")):
+            name, eq, value = arg.partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UserError(f"{arg} needs a value")
+                value = args[i + 1]
+                i += 1
+            if name in ("-c", "--config"):
+                config = value
+            else:
+                flags.allowed_imports.append(value)
+        elif arg == "--allow-import":
+            if i + 1 >= len(args):
+                raise UserError("--allow-import needs a module name")
+            flags.allowed_imports.append(args[i + 1])
+            i += 1
+        elif arg == "--validate-only":
+            flags.validate_only = True
+        elif arg == "--debug":
+            flags.debug = True
+        else:
+            rest.append(arg)
+        i += 1
+    if config is None:
+        raise UserError("no config given; pass -c CONFIG.yaml")
+    flags.config = config
+    flags.overrides = rest
+    return flags
+
+
+def recipe_main(
+    argv: Sequence[str] | None,
+    *,
+    sections: Mapping[str, Section],
+    run: Callable[[ConfigNode], Any],
+    check: Callable[[ConfigNode], None] | None = None,
+) -> int:
+    """Run a recipe from argv; user mistakes print one message and return 2, never a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = parse_recipe_argv(argv)
+        cfg = load_config(args.config, args.overrides, allowed_imports=args.allowed_imports)
+        validate_config(cfg, sections)
+        if check is not None:
+            check(cfg)
+        if args.validate_only:
+            _say(f"config OK: {args.config}", sys.stdout)
+            return 0
+        result = run(cfg)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        _say(
+            f"error: {e}" + ("" if debug else "\n(run with --debug to see the traceback)"),
+            sys.stderr,
+        )
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def _say(message: str, stream: Any) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=stream, flush=True)

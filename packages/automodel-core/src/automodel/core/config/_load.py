@@ -1,0 +1,70 @@
+"""Loading a config: YAML file, then overrides, then environment interpolation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from ._errors import ConfigError, Problem
+from ._interpolate import interpolate
+from ._node import ConfigMeta, ConfigNode
+from ._overrides import Override, apply_overrides, parse_overrides
+from ._redact import redacted_yaml
+from ._yaml import load_yaml_file
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] | Sequence[Override] = (),
+    *,
+    allowed_imports: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ConfigNode:
+    """Load a YAML config, apply command-line overrides and resolve `${VAR}` references."""
+    data, lines = load_yaml_file(path)
+    where = {key: f"{path}:{line}" for key, line in lines.items()}
+    parsed = [o if isinstance(o, Override) else None for o in overrides]
+    if not all(parsed):
+        parsed = parse_overrides([str(o) for o in overrides])
+    for key, source in apply_overrides(data, parsed).items():
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            where.setdefault(".".join(parts[:depth]), source)  # sections an override created
+        where[key] = source
+    data, templates, problems = interpolate(data, os.environ if environ is None else environ, where)
+    if problems:
+        raise ConfigError(problems)
+    extra = data.get("allowed_imports") or []
+    if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
+        raise ConfigError(
+            Problem(
+                "allowed_imports",
+                "must be a list of module names such as [my_package]",
+                where.get("allowed_imports", str(path)),
+            )
+        )
+    meta = ConfigMeta(
+        file=str(path),
+        where=where,
+        env_templates=templates,
+        allowed_imports=(*extra, *allowed_imports),
+    )
+    return ConfigNode(data, meta=meta)
+
+
+def save_config(cfg: ConfigNode, path: str | Path) -> None:
+    """Write the config as redacted YAML, atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(redacted_yaml(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

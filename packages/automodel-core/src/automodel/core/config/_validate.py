@@ -1,0 +1,151 @@
+"""Checks a config against a recipe's sections and its targets' signatures, before anything heavy."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import ConfigError, Problem, did_you_mean
+from ._node import ConfigNode
+from ._targets import TARGET_KEY, resolve_target
+
+RESERVED_KEYS = ("allowed_imports",)
+
+
+@dataclass(frozen=True)
+class Section:
+    """How a recipe reads one top-level section of its config."""
+
+    required: bool = False
+    needs_target: bool = False  # the section must name a `_target_` to build
+    keys_of: Callable[..., Any] | None = None  # without `_target_`, keys bind to this callable
+    provided: tuple[str, ...] = ()  # arguments the recipe passes itself when it builds the section
+
+
+def validate_config(cfg: ConfigNode, sections: Mapping[str, Section]) -> None:
+    """Raise one ConfigError listing every unknown section, unresolvable target and unknown argument."""
+    problems: list[Problem] = []
+    allowed = cfg.config_meta.allowed_imports
+    for name in cfg:
+        if name in RESERVED_KEYS:
+            continue
+        if name not in sections:
+            hint = did_you_mean(name, sections)
+            known = ", ".join(sorted(sections))
+            problems.append(
+                Problem(name, f"unknown section{hint}; this recipe reads: {known}", cfg.where(name))
+            )
+    for name, section in sections.items():
+        value = cfg.get(name)
+        if value is None:
+            if section.required:
+                problems.append(Problem(name, "required section is missing", cfg.config_meta.file))
+            continue
+        if not isinstance(value, ConfigNode):
+            if section.needs_target or section.keys_of:
+                problems.append(
+                    Problem(name, f"must be a mapping, got {type(value).__name__}", cfg.where(name))
+                )
+            continue
+        if TARGET_KEY not in value and section.needs_target:
+            problems.append(
+                Problem(name, f"needs a {TARGET_KEY} naming what to build", cfg.where(name))
+            )
+        if TARGET_KEY not in value and section.keys_of is not None:
+            _bind(
+                section.keys_of,
+                value,
+                cfg,
+                problems,
+                section.provided,
+                check_required=True,
+                label=name,
+            )
+        _walk(value, cfg, problems, allowed, section.provided, top=True)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _walk(
+    node: Any,
+    cfg: ConfigNode,
+    problems: list[Problem],
+    allowed: tuple[str, ...],
+    provided: tuple[str, ...],
+    top: bool,
+) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, cfg, problems, allowed, (), top=False)
+        return
+    if not isinstance(node, ConfigNode):
+        return
+    if TARGET_KEY in node:
+        key = f"{node.key_path}.{TARGET_KEY}"
+        try:
+            fn = resolve_target(node[TARGET_KEY], allowed, key=key, where=cfg.where(key))
+        except ConfigError as e:
+            problems.extend(e.problems)
+        else:
+            _bind(fn, node, cfg, problems, provided, check_required=top, label=node[TARGET_KEY])
+    for key, value in node.items():
+        full = f"{node.key_path}.{key}"
+        if key.endswith("_fn") and isinstance(value, str):
+            try:
+                resolve_target(value, allowed, key=full, where=cfg.where(full))
+            except ConfigError as e:
+                problems.extend(e.problems)
+        elif key != TARGET_KEY:
+            _walk(value, cfg, problems, allowed, (), top=False)
+
+
+def _bind(
+    fn: Callable[..., Any],
+    node: ConfigNode,
+    cfg: ConfigNode,
+    problems: list[Problem],
+    provided: tuple[str, ...],
+    check_required: bool,
+    label: str,
+) -> None:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return  # some builtins expose no signature; they are checked when called
+    kinds = inspect.Parameter
+    if any(p.kind is kinds.VAR_KEYWORD for p in params.values()):
+        names = None
+    else:
+        names = [
+            n
+            for n, p in params.items()
+            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+        ]
+    given = [k for k in node if k != TARGET_KEY]
+    if names is not None:
+        for key in given:
+            if key not in names:
+                full = f"{node.key_path}.{key}"
+                hint = did_you_mean(key, names)
+                problems.append(
+                    Problem(full, f"{label} takes no argument '{key}'{hint}", cfg.where(full))
+                )
+    if check_required:
+        for name, p in params.items():
+            if (
+                p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+                and p.default is p.empty
+                and name not in given
+                and name not in provided
+            ):
+                if name in ("self", "cls"):
+                    continue
+                problems.append(
+                    Problem(
+                        node.key_path,
+                        f"{label} needs the argument '{name}', which is missing",
+                        cfg.where(node.key_path),
+                    )
+                )
