@@ -1,0 +1,33 @@
+"""Training-loop utilities: step scheduling, metrics, FLOPs/MFU, RNG state, gradient clipping.
+
+```python
+from automodel.core.training import StepScheduler, clip_grad_norm
+
+steps = StepScheduler(global_batch_size=32, local_batch_size=4, dp_size=2, max_steps=1000)
+for micro_batches in steps.steps(dataloader):
+    ...
+    grad_norm = clip_grad_norm(model.parameters(), max_norm=1.0)
+```
+"""
+
+from ._batch_math import check_batch_math
+from ._flops import PEAK_BF16_FLOPS, dense_decoder_flops_per_token, mfu, peak_flops_for_device
+from ._grad import clip_grad_norm
+from ._metrics import MetricsSample, peak_memory_gib
+from ._rng import rng_state, set_rng_state, set_seed
+from ._step_scheduler import StepScheduler
+
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "MetricsSample",
+    "StepScheduler",
+    "check_batch_math",
+    "clip_grad_norm",
+    "dense_decoder_flops_per_token",
+    "mfu",
+    "peak_flops_for_device",
+    "peak_memory_gib",
+    "rng_state",
+    "set_rng_state",
+    "set_seed",
+]
