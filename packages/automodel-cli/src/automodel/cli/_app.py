@@ -1,0 +1,197 @@
+"""Dispatch a parsed command line: help, version, list, validate, or run a recipe."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+from automodel.cli import _help
+from automodel.cli._args import Invocation, debug_requested, parse_args
+from automodel.cli._discovery import describe, distribution_label, installed_recipes, load_recipe
+from automodel.cli._errors import CliError, UsageError
+from automodel.cli._launch import resolve_launch, run_torchrun, torchrun_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `automodel` command line (`argv` defaults to sys.argv[1:]); return the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_requested(args)
+    try:
+        return _dispatch(args)
+    except CliError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"automodel: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _dispatch(args: list[str]) -> int:
+    inv = parse_args(args)
+    if inv.version:
+        print(f"automodel-cli {_version()}")
+        return 0
+    if not inv.positionals or inv.positionals[0] == "help":
+        topic = inv.positionals[1:2] if inv.positionals else []
+        if not (inv.help or inv.positionals):
+            raise UsageError(
+                "no command given. Run a recipe with `automodel <command> <domain> -c CONFIG` "
+                "(e.g. `automodel finetune llm -c finetune.yaml`); `automodel list` shows the "
+                "installed recipes and `automodel --help` explains the options."
+            )
+        print(_help_for(topic[0] if topic else None), end="")
+        return 0
+    command, rest = inv.positionals[0], inv.positionals[1:]
+    if inv.help:
+        print(_help_for(command, rest[0] if rest else None), end="")
+        return 0
+    if command == "list":
+        return _list(rest, inv)
+    if command == "validate":
+        return _run(rest, inv, validate=True)
+    return _run(inv.positionals, inv, validate=False)
+
+
+def _help_for(command: str | None, domain: str | None = None) -> str:
+    if command == "list":
+        return _help.list_help()
+    recipes = installed_recipes()
+    if command == "validate":
+        return _help.validate_help(list(recipes))
+    if not command:
+        return _help.main_help(list(recipes))
+    ep = recipes.get(f"{command}.{domain}")
+    about = f"{ep.name}: {describe(ep)}" if ep is not None else None
+    return _help.command_help(command, list(recipes), about)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("automodel-cli")
+    except PackageNotFoundError:
+        return "(unknown version: automodel-cli is not installed as a distribution)"
+
+
+def _list(rest: list[str], inv: Invocation) -> int:
+    extra = rest[1:] + inv.recipe_overrides() + list(inv.launch)
+    if extra or inv.config is not None:
+        shown = extra[0] if extra else "-c"
+        raise UsageError(f"unexpected argument {shown!r} for `automodel list [<command>]`.")
+    recipes = installed_recipes()
+    if rest:
+        recipes = {
+            n: ep for n, ep in recipes.items() if n == rest[0] or n.startswith(rest[0] + ".")
+        }
+    if not recipes:
+        scope = f"for '{rest[0]}' " if rest else ""
+        print(f"No recipes {scope}are installed. {_help.HOW_TO_GET_RECIPES}")
+        return 0
+    width = max(len(name) for name in recipes)
+    for name, ep in recipes.items():
+        label = distribution_label(ep)
+        origin = f"  ({label})" if label else ""
+        print(f"{name:<{width}}  {describe(ep)}{origin}")
+    return 0
+
+
+def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
+    verb = "automodel validate" if validate else "automodel"
+    if not positionals:
+        raise UsageError(f"`{verb}` needs a recipe: {verb} <command> <domain> -c CONFIG.")
+    recipes = installed_recipes()
+    command = positionals[0]
+    if len(positionals) < 2:
+        raise _missing_domain(verb, command, recipes)
+    domain = positionals[1]
+    if len(positionals) > 2:
+        raise UsageError(
+            f"unexpected argument {positionals[2]!r} after `{verb} {command} {domain}`. "
+            "Config overrides are written --section.key VALUE; see `automodel --help`."
+        )
+    name = f"{command}.{domain}"
+    ep = recipes.get(name)
+    if ep is None:
+        raise _unknown_recipe(name, f"{verb} {command} {domain}", recipes)
+    if inv.config is None:
+        raise UsageError(
+            f"missing the config file: {verb} {command} {domain} -c CONFIG [overrides...]."
+        )
+    _check_config(inv.config)
+    launch = resolve_launch(inv.launch)
+    if launch.uses_torchrun and not validate:
+        cmd = torchrun_command(launch, inv.child_args(command, domain))
+        if inv.dry_run:
+            return _print_command(cmd)
+        return run_torchrun(cmd)
+    if inv.dry_run:
+        prefix = ["validate"] if validate else []
+        cmd = [sys.executable, "-m", "automodel.cli", *prefix, *inv.child_args(command, domain)]
+        return _print_command(cmd)
+    flags = [*(["--debug"] if inv.debug else []), *(["--validate-only"] if validate else [])]
+    return _call(load_recipe(ep), [*flags, "-c", inv.config, *inv.recipe_overrides()], inv.debug)
+
+
+def _print_command(cmd: list[str]) -> int:
+    import shlex
+
+    print(shlex.join(cmd))
+    return 0
+
+
+def _call(fn: object, argv: list[str], debug: bool) -> int:
+    """Call the recipe in this process and turn what it returns (or raises) into an exit status."""
+    try:
+        result = fn(argv)  # type: ignore[operator]
+    except SystemExit as exc:
+        result = exc.code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("automodel: interrupted", file=sys.stderr)
+        return 130
+    if result is None:
+        return 0
+    if isinstance(result, int):
+        return int(result)
+    print(result, file=sys.stderr)  # the same convention as sys.exit("message")
+    return 1
+
+
+def _check_config(config: str) -> None:
+    path = Path(config)
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise UsageError(f"config file {config!r} does not exist{where}.")
+    if not path.is_file():
+        raise UsageError(f"config {config!r} is not a file; -c expects a YAML file.")
+
+
+def _unknown_recipe(
+    name: str, asked: str, recipes: dict[str, EntryPoint], message: str | None = None
+) -> UsageError:
+    import difflib
+
+    message = message or f"no recipe named '{name}' is installed (asked for by `{asked}`)."
+    close = difflib.get_close_matches(name, list(recipes), n=1, cutoff=0.6)
+    if close:
+        message += f" Did you mean '{close[0]}'?"
+    if recipes:
+        message += f" Installed recipes: {', '.join(recipes)}."
+    else:
+        message += " No recipes are installed."
+    return UsageError(f"{message} {_help.HOW_TO_GET_RECIPES}")
+
+
+def _missing_domain(verb: str, command: str, recipes: dict[str, EntryPoint]) -> UsageError:
+    names = [name for name in recipes if name.startswith(command + ".")]
+    if not names:
+        message = f"no recipes for the command '{command}' are installed (asked for by `{verb} {command}`)."
+        return _unknown_recipe(command, "", recipes, message)
+    return UsageError(
+        f"`{verb} {command}` needs a domain: {verb} {command} <domain> -c CONFIG. "
+        f"Installed '{command}' recipes: {', '.join(names)}."
+    )

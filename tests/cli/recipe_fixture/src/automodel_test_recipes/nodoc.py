@@ -1,0 +1,2 @@
+def main(argv: list[str]) -> int:
+    return 0
