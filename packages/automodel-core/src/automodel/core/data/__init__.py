@@ -1,0 +1,49 @@
+"""Data: loading, tokenization with label masking, packing, collation and stateful dataloaders.
+
+```python
+from automodel.core.data import build_dataloader, chat_dataset, pack_dataset
+
+dataset = chat_dataset(tokenizer, "train.jsonl", seq_length=512)
+dataset = pack_dataset(dataset, packed_sequence_size=1024)
+loader = build_dataloader(dataset, batch_size=8, seed=0, dp_rank=rank, dp_size=world)
+```
+
+Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
+"""
+
+from ._chat import chat_labels
+from ._collate import collate
+from ._dataset import IGNORE_INDEX, TokenizedDataset
+from ._errors import DataError
+from ._formats import (
+    TRUNCATION_MODES,
+    chat_dataset,
+    instruction_dataset,
+    squad_dataset,
+    text_dataset,
+)
+from ._loader import build_dataloader
+from ._loading import load_rows, require_columns
+from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
+from ._sampler import ShardedSampler
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TRUNCATION_MODES",
+    "DataError",
+    "PackedDataset",
+    "ShardedSampler",
+    "TokenizedDataset",
+    "block_causal_mask",
+    "build_dataloader",
+    "chat_dataset",
+    "chat_labels",
+    "collate",
+    "document_ids",
+    "instruction_dataset",
+    "load_rows",
+    "pack_dataset",
+    "require_columns",
+    "squad_dataset",
+    "text_dataset",
+]

@@ -1,0 +1,96 @@
+"""Token labels for chat conversations: loss on the assistant turns only."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ._dataset import IGNORE_INDEX
+from ._errors import DataError
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def chat_labels(
+    tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None
+) -> tuple[list[int], list[int]]:
+    """Tokenize a conversation with the chat template; labels are the tokens of assistant turns."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise DataError(
+            "the tokenizer has no chat template; use a chat/instruct model's tokenizer "
+            "or pass chat_template"
+        )
+    if isinstance(template, str) and _GENERATION_TAG.search(template):
+        return _labels_from_generation_mask(tokenizer, messages, template)
+    return _labels_from_prefixes(tokenizer, messages, template)
+
+
+def _render(tokenizer: Any, messages: list, template: str, *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+    )
+
+
+def _labels_from_prefixes(
+    tokenizer: Any, messages: list[dict[str, Any]], template: str
+) -> tuple[list[int], list[int]]:
+    """Find each assistant turn's characters by rendering the conversation up to it, then map to tokens.
+
+    The text before assistant turn i is the rendering of messages[:i] with the generation prompt;
+    the turn ends where the rendering of messages[:i+1] ends. Both must be prefixes of the whole
+    rendering, which holds for templates that render each turn independently of later ones.
+    """
+    full = _render(tokenizer, messages, template, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = _text_before(tokenizer, messages, i, template, full)
+        through = _render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        if not (full.startswith(through) and through.startswith(before)):
+            raise DataError(
+                f"the chat template renders assistant message {i} differently depending on the "
+                "messages after it, so its tokens cannot be located; use a template with "
+                "{% generation %} markers (chat_template=...)"
+            )
+        spans.append((len(before), len(through)))
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoding["input_ids"])
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for j, (start, end) in enumerate(encoding["offset_mapping"]):
+        if end > start and any(start < s_end and end > s_start for s_start, s_end in spans):
+            labels[j] = input_ids[j]
+    return input_ids, labels
+
+
+def _text_before(tokenizer: Any, messages: list, i: int, template: str, full: str) -> str:
+    """The rendering that precedes assistant message i (history plus generation prompt)."""
+    if i > 0:
+        return _render(tokenizer, messages[:i], template, generation_prompt=True)
+    try:  # some templates cannot render an empty conversation
+        return _render(tokenizer, [], template, generation_prompt=True)
+    except Exception:
+        content = messages[0].get("content")
+        index = full.find(content) if isinstance(content, str) and content else -1
+        return full[:index] if index >= 0 else ""
+
+
+def _labels_from_generation_mask(
+    tokenizer: Any, messages: list[dict[str, Any]], template: str
+) -> tuple[list[int], list[int]]:
+    """Use the template's {% generation %} markers (`return_assistant_tokens_mask`)."""
+    encoding = tokenizer.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    input_ids = list(encoding["input_ids"])
+    mask = encoding["assistant_masks"]
+    labels = [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask, strict=True)]
+    return input_ids, labels

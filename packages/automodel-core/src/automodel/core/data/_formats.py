@@ -1,0 +1,276 @@
+"""Dataset builders for each data format: QA, chat, column-mapped instructions, plain text."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ._chat import chat_labels
+from ._dataset import IGNORE_INDEX, SampleBuffer, TokenizedDataset
+from ._errors import DataError
+from ._loading import load_rows, require_columns
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_MODES = ("truncate", "drop", "error")
+QA_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
+QUESTION_PROMPT = "Question: {question}\nAnswer:"
+_MAPPABLE = ("context", "question", "answer")
+
+# One encoded sample (input_ids, labels), or None for a sample with nothing to learn from.
+Encoded = tuple[list[int], list[int]] | None
+
+
+def squad_dataset(
+    tokenizer: Any,
+    path: str | Path = "rajpurkar/squad",
+    split: str = "train",
+    *,
+    seq_length: int | None = None,
+    truncation: str = "truncate",
+    name: str | None = None,
+    cache_dir: str | None = None,
+) -> TokenizedDataset:
+    """SQuAD-style QA (`context`, `question`, `answers`): loss on the answer tokens and EOS only."""
+    _check_options(seq_length, truncation)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    source = _source("squad_dataset", path, split)
+    require_columns(rows, ["context", "question", "answers"], source)
+
+    def encode(batch: Mapping[str, list]) -> list[Encoded]:
+        prompts = [
+            QA_PROMPT.format(context=c, question=q)
+            for c, q in zip(batch["context"], batch["question"], strict=True)
+        ]
+        return _encode_prompt_answer(
+            tokenizer, prompts, [_answer_text(a) for a in batch["answers"]]
+        )
+
+    return _build(rows, encode, tokenizer, seq_length, truncation, source)
+
+
+def instruction_dataset(
+    tokenizer: Any,
+    path: str | Path,
+    split: str = "train",
+    *,
+    column_mapping: Mapping[str, str] | None = None,
+    seq_length: int | None = None,
+    truncation: str = "truncate",
+    name: str | None = None,
+    cache_dir: str | None = None,
+) -> TokenizedDataset:
+    """Instruction data with columns mapped to `question`, `answer` and optional `context`; loss on the answer."""
+    _check_options(seq_length, truncation)
+    mapping = dict(column_mapping or {"question": "question", "answer": "answer"})
+    unknown = sorted(set(mapping) - set(_MAPPABLE))
+    if unknown or not {"question", "answer"} <= set(mapping):
+        raise DataError(
+            f"instruction_dataset: column_mapping must map 'question' and 'answer' (and optionally "
+            f"'context') to column names; got keys {sorted(mapping)}"
+        )
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    source = _source("instruction_dataset", path, split)
+    require_columns(rows, [mapping[k] for k in _MAPPABLE if k in mapping], source)
+
+    def encode(batch: Mapping[str, list]) -> list[Encoded]:
+        questions = batch[mapping["question"]]
+        if "context" in mapping:
+            prompts = [
+                QA_PROMPT.format(context=c, question=q) if c else QUESTION_PROMPT.format(question=q)
+                for c, q in zip(batch[mapping["context"]], questions, strict=True)
+            ]
+        else:
+            prompts = [QUESTION_PROMPT.format(question=q) for q in questions]
+        return _encode_prompt_answer(tokenizer, prompts, batch[mapping["answer"]])
+
+    return _build(rows, encode, tokenizer, seq_length, truncation, source)
+
+
+def chat_dataset(
+    tokenizer: Any,
+    path: str | Path,
+    split: str = "train",
+    *,
+    seq_length: int | None = None,
+    truncation: str = "truncate",
+    messages_column: str = "messages",
+    chat_template: str | None = None,
+    name: str | None = None,
+    cache_dir: str | None = None,
+) -> TokenizedDataset:
+    """Conversations in OpenAI format rendered with the chat template; loss on assistant turns only."""
+    _check_options(seq_length, truncation)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    source = _source("chat_dataset", path, split)
+    require_columns(rows, [messages_column], source)
+    counter = iter(range(len(rows)))
+
+    def encode(batch: Mapping[str, list]) -> list[Encoded]:
+        out: list[Encoded] = []
+        for messages in batch[messages_column]:
+            index = next(counter)
+            _check_messages(messages, index, source)
+            if not any(m["role"] == "assistant" for m in messages):
+                out.append(None)
+                continue
+            out.append(chat_labels(tokenizer, messages, chat_template=chat_template))
+        return out
+
+    return _build(rows, encode, tokenizer, seq_length, truncation, source)
+
+
+def text_dataset(
+    tokenizer: Any,
+    path: str | Path,
+    split: str = "train",
+    *,
+    text_column: str = "text",
+    seq_length: int | None = None,
+    truncation: str = "truncate",
+    name: str | None = None,
+    cache_dir: str | None = None,
+) -> TokenizedDataset:
+    """Plain text for pre-training, one document per row (BOS per tokenizer, EOS appended); loss on all tokens."""
+    _check_options(seq_length, truncation)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    source = _source("text_dataset", path, split)
+    require_columns(rows, [text_column], source)
+    eos = _eos_id(tokenizer)
+
+    def encode(batch: Mapping[str, list]) -> list[Encoded]:
+        texts = batch[text_column]
+        ids = tokenizer([t or "" for t in texts], add_special_tokens=True)["input_ids"]
+        return [([*i, eos], [*i, eos]) if t else None for t, i in zip(texts, ids, strict=True)]
+
+    return _build(rows, encode, tokenizer, seq_length, truncation, source)
+
+
+def _check_options(seq_length: int | None, truncation: str) -> None:
+    if truncation not in TRUNCATION_MODES:
+        raise DataError(
+            f"truncation must be one of {', '.join(TRUNCATION_MODES)}; got {truncation!r}"
+        )
+    if seq_length is not None and (not isinstance(seq_length, int) or seq_length < 1):
+        raise DataError(f"seq_length must be a positive integer; got {seq_length!r}")
+
+
+def _source(builder: str, path: str | Path, split: str) -> str:
+    return f"{builder}({path}, split={split})"
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token (eos_token_id is None)")
+    return int(eos)
+
+
+def _answer_text(value: Any) -> str | None:
+    """The first answer of a SQuAD `answers` field ({text: [...]}), a list, or a plain string."""
+    if isinstance(value, Mapping):
+        value = value.get("text")
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return None if value is None else str(value)
+
+
+def _encode_prompt_answer(
+    tokenizer: Any, prompts: list[str], answers: Iterable[Any]
+) -> list[Encoded]:
+    """Prompt tokens (with the tokenizer's BOS) unlabeled, then answer tokens and EOS labeled."""
+    eos = _eos_id(tokenizer)
+    answers = [None if a is None else str(a) for a in answers]
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    answer_ids = tokenizer([" " + (a or "") for a in answers], add_special_tokens=False)[
+        "input_ids"
+    ]
+    out: list[Encoded] = []
+    for answer, p, a in zip(answers, prompt_ids, answer_ids, strict=True):
+        if answer is None:
+            out.append(None)
+            continue
+        p = list(p[:-1] if p and p[-1] == eos else p)
+        target = [*a, eos]
+        out.append((p + target, [IGNORE_INDEX] * len(p) + target))
+    return out
+
+
+def _check_messages(messages: Any, index: int, source: str) -> None:
+    ok = isinstance(messages, list) and all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
+    )
+    if not ok:
+        raise DataError(
+            f"{source}: sample {index}: expected a list of messages like "
+            f'{{"role": "user", "content": "..."}}; got {str(messages)[:200]}'
+        )
+
+
+def _build(
+    rows: Any,
+    encode: Callable[[Mapping[str, list]], list[Encoded]],
+    tokenizer: Any,
+    seq_length: int | None,
+    truncation: str,
+    source: str,
+) -> TokenizedDataset:
+    """Encode all rows, apply the truncation policy, count and log what was changed."""
+    buffer = SampleBuffer()
+    index = truncated = too_long = no_target = 0
+    for batch in rows.iter(batch_size=256):
+        for encoded in encode(batch):
+            if encoded is None:
+                no_target += 1
+                index += 1
+                continue
+            input_ids, labels = encoded
+            if seq_length is not None and len(input_ids) > seq_length:
+                if truncation == "error":
+                    raise DataError(
+                        f"{source}: sample {index} has {len(input_ids)} tokens, more than "
+                        f"seq_length={seq_length} (set truncation to 'truncate' or 'drop', "
+                        "or raise seq_length)"
+                    )
+                if truncation == "drop":
+                    too_long += 1
+                    index += 1
+                    continue
+                truncated += 1
+                input_ids, labels = input_ids[:seq_length], labels[:seq_length]
+                if all(label == IGNORE_INDEX for label in labels):
+                    no_target += 1
+                    index += 1
+                    continue
+            buffer.add(input_ids=input_ids, labels=labels)
+            index += 1
+    dropped = too_long + no_target
+    if truncated or dropped:
+        logger.warning(
+            "%s: %d of %d samples truncated to seq_length=%s, %d dropped as longer than "
+            "seq_length, %d dropped with no tokens to learn from",
+            source,
+            truncated,
+            index,
+            seq_length,
+            too_long,
+            no_target,
+        )
+    if len(buffer) == 0:
+        raise DataError(
+            f"{source}: no samples left out of {index} ({too_long} longer than "
+            f"seq_length={seq_length} dropped, {no_target} with no tokens to learn from)"
+        )
+    columns, offsets = buffer.tensors()
+    pad = getattr(tokenizer, "pad_token_id", None)
+    dataset = TokenizedDataset(
+        columns,
+        offsets,
+        pad_token_id=int(pad if pad is not None else _eos_id(tokenizer)),
+        num_truncated=truncated,
+        num_dropped=dropped,
+    )
+    logger.info("%s: %d samples, %d tokens", source, len(dataset), dataset.num_tokens)
+    return dataset

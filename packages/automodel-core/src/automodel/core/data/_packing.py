@@ -1,0 +1,142 @@
+"""Packing whole documents into fixed-length rows, with per-document positions and labels."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+
+import torch
+
+from ._dataset import IGNORE_INDEX, SampleBuffer, TokenizedDataset
+from ._errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+class PackedDataset(TokenizedDataset):
+    """Rows of `packed_sequence_size` tokens, each holding whole documents plus padding."""
+
+    def __init__(self, *args, packed_sequence_size: int, num_documents: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packed_sequence_size = packed_sequence_size
+        self.num_documents = num_documents
+        self.num_real_tokens = 0
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens divided by all token slots (1.0 means no padding)."""
+        slots = len(self) * self.packed_sequence_size
+        return self.num_real_tokens / slots if slots else 0.0
+
+
+def pack_dataset(
+    dataset: TokenizedDataset,
+    packed_sequence_size: int,
+    *,
+    pad_token_id: int | None = None,
+) -> PackedDataset:
+    """Pack documents into rows by best-fit decreasing; documents are never split across rows.
+
+    Each row carries `position_ids` restarting at 0 for every document; transformers models limit
+    attention to each document from them when called with `use_cache=False` and no
+    `attention_mask` (see `collate`). The label of each document's first token is -100:
+    the loss shifts labels by one, so that label would be predicted from the previous document.
+    Padding at the end of a row has labels -100 and positions 0, 1, ... of its own.
+    """
+    size = int(packed_sequence_size)
+    if size < 2:
+        raise DataError(f"packed_sequence_size must be at least 2; got {packed_sequence_size!r}")
+    lengths = dataset.lengths().tolist()
+    longest = max(lengths, default=0)
+    if longest > size:
+        index = lengths.index(longest)
+        raise DataError(
+            f"sample {index} has {longest} tokens, more than packed_sequence_size={size}; "
+            f"set the dataset's seq_length to at most {size}"
+        )
+    rows = _best_fit_decreasing(lengths, size)
+    pad = dataset.pad_token_id if pad_token_id is None else pad_token_id
+
+    buffer = SampleBuffer(("input_ids", "labels", "position_ids"))
+    for row in rows:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for index in row:
+            sample = dataset[index]
+            doc_labels = sample["labels"].tolist()
+            doc_labels[0] = IGNORE_INDEX
+            input_ids += sample["input_ids"].tolist()
+            labels += doc_labels
+            positions += range(len(doc_labels))
+        padding = size - len(input_ids)
+        input_ids += [pad] * padding
+        labels += [IGNORE_INDEX] * padding
+        positions += range(padding)
+        buffer.add(input_ids=input_ids, labels=labels, position_ids=positions)
+
+    columns, offsets = buffer.tensors()
+    packed = PackedDataset(
+        columns,
+        offsets,
+        pad_token_id=pad,
+        num_truncated=dataset.num_truncated,
+        num_dropped=dataset.num_dropped,
+        packed_sequence_size=size,
+        num_documents=len(lengths),
+    )
+    packed.num_real_tokens = int(sum(lengths))
+    logger.info(
+        "packed %d documents into %d rows of %d tokens: packing efficiency %.1f%%",
+        len(lengths),
+        len(packed),
+        size,
+        100 * packed.efficiency,
+    )
+    return packed
+
+
+def _best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Assign each document (longest first) to the fullest row it still fits in."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free space, row number), sorted
+    for index in order:
+        length = lengths[index]
+        at = bisect.bisect_left(free, (length, -1))
+        if at == len(free):
+            rows.append([index])
+            row_number, space = len(rows) - 1, capacity - length
+        else:
+            space, row_number = free.pop(at)
+            rows[row_number].append(index)
+            space -= length
+        if space > 0:
+            bisect.insort(free, (space, row_number))
+    for row in rows:  # keep documents in dataset order within a row
+        row.sort()
+    return rows
+
+
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Number the documents of packed rows: a new one wherever a position is not the previous + 1."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[..., 1:] = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    return starts.long().cumsum(-1) - 1
+
+
+def block_causal_mask(
+    position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A 4-D additive mask (batch, 1, seq, seq): causal within each document, -inf across documents.
+
+    Only for attention code that does not derive this from `position_ids` itself; transformers
+    models do (with `use_cache=False` and no `attention_mask`), which also keeps flash-attention's
+    variable-length path and avoids a seq x seq tensor.
+    """
+    docs = document_ids(position_ids)
+    length = position_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (docs[:, :, None] == docs[:, None, :]) & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]

@@ -1,0 +1,169 @@
+"""Tests of packing: row layout, labels at document starts, efficiency, and no cross-document attention."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from automodel.core.data import (
+    IGNORE_INDEX,
+    DataError,
+    PackedDataset,
+    TokenizedDataset,
+    block_causal_mask,
+    collate,
+    document_ids,
+    pack_dataset,
+)
+from automodel.core.data._dataset import SampleBuffer
+
+PAD = 0
+
+
+def make_dataset(docs: list[list[int]], *, all_labeled: bool = True) -> TokenizedDataset:
+    buffer = SampleBuffer()
+    for doc in docs:
+        labels = doc if all_labeled else [IGNORE_INDEX] * (len(doc) // 2) + doc[len(doc) // 2 :]
+        buffer.add(input_ids=doc, labels=labels)
+    columns, offsets = buffer.tensors()
+    return TokenizedDataset(columns, offsets, pad_token_id=PAD)
+
+
+def split_row(row: dict) -> list[tuple[int, int]]:
+    """(start, end) of each segment of a packed row, padding included, from its position_ids."""
+    ids = document_ids(row["position_ids"]).tolist()
+    bounds = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    starts = [0, *bounds]
+    return list(zip(starts, [*bounds, len(ids)], strict=True))
+
+
+def test_rows_hold_whole_documents_with_restarting_positions(caplog) -> None:
+    docs = [list(range(10 + i, 10 + i + n)) for i, n in enumerate([5, 3, 7, 2, 6, 1, 4])]
+    with caplog.at_level(logging.INFO, logger="automodel.core.data"):
+        packed = pack_dataset(make_dataset(docs), packed_sequence_size=8)
+    assert isinstance(packed, PackedDataset)
+    total = sum(len(d) for d in docs)  # 28 tokens
+    assert len(packed) == 4  # best fit: 7+1, 6+2, 5+3, 4 (+padding)
+    assert packed.efficiency == pytest.approx(total / (4 * 8))
+    assert f"packing efficiency {100 * total / 32:.1f}%" in caplog.text
+
+    seen = []
+    for row in packed:
+        assert {k: v.shape for k, v in row.items()} == {
+            k: torch.Size([8]) for k in ("input_ids", "labels", "position_ids")
+        }
+        used = 0
+        for start, end in split_row(row):
+            tokens = row["input_ids"][start:end].tolist()
+            assert row["position_ids"][start:end].tolist() == list(range(end - start))
+            if tokens in docs:
+                seen.append(tokens)
+                used = end
+                # The first token of each document is never a target (it would be predicted
+                # from the previous document); the rest keep their labels.
+                assert row["labels"][start].item() == IGNORE_INDEX
+                assert row["labels"][start + 1 : end].tolist() == tokens[1:]
+            else:  # padding: at the end only, no labels
+                assert start == used and tokens == [PAD] * (end - start)
+                assert (row["labels"][start:end] == IGNORE_INDEX).all()
+    assert sorted(seen) == sorted(docs)
+
+
+def test_prompt_masks_survive_packing() -> None:
+    docs = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    packed = pack_dataset(make_dataset(docs, all_labeled=False), packed_sequence_size=12)
+    row = packed[0]
+    assert row["labels"].tolist() == [-100, -100, 7, 8, -100, -100, -100, 12, 13, 14, -100, -100]
+    assert row["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 0, 1]
+
+
+def test_document_longer_than_row_is_an_error() -> None:
+    with pytest.raises(DataError, match="sample 1 has 9 tokens, more than packed_sequence_size=8"):
+        pack_dataset(make_dataset([[1, 2], list(range(9))]), packed_sequence_size=8)
+
+
+def test_collate_keeps_positions_and_omits_attention_mask() -> None:
+    packed = pack_dataset(make_dataset([[1, 2, 3], [4, 5], [6, 7, 8, 9]]), packed_sequence_size=5)
+    batch = collate([packed[0], packed[1]], pad_token_id=PAD)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert batch["position_ids"].shape == (2, 5)
+
+
+# ------------------------------------------------- packed == separate, on a real model
+
+
+def tiny_llama(attn_implementation: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    config._attn_implementation = attn_implementation
+    return LlamaForCausalLM(config).eval()
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position loss of predicting labels[t + 1] from position t (NaN where ignored)."""
+    targets = torch.cat([labels[1:], torch.tensor([IGNORE_INDEX])])
+    losses = torch.nn.functional.cross_entropy(
+        logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return torch.where(targets == IGNORE_INDEX, torch.nan, losses)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_packed_loss_equals_separate_documents(attn_implementation: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    docs = [torch.randint(1, 64, (n,), generator=generator).tolist() for n in (7, 5, 9, 4)]
+    packed = pack_dataset(make_dataset(docs), packed_sequence_size=16)
+    batch = collate(list(packed), pad_token_id=PAD)
+    model = tiny_llama(attn_implementation)
+
+    with torch.no_grad():
+        # use_cache=False matters: with a cache (the default from the config), transformers does
+        # not look for packed sequences in position_ids and documents attend to each other.
+        out = model(**batch, use_cache=False)
+        custom = model(
+            input_ids=batch["input_ids"],
+            attention_mask=block_causal_mask(batch["position_ids"]),
+            position_ids=batch["position_ids"],
+        )
+    compared = 0
+    all_losses = []
+    for r in range(len(batch["input_ids"])):
+        row_losses = token_losses(out.logits[r], batch["labels"][r])
+        all_losses.append(row_losses)
+        for start, end in split_row({"position_ids": batch["position_ids"][r]}):
+            tokens = batch["input_ids"][r, start:end].tolist()
+            if tokens not in docs:
+                assert row_losses[start:end].isnan().all()  # padding
+                continue
+            with torch.no_grad():
+                alone = model(input_ids=torch.tensor([tokens])).logits[0]
+            expected = token_losses(alone, torch.tensor(tokens))
+            # The last token of a document predicts nothing (next document's first label is -100).
+            assert row_losses[start:end].isnan().tolist() == expected.isnan().tolist()
+            torch.testing.assert_close(row_losses[start:end], expected, equal_nan=True)
+            torch.testing.assert_close(out.logits[r, start:end], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(custom.logits[r, start:end], alone, rtol=1e-4, atol=1e-5)
+            compared += 1
+    assert compared == len(docs)
+    # The model's own (shifting) loss is the mean of exactly these per-token losses.
+    torch.testing.assert_close(out.loss, torch.cat(all_losses).nanmean())
+
+    # Controls: with a cache, or with a 2-D attention mask, transformers does not detect the
+    # packed documents and they see each other. This is why collate omits the attention mask.
+    with torch.no_grad():
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        masked = model(**batch, attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False)
+    assert not torch.allclose(cached, out.logits, atol=1e-4)
+    assert not torch.allclose(masked.logits, out.logits, atol=1e-4)
