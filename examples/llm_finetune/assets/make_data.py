@@ -1,0 +1,47 @@
+"""Write the tiny word-reversal chat dataset used by the offline examples (seeded, reproducible).
+
+Each sample asks the assistant to reverse a short list of words, a task a tiny model learns
+in a few hundred steps on a CPU, so the validation loss visibly falls.
+
+    python examples/llm_finetune/assets/make_data.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = (
+    "ant bee cat dog eel fox gnu hen ibis jay koi lynx mole newt owl pig "
+    "quail rat seal toad urchin vole wolf yak"
+).split()
+HERE = Path(__file__).parent
+
+
+def sample(rng: random.Random) -> dict[str, list[dict[str, str]]]:
+    """One chat sample: the user lists 3-6 words, the assistant answers them reversed."""
+    words = rng.sample(WORDS, rng.randint(3, 6))
+    return {
+        "messages": [
+            {"role": "user", "content": "reverse " + " ".join(words)},
+            {"role": "assistant", "content": " ".join(reversed(words))},
+        ]
+    }
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    """Write rows as JSON lines."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def main() -> None:
+    """Write train.jsonl (4000 samples) and validation.jsonl (200 held-out samples)."""
+    rng = random.Random(1234)
+    rows = [sample(rng) for _ in range(4200)]
+    write(HERE / "reverse_train.jsonl", rows[:4000])
+    write(HERE / "reverse_validation.jsonl", rows[4000:])
+
+
+if __name__ == "__main__":
+    main()
