@@ -1,0 +1,33 @@
+"""Causal-LM losses: masked, chunked and fused-linear cross-entropy, exact under grad accumulation.
+
+All losses sum the float32 cross-entropy of the tokens whose label is not `ignore_index` and
+divide by `num_label_tokens` (the label tokens of the whole optimizer step: every micro-batch
+and every data-parallel rank) or, when it is None, by the count in this batch. Labels must
+already be aligned with the logits: `labels[..., s]` is the target of `logits[..., s, :]`.
+Labels laid out like `input_ids` become next-token targets with `shift_labels`.
+
+```python
+from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
+
+loss_fn = FusedLinearCrossEntropy(chunk_len=1024)
+labels = [shift_labels(mb["labels"]) for mb in micro_batches]
+num_label_tokens = sum(count_label_tokens(lab) for lab in labels)  # all-reduce across DP too
+for mb, lab in zip(micro_batches, labels):
+    hidden = model.model(mb["input_ids"]).last_hidden_state
+    loss_fn(hidden, model.lm_head.weight, lab, num_label_tokens).backward()
+```
+"""
+
+from ._chunked import ChunkedCrossEntropy
+from ._fused_linear import FusedLinearCrossEntropy
+from ._labels import IGNORE_INDEX, count_label_tokens, shift_labels
+from ._masked import MaskedCrossEntropy
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ChunkedCrossEntropy",
+    "FusedLinearCrossEntropy",
+    "MaskedCrossEntropy",
+    "count_label_tokens",
+    "shift_labels",
+]
