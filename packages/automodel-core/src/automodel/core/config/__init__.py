@@ -13,7 +13,7 @@ from ._errors import ConfigError, Problem, UserError
 from ._load import load_config, save_config
 from ._node import ConfigNode
 from ._overrides import Override, apply_overrides, parse_overrides
-from ._redact import REDACTED, is_secret_key
+from ._redact import REDACTED, is_secret_key, redacted_data
 from ._targets import DEFAULT_ALLOWED_IMPORTS, TargetError, build_value, instantiate, resolve_target
 from ._validate import Section, validate_config
 from ._yaml import parse_value
@@ -38,6 +38,7 @@ __all__ = [
     "parse_recipe_argv",
     "parse_value",
     "recipe_main",
+    "redacted_data",
     "resolve_target",
     "save_config",
     "validate_config",

@@ -1,0 +1,74 @@
+"""The plain (non-`_target_`) config sections of the LLM recipes, with their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from automodel.core.config import ConfigNode
+
+
+@dataclass(frozen=True)
+class PackedSequence:
+    """`packed_sequence:` pack documents into rows of this many tokens (0 or absent: no packing)."""
+
+    packed_sequence_size: int = 0
+
+
+@dataclass(frozen=True)
+class ClipGradNorm:
+    """`clip_grad_norm:` the max total gradient norm; `max_norm: null` measures without clipping."""
+
+    max_norm: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """`checkpoint:` where and how the model is saved."""
+
+    checkpoint_dir: str | None = None  # default: <run_dir>/checkpoints
+    max_shard_size: str = "5GB"
+    save_final: bool = True
+
+
+@dataclass(frozen=True)
+class Rng:
+    """`rng:` the seed of python, numpy and torch (model init, dropout, shuffling)."""
+
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Compile:
+    """`compile:` wrap the model in torch.compile."""
+
+    enabled: bool = False
+    mode: str | None = None
+    fullgraph: bool = False
+    dynamic: bool | None = None
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """`distributed:` parallelism; this recipe runs one process (see the parallelism docs)."""
+
+    strategy: str = "none"
+    dp_size: int | str = "auto"
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class Logging:
+    """`logging:` run directory, log level, progress bars."""
+
+    run_dir: str = "runs/llm"
+    level: str = "INFO"
+    progress: bool = True
+
+
+def read_section(cfg: ConfigNode, name: str, kind: type) -> Any:
+    """The section `name` as an instance of its dataclass, defaults filled in."""
+    node = cfg.get(name)
+    values = node.to_dict() if isinstance(node, ConfigNode) else {}
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,60 @@
+"""Where a run's numbers go: log lines, progress bars, training/validation.jsonl and W&B."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from automodel.core.config import ConfigNode, redacted_data
+from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers, setup_logging
+from automodel.core.training import MetricsSample
+
+from ._sections import Logging
+
+log = logging.getLogger("automodel.recipes.llm")
+
+
+class Telemetry:
+    """Rank-0 reporting of training and validation metrics for one run directory."""
+
+    def __init__(self, run_dir: Path, section: Logging, cfg: ConfigNode, total_steps: int):
+        setup_logging(section.level)
+        self.section = section
+        self.train_log = JsonlWriter(run_dir / "training.jsonl")
+        self.val_log = JsonlWriter(run_dir / "validation.jsonl")
+        self.loggers = build_metric_loggers(cfg, run_config=redacted_data(cfg))
+        self.bar = ProgressBar(total=total_steps, desc="train", enabled=section.progress)
+
+    def log_train(self, sample: MetricsSample, show: bool) -> None:
+        """Record one optimizer step; `show` also prints a log line."""
+        self.train_log.write(sample.to_dict())
+        for logger in self.loggers:
+            logger.log(sample.to_dict(), split="train")
+        self.bar.update(1, loss=f"{sample.loss:.4f}")
+        if show:
+            log.info("train %s", sample.format())
+
+    def log_validation(self, sample: MetricsSample) -> None:
+        """Record one validation pass and print it."""
+        self.val_log.write(sample.to_dict())
+        for logger in self.loggers:
+            logger.log(sample.to_dict(), split="val")
+        log.info("validation step %d: loss %.4f", sample.step, sample.loss)
+
+    def progress(self, items: Iterable[Any], desc: str) -> Iterator[Any]:
+        """Iterate `items` behind a progress bar."""
+        total = len(items) if hasattr(items, "__len__") else None
+        with ProgressBar(total=total, desc=desc, enabled=self.section.progress) as bar:
+            for item in items:
+                yield item
+                bar.update(1)
+
+    def close(self) -> None:
+        """Flush and close every sink."""
+        self.bar.close()
+        self.train_log.close()
+        self.val_log.close()
+        for logger in self.loggers:
+            logger.close()

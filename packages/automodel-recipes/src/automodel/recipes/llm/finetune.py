@@ -1,0 +1,252 @@
+"""Fine-tune (or pre-train) any Hugging Face causal LM from one YAML file.
+
+automodel finetune llm -c examples/llm_finetune/tiny_sft.yaml
+automodel pretrain llm -c examples/llm_pretrain/tiny_pretrain.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from automodel.core.config import ConfigNode, Section, recipe_main
+from automodel.core.data import build_dataloader
+from automodel.core.logging import WandbLogger, check_metric_loggers
+from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
+from automodel.core.optim import build_lr_scheduler, build_optimizer
+from automodel.core.training import (
+    MetricsSample,
+    StepScheduler,
+    clip_grad_norm,
+    dense_decoder_flops_per_token,
+    mfu,
+    peak_flops_for_device,
+    peak_memory_gib,
+    set_seed,
+)
+
+from . import _builders as build
+from ._checkpointing import save_checkpoint
+from ._sections import (
+    Checkpoint,
+    ClipGradNorm,
+    Compile,
+    Distributed,
+    Logging,
+    PackedSequence,
+    Rng,
+    read_section,
+)
+from ._telemetry import Telemetry
+
+log = logging.getLogger("automodel.recipes.llm")
+
+_LOADER_ARGS = ("dataset", "batch_size", "dp_rank", "dp_size")
+SECTIONS = {
+    "step_scheduler": Section(required=True, keys_of=StepScheduler, provided=("dp_size",)),
+    "model": Section(required=True, needs_target=True),
+    "tokenizer": Section(needs_target=True),
+    "dataset": Section(required=True, needs_target=True, provided=("tokenizer",)),
+    "validation_dataset": Section(needs_target=True, provided=("tokenizer",)),
+    "dataloader": Section(keys_of=build_dataloader, provided=_LOADER_ARGS),
+    "validation_dataloader": Section(keys_of=build_dataloader, provided=_LOADER_ARGS),
+    "packed_sequence": Section(keys_of=PackedSequence),
+    "loss_fn": Section(needs_target=True),
+    "optimizer": Section(required=True, needs_target=True, provided=("params",)),
+    "lr_scheduler": Section(keys_of=build_lr_scheduler, provided=("optimizer", "total_steps")),
+    "clip_grad_norm": Section(keys_of=ClipGradNorm),
+    "checkpoint": Section(keys_of=Checkpoint),
+    "rng": Section(keys_of=Rng),
+    "compile": Section(keys_of=Compile),
+    "distributed": Section(keys_of=Distributed),
+    "logging": Section(keys_of=Logging),
+    "wandb": Section(keys_of=WandbLogger, provided=("config",)),
+}
+
+
+class FinetuneRecipeForCausalLM:
+    """Next-token-prediction training of a HF causal LM: `setup()`, then the train/validation loop."""
+
+    def __init__(self, cfg: ConfigNode):
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        """Build every piece from the config, in the order infrastructure must be applied."""
+        cfg = self.cfg
+        set_seed(read_section(cfg, "rng", Rng).seed)
+        self.step_scheduler = build.build_step_scheduler(cfg)  # batch math first: no model yet
+        self.run_dir = Path(read_section(cfg, "logging", Logging).run_dir)
+        self.device = build.build_device(cfg)
+        self.tokenizer = build.build_tokenizer(cfg)
+        model = build.build_model(cfg)
+        # PEFT, FP8, QAT, checkpoint restore, freezing and sharding plug in here in that order
+        # as their packages land; none is configured in this recipe version.
+        model.to(self.device)
+        if read_section(cfg, "compile", Compile).enabled:
+            options = read_section(cfg, "compile", Compile)
+            model = torch.compile(
+                model, mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic
+            )
+        self.model = model
+        self.unwrapped = getattr(model, "_orig_mod", model)
+
+        seed = read_section(cfg, "rng", Rng).seed
+        pad = self.tokenizer.pad_token_id
+        local = self.step_scheduler.local_batch_size
+        self.train_set = build.build_dataset(cfg, "dataset", self.tokenizer)
+        self.train_loader = build.build_loader(cfg, "dataloader", self.train_set, local, seed, pad)
+        self.val_loader = None
+        if "validation_dataset" in cfg:
+            val_set = build.build_dataset(cfg, "validation_dataset", self.tokenizer)
+            self.val_loader = build.build_loader(
+                cfg, "validation_dataloader", val_set, local, seed, pad
+            )
+        self.loss_fn = build.build_loss(cfg)
+        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
+        total = self.step_scheduler.total_steps(len(self.train_loader))
+        self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
+        self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
+        self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
+        self.telemetry = Telemetry(self.run_dir, read_section(cfg, "logging", Logging), cfg, total)
+        seq_len = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
+        seq_len = seq_len or cfg.get("dataset.seq_length") or 2048
+        self.flops_per_token = dense_decoder_flops_per_token(self.unwrapped.config, seq_len)
+        self.peak_flops = peak_flops_for_device() if self.device.type == "cuda" else None
+        efficiency = getattr(self.train_set, "efficiency", None)
+        if efficiency is not None:
+            log.info("packing efficiency: %.1f%% real tokens per slot", 100 * efficiency)
+        log.info(
+            "model: %s, %.2fM parameters on %s; %d training steps",
+            type(self.unwrapped).__name__,
+            sum(p.numel() for p in self.unwrapped.parameters()) / 1e6,
+            self.device,
+            total,
+        )
+
+    def run_train_validation_loop(self) -> None:
+        """Train until max_steps/num_epochs, validating and checkpointing on schedule."""
+        steps = self.step_scheduler
+        if self.val_loader is not None:
+            self.validate()
+        for micro_batches in steps.steps(self.train_loader):
+            start = time.perf_counter()
+            num_label_tokens = sum(
+                count_label_tokens(shift_labels(b["labels"])) for b in micro_batches
+            )
+            loss_sum, real_tokens = 0.0, 0
+            for batch in micro_batches:
+                loss = self.forward_loss(batch, num_label_tokens)
+                loss.backward()
+                loss_sum += loss.item()
+                real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
+            grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            tps = real_tokens / (time.perf_counter() - start)
+            self.telemetry.log_train(
+                MetricsSample(
+                    step=steps.step,
+                    epoch=steps.epoch,
+                    loss=loss_sum,
+                    lr=lr,
+                    grad_norm=float(grad_norm),
+                    mem=peak_memory_gib(self.device),
+                    tps=tps,
+                    tps_per_gpu=tps,
+                    mfu=mfu(tps, self.flops_per_token, self.peak_flops),
+                    num_label_tokens=int(num_label_tokens),
+                ),
+                show=steps.is_log_step,
+            )
+            if steps.is_val_step and self.val_loader is not None:
+                self.validate()
+            if steps.is_ckpt_step or (steps.is_last_step and self.checkpoint.save_final):
+                self.save()
+        self.telemetry.close()
+
+    def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
+        """Loss of one micro-batch, normalised by the label tokens of the whole optimizer step."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = shift_labels(batch.pop("labels"))
+        if isinstance(self.loss_fn, FusedLinearCrossEntropy):
+            hidden = self.unwrapped.get_decoder()(**batch, use_cache=False).last_hidden_state
+            head = self.unwrapped.get_output_embeddings()
+            return self.loss_fn(hidden, head.weight, labels, num_label_tokens, head.bias)
+        logits = self.model(**batch, use_cache=False).logits
+        return self.loss_fn(logits, labels, num_label_tokens)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean per-token loss over the validation set, logged to validation.jsonl."""
+        self.model.eval()
+        total_loss, total_tokens = 0.0, 0
+        for batch in self.telemetry.progress(self.val_loader, "validation"):
+            tokens = int(count_label_tokens(shift_labels(batch["labels"])))
+            if tokens:
+                total_loss += self.forward_loss(batch, tokens).item() * tokens
+                total_tokens += tokens
+        self.model.train()
+        val_loss = total_loss / max(total_tokens, 1)
+        steps = self.step_scheduler
+        self.telemetry.log_validation(
+            MetricsSample(
+                step=steps.step,
+                epoch=steps.epoch,
+                loss=val_loss,
+                lr=self.optimizer.param_groups[0]["lr"],
+                num_label_tokens=total_tokens,
+            )
+        )
+        return val_loss
+
+    def save(self) -> Path:
+        """Write a consolidated HF checkpoint of the model, tokenizer and resolved config."""
+        root = Path(self.checkpoint.checkpoint_dir or self.run_dir / "checkpoints")
+        steps = self.step_scheduler
+        return save_checkpoint(
+            root,
+            epoch=steps.epoch,
+            step=steps.step,
+            model=self.unwrapped,
+            tokenizer=self.tokenizer,
+            cfg=self.cfg,
+            max_shard_size=self.checkpoint.max_shard_size,
+        )
+
+
+def _real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> int:
+    """Tokens that are not padding: the attention mask, or for packed rows the non-pad ids."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if pad_token_id is None:
+        return batch["input_ids"].numel()
+    return int((batch["input_ids"] != pad_token_id).sum())
+
+
+def check(cfg: ConfigNode) -> None:
+    """Pre-flight checks that need no model: batch arithmetic and optional extras."""
+    build.build_step_scheduler(cfg)
+    read_section(cfg, "distributed", Distributed)
+    check_metric_loggers(cfg)
+
+
+def run(cfg: ConfigNode) -> None:
+    """Set up the recipe and train."""
+    recipe = FinetuneRecipeForCausalLM(cfg)
+    recipe.setup()
+    recipe.run_train_validation_loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fine-tune a Hugging Face causal LM (SFT on QA, chat or instruction data)."""
+    return recipe_main(argv, sections=SECTIONS, run=run, check=check)
+
+
+def pretrain_main(argv: list[str] | None = None) -> int:
+    """Pre-train a causal LM from random initialisation on plain text."""
+    return recipe_main(argv, sections=SECTIONS, run=run, check=check)
