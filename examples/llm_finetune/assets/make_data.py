@@ -1,6 +1,6 @@
 """Write the tiny word-reversal chat dataset used by the offline examples (seeded, reproducible).
 
-Each sample asks the assistant to reverse a short list of words, a task a tiny model learns
+Each chat sample asks the assistant to reverse a short list of words, a task a tiny model learns
 in a few hundred steps on a CPU, so the validation loss visibly falls.
 
     python examples/llm_finetune/assets/make_data.py
@@ -12,10 +12,32 @@ import json
 import random
 from pathlib import Path
 
-WORDS = (
-    "ant bee cat dog eel fox gnu hen ibis jay koi lynx mole newt owl pig "
-    "quail rat seal toad urchin vole wolf yak"
-).split()
+WORDS = [
+    "ant",
+    "bee",
+    "cat",
+    "dog",
+    "eel",
+    "fox",
+    "gnu",
+    "hen",
+    "ibis",
+    "jay",
+    "koi",
+    "lynx",
+    "mole",
+    "newt",
+    "owl",
+    "pig",
+    "quail",
+    "rat",
+    "seal",
+    "toad",
+    "urchin",
+    "vole",
+    "wolf",
+    "yak",
+]
 HERE = Path(__file__).parent
 
 
@@ -35,12 +57,20 @@ def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def as_text(row: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+    """The same sample as one line of plain text, for the pre-training example."""
+    question, answer = (m["content"] for m in row["messages"])
+    return {"text": f"{question} <|assistant|> {answer}"}
+
+
 def main() -> None:
-    """Write train.jsonl (4000 samples) and validation.jsonl (200 held-out samples)."""
+    """Write the chat train/validation splits (4000/200) and their plain-text versions."""
     rng = random.Random(1234)
     rows = [sample(rng) for _ in range(4200)]
     write(HERE / "reverse_train.jsonl", rows[:4000])
     write(HERE / "reverse_validation.jsonl", rows[4000:])
+    write(HERE / "reverse_text_train.jsonl", [as_text(r) for r in rows[:4000]])
+    write(HERE / "reverse_text_validation.jsonl", [as_text(r) for r in rows[4000:]])
 
 
 if __name__ == "__main__":

@@ -81,4 +81,10 @@ def build_step_scheduler(cfg: ConfigNode, dp_size: int = 1) -> StepScheduler:
 def build_scheduler(cfg: ConfigNode, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """The LR scheduler from `lr_scheduler:` over `total_steps` (default: constant LR)."""
     options = cfg.lr_scheduler.to_dict() if "lr_scheduler" in cfg else {"style": "constant"}
-    return build_lr_scheduler(optimizer, total_steps=total_steps, **options)
+    try:
+        return build_lr_scheduler(optimizer, total_steps=total_steps, **options)
+    except ValueError as e:
+        where = cfg.where("lr_scheduler")
+        raise ConfigError(
+            Problem("lr_scheduler", f"{e} (this run has {total_steps} steps)", where)
+        ) from e

@@ -1,0 +1,160 @@
+"""End-to-end tests of the finetune.llm / pretrain.llm recipe on the tiny offline assets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from automodel.core.config import ConfigError, load_config
+from automodel.recipes.llm import FinetuneRecipeForCausalLM, main
+
+REPO = Path(__file__).resolve().parents[2]
+SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
+PRETRAIN = REPO / "examples/llm_pretrain/tiny_pretrain.yaml"
+AUTOMODEL = Path(sys.executable).with_name("automodel")
+
+
+def _short(run_dir: Path, steps: int = 4, *extra: str) -> list[str]:
+    return [
+        f"--step_scheduler.max_steps={steps}",
+        "--step_scheduler.val_every_steps=2",
+        f"--step_scheduler.ckpt_every_steps={steps}",
+        "--step_scheduler.log_every_steps=1",
+        f"--logging.run_dir={run_dir}",
+        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
+        "--+logging.progress=false",
+        "--lr_scheduler.warmup_steps=1",
+        *extra,
+    ]
+
+
+def _train(config: Path, run_dir: Path, *extra: str, steps: int = 4) -> FinetuneRecipeForCausalLM:
+    cfg = load_config(config, _short(run_dir, steps, *extra))
+    recipe = FinetuneRecipeForCausalLM(cfg)
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    return recipe
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module) -> tuple:
+    run_dir = tmp_path_factory.mktemp("sft")
+    return _train(SFT, run_dir), run_dir
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the example configs use paths relative to the repository root
+        yield mp
+
+
+def test_sft_trains_validates_and_logs(sft_run):
+    _, run_dir = sft_run
+    train = _rows(run_dir / "training.jsonl")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for row in train:
+        assert row["loss"] > 0 and row["grad_norm"] is not None and row["tps"] > 0
+        assert row["num_label_tokens"] > 0
+    val = _rows(run_dir / "validation.jsonl")
+    assert [r["step"] for r in val] == [0, 2, 4]
+    assert val[-1]["loss"] < val[0]["loss"]  # it learns, even in four steps
+
+
+def test_checkpoint_loads_in_transformers_with_identical_logits(sft_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe, run_dir = sft_run
+    root = run_dir / "checkpoints"
+    latest = (root / "LATEST").read_text().strip()
+    assert latest == "epoch_0_step_4"
+    model_dir = root / latest / "model"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    loaded, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
+    assert not any(info.values()), info
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("reverse cat dog owl", return_tensors="pt").input_ids
+    recipe.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, recipe.model(ids).logits)
+    saved = load_config(root / latest / "config.yaml")
+    assert saved.step_scheduler.max_steps == 4  # the resolved config, overrides applied
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path, monkeypatch_module):
+    """Loss normalised by the step's label tokens: 2 micro-batches of 8 == 1 batch of 16."""
+    common = ["--step_scheduler.global_batch_size=16", "--dataloader.shuffle=false"]
+    acc = _train(SFT, tmp_path / "acc", *common, "--step_scheduler.local_batch_size=8", steps=2)
+    big = _train(SFT, tmp_path / "big", *common, "--step_scheduler.local_batch_size=16", steps=2)
+    assert acc.step_scheduler.grad_acc_steps == 2 and big.step_scheduler.grad_acc_steps == 1
+    acc_rows, big_rows = (
+        _rows(tmp_path / "acc/training.jsonl"),
+        _rows(tmp_path / "big/training.jsonl"),
+    )
+    for a, b in zip(acc_rows, big_rows, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["num_label_tokens"] == b["num_label_tokens"]
+    for (name, p), q in zip(acc.model.named_parameters(), big.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pretrain_with_packing_and_fused_loss(tmp_path, monkeypatch_module, caplog):
+    caplog.set_level("INFO")
+    recipe = _train(PRETRAIN, tmp_path, steps=2)
+    assert "packing efficiency" in caplog.text
+    assert 0.5 < recipe.train_set.efficiency <= 1.0
+    rows = _rows(tmp_path / "training.jsonl")
+    masked = _train(
+        PRETRAIN, tmp_path / "masked", "--loss_fn._target_=automodel.core.losses.MaskedCrossEntropy",
+        "--~loss_fn.chunk_len", steps=2,
+    )  # fmt: skip
+    for fused, plain in zip(rows, _rows(tmp_path / "masked/training.jsonl"), strict=True):
+        assert fused["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    del masked
+
+
+def test_bad_batch_math_fails_before_the_model_loads(tmp_path, monkeypatch_module, capsys):
+    argv = ["-c", str(SFT), "--step_scheduler.local_batch_size=5", f"--logging.run_dir={tmp_path}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "global_batch_size 32 is not divisible by local_batch_size 5" in err
+    assert not (tmp_path / "training.jsonl").exists()
+    with pytest.raises(ConfigError, match="not divisible"):
+        FinetuneRecipeForCausalLM(load_config(SFT, ["--step_scheduler.local_batch_size=5"])).setup()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "examples/llm_finetune/tiny_sft.yaml",
+        "examples/llm_pretrain/tiny_pretrain.yaml",
+        "examples/llm_finetune/llama3_2/llama3_2_1b_squad.yaml",
+        "examples/llm_finetune/qwen3/qwen3_0_6b_chat.yaml",
+    ],
+)
+def test_example_configs_validate_offline(config, monkeypatch_module, capsys):
+    assert main(["--validate-only", "-c", str(REPO / config)]) == 0, capsys.readouterr().err
+
+
+def test_readme_command_through_the_cli(tmp_path):
+    """The README's main command, shortened, as a user runs it: a real `automodel` process."""
+    result = subprocess.run(
+        [str(AUTOMODEL), "finetune", "llm", "-c", str(SFT), *_short(tmp_path, 2)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation step 2: loss" in result.stderr
+    assert (tmp_path / "checkpoints/epoch_0_step_2/model/model.safetensors").is_file()
