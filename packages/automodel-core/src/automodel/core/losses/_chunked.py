@@ -46,6 +46,7 @@ class _ChunkedCrossEntropyFn(torch.autograd.Function):
                 target_logit = chunk.gather(1, targets[start:end, None]).squeeze(1)
                 loss_sum += torch.where(valid[start:end], chunk_lse - target_logit, 0.0).sum()
                 lse[start:end] = chunk_lse
+                del chunk  # before the next chunk's float32 copy is made
         ctx.save_for_backward(logits, targets, valid, lse, norm)
         ctx.chunks = chunks
         return loss_sum / norm
@@ -62,6 +63,7 @@ class _ChunkedCrossEntropyFn(torch.autograd.Function):
                 index = targets[start:end, None]
                 probs.scatter_add_(1, index, probs.new_full(index.shape, -1.0))
                 grad[start:end] = probs.mul_(scale[start:end, None])
+                del probs
         return grad, None, None, None, None
 
 

@@ -12,6 +12,30 @@ from ._labels import IGNORE_INDEX, check_chunk_len, flatten, normaliser
 _Grads = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
+def _chunk_loss(
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    weight32: torch.Tensor,
+    bias32: torch.Tensor | None,
+    inv_norm: torch.Tensor,
+    want_grad_logits: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed loss of one chunk of float32 hidden rows and, if asked, d(normalised loss)/d(logits)."""
+    logits = h @ weight32.T if bias32 is None else torch.addmm(bias32, h, weight32.T)
+    target_logits = logits.gather(1, targets)
+    # Log-sum-exp and softmax share one exp pass, in place of the logits.
+    row_max = logits.amax(dim=-1, keepdim=True)
+    exp = logits.sub_(row_max).exp_()
+    sum_exp = exp.sum(dim=-1, keepdim=True)
+    loss_sum = (sum_exp.log() + row_max - target_logits).sum()
+    if not want_grad_logits:
+        return loss_sum, None
+    # (softmax - onehot) / norm
+    grad_logits = exp.mul_(inv_norm / sum_exp)
+    grad_logits.scatter_add_(1, targets, -inv_norm.expand(targets.shape))
+    return loss_sum, grad_logits
+
+
 def _loss_and_grads(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -24,7 +48,6 @@ def _loss_and_grads(
 ) -> tuple[torch.Tensor, _Grads]:
     """Normalised loss and, where asked, its grads wrt hidden [N, H], weight [V, H] and bias [V]."""
     need_hidden, need_weight, need_bias = needs_grad
-    any_grad = need_hidden or need_weight or need_bias
     # Only tokens with a label do any work: ignored ones add nothing to the loss or the grads.
     rows = torch.nonzero(labels != ignore_index).squeeze(1)
     weight32 = weight.float()
@@ -39,24 +62,18 @@ def _loss_and_grads(
             chunk_rows = rows[start : start + chunk_len]
             h = hidden.index_select(0, chunk_rows).float()
             targets = labels.index_select(0, chunk_rows)[:, None]
-            logits = h @ weight32.T if bias32 is None else torch.addmm(bias32, h, weight32.T)
-            target_logits = logits.gather(1, targets)
-            # Log-sum-exp and softmax share one exp pass, in place of the logits.
-            row_max = logits.amax(dim=-1, keepdim=True)
-            exp = logits.sub_(row_max).exp_()
-            sum_exp = exp.sum(dim=-1, keepdim=True)
-            loss_sum += (sum_exp.log() + row_max - target_logits).sum()
-            if not any_grad:
-                continue
-            # d(loss)/d(logits) = (softmax - onehot) / norm
-            grad_logits = exp.mul_(inv_norm / sum_exp)
-            grad_logits.scatter_add_(1, targets, -inv_norm.expand(targets.shape))
+            chunk_loss, grad_logits = _chunk_loss(
+                h, targets, weight32, bias32, inv_norm, any(needs_grad)
+            )
+            loss_sum += chunk_loss
             if grad_hidden is not None:
                 grad_hidden.index_copy_(0, chunk_rows, (grad_logits @ weight32).to(hidden.dtype))
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, h)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(dim=0)
+            # Free this chunk's logits before the next chunk allocates its own.
+            del grad_logits
     return loss_sum * inv_norm, (grad_hidden, grad_weight, grad_bias)
 
 
