@@ -133,14 +133,14 @@ class FinetuneRecipeForCausalLM:
             self.validate()
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
-            num_label_tokens = sum(
-                count_label_tokens(shift_labels(b["labels"])) for b in micro_batches
-            )
-            loss_sum, real_tokens = 0.0, 0
+            for batch in micro_batches:
+                batch["labels"] = shift_labels(batch["labels"])  # next-token targets
+            num_label_tokens = sum(count_label_tokens(b["labels"]) for b in micro_batches)
+            loss_sum, real_tokens = torch.zeros((), device=self.device), 0
             for batch in micro_batches:
                 loss = self.forward_loss(batch, num_label_tokens)
                 loss.backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
                 real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
             grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -152,7 +152,7 @@ class FinetuneRecipeForCausalLM:
                 MetricsSample(
                     step=steps.step,
                     epoch=steps.epoch,
-                    loss=loss_sum,
+                    loss=loss_sum.item(),
                     lr=lr,
                     grad_norm=float(grad_norm),
                     mem=peak_memory_gib(self.device),
@@ -170,9 +170,9 @@ class FinetuneRecipeForCausalLM:
         self.telemetry.close()
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
-        """Loss of one micro-batch, normalised by the label tokens of the whole optimizer step."""
+        """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        labels = shift_labels(batch.pop("labels"))
+        labels = batch.pop("labels")
         if isinstance(self.loss_fn, FusedLinearCrossEntropy):
             hidden = self.unwrapped.get_decoder()(**batch, use_cache=False).last_hidden_state
             head = self.unwrapped.get_output_embeddings()
@@ -186,7 +186,8 @@ class FinetuneRecipeForCausalLM:
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
         for batch in self.telemetry.progress(self.val_loader, "validation"):
-            tokens = int(count_label_tokens(shift_labels(batch["labels"])))
+            batch["labels"] = shift_labels(batch["labels"])
+            tokens = int(count_label_tokens(batch["labels"]))
             if tokens:
                 total_loss += self.forward_loss(batch, tokens).item() * tokens
                 total_tokens += tokens
