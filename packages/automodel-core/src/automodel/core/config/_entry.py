@@ -29,39 +29,31 @@ class RecipeArgs:
 def parse_recipe_argv(argv: Sequence[str]) -> RecipeArgs:
     """Split `[--validate-only] [--debug] [--allow-import M] -c PATH [overrides]` into its parts."""
     config = None
-    rest: list[str] = []
     flags = RecipeArgs(config="")
     args = list(argv)
     i = 0
     while i < len(args):
-        arg = args[i]
-        if arg in ("-c", "--config") or arg.startswith(("--config=", "--allow-import=")):
-            name, eq, value = arg.partition("=")
+        name, eq, value = args[i].partition("=")
+        if name in ("-c", "--config", "--allow-import"):
             if not eq:
                 if i + 1 >= len(args):
-                    raise UserError(f"{arg} needs a value")
-                value = args[i + 1]
+                    raise UserError(f"{name} needs a value")
                 i += 1
-            if name in ("-c", "--config"):
-                config = value
-            else:
+                value = args[i]
+            if name == "--allow-import":
                 flags.allowed_imports.append(value)
-        elif arg == "--allow-import":
-            if i + 1 >= len(args):
-                raise UserError("--allow-import needs a module name")
-            flags.allowed_imports.append(args[i + 1])
-            i += 1
-        elif arg == "--validate-only":
+            else:
+                config = value
+        elif args[i] == "--validate-only":
             flags.validate_only = True
-        elif arg == "--debug":
+        elif args[i] == "--debug":
             flags.debug = True
         else:
-            rest.append(arg)
+            flags.overrides.append(args[i])
         i += 1
     if config is None:
         raise UserError("no config given; pass -c CONFIG.yaml")
     flags.config = config
-    flags.overrides = rest
     return flags
 
 

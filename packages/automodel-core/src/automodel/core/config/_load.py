@@ -25,8 +25,9 @@ def load_config(
     """Load a YAML config, apply command-line overrides and resolve `${VAR}` references."""
     data, lines = load_yaml_file(path)
     where = {key: f"{path}:{line}" for key, line in lines.items()}
-    parsed = [o if isinstance(o, Override) else None for o in overrides]
-    if not all(parsed):
+    if all(isinstance(o, Override) for o in overrides):
+        parsed = list(overrides)
+    else:
         parsed = parse_overrides([str(o) for o in overrides])
     for key, source in apply_overrides(data, parsed).items():
         parts = key.split(".")
