@@ -1,5 +1,6 @@
 """automodel.checkpoint: consolidated Hugging Face safetensors and the checkpoint layout."""
 
+from ._atomic import atomic_write_text
 from ._errors import CheckpointError
 from ._layout import (
     CONFIG_FILE,
@@ -26,6 +27,7 @@ __all__ = [
     "TRAIN_STATE_DIR",
     "CheckpointError",
     "CheckpointLayout",
+    "atomic_write_text",
     "checkpoint_dir_name",
     "load_consolidated",
     "parse_checkpoint_dir_name",

@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from automodel.checkpoint import CONFIG_FILE, LATEST_FILE, CheckpointLayout, save_consolidated
+from automodel.checkpoint import (
+    CONFIG_FILE,
+    LATEST_FILE,
+    CheckpointLayout,
+    atomic_write_text,
+    save_consolidated,
+)
 from automodel.core.config import ConfigNode, save_config
 
 
@@ -37,11 +43,5 @@ def save_checkpoint(
         shutil.rmtree(final.path)
     os.replace(staging.path, final.path)
     shutil.rmtree(staging.path.parent, ignore_errors=True)
-    _write_latest(root, final.path.name)
+    atomic_write_text(root / LATEST_FILE, final.path.name + "\n")
     return final.path
-
-
-def _write_latest(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST_FILE}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, root / LATEST_FILE)

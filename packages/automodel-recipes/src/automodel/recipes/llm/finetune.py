@@ -76,7 +76,8 @@ class FinetuneRecipeForCausalLM:
     def setup(self) -> None:
         """Build every piece from the config, in the order infrastructure must be applied."""
         cfg = self.cfg
-        set_seed(read_section(cfg, "rng", Rng).seed)
+        seed = read_section(cfg, "rng", Rng).seed
+        set_seed(seed)
         self.step_scheduler = build.build_step_scheduler(cfg)  # batch math first: no model yet
         self.run_dir = Path(read_section(cfg, "logging", Logging).run_dir)
         self.device = build.build_device(cfg)
@@ -85,15 +86,14 @@ class FinetuneRecipeForCausalLM:
         # PEFT, FP8, QAT, checkpoint restore, freezing and sharding plug in here in that order
         # as their packages land; none is configured in this recipe version.
         model.to(self.device)
-        if read_section(cfg, "compile", Compile).enabled:
-            options = read_section(cfg, "compile", Compile)
+        options = read_section(cfg, "compile", Compile)
+        if options.enabled:
             model = torch.compile(
                 model, mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic
             )
         self.model = model
         self.unwrapped = getattr(model, "_orig_mod", model)
 
-        seed = read_section(cfg, "rng", Rng).seed
         pad = self.tokenizer.pad_token_id
         local = self.step_scheduler.local_batch_size
         self.train_set = build.build_dataset(cfg, "dataset", self.tokenizer)
