@@ -308,3 +308,25 @@ def test_scheduler_from_a_config_section():
     bad = ConfigNode({"_target_": "automodel.core.optim.build_lr_scheduler", "style": "cosin"})
     with pytest.raises(ConfigError, match="style must be one of cosine, linear, constant, wsd"):
         instantiate(bad, optimizer=opt, total_steps=8)
+
+
+def test_scheduler_resume_keeps_the_saved_total_steps_unless_the_shape_changed():
+    _, _, sched = _train("cosine", 25)
+    state = sched.state_dict()
+    assert state["schedule"]["total_steps"] == TOTAL
+
+    def resumed(**kw) -> WarmupDecayLR:
+        opt = torch.optim.SGD(nn.Linear(4, 2).parameters(), lr=BASE)
+        args = {"warmup_steps": WARMUP, "style": "cosine", "min_lr": MIN, **kw}
+        new = build_lr_scheduler(opt, **args)
+        new.load_state_dict(state)
+        return new
+
+    longer = resumed(total_steps=2 * TOTAL)  # e.g. max_steps raised on resume
+    assert longer.total_steps == TOTAL
+    assert longer.get_last_lr() == sched.get_last_lr()
+    reshaped = resumed(total_steps=2 * TOTAL, min_lr=0.0)
+    assert reshaped.total_steps == 2 * TOTAL
+    assert reshaped.get_last_lr()[0] == pytest.approx(
+        lr_at(25, base_lr=BASE, total_steps=2 * TOTAL, warmup_steps=WARMUP, min_lr=0.0)
+    )

@@ -191,6 +191,33 @@ def test_step_scheduler_resume_mid_epoch_gives_the_same_remaining_groups():
     assert head + tail == full
 
 
+def test_step_scheduler_resumes_a_shuffled_stateful_dataloader_mid_epoch():
+    from automodel.core.data import build_dataloader
+
+    data = [{"input_ids": [i], "labels": [i]} for i in range(22)]
+
+    def make() -> tuple[StepScheduler, object]:
+        loader = build_dataloader(data, 2, shuffle=True, seed=7, pad_token_id=0)
+        sched = StepScheduler(global_batch_size=4, local_batch_size=2, max_steps=12, num_epochs=None)
+        return sched, loader
+
+    def ids(groups) -> list[list[int]]:
+        return [[int(x) for b in group for x in b["input_ids"].flatten()] for group in groups]
+
+    sched, loader = make()
+    full = ids(sched.steps(loader))
+    assert len(full) == 12  # 5 steps per epoch: crosses two epoch boundaries
+
+    sched, loader = make()
+    it = sched.steps(loader)
+    head = ids(next(it) for _ in range(7))  # stop in the middle of the second epoch
+    states = sched.state_dict(), loader.state_dict()
+    sched, loader = make()
+    sched.load_state_dict(states[0])
+    loader.load_state_dict(states[1])
+    assert head + ids(sched.steps(loader)) == full
+
+
 def test_step_scheduler_resume_at_epoch_end():
     data = list(range(4))
     sched = StepScheduler(global_batch_size=2, local_batch_size=1, num_epochs=2)

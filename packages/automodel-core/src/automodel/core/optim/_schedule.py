@@ -125,13 +125,20 @@ def lr_at(
 class WarmupDecayLR(LRScheduler):
     """A torch `LRScheduler` following `lr_at` for every param group (its `lr` is the `base_lr`).
 
-    `state_dict()` holds only the position (`last_epoch`, the number of `step()` calls) and the
-    base learning rates; the schedule's shape comes from the constructor, so a resumed run must be
-    built with the same arguments. `load_state_dict()` also writes the resumed learning rate into
-    the optimizer, so the next step uses exactly the LR it would have without the interruption.
+    `state_dict()` holds the position (`last_epoch`, the number of `step()` calls), the base
+    learning rates and the schedule's definition. `load_state_dict()` restores the position and
+    writes the resumed learning rate into the optimizer, so the next step uses exactly the LR it
+    would have had without the interruption. The rule for the definition on resume:
+
+    - `style`, `warmup_steps`, `min_lr` and `decay_fraction` as saved: the saved definition is
+      kept, `total_steps` included, so a run resumed with another `max_steps` continues the
+      schedule it started (and stays at `min_lr` past its end);
+    - any of them changed: the new definition, with the new `total_steps`, applies from the
+      restored step on.
     """
 
     _STATE_KEYS = ("last_epoch", "_step_count", "base_lrs", "_last_lr")
+    _SHAPE_KEYS = ("warmup_steps", "style", "min_lr", "decay_fraction")
 
     def __init__(
         self,
@@ -176,7 +183,12 @@ class WarmupDecayLR(LRScheduler):
         state = {key: self.__dict__[key] for key in self._STATE_KEYS}
         state["base_lrs"] = [float(lr) for lr in state["base_lrs"]]
         state["_last_lr"] = [float(lr) for lr in state["_last_lr"]]
+        state["schedule"] = self.definition()
         return state
+
+    def definition(self) -> dict[str, Any]:
+        """The schedule's length and shape: `total_steps` plus the keys of the resume rule."""
+        return {key: getattr(self, key) for key in ("total_steps", *self._SHAPE_KEYS)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the position saved by `state_dict()` and set the optimizer's LRs to match."""
@@ -186,6 +198,9 @@ class WarmupDecayLR(LRScheduler):
         for key in self._STATE_KEYS:
             value = state_dict[key]
             self.__dict__[key] = list(value) if isinstance(value, list) else value
+        saved = state_dict.get("schedule")
+        if saved is not None and all(saved.get(k) == getattr(self, k) for k in self._SHAPE_KEYS):
+            self.total_steps = int(saved["total_steps"])
         lrs = self.lrs_at(self.last_epoch)
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr

@@ -14,11 +14,12 @@ from ._batch_math import check_batch_math
 from ._flops import PEAK_BF16_FLOPS, dense_decoder_flops_per_token, mfu, peak_flops_for_device
 from ._grad import clip_grad_norm
 from ._metrics import MetricsSample, peak_memory_gib
-from ._rng import rng_state, set_rng_state, set_seed
+from ._rng import GlobalRngState, rng_state, set_rng_state, set_seed
 from ._step_scheduler import StepScheduler
 
 __all__ = [
     "PEAK_BF16_FLOPS",
+    "GlobalRngState",
     "MetricsSample",
     "StepScheduler",
     "check_batch_math",

@@ -57,3 +57,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+class GlobalRngState:
+    """The process's global RNGs as a stateful object, so checkpointers can save and restore them."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Same as `rng_state()`."""
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Same as `set_rng_state(state)`."""
+        set_rng_state(state)

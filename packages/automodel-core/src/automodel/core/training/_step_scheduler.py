@@ -38,7 +38,8 @@ class StepScheduler:
     - Training stops after `max_steps` steps or `num_epochs` epochs, whichever comes first
       (`num_epochs=None`: only `max_steps`). At least one of the two must be set.
     - Before each epoch, `set_epoch(epoch)` is called on the dataloader, or else on its
-      `sampler`, when it has one (as `DistributedSampler` needs for a new shuffle per epoch).
+      `sampler`, when it has one (as `DistributedSampler` needs for a new shuffle per epoch);
+      not before an epoch resumed mid-way, whose position the dataloader restored itself.
     - Resuming: `load_state_dict()` restores the counters, but the dataloader must restore its
       own position (e.g. torchdata's `StatefulDataLoader`); the scheduler does not skip batches.
     - `is_*_step` flags are plain `step % every == 0` tests about the step just yielded;
@@ -105,8 +106,9 @@ class StepScheduler:
         except TypeError:
             self._epoch_len = None
         while not self.done:
-            _set_epoch(dataloader, self.epoch)
             fresh_epoch = self.micro_batches_in_epoch == 0
+            if fresh_epoch:  # a resumed epoch keeps the position its dataloader restored
+                _set_epoch(dataloader, self.epoch)
             stepped = False
             group: list[Any] = []
             for micro_batch in dataloader:
