@@ -158,3 +158,34 @@ def test_readme_command_through_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation step 2: loss" in result.stderr
     assert (tmp_path / "checkpoints/epoch_0_step_2/model/model.safetensors").is_file()
+
+
+def test_freeze_patterns_and_embeddings_keep_those_weights(tmp_path, monkeypatch_module):
+    from automodel.core.models import AutoModelForCausalLM
+
+    recipe = _train(
+        SFT, tmp_path, "--+freeze.patterns=[model.layers.0.*]", "--+freeze.embeddings=true", steps=2
+    )
+    initial = AutoModelForCausalLM.from_config(
+        "examples/llm_finetune/assets/tiny_llama", seed=1234
+    ).state_dict()
+    optimized = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    for name, param in recipe.unwrapped.named_parameters():
+        frozen = name.startswith("model.layers.0.") or name == "model.embed_tokens.weight"
+        assert param.requires_grad is not frozen, name
+        assert (id(param) in optimized) is not frozen, name
+        assert torch.equal(param, initial[name]) is frozen, name
+
+
+def test_freeze_pattern_that_matches_nothing_is_a_config_error(tmp_path, monkeypatch_module):
+    with pytest.raises(ConfigError, match=r"'model.layer.0.\*' matches no parameter"):
+        _train(SFT, tmp_path, "--+freeze.patterns=[model.layer.0.*]", steps=1)
+
+
+def test_dataloader_target_is_called_with_the_dataset(tmp_path, monkeypatch_module):
+    recipe = _train(
+        SFT, tmp_path, "--+dataloader._target_=automodel.core.data.build_dataloader",
+        "--dataloader.shuffle=false", "--+dataloader.seed=3", steps=1,
+    )  # fmt: skip
+    assert recipe.train_loader.sampler.shuffle is False
+    assert recipe.train_loader.batch_size == 16

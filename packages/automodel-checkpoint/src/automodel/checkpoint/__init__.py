@@ -1,6 +1,7 @@
-"""automodel.checkpoint: consolidated Hugging Face safetensors and the checkpoint layout."""
+"""automodel.checkpoint: full training-state checkpoints, consolidated HF safetensors, layout."""
 
 from ._atomic import atomic_write_text
+from ._checkpointer import Checkpointer
 from ._errors import CheckpointError
 from ._layout import (
     CONFIG_FILE,
@@ -14,23 +15,30 @@ from ._layout import (
     checkpoint_dir_name,
     parse_checkpoint_dir_name,
 )
+from ._manifest import MANIFEST_FILE, CheckpointInfo, read_checkpoint_info
+from ._retention import find_latest
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
 
 __all__ = [
     "CONFIG_FILE",
     "LATEST_FILE",
+    "MANIFEST_FILE",
     "MODEL_DIR",
     "OPTIM_DIR",
     "SAFE_WEIGHTS_INDEX_NAME",
     "SAFE_WEIGHTS_NAME",
     "TRAIN_STATE_DIR",
     "CheckpointError",
+    "CheckpointInfo",
     "CheckpointLayout",
+    "Checkpointer",
     "atomic_write_text",
     "checkpoint_dir_name",
+    "find_latest",
     "load_consolidated",
     "parse_checkpoint_dir_name",
     "parse_size",
+    "read_checkpoint_info",
     "save_consolidated",
 ]

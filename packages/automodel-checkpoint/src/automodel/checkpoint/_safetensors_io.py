@@ -170,7 +170,7 @@ def _read_safetensors(
         raise CheckpointError(f"weight file {path} is corrupt or truncated: {exc}") from exc
 
 
-def _read_index(path: Path) -> dict[str, str]:
+def read_index(path: Path) -> dict[str, str]:
     """The ``weight_map`` of a safetensors index, validated."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
@@ -207,7 +207,7 @@ def load_consolidated(
             f"no consolidated weights in {root}: expected {SAFE_WEIGHTS_NAME} "
             f"or {SAFE_WEIGHTS_INDEX_NAME}"
         )
-    weight_map = _read_index(index_path)
+    weight_map = read_index(index_path)
     by_file: dict[str, list[str]] = {}
     for name, file_name in weight_map.items():
         by_file.setdefault(file_name, []).append(name)

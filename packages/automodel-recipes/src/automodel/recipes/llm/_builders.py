@@ -57,9 +57,14 @@ def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
 def build_loader(
     cfg: ConfigNode, name: str, dataset: Any, batch_size: int, seed: int, pad_token_id: int
 ) -> Any:
-    """A stateful dataloader from section `name` (`dataloader` or `validation_dataloader`)."""
+    """A stateful dataloader from section `name` (`dataloader` or `validation_dataloader`).
+
+    Without `_target_` the section's keys go to `automodel.core.data.build_dataloader`; with one,
+    that callable is called instead with `dataset`, `batch_size`, `dp_rank` and `dp_size` added.
+    """
+    if name in cfg and "_target_" in cfg[name]:
+        return instantiate(cfg[name], dataset=dataset, batch_size=batch_size, dp_rank=0, dp_size=1)
     options = cfg[name].to_dict() if name in cfg else {}
-    options.pop("_target_", None)
     if name == "validation_dataloader":
         options.setdefault("shuffle", False)
         options.setdefault("drop_last", False)

@@ -1,47 +1,87 @@
-"""Writing a recipe checkpoint: HF model directory plus the resolved config, published whole."""
+"""The recipe's side of checkpointing: where checkpoints live, what to resume, the HF extras."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from automodel.checkpoint import (
-    CONFIG_FILE,
-    LATEST_FILE,
-    CheckpointLayout,
-    atomic_write_text,
-    save_consolidated,
-)
-from automodel.core.config import ConfigNode, save_config
+from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, Checkpointer, CheckpointError
+from automodel.core.config import ConfigError, ConfigNode, Problem, UserError, save_config
+
+from ._sections import Checkpoint
+
+log = logging.getLogger("automodel.recipes.llm")
 
 
-def save_checkpoint(
-    root: Path,
-    *,
-    epoch: int,
-    step: int,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    cfg: ConfigNode,
-    max_shard_size: str | int,
-) -> Path:
-    """Save `<root>/epoch_<e>_step_<s>/` (model/, config.yaml) and point LATEST at it."""
-    final = CheckpointLayout.for_step(root, epoch, step)
-    staging = CheckpointLayout.for_step(root / f".staging-{final.path.name}", epoch, step)
-    shutil.rmtree(staging.path.parent, ignore_errors=True)
-    save_consolidated(model.state_dict(), staging.model_dir, max_shard_size=max_shard_size)
-    model.config.save_pretrained(staging.model_dir)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(staging.model_dir)
-    tokenizer.save_pretrained(staging.model_dir)
-    save_config(cfg, staging.path / CONFIG_FILE)
-    if final.path.exists():
-        shutil.rmtree(final.path)
-    os.replace(staging.path, final.path)
-    shutil.rmtree(staging.path.parent, ignore_errors=True)
-    atomic_write_text(root / LATEST_FILE, final.path.name + "\n")
-    return final.path
+def build_checkpointer(section: Checkpoint, run_dir: Path) -> Checkpointer:
+    """The checkpointer for `<checkpoint_dir>` (default `<run_dir>/checkpoints`)."""
+    root = Path(section.checkpoint_dir or run_dir / "checkpoints")
+    try:
+        return Checkpointer(
+            root,
+            keep_last_n=section.keep_last_n,
+            async_save=section.async_save,
+            max_shard_size=section.max_shard_size,
+        )
+    except ValueError as e:
+        raise ConfigError(Problem("checkpoint", str(e))) from e
+
+
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Report a checkpoint that cannot be restored as a user error (exit 2, no traceback)."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise UserError(f"cannot resume from {path}: {e}") from e
+
+
+def checkpoint_to_restore(checkpointer: Checkpointer, restore_from: str | None) -> Path | None:
+    """The checkpoint `restore_from` names: null -> none, `latest` -> the newest if any, or a path."""
+    if restore_from is None:
+        existing = checkpointer.checkpoints()
+        if existing:
+            log.warning(
+                "%s already holds %d checkpoint(s), the newest %s; this run starts fresh and "
+                "may overwrite them (set checkpoint.restore_from: latest to resume)",
+                checkpointer.checkpoint_dir,
+                len(existing),
+                existing[-1].name,
+            )
+        return None
+    if restore_from == "latest":
+        latest = checkpointer.latest()
+        if latest is None:
+            log.info("no checkpoint in %s yet: starting fresh", checkpointer.checkpoint_dir)
+        return latest
+    path = Path(restore_from)
+    if not path.is_dir():
+        raise ConfigError(
+            Problem(
+                "checkpoint.restore_from",
+                f"{path} is not a directory; use `latest`, null, or a path to an "
+                "epoch_<e>_step_<s> checkpoint",
+            )
+        )
+    return path
+
+
+def hf_extras_writer(
+    model: torch.nn.Module, tokenizer: Any, cfg: ConfigNode
+) -> Callable[[Path], None]:
+    """What a checkpoint needs beside the weights: HF config, generation config, tokenizer, YAML."""
+
+    def write(path: Path) -> None:
+        model_dir = path / MODEL_DIR
+        model.config.save_pretrained(model_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        save_config(cfg, path / CONFIG_FILE)
+
+    return write

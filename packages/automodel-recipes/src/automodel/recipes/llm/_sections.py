@@ -24,11 +24,23 @@ class ClipGradNorm:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """`checkpoint:` where and how the model is saved."""
+    """`checkpoint:` where and how the training state is saved, and what to resume from."""
 
     checkpoint_dir: str | None = None  # default: <run_dir>/checkpoints
     max_shard_size: str = "5GB"
     save_final: bool = True
+    restore_from: str | None = None  # null: fresh start | latest: resume if any | a path
+    keep_last_n: int | None = None  # null: keep every checkpoint
+    async_save: bool = False
+    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """`freeze:` parameters that are not trained (`requires_grad=False`, left out of the optimizer)."""
+
+    patterns: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. "model.layers.0.*"
+    embeddings: bool = False  # the input embeddings (and a tied LM head)
 
 
 @dataclass(frozen=True)
@@ -71,4 +83,5 @@ def read_section(cfg: ConfigNode, name: str, kind: type) -> Any:
     node = cfg.get(name)
     values = node.to_dict() if isinstance(node, ConfigNode) else {}
     known = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in values.items() if k in known})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+    return kind(**values)

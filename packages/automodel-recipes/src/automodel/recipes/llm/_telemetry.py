@@ -27,6 +27,30 @@ class Telemetry:
         self.loggers = build_metric_loggers(cfg, run_config=redacted_data(cfg))
         self.bar = ProgressBar(total=total_steps, desc="train", enabled=section.progress)
 
+    def start_fresh(self) -> None:
+        """Empty the JSONL files: a fresh run does not append to an earlier run's rows."""
+        for writer in (self.train_log, self.val_log):
+            if writer.rows:
+                log.warning(
+                    "%s held %d rows of an earlier run: starting it over", writer.path, writer.rows
+                )
+            writer.load_state_dict({"rows": 0, "offset": 0})
+
+    def resume_at(self, step: int) -> None:
+        """Start the training progress bar at a resumed step."""
+        self.bar = ProgressBar(
+            total=self.bar.total, desc="train", initial=step, enabled=self.section.progress
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The JSONL offsets, so a resumed run neither repeats nor loses rows."""
+        return {"training": self.train_log.state_dict(), "validation": self.val_log.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Truncate the JSONL files back to the checkpointed offsets."""
+        self.train_log.load_state_dict(state["training"])
+        self.val_log.load_state_dict(state["validation"])
+
     def log_train(self, sample: MetricsSample, show: bool) -> None:
         """Record one optimizer step; `show` also prints a log line."""
         self.train_log.write(sample.to_dict())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ from automodel.core.logging import WandbLogger, check_metric_loggers
 from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
 from automodel.core.optim import build_lr_scheduler, build_optimizer
 from automodel.core.training import (
+    GlobalRngState,
     MetricsSample,
     StepScheduler,
     clip_grad_norm,
@@ -29,12 +31,15 @@ from automodel.core.training import (
 )
 
 from . import _builders as build
-from ._checkpointing import save_checkpoint
+from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
+from ._freeze import apply_freeze
+from ._preemption import PreemptionWatcher
 from ._sections import (
     Checkpoint,
     ClipGradNorm,
     Compile,
     Distributed,
+    Freeze,
     Logging,
     PackedSequence,
     Rng,
@@ -61,6 +66,7 @@ SECTIONS = {
     "checkpoint": Section(keys_of=Checkpoint),
     "rng": Section(keys_of=Rng),
     "compile": Section(keys_of=Compile),
+    "freeze": Section(keys_of=Freeze),
     "distributed": Section(keys_of=Distributed),
     "logging": Section(keys_of=Logging),
     "wandb": Section(keys_of=WandbLogger, provided=("config",)),
@@ -82,9 +88,16 @@ class FinetuneRecipeForCausalLM:
         self.run_dir = Path(read_section(cfg, "logging", Logging).run_dir)
         self.device = build.build_device(cfg)
         self.tokenizer = build.build_tokenizer(cfg)
+        self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
+        self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir)
+        self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         model = build.build_model(cfg)
-        # PEFT, FP8, QAT, checkpoint restore, freezing and sharding plug in here in that order
-        # as their packages land; none is configured in this recipe version.
+        # PEFT, FP8 and QAT plug in here, before the restore, as their packages land.
+        if self.restore_path is not None:
+            with restoring(self.restore_path):
+                self.checkpointer.restore(self.restore_path, model=model)
+        apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
+        # Sharding plugs in here (automodel.distributed).
         model.to(self.device)
         options = read_section(cfg, "compile", Compile)
         if options.enabled:
@@ -109,8 +122,21 @@ class FinetuneRecipeForCausalLM:
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
         self.telemetry = Telemetry(self.run_dir, read_section(cfg, "logging", Logging), cfg, total)
+        self.write_hf_extras = hf_extras_writer(self.unwrapped, self.tokenizer, cfg)
+        if self.restore_path is None:
+            self.telemetry.start_fresh()
+        else:
+            with restoring(self.restore_path):
+                self.checkpointer.restore(
+                    self.restore_path,
+                    model=self.unwrapped,  # names the optimizer's parameters
+                    load_weights=False,  # restored above, before freezing and placement
+                    **self.training_state(),
+                )
+            self.telemetry.resume_at(self.step_scheduler.step)
+            log.info("resumed from %s at step %d", self.restore_path, self.step_scheduler.step)
+        self.preemption = PreemptionWatcher(self.checkpoint.preempt_signals)
         seq_len = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
         seq_len = seq_len or cfg.get("dataset.seq_length") or 2048
         self.flops_per_token = dense_decoder_flops_per_token(self.unwrapped.config, seq_len)
@@ -126,11 +152,33 @@ class FinetuneRecipeForCausalLM:
             total,
         )
 
+    def training_state(self) -> dict[str, Any]:
+        """Everything besides the model that a checkpoint must hold to resume exactly."""
+        return {
+            "optimizer": self.optimizer,
+            "optim_states": {"lr_scheduler": self.lr_scheduler},
+            "train_states": {
+                "step_scheduler": self.step_scheduler,
+                "dataloader": self.train_loader,
+                "rng": GlobalRngState(),
+                "metrics": self.telemetry,
+            },
+        }
+
     def run_train_validation_loop(self) -> None:
         """Train until max_steps/num_epochs, validating and checkpointing on schedule."""
         steps = self.step_scheduler
-        if self.val_loader is not None:
+        if self.val_loader is not None and self.restore_path is None:
             self.validate()
+        self.preemption.install()
+        try:
+            self._train(steps)
+        finally:
+            self.preemption.uninstall()
+            self.checkpointer.close()
+            self.telemetry.close()
+
+    def _train(self, steps: StepScheduler) -> None:
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
             for batch in micro_batches:
@@ -165,9 +213,16 @@ class FinetuneRecipeForCausalLM:
             )
             if steps.is_val_step and self.val_loader is not None:
                 self.validate()
-            if steps.is_ckpt_step or (steps.is_last_step and self.checkpoint.save_final):
+            preempted = self.preemption.requested
+            if (
+                preempted
+                or steps.is_ckpt_step
+                or (steps.is_last_step and self.checkpoint.save_final)
+            ):
                 self.save()
-        self.telemetry.close()
+            if preempted:
+                log.warning("stopped by %s after step %d", self.preemption.received, steps.step)
+                return
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
@@ -206,17 +261,14 @@ class FinetuneRecipeForCausalLM:
         return val_loss
 
     def save(self) -> Path:
-        """Write a consolidated HF checkpoint of the model, tokenizer and resolved config."""
-        root = Path(self.checkpoint.checkpoint_dir or self.run_dir / "checkpoints")
+        """Checkpoint the run: HF model directory, optimizer, training state and resolved config."""
         steps = self.step_scheduler
-        return save_checkpoint(
-            root,
-            epoch=steps.epoch,
-            step=steps.step,
+        return self.checkpointer.save(
+            steps.epoch,
+            steps.step,
             model=self.unwrapped,
-            tokenizer=self.tokenizer,
-            cfg=self.cfg,
-            max_shard_size=self.checkpoint.max_shard_size,
+            write_extras=self.write_hf_extras,
+            **self.training_state(),
         )
 
 

@@ -1,0 +1,5 @@
+"""``python -m automodel.checkpoint consolidate|inspect ...``."""
+
+from ._tools import main
+
+raise SystemExit(main())

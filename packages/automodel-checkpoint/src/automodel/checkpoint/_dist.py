@@ -1,0 +1,63 @@
+"""The few collectives the checkpointer needs; all no-ops without a process group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ._errors import CheckpointError
+
+
+def is_distributed() -> bool:
+    """Whether torch.distributed is available and a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Rank, world size and the CPU (gloo) group the checkpointer talks over."""
+
+    rank: int = 0
+    world_size: int = 1
+    group: dist.ProcessGroup | None = None  # None: single process
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this rank writes the shared parts and publishes."""
+        return self.rank == 0
+
+    @property
+    def no_dist(self) -> bool:
+        """Whether torch.distributed.checkpoint should run without collectives."""
+        return self.group is None
+
+    def barrier(self) -> None:
+        """Wait for every rank (over the gloo group)."""
+        if self.group is not None:
+            dist.barrier(group=self.group)
+
+    def agree(self, error: BaseException | None, what: str) -> None:
+        """Raise on every rank if ``error`` is set on any: ``error`` itself where it happened."""
+        failed = error is not None
+        if self.group is not None:
+            flag = torch.tensor([int(failed)], dtype=torch.int64)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+            if flag.item() and not failed:
+                raise CheckpointError(f"{what} failed on another rank; see that rank's log")
+        if error is not None:
+            raise error
+
+
+def make_context(group: dist.ProcessGroup | None) -> DistContext:
+    """The context of this process, creating the dedicated gloo group when ``group`` is None.
+
+    Creating the group is a collective: every rank must get here (each ``save``/``restore``
+    call is one on every rank).
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return DistContext()
+    if group is None:
+        group = dist.new_group(backend="gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), group)

@@ -1,0 +1,158 @@
+"""One save: capture the state (caller's thread), then write, agree and publish (any thread)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._async import SnapshotBuffers
+from ._dist import DistContext
+from ._layout import CheckpointLayout
+from ._manifest import write_manifest
+from ._model_state import full_model_state, live_storages
+from ._optim_state import (
+    OPTIM_STATES_FILE,
+    OPTIMIZER_META_FILE,
+    split_optimizer_state,
+    write_optimizer,
+)
+from ._retention import fsync_tree, prune, publish
+from ._safetensors_io import save_consolidated
+from ._train_state import rank_file_name, serialize, serialize_states, write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SaveJob:
+    """Everything one rank must write for one checkpoint, already detached from training."""
+
+    ctx: DistContext
+    staging: Path
+    final: Path
+    epoch: int
+    step: int
+    max_shard_size: int
+    keep_last_n: int | None
+    has_model: bool
+    has_optimizer: bool
+    model_state: dict[str, torch.Tensor] | None  # rank 0 only
+    optim_tensors: dict[str, torch.Tensor] | None  # every rank, None without an optimizer
+    optimizer_meta: bytes | None  # rank 0 only
+    optim_states: bytes | None  # rank 0 only
+    train_state: bytes | None  # every rank
+    optim_state_names: tuple[str, ...]
+    train_state_names: tuple[str, ...]
+
+    def _write_local(self) -> None:
+        """The files this rank writes alone."""
+        layout = CheckpointLayout(self.staging)
+        if self.model_state is not None:
+            save_consolidated(
+                self.model_state, layout.model_dir, max_shard_size=self.max_shard_size, write=True
+            )
+        if self.optimizer_meta is not None:
+            write_bytes(layout.optim_dir / OPTIMIZER_META_FILE, self.optimizer_meta)
+        if self.optim_states is not None:
+            write_bytes(layout.optim_dir / OPTIM_STATES_FILE, self.optim_states)
+        if self.train_state is not None:
+            write_bytes(layout.train_state_dir / rank_file_name(self.ctx.rank), self.train_state)
+
+    def _publish(self) -> None:
+        """Rank 0: fsync, write the manifest last, rename into place, LATEST, retention."""
+        fsync_tree(self.staging)
+        parts = [
+            name
+            for name, present in (
+                ("model", self.has_model),
+                ("optimizer", self.has_optimizer),
+                ("optim_states", bool(self.optim_state_names)),
+                ("train_states", bool(self.train_state_names)),
+            )
+            if present
+        ]
+        write_manifest(
+            self.staging,
+            epoch=self.epoch,
+            step=self.step,
+            world_size=self.ctx.world_size,
+            parts=parts,
+            optim_states=self.optim_state_names,
+            train_states=self.train_state_names,
+        )
+        publish(self.staging, self.final)
+        prune(self.final.parent, self.keep_last_n)
+
+    def run(self) -> Path:
+        """Write this rank's share, then (rank 0) publish; raises on every rank if any failed."""
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            self._write_local()
+        except Exception as exc:
+            error = exc
+        if self.has_optimizer:  # a collective: every rank takes part, even after an error
+            try:
+                optim_dir = CheckpointLayout(self.staging).optim_dir
+                write_optimizer(self.optim_tensors or {}, optim_dir, self.ctx)
+            except Exception as exc:
+                error = error or exc
+        self.model_state = self.optim_tensors = None  # free the snapshot early
+        self.ctx.agree(error, f"writing checkpoint {self.final.name}")
+        if self.ctx.is_main:
+            try:
+                self._publish()
+            except Exception as exc:
+                error = exc
+        self.ctx.agree(error, f"publishing checkpoint {self.final.name}")
+        if self.ctx.is_main:
+            logger.info("saved checkpoint %s in %.1f s", self.final, time.perf_counter() - start)
+        return self.final
+
+
+def capture(
+    ctx: DistContext,
+    *,
+    model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+    optim_states: Mapping[str, Any],
+    train_states: Mapping[str, Any],
+    buffers: SnapshotBuffers | None,
+) -> dict[str, Any]:
+    """The SaveJob fields holding state; with ``buffers``, tensors are copied out of training."""
+    model_state = full_model_state(model) if model is not None else None  # a collective
+    if not ctx.is_main:
+        model_state = None
+    elif buffers is not None and model_state is not None and model is not None:
+        live = live_storages(model)  # gathered/offloaded copies need no second copy
+        for name, tensor in model_state.items():
+            if tensor.numel() and tensor.untyped_storage().data_ptr() in live:
+                model_state[name] = buffers.copy(f"model.{name}", tensor)
+    optim_tensors = optimizer_meta = None
+    if optimizer is not None and model is not None:
+        optim_tensors, meta = split_optimizer_state(model, optimizer, saving=True)
+        if buffers is not None:
+            optim_tensors = {k: buffers.copy(f"optim.{k}", v) for k, v in optim_tensors.items()}
+        if ctx.is_main:
+            optimizer_meta = serialize({"optimizer": meta}, "the optimizer's param_groups")
+    if buffers is not None:
+        buffers.drop_unused()
+    return {
+        "has_model": model is not None,
+        "has_optimizer": optim_tensors is not None,
+        "model_state": model_state,
+        "optim_tensors": optim_tensors,
+        "optimizer_meta": optimizer_meta,
+        "optim_states": (
+            serialize_states(optim_states, "optim_states") if ctx.is_main and optim_states else None
+        ),
+        "train_state": serialize_states(train_states, "train_states") if train_states else None,
+        "optim_state_names": tuple(optim_states),
+        "train_state_names": tuple(train_states),
+    }
