@@ -383,6 +383,34 @@ def _write_model_config(args, tokenizer_vocab: int, out_dir: Path) -> str:
     return str(model_dir)
 
 
+def _write_varied_chat(path: Path, seed: int, samples: int = 4000) -> Path:
+    """Word-reversal chats whose lengths spread like real SFT data: mostly short, a long tail.
+
+    70% ask to reverse 2-8 words, 25% 9-30 and 5% 31-70 (words drawn with replacement), so a
+    padded batch is dominated by its longest sample while packing wastes almost nothing.
+    """
+    import random
+
+    sys.path.insert(0, str(ASSETS))
+    from make_data import WORDS
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(samples):
+        low, high = rng.choices([(2, 8), (9, 30), (31, 70)], weights=[70, 25, 5])[0]
+        words = rng.choices(WORDS, k=rng.randint(low, high))
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "reverse " + " ".join(words)},
+                    {"role": "assistant", "content": " ".join(reversed(words))},
+                ]
+            }
+        )
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def _packed_local_batch(args, tokenizer_path: str) -> tuple[int, dict]:
     """Rows per packed micro-batch so that a packed step holds about as many real tokens as an
     unpadded step of `global_batch` samples (so the two runs take comparable optimizer steps)."""
@@ -487,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--data", default=str(ASSETS / "reverse_train.jsonl"))
+    p.add_argument(
+        "--data",
+        default=str(ASSETS / "reverse_train.jsonl"),
+        help="chat jsonl, or `varied`: generated samples of very different lengths (see below)",
+    )
     p.add_argument("--tokenizer", default=str(ASSETS / "tiny_tokenizer"))
     p.add_argument("--seq-length", type=int, default=64)
     p.add_argument("--global-batch", type=int, default=32)
@@ -537,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--global-batch must be a multiple of --local-batch")
 
     work = Path(tempfile.mkdtemp(prefix="finetune_vs_hf_"))
+    if args.data == "varied":
+        args.data = str(_write_varied_chat(work / "varied_chat.jsonl", args.seed))
     from automodel.core.models import load_tokenizer
 
     vocab = len(load_tokenizer(args.tokenizer))
