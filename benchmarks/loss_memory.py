@@ -5,11 +5,16 @@ Run by hand (not part of the tests):
     uv run python benchmarks/loss_memory.py                  # CPU, float32, 4096 tokens, 128k vocab
     uv run python benchmarks/loss_memory.py --device cuda --dtype bfloat16
 
-Each variant runs in its own subprocess. On CPU the peak is the process's maximum resident set
-size (`ru_maxrss`) minus its resident set size after the inputs were allocated; on CUDA it is
-`torch.cuda.max_memory_allocated` over the memory allocated by the inputs. Masked and chunked
-include the `hidden @ W.T` logits matmul, which the fused loss replaces; all three include the
-gradients of hidden states and LM head weight.
+    uv run python benchmarks/loss_memory.py --variants fused --chunk-len 1024 512 256 --repeats 3
+
+Each run is a fresh subprocess; with `--repeats`, the rounds are interleaved (every variant and
+chunk length once, then again) so that load from other processes spreads over all of them. On
+CPU the peak is the process's maximum resident set size (`ru_maxrss`) minus its resident set
+size after the inputs were allocated; on CUDA it is `torch.cuda.max_memory_allocated` over the
+memory allocated by the inputs. Masked and chunked include the `hidden @ W.T` logits matmul,
+which the fused loss replaces; all three include the gradients of hidden states and LM head
+weight. Time is wall-clock and, less sensitive to other processes on a shared CPU, the
+process's CPU time.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -31,8 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--chunk-len", type=int, default=1024)
+    parser.add_argument(
+        "--chunk-len",
+        type=int,
+        nargs="+",
+        help="chunk length(s) of chunked and fused (default: each loss's own)",
+    )
     parser.add_argument("--ignored", type=float, default=0.0, help="fraction of ignored labels")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of runs")
+    parser.add_argument("--out", help="also write the results to this JSON file")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -44,7 +57,7 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_variant(args: argparse.Namespace) -> dict[str, float | str]:
+def run_variant(args: argparse.Namespace) -> dict[str, object]:
     """Forward+backward of one variant in this process; returns loss, peak bytes and seconds."""
     import torch
 
@@ -56,12 +69,15 @@ def run_variant(args: argparse.Namespace) -> dict[str, float | str]:
     )
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    losses = {
-        "masked": lambda h, w, lab: MaskedCrossEntropy()(h @ w.T, lab),
-        "chunked": lambda h, w, lab: ChunkedCrossEntropy(args.chunk_len)(h @ w.T, lab),
-        "fused": lambda h, w, lab: FusedLinearCrossEntropy(args.chunk_len)(h, w, lab),
-    }
-    loss_fn = losses[args.variant]
+    chunk = {} if args.chunk_len is None else {"chunk_len": args.chunk_len[0]}
+    module = {
+        "masked": MaskedCrossEntropy,
+        "chunked": ChunkedCrossEntropy,
+        "fused": FusedLinearCrossEntropy,
+    }[args.variant](**({} if args.variant == "masked" else chunk))
+
+    def loss_fn(h: torch.Tensor, w: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        return module(h, w, lab) if args.variant == "fused" else module(h @ w.T, lab)
 
     def inputs(tokens: int, vocab: int, hidden: int) -> tuple[torch.Tensor, ...]:
         # Filled in place: a temporary here would raise the high-water mark before measuring.
@@ -83,7 +99,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float | str]:
     else:
         baseline = current_rss()
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = loss_fn(hidden, weight, labels)
     loss.backward()
     if device.type == "cuda":
@@ -95,12 +111,36 @@ def run_variant(args: argparse.Namespace) -> dict[str, float | str]:
             raise RuntimeError("the measured step did not exceed the earlier RSS high-water mark")
     return {
         "variant": args.variant,
+        "chunk_len": getattr(module, "chunk_len", None),
         "loss": loss.item(),
         "peak_bytes": peak,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "grad_hidden_norm": hidden.grad.float().norm().item(),
         "grad_weight_norm": weight.grad.float().norm().item(),
     }
+
+
+def machine() -> dict[str, object]:
+    """Where the numbers were measured."""
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def runs_of(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """(variant, chunk_len) of every run in one round; masked has no chunk length."""
+    lengths = args.chunk_len or [None]
+    runs = [(v, None) if v == "masked" else (v, c) for v in args.variants for c in lengths]
+    return list(dict.fromkeys(runs))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,29 +150,74 @@ def main(argv: list[str] | None = None) -> None:
         return
     base = sys.argv[1:] if argv is None else argv
     logits_gib = args.tokens * args.vocab * 4 / 2**30
+    chunk_len = "each loss's default" if args.chunk_len is None else args.chunk_len
     print(
         f"device={args.device} dtype={args.dtype} tokens={args.tokens} vocab={args.vocab} "
-        f"hidden={args.hidden} chunk_len={args.chunk_len} ignored={args.ignored} "
-        f"(float32 logits alone: {logits_gib:.2f} GiB)"
+        f"hidden={args.hidden} chunk_len={chunk_len} ignored={args.ignored} "
+        f"repeats={args.repeats} (float32 logits alone: {logits_gib:.2f} GiB)"
     )
     grad_w_gib = args.vocab * args.hidden * 4 / 2**30
     print(f"every peak includes the float32 LM head weight grad: {grad_w_gib:.2f} GiB")
-    header = f"{'variant':<8} {'loss':>12} {'peak GiB':>9} {'- W.grad':>9} {'seconds':>8}"
-    print(f"{header} {'|grad h|':>10} {'|grad W|':>10}")
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for variant, chunk in runs_of(args):
+            cmd = [sys.executable, __file__, *_without_chunk_len(base), "--variant", variant]
+            cmd += [] if chunk is None else ["--chunk-len", str(chunk)]
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            runs.setdefault(f"{variant}" + (f"@{chunk}" if chunk else ""), []).append(r)
+    header = f"{'run':<13} {'chunk':>6} {'loss':>12} {'peak GiB':>9} {'- W.grad':>9}"
+    print(f"{header} {'wall s':>7} {'cpu s':>7} {'|grad h|':>10} {'|grad W|':>10}")
     results = {}
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, *base, "--variant", variant]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        r = results[variant] = json.loads(out.strip().splitlines()[-1])
+    for name, rs in runs.items():
+        # The highest peak and the median times of the repeats.
+        r = results[name] = {
+            **rs[0],
+            "peak_bytes": max(x["peak_bytes"] for x in rs),
+            "seconds": statistics.median(x["seconds"] for x in rs),
+            "cpu_seconds": statistics.median(x["cpu_seconds"] for x in rs),
+            "peak_bytes_per_repeat": [x["peak_bytes"] for x in rs],
+            "seconds_per_repeat": [round(x["seconds"], 2) for x in rs],
+            "cpu_seconds_per_repeat": [round(x["cpu_seconds"], 2) for x in rs],
+        }
         print(
-            f"{variant:<8} {r['loss']:>12.6f} {r['peak_bytes'] / 2**30:>9.3f} "
-            f"{r['peak_bytes'] / 2**30 - grad_w_gib:>9.3f} {r['seconds']:>8.1f} "
+            f"{name:<13} {r['chunk_len'] or '-':>6} {r['loss']:>12.6f} "
+            f"{r['peak_bytes'] / 2**30:>9.3f} {r['peak_bytes'] / 2**30 - grad_w_gib:>9.3f} "
+            f"{r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} "
             f"{r['grad_hidden_norm']:>10.6f} {r['grad_weight_norm']:>10.6f}"
         )
+    ratios = {}
     if "masked" in results:
-        for variant in [v for v in results if v != "masked"]:
-            ratio = results[variant]["peak_bytes"] / results["masked"]["peak_bytes"]
-            print(f"{variant}/masked peak: {ratio:.3f}")
+        for name in [n for n in results if n != "masked"]:
+            ratio = ratios[name] = results[name]["peak_bytes"] / results["masked"]["peak_bytes"]
+            print(f"{name}/masked peak: {ratio:.3f}")
+    if args.out:
+        settings = {k: v for k, v in vars(args).items() if k not in ("variant", "out")}
+        report = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["uv run python benchmarks/loss_memory.py", *base]),
+            "machine": machine(),
+            "settings": settings,
+            "results": results,
+            "peak_over_masked": ratios,
+        }
+        with open(args.out, "w") as f:
+            f.write(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def _without_chunk_len(argv: list[str]) -> list[str]:
+    """The command-line arguments without `--chunk-len` and its values."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--chunk-len"):
+            skipping = "=" not in arg
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

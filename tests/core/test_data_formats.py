@@ -287,3 +287,42 @@ def test_error_names_sample_and_length(mixed_lengths, cache, tokenizer) -> None:
         text_dataset(tokenizer, mixed_lengths, seq_length=12, truncation="error", cache_dir=cache)
     with pytest.raises(DataError, match="truncation must be one of"):
         text_dataset(tokenizer, mixed_lengths, truncation="cut", cache_dir=cache)
+
+
+def test_chunk_splits_long_text_into_consecutive_samples(
+    tmp_path: Path, cache: str, tokenizer, caplog
+) -> None:
+    rows = [{"text": "one two three four five " * 8}, {"text": "dog"}, {"text": "a b " * 30}]
+    path = write_jsonl(tmp_path / "text.jsonl", rows)
+    whole = text_dataset(tokenizer, path, cache_dir=cache)
+    documents = [whole[i]["input_ids"].tolist() for i in range(len(whole))]
+    seq_length = 12
+    assert len(documents[0]) > 2 * seq_length and len(documents[0]) % seq_length
+    with caplog.at_level(logging.INFO, logger="automodel.core.data"):
+        dataset = text_dataset(
+            tokenizer, path, seq_length=seq_length, truncation="chunk", cache_dir=cache
+        )
+    expected = [-(-len(doc) // seq_length) for doc in documents]  # chunks per document
+    assert len(dataset) == sum(expected)
+    assert dataset.num_chunked == 2 and dataset.num_truncated == dataset.num_dropped == 0
+    assert f"2 of 3 samples longer than seq_length=12 split into {expected[0] + expected[2]}" in (
+        caplog.text
+    )
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert all(len(s["input_ids"]) <= seq_length for s in samples)
+    for sample in samples:
+        assert sample["labels"].tolist() == sample["input_ids"].tolist()
+    # Every token of every document, once and in order: the chunks concatenate back to it.
+    start = 0
+    for doc, count in zip(documents, expected, strict=True):
+        pieces = [s["input_ids"].tolist() for s in samples[start : start + count]]
+        assert [t for piece in pieces for t in piece] == doc
+        assert all(len(piece) == seq_length for piece in pieces[:-1])
+        start += count
+    assert dataset.num_tokens == whole.num_tokens
+
+
+def test_chunk_is_for_plain_text_only(tmp_path: Path, cache: str, tokenizer) -> None:
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}])
+    with pytest.raises(DataError, match="chunk splits plain text only"):
+        chat_dataset(tokenizer, path, seq_length=8, truncation="chunk", cache_dir=cache)

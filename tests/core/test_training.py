@@ -198,7 +198,9 @@ def test_step_scheduler_resumes_a_shuffled_stateful_dataloader_mid_epoch():
 
     def make() -> tuple[StepScheduler, object]:
         loader = build_dataloader(data, 2, shuffle=True, seed=7, pad_token_id=0)
-        sched = StepScheduler(global_batch_size=4, local_batch_size=2, max_steps=12, num_epochs=None)
+        sched = StepScheduler(
+            global_batch_size=4, local_batch_size=2, max_steps=12, num_epochs=None
+        )
         return sched, loader
 
     def ids(groups) -> list[list[int]]:

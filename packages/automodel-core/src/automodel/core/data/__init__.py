@@ -9,6 +9,8 @@ loader = build_dataloader(dataset, batch_size=8, seed=0, dp_rank=rank, dp_size=w
 ```
 
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
+For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
+into consecutive N-token samples instead of cutting them off.
 """
 
 from ._chat import chat_labels
@@ -16,6 +18,7 @@ from ._collate import collate
 from ._dataset import IGNORE_INDEX, TokenizedDataset
 from ._errors import DataError
 from ._formats import (
+    TEXT_TRUNCATION_MODES,
     TRUNCATION_MODES,
     chat_dataset,
     instruction_dataset,
@@ -29,6 +32,7 @@ from ._sampler import ShardedSampler
 
 __all__ = [
     "IGNORE_INDEX",
+    "TEXT_TRUNCATION_MODES",
     "TRUNCATION_MODES",
     "DataError",
     "PackedDataset",

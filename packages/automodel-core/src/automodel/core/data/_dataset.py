@@ -22,12 +22,14 @@ class TokenizedDataset(Dataset):
         pad_token_id: int = 0,
         num_truncated: int = 0,
         num_dropped: int = 0,
+        num_chunked: int = 0,
     ):
         self.columns = columns
         self.offsets = offsets
         self.pad_token_id = pad_token_id
         self.num_truncated = num_truncated
         self.num_dropped = num_dropped
+        self.num_chunked = num_chunked  # long samples split into several (truncation="chunk")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -15,6 +15,8 @@ from ._loading import load_rows, require_columns
 logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("truncate", "drop", "error")
+# Plain text may also be split: a document is a stream of tokens, not a prompt and its answer.
+TEXT_TRUNCATION_MODES = (*TRUNCATION_MODES, "chunk")
 QA_PROMPT = "Context: {context}\nQuestion: {question}\nAnswer:"
 QUESTION_PROMPT = "Question: {question}\nAnswer:"
 _MAPPABLE = ("context", "question", "answer")
@@ -133,8 +135,14 @@ def text_dataset(
     name: str | None = None,
     cache_dir: str | None = None,
 ) -> TokenizedDataset:
-    """Plain text for pre-training, one document per row (BOS per tokenizer, EOS appended); loss on all tokens."""
-    _check_options(seq_length, truncation)
+    """Plain text for pre-training, one document per row (BOS per tokenizer, EOS appended); loss on all tokens.
+
+    For pre-training use `truncation="chunk"`: a document longer than `seq_length` becomes
+    consecutive samples of `seq_length` tokens (the last one shorter), so no token is thrown
+    away. The default `"truncate"` keeps only the first `seq_length` tokens of each document;
+    `"drop"` and `"error"` skip or reject long documents.
+    """
+    _check_options(seq_length, truncation, TEXT_TRUNCATION_MODES)
     rows = load_rows(path, split, name=name, cache_dir=cache_dir)
     source = _source("text_dataset", path, split)
     require_columns(rows, [text_column], source)
@@ -148,10 +156,13 @@ def text_dataset(
     return _build(rows, encode, tokenizer, seq_length, truncation, source)
 
 
-def _check_options(seq_length: int | None, truncation: str) -> None:
-    if truncation not in TRUNCATION_MODES:
+def _check_options(
+    seq_length: int | None, truncation: str, modes: tuple[str, ...] = TRUNCATION_MODES
+) -> None:
+    if truncation not in modes:
+        only_text = " (chunk splits plain text only: text_dataset)" if truncation == "chunk" else ""
         raise DataError(
-            f"truncation must be one of {', '.join(TRUNCATION_MODES)}; got {truncation!r}"
+            f"truncation must be one of {', '.join(modes)}; got {truncation!r}{only_text}"
         )
     if seq_length is not None and (not isinstance(seq_length, int) or seq_length < 1):
         raise DataError(f"seq_length must be a positive integer; got {seq_length!r}")
@@ -219,7 +230,7 @@ def _build(
 ) -> TokenizedDataset:
     """Encode all rows, apply the truncation policy, count and log what was changed."""
     buffer = SampleBuffer()
-    index = truncated = too_long = no_target = 0
+    index = truncated = too_long = no_target = chunked = chunks = 0
     for batch in rows.iter(batch_size=256):
         for encoded in encode(batch):
             if encoded is None:
@@ -232,10 +243,18 @@ def _build(
                     raise DataError(
                         f"{source}: sample {index} has {len(input_ids)} tokens, more than "
                         f"seq_length={seq_length} (set truncation to 'truncate' or 'drop', "
-                        "or raise seq_length)"
+                        "'chunk' for plain text, or raise seq_length)"
                     )
                 if truncation == "drop":
                     too_long += 1
+                    index += 1
+                    continue
+                if truncation == "chunk":
+                    chunked += 1
+                    for start in range(0, len(input_ids), seq_length):
+                        end = start + seq_length
+                        buffer.add(input_ids=input_ids[start:end], labels=labels[start:end])
+                        chunks += 1
                     index += 1
                     continue
                 truncated += 1
@@ -247,6 +266,15 @@ def _build(
             buffer.add(input_ids=input_ids, labels=labels)
             index += 1
     dropped = too_long + no_target
+    if chunked:
+        logger.info(
+            "%s: %d of %d samples longer than seq_length=%s split into %d chunks",
+            source,
+            chunked,
+            index,
+            seq_length,
+            chunks,
+        )
     if truncated or dropped:
         logger.warning(
             "%s: %d of %d samples truncated to seq_length=%s, %d dropped as longer than "
@@ -271,6 +299,7 @@ def _build(
         pad_token_id=int(pad if pad is not None else _eos_id(tokenizer)),
         num_truncated=truncated,
         num_dropped=dropped,
+        num_chunked=chunked,
     )
     logger.info("%s: %d samples, %d tokens", source, len(dataset), dataset.num_tokens)
     return dataset

@@ -82,6 +82,7 @@ def pack_dataset(
         pad_token_id=pad,
         num_truncated=dataset.num_truncated,
         num_dropped=dataset.num_dropped,
+        num_chunked=dataset.num_chunked,
         packed_sequence_size=size,
         num_documents=len(lengths),
     )

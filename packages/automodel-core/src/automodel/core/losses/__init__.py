@@ -9,7 +9,7 @@ Labels laid out like `input_ids` become next-token targets with `shift_labels`.
 ```python
 from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
 
-loss_fn = FusedLinearCrossEntropy(chunk_len=1024)
+loss_fn = FusedLinearCrossEntropy()  # 512 label tokens' logits at a time
 labels = [shift_labels(mb["labels"]) for mb in micro_batches]
 num_label_tokens = sum(count_label_tokens(lab) for lab in labels)  # all-reduce across DP too
 for mb, lab in zip(micro_batches, labels):

@@ -15,7 +15,7 @@ import torch
 
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import build_dataloader
-from automodel.core.logging import WandbLogger, check_metric_loggers
+from automodel.core.logging import MlflowLogger, WandbLogger, check_metric_loggers
 from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
 from automodel.core.optim import build_lr_scheduler, build_optimizer
 from automodel.core.training import (
@@ -70,6 +70,7 @@ SECTIONS = {
     "distributed": Section(keys_of=Distributed),
     "logging": Section(keys_of=Logging),
     "wandb": Section(keys_of=WandbLogger, provided=("config",)),
+    "mlflow": Section(keys_of=MlflowLogger, provided=("config",)),
 }
 
 
