@@ -77,8 +77,10 @@ def test_leftovers_are_removed_by_the_next_save(tmp_path: Path) -> None:
     for d in (staging, trash):
         (d / "model").mkdir(parents=True)
         (d / "model" / "model.safetensors").write_bytes(b"partial")
+    pointer_tmp = tmp_path / f".{LATEST_FILE}.tmp-12345"  # a LATEST update killed mid-way
+    pointer_tmp.write_text("epoch_0_step_")
     (path,) = save_steps(ckpt, 3)
-    assert not staging.exists() and not trash.exists()
+    assert not staging.exists() and not trash.exists() and not pointer_tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_FILE, path.name]
 
 

@@ -74,11 +74,12 @@ def _remove(path: Path) -> None:
 
 
 def clean_leftovers(checkpoint_dir: Path) -> None:
-    """Delete ``.staging-*`` and ``.trash-*`` entries left by an interrupted save or prune."""
+    """Delete what an interrupted save or prune left: ``.staging-*``, ``.trash-*``, and
+    ``.LATEST.tmp-<pid>`` files of a pointer update killed before its rename."""
     if not checkpoint_dir.is_dir():
         return
     for path in checkpoint_dir.iterdir():
-        if path.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+        if path.name.startswith((STAGING_PREFIX, TRASH_PREFIX, f".{LATEST_FILE}.tmp-")):
             logger.info("removing leftover %s", path)
             _remove(path)
 
