@@ -15,7 +15,12 @@ import torch
 
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import build_dataloader
-from automodel.core.logging import MlflowLogger, WandbLogger, check_metric_loggers
+from automodel.core.logging import (
+    MlflowLogger,
+    WandbLogger,
+    check_metric_loggers,
+    setup_logging,
+)
 from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
 from automodel.core.optim import build_lr_scheduler, build_optimizer
 from automodel.core.training import (
@@ -86,7 +91,9 @@ class FinetuneRecipeForCausalLM:
         seed = read_section(cfg, "rng", Rng).seed
         set_seed(seed)
         self.step_scheduler = build.build_step_scheduler(cfg)  # batch math first: no model yet
-        self.run_dir = Path(read_section(cfg, "logging", Logging).run_dir)
+        logging_section = read_section(cfg, "logging", Logging)
+        setup_logging(logging_section.level)  # first, so every set-up step is reported
+        self.run_dir = Path(logging_section.run_dir)
         self.device = build.build_device(cfg)
         self.tokenizer = build.build_tokenizer(cfg)
         self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
@@ -123,7 +130,7 @@ class FinetuneRecipeForCausalLM:
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.telemetry = Telemetry(self.run_dir, read_section(cfg, "logging", Logging), cfg, total)
+        self.telemetry = Telemetry(self.run_dir, logging_section, cfg, total)
         self.write_hf_extras = hf_extras_writer(self.unwrapped, self.tokenizer, cfg)
         if self.restore_path is None:
             self.telemetry.start_fresh()
@@ -169,6 +176,8 @@ class FinetuneRecipeForCausalLM:
     def run_train_validation_loop(self) -> None:
         """Train until max_steps/num_epochs, validating and checkpointing on schedule."""
         steps = self.step_scheduler
+        if steps.done:
+            log.info("nothing to train: the run already reached step %d", steps.step)
         if self.val_loader is not None and self.restore_path is None:
             self.validate()
         self.preemption.install()
