@@ -18,19 +18,23 @@ def apply_freeze(model: torch.nn.Module, section: Freeze, cfg: ConfigNode) -> in
     """Set `requires_grad=False` on matching parameters; return how many tensors were frozen."""
     if not section.patterns and not section.embeddings:
         return 0
-    names = [name for name, _ in model.named_parameters()]
+    named = dict(model.named_parameters())
+    matched = {
+        pattern: [n for n in named if fnmatch.fnmatchcase(n, pattern)]
+        for pattern in section.patterns
+    }
     problems = [
         Problem(
             "freeze.patterns",
-            f"{pattern!r} matches no parameter; names look like {', '.join(names[:3])}",
+            f"{pattern!r} matches no parameter; names look like {', '.join(list(named)[:3])}",
             cfg.where("freeze.patterns"),
         )
-        for pattern in section.patterns
-        if not fnmatch.filter(names, pattern)
+        for pattern, names in matched.items()
+        if not names
     ]
     if problems:
         raise ConfigError(problems)
-    frozen = {id(p) for n, p in model.named_parameters() if _matches(n, section.patterns)}
+    frozen = {id(named[n]) for names in matched.values() for n in names}
     if section.embeddings:
         frozen.update(id(p) for p in model.get_input_embeddings().parameters())
     params = list(model.parameters())
@@ -42,7 +46,3 @@ def apply_freeze(model: torch.nn.Module, section: Freeze, cfg: ConfigNode) -> in
     count = sum(p.numel() for p in params if not p.requires_grad)
     log.info("froze %d tensors (%.2fM parameters)", len(frozen), count / 1e6)
     return len(frozen)
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

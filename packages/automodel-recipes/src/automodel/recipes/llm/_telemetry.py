@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from automodel.core.config import ConfigNode, redacted_data
-from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers, setup_logging
+from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers
 from automodel.core.training import MetricsSample
 
 from ._sections import Logging
@@ -20,7 +20,6 @@ class Telemetry:
     """Rank-0 reporting of training and validation metrics for one run directory."""
 
     def __init__(self, run_dir: Path, section: Logging, cfg: ConfigNode, total_steps: int):
-        setup_logging(section.level)
         self.section = section
         self.train_log = JsonlWriter(run_dir / "training.jsonl")
         self.val_log = JsonlWriter(run_dir / "validation.jsonl")
