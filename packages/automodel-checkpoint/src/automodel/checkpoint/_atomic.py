@@ -26,9 +26,18 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+_TEMP_MARK = ".tmp-"
+
+
 def temp_path_for(path: Path) -> Path:
     """A hidden temporary sibling of ``path``, unique to this process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}")
+
+
+def is_temp_path(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of `atomic_write` (left behind if it was killed)."""
+    _, mark, pid = path.name.rpartition(_TEMP_MARK)
+    return path.name.startswith(".") and bool(mark) and pid.isdigit()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ._atomic import atomic_write_text, fsync_path
+from ._atomic import atomic_write_text, fsync_path, is_temp_path
 from ._layout import LATEST_FILE, parse_checkpoint_dir_name
 from ._manifest import MANIFEST_FILE
 
@@ -74,12 +74,12 @@ def _remove(path: Path) -> None:
 
 
 def clean_leftovers(checkpoint_dir: Path) -> None:
-    """Delete what an interrupted save or prune left: ``.staging-*``, ``.trash-*``, and
-    ``.LATEST.tmp-<pid>`` files of a pointer update killed before its rename."""
+    """Delete what an interrupted save or prune left: ``.staging-*``, ``.trash-*``, and the
+    temporary file of an atomic write (such as LATEST's) killed before its rename."""
     if not checkpoint_dir.is_dir():
         return
     for path in checkpoint_dir.iterdir():
-        if path.name.startswith((STAGING_PREFIX, TRASH_PREFIX, f".{LATEST_FILE}.tmp-")):
+        if path.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or is_temp_path(path):
             logger.info("removing leftover %s", path)
             _remove(path)
 
