@@ -13,7 +13,14 @@ transformers = pytest.importorskip("transformers")
 VOCAB = 128
 
 
-def tiny_llama(seed: int, *, tie: bool = True, layers: int = 2, intermediate: int = 64):
+def tiny_llama(
+    seed: int,
+    *,
+    tie: bool = True,
+    layers: int = 2,
+    intermediate: int = 64,
+    dtype: torch.dtype = torch.float32,
+):
     """A Llama with random weights (vocab 128, hidden 32), no download."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
@@ -25,7 +32,9 @@ def tiny_llama(seed: int, *, tie: bool = True, layers: int = 2, intermediate: in
         num_key_value_heads=2,
         tie_word_embeddings=tie,
     )
-    return transformers.AutoModelForCausalLM.from_config(config)
+    # from_config(dtype=...) builds the way from_pretrained does: non-persistent buffers such as
+    # the rotary inv_freq stay float32 (a later .to(bf16) would round them and change logits).
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 class Progress:
@@ -113,6 +122,12 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
 def make_run() -> Callable[..., Run]:
     """Build a Run: ``make_run(seed, tie=True, layers=2, intermediate=64)``."""
     return Run
+
+
+@pytest.fixture(name="tiny_llama")
+def tiny_llama_fixture() -> Callable[..., torch.nn.Module]:
+    """The tiny Llama builder, for test modules (conftest cannot be imported)."""
+    return tiny_llama
 
 
 @pytest.fixture(name="assert_same")

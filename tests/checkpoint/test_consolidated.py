@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,23 +23,13 @@ transformers = pytest.importorskip("transformers")
 INPUT_IDS = torch.tensor([[1, 5, 17, 42, 99, 3, 64, 127], [0, 2, 4, 8, 16, 32, 64, 126]])
 
 
-def tiny_llama(tie: bool, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A two-layer Llama with random weights, built from a config (no download)."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-    )
-    # from_config(dtype=...) builds the way from_pretrained does: non-persistent buffers such as
-    # the rotary inv_freq stay float32 (a later .to(bf16) would round them and change logits).
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+def perturbed_llama(
+    build: Callable[..., torch.nn.Module], tie: bool, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """The conftest's tiny Llama (seed 0), with every tensor (norms too) moved off its init."""
+    model = build(0, tie=tie, dtype=dtype).eval()
     assert isinstance(model, transformers.LlamaForCausalLM)
-    with torch.no_grad():  # make every tensor (norms too) distinguishable from a fresh init
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model
@@ -77,8 +68,8 @@ def assert_same_model(original: torch.nn.Module, loaded: torch.nn.Module) -> Non
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_single_file_loads_in_transformers(tmp_path: Path, tie: bool) -> None:
-    model = tiny_llama(tie)
+def test_single_file_loads_in_transformers(tmp_path: Path, tie: bool, tiny_llama) -> None:
+    model = perturbed_llama(tiny_llama, tie)
     files = save_like_recipe(model, tmp_path)
 
     assert files == [tmp_path / SAFE_WEIGHTS_NAME]
@@ -90,8 +81,8 @@ def test_single_file_loads_in_transformers(tmp_path: Path, tie: bool) -> None:
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_tied_weights_are_saved_once(tmp_path: Path, tie: bool) -> None:
-    model = tiny_llama(tie)
+def test_tied_weights_are_saved_once(tmp_path: Path, tie: bool, tiny_llama) -> None:
+    model = perturbed_llama(tiny_llama, tie)
     save_consolidated(model.state_dict(), tmp_path)
 
     with safe_open(tmp_path / SAFE_WEIGHTS_NAME, framework="pt") as f:
@@ -103,8 +94,8 @@ def test_tied_weights_are_saved_once(tmp_path: Path, tie: bool) -> None:
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_sharded_loads_in_transformers(tmp_path: Path, tie: bool) -> None:
-    model = tiny_llama(tie)
+def test_sharded_loads_in_transformers(tmp_path: Path, tie: bool, tiny_llama) -> None:
+    model = perturbed_llama(tiny_llama, tie)
     files = save_like_recipe(model, tmp_path, max_shard_size="20KB")
 
     shards = sorted(tmp_path.glob("model-*.safetensors"))
@@ -131,8 +122,8 @@ def test_sharded_loads_in_transformers(tmp_path: Path, tie: bool) -> None:
 
 
 @pytest.mark.parametrize("max_shard_size", ["5GB", "30KB"], ids=["single", "sharded"])
-def test_bf16_model(tmp_path: Path, max_shard_size: str) -> None:
-    model = tiny_llama(tie=True, dtype=torch.bfloat16)
+def test_bf16_model(tmp_path: Path, max_shard_size: str, tiny_llama) -> None:
+    model = perturbed_llama(tiny_llama, tie=True, dtype=torch.bfloat16)
     save_like_recipe(model, tmp_path, max_shard_size=max_shard_size)
 
     assert (tmp_path / SAFE_WEIGHTS_INDEX_NAME).exists() == (max_shard_size != "5GB")
@@ -245,11 +236,13 @@ def single_rank_group(tmp_path: Path):
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_fsdp2_state_dict_of_dtensors(tmp_path: Path, single_rank_group: None, tie: bool) -> None:
+def test_fsdp2_state_dict_of_dtensors(
+    tmp_path: Path, single_rank_group: None, tie: bool, tiny_llama
+) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    model = tiny_llama(tie)
+    model = perturbed_llama(tiny_llama, tie)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     mesh = init_device_mesh("cpu", (1,))
     for layer in model.model.layers:

@@ -67,7 +67,7 @@ def test_preemption_signal_saves_after_the_step_and_exits_0(tmp_path, sig):
     assert f"stopped by {sig.name} after step {last}" in err
 
 
-def test_sigkill_during_saves_never_exposes_a_broken_checkpoint(tmp_path):
+def test_sigkill_during_saves_never_exposes_a_broken_checkpoint(tmp_path, head_of_asset):
     """Kill a training process at many points inside checkpoint saves; every restart resumes."""
     ckpt_dir = tmp_path / "checkpoints"
     checkpointer = Checkpointer(ckpt_dir)
@@ -75,7 +75,7 @@ def test_sigkill_during_saves_never_exposes_a_broken_checkpoint(tmp_path):
         "--step_scheduler.ckpt_every_steps=1",
         "--+checkpoint.keep_last_n=2",
         "--lr_scheduler.warmup_steps=1",
-        f"--dataset.path={_subset(tmp_path, 256)}",
+        f"--dataset.path={head_of_asset('reverse_train.jsonl', tmp_path / 'train.jsonl', 256)}",
         "--~validation_dataset",
     ]
     delays = [0.0, 0.002, 0.005, 0.01, 0.02]  # seconds after a save's staging folder appears
@@ -111,14 +111,6 @@ def test_sigkill_during_saves_never_exposes_a_broken_checkpoint(tmp_path):
     assert f"at step {seen_steps[-1]}" in err
     assert _staging(ckpt_dir) == []
     assert len(checkpointer.checkpoints()) == 2  # keep_last_n
-
-
-def _subset(tmp_path: Path, lines: int) -> Path:
-    """The first lines of the example's training set: a quicker start-up for repeated launches."""
-    rows = (REPO / "examples/llm_finetune/assets/reverse_train.jsonl").read_text().splitlines()
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(rows[:lines]) + "\n")
-    return path
 
 
 def _staging(ckpt_dir: Path) -> list[str]:

@@ -51,13 +51,6 @@ def sft_run(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module) -> tup
     return _train(SFT, run_dir), run_dir
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)  # the example configs use paths relative to the repository root
-        yield mp
-
-
 def test_sft_trains_validates_and_logs(sft_run):
     _, run_dir = sft_run
     train = _rows(run_dir / "training.jsonl")

@@ -15,21 +15,15 @@ from automodel.recipes.llm import FinetuneRecipeForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-ASSETS = REPO / "examples/llm_finetune/assets"
 TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock measurements differ between runs
 
 
-def _subset(src: Path, dst: Path, lines: int) -> Path:
-    dst.write_text("".join(src.read_text().splitlines(keepends=True)[:lines]))
-    return dst
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def data(tmp_path_factory: pytest.TempPathFactory, head_of_asset) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data")
     return (
-        _subset(ASSETS / "reverse_train.jsonl", root / "train.jsonl", 64),
-        _subset(ASSETS / "reverse_validation.jsonl", root / "val.jsonl", 16),
+        head_of_asset("reverse_train.jsonl", root / "train.jsonl", 64),
+        head_of_asset("reverse_validation.jsonl", root / "val.jsonl", 16),
     )
 
 
@@ -78,13 +72,6 @@ def full_run(tmp_path_factory, data, monkeypatch_module):
     run_dir = tmp_path_factory.mktemp("full")
     recipe = _train(run_dir, data, 7)
     return recipe, run_dir
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)  # the example config's tokenizer and model paths are repo-relative
-        yield mp
 
 
 def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, data, tmp_path):
