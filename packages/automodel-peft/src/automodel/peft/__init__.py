@@ -1,1 +1,35 @@
-"""automodel.peft."""
+"""LoRA, DoRA and QLoRA for any PyTorch module, saved and loaded in the Hugging Face PEFT format."""
+
+from ._adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
+from ._apply import (
+    LoraSummary,
+    apply_lora,
+    lora_disabled,
+    lora_modules,
+    lora_state_dict,
+    lora_summary,
+    merge_lora,
+    unload_lora,
+    unmerge_lora,
+)
+from ._config import LoraConfig, LoraConfigError
+from ._lora_linear import LoraLinear
+
+__all__ = [
+    "AdapterError",
+    "LoraConfig",
+    "LoraConfigError",
+    "LoraLinear",
+    "LoraSummary",
+    "apply_lora",
+    "load_adapter",
+    "lora_disabled",
+    "lora_modules",
+    "lora_state_dict",
+    "lora_summary",
+    "merge_lora",
+    "read_adapter_config",
+    "save_adapter",
+    "unload_lora",
+    "unmerge_lora",
+]

@@ -1,0 +1,262 @@
+"""Adapters on disk in the Hugging Face PEFT format: adapter_config.json + adapter_model.safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ._apply import apply_lora, lora_modules, lora_state_dict
+from ._config import LoraConfig, LoraConfigError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+
+# adapter_config.json options this package cannot honour; each must be unset (null, false, {}, []).
+_UNSUPPORTED_OPTIONS = (
+    "fan_in_fan_out",
+    "modules_to_save",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "lora_bias",
+    "use_qalora",
+    "target_parameters",
+    "trainable_token_indices",
+    "layer_replication",
+    "megatron_config",
+    "alora_invocation_tokens",
+    "use_bdlora",
+)
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot be saved from or loaded into this model."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or (
+            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None
+        )
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def peft_config_dict(
+    model: nn.Module, base_model_name_or_path: str | None = None, task_type: str | None = None
+) -> dict[str, Any]:
+    """The adapter_config.json content describing the LoRA on ``model`` (one setting for all)."""
+    modules = list(lora_modules(unwrap(model)))
+    if not modules:
+        raise AdapterError("the model has no LoRA modules: call apply_lora(model, config) first")
+    first = modules[0][1]
+    for path, module in modules[1:]:
+        for attr in ("rank", "alpha", "use_rslora", "use_dora"):
+            if getattr(module, attr) != getattr(first, attr):
+                raise AdapterError(
+                    f"LoRA {attr} differs between {modules[0][0]} and {path}; the adapter format "
+                    "written here needs one setting for all modules"
+                )
+    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type if task_type is not None else _infer_task_type(unwrap(model)),
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "lora_dropout": dropout,
+        "target_modules": [path for path, _ in modules],
+        "exclude_modules": None,
+        "use_rslora": first.use_rslora,
+        "use_dora": first.use_dora,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True if first.init_a == "kaiming" else "gaussian",
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "inference_mode": True,
+        "revision": None,
+    }
+
+
+def save_adapter(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+) -> Path:
+    """Write the adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; return the folder."""
+    out = Path(directory)
+    config = peft_config_dict(model, base_model_name_or_path, task_type)
+    tensors = {
+        KEY_PREFIX + name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in lora_state_dict(unwrap(model)).items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _write_atomic(
+        out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")
+    )
+    return out
+
+
+def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
+    """The LoraConfig an adapter folder describes; AdapterError naming any unsupported option."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise AdapterError(f"{path} not found: an adapter folder needs {CONFIG_NAME}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path} must hold a JSON object")
+    peft_type = raw.get("peft_type")
+    if peft_type != "LORA":
+        raise AdapterError(
+            f"{path}: peft_type {peft_type!r} is not supported; automodel.peft loads LoRA "
+            "adapters (peft_type 'LORA', including DoRA and rsLoRA)"
+        )
+    for key in _UNSUPPORTED_OPTIONS:
+        if raw.get(key):
+            raise AdapterError(
+                f"{path}: option {key}={raw[key]!r} is not supported by automodel.peft "
+                "(it must be unset: null, false or empty)"
+            )
+    if raw.get("bias", "none") != "none":
+        raise AdapterError(f"{path}: option bias={raw['bias']!r} is not supported (only 'none')")
+    targets = raw.get("target_modules")
+    if isinstance(targets, str):  # peft: a single string is a full-match regex
+        targets = ["re:" + targets]
+    init = raw.get("init_lora_weights", True)
+    try:
+        return LoraConfig(
+            dim=raw.get("r", 8),
+            alpha=raw.get("lora_alpha", 8),
+            dropout=raw.get("lora_dropout", 0.0) or 0.0,
+            target_modules=targets or [],
+            exclude_modules=_exclude_list(raw.get("exclude_modules")),
+            use_rslora=bool(raw.get("use_rslora", False)),
+            use_dora=bool(raw.get("use_dora", False)),
+            init_a="gaussian" if init == "gaussian" else "kaiming",
+        )
+    except LoraConfigError as exc:
+        raise AdapterError(f"{path}: {exc}") from exc
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load an adapter folder (ours or peft's) into ``model``, applying LoRA first if needed."""
+    folder = Path(directory)
+    config = read_adapter_config(folder)
+    target = unwrap(model)
+    if not any(True for _ in lora_modules(target)):
+        try:
+            apply_lora(target, config)
+        except LoraConfigError as exc:
+            raise AdapterError(f"adapter {folder} does not fit this model: {exc}") from exc
+    saved = _read_adapter_tensors(folder / WEIGHTS_NAME)
+    expected = lora_state_dict(target)
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_few(unexpected)}")
+        raise AdapterError(
+            f"adapter {folder / WEIGHTS_NAME} does not match the LoRA modules of this model "
+            f"({'; '.join(parts)})"
+        )
+    modules = dict(lora_modules(target))
+    for name, tensor in saved.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            module_path = name.rsplit(".lora_", 1)[0]
+            module = modules[module_path]
+            raise AdapterError(
+                f"adapter {folder / WEIGHTS_NAME}: {name} has shape {list(tensor.shape)} but "
+                f"module {module_path} (in_features={module.in_features}, "
+                f"out_features={module.out_features}, rank={module.rank}) needs "
+                f"{list(expected[name].shape)}; the adapter was trained on a different base model "
+                "or rank"
+            )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            expected[name].copy_(tensor.to(expected[name].dtype))
+    return model
+
+
+def _read_adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        bin_path = path.with_name("adapter_model.bin")
+        hint = (
+            f"; {bin_path.name} (pickle) is not loaded for safety: re-save it as safetensors"
+            if bin_path.is_file()
+            else ""
+        )
+        raise AdapterError(f"{path} not found{hint}")
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                name = key.removeprefix(KEY_PREFIX)
+                for adapter_suffix in (".default.weight", ".default"):  # older peft files
+                    if ".lora_" in name and name.endswith(adapter_suffix):
+                        name = name[: -len(adapter_suffix)] + (
+                            ".weight" if adapter_suffix == ".default.weight" else ""
+                        )
+                out[name] = f.get_tensor(key)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise AdapterError(f"cannot read {path}: {exc}") from exc
+    return out
+
+
+def _exclude_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    return ["re:" + value] if isinstance(value, str) else list(value)  # type: ignore[arg-type]
+
+
+def _infer_task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    for suffix, task in (
+        ("ForCausalLM", "CAUSAL_LM"),
+        ("ForSequenceClassification", "SEQ_CLS"),
+        ("ForTokenClassification", "TOKEN_CLS"),
+        ("ForQuestionAnswering", "QUESTION_ANS"),
+    ):
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown

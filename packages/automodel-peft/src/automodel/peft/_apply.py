@@ -1,0 +1,138 @@
+"""Put LoRA on a model, take it off, merge it, and report what is trainable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._config import LoraConfig
+from ._lora_linear import LoraLinear
+from ._matching import select_linear_modules
+from ._quant import is_quantized, quantize_nf4
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSummary:
+    """What :func:`apply_lora` did: modules wrapped, trainable and total parameter counts."""
+
+    modules: tuple[str, ...]
+    trainable_params: int
+    total_params: int
+    quantized_modules: int = 0
+
+    @property
+    def trainable_percent(self) -> float:
+        """Trainable parameters as a percentage of all parameters."""
+        return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+    def __str__(self) -> str:
+        quant = f", {self.quantized_modules} base weights in NF4" if self.quantized_modules else ""
+        return (
+            f"LoRA on {len(self.modules)} modules{quant}: {self.trainable_params:,} trainable "
+            f"parameters of {self.total_params:,} ({self.trainable_percent:.3f}%)"
+        )
+
+
+def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Wrap the selected ``nn.Linear`` modules of ``model`` in place and freeze everything else.
+
+    Returns ``model``; :func:`lora_summary` reports what was wrapped (it is also logged).
+    """
+    paths = select_linear_modules(model, config)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for path in paths:
+        parent, name = _parent(model, path)
+        wrapped = LoraLinear(getattr(parent, name), config)
+        if config.quantize_base is not None:
+            wrapped.weight = quantize_nf4(wrapped.weight, config.nf4_block_size, path)
+        setattr(parent, name, wrapped)
+    logger.info("%s", lora_summary(model))
+    return model
+
+
+def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
+    """``(path, module)`` for every LoRA-wrapped linear, in module order."""
+    for path, module in model.named_modules():
+        if isinstance(module, LoraLinear):
+            yield path, module
+
+
+def lora_summary(model: nn.Module) -> LoraSummary:
+    """Modules carrying LoRA and trainable/total parameter counts (NF4 counted unpacked)."""
+    modules = tuple(path for path, _ in lora_modules(model))
+    params = list({id(p): p for p in model.parameters()}.values())
+    return LoraSummary(
+        modules=modules,
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params),
+        quantized_modules=sum(is_quantized(m.weight) for _, m in lora_modules(model)),
+    )
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors under the model's own parameter names (``<path>.lora_A.weight``, ...)."""
+    out = {}
+    for path, module in lora_modules(model):
+        for name, tensor in _adapter_tensors(module).items():
+            out[f"{path}.{name}"] = tensor
+    return out
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight (forward then costs what the base costs)."""
+    for _, module in lora_modules(model):
+        module.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge_lora`, so training the adapters can continue."""
+    for _, module in lora_modules(model):
+        module.unmerge()
+    return model
+
+
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRA wrapper by a plain ``nn.Linear`` holding its current weight.
+
+    Call :func:`merge_lora` first to keep what was learned; otherwise the adapters are
+    dropped. The result has the base model's module types and state_dict keys again.
+    """
+    for path, module in list(lora_modules(model)):
+        parent, name = _parent(model, path)
+        setattr(parent, name, module.to_linear())
+    return model
+
+
+@contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the base model alone inside the block (e.g. a reference model for DPO or KD)."""
+    modules = [m for _, m in lora_modules(model)]
+    previous = [m.disabled for m in modules]
+    for m in modules:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m, was in zip(modules, previous, strict=True):
+            m.disabled = was
+
+
+def _adapter_tensors(module: LoraLinear) -> dict[str, torch.Tensor]:
+    tensors = {"lora_A.weight": module.lora_A.weight, "lora_B.weight": module.lora_B.weight}
+    if module.use_dora:
+        tensors["lora_magnitude_vector"] = module.lora_magnitude_vector
+    return tensors
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, name = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), name

@@ -1,0 +1,128 @@
+"""LoraConfig: what to adapt and how, validated when it is built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import torch
+
+_INITS = ("kaiming", "gaussian")
+_DROPOUT_POSITIONS = ("pre", "post")
+_QUANTIZATIONS = ("nf4",)
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class LoraConfigError(ValueError):
+    """A LoraConfig value or combination of values that cannot work."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA settings: rank, scaling, which ``nn.Linear`` modules to adapt, and variants.
+
+    ``target_modules`` entries are globs matched against module paths
+    (``*.q_proj``, ``model.layers.0.mlp.*``); a bare name such as ``q_proj`` matches
+    that last path component anywhere; a ``re:`` prefix makes the rest a regex that
+    must match the whole path.
+    """
+
+    dim: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    dropout_position: Literal["pre", "post"] = "pre"
+    target_modules: list[str] = field(default_factory=list)
+    exclude_modules: list[str] = field(default_factory=list)
+    match_all_linear: bool = False
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_a: Literal["kaiming", "gaussian"] = "kaiming"
+    lora_dtype: str | torch.dtype | None = None
+    quantize_base: Literal["nf4"] | None = None
+    nf4_block_size: int = 64
+    use_triton: bool = False
+
+    def __post_init__(self) -> None:
+        self.target_modules = _pattern_list(self.target_modules, "target_modules")
+        self.exclude_modules = _pattern_list(self.exclude_modules, "exclude_modules")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise LoraConfigError(
+                f"dim (the LoRA rank) must be a positive integer, got {self.dim!r}"
+            )
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
+            raise LoraConfigError(f"alpha must be a number, got {self.alpha!r}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise LoraConfigError(
+                f"alpha must be positive (the update is scaled by alpha/dim), got {self.alpha!r}"
+            )
+        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
+            raise LoraConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _choice(self.dropout_position, _DROPOUT_POSITIONS, "dropout_position")
+        _choice(self.init_a, _INITS, "init_a")
+        if self.quantize_base is not None:
+            _choice(self.quantize_base, _QUANTIZATIONS, "quantize_base")
+        if not isinstance(self.nf4_block_size, int) or self.nf4_block_size < 2:
+            raise LoraConfigError(
+                f"nf4_block_size must be an integer >= 2, got {self.nf4_block_size!r}"
+            )
+        self.lora_dtype = _dtype(self.lora_dtype)
+        if not self.target_modules and not self.match_all_linear:
+            raise LoraConfigError(
+                "LoraConfig selects no modules: set target_modules (e.g. ['*.q_proj', '*.v_proj']) "
+                "or match_all_linear: true"
+            )
+        if self.use_triton and self.use_dora:
+            raise LoraConfigError(
+                "use_triton and use_dora cannot be combined: the fused Triton kernel computes "
+                "plain LoRA only; turn one of them off"
+            )
+        if self.use_triton and self.dropout_position == "post" and self.dropout > 0:
+            raise LoraConfigError(
+                "use_triton supports dropout_position 'pre' only (dropout on the LoRA input)"
+            )
+
+    @property
+    def scaling(self) -> float:
+        """The factor on B @ A: alpha/dim, or alpha/sqrt(dim) with rsLoRA."""
+        return self.alpha / (math.sqrt(self.dim) if self.use_rslora else self.dim)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values (dtype as its name), for logs and reports."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(out["lora_dtype"], torch.dtype):
+            out["lora_dtype"] = str(out["lora_dtype"]).removeprefix("torch.")
+        return out
+
+
+def _choice(value: object, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise LoraConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _pattern_list(value: object, key: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise LoraConfigError(f"{key} must be a list of non-empty strings, got {value!r}")
+    return list(value)
+
+
+def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = str(value).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise LoraConfigError(
+            f"lora_dtype must be one of {', '.join(sorted(_DTYPES))} or null, got {value!r}"
+        )
+    return _DTYPES[name]
