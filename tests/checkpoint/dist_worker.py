@@ -1,7 +1,8 @@
 """Worker of test_distributed.py, run by torchrun: FSDP2 on CPU (gloo), 2 ranks, torch only.
 
 Checks sync and async save, restore into fresh objects, per-rank train state and exact
-continuation; writes ``rank<r>.json`` (and ``reference.pt`` from rank 0) into argv[1].
+continuation, and a PEFT_ADAPTER save + restore of a partly frozen model; writes
+``rank<r>.json`` (and ``reference.pt`` from rank 0) into argv[1].
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from automodel.checkpoint import Checkpointer, CheckpointError
+from automodel.checkpoint import PEFT_ADAPTER, Checkpointer, CheckpointError
 
 
 class Counter:
@@ -58,6 +59,71 @@ class TinyLM(torch.nn.Module):
             h = h + layer(h)
         logits = self.head(h[:, :-1])
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+
+class AdapterLM(TinyLM):
+    """TinyLM plus a trainable rank-1 bottleneck: ``lora_A.weight`` is [1, 32], so on two
+    ranks one of them holds an empty shard of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lora_A = torch.nn.Linear(32, 1, bias=False)
+        self.lora_B = torch.nn.Linear(1, 32, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        h = h + self.lora_B(self.lora_A(h))
+        for layer in self.layers:
+            h = h + layer(h)
+        logits = self.head(h[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+
+ADAPTER_TRAINABLE = ("lora_A.weight", "lora_B.weight", "layers.0.3.weight", "layers.1.3.weight")
+
+
+def build_adapter(seed: int, mesh) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """AdapterLM with everything frozen but ADAPTER_TRAINABLE, FSDP2-sharded."""
+    torch.manual_seed(seed)
+    model = AdapterLM()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in ADAPTER_TRAINABLE)
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    return model, optimizer
+
+
+def adapter_checks(root: Path, mesh, rank: int) -> dict[str, object]:
+    """Async PEFT_ADAPTER save of an FSDP2 model, restore into another one."""
+    model, optimizer = build_adapter(3, mesh)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0)
+    for step in (1, 2):
+        train_step(model, optimizer, scheduler, rank, step)
+    with Checkpointer(root, async_save=True, weights_format=PEFT_ADAPTER) as ckpt:
+        path = ckpt.save(0, 2, model=model, optimizer=optimizer)
+        saved = local_state(model, optimizer)
+        train_step(model, optimizer, scheduler, rank, 3)  # mutates while saving
+        ckpt.wait()
+        other, other_optimizer = build_adapter(4, mesh)
+        before = local_state(other, other_optimizer)
+        ckpt.restore(path, model=other, optimizer=other_optimizer)
+        after = local_state(other, other_optimizer)
+    trainable = {f"model.{name}" for name in ADAPTER_TRAINABLE}
+    return {
+        "adapter_trainable_equal": all(torch.equal(after[k], saved[k]) for k in trainable),
+        "adapter_frozen_untouched": all(
+            torch.equal(after[k], before[k])
+            for k in before
+            if k.startswith("model.") and k not in trainable
+        ),
+        "adapter_optim_equal": same(
+            {k: v for k, v in after.items() if k.startswith("optim.")},
+            {k: v for k, v in saved.items() if k.startswith("optim.")},
+        ),
+        "adapter_empty_shard": rank == 1 and other.lora_A.weight.to_local().numel() == 0,
+    }
 
 
 def build(seed: int, mesh) -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
@@ -174,6 +240,8 @@ def main() -> None:
             ckpt.restore(async_path, model=model3, train_states={"nope": counter3})
         except CheckpointError as exc:
             result["missing_error"] = str(exc)
+
+    result.update(adapter_checks(out / "adapter", mesh, rank))
 
     if rank == 0:
         flat = {

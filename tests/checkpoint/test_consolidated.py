@@ -221,20 +221,6 @@ def test_rejects_bad_input(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- DTensor
 
 
-@pytest.fixture
-def single_rank_group(tmp_path: Path):
-    """A one-process gloo group (so DTensor / FSDP2 work on CPU), torn down afterwards."""
-    dist = torch.distributed
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no process group already running")
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_fsdp2_state_dict_of_dtensors(
     tmp_path: Path, single_rank_group: None, tie: bool, tiny_llama

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from automodel.checkpoint import Checkpointer, CheckpointError, read_checkpoint_info
+from automodel.checkpoint import (
+    PEFT_ADAPTER,
+    Checkpointer,
+    CheckpointError,
+    load_consolidated,
+    read_checkpoint_info,
+)
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -63,6 +69,10 @@ def test_each_rank_restores_what_it_saved(two_rank_run: Path, rank: int) -> None
     assert result["latest"] == "epoch_0_step_4"
     assert result["checkpoints"] == ["epoch_0_step_3", "epoch_0_step_4"]  # keep_last_n=2
     assert "has no train_states [nope]" in result["missing_error"]
+    assert result["adapter_trainable_equal"], "adapter did not restore bitwise"
+    assert result["adapter_frozen_untouched"], "restoring the adapter changed frozen weights"
+    assert result["adapter_optim_equal"], "optimizer over the trainable subset did not restore"
+    assert result["adapter_empty_shard"] == (rank == 1)
 
 
 def test_two_rank_checkpoint_layout(two_rank_run: Path) -> None:
@@ -72,6 +82,28 @@ def test_two_rank_checkpoint_layout(two_rank_run: Path) -> None:
     assert {"optim/optimizer/__0_0.distcp", "optim/optimizer/__1_0.distcp"} <= info.files.keys()
     assert {"model/model.safetensors", "model/config.json"} <= info.files.keys()
     assert not [p for p in (two_rank_run / "ckpt").iterdir() if p.name.startswith(".")]
+
+
+def test_two_rank_adapter_checkpoint(two_rank_run: Path) -> None:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from dist_worker import ADAPTER_TRAINABLE, AdapterLM
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    path = two_rank_run / "adapter" / "epoch_0_step_2"
+    assert read_checkpoint_info(path).weights_format == PEFT_ADAPTER
+    assert sorted(p.name for p in (path / "model").iterdir()) == ["adapter_model.safetensors"]
+    on_disk = load_consolidated(path / "model", file_stem="adapter_model")
+    assert set(on_disk) == {f"base_model.model.{name}" for name in ADAPTER_TRAINABLE}
+
+    model = AdapterLM()  # one process, unsharded: the adapter reads back unchanged
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in ADAPTER_TRAINABLE)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    Checkpointer(two_rank_run / "adapter", weights_format=PEFT_ADAPTER).restore(path, model=model)
+    for name, param in model.named_parameters():
+        expected = on_disk.get(f"base_model.model.{name}", frozen.get(name))
+        assert torch.equal(param.detach(), expected), name
 
 
 def test_single_process_reads_the_two_rank_checkpoint(two_rank_run: Path) -> None:

@@ -1,4 +1,5 @@
-"""automodel.checkpoint: full training-state checkpoints, consolidated HF safetensors, layout."""
+"""automodel.checkpoint: full training-state checkpoints, consolidated HF safetensors (or PEFT
+adapters), layout."""
 
 from ._atomic import atomic_write_text
 from ._checkpointer import Checkpointer
@@ -19,13 +20,16 @@ from ._manifest import MANIFEST_FILE, CheckpointInfo, read_checkpoint_info
 from ._retention import find_latest
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
+from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER, WeightsFormat
 
 __all__ = [
     "CONFIG_FILE",
+    "HF_WEIGHTS",
     "LATEST_FILE",
     "MANIFEST_FILE",
     "MODEL_DIR",
     "OPTIM_DIR",
+    "PEFT_ADAPTER",
     "SAFE_WEIGHTS_INDEX_NAME",
     "SAFE_WEIGHTS_NAME",
     "TRAIN_STATE_DIR",
@@ -33,6 +37,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointLayout",
     "Checkpointer",
+    "WeightsFormat",
     "atomic_write_text",
     "checkpoint_dir_name",
     "find_latest",

@@ -29,6 +29,7 @@ from ._train_state import (
     read_states_file,
     select_states,
 )
+from ._weights_format import HF_WEIGHTS, WeightsFormat
 
 logger = logging.getLogger(__name__)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -39,6 +40,11 @@ class Checkpointer:
 
     Every rank calls :meth:`save` and :meth:`restore` (they are collectives when
     torch.distributed is initialised); rank 0 writes the shared parts and publishes.
+
+    ``weights_format`` says how ``model/`` holds the model: :data:`HF_WEIGHTS` (every tensor,
+    a Hugging Face model folder) or :data:`PEFT_ADAPTER` (the trainable parameters only, as a
+    Hugging Face PEFT adapter). It is recorded in ``checkpoint.json``; restoring a checkpoint
+    saved in another format is an error.
     """
 
     def __init__(
@@ -48,15 +54,22 @@ class Checkpointer:
         keep_last_n: int | None = None,
         async_save: bool = False,
         max_shard_size: str | int = "5GB",
+        weights_format: WeightsFormat = HF_WEIGHTS,
     ) -> None:
         if keep_last_n is not None and (
             isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1
         ):
             raise ValueError(f"keep_last_n must be None or a positive int, got {keep_last_n!r}")
+        if not isinstance(weights_format, WeightsFormat):
+            raise TypeError(
+                "weights_format must be a WeightsFormat (such as HF_WEIGHTS or PEFT_ADAPTER), "
+                f"got {weights_format!r}"
+            )
         self.checkpoint_dir = Path(checkpoint_dir)
         self.keep_last_n = keep_last_n
         self.async_save = bool(async_save)
         self.max_shard_size = parse_size(max_shard_size)
+        self.weights_format = weights_format
         self._group: dist.ProcessGroup | None = None
         self._writer = BackgroundWriter()
         self._buffers = SnapshotBuffers() if self.async_save else None
@@ -64,7 +77,7 @@ class Checkpointer:
     def __repr__(self) -> str:
         return (
             f"Checkpointer({str(self.checkpoint_dir)!r}, keep_last_n={self.keep_last_n}, "
-            f"async_save={self.async_save})"
+            f"async_save={self.async_save}, weights_format={self.weights_format.name})"
         )
 
     def _context(self) -> DistContext:
@@ -123,6 +136,7 @@ class Checkpointer:
                 optim_states=optim_states,
                 train_states=train_states,
                 buffers=self._buffers,
+                weights_format=self.weights_format,
             )
         except Exception as exc:
             error = exc
@@ -135,6 +149,7 @@ class Checkpointer:
             step=step,
             max_shard_size=self.max_shard_size,
             keep_last_n=self.keep_last_n,
+            weights_format=self.weights_format,
             **state,
         )
         if self.async_save:
@@ -170,6 +185,8 @@ class Checkpointer:
         info = read_checkpoint_info(path)
         verify_files(info)
         _check_parts(info, model if load_weights else None, optimizer, optim_states, train_states)
+        if model is not None and load_weights:
+            _check_weights_format(info, self.weights_format)
         ctx = self._context()
         if train_states and info.world_size != ctx.world_size:
             raise CheckpointError(
@@ -192,7 +209,7 @@ class Checkpointer:
             error = exc
         ctx.agree(error, f"reading checkpoint {info.path}")
         if model is not None and load_weights:
-            restore_model(model, layout.model_dir, ctx)
+            restore_model(model, layout.model_dir, ctx, self.weights_format)
         if optimizer is not None and model is not None:
             restore_optimizer(model, optimizer, layout.optim_dir, ctx)
         apply_states(optim_states, optim_saved, "optim_states")
@@ -248,4 +265,15 @@ def _check_parts(
     if missing:
         raise CheckpointError(
             f"checkpoint {info.path} has no {', '.join(missing)}; it has {info.describe_parts()}"
+        )
+
+
+def _check_weights_format(info: CheckpointInfo, expected: WeightsFormat) -> None:
+    """CheckpointError unless the checkpoint's model is stored the way this run reads it."""
+    saved = info.weights_format
+    if saved != expected:
+        raise CheckpointError(
+            f"checkpoint {info.path} holds {saved.describe()} but this run restores "
+            f"{expected.describe()}; only a Checkpointer(..., weights_format={saved.name}) "
+            "restores its weights"
         )

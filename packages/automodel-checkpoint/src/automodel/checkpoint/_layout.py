@@ -4,6 +4,7 @@
 <checkpoint_dir>/
   epoch_<e>_step_<s>/
     model/          Hugging Face layout: *.safetensors (+ index), config.json, ...
+                    (or a PEFT adapter: adapter_model.safetensors, adapter_config.json)
     optim/          optimizer + LR scheduler state
     train_state/    step scheduler, dataloader positions, RNG state
     config.yaml     the resolved config
@@ -23,9 +24,10 @@ TRAIN_STATE_DIR = "train_state"
 CONFIG_FILE = "config.yaml"
 LATEST_FILE = "LATEST"
 
+MODEL_FILE_STEM = "model"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_SHARD_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
+_STEM_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _STEP_DIR_RE = re.compile(r"^epoch_(\d+)_step_(\d+)$")
 
 
@@ -43,16 +45,38 @@ def parse_checkpoint_dir_name(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def shard_file_name(index: int, count: int) -> str:
+def check_file_stem(stem: str) -> str:
+    """``stem`` if it can name weight files (``<stem>.safetensors``), else ValueError."""
+    if not isinstance(stem, str) or not _STEM_RE.match(stem) or stem.endswith(".safetensors"):
+        raise ValueError(
+            "a weight file stem is a plain file name without '.safetensors' (letters, digits, "
+            f"'_', '-', '.'), such as 'model' or 'adapter_model'; got {stem!r}"
+        )
+    return stem
+
+
+def weights_file_name(stem: str = MODEL_FILE_STEM) -> str:
+    """The single weight file: ``<stem>.safetensors``."""
+    return f"{check_file_stem(stem)}.safetensors"
+
+
+def weights_index_name(stem: str = MODEL_FILE_STEM) -> str:
+    """The index of sharded weights: ``<stem>.safetensors.index.json``."""
+    return f"{check_file_stem(stem)}.safetensors.index.json"
+
+
+def shard_file_name(index: int, count: int, stem: str = MODEL_FILE_STEM) -> str:
     """Hugging Face name of weight shard ``index`` (1-based) of ``count``."""
     if not 1 <= index <= count:
         raise ValueError(f"shard index {index} out of range 1..{count}")
-    return f"model-{index:05d}-of-{count:05d}.safetensors"
+    return f"{check_file_stem(stem)}-{index:05d}-of-{count:05d}.safetensors"
 
 
-def is_weight_file_name(name: str) -> bool:
-    """Whether ``name`` is a consolidated weight file or index written by this package."""
-    return name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) or bool(_SHARD_RE.match(name))
+def is_weight_file_name(name: str, stem: str = MODEL_FILE_STEM) -> bool:
+    """Whether ``name`` is a weight file, shard or index with file stem ``stem``."""
+    if name in (weights_file_name(stem), weights_index_name(stem)):
+        return True
+    return re.fullmatch(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.safetensors", name) is not None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._atomic import atomic_write_text
 from ._errors import CheckpointError
+from ._weights_format import HF_WEIGHTS, WeightsFormat
 
 MANIFEST_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
@@ -32,6 +33,7 @@ class CheckpointInfo:
     optim_states: tuple[str, ...]  # names of the states saved once under optim/
     train_states: tuple[str, ...]  # names of the states saved per rank under train_state/
     files: Mapping[str, int] = field(default_factory=dict)  # relative POSIX path -> bytes
+    weights_format: WeightsFormat = HF_WEIGHTS  # how model/ holds the weights
 
     @property
     def total_bytes(self) -> int:
@@ -69,6 +71,7 @@ def write_manifest(
     parts: Sequence[str],
     optim_states: Sequence[str],
     train_states: Sequence[str],
+    weights_format: WeightsFormat = HF_WEIGHTS,
 ) -> dict[str, Any]:
     """Write ``checkpoint.json`` into ``staging`` (listing every file there); return its content."""
     manifest = {
@@ -80,6 +83,7 @@ def write_manifest(
         "parts": [p for p in PARTS if p in parts],
         "optim_states": list(optim_states),
         "train_states": list(train_states),
+        "weights_format": weights_format.to_json(),
         "files": list_files(staging),
     }
     atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
@@ -136,6 +140,12 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise _bad(manifest, f"unknown part(s) {unknown}")
+    weights_format = HF_WEIGHTS  # manifests written before weights_format existed
+    if "weights_format" in raw:
+        try:
+            weights_format = WeightsFormat.from_json(raw["weights_format"])
+        except ValueError as exc:
+            raise _bad(manifest, f"'weights_format' is invalid: {exc}") from exc
     return CheckpointInfo(
         path=root,
         format_version=version,
@@ -147,6 +157,7 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         optim_states=_names(raw, "optim_states", manifest),
         train_states=_names(raw, "train_states", manifest),
         files=dict(files),
+        weights_format=weights_format,
     )
 
 

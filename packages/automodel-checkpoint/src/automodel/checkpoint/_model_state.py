@@ -1,5 +1,9 @@
 """The model part: consolidated safetensors in, ``set_model_state_dict`` out, shapes checked first.
 
+A :class:`WeightsFormat` says which tensors (all, or the trainable parameters only), under
+which key prefix and in which files; names inside this module are always the model's own,
+as ``get_model_state_dict`` spells them (DDP's ``module.`` and similar wrapper names removed).
+
 torch.distributed.checkpoint is imported where it is used: it pulls in DTensor and sympy
 (seconds), which ``import automodel.checkpoint`` and the offline tools do not need.
 """
@@ -15,9 +19,10 @@ import torch
 
 from ._dist import DistContext
 from ._errors import CheckpointError
-from ._layout import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
-from ._safetensors_io import load_consolidated, read_index
-from ._tensors import drop_aliases, is_dtensor
+from ._layout import MODEL_FILE_STEM, weights_file_name, weights_index_name
+from ._safetensors_io import find_weight_files, load_consolidated, read_index
+from ._tensors import alias_key, drop_aliases, is_dtensor
+from ._weights_format import HF_WEIGHTS, WeightsFormat
 
 _MAX_HEADER = 100 * 2**20
 
@@ -76,17 +81,12 @@ def read_safetensors_header(path: Path) -> dict[str, TensorHeader]:
     return out
 
 
-def read_model_header(model_dir: Path) -> dict[str, TensorHeader]:
+def read_model_header(model_dir: Path, file_stem: str = MODEL_FILE_STEM) -> dict[str, TensorHeader]:
     """Every tensor of a consolidated model folder (single file or index), from headers only."""
-    single = model_dir / SAFE_WEIGHTS_NAME
-    if single.is_file():
-        return read_safetensors_header(single)
-    index = model_dir / SAFE_WEIGHTS_INDEX_NAME
-    if not index.is_file():
-        raise CheckpointError(
-            f"no consolidated weights in {model_dir}: expected {SAFE_WEIGHTS_NAME} "
-            f"or {SAFE_WEIGHTS_INDEX_NAME}"
-        )
+    found, sharded = find_weight_files(model_dir, file_stem)
+    if not sharded:
+        return read_safetensors_header(found)
+    index = found
     weight_map = read_index(index)
     out: dict[str, TensorHeader] = {}
     for file_name in dict.fromkeys(weight_map.values()):
@@ -103,14 +103,67 @@ def few_names(names: list[str], n: int = 5) -> str:
     return f"{shown} (and {len(names) - n} more; {len(names)} in all)" if len(names) > n else shown
 
 
-def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full CPU state dict on rank 0 (empty elsewhere), tied aliases dropped; a collective."""
+def trainable_names(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> set[str]:
+    """The names in ``state`` (``get_model_state_dict(model)``) of parameters that require grad.
+
+    Matched by memory, not by name, so wrapper prefixes (DDP's ``module.``, ``_orig_mod.``) and
+    FSDP2's DTensor parameters need no special case; tied names of one parameter all count.
+    CheckpointError if a trainable parameter has no entry in ``state``.
+    """
+    wanted: dict[object, str] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = alias_key(param)
+        if key is None:
+            raise CheckpointError(
+                f"trainable parameter {name!r} has no memory to find it by in the model's "
+                "state dict (is it on the meta device?)"
+            )
+        wanted.setdefault(key, name)
+    found: set[str] = set()
+    seen: set[object] = set()
+    for name, tensor in state.items():
+        key = alias_key(tensor)
+        if key is not None and key in wanted:
+            found.add(name)
+            seen.add(key)
+    lost = [name for key, name in wanted.items() if key not in seen]
+    if lost:
+        raise CheckpointError(
+            f"{len(lost)} trainable parameter(s) are not in the model's state dict as "
+            f"themselves (a state_dict hook converts them?): {few_names(lost)}"
+        )
+    return found
+
+
+def full_model_state(
+    model: torch.nn.Module, weights_format: WeightsFormat = HF_WEIGHTS
+) -> dict[str, torch.Tensor]:
+    """The full CPU state dict on rank 0 (empty elsewhere), tied aliases dropped; a collective.
+
+    With ``weights_format.trainable_only`` only the trainable parameters are gathered and
+    returned. Keys are the model's own names (no ``key_prefix``).
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    _, aliases = drop_aliases(get_model_state_dict(model))
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    local = get_model_state_dict(model)  # local shards: no communication
+    _, aliases = drop_aliases(local)
+    keep: set[str] | None = None
+    if weights_format.trainable_only:
+        keep = trainable_names(model, local)
+        if not keep:
+            raise CheckpointError(
+                f"the model has no trainable parameters, and {weights_format.describe()} "
+                "saves only those (are all parameters frozen?)"
+            )
+    options = StateDictOptions(
+        full_state_dict=True,
+        cpu_offload=True,
+        ignore_frozen_params=weights_format.trainable_only,  # frozen weights are not gathered
+    )
     full = get_model_state_dict(model, options=options)
-    return {k: v for k, v in full.items() if k not in aliases}
+    return {k: v for k, v in full.items() if k not in aliases and (keep is None or k in keep)}
 
 
 def live_storages(model: torch.nn.Module) -> set[int]:
@@ -123,22 +176,54 @@ def live_storages(model: torch.nn.Module) -> set[int]:
     return live
 
 
+def strip_key_prefix(
+    saved: dict[str, TensorHeader], prefix: str, where: Path
+) -> dict[str, TensorHeader]:
+    """``saved`` under the model's names: ``prefix`` removed; CheckpointError if a key lacks it."""
+    if not prefix:
+        return saved
+    lacking = [name for name in saved if not name.startswith(prefix)]
+    if lacking:
+        raise CheckpointError(
+            f"model weights in {where} do not fit: {len(lacking)} tensor name(s) lack the key "
+            f"prefix {prefix!r}: {few_names(lacking)}"
+        )
+    return {name[len(prefix) :]: header for name, header in saved.items()}
+
+
 def check_model_compatible(
-    model: torch.nn.Module, saved: dict[str, TensorHeader], model_dir: Path
-) -> dict[str, str]:
-    """Raise CheckpointError on missing, unexpected or reshaped tensors; return {alias: source}."""
+    model: torch.nn.Module,
+    saved: dict[str, TensorHeader],
+    model_dir: Path,
+    *,
+    trainable_only: bool = False,
+) -> tuple[set[str], dict[str, str]]:
+    """Raise CheckpointError on missing, unexpected or reshaped tensors.
+
+    ``saved`` is keyed by the model's names. Returns (the names to load, {alias: source}):
+    every tensor of the model, or with ``trainable_only`` its trainable parameters.
+    """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    expected = get_model_state_dict(model)
-    _, aliases = drop_aliases(expected)
+    everything = get_model_state_dict(model)
+    _, aliases = drop_aliases(everything)
+    names = trainable_names(model, everything) if trainable_only else set(everything)
+    expected = {k: v for k, v in everything.items() if k in names}
     missing = [n for n in expected if n not in saved and aliases.get(n) not in saved]
     unexpected = [n for n in saved if n not in expected]
     if missing or unexpected:
+        what = "trainable tensor(s)" if trainable_only else "tensor(s)"
         problems = []
         if missing:
-            problems.append(f"missing {len(missing)} tensor(s) the model has: {few_names(missing)}")
+            problems.append(f"missing {len(missing)} {what} the model has: {few_names(missing)}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected tensor(s): {few_names(unexpected)}")
+            frozen = [n for n in unexpected if n in everything]
+            if frozen:
+                problems.append(
+                    f"{len(frozen)} of them are frozen parameters or buffers of the model, and "
+                    f"only trainable parameters are restored: {few_names(frozen)}"
+                )
         raise CheckpointError(f"model weights in {model_dir} do not fit: {'; '.join(problems)}")
     for name, tensor in expected.items():
         header = saved.get(name) or saved[aliases[name]]
@@ -147,30 +232,52 @@ def check_model_compatible(
                 f"shape mismatch for {name!r}: checkpoint has {list(header.shape)} "
                 f"({header.file}), model has {list(tensor.shape)}"
             )
-    return {a: s for a, s in aliases.items() if a not in saved}
+    return names, {a: s for a, s in aliases.items() if a in names and a not in saved}
 
 
-def restore_model(model: torch.nn.Module, model_dir: Path, ctx: DistContext) -> None:
-    """Load consolidated weights into ``model`` (plain, DDP or FSDP2/DTensor)."""
+def restore_model(
+    model: torch.nn.Module,
+    model_dir: Path,
+    ctx: DistContext,
+    weights_format: WeightsFormat = HF_WEIGHTS,
+) -> None:
+    """Load consolidated weights into ``model`` (plain, DDP or FSDP2/DTensor).
+
+    With ``weights_format.trainable_only`` only the trainable parameters are loaded; frozen
+    parameters and buffers keep their values.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    aliases = check_model_compatible(model, read_model_header(model_dir), model_dir)
+    stem, prefix = weights_format.file_stem, weights_format.key_prefix
+    saved = strip_key_prefix(read_model_header(model_dir, stem), prefix, model_dir)
+    _, aliases = check_model_compatible(
+        model, saved, model_dir, trainable_only=weights_format.trainable_only
+    )
     broadcast = ctx.world_size > 1 and any(is_dtensor(t) for t in model.state_dict().values())
     state: dict[str, torch.Tensor] = {}
     error: BaseException | None = None
     if ctx.is_main or not broadcast:
         try:
-            state = load_consolidated(model_dir)
+            loaded = load_consolidated(model_dir, file_stem=stem)
+            state = {name[len(prefix) :]: tensor for name, tensor in loaded.items()}
             for alias, source in aliases.items():
                 state[alias] = state[source]
         except CheckpointError as exc:
             error = exc
     ctx.agree(error, f"reading {model_dir}")
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast, strict=True)
+    options = StateDictOptions(
+        full_state_dict=True,
+        broadcast_from_rank0=broadcast,
+        strict=not weights_format.trainable_only,  # the subset was checked above
+    )
     set_model_state_dict(model, state, options=options)
 
 
-def model_dir_has_weights(model_dir: str | os.PathLike[str]) -> bool:
-    """Whether ``model_dir`` holds consolidated weights (single file or index)."""
+def model_dir_has_weights(
+    model_dir: str | os.PathLike[str], file_stem: str = MODEL_FILE_STEM
+) -> bool:
+    """Whether ``model_dir`` holds consolidated weights of ``file_stem`` (single file or index)."""
     root = Path(model_dir)
-    return (root / SAFE_WEIGHTS_NAME).is_file() or (root / SAFE_WEIGHTS_INDEX_NAME).is_file()
+    return (root / weights_file_name(file_stem)).is_file() or (
+        root / weights_index_name(file_stem)
+    ).is_file()

@@ -1,4 +1,4 @@
-"""Consolidated Hugging Face safetensors: ``model.safetensors`` or shards plus an index."""
+"""Consolidated Hugging Face safetensors: ``<stem>.safetensors`` or shards plus an index."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from safetensors.torch import save_file
 from ._atomic import atomic_write, atomic_write_text
 from ._errors import CheckpointError
 from ._layout import (
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
+    MODEL_FILE_STEM,
     is_weight_file_name,
     shard_file_name,
+    weights_file_name,
+    weights_index_name,
 )
 from ._sizes import parse_size
 from ._tensors import (
@@ -73,12 +74,14 @@ def save_consolidated(
     max_shard_size: int | str = "5GB",
     metadata: Mapping[str, str] | None = None,
     write: bool | None = None,
+    file_stem: str = MODEL_FILE_STEM,
 ) -> list[Path]:
     """Save ``state_dict`` as Hugging Face safetensors in ``out_dir``; return the weight files.
 
     The layout is what ``transformers`` ``from_pretrained`` loads: one ``model.safetensors``
     when the total fits in ``max_shard_size`` ("5GB", "500MB", "2GiB" or bytes), otherwise
     ``model-0000i-of-0000N.safetensors`` shards plus ``model.safetensors.index.json``.
+    ``file_stem`` replaces ``model`` in these names (``"adapter_model"`` for a PEFT adapter).
 
     * Tensors that are the same memory (tied embeddings and ``lm_head``) are saved once,
       under the first name; ``transformers`` re-ties them on load from the model config.
@@ -89,12 +92,13 @@ def save_consolidated(
       ``write`` true touch the disk. ``write=None`` means "global rank 0 only" when
       ``torch.distributed`` is initialized, and True otherwise.
     * Each file is written under a temporary name, fsynced and renamed into place; weight
-      files of an earlier save to the same folder that this save does not produce are
-      removed once the new ones are in place.
+      files (of the same ``file_stem``) of an earlier save to the same folder that this save
+      does not produce are removed once the new ones are in place; other files are kept.
 
     Every rank returns the same list: the paths of the weight files (and index) written.
     """
     check_state_dict(state_dict)
+    index_name = weights_index_name(file_stem)  # validates the stem
     limit = parse_size(max_shard_size)
     header = _header_metadata(metadata)
     if write is None:
@@ -106,9 +110,10 @@ def save_consolidated(
     total_size = sum(sizes.values())
     shards = [list(sizes)] if total_size <= limit else plan_shards(sizes, limit)
     if len(shards) == 1:
-        file_names = [SAFE_WEIGHTS_NAME]
+        file_names = [weights_file_name(file_stem)]
     else:
-        file_names = [shard_file_name(i + 1, len(shards)) for i in range(len(shards))]
+        count = len(shards)
+        file_names = [shard_file_name(i + 1, count, file_stem) for i in range(count)]
 
     if write:
         out.mkdir(parents=True, exist_ok=True)
@@ -133,18 +138,18 @@ def save_consolidated(
             "metadata": {"total_size": total_size},
             "weight_map": dict(sorted(weight_map.items())),
         }
-        written.append(out / SAFE_WEIGHTS_INDEX_NAME)
+        written.append(out / index_name)
         if write:
             atomic_write_text(written[-1], json.dumps(index, indent=2) + "\n")
     if write:
-        _remove_stale_weight_files(out, {p.name for p in written})
+        _remove_stale_weight_files(out, {p.name for p in written}, file_stem)
     return written
 
 
-def _remove_stale_weight_files(out: Path, keep: set[str]) -> None:
-    """Delete weight files and indexes in ``out`` from an earlier, different save."""
+def _remove_stale_weight_files(out: Path, keep: set[str], file_stem: str) -> None:
+    """Delete weight files and indexes of ``file_stem`` in ``out`` from an earlier save."""
     for path in out.iterdir():
-        if path.is_file() and is_weight_file_name(path.name) and path.name not in keep:
+        if path.is_file() and is_weight_file_name(path.name, file_stem) and path.name not in keep:
             path.unlink(missing_ok=True)
 
 
@@ -189,24 +194,36 @@ def read_index(path: Path) -> dict[str, str]:
     return weight_map
 
 
+def find_weight_files(root: Path, file_stem: str = MODEL_FILE_STEM) -> tuple[Path, bool]:
+    """(``<stem>.safetensors``, False) or (its index, True); CheckpointError if neither exists."""
+    single = root / weights_file_name(file_stem)
+    if single.is_file():
+        return single, False
+    index = root / weights_index_name(file_stem)
+    if not index.is_file():
+        raise CheckpointError(
+            f"no consolidated weights in {root}: expected {single.name} or {index.name}"
+        )
+    return index, True
+
+
 def load_consolidated(
-    model_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    model_dir: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    file_stem: str = MODEL_FILE_STEM,
 ) -> dict[str, torch.Tensor]:
     """Load the tensors of a folder written by :func:`save_consolidated` (either layout).
 
-    Tied aliases dropped at save time are not restored. Raises :class:`CheckpointError` when
-    the folder has no weights, a file is corrupt, or a shard named by the index is missing.
+    ``file_stem`` names the files as in :func:`save_consolidated`. Tied aliases dropped at
+    save time are not restored. Raises :class:`CheckpointError` when the folder has no
+    weights, a file is corrupt, or a shard named by the index is missing.
     """
     root = Path(model_dir)
-    single = root / SAFE_WEIGHTS_NAME
-    index_path = root / SAFE_WEIGHTS_INDEX_NAME
-    if single.is_file():
-        return _read_safetensors(single, None, device)
-    if not index_path.is_file():
-        raise CheckpointError(
-            f"no consolidated weights in {root}: expected {SAFE_WEIGHTS_NAME} "
-            f"or {SAFE_WEIGHTS_INDEX_NAME}"
-        )
+    found, sharded = find_weight_files(root, file_stem)
+    if not sharded:
+        return _read_safetensors(found, None, device)
+    index_path = found
     weight_map = read_index(index_path)
     by_file: dict[str, list[str]] = {}
     for name, file_name in weight_map.items():

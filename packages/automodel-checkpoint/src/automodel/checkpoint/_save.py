@@ -25,6 +25,7 @@ from ._optim_state import (
 from ._retention import fsync_tree, prune, publish
 from ._safetensors_io import save_consolidated
 from ._train_state import rank_file_name, serialize, serialize_states, write_bytes
+from ._weights_format import WeightsFormat
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ class SaveJob:
     step: int
     max_shard_size: int
     keep_last_n: int | None
+    weights_format: WeightsFormat
     has_model: bool
     has_optimizer: bool
-    model_state: dict[str, torch.Tensor] | None  # rank 0 only
+    model_state: dict[str, torch.Tensor] | None  # rank 0 only, keys as saved (prefixed)
     optim_tensors: dict[str, torch.Tensor] | None  # every rank, None without an optimizer
     optimizer_meta: bytes | None  # rank 0 only
     optim_states: bytes | None  # rank 0 only
@@ -55,7 +57,11 @@ class SaveJob:
         layout = CheckpointLayout(self.staging)
         if self.model_state is not None:
             save_consolidated(
-                self.model_state, layout.model_dir, max_shard_size=self.max_shard_size, write=True
+                self.model_state,
+                layout.model_dir,
+                max_shard_size=self.max_shard_size,
+                write=True,
+                file_stem=self.weights_format.file_stem,
             )
         if self.optimizer_meta is not None:
             write_bytes(layout.optim_dir / OPTIMIZER_META_FILE, self.optimizer_meta)
@@ -85,6 +91,7 @@ class SaveJob:
             parts=parts,
             optim_states=self.optim_state_names,
             train_states=self.train_state_names,
+            weights_format=self.weights_format,
         )
         publish(self.staging, self.final)
         prune(self.final.parent, self.keep_last_n)
@@ -124,16 +131,22 @@ def capture(
     optim_states: Mapping[str, Any],
     train_states: Mapping[str, Any],
     buffers: SnapshotBuffers | None,
+    weights_format: WeightsFormat,
 ) -> dict[str, Any]:
     """The SaveJob fields holding state; with ``buffers``, tensors are copied out of training."""
-    model_state = full_model_state(model) if model is not None else None  # a collective
+    model_state = None
+    if model is not None:
+        model_state = full_model_state(model, weights_format)  # a collective
     if not ctx.is_main:
         model_state = None
-    elif buffers is not None and model_state is not None and model is not None:
-        live = live_storages(model)  # gathered/offloaded copies need no second copy
-        for name, tensor in model_state.items():
-            if tensor.numel() and tensor.untyped_storage().data_ptr() in live:
-                model_state[name] = buffers.copy(f"model.{name}", tensor)
+    elif model_state is not None and model is not None:
+        if buffers is not None:
+            live = live_storages(model)  # gathered/offloaded copies need no second copy
+            for name, tensor in model_state.items():
+                if tensor.numel() and tensor.untyped_storage().data_ptr() in live:
+                    model_state[name] = buffers.copy(f"model.{name}", tensor)
+        prefix = weights_format.key_prefix
+        model_state = {prefix + name: tensor for name, tensor in model_state.items()}
     optim_tensors = optimizer_meta = None
     if optimizer is not None and model is not None:
         optim_tensors, meta = split_optimizer_state(model, optimizer, saving=True)

@@ -35,7 +35,7 @@ def _storage_ptr(tensor: torch.Tensor, *, allow_empty: bool = False) -> int:
         return 0
 
 
-def _alias_key(tensor: torch.Tensor) -> Hashable | None:
+def alias_key(tensor: torch.Tensor) -> Hashable | None:
     """A key equal for two tensors that are the very same view of the same memory.
 
     For a DTensor the key comes from its local shard (an empty shard still has the storage
@@ -82,7 +82,7 @@ def drop_aliases(
     aliases: dict[str, str] = {}
     first_by_key: dict[Hashable, str] = {}
     for name, tensor in state_dict.items():
-        key = _alias_key(tensor)
+        key = alias_key(tensor)
         if key is not None and key in first_by_key:
             aliases[name] = first_by_key[key]
             continue

@@ -21,26 +21,39 @@ from ._retention import find_latest, fsync_tree
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
 from ._train_state import rank_file_name
+from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER
+
+_KNOWN_STEMS = (HF_WEIGHTS.file_stem, PEFT_ADAPTER.file_stem)  # for folders without a manifest
 
 
 class _UsageError(Exception):
     """A mistake in the command line: exit code 2."""
 
 
-def _resolve(path: str) -> tuple[Path | None, Path]:
-    """(checkpoint folder or None, model folder) for a checkpoint, its model/ or a root."""
+def _bare_stem(model_dir: Path) -> str | None:
+    """The file stem of the weights in a folder without a manifest (model, then adapter)."""
+    return next((s for s in _KNOWN_STEMS if model_dir_has_weights(model_dir, s)), None)
+
+
+def _resolve(path: str) -> tuple[Path | None, Path, str]:
+    """(checkpoint folder or None, model folder, weight file stem) for a checkpoint, its
+    model/ or a root; the stem is the manifest's, or for a bare folder the one found there."""
     p = Path(path)
     if not p.exists():
         raise _UsageError(f"{p} does not exist")
+    checkpoint = None
     if (p / MANIFEST_FILE).is_file():
-        return p, p / MODEL_DIR
-    if p.name == MODEL_DIR and (p.parent / MANIFEST_FILE).is_file():
-        return p.parent, p
-    if model_dir_has_weights(p):
-        return None, p
-    latest = find_latest(p) if p.is_dir() else None
-    if latest is not None:
-        return latest, latest / MODEL_DIR
+        checkpoint = p
+    elif p.name == MODEL_DIR and (p.parent / MANIFEST_FILE).is_file():
+        checkpoint = p.parent
+    else:
+        stem = _bare_stem(p)
+        if stem is not None:
+            return None, p, stem
+        checkpoint = find_latest(p) if p.is_dir() else None
+    if checkpoint is not None:
+        info = read_checkpoint_info(checkpoint)
+        return checkpoint, checkpoint / MODEL_DIR, info.weights_format.file_stem
     raise _UsageError(
         f"{p} is not a complete checkpoint (no {MANIFEST_FILE}), a model folder with "
         f"safetensors weights, or a checkpoint directory holding complete checkpoints"
@@ -56,12 +69,16 @@ def _human(n: int) -> str:
 
 
 def consolidate(src: str, dst: str, max_shard_size: str) -> Path:
-    """Write the model of ``src`` as a Hugging Face folder ``dst`` (staged, then renamed)."""
+    """Write the model of ``src`` as a Hugging Face folder ``dst`` (staged, then renamed).
+
+    A PEFT adapter checkpoint gives a PEFT adapter folder (the weight files keep their stem
+    and key names; nothing is merged into a base model).
+    """
     limit = parse_size(max_shard_size)
-    checkpoint, model_dir = _resolve(src)
+    checkpoint, model_dir, stem = _resolve(src)
     if checkpoint is not None:
         verify_files(read_checkpoint_info(checkpoint), under=MODEL_DIR)
-    if not model_dir_has_weights(model_dir):
+    if not model_dir_has_weights(model_dir, stem):
         raise CheckpointError(f"{model_dir} holds no model weights")
     out = Path(dst)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -69,10 +86,17 @@ def consolidate(src: str, dst: str, max_shard_size: str) -> Path:
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_consolidated(load_consolidated(model_dir), staging, max_shard_size=limit, write=True)
+        save_consolidated(
+            load_consolidated(model_dir, file_stem=stem),
+            staging,
+            max_shard_size=limit,
+            write=True,
+            file_stem=stem,
+        )
         for path in sorted(model_dir.rglob("*")):
             rel = path.relative_to(model_dir)
-            if path.is_file() and not (len(rel.parts) == 1 and is_weight_file_name(path.name)):
+            weights = len(rel.parts) == 1 and is_weight_file_name(path.name, stem)
+            if path.is_file() and not weights:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, staging / rel)
         fsync_tree(staging)
@@ -98,7 +122,7 @@ def _part_sizes(files: dict[str, int]) -> dict[str, tuple[int, int]]:
 
 def inspect(path: str, *, tensors: bool) -> dict[str, Any]:
     """Everything ``inspect`` reports, as a JSON-able dict (``problems`` lists what is wrong)."""
-    checkpoint, model_dir = _resolve(path)
+    checkpoint, model_dir, stem = _resolve(path)
     report: dict[str, Any] = {"path": str(checkpoint or model_dir), "problems": []}
     if checkpoint is not None:
         info = read_checkpoint_info(checkpoint)
@@ -117,6 +141,11 @@ def inspect(path: str, *, tensors: bool) -> dict[str, Any]:
             world_size=info.world_size,
             created=info.created,
             format_version=info.format_version,
+            weights_format={
+                **info.weights_format.to_json(),
+                "name": info.weights_format.name,
+                "description": info.weights_format.describe(),
+            },
             total_bytes=info.total_bytes,
             parts={k: {"bytes": b, "files": n} for k, (b, n) in _part_sizes(info.files).items()},
             resume={
@@ -126,13 +155,14 @@ def inspect(path: str, *, tensors: bool) -> dict[str, Any]:
                 "train_states": ranks,
             },
         )
-    if model_dir_has_weights(model_dir):
+    if model_dir_has_weights(model_dir, stem):
         try:
-            header = read_model_header(model_dir)
+            header = read_model_header(model_dir, stem)
         except CheckpointError as exc:
             report["problems"].append(str(exc))
         else:
             report["model"] = {
+                "file_stem": stem,
                 "tensors": len(header),
                 "parameters": sum(h.numel for h in header.values()),
                 "dtypes": dict(Counter(h.dtype for h in header.values())),
@@ -154,6 +184,8 @@ def _print_report(report: dict[str, Any]) -> None:
             f"world size {report['world_size']}, {report['created']} "
             f"(format {report['format_version']})"
         )
+        if report["resume"]["model"]:
+            print(f"model format  {report['weights_format']['description']}")
         print(f"size          {_human(report['total_bytes'])}")
         for part, entry in report["parts"].items():
             print(f"  {part:<12}{_human(entry['bytes']):>10}  ({entry['files']} files)")
