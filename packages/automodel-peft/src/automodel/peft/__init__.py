@@ -1,6 +1,12 @@
 """LoRA, DoRA and QLoRA for any PyTorch module, saved and loaded in the Hugging Face PEFT format."""
 
-from ._adapter_io import AdapterError, load_adapter, read_adapter_config, save_adapter
+from ._adapter_io import (
+    AdapterError,
+    adapter_config,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
 from ._apply import (
     LoraSummary,
     apply_lora,
@@ -13,6 +19,7 @@ from ._apply import (
     unmerge_lora,
 )
 from ._config import LoraConfig, LoraConfigError
+from ._export import merged_state_dict
 from ._lora_linear import LoraLinear
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "LoraConfigError",
     "LoraLinear",
     "LoraSummary",
+    "adapter_config",
     "apply_lora",
     "load_adapter",
     "lora_disabled",
@@ -28,6 +36,7 @@ __all__ = [
     "lora_state_dict",
     "lora_summary",
     "merge_lora",
+    "merged_state_dict",
     "read_adapter_config",
     "save_adapter",
     "unload_lora",

@@ -10,7 +10,14 @@ from typing import Any
 
 import torch
 
-from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, Checkpointer, CheckpointError
+from automodel.checkpoint import (
+    CONFIG_FILE,
+    HF_WEIGHTS,
+    MODEL_DIR,
+    Checkpointer,
+    CheckpointError,
+    WeightsFormat,
+)
 from automodel.core.config import ConfigError, ConfigNode, Problem, UserError, save_config
 
 from ._sections import Checkpoint
@@ -18,7 +25,9 @@ from ._sections import Checkpoint
 log = logging.getLogger("automodel.recipes.llm")
 
 
-def build_checkpointer(section: Checkpoint, run_dir: Path) -> Checkpointer:
+def build_checkpointer(
+    section: Checkpoint, run_dir: Path, weights_format: WeightsFormat = HF_WEIGHTS
+) -> Checkpointer:
     """The checkpointer for `<checkpoint_dir>` (default `<run_dir>/checkpoints`)."""
     root = Path(section.checkpoint_dir or run_dir / "checkpoints")
     try:
@@ -27,6 +36,7 @@ def build_checkpointer(section: Checkpoint, run_dir: Path) -> Checkpointer:
             keep_last_n=section.keep_last_n,
             async_save=section.async_save,
             max_shard_size=section.max_shard_size,
+            weights_format=weights_format,
         )
     except ValueError as e:
         raise ConfigError(Problem("checkpoint", str(e))) from e

@@ -31,6 +31,7 @@ class Checkpoint:
     save_final: bool = True
     restore_from: str | None = None  # null: fresh start | latest: resume if any | a path
     keep_last_n: int | None = None  # null: keep every checkpoint
+    save_merged_model: bool = False  # with `peft:`: also write <run_dir>/merged_model at the end
     async_save: bool = False
     preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigNode, Section, recipe_main
+from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
+from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
 from automodel.core.data import build_dataloader
 from automodel.core.logging import (
     MlflowLogger,
@@ -38,6 +39,7 @@ from automodel.core.training import (
 from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
 from ._freeze import apply_freeze
+from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
 from ._preemption import PreemptionWatcher
 from ._sections import (
     Checkpoint,
@@ -72,6 +74,7 @@ SECTIONS = {
     "rng": Section(keys_of=Rng),
     "compile": Section(keys_of=Compile),
     "freeze": Section(keys_of=Freeze),
+    "peft": Section(needs_target=True),
     "distributed": Section(keys_of=Distributed),
     "logging": Section(keys_of=Logging),
     "wandb": Section(keys_of=WandbLogger, provided=("config",)),
@@ -97,10 +100,23 @@ class FinetuneRecipeForCausalLM:
         self.device = build.build_device(cfg)
         self.tokenizer = build.build_tokenizer(cfg)
         self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
-        self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir)
+        self.lora = build_lora_config(cfg)
+        if self.checkpoint.save_merged_model and self.lora is None:
+            raise ConfigError(
+                Problem(
+                    "checkpoint.save_merged_model",
+                    "merging needs adapters: add a peft: section or drop this option",
+                    cfg.where("checkpoint.save_merged_model"),
+                )
+            )
+        weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
+        self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
+        self.loss_fn = build.build_loss(cfg)
         model = build.build_model(cfg)
-        # PEFT, FP8 and QAT plug in here, before the restore, as their packages land.
+        if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
+            apply_peft(model, self.lora, cfg, self.loss_fn)
+        # FP8 and QAT plug in here, before the restore, as their packages land.
         if self.restore_path is not None:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
@@ -125,13 +141,13 @@ class FinetuneRecipeForCausalLM:
             self.val_loader = build.build_loader(
                 cfg, "validation_dataloader", val_set, local, seed, pad
             )
-        self.loss_fn = build.build_loss(cfg)
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
         self.telemetry = Telemetry(self.run_dir, logging_section, cfg, total)
-        self.write_hf_extras = hf_extras_writer(self.unwrapped, self.tokenizer, cfg)
+        write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
+        self.write_hf_extras = write_extras(self.unwrapped, self.tokenizer, cfg)
         if self.restore_path is None:
             self.telemetry.start_fresh()
         else:
@@ -181,14 +197,18 @@ class FinetuneRecipeForCausalLM:
         if self.val_loader is not None and self.restore_path is None:
             self.validate()
         self.preemption.install()
+        self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
         try:
-            self._train(steps)
+            finished = self._train(steps)
+            if finished and self.checkpoint.save_merged_model:
+                save_merged_model(self.unwrapped, self.tokenizer, self.run_dir / "merged_model")
         finally:
             self.preemption.uninstall()
             self.checkpointer.close()
             self.telemetry.close()
 
-    def _train(self, steps: StepScheduler) -> None:
+    def _train(self, steps: StepScheduler) -> bool:
+        """The training loop; False when a preemption signal stopped it early."""
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
             for batch in micro_batches:
@@ -232,7 +252,8 @@ class FinetuneRecipeForCausalLM:
                 self.save()
             if preempted:
                 log.warning("stopped by %s after step %d", self.preemption.received, steps.step)
-                return
+                return False
+        return True
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""

@@ -1,0 +1,99 @@
+"""The recipe's side of PEFT: build LoRA from `peft:`, write adapter extras, export a merged model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from automodel.checkpoint import CONFIG_FILE, MODEL_DIR
+from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate, save_config
+from automodel.core.losses import FusedLinearCrossEntropy
+from automodel.peft import (
+    LoraConfig,
+    LoraLinear,
+    adapter_config,
+    apply_lora,
+    merged_state_dict,
+)
+
+log = logging.getLogger("automodel.recipes.llm")
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
+    """The LoraConfig of the `peft:` section, or None without one."""
+    if "peft" not in cfg:
+        return None
+    config = instantiate(cfg.peft)
+    if not isinstance(config, LoraConfig):
+        raise ConfigError(
+            Problem(
+                "peft",
+                f"_target_ built a {type(config).__name__}; use automodel.peft.LoraConfig",
+                cfg.where("peft"),
+            )
+        )
+    return config
+
+
+def apply_peft(model: torch.nn.Module, config: LoraConfig, cfg: ConfigNode, loss_fn: Any) -> None:
+    """Put LoRA on `model` (base frozen) and check it fits the rest of the recipe."""
+    try:
+        apply_lora(model, config)
+    except ValueError as e:
+        raise ConfigError(Problem("peft", str(e), cfg.where("peft"))) from e
+    head = model.get_output_embeddings()
+    if isinstance(head, LoraLinear) and isinstance(loss_fn, FusedLinearCrossEntropy):
+        raise ConfigError(
+            Problem(
+                "peft.target_modules",
+                "LoRA on the output head cannot be combined with FusedLinearCrossEntropy, which "
+                "reads the head's weight directly; leave the head out or use MaskedCrossEntropy",
+                cfg.where("peft"),
+            )
+        )
+
+
+def base_model_source(cfg: ConfigNode) -> str | None:
+    """What the adapter was trained on: the pretrained path or name, else the config path."""
+    source = cfg.get("model.pretrained_model_name_or_path") or cfg.get("model.config")
+    return str(source) if isinstance(source, str | os.PathLike) else None
+
+
+def adapter_extras_writer(
+    model: torch.nn.Module, tokenizer: Any, cfg: ConfigNode
+) -> Callable[[Path], None]:
+    """What an adapter checkpoint needs beside its weights: adapter_config.json, tokenizer, YAML.
+
+    No config.json: transformers would then take the folder for a full model.
+    """
+
+    def write(path: Path) -> None:
+        model_dir = path / MODEL_DIR
+        model_dir.mkdir(parents=True, exist_ok=True)
+        content = adapter_config(model, base_model_name_or_path=base_model_source(cfg))
+        (model_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(content, indent=2) + "\n")
+        tokenizer.save_pretrained(model_dir)
+        save_config(cfg, path / CONFIG_FILE)
+
+    return write
+
+
+def save_merged_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> Path:
+    """Write the base model with the adapters merged in as a plain HF model folder, atomically."""
+    staging = out_dir.with_name(f".staging-{out_dir.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, state_dict=merged_state_dict(model))
+    tokenizer.save_pretrained(staging)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    log.info("wrote the merged model to %s", out_dir)
+    return out_dir

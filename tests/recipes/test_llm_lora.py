@@ -1,0 +1,161 @@
+"""LoRA in the LLM recipe: adapter-only checkpoints in the PEFT format, exact resume, merged export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from automodel.core.config import load_config
+from automodel.recipes.llm import FinetuneRecipeForCausalLM
+
+REPO = Path(__file__).resolve().parents[2]
+LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
+BASE = REPO / "examples/llm_finetune/assets/tiny_llama_base"
+TIMING = ("tps", "tps_per_gpu", "mfu", "mem")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, head_of_asset) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return (
+        head_of_asset("reverse_train.jsonl", root / "train.jsonl", 48),
+        head_of_asset("reverse_validation.jsonl", root / "val.jsonl", 8),
+    )
+
+
+def _overrides(run_dir: Path, data: tuple[Path, Path], max_steps: int, *extra: str) -> list[str]:
+    """Shuffled, 2 micro-batches per step, LoRA dropout on, validation and a checkpoint every 3."""
+    return [
+        f"--dataset.path={data[0]}",
+        f"--validation_dataset.path={data[1]}",
+        "--step_scheduler.global_batch_size=8",
+        "--step_scheduler.local_batch_size=4",
+        f"--step_scheduler.max_steps={max_steps}",
+        "--step_scheduler.val_every_steps=3",
+        "--step_scheduler.ckpt_every_steps=3",
+        "--step_scheduler.log_every_steps=1",
+        "--peft.dropout=0.1",
+        "--lr_scheduler.warmup_steps=2",
+        f"--logging.run_dir={run_dir}",
+        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
+        "--+logging.progress=false",
+        *extra,
+    ]
+
+
+def _train(run_dir: Path, data, max_steps: int, *extra: str) -> FinetuneRecipeForCausalLM:
+    cfg = load_config(LORA, _overrides(run_dir, data, max_steps, *extra))
+    recipe = FinetuneRecipeForCausalLM(cfg)
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    return recipe
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data, monkeypatch_module):
+    run_dir = tmp_path_factory.mktemp("lora_full")
+    return _train(run_dir, data, 6), run_dir
+
+
+def test_checkpoint_holds_only_the_adapter_in_the_peft_format(full_run):
+    recipe, run_dir = full_run
+    model_dir = next((run_dir / "checkpoints").glob("epoch_*_step_6")) / "model"
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    assert not names & {"config.json", "model.safetensors", "model.safetensors.index.json"}
+    with safe_open(model_dir / "adapter_model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    lora_params = {
+        "base_model.model." + n for n, p in recipe.unwrapped.named_parameters() if p.requires_grad
+    }
+    assert keys == lora_params and all(".lora_" in k for k in keys)
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 8, 32)
+    assert config["base_model_name_or_path"] == "examples/llm_finetune/assets/tiny_llama_base"
+    assert "lm_head" not in " ".join(config["target_modules"])  # match_all_linear skips the head
+    # The frozen base is untouched by training.
+    base = load_file(BASE / "model.safetensors")
+    state = recipe.unwrapped.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.items())
+
+
+def test_peft_loads_the_checkpoint_and_transformers_loads_the_merged_model(full_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    recipe, run_dir = full_run
+    model_dir = next((run_dir / "checkpoints").glob("epoch_*_step_6")) / "model"
+    ids = torch.randint(4, 32, (2, 12), generator=torch.Generator().manual_seed(0))
+    recipe.unwrapped.eval()
+    with torch.no_grad():
+        ours = recipe.unwrapped(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(BASE)
+        via_peft = PeftModel.from_pretrained(base, model_dir).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged_model").eval()(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(BASE).eval()(ids).logits
+    assert not torch.allclose(ours, plain, atol=1e-3), "the adapter must have learnt something"
+    torch.testing.assert_close(via_peft, ours, rtol=0, atol=1e-6)
+    torch.testing.assert_close(merged, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_stop_and_resume_is_bitwise_identical(full_run, data, tmp_path):
+    full, full_dir = full_run
+    resumed_dir = tmp_path / "resumed"
+    step3 = next((full_dir / "checkpoints").glob("epoch_*_step_3"))
+    shutil.copytree(step3, resumed_dir / "checkpoints" / step3.name)
+    for name in ("training.jsonl", "validation.jsonl"):
+        shutil.copy(full_dir / name, resumed_dir / name)
+
+    resumed = _train(resumed_dir, data, 6, "--+checkpoint.restore_from=latest")
+
+    assert [r["step"] for r in _rows(resumed_dir / "training.jsonl")] == list(range(1, 7))
+    assert _rows(resumed_dir / "training.jsonl") == _rows(full_dir / "training.jsonl")
+    assert _rows(resumed_dir / "validation.jsonl") == _rows(full_dir / "validation.jsonl")
+    for (name, a), b in zip(
+        full.unwrapped.state_dict().items(), resumed.unwrapped.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_full_checkpoint_into_a_lora_run_is_a_clear_error(
+    data, tmp_path, capsys, monkeypatch_module
+):
+    from automodel.recipes.llm import main
+
+    full_ckpt = tmp_path / "full"
+    cfg = load_config(
+        LORA, _overrides(full_ckpt, data, 2, "--~peft", "--~checkpoint.save_merged_model")
+    )
+    recipe = FinetuneRecipeForCausalLM(cfg)
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    target = next((full_ckpt / "checkpoints").glob("epoch_*_step_2"))
+    argv = _overrides(tmp_path / "again", data, 3, f"--+checkpoint.restore_from={target}")
+    assert main(["-c", str(LORA), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "adapter" in err.lower()
+    assert "Traceback" not in err
+
+
+def test_bad_lora_settings_name_the_key(tmp_path, data, capsys, monkeypatch_module):
+    from automodel.recipes.llm import main
+
+    argv = _overrides(tmp_path, data, 2, "--peft.dim=0")
+    assert main(["-c", str(LORA), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "peft" in err and "dim" in err and "tiny_lora.yaml" in err
+    argv = _overrides(tmp_path, data, 2, "--+peft.target_modules=[nope_proj]")
+    assert main(["-c", str(LORA), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "nope_proj" in err and "q_proj" in err
