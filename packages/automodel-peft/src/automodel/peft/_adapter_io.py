@@ -36,6 +36,9 @@ _UNSUPPORTED_OPTIONS = (
     "megatron_config",
     "alora_invocation_tokens",
     "use_bdlora",
+    "kasa_config",
+    "arrow_config",
+    "monteclora_config",
 )
 
 
@@ -54,7 +57,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def peft_config_dict(
+def adapter_config(
     model: nn.Module, base_model_name_or_path: str | None = None, task_type: str | None = None
 ) -> dict[str, Any]:
     """The adapter_config.json content describing the LoRA on ``model`` (one setting for all)."""
@@ -103,7 +106,7 @@ def save_adapter(
 ) -> Path:
     """Write the adapter as ``adapter_config.json`` + ``adapter_model.safetensors``; return the folder."""
     out = Path(directory)
-    config = peft_config_dict(model, base_model_name_or_path, task_type)
+    config = adapter_config(model, base_model_name_or_path, task_type)
     tensors = {
         KEY_PREFIX + name: tensor.detach().to("cpu").contiguous()
         for name, tensor in lora_state_dict(unwrap(model)).items()
@@ -142,7 +145,10 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
     if raw.get("bias", "none") != "none":
         raise AdapterError(f"{path}: option bias={raw['bias']!r} is not supported (only 'none')")
     targets = raw.get("target_modules")
-    if isinstance(targets, str):  # peft: a single string is a full-match regex
+    all_linear = isinstance(targets, str) and targets.lower() == "all-linear"  # peft's wildcard
+    if all_linear:
+        targets = []
+    elif isinstance(targets, str):  # peft: a single string is a full-match regex
         targets = ["re:" + targets]
     init = raw.get("init_lora_weights", True)
     try:
@@ -151,6 +157,7 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
             alpha=raw.get("lora_alpha", 8),
             dropout=raw.get("lora_dropout", 0.0) or 0.0,
             target_modules=targets or [],
+            match_all_linear=all_linear,
             exclude_modules=_exclude_list(raw.get("exclude_modules")),
             use_rslora=bool(raw.get("use_rslora", False)),
             use_dora=bool(raw.get("use_dora", False)),

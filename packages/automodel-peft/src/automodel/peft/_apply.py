@@ -13,7 +13,7 @@ from torch import nn
 from ._config import LoraConfig
 from ._lora_linear import LoraLinear
 from ._matching import select_linear_modules
-from ._quant import is_quantized, quantize_nf4
+from ._quant import check_nf4, is_quantized, quantize_nf4
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,18 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     Returns ``model``; :func:`lora_summary` reports what was wrapped (it is also logged).
     """
     paths = select_linear_modules(model, config)
+    if config.quantize_base is not None:  # check every module before changing any
+        for path in paths:
+            check_nf4(model.get_submodule(path).weight, config.nf4_block_size, path)
     for param in model.parameters():
         param.requires_grad_(False)
     for path in paths:
         parent, name = _parent(model, path)
-        wrapped = LoraLinear(getattr(parent, name), config)
+        original = getattr(parent, name)
+        wrapped = LoraLinear(original, config)
+        # Keep the train/eval mode of the module it replaces: a new nn.Module starts in train
+        # mode, which would turn on LoRA dropout inside a model already in eval mode.
+        wrapped.train(original.training)
         if config.quantize_base is not None:
             wrapped.weight = quantize_nf4(wrapped.weight, config.nf4_block_size, path)
         setattr(parent, name, wrapped)

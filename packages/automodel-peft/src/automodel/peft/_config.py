@@ -84,6 +84,11 @@ class LoraConfig:
                 "use_triton and use_dora cannot be combined: the fused Triton kernel computes "
                 "plain LoRA only; turn one of them off"
             )
+        if self.use_dora and self.dropout_position == "post" and self.dropout > 0:
+            raise LoraConfigError(
+                "use_dora supports dropout_position 'pre' only (dropout on the LoRA input, as "
+                "peft does); set dropout_position: pre or dropout: 0"
+            )
         if self.use_triton and self.dropout_position == "post" and self.dropout > 0:
             raise LoraConfigError(
                 "use_triton supports dropout_position 'pre' only (dropout on the LoRA input)"

@@ -118,22 +118,29 @@ class LoraLinear(nn.Module):
         return (scale - 1) * base + scale * lora * self.scaling
 
     @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """``W + scaling * B @ A`` (DoRA: rescaled to the learned row norms) in the base dtype."""
+        base = self.base_weight()
+        if self.merged:
+            return base.detach().clone()
+        merged = base.to(torch.float32) + self.delta_weight().to(torch.float32)
+        if self.use_dora:
+            norm = torch.linalg.norm(merged, dim=1)
+            merged = (self.lora_magnitude_vector.float() / norm).view(-1, 1) * merged
+        return merged.to(base.dtype)
+
+    @torch.no_grad()
     def merge(self) -> None:
         """Fold the adapter into ``weight`` (dequantizing an NF4 weight); forward then skips it."""
         if self.merged:
             return
-        base = self.base_weight()
-        delta = self.delta_weight().to(torch.float32)
-        merged = base.to(torch.float32) + delta
-        if self.use_dora:
-            norm = torch.linalg.norm(merged, dim=1)
-            merged = (self.lora_magnitude_vector.float() / norm).view(-1, 1) * merged
+        merged = self.merged_weight()
         if is_quantized(self.weight):
             self._merged_from = self.weight
-            self.weight = nn.Parameter(merged.to(base.dtype), requires_grad=False)
+            self.weight = nn.Parameter(merged, requires_grad=False)
         else:
             self._merged_from = self.weight.detach().clone() if self.use_dora else None
-            self.weight.copy_(merged.to(self.weight.dtype))
+            self.weight.copy_(merged)
         self.merged = True
 
     @torch.no_grad()

@@ -16,14 +16,6 @@ def torchao_available() -> bool:
     return importlib.util.find_spec("torchao") is not None
 
 
-def _nf4_tensor_type() -> type | None:
-    if not torchao_available():
-        return None
-    from torchao.quantization import NF4Tensor
-
-    return NF4Tensor
-
-
 def is_quantized(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is an NF4 tensor (never imports torchao when it is not loaded)."""
     cls = type(tensor.data) if isinstance(tensor, torch.nn.Parameter) else type(tensor)
@@ -35,10 +27,9 @@ def dequantize(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.get_original_weight()
 
 
-def quantize_nf4(weight: torch.Tensor, block_size: int, where: str) -> torch.nn.Parameter:
-    """A frozen NF4 copy of ``weight`` (blockwise absmax, double-quantized block scales)."""
-    nf4 = _nf4_tensor_type()
-    if nf4 is None:
+def check_nf4(weight: torch.Tensor, block_size: int, where: str) -> None:
+    """Raise LoraConfigError unless ``weight`` can be stored in NF4 (torchao present, sizes fit)."""
+    if not torchao_available():
         raise LoraConfigError(
             "quantize_base: nf4 needs torchao: pip install 'automodel-peft[qlora]'"
         )
@@ -49,7 +40,12 @@ def quantize_nf4(weight: torch.Tensor, block_size: int, where: str) -> torch.nn.
             f"nf4_block_size {block_size}: the element count must be a multiple of it. "
             "Pick another block size or exclude this module"
         )
-    blocks = numel // block_size
+
+
+def quantize_nf4(weight: torch.Tensor, block_size: int, where: str) -> torch.nn.Parameter:
+    """A frozen NF4 copy of ``weight`` (blockwise absmax, double-quantized block scales)."""
+    check_nf4(weight, block_size, where)
+    blocks = weight.numel() // block_size
     scaler_block = max(d for d in range(1, min(blocks, _MAX_SCALER_BLOCK) + 1) if blocks % d == 0)
     from torchao.quantization import to_nf4
 
