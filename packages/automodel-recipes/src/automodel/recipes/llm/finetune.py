@@ -117,10 +117,11 @@ class FinetuneRecipeForCausalLM:
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
             apply_peft(model, self.lora, cfg, self.loss_fn)
         # FP8 and QAT plug in here, before the restore, as their packages land.
+        # Freeze first: an adapter checkpoint holds exactly the parameters left trainable.
+        apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
         if self.restore_path is not None:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
-        apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
         # Sharding plugs in here (automodel.distributed).
         model.to(self.device)
         options = read_section(cfg, "compile", Compile)
@@ -155,7 +156,7 @@ class FinetuneRecipeForCausalLM:
                 self.checkpointer.restore(
                     self.restore_path,
                     model=self.unwrapped,  # names the optimizer's parameters
-                    load_weights=False,  # restored above, before freezing and placement
+                    load_weights=False,  # restored above, before placement
                     **self.training_state(),
                 )
             self.telemetry.resume_at(self.step_scheduler.step)
@@ -313,9 +314,10 @@ def _real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> in
 
 
 def check(cfg: ConfigNode) -> None:
-    """Pre-flight checks that need no model: batch arithmetic and optional extras."""
+    """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
     build.build_step_scheduler(cfg)
     read_section(cfg, "distributed", Distributed)
+    build_lora_config(cfg)
     check_metric_loggers(cfg)
 
 
