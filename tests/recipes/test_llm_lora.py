@@ -159,3 +159,8 @@ def test_bad_lora_settings_name_the_key(tmp_path, data, capsys, monkeypatch_modu
     assert main(["-c", str(LORA), *argv]) == 2
     err = capsys.readouterr().err
     assert "nope_proj" in err and "q_proj" in err
+    if not torch.cuda.is_available():
+        argv = _overrides(tmp_path, data, 2, "--+peft.use_triton=true")
+        assert main(["-c", str(LORA), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "peft.use_triton" in err and "CUDA" in err and "Traceback" not in err

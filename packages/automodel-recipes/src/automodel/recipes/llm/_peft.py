@@ -43,8 +43,23 @@ def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
     return config
 
 
-def apply_peft(model: torch.nn.Module, config: LoraConfig, cfg: ConfigNode, loss_fn: Any) -> None:
+def apply_peft(
+    model: torch.nn.Module,
+    config: LoraConfig,
+    cfg: ConfigNode,
+    loss_fn: Any,
+    device: torch.device,
+) -> None:
     """Put LoRA on `model` (base frozen) and check it fits the rest of the recipe."""
+    if config.use_triton and device.type != "cuda":
+        raise ConfigError(
+            Problem(
+                "peft.use_triton",
+                f"the fused Triton LoRA kernel needs a CUDA device and this run uses {device}; "
+                "set use_triton: false",
+                cfg.where("peft"),
+            )
+        )
     try:
         apply_lora(model, config)
     except ValueError as e:

@@ -115,7 +115,7 @@ class FinetuneRecipeForCausalLM:
         self.loss_fn = build.build_loss(cfg)
         model = build.build_model(cfg)
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
-            apply_peft(model, self.lora, cfg, self.loss_fn)
+            apply_peft(model, self.lora, cfg, self.loss_fn, self.device)
         # FP8 and QAT plug in here, before the restore, as their packages land.
         # Freeze first: an adapter checkpoint holds exactly the parameters left trainable.
         apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
