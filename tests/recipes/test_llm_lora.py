@@ -164,3 +164,19 @@ def test_bad_lora_settings_name_the_key(tmp_path, data, capsys, monkeypatch_modu
         assert main(["-c", str(LORA), *argv]) == 2
         err = capsys.readouterr().err
         assert "peft.use_triton" in err and "CUDA" in err and "Traceback" not in err
+
+
+def test_qlora_trains_the_adapter_and_exports_a_dense_merged_model(
+    tmp_path, data, monkeypatch_module
+):
+    from automodel.peft import lora_modules
+
+    recipe = _train(tmp_path, data, 2, "--+peft.quantize_base=nf4")
+    wrapped = [m for _, m in lora_modules(recipe.unwrapped)]
+    assert wrapped and all(type(m.weight).__name__ == "NF4Tensor" for m in wrapped)
+    adapter = next((tmp_path / "checkpoints").glob("epoch_*_step_2")) / "model"
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        assert all(".lora_" in k for k in f.keys())  # noqa: SIM118
+    with safe_open(tmp_path / "merged_model" / "model.safetensors", "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    assert dtypes == {"F32"}, "merged NF4 weights come back in the base model's dtype"

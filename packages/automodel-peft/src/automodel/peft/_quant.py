@@ -49,12 +49,9 @@ def quantize_nf4(weight: torch.Tensor, block_size: int, where: str) -> torch.nn.
     scaler_block = max(d for d in range(1, min(blocks, _MAX_SCALER_BLOCK) + 1) if blocks % d == 0)
     from torchao.quantization import to_nf4
 
-    source = weight.detach()
-    if source.dtype == torch.float32:
-        source = source.to(torch.bfloat16)  # NF4's compute dtype; 16-bit bases keep theirs
-    return torch.nn.Parameter(
-        to_nf4(source, block_size=block_size, scaler_block_size=scaler_block), requires_grad=False
-    )
+    # The NF4 tensor dequantizes to (and computes in) the weight's own dtype.
+    nf4 = to_nf4(weight.detach(), block_size=block_size, scaler_block_size=scaler_block)
+    return torch.nn.Parameter(nf4, requires_grad=False)
 
 
 def quantized_nbytes(tensor: torch.Tensor) -> int:
