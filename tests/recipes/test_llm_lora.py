@@ -11,13 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from automodel.core.config import load_config
-from automodel.recipes.llm import FinetuneRecipeForCausalLM
-
 REPO = Path(__file__).resolve().parents[2]
 LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
 BASE = REPO / "examples/llm_finetune/assets/tiny_llama_base"
-TIMING = ("tps", "tps_per_gpu", "mfu", "mem")
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +45,18 @@ def _overrides(run_dir: Path, data: tuple[Path, Path], max_steps: int, *extra: s
     ]
 
 
-def _train(run_dir: Path, data, max_steps: int, *extra: str) -> FinetuneRecipeForCausalLM:
-    cfg = load_config(LORA, _overrides(run_dir, data, max_steps, *extra))
-    recipe = FinetuneRecipeForCausalLM(cfg)
-    recipe.setup()
-    recipe.run_train_validation_loop()
-    return recipe
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+@pytest.fixture(scope="module")
+def train(run_recipe, data):
+    """`train(run_dir, max_steps, *overrides)`: one run of the example on the small data."""
+    return lambda run_dir, max_steps, *extra: run_recipe(
+        LORA, _overrides(run_dir, data, max_steps, *extra)
+    )
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, data, monkeypatch_module):
+def full_run(tmp_path_factory, train, monkeypatch_module):
     run_dir = tmp_path_factory.mktemp("lora_full")
-    return _train(run_dir, data, 6), run_dir
+    return train(run_dir, 6), run_dir
 
 
 def test_checkpoint_holds_only_the_adapter_in_the_peft_format(full_run):
@@ -109,7 +100,7 @@ def test_peft_loads_the_checkpoint_and_transformers_loads_the_merged_model(full_
     torch.testing.assert_close(merged, ours, rtol=1e-5, atol=1e-5)
 
 
-def test_stop_and_resume_is_bitwise_identical(full_run, data, tmp_path):
+def test_stop_and_resume_is_bitwise_identical(full_run, train, jsonl_rows, tmp_path):
     full, full_dir = full_run
     resumed_dir = tmp_path / "resumed"
     step3 = next((full_dir / "checkpoints").glob("epoch_*_step_3"))
@@ -117,11 +108,11 @@ def test_stop_and_resume_is_bitwise_identical(full_run, data, tmp_path):
     for name in ("training.jsonl", "validation.jsonl"):
         shutil.copy(full_dir / name, resumed_dir / name)
 
-    resumed = _train(resumed_dir, data, 6, "--+checkpoint.restore_from=latest")
+    resumed = train(resumed_dir, 6, "--+checkpoint.restore_from=latest")
 
-    assert [r["step"] for r in _rows(resumed_dir / "training.jsonl")] == list(range(1, 7))
-    assert _rows(resumed_dir / "training.jsonl") == _rows(full_dir / "training.jsonl")
-    assert _rows(resumed_dir / "validation.jsonl") == _rows(full_dir / "validation.jsonl")
+    assert [r["step"] for r in jsonl_rows(resumed_dir / "training.jsonl")] == list(range(1, 7))
+    assert jsonl_rows(resumed_dir / "training.jsonl") == jsonl_rows(full_dir / "training.jsonl")
+    assert jsonl_rows(resumed_dir / "validation.jsonl") == jsonl_rows(full_dir / "validation.jsonl")
     for (name, a), b in zip(
         full.unwrapped.state_dict().items(), resumed.unwrapped.state_dict().values(), strict=True
     ):
@@ -129,17 +120,13 @@ def test_stop_and_resume_is_bitwise_identical(full_run, data, tmp_path):
 
 
 def test_full_checkpoint_into_a_lora_run_is_a_clear_error(
-    data, tmp_path, capsys, monkeypatch_module
+    data, run_recipe, tmp_path, capsys, monkeypatch_module
 ):
     from automodel.recipes.llm import main
 
     full_ckpt = tmp_path / "full"
-    cfg = load_config(
-        LORA, _overrides(full_ckpt, data, 2, "--~peft", "--~checkpoint.save_merged_model")
-    )
-    recipe = FinetuneRecipeForCausalLM(cfg)
-    recipe.setup()
-    recipe.run_train_validation_loop()
+    no_lora = ("--~peft", "--~checkpoint.save_merged_model")
+    run_recipe(LORA, _overrides(full_ckpt, data, 2, *no_lora))  # a full-weights checkpoint
     target = next((full_ckpt / "checkpoints").glob("epoch_*_step_2"))
     argv = _overrides(tmp_path / "again", data, 3, f"--+checkpoint.restore_from={target}")
     assert main(["-c", str(LORA), *argv]) == 2
@@ -167,11 +154,11 @@ def test_bad_lora_settings_name_the_key(tmp_path, data, capsys, monkeypatch_modu
 
 
 def test_qlora_trains_the_adapter_and_exports_a_dense_merged_model(
-    tmp_path, data, monkeypatch_module
+    tmp_path, train, monkeypatch_module
 ):
     from automodel.peft import lora_modules
 
-    recipe = _train(tmp_path, data, 2, "--+peft.quantize_base=nf4")
+    recipe = train(tmp_path, 2, "--+peft.quantize_base=nf4")
     wrapped = [m for _, m in lora_modules(recipe.unwrapped)]
     assert wrapped and all(type(m.weight).__name__ == "NF4Tensor" for m in wrapped)
     adapter = next((tmp_path / "checkpoints").glob("epoch_*_step_2")) / "model"

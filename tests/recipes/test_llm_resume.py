@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,12 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from automodel.core.config import load_config
-from automodel.recipes.llm import FinetuneRecipeForCausalLM
-
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock measurements differ between runs
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +48,24 @@ def _overrides(run_dir: Path, data: tuple[Path, Path], max_steps: int, *extra: s
     ]
 
 
-def _train(run_dir: Path, data, max_steps: int, *extra: str) -> FinetuneRecipeForCausalLM:
-    recipe = FinetuneRecipeForCausalLM(
-        load_config(SFT, _overrides(run_dir, data, max_steps, *extra))
+@pytest.fixture(scope="module")
+def train(run_recipe, data):
+    """`train(run_dir, max_steps, *overrides)`: one run of the example on the small data."""
+    return lambda run_dir, max_steps, *extra: run_recipe(
+        SFT, _overrides(run_dir, data, max_steps, *extra)
     )
-    recipe.setup()
-    recipe.run_train_validation_loop()
-    return recipe
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, data, monkeypatch_module):
+def full_run(tmp_path_factory, train, monkeypatch_module):
     run_dir = tmp_path_factory.mktemp("full")
-    recipe = _train(run_dir, data, 7)
+    recipe = train(run_dir, 7)
     return recipe, run_dir
 
 
-def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, data, tmp_path):
+def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, train, jsonl_rows, tmp_path):
     full, full_dir = full_run
-    epochs = [row["epoch"] for row in _rows(full_dir / "training.jsonl")]
+    epochs = [row["epoch"] for row in jsonl_rows(full_dir / "training.jsonl")]
     assert epochs == [0, 0, 1, 1, 2, 2, 3], "the run must cross epochs and stop mid-epoch"
     # The interrupted run: its state as it was at step 3, checkpoint and logs.
     resumed_dir = tmp_path / "resumed"
@@ -86,12 +75,12 @@ def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, data, tmp_path
     for name in ("training.jsonl", "validation.jsonl"):
         shutil.copy(full_dir / name, resumed_dir / name)  # holds rows past step 3, to be cut
 
-    resumed = _train(
-        resumed_dir, data, 7, "--+checkpoint.restore_from=latest", "--+checkpoint.async_save=true"
+    resumed = train(
+        resumed_dir, 7, "--+checkpoint.restore_from=latest", "--+checkpoint.async_save=true"
     )
 
-    assert _rows(resumed_dir / "training.jsonl") == _rows(full_dir / "training.jsonl")
-    assert _rows(resumed_dir / "validation.jsonl") == _rows(full_dir / "validation.jsonl")
+    assert jsonl_rows(resumed_dir / "training.jsonl") == jsonl_rows(full_dir / "training.jsonl")
+    assert jsonl_rows(resumed_dir / "validation.jsonl") == jsonl_rows(full_dir / "validation.jsonl")
     for (name, a), b in zip(
         full.unwrapped.state_dict().items(), resumed.unwrapped.state_dict().values(), strict=True
     ):
@@ -106,13 +95,13 @@ def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, data, tmp_path
     assert all(torch.equal(written[0][k], written[1][k]) for k in written[0])  # async save too
 
 
-def test_resume_with_more_steps_keeps_the_lr_schedule(full_run, data, tmp_path):
+def test_resume_with_more_steps_keeps_the_lr_schedule(full_run, train, jsonl_rows, tmp_path):
     """max_steps raised on resume: the schedule that ended at step 7 stays at min_lr."""
     _, full_dir = full_run
     run_dir = tmp_path / "longer"
     shutil.copytree(full_dir / "checkpoints", run_dir / "checkpoints")
-    _train(run_dir, data, 9, "--+checkpoint.restore_from=latest")
-    rows = _rows(run_dir / "training.jsonl")
+    train(run_dir, 9, "--+checkpoint.restore_from=latest")
+    rows = jsonl_rows(run_dir / "training.jsonl")
     assert [r["step"] for r in rows] == [8, 9]
     assert [r["lr"] for r in rows] == [pytest.approx(1e-4)] * 2  # min_lr of tiny_sft.yaml
 
