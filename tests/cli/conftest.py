@@ -15,6 +15,14 @@ FIXTURE = Path(__file__).parent / "recipe_fixture"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 # Variables a surrounding launcher could set; a recipe run in-process must not see them.
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# Secrets the SLURM launch forwards by name when set: the tests decide when they are.
+_SECRET_ENV = (
+    "HF_TOKEN",
+    "HF_HUB_TOKEN",
+    "WANDB_API_KEY",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -35,7 +43,8 @@ def recipes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cli_env(recipes_dir: Path) -> dict[str, str]:
     """Environment for CLI subprocesses: the test recipes on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+    skip = {*_DISTRIBUTED_ENV, *_SECRET_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in skip and not k.startswith("SLURM_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(recipes_dir), env.get("PYTHONPATH")]))
     return env
 

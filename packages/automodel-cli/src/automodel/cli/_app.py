@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from automodel.cli import _help
 from automodel.cli._args import Invocation, debug_requested, parse_args
 from automodel.cli._discovery import describe, distribution_label, installed_recipes, load_recipe
 from automodel.cli._errors import CliError, UsageError
 from automodel.cli._launch import resolve_launch, run_torchrun, torchrun_command
+
+if TYPE_CHECKING:
+    from automodel.cli._slurm import SlurmJob
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,14 +118,36 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
         )
     name = f"{command}.{domain}"
     ep = recipes.get(name)
+    job = None
     if ep is None:
-        raise _unknown_recipe(name, f"{verb} {command} {domain}", recipes)
+        job = _containerised_job(inv, command, domain) if not validate else None
+        if job is None:
+            raise _unknown_recipe(name, f"{verb} {command} {domain}", recipes)
+        print(
+            f"automodel: note: no recipe named '{name}' is installed here; submitting anyway, "
+            f"since the job runs in the container {job.container_image}.",
+            file=sys.stderr,
+        )
     if inv.config is None:
         raise UsageError(
             f"missing the config file: {verb} {command} {domain} -c CONFIG [overrides...]."
         )
     _check_config(inv.config)
     launch = resolve_launch(inv.launch)
+    if job is None and not inv.no_slurm:
+        job = _slurm_job(inv, command, domain)
+    if job is not None:
+        if inv.launch:
+            raise UsageError(
+                f"{', '.join(inv.launch)} cannot be used with the slurm: section of "
+                f"{inv.config}: the section decides the launch (slurm.nodes, "
+                "slurm.gpus_per_node). Drop the flag, or add --no-slurm to ignore the section "
+                "and launch on this machine."
+            )
+        if not validate:
+            from automodel.cli import _slurm
+
+            return _slurm.submit(job, dry_run=inv.dry_run)
     if launch.uses_torchrun and not validate:
         cmd = torchrun_command(launch, inv.child_args(command, domain))
         if inv.dry_run:
@@ -132,7 +158,29 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
         cmd = [sys.executable, "-m", "automodel.cli", *prefix, *inv.child_args(command, domain)]
         return _print_command(cmd)
     flags = [*(["--debug"] if inv.debug else []), *(["--validate-only"] if validate else [])]
-    return _call(load_recipe(ep), [*flags, "-c", inv.config, *inv.recipe_overrides()], inv.debug)
+    overrides = inv.recipe_overrides() if job is None else job.recipe_overrides()
+    assert ep is not None  # only a containerised SLURM job goes on without a local recipe
+    return _call(load_recipe(ep), [*flags, "-c", inv.config, *overrides], inv.debug)
+
+
+def _slurm_job(inv: Invocation, command: str, domain: str) -> SlurmJob | None:
+    """The config's validated `slurm:` section (None without one); YAML is read only if needed."""
+    from automodel.cli import _slurm
+
+    assert inv.config is not None
+    if not _slurm.mentions_slurm(inv.config, inv.overrides):
+        return None  # the common case: no YAML parsing in the CLI at all
+    return _slurm.load_job(
+        inv.config, inv.overrides, inv.after_separator, command, domain, debug=inv.debug
+    )
+
+
+def _containerised_job(inv: Invocation, command: str, domain: str) -> SlurmJob | None:
+    """A SLURM job that runs in a container, which may have a recipe this machine lacks."""
+    if inv.no_slurm or inv.config is None or not Path(inv.config).is_file():
+        return None
+    job = _slurm_job(inv, command, domain)
+    return job if job is not None and job.container_image is not None else None
 
 
 def _print_command(cmd: list[str]) -> int:

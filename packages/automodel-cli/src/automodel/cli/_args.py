@@ -20,6 +20,7 @@ class Invocation:
     help: bool = False
     version: bool = False
     dry_run: bool = False
+    no_slurm: bool = False  # ignore the config's `slurm:` section (what each SLURM job task runs)
     launch: dict[str, object] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     after_separator: list[str] | None = None  # the tokens after `--`, if it was given
@@ -65,6 +66,8 @@ def parse_args(argv: list[str]) -> Invocation:
             inv.debug = True
         elif token == "--dry-run":
             inv.dry_run = True
+        elif token == "--no-slurm":
+            inv.no_slurm = True
         elif name in CONFIG_FLAGS or token.startswith("-c="):
             if token.startswith("-c="):
                 name, has_value, inline = token.partition("=")

@@ -22,7 +22,9 @@ _OPTIONS = """\
 options:
   -c, --config CONFIG     the recipe's YAML config file (required to run or validate)
   --debug                 show tracebacks of the CLI's own errors; also passed to the recipe
-  --dry-run               print the command that would run (one line) and exit
+  --dry-run               print the command that would run (one line), or with a slurm:
+                          section the sbatch script, and exit without running anything
+  --no-slurm              ignore the config's slurm: section and run on this machine
   -h, --help              show help; `automodel <command> --help` for one command
   --version               print the automodel-cli version"""
 
@@ -32,6 +34,7 @@ overrides (everything the CLI does not use itself, passed to the recipe in order
   --+section.key VALUE    add a key that the config file does not have
   --~section.key          delete a key
   --allow-import MODULE   let `_target_` paths in the config import from MODULE
+  --slurm.key VALUE       change the slurm: section (kept by the CLI, not passed on)
   --                      pass everything after it to the recipe unchanged"""
 
 
@@ -45,7 +48,9 @@ def _launch_section() -> str:
             lines.append(f"  {usage:22}  {text}")
     lines.append(
         "  Several processes or nodes: the CLI runs `python -m torch.distributed.run ... -m\n"
-        "  automodel.cli ...` and forwards SIGINT/SIGTERM to it; each process runs the recipe."
+        "  automodel.cli ...` and forwards SIGINT/SIGTERM to it; each process runs the recipe.\n"
+        "  A `slurm:` section in the config (nodes, gpus_per_node, time, ...) instead writes an\n"
+        "  sbatch script into the run directory and submits it; launch options are then refused."
     )
     return "\n".join(lines)
 
@@ -78,6 +83,7 @@ examples:
   automodel finetune llm -c finetune.yaml --optimizer.lr 1e-4
   automodel finetune llm -c finetune.yaml --nproc-per-node 8
   automodel finetune llm -c finetune.yaml --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400
+  automodel finetune llm -c slurm.yaml --slurm.nodes 4 --dry-run   # print the sbatch script
   automodel validate finetune llm -c finetune.yaml --+model.revision main
 
 {_recipes_line(names)}

@@ -11,7 +11,9 @@ from ._errors import ConfigError, Problem, did_you_mean
 from ._node import ConfigNode
 from ._targets import TARGET_KEY, resolve_target
 
-RESERVED_KEYS = ("allowed_imports",)
+# Top-level keys every recipe accepts without reading them: `allowed_imports` (read by
+# load_config) and `slurm` (the `automodel` CLI's SLURM launch settings, see docs/cli.md).
+RESERVED_KEYS = ("allowed_imports", "slurm")
 
 
 @dataclass(frozen=True)
