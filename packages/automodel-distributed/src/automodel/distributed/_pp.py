@@ -1,0 +1,270 @@
+"""Pipeline parallelism for Hugging Face decoders with ``torch.distributed.pipelining``.
+
+``split_decoder_into_stages`` cuts a Llama-style causal LM (``model.embed_tokens``,
+``model.layers``, ``model.norm``, ``model.rotary_emb``, ``lm_head``) into ``DecoderStage``
+modules: the first stage embeds token ids, every stage runs its slice of the layers, the last
+one applies the final norm and the LM head and returns logits. A stage does what the Hugging
+Face model's forward does around the layers: position ids ``0..seq-1``, rotary embeddings from
+the model's own ``rotary_emb`` and a causal mask (none for SDPA / flash attention, which are
+causal by themselves; an additive one for eager attention, and for SDPA when a layer's sliding
+window is shorter than the sequence). Padding masks, KV caches and packed
+sequences are not supported in stages. The layers keep their Hugging Face module paths
+(``model.layers.5...``), so checkpoints of a stage use the model's own parameter names, and
+``apply_tensor_parallel(stage, mesh["tp"])`` uses the model's own tensor-parallel plan.
+
+``build_pipeline_schedule`` wraps the stages of this rank in ``PipelineStage`` objects and
+returns torch's schedule (``ScheduleGPipe``, ``Schedule1F1B``, or a multi-stage one).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining.schedules import (
+    PipelineScheduleMulti,
+    PipelineScheduleSingle,
+    get_schedule_class,
+)
+
+from ._tp import hf_tp_plan
+
+#: attention implementations that are causal without a mask when given none
+MASKLESS_CAUSAL = ("sdpa", "flash_attention_2", "flash_attention_3")
+
+SCHEDULES = {
+    "gpipe": "GPipe",
+    "1f1b": "1F1B",
+    "interleaved_1f1b": "Interleaved1F1B",
+    "interleaved1f1b": "Interleaved1F1B",
+    "looped_bfs": "LoopedBFS",
+    "loopedbfs": "LoopedBFS",
+}
+
+
+class DecoderStage(nn.Module):
+    """One pipeline stage of a decoder: [embedding] + layers[a:b] + [norm + LM head].
+
+    Children follow Hugging Face paths: ``model.embed_tokens`` (first stage), ``model.layers``
+    (a ``ModuleDict`` keyed by the original layer index), ``model.norm`` and ``lm_head`` (last
+    stage), ``model.rotary_emb`` (no parameters, on every stage).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        lm_head: nn.Module | None,
+        layer_ids: Sequence[int],
+        stage_index: int,
+        num_stages: int,
+        pp_group: dist.ProcessGroup | None,
+        tp_plan: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.stage_index = stage_index
+        self.num_stages = num_stages
+        self.pp_group = pp_group
+        self.config = getattr(base, "config", None)
+        self.is_first = stage_index == 0
+        self.is_last = stage_index == num_stages - 1
+        self.model = nn.Module()
+        self.model.embed_tokens = base.embed_tokens if self.is_first else None
+        self.model.layers = nn.ModuleDict({str(i): base.layers[i] for i in layer_ids})
+        self.model.norm = base.norm if self.is_last else None
+        self.model.rotary_emb = base.rotary_emb
+        self.lm_head = lm_head if self.is_last else None
+        self._tp_plan = tp_plan  # the model's own TP plan: same module paths as the stage
+
+    def _mask(self, hidden: torch.Tensor, window: int | None) -> torch.Tensor | None:
+        """The attention mask the Hugging Face model would build for a layer (no padding)."""
+        impl = getattr(self.config, "_attn_implementation", None) or "eager"
+        if impl not in (*MASKLESS_CAUSAL, "eager"):
+            raise NotImplementedError(
+                f"pipeline stages support attention implementations {(*MASKLESS_CAUSAL, 'eager')}, "
+                f"not {impl!r}"
+            )
+        batch, seq = hidden.shape[:2]
+        windowed = window is not None and seq > window
+        if impl.startswith("flash") or (impl == "sdpa" and not windowed):
+            return None  # the kernel is causal (and windowed, for flash) by itself
+        pos = torch.arange(seq, device=hidden.device)
+        blocked = pos[None, :] > pos[:, None]
+        if windowed:
+            blocked |= pos[:, None] - pos[None, :] >= window
+        mask = torch.zeros(seq, seq, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)
+        return mask[None, None].expand(batch, 1, seq, seq)
+
+    def _window(self, layer: nn.Module) -> int | None:
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "sliding_window"):  # Qwen2 / Qwen3: per layer
+            return attn.sliding_window
+        return getattr(self.config, "sliding_window", None)  # Mistral: every layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (first stage) or hidden states in; hidden states or logits (last) out."""
+        hidden = self.model.embed_tokens(x) if self.is_first else x
+        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        position_embeddings = self.model.rotary_emb(hidden, position_ids)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for layer in self.model.layers.values():
+            window = self._window(layer)
+            if window not in masks:
+                masks[window] = self._mask(hidden, window)
+            hidden = layer(
+                hidden,
+                attention_mask=masks[window],
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+            )
+            if isinstance(hidden, tuple):  # transformers 4 decoder layers return tuples
+                hidden = hidden[0]
+        if self.is_last:
+            return self.lm_head(self.model.norm(hidden))
+        return hidden
+
+
+def _pp_rank_and_size(
+    pp: DeviceMesh | dist.ProcessGroup | None,
+) -> tuple[int, int, dist.ProcessGroup]:
+    if isinstance(pp, DeviceMesh):
+        if pp.ndim != 1:
+            raise ValueError(f"pass the 1-D pipeline mesh (mesh['pp']), got a {pp.ndim}-D mesh")
+        group = pp.get_group()
+    else:
+        group = pp if pp is not None else dist.group.WORLD
+    return dist.get_rank(group), dist.get_world_size(group), group
+
+
+def _layer_split(
+    num_layers: int, num_stages: int, layers_per_stage: Sequence[int] | None
+) -> list[range]:
+    if layers_per_stage is None:
+        per, extra = divmod(num_layers, num_stages)
+        layers_per_stage = [per + (1 if s < extra else 0) for s in range(num_stages)]
+    if len(layers_per_stage) != num_stages or sum(layers_per_stage) != num_layers:
+        raise ValueError(
+            f"layers_per_stage={list(layers_per_stage)} must have {num_stages} entries summing "
+            f"to the model's {num_layers} layers"
+        )
+    if min(layers_per_stage) < 1:
+        raise ValueError(f"{num_layers} layers cannot fill {num_stages} pipeline stages")
+    bounds = [0]
+    for n in layers_per_stage:
+        bounds.append(bounds[-1] + n)
+    return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def split_decoder_into_stages(
+    model: nn.Module,
+    pp: DeviceMesh | dist.ProcessGroup | None = None,
+    num_stages: int | None = None,
+    *,
+    layers_per_stage: Sequence[int] | None = None,
+) -> list[DecoderStage]:
+    """This rank's pipeline stages of a Hugging Face causal LM, and nothing else of it.
+
+    ``pp``: the 1-D pipeline mesh (``mesh["pp"]``) or process group (default: the world).
+    ``num_stages`` (default: the pipeline size) must be a multiple of the pipeline size; stage
+    ``s`` lives on pipeline rank ``s % pp_size`` (loop order: one stage per rank for GPipe /
+    1F1B, several for interleaved schedules). Layers are split evenly unless
+    ``layers_per_stage`` says otherwise.
+
+    The model is consumed: the modules of this rank's stages move into the returned stages and
+    the model keeps none of its layers, so the other stages' memory is freed with it.
+    """
+    rank, size, group = _pp_rank_and_size(pp)
+    num_stages = size if num_stages is None else num_stages
+    if num_stages % size:
+        raise ValueError(f"num_stages={num_stages} is not a multiple of the pipeline size {size}")
+    base = getattr(model, "model", None)
+    lm_head = getattr(model, "lm_head", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if base is None or lm_head is None or not all(hasattr(base, a) for a in needed):
+        raise NotImplementedError(
+            f"split_decoder_into_stages needs a Llama-style causal LM (model.embed_tokens, "
+            f"model.layers, model.norm, model.rotary_emb, lm_head); {type(model).__name__} is not"
+        )
+    if num_stages > 1 and lm_head.weight is base.embed_tokens.weight:
+        raise NotImplementedError(
+            "pipeline parallelism with tied input/output embeddings is not supported: the first "
+            "and last stages would each need the shared weight (set tie_word_embeddings=False)"
+        )
+    splits = _layer_split(len(base.layers), num_stages, layers_per_stage)
+    tp_plan = hf_tp_plan(model)
+    stages = [
+        DecoderStage(base, lm_head, splits[s], s, num_stages, group, tp_plan)
+        for s in range(rank, num_stages, size)
+    ]
+    base.layers = nn.ModuleList()  # drop every layer reference the model held
+    if not any(s.is_first for s in stages):
+        base.embed_tokens = None
+    if not any(s.is_last for s in stages):
+        base.norm = None
+        model.lm_head = None
+    return stages
+
+
+def build_pipeline_schedule(
+    stages: Sequence[nn.Module | PipelineStage] | nn.Module | PipelineStage,
+    n_microbatches: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    schedule: str = "1f1b",
+    *,
+    device: torch.device | str | None = None,
+    pp_group: dist.ProcessGroup | None = None,
+    scale_grads: bool = True,
+):
+    """Torch's pipeline schedule over this rank's ``stages``.
+
+    ``stages``: ``DecoderStage`` modules from ``split_decoder_into_stages`` (or ready
+    ``PipelineStage`` objects). ``schedule``: ``"gpipe"``, ``"1f1b"`` (one stage per rank),
+    ``"interleaved_1f1b"`` or ``"looped_bfs"`` (several), or any name torch's
+    ``get_schedule_class`` knows. With ``scale_grads`` (default) gradients are divided by
+    ``n_microbatches``, so a per-microbatch mean ``loss_fn`` gives whole-batch mean gradients.
+
+    Run it with ``schedule.step(input_ids)`` on the first stage's rank,
+    ``schedule.step(target=labels, losses=losses)`` on the last one's, ``schedule.step()``
+    elsewhere.
+    """
+    if isinstance(stages, nn.Module | PipelineStage):
+        stages = [stages]
+    pipeline_stages = []
+    for stage in stages:
+        if isinstance(stage, PipelineStage):
+            pipeline_stages.append(stage)
+            continue
+        stage_device = device
+        if stage_device is None:
+            stage_device = next(stage.parameters()).device
+        if isinstance(stage_device, torch.device) and stage_device.type == "meta":
+            raise ValueError("materialize the stage before building a schedule (device is meta)")
+        pipeline_stages.append(
+            PipelineStage(
+                stage,
+                stage.stage_index,
+                stage.num_stages,
+                torch.device(stage_device),
+                group=pp_group if pp_group is not None else getattr(stage, "pp_group", None),
+            )
+        )
+    cls = get_schedule_class(SCHEDULES.get(schedule.lower(), schedule))
+    kwargs = {"n_microbatches": n_microbatches, "loss_fn": loss_fn, "scale_grads": scale_grads}
+    if issubclass(cls, PipelineScheduleSingle):
+        if len(pipeline_stages) != 1:
+            raise ValueError(
+                f"schedule {schedule!r} runs one stage per rank; this rank has "
+                f"{len(pipeline_stages)} (use interleaved_1f1b or looped_bfs)"
+            )
+        return cls(pipeline_stages[0], **kwargs)
+    if not issubclass(cls, PipelineScheduleMulti):
+        raise ValueError(f"unsupported pipeline schedule {schedule!r}")
+    return cls(pipeline_stages, **kwargs)
+
+
+__all__ = ["DecoderStage", "build_pipeline_schedule", "split_decoder_into_stages"]

@@ -1,0 +1,239 @@
+"""Tensor, sequence, pipeline and context parallelism against single-process references.
+
+One torchrun launch (2 ranks, gloo, CPU) runs every multi-process check in tp_pp_worker.py;
+the tests here read its per-rank JSON. Context parallelism needs CUDA: on CPU it must refuse
+with a clear message; its numeric check runs only with 2 GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+from automodel.distributed._cp import CPU_ERROR, make_cp_batch_and_ctx
+from automodel.distributed._pp import DecoderStage, _layer_split
+from automodel.distributed._tp import hf_tp_plan, tp_plan_for
+from automodel.distributed._tp_plans import (
+    GatherSequence,
+    ReplicateWithGradAllReduce,
+    style_from_hf,
+)
+
+WORKER = Path(__file__).with_name("tp_pp_worker.py")
+TOL = 1e-5
+TP_CASES = [
+    "tp_llama",
+    "tp_llama_builtin_plan",
+    "tp_sp_llama_tied",
+    "tp_qwen3",
+    "tp_sp_qwen3",
+    "fsdp_tp_llama",
+    "fsdp_tp_sp_llama",
+]
+PP_CASES = [
+    "pp_gpipe",
+    "pp_1f1b",
+    "pp_interleaved_1f1b",
+    "pp_1f1b_mistral_window",
+    "pp1_tp2_gpipe",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(mode: str, out: Path) -> dict[int, dict]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(WORKER),
+        mode,
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+    return _launch("cpu", tmp_path_factory.mktemp("tp_pp"))
+
+
+def _case(run: dict[int, dict], rank: int, name: str) -> dict:
+    result = run[rank][name]
+    assert "error" not in result, result.get("error")
+    return result
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", TP_CASES)
+def test_tensor_parallel_matches_single_process(cpu_run: dict, name: str, rank: int) -> None:
+    result = _case(cpu_run, rank, name)
+    assert result["logits"] < TOL and result["loss"] < TOL
+    assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
+    assert result["q_local_shape"] == [16, 32]  # 4 heads x 8 split over 2 ranks
+    sequence_parallel = "_sp_" in name
+    assert ("tp" in result["norm_mesh_dims"]) == sequence_parallel  # replicated on tp for SP
+    if "qwen3" in name:
+        assert result["q_norm_is_dtensor"]  # replicated_with_grad_allreduce
+    assert result["tied"] == ("tied" in name)
+    assert result["q_mesh_dims"] == (["dp", "tp"] if name.startswith("fsdp") else ["tp"])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", PP_CASES)
+def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int) -> None:
+    result = _case(cpu_run, rank, name)
+    assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
+    assert result["grads_missing"] == []
+    assert result["model_layers_left"] == 0
+    if name == "pp1_tp2_gpipe":  # one stage holding the whole model, TP=2 inside it
+        assert result["stages"] == [0]
+        assert result["layers"] == [["0", "1", "2", "3"]]
+        assert "model.layers.3.mlp.down_proj.weight" in result["tp_sharded"]
+        assert "lm_head.weight" in result["tp_sharded"]
+        assert len(result["losses"]) == 2 and max(result["losses"]) < TOL
+        return
+    assert result["tp_sharded"] == []
+    if name == "pp_interleaved_1f1b":  # 4 stages of one layer, loop order
+        assert result["stages"] == [rank, rank + 2]
+        assert result["layers"] == [[str(rank)], [str(rank + 2)]]
+    else:
+        assert result["stages"] == [rank]
+        assert result["layers"] == [[["0", "1"]], [["2", "3"]]][rank]
+    params = result["params"]
+    layer_ids = {p.split(".")[2] for p in params if p.startswith("model.layers.")}
+    assert layer_ids == {i for stage in result["layers"] for i in stage}
+    assert ("model.embed_tokens.weight" in params) == (rank == 0)
+    assert ("lm_head.weight" in params) == (rank == 1)
+    assert ("model.norm.weight" in params) == (rank == 1)
+    if rank == 1:  # the last stage computes the losses, one per microbatch
+        n_microbatches = 4 if name in ("pp_1f1b", "pp_interleaved_1f1b") else 2
+        assert len(result["losses"]) == n_microbatches
+        assert max(result["losses"]) < TOL
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_context_parallel_refuses_cpu_mesh(cpu_run: dict, rank: int) -> None:
+    assert _case(cpu_run, rank, "cp_cpu")["error_message"] == CPU_ERROR
+
+
+def test_context_parallel_error_message() -> None:
+    mesh = SimpleNamespace(device_type="cpu", size=lambda: 2)
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    with pytest.raises(
+        RuntimeError, match=r"context parallelism needs CUDA .*set cp_size: 1 on CPU"
+    ):
+        make_cp_batch_and_ctx(mesh, {"input_ids": ids})
+    one = SimpleNamespace(device_type="cpu", size=lambda: 1)
+    batch, ctx = make_cp_batch_and_ctx(one, {"input_ids": ids})  # cp_size 1: a no-op
+    assert batch["input_ids"] is ids
+    with ctx:
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="context parallelism needs 2 CUDA GPUs")
+def test_context_parallel_matches_full_sequence_on_cuda(tmp_path: Path) -> None:
+    run = _launch("cp", tmp_path)
+    for rank in (0, 1):
+        for name in ("cp_mha_fp32", "cp_gqa_bf16"):
+            result = _case(run, rank, name)
+            tol = 1e-4 if "fp32" in name else 5e-2
+            assert result["local_seq"] == 8
+            assert result["loss_rel"] < tol
+            assert max(result["grads_rel"].values()) < tol, result["grads_rel"]
+
+
+def _tiny_llama(**overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **overrides,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_plan_from_the_models_own_hf_plan() -> None:
+    model = _tiny_llama()
+    hf = hf_tp_plan(model)
+    assert hf["model.layers.*.self_attn.q_proj"] == "colwise"
+    assert hf["lm_head"] == "colwise_gather_output"
+    plan = tp_plan_for(model)
+    assert set(plan) == set(hf)
+    assert type(plan["model.layers.*.mlp.down_proj"]) is RowwiseParallel
+    assert type(plan["model.embed_tokens"]) is RowwiseParallel  # vocabulary-parallel embedding
+    assert repr(plan["lm_head"]) == repr(style_from_hf("lm_head", "colwise_rep"))
+
+
+def test_builtin_plan_matches_the_hf_plan_for_llama() -> None:
+    model = _tiny_llama()
+    expected = {k: repr(v) for k, v in tp_plan_for(model).items()}
+    model._tp_plan = {}
+    model.config.base_model_tp_plan = None
+    assert hf_tp_plan(model) is None
+    assert {k: repr(v) for k, v in tp_plan_for(model).items()} == expected  # q/k_norm dropped
+
+
+def test_sequence_parallel_plan_layout() -> None:
+    plan = tp_plan_for(_tiny_llama(), sequence_parallel=True)
+    assert type(plan["model.layers.*.input_layernorm"]) is SequenceParallel
+    assert type(plan["model.layers.*.self_attn"]) is GatherSequence
+    assert type(plan["model.layers.*.mlp"]) is GatherSequence
+    assert plan["model.norm"].use_local_output
+    assert type(plan["lm_head"]) is ColwiseParallel
+    assert "Shard(dim=1)" in repr(plan["model.layers.*.self_attn.o_proj"])
+
+
+def test_a_stage_uses_the_models_plan() -> None:
+    model = _tiny_llama()
+    stage = DecoderStage(model.model, model.lm_head, range(1, 2), 1, 2, None, hf_tp_plan(model))
+    plan = tp_plan_for(stage)  # the middle/last stage: no embedding in the plan
+    assert "model.embed_tokens" not in plan
+    assert type(plan["model.layers.*.self_attn.q_proj"]) is ColwiseParallel
+    assert "lm_head" in plan
+    with pytest.raises(NotImplementedError, match="inside pipeline stages"):
+        tp_plan_for(stage, sequence_parallel=True)
+
+
+def test_hf_style_strings() -> None:
+    assert isinstance(
+        style_from_hf("x", "replicated_with_grad_allreduce"), ReplicateWithGradAllReduce
+    )
+    assert style_from_hf("x", "replicate") is None
+    with pytest.raises(NotImplementedError, match="'packed_colwise'"):
+        style_from_hf("model.layers.*.mlp.gate_up_proj", "packed_colwise")
+
+
+def test_layer_split() -> None:
+    assert _layer_split(4, 2, None) == [range(0, 2), range(2, 4)]
+    assert _layer_split(5, 2, None) == [range(0, 3), range(3, 5)]
+    assert _layer_split(4, 2, [1, 3]) == [range(0, 1), range(1, 4)]
+    with pytest.raises(ValueError, match="cannot fill"):
+        _layer_split(2, 4, None)
