@@ -14,7 +14,7 @@ from automodel.cli._errors import CliError, UsageError
 from automodel.cli._launch import resolve_launch, run_torchrun, torchrun_command
 
 if TYPE_CHECKING:
-    from automodel.cli._slurm import SlurmJob
+    from automodel.cli._slurm_job import SlurmJob
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +145,9 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
                 "and launch on this machine."
             )
         if not validate:
-            from automodel.cli import _slurm
+            from automodel.cli import _slurm_script
 
-            return _slurm.submit(job, dry_run=inv.dry_run)
+            return _slurm_script.submit(job, dry_run=inv.dry_run)
     if launch.uses_torchrun and not validate:
         cmd = torchrun_command(launch, inv.child_args(command, domain))
         if inv.dry_run:
@@ -165,12 +165,12 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
 
 def _slurm_job(inv: Invocation, command: str, domain: str) -> SlurmJob | None:
     """The config's validated `slurm:` section (None without one); YAML is read only if needed."""
-    from automodel.cli import _slurm
+    from automodel.cli import _slurm_section, _slurm_validate
 
     assert inv.config is not None
-    if not _slurm.mentions_slurm(inv.config, inv.overrides):
+    if not _slurm_section.mentions_slurm(inv.config, inv.overrides):
         return None  # the common case: no YAML parsing in the CLI at all
-    return _slurm.load_job(
+    return _slurm_validate.load_job(
         inv.config, inv.overrides, inv.after_separator, command, domain, debug=inv.debug
     )
 
