@@ -13,17 +13,9 @@ from automodel.core.losses import MaskedCrossEntropy
 from automodel.core.optim import build_lr_scheduler
 from automodel.core.training import StepScheduler
 
-from ._sections import Distributed, PackedSequence, read_section
+from ._sections import PackedSequence, read_section
 
 log = logging.getLogger(__name__)
-
-
-def build_device(cfg: ConfigNode) -> torch.device:
-    """The device to train on: `distributed.device`, or CUDA when available, else CPU."""
-    choice = read_section(cfg, "distributed", Distributed).device
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def build_model(cfg: ConfigNode) -> torch.nn.Module:
@@ -55,22 +47,32 @@ def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
 
 
 def build_loader(
-    cfg: ConfigNode, name: str, dataset: Any, batch_size: int, seed: int, pad_token_id: int
+    cfg: ConfigNode,
+    name: str,
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    pad_token_id: int,
+    dp_rank: int = 0,
+    dp_size: int = 1,
 ) -> Any:
     """A stateful dataloader from section `name` (`dataloader` or `validation_dataloader`).
 
     Without `_target_` the section's keys go to `automodel.core.data.build_dataloader`; with one,
     that callable is called instead with `dataset`, `batch_size`, `dp_rank` and `dp_size` added.
+    Each data-parallel rank reads its own shard (`dp_rank` of `dp_size`).
     """
     if name in cfg and "_target_" in cfg[name]:
-        return instantiate(cfg[name], dataset=dataset, batch_size=batch_size, dp_rank=0, dp_size=1)
+        return instantiate(
+            cfg[name], dataset=dataset, batch_size=batch_size, dp_rank=dp_rank, dp_size=dp_size
+        )
     options = cfg[name].to_dict() if name in cfg else {}
     if name == "validation_dataloader":
         options.setdefault("shuffle", False)
         options.setdefault("drop_last", False)
     options.setdefault("seed", seed)
     options.setdefault("pad_token_id", pad_token_id)
-    return build_dataloader(dataset, batch_size, dp_rank=0, dp_size=1, **options)
+    return build_dataloader(dataset, batch_size, dp_rank=dp_rank, dp_size=dp_size, **options)
 
 
 def build_loss(cfg: ConfigNode) -> Any:
@@ -79,7 +81,10 @@ def build_loss(cfg: ConfigNode) -> Any:
 
 
 def build_step_scheduler(cfg: ConfigNode, dp_size: int = 1) -> StepScheduler:
-    """The step scheduler; checks the batch arithmetic (no model needed)."""
+    """The step scheduler; checks the batch arithmetic (no model needed).
+
+    global_batch_size = local_batch_size x grad_acc_steps x dp_size.
+    """
     return StepScheduler(**cfg.step_scheduler.to_dict(), dp_size=dp_size)
 
 

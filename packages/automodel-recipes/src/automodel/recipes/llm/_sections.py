@@ -63,10 +63,22 @@ class Compile:
 
 @dataclass(frozen=True)
 class Distributed:
-    """`distributed:` parallelism; this recipe runs one process (see the parallelism docs)."""
+    """`distributed:` data parallelism over the processes torchrun launched (`--nproc-per-node`).
 
-    strategy: str = "none"
-    dp_size: int | str = "auto"
+    Strategy options left null take the strategy's own default.
+    """
+
+    strategy: str | None = "auto"  # fsdp2 | ddp | none (or null); auto: fsdp2 if > 1 process
+    dp_size: int | str = "auto"  # auto: every process is data parallel
+    dp_replicate_size: int = 1  # > 1 with fsdp2: HSDP (replicate across, shard within)
+    tp_size: int = 1
+    cp_size: int = 1
+    pp_size: int = 1
+    mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
+    reshard_after_forward: bool | None = None  # fsdp2
+    cpu_offload: bool | None = None  # fsdp2
+    activation_checkpointing: bool | None = None  # fsdp2, ddp, none
+    timeout_minutes: float = 30
     device: str = "auto"  # auto | cpu | cuda
 
 

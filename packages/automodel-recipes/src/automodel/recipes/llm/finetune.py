@@ -35,10 +35,12 @@ from automodel.core.training import (
     peak_memory_gib,
     set_seed,
 )
+from automodel.distributed import global_label_tokens
 
 from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
 from ._freeze import apply_freeze
+from ._parallel import read_distributed, setup_parallel, shutdown
 from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
 from ._preemption import PreemptionWatcher
 from ._sections import (
@@ -92,12 +94,14 @@ class FinetuneRecipeForCausalLM:
         """Build every piece from the config, in the order infrastructure must be applied."""
         cfg = self.cfg
         seed = read_section(cfg, "rng", Rng).seed
-        set_seed(seed)
-        self.step_scheduler = build.build_step_scheduler(cfg)  # batch math first: no model yet
+        set_seed(seed)  # the same seed on every rank: identical initial weights
+        _, dp_size = read_distributed(cfg)  # batch math first: no model, no process group yet
+        self.step_scheduler = build.build_step_scheduler(cfg, dp_size)
         logging_section = read_section(cfg, "logging", Logging)
         setup_logging(logging_section.level)  # first, so every set-up step is reported
         self.run_dir = Path(logging_section.run_dir)
-        self.device = build.build_device(cfg)
+        self.parallel = setup_parallel(cfg)  # process group, mesh, strategy
+        self.device = self.parallel.device
         self.tokenizer = build.build_tokenizer(cfg)
         self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
         self.lora = build_lora_config(cfg)
@@ -109,10 +113,28 @@ class FinetuneRecipeForCausalLM:
                     cfg.where("checkpoint.save_merged_model"),
                 )
             )
+        if self.checkpoint.save_merged_model and self.parallel.mesh is not None:
+            raise ConfigError(
+                Problem(
+                    "checkpoint.save_merged_model",
+                    "merging the adapters is not wired for data-parallel runs yet: drop this "
+                    "option and merge the saved adapter checkpoint in one process",
+                    cfg.where("checkpoint.save_merged_model"),
+                )
+            )
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         self.loss_fn = build.build_loss(cfg)
+        if isinstance(self.loss_fn, FusedLinearCrossEntropy) and self.parallel.mesh is not None:
+            raise ConfigError(
+                Problem(
+                    "loss_fn",
+                    "FusedLinearCrossEntropy reads the LM head outside the model's forward, which "
+                    f"strategy {self.parallel.strategy.name} does not see; use MaskedCrossEntropy",
+                    cfg.where("loss_fn"),
+                )
+            )
         model = build.build_model(cfg)
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
             apply_peft(model, self.lora, cfg, self.loss_fn, self.device)
@@ -122,25 +144,32 @@ class FinetuneRecipeForCausalLM:
         if self.restore_path is not None:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
-        # Sharding plugs in here (automodel.distributed).
-        model.to(self.device)
+        self.unwrapped = model  # the HF module: FSDP2 shards it in place, DDP wraps it
+        model = self.parallel.shard(model)  # after freezing and the restore, before compile
         options = read_section(cfg, "compile", Compile)
         if options.enabled:
             model = torch.compile(
                 model, mode=options.mode, fullgraph=options.fullgraph, dynamic=options.dynamic
             )
         self.model = model
-        self.unwrapped = getattr(model, "_orig_mod", model)
 
         pad = self.tokenizer.pad_token_id
         local = self.step_scheduler.local_batch_size
+        shard = (self.parallel.dp_rank, self.parallel.dp_size)  # each dp rank reads its shard
         self.train_set = build.build_dataset(cfg, "dataset", self.tokenizer)
-        self.train_loader = build.build_loader(cfg, "dataloader", self.train_set, local, seed, pad)
+        self.train_loader = build.build_loader(
+            cfg, "dataloader", self.train_set, local, seed, pad, *shard
+        )
         self.val_loader = None
         if "validation_dataset" in cfg:
             val_set = build.build_dataset(cfg, "validation_dataset", self.tokenizer)
+            if len(val_set) % self.parallel.dp_size:
+                log.warning(
+                    "%d validation samples do not divide over %d ranks: a few count twice",
+                    len(val_set), self.parallel.dp_size,
+                )  # fmt: skip
             self.val_loader = build.build_loader(
-                cfg, "validation_dataloader", val_set, local, seed, pad
+                cfg, "validation_dataloader", val_set, local, seed, pad, *shard
             )
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         total = self.step_scheduler.total_steps(len(self.train_loader))
@@ -214,30 +243,37 @@ class FinetuneRecipeForCausalLM:
             start = time.perf_counter()
             for batch in micro_batches:
                 batch["labels"] = shift_labels(batch["labels"])  # next-token targets
-            num_label_tokens = sum(count_label_tokens(b["labels"]) for b in micro_batches)
+            # Exact normalisation: every token of the global batch (all micro-batches, all dp
+            # ranks) weighs the same; × dp_size undoes the gradient averaging of FSDP2/DDP.
+            local_tokens = sum(int(count_label_tokens(b["labels"])) for b in micro_batches)
+            num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
+            dp_size = self.parallel.dp_size
             loss_sum, real_tokens = torch.zeros((), device=self.device), 0
             for batch in micro_batches:
                 loss = self.forward_loss(batch, num_label_tokens)
-                loss.backward()
+                (loss * dp_size).backward()
                 loss_sum += loss.detach()
                 real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
-            grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)
+            grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)  # global
+            sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(real_tokens))])
+            loss_total, real_total = self.parallel.sum(sums).tolist()
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            tps = real_tokens / (time.perf_counter() - start)
+            tps = real_total / (time.perf_counter() - start)  # every rank's tokens
+            tps_per_gpu = tps / self.parallel.world_size
             self.telemetry.log_train(
                 MetricsSample(
                     step=steps.step,
                     epoch=steps.epoch,
-                    loss=loss_sum.item(),
+                    loss=loss_total,
                     lr=lr,
                     grad_norm=float(grad_norm),
                     mem=peak_memory_gib(self.device),
                     tps=tps,
-                    tps_per_gpu=tps,
-                    mfu=mfu(tps, self.flops_per_token, self.peak_flops),
+                    tps_per_gpu=tps_per_gpu,
+                    mfu=mfu(tps_per_gpu, self.flops_per_token, self.peak_flops),
                     num_label_tokens=int(num_label_tokens),
                 ),
                 show=steps.is_log_step,
@@ -269,16 +305,21 @@ class FinetuneRecipeForCausalLM:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean per-token loss over the validation set, logged to validation.jsonl."""
+        """Mean per-token loss over the validation set (every rank's shard), to validation.jsonl."""
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
         for batch in self.telemetry.progress(self.val_loader, "validation"):
             batch["labels"] = shift_labels(batch["labels"])
             tokens = int(count_label_tokens(batch["labels"]))
+            loss = self.forward_loss(batch, tokens)  # on every rank: FSDP2 gathers are collective
             if tokens:
-                total_loss += self.forward_loss(batch, tokens).item() * tokens
+                total_loss += loss.item() * tokens
                 total_tokens += tokens
         self.model.train()
+        total_loss, total_tokens = self.parallel.sum(
+            torch.tensor([total_loss, total_tokens])
+        ).tolist()
+        total_tokens = int(total_tokens)
         val_loss = total_loss / max(total_tokens, 1)
         steps = self.step_scheduler
         self.telemetry.log_validation(
@@ -315,8 +356,8 @@ def _real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> in
 
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
-    build.build_step_scheduler(cfg)
-    read_section(cfg, "distributed", Distributed)
+    _, dp_size = read_distributed(cfg)
+    build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     check_metric_loggers(cfg)
 
@@ -324,8 +365,13 @@ def check(cfg: ConfigNode) -> None:
 def run(cfg: ConfigNode) -> None:
     """Set up the recipe and train."""
     recipe = FinetuneRecipeForCausalLM(cfg)
-    recipe.setup()
-    recipe.run_train_validation_loop()
+    finished = False
+    try:
+        recipe.setup()
+        recipe.run_train_validation_loop()
+        finished = True
+    finally:
+        shutdown(recipe, barrier=finished)  # free sharded modules, then end the process group
 
 
 def main(argv: list[str] | None = None) -> int:

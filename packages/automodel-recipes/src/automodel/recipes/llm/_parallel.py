@@ -1,0 +1,158 @@
+"""Data parallelism for the LLM recipe: process group, device mesh and strategy (automodel.distributed)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.distributed import (
+    MeshConfig,
+    MeshError,
+    Strategy,
+    all_reduce_sum,
+    build_mesh,
+    build_strategy,
+    destroy_distributed,
+    dp_group,
+    dp_rank_and_size,
+    init_distributed,
+    resolve_sizes,
+)
+
+from ._sections import Distributed, read_section
+
+log = logging.getLogger("automodel.recipes.llm")
+
+_STRATEGIES = ("fsdp2", "ddp", "none")
+_NOT_WIRED = ("tp_size", "cp_size", "pp_size")
+_OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _world_size() -> int:
+    """The number of processes torchrun launched (1 without torchrun); no process group needed."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
+    return ConfigError(Problem(f"distributed.{key}", message, cfg.where(f"distributed.{key}")))
+
+
+def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Distributed, int]:
+    """The checked `distributed:` section with its strategy filled in, and the dp size.
+
+    Needs no process group (the world size comes from the torchrun environment), so the batch
+    arithmetic and `automodel validate` can use it before anything is built.
+    """
+    section = read_section(cfg, "distributed", Distributed)
+    world = _world_size() if world_size is None else world_size
+    for key in _NOT_WIRED:
+        if getattr(section, key) != 1:
+            raise _problem(
+                cfg, key, f"{key} {getattr(section, key)} is not wired into the recipe yet; "
+                "only data parallelism (dp_size, dp_replicate_size) is",
+            )  # fmt: skip
+    if section.device not in _DEVICES:
+        raise _problem(
+            cfg, "device", f"expected one of {', '.join(_DEVICES)}, got {section.device!r}"
+        )
+    strategy = section.strategy or "none"  # `none` on the command line arrives as null
+    if strategy == "auto":
+        strategy = "fsdp2" if world > 1 else "none"
+    if strategy not in _STRATEGIES:
+        raise _problem(
+            cfg,
+            "strategy",
+            f"unknown strategy {strategy!r}; expected auto, {', '.join(_STRATEGIES)}",
+        )
+    if strategy == "none" and world > 1:
+        raise _problem(
+            cfg, "strategy", f"strategy none cannot train on {world} processes (each would train "
+            "its own model); use fsdp2 or ddp, or launch one process",
+        )  # fmt: skip
+    if strategy != "fsdp2" and section.dp_replicate_size != 1:
+        raise _problem(cfg, "dp_replicate_size", "replication (HSDP) needs strategy fsdp2")
+    try:
+        mesh_config = MeshConfig(
+            dp_size=section.dp_size, dp_replicate_size=section.dp_replicate_size
+        )
+        sizes = resolve_sizes(mesh_config, world)
+    except (MeshError, ValueError) as e:
+        raise _problem(cfg, "dp_size", str(e)) from e
+    section = Distributed(**{**section.__dict__, "strategy": strategy})
+    return section, sizes["dp_replicate"] * sizes["dp_shard"]
+
+
+@dataclass
+class Parallel:
+    """Where this process stands in the data-parallel run, and how the model is spread."""
+
+    device: torch.device
+    world_size: int
+    dp_rank: int
+    dp_size: int
+    mesh: Any  # DeviceMesh | None
+    group: Any  # the process group gradients are averaged over (None: one process)
+    strategy: Strategy
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """The model spread over the mesh (FSDP2 in place, DDP wrapped), then on the device."""
+        if self.mesh is not None:
+            model = self.strategy.parallelize(model, self.mesh)
+        else:
+            model = self.strategy.parallelize(model)
+        return model.to(self.device)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` summed over the data-parallel ranks (itself with one process)."""
+        return all_reduce_sum(values, self.group)
+
+
+def setup_parallel(cfg: ConfigNode) -> Parallel:
+    """Initialise the process group from the torchrun environment, the mesh and the strategy."""
+    section, dp_size = read_distributed(cfg)
+    options = {k: getattr(section, k) for k in _OPTIONS if getattr(section, k) is not None}
+    try:
+        strategy = build_strategy(section.strategy, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(Problem("distributed", str(e), cfg.where("distributed"))) from e
+    world = _world_size()
+    backend = "gloo" if section.device == "cpu" else "auto"
+    env = init_distributed(backend=backend, timeout_minutes=section.timeout_minutes)
+    device = env.device if section.device == "auto" else torch.device(section.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if world == 1 and section.strategy == "none":
+        return Parallel(device, 1, 0, 1, None, None, strategy)
+    mesh = build_mesh(
+        MeshConfig(dp_size=section.dp_size, dp_replicate_size=section.dp_replicate_size),
+        device_type=device.type,
+    )
+    dp_rank, dp_size = dp_rank_and_size(mesh)
+    log.info(
+        "data parallel: %s over %d process(es) (rank %d of %d) on %s",
+        section.strategy, env.world_size, dp_rank, dp_size, device,
+    )  # fmt: skip
+    return Parallel(
+        device, env.world_size, dp_rank, dp_size, mesh, dp_group(mesh, include_cp=True), strategy
+    )
+
+
+def shutdown(owner: Any, barrier: bool = True) -> None:
+    """Drop `owner`'s model and optimizer, collect them, then end the process group (if any).
+
+    Sharded modules still holding communicators can make gloo abort at exit. Pass
+    `barrier=False` after a failure: the other ranks may never reach the barrier.
+    """
+    for name in ("model", "unwrapped", "optimizer", "lr_scheduler"):
+        if hasattr(owner, name):
+            setattr(owner, name, None)
+    gc.collect()
+    destroy_distributed(barrier=barrier)
