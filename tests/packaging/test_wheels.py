@@ -2,7 +2,8 @@
 
 The wheels are built once per session (`uv build --all-packages`). Every component
 wheel is then installed into its own fresh virtual environment with nothing but its
-declared dependencies, from the package index, and imported there. The installs reuse
+declared dependencies, from the package index, and imported there (automodel-peft also
+runs the torch-only example of its README there). The installs reuse
 the uv cache (hardlinks when the cache and the temporary directory share a
 filesystem) and run in parallel; versions of third-party packages are pinned to
 uv.lock (as constraints), so the result does not drift with the index and a warm
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import email.parser
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from packaging.requirements import Requirement
@@ -340,3 +343,27 @@ def test_meta_package_installs_the_command(fresh_envs):
     assert {"automodel", "automodel-cli", "automodel-recipes"} <= env.installed
     script = Path(env.probe["prefix"]) / "bin" / "automodel"
     assert script.is_file(), "the meta-package installs no `automodel` command"
+
+
+def _peft_readme_examples() -> ModuleType:
+    """tests/peft/test_readme_examples.py, which extracts and runs the README's examples."""
+    path = REPO_ROOT / "tests" / "peft" / "test_readme_examples.py"
+    spec = importlib.util.spec_from_file_location("_peft_readme_examples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peft_wheel_runs_its_readme_example(fresh_envs, tmp_path):
+    """The issue's done-criterion: the wheel alone (torch + safetensors) runs its README example."""
+    env = fresh_envs["peft"]
+    _assert_installed_and_imported(env)
+    readme = _peft_readme_examples()
+    python = Path(env.probe["prefix"]) / "bin" / "python"
+    code, out, err = readme.run_example(
+        readme.readme_examples()["plain-loop"], tmp_path, str(python)
+    )
+    assert code == 0, (
+        f"the plain-loop README example failed in the wheel's environment:\n{out}\n{err}"
+    )
+    assert "adapter reloaded into a fresh base model" in out, out

@@ -1,0 +1,156 @@
+"""The examples of packages/automodel-peft/README.md run as written, each in its own process.
+
+A runnable example is a fenced ``python`` block right after an HTML comment
+``<!-- test: NAME -->``; a block marked ``<!-- test: NAME (continued) -->`` is appended
+to the example NAME (it goes on from that example's variables). Every example runs in
+one fresh, isolated (``-I``) ``sys.executable`` process with ``TMPDIR`` pointing into
+the test's own temporary directory, so the files it writes (through ``tempfile``) can
+be checked.
+The packaging tests run the torch-only example inside the wheel's own environment,
+through :func:`readme_examples`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "packages" / "automodel-peft" / "README.md"
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
+TIMEOUT_S = 300
+
+_BLOCK = re.compile(
+    r"<!--\s*test:\s*(?P<name>[\w-]+)(?P<continued>\s+\(continued\))?\s*-->\s*\n"
+    r"```python\n(?P<code>.*?)^```",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def readme_examples(text: str | None = None) -> dict[str, str]:
+    """The marked python blocks of the README by name, continuations appended in order."""
+    examples: dict[str, str] = {}
+    for match in _BLOCK.finditer(README.read_text() if text is None else text):
+        name, code = match["name"], match["code"]
+        if match["continued"]:
+            if name not in examples:
+                raise ValueError(f"README block '{name} (continued)' comes before '{name}'")
+            examples[name] += "\n" + code
+        elif name in examples:
+            raise ValueError(f"two README blocks are marked '{name}'")
+        else:
+            examples[name] = code
+    return examples
+
+
+def start_example(code: str, tmp: Path, python: str = sys.executable) -> subprocess.Popen:
+    """Start one example in a fresh interpreter, offline, with its temporary files under ``tmp``."""
+    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    script = tmp / "example.py"
+    script.write_text(code)
+    return subprocess.Popen(
+        [python, "-I", str(script)],  # -I: no user site-packages, no PYTHON* variables
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
+    """Wait for a started example: exit code, stdout, stderr (killed after ``timeout``)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += f"\n(killed after {timeout} s)"
+    return proc.returncode, out, err
+
+
+def run_example(code: str, tmp: Path, python: str = sys.executable) -> tuple[int, str, str]:
+    """Run one example to the end: exit code, stdout, stderr."""
+    return finish(start_example(code, tmp, python))
+
+
+# Which example each test checks; the fixture below starts those of the selected tests at
+# once, so that they overlap (most of each run is importing torch and transformers).
+EXAMPLE_OF_TEST = {
+    "test_readme_plain_loop": "plain-loop",
+    "test_readme_trainer_peft_and_export": "trainer",
+}
+HAS_TRAINER_DEPS = all(importlib.util.find_spec(m) for m in ("transformers", "accelerate", "peft"))
+
+
+@pytest.fixture(scope="module")
+def started(request, tmp_path_factory) -> Iterator[dict[str, tuple[subprocess.Popen, Path]]]:
+    """The examples the selected tests of this module check, all started together."""
+    names = {
+        EXAMPLE_OF_TEST[item.originalname]
+        for item in request.session.items
+        if item.module is request.module and item.originalname in EXAMPLE_OF_TEST
+    }
+    if not HAS_TRAINER_DEPS:
+        names.discard("trainer")
+    examples = readme_examples()
+    runs = {}
+    for name in sorted(names):
+        tmp = tmp_path_factory.mktemp(name)
+        runs[name] = (start_example(examples[name], tmp), tmp)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _succeeded(started: dict, name: str) -> tuple[str, Path]:
+    """Stdout and temporary folder of a started example, which must exit 0."""
+    proc, tmp = started[name]
+    code, out, err = finish(proc)
+    assert code == 0, f"README example {name!r} failed ({code}):\n{out}\n{err}"
+    return out, tmp
+
+
+def _folders_with(tmp: Path, names: set[str]) -> list[Path]:
+    """Folders under ``tmp`` that hold all of ``names``."""
+    return sorted(
+        p for p in tmp.rglob("*") if p.is_dir() and names <= {c.name for c in p.iterdir()}
+    )
+
+
+def test_readme_marks_the_examples():
+    examples = readme_examples()
+    assert set(examples) == {"plain-loop", "trainer"}, sorted(examples)
+    assert "merge_lora" in examples["trainer"], "the export block is not appended to 'trainer'"
+    # The first example must run with the wheel alone: torch, safetensors and the stdlib.
+    imports = re.findall(r"^(?:from|import) (\w+)", examples["plain-loop"], re.MULTILINE)
+    assert set(imports) <= {"tempfile", "pathlib", "torch", "automodel"}, imports
+
+
+def test_readme_plain_loop(started):
+    out, tmp_path = _succeeded(started, "plain-loop")
+    assert "adapter reloaded into a fresh base model" in out, out
+    assert "LoRA on 2 modules" in out, out
+    adapters = _folders_with(tmp_path, ADAPTER_FILES)
+    assert [p.name for p in adapters] == ["adapter"], adapters
+
+
+@pytest.mark.skipif(
+    not HAS_TRAINER_DEPS, reason="the Trainer example needs transformers, accelerate and peft"
+)
+def test_readme_trainer_peft_and_export(started):
+    out, tmp_path = _succeeded(started, "trainer")
+    assert "peft loaded the adapter from" in out, out
+    assert "merged model saved to" in out, out
+    adapters = _folders_with(tmp_path, ADAPTER_FILES)
+    assert [p.name for p in adapters] == ["adapter"], adapters
+    merged = _folders_with(tmp_path, {"config.json", "model.safetensors"})
+    assert {p.name for p in merged} == {"base", "merged", "merged-in-place"}, merged
