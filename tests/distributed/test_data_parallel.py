@@ -19,10 +19,6 @@ in this process.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -64,32 +60,11 @@ LOSS_RTOL = 1e-6  # distributed vs one process on the whole batch, float32
 WEIGHT_ATOL = 2e-4  # idem, after 3 AdamW steps (see the module docstring)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+def results(tmp_path_factory: pytest.TempPathFactory, run_torchrun) -> dict[int, dict]:
     out = tmp_path_factory.mktemp("dp")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        str(WORKER),
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_torchrun(WORKER, str(out))
     print(f"torchrun launch: {time.perf_counter() - started:.1f} s")
     return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
 

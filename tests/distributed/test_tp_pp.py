@@ -8,10 +8,6 @@ with a clear message; its numeric check runs only with 2 GPUs.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,36 +44,15 @@ PP_CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(mode: str, out: Path) -> dict[int, dict]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
-        str(WORKER),
-        mode,
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+def _results(out: Path) -> dict[int, dict]:
     return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
 
 
 @pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
-    return _launch("cpu", tmp_path_factory.mktemp("tp_pp"))
+def cpu_run(tmp_path_factory: pytest.TempPathFactory, run_torchrun) -> dict[int, dict]:
+    out = tmp_path_factory.mktemp("tp_pp")
+    run_torchrun(WORKER, "cpu", str(out), timeout=600)
+    return _results(out)
 
 
 def _case(run: dict[int, dict], rank: int, name: str) -> dict:
@@ -154,8 +129,9 @@ def test_context_parallel_error_message() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="context parallelism needs 2 CUDA GPUs")
-def test_context_parallel_matches_full_sequence_on_cuda(tmp_path: Path) -> None:
-    run = _launch("cp", tmp_path)
+def test_context_parallel_matches_full_sequence_on_cuda(tmp_path: Path, run_torchrun) -> None:
+    run_torchrun(WORKER, "cp", str(tmp_path), timeout=600)
+    run = _results(tmp_path)
     for rank in (0, 1):
         for name in ("cp_mha_fp32", "cp_gqa_bf16"):
             result = _case(run, rank, name)

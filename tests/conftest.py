@@ -1,0 +1,44 @@
+"""Fixtures shared by every test folder: launching a real multi-process torchrun job."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300) -> None:
+    """Run `worker` under torchrun on this machine (gloo on CPU); fail with its output tail."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(worker),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+@pytest.fixture(name="run_torchrun", scope="session")
+def run_torchrun_fixture() -> Callable[..., None]:
+    """`run_torchrun(worker, *args, nproc=2, timeout=300)`, for test modules."""
+    return run_torchrun
