@@ -114,3 +114,20 @@ def test_unload_without_merge_drops_adapters(adapted, make_llama, input_ids):
     torch.testing.assert_close(
         _logits(ours, input_ids), _logits(make_llama(), input_ids), rtol=0, atol=0
     )
+
+
+def test_merged_state_dict_from_a_gathered_state_equals_the_in_place_merge(adapted):
+    """The path for sharded models: merging from a full state dict gives the same tensors."""
+    from automodel.peft import merged_state_dict
+
+    ours, theirs = adapted
+    from_module = merged_state_dict(ours)
+    gathered = {k: v.clone() for k, v in ours.state_dict().items()}
+    from_state = merged_state_dict(ours, state=gathered)
+    assert from_module.keys() == from_state.keys()
+    assert not any(".lora_" in k for k in from_state)
+    for name, tensor in from_module.items():
+        torch.testing.assert_close(from_state[name], tensor, rtol=1e-6, atol=1e-7)
+    merged_peft = theirs.merge_and_unload().state_dict()
+    for name, tensor in from_state.items():
+        torch.testing.assert_close(tensor, merged_peft[name], **TOL)

@@ -125,3 +125,31 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
     with pytest.raises(ConfigError, match=r"replication \(HSDP\) needs strategy fsdp2"):
         bad = ["--+distributed.strategy=ddp", "--+distributed.dp_replicate_size=2"]
         read_distributed(load_config(SFT, bad), world_size=2)
+
+
+def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(data, tmp_path):
+    """LoRA + FSDP2: adapter-only checkpoint, merged export gathered from shards by rank 0."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = REPO / "examples/llm_finetune/tiny_lora.yaml"
+    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(lora), "--nproc-per-node", "2"]
+    result = subprocess.run(
+        [*command, *_overrides(tmp_path, data)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    adapter_dir = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert not (adapter_dir / "model.safetensors").exists()
+    ids = torch.randint(4, 32, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = AutoModelForCausalLM.from_pretrained(
+        REPO / "examples/llm_finetune/assets/tiny_llama_base"
+    )
+    with torch.no_grad():
+        via_peft = PeftModel.from_pretrained(base, adapter_dir).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged_model").eval()(ids).logits
+    torch.testing.assert_close(merged, via_peft, rtol=1e-5, atol=1e-5)

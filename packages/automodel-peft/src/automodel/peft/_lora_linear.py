@@ -123,11 +123,8 @@ class LoraLinear(nn.Module):
         base = self.base_weight()
         if self.merged:
             return base.detach().clone()
-        merged = base.to(torch.float32) + self.delta_weight().to(torch.float32)
-        if self.use_dora:
-            norm = torch.linalg.norm(merged, dim=1)
-            merged = (self.lora_magnitude_vector.float() / norm).view(-1, 1) * merged
-        return merged.to(base.dtype)
+        magnitude = self.lora_magnitude_vector if self.use_dora else None
+        return merge_weight(base, self.delta_weight(), magnitude)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -179,6 +176,17 @@ class LoraLinear(nn.Module):
             f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}{variant}"
             f"{', merged' if self.merged else ''}"
         )
+
+
+def merge_weight(
+    base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``base + delta`` in float32, DoRA-rescaled to ``magnitude`` row norms, in ``base``'s dtype."""
+    merged = base.to(torch.float32) + delta.to(torch.float32)
+    if magnitude is not None:
+        norm = torch.linalg.norm(merged, dim=1)
+        merged = (magnitude.float() / norm).view(-1, 1) * merged
+    return merged.to(base.dtype)
 
 
 def _default_lora_dtype(base_dtype: torch.dtype) -> torch.dtype:

@@ -15,6 +15,7 @@ import torch
 from automodel.checkpoint import CONFIG_FILE, MODEL_DIR
 from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate, save_config
 from automodel.core.losses import FusedLinearCrossEntropy
+from automodel.distributed import is_main_process
 from automodel.peft import (
     LoraConfig,
     LoraLinear,
@@ -101,11 +102,25 @@ def adapter_extras_writer(
     return write
 
 
-def save_merged_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> Path:
-    """Write the base model with the adapters merged in as a plain HF model folder, atomically."""
+def save_merged_model(
+    model: torch.nn.Module, tokenizer: Any, out_dir: Path, *, sharded: bool = False
+) -> Path:
+    """Write the base model with the adapters merged in as a plain HF model folder, atomically.
+
+    Every rank calls it; with ``sharded`` the full state is gathered (a collective) and rank 0
+    writes.
+    """
+    state = None
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)
+        if not is_main_process():
+            return out_dir
     staging = out_dir.with_name(f".staging-{out_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=merged_state_dict(model))
+    model.save_pretrained(staging, state_dict=merged_state_dict(model, state=state))
     tokenizer.save_pretrained(staging)
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -113,15 +113,6 @@ class FinetuneRecipeForCausalLM:
                     cfg.where("checkpoint.save_merged_model"),
                 )
             )
-        if self.checkpoint.save_merged_model and self.parallel.mesh is not None:
-            raise ConfigError(
-                Problem(
-                    "checkpoint.save_merged_model",
-                    "merging the adapters is not wired for data-parallel runs yet: drop this "
-                    "option and merge the saved adapter checkpoint in one process",
-                    cfg.where("checkpoint.save_merged_model"),
-                )
-            )
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
@@ -231,7 +222,9 @@ class FinetuneRecipeForCausalLM:
         try:
             finished = self._train(steps)
             if finished and self.checkpoint.save_merged_model:
-                save_merged_model(self.unwrapped, self.tokenizer, self.run_dir / "merged_model")
+                merged_dir = self.run_dir / "merged_model"
+                sharded = self.parallel.mesh is not None
+                save_merged_model(self.unwrapped, self.tokenizer, merged_dir, sharded=sharded)
         finally:
             self.preemption.uninstall()
             self.checkpointer.close()
