@@ -43,8 +43,6 @@ The table shows medians over the repeats; `--out` writes every run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import resource
@@ -55,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _process_memory import current_rss, peak_rss, trim_heap
 
 VARIANTS = ("ours", "peft")
 SIZES: dict[str, dict[str, int]] = {
@@ -94,26 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def peak_rss() -> int:
-    """The process's peak resident set size so far, in bytes (Linux ``ru_maxrss`` is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def minor_faults() -> int:
     """Minor page faults of this process so far (each maps a fresh page the heap asked for)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc), so the RSS baseline holds only live data."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def build(args: argparse.Namespace, size: str, variant: str) -> Any:

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from _process_memory import current_rss
+
 VARIANTS = ("masked", "chunked", "fused")
 
 
@@ -49,12 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def run_variant(args: argparse.Namespace) -> dict[str, object]:

@@ -30,17 +30,16 @@ base weight as a torchao `NF4Tensor`. Each variant runs in a fresh subprocess an
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _process_memory import current_rss, peak_rss, trim_heap
 
 VARIANTS = ("bf16", "nf4")
 
@@ -63,23 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="also write the results to this JSON file")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def peak_rss() -> int:
-    """The process's peak resident set size so far, in bytes (Linux ``ru_maxrss`` is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc), so RSS counts only live data."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def live_tensor_peak(step: Any) -> int:
