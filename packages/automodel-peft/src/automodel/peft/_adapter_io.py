@@ -14,6 +14,7 @@ from torch import nn
 
 from ._apply import apply_lora, lora_modules, lora_state_dict
 from ._config import LoraConfig, LoraConfigError
+from ._matching import few_names
 from ._safetensors_write import write_safetensors
 
 CONFIG_NAME = "adapter_config.json"
@@ -184,9 +185,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)}: {_few(missing)}")
+            parts.append(f"missing {len(missing)}: {few_names(missing, 4)}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_few(unexpected)}")
+            parts.append(f"unexpected {len(unexpected)}: {few_names(unexpected, 4)}")
         raise AdapterError(
             f"adapter {folder / WEIGHTS_NAME} does not match the LoRA modules of this model "
             f"({'; '.join(parts)})"
@@ -262,8 +263,3 @@ def _write_atomic(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _few(names: list[str], n: int = 4) -> str:
-    shown = ", ".join(names[:n])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else shown

@@ -39,7 +39,7 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     already = [p for p in linear if isinstance(modules[p], LoraLinear)]
     if already:
         raise LoraConfigError(
-            f"the model already has LoRA on {len(already)} module(s) ({_few(already)}); "
+            f"the model already has LoRA on {len(already)} module(s) ({few_names(already)}); "
             "apply_lora adds one adapter per module: load or merge the existing one instead"
         )
     for pattern in config.target_modules + config.exclude_modules:
@@ -48,19 +48,19 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
         if not any(pattern_matches(pattern, p) for p in linear):
             others = [p for p in modules if p and pattern_matches(pattern, p)]
             hint = (
-                f"; it matches only non-linear modules ({_few(others)}), and LoRA wraps nn.Linear"
+                f"; it matches only non-linear modules ({few_names(others)}), and LoRA wraps nn.Linear"
                 if others
                 else ""
             )
             raise LoraConfigError(
                 f"target_modules pattern {pattern!r} matches no nn.Linear module{hint}. "
-                f"Linear modules in this model include: {_few(_examples(linear))}"
+                f"Linear modules in this model include: {few_names(_examples(linear))}"
             )
     for pattern in config.exclude_modules:
         if not any(pattern_matches(pattern, p) for p in linear):
             raise LoraConfigError(
                 f"exclude_modules pattern {pattern!r} matches no nn.Linear module. "
-                f"Linear modules in this model include: {_few(_examples(linear))}"
+                f"Linear modules in this model include: {few_names(_examples(linear))}"
             )
     heads = output_head_paths(model)
     selected = []
@@ -74,7 +74,7 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     if not selected:
         raise LoraConfigError(
             "LoraConfig selects no module after exclude_modules and the output-head rule; "
-            f"linear modules in this model include: {_few(_examples(linear))}"
+            f"linear modules in this model include: {few_names(_examples(linear))}"
         )
     return selected
 
@@ -96,6 +96,7 @@ def _examples(paths: list[str], n: int = 6) -> list[str]:
     return picked[:n] if picked else paths[:n]
 
 
-def _few(paths: list[str], n: int = 6) -> str:
-    shown = ", ".join(paths[:n])
-    return f"{shown}, ..." if len(paths) > n else (shown or "(none)")
+def few_names(names: list[str], n: int = 6) -> str:
+    """The first ``n`` names for an error message, with how many there are when cut short."""
+    shown = ", ".join(names[:n])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > n else (shown or "(none)")
