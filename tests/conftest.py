@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: launching a real multi-process torchrun job."""
+"""Fixtures shared by every test folder: a real multi-process torchrun job, a tiny Llama config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +43,22 @@ def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300)
 def run_torchrun_fixture() -> Callable[..., None]:
     """`run_torchrun(worker, *args, nproc=2, timeout=300)`, for test modules."""
     return run_torchrun
+
+
+@pytest.fixture(name="tiny_llama_config", scope="session")
+def tiny_llama_config_fixture() -> Callable[..., Any]:
+    """`tiny_llama_config(**overrides)`: the small LlamaConfig the unit tests share."""
+    from transformers import LlamaConfig
+
+    def make(**overrides: Any) -> Any:
+        sizes = {
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        }
+        return LlamaConfig(**{**sizes, **overrides})
+
+    return make

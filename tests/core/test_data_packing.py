@@ -94,23 +94,6 @@ def test_collate_keeps_positions_and_omits_attention_mask() -> None:
 # ------------------------------------------------- packed == separate, on a real model
 
 
-def tiny_llama(attn_implementation: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    config._attn_implementation = attn_implementation
-    return LlamaForCausalLM(config).eval()
-
-
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-position loss of predicting labels[t + 1] from position t (NaN where ignored)."""
     targets = torch.cat([labels[1:], torch.tensor([IGNORE_INDEX])])
@@ -121,12 +104,17 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
-def test_packed_loss_equals_separate_documents(attn_implementation: str) -> None:
+def test_packed_loss_equals_separate_documents(attn_implementation: str, tiny_llama_config) -> None:
+    from transformers import LlamaForCausalLM
+
     generator = torch.Generator().manual_seed(1)
     docs = [torch.randint(1, 64, (n,), generator=generator).tolist() for n in (7, 5, 9, 4)]
     packed = pack_dataset(make_dataset(docs), packed_sequence_size=16)
     batch = collate(list(packed), pad_token_id=PAD)
-    model = tiny_llama(attn_implementation)
+    torch.manual_seed(0)
+    config = tiny_llama_config(max_position_embeddings=64)
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config).eval()
 
     with torch.no_grad():
         # use_cache=False matters: with a cache (the default from the config), transformers does

@@ -141,23 +141,15 @@ def test_context_parallel_matches_full_sequence_on_cuda(tmp_path: Path, run_torc
             assert max(result["grads_rel"].values()) < tol, result["grads_rel"]
 
 
-def _tiny_llama(**overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.fixture
+def tiny_llama(tiny_llama_config):
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        **overrides,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config())
 
 
-def test_plan_from_the_models_own_hf_plan() -> None:
-    model = _tiny_llama()
+def test_plan_from_the_models_own_hf_plan(tiny_llama) -> None:
+    model = tiny_llama
     hf = hf_tp_plan(model)
     assert hf["model.layers.*.self_attn.q_proj"] == "colwise"
     assert hf["lm_head"] == "colwise_gather_output"
@@ -168,8 +160,8 @@ def test_plan_from_the_models_own_hf_plan() -> None:
     assert repr(plan["lm_head"]) == repr(style_from_hf("lm_head", "colwise_rep"))
 
 
-def test_builtin_plan_matches_the_hf_plan_for_llama() -> None:
-    model = _tiny_llama()
+def test_builtin_plan_matches_the_hf_plan_for_llama(tiny_llama) -> None:
+    model = tiny_llama
     expected = {k: repr(v) for k, v in tp_plan_for(model).items()}
     model._tp_plan = {}
     model.config.base_model_tp_plan = None
@@ -177,8 +169,8 @@ def test_builtin_plan_matches_the_hf_plan_for_llama() -> None:
     assert {k: repr(v) for k, v in tp_plan_for(model).items()} == expected  # q/k_norm dropped
 
 
-def test_sequence_parallel_plan_layout() -> None:
-    plan = tp_plan_for(_tiny_llama(), sequence_parallel=True)
+def test_sequence_parallel_plan_layout(tiny_llama) -> None:
+    plan = tp_plan_for(tiny_llama, sequence_parallel=True)
     assert type(plan["model.layers.*.input_layernorm"]) is SequenceParallel
     assert type(plan["model.layers.*.self_attn"]) is GatherSequence
     assert type(plan["model.layers.*.mlp"]) is GatherSequence
@@ -187,8 +179,8 @@ def test_sequence_parallel_plan_layout() -> None:
     assert "Shard(dim=1)" in repr(plan["model.layers.*.self_attn.o_proj"])
 
 
-def test_a_stage_uses_the_models_plan() -> None:
-    model = _tiny_llama()
+def test_a_stage_uses_the_models_plan(tiny_llama) -> None:
+    model = tiny_llama
     stage = DecoderStage(model.model, model.lm_head, range(1, 2), 1, 2, None, hf_tp_plan(model))
     plan = tp_plan_for(stage)  # the middle/last stage: no embedding in the plan
     assert "model.embed_tokens" not in plan

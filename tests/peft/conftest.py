@@ -7,23 +7,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-TINY_LLAMA = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 _TEMPLATES: dict[tuple, LlamaForCausalLM] = {}
 
 
 @pytest.fixture(scope="session")
-def make_llama() -> Callable[..., LlamaForCausalLM]:
+def make_llama(tiny_llama_config) -> Callable[..., LlamaForCausalLM]:
     """``make_llama(hidden_size=32, dtype=float32, **config)``: a fresh tiny Llama in eval mode.
 
     Every call with the same arguments returns an independent copy with identical weights
@@ -33,7 +25,7 @@ def make_llama() -> Callable[..., LlamaForCausalLM]:
     def make(dtype: torch.dtype = torch.float32, **overrides: object) -> LlamaForCausalLM:
         key = (dtype, tuple(sorted(overrides.items())))
         if key not in _TEMPLATES:
-            config = LlamaConfig(**{**TINY_LLAMA, **overrides}, attn_implementation="eager")
+            config = tiny_llama_config(**overrides, attn_implementation="eager")
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 _TEMPLATES[key] = LlamaForCausalLM(config).to(dtype).eval()
@@ -43,11 +35,10 @@ def make_llama() -> Callable[..., LlamaForCausalLM]:
 
 
 @pytest.fixture(scope="session")
-def input_ids() -> torch.Tensor:
+def input_ids(tiny_llama_config) -> torch.Tensor:
     """A fixed batch of token ids for the tiny Llama (2 sequences of 10 tokens)."""
-    return torch.randint(
-        0, TINY_LLAMA["vocab_size"], (2, 10), generator=torch.Generator().manual_seed(3)
-    )
+    vocab = tiny_llama_config().vocab_size
+    return torch.randint(0, vocab, (2, 10), generator=torch.Generator().manual_seed(3))
 
 
 @pytest.fixture(scope="session")
