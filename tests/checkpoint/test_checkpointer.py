@@ -189,6 +189,7 @@ def test_world_size_change_is_refused_for_train_states(tmp_path: Path, make_run)
     with pytest.raises(CheckpointError, match=r"saved by 4 rank.*this run has 1"):
         ckpt.restore(path, train_states={"rng": run.rng})
     ckpt.restore(path, model=run.model, optimizer=run.optimizer)  # consolidated / DCP: fine
+    ckpt.restore(path, train_states={"rng": run.rng}, allow_world_size_change=True)  # rank 0 % 4
 
 
 class Opaque:

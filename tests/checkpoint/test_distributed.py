@@ -90,8 +90,11 @@ def test_single_process_reads_the_two_rank_checkpoint(two_rank_run: Path) -> Non
         sys.path.remove(str(WORKER.parent))
     path = two_rank_run / "ckpt" / "epoch_0_step_3"
     ckpt = Checkpointer(two_rank_run / "ckpt")
-    with pytest.raises(CheckpointError, match=r"saved by 2 rank.*this run has 1"):
-        ckpt.restore(path, train_states={"counter": Counter(0)})
+    counter = Counter(0)
+    with pytest.raises(CheckpointError, match=r"saved by 2 rank.*allow_world_size_change"):
+        ckpt.restore(path, train_states={"counter": counter})
+    ckpt.restore(path, train_states={"counter": counter}, allow_world_size_change=True)
+    assert counter.value == 110  # rank 0 of 1 reads saved rank 0 % 2 (rank 1 saved 111)
 
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1.0)

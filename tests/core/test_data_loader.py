@@ -122,6 +122,38 @@ def test_resume_continues_at_exactly_the_next_batch(stop_after: int) -> None:
     assert per_rank[0][:3] != per_rank[0][3:6]
 
 
+@pytest.mark.parametrize(("saved_dp", "new_dp"), [(2, 1), (1, 2), (2, 4)])
+def test_resume_on_another_data_parallel_size_continues_the_epoch(saved_dp, new_dp) -> None:
+    """Elastic resume: the new ranks together take the rest of the epoch, nothing twice."""
+    dataset = numbered_dataset(48)
+
+    def loaders(dp_size: int) -> list[StatefulDataLoader]:
+        return [
+            build_dataloader(dataset, batch_size=2, seed=5, dp_rank=r, dp_size=dp_size)
+            for r in range(dp_size)
+        ]
+
+    before = loaders(saved_dp)
+    iterators = [iter(loader) for loader in before]
+    seen = [i for it in iterators for _ in range(12 // saved_dp) for i in sample_ids(next(it))]
+    after = loaders(new_dp)
+    for rank, loader in enumerate(after):
+        loader.load_state_dict(before[rank % saved_dp].state_dict())
+    rest = [i for loader in after for batch in loader for i in sample_ids(batch)]
+    assert len(seen) == 24 and sorted(seen + rest) == list(range(48))
+    # The samples of the epoch's order in order: the same global batches as any dp size.
+    order = ShardedSampler(48, seed=5).indices(0)
+    assert sorted(seen) == sorted(order[:24])
+
+
+def test_resume_on_a_size_that_does_not_divide_the_position_is_refused() -> None:
+    sampler = ShardedSampler(48, dp_size=2)
+    with pytest.raises(ValueError, match=r"10 samples of epoch 0 .* does not divide over 4"):
+        ShardedSampler(48, dp_rank=0, dp_size=4).load_state_dict(
+            {**sampler.state_dict(), "yielded": 5}
+        )
+
+
 def test_resume_with_workers() -> None:
     dataset = numbered_dataset(40)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 
@@ -75,7 +76,13 @@ def test_step_scheduler_groups_micro_batches_and_drops_the_trailing_partial_grou
         (3, 1, [0, 1, 2]),
         (4, 1, [3, 4, 5]),
     ]
-    assert sched.state_dict() == {"step": 4, "epoch": 2, "micro_batches_in_epoch": 0}
+    assert sched.state_dict() == {
+        "step": 4,
+        "epoch": 2,
+        "micro_batches_in_epoch": 0,
+        "local_batch_size": 2,
+        "dp_size": 2,
+    }
     assert sched.done
     assert list(sched.steps(data)) == []
 
@@ -92,7 +99,7 @@ def test_step_scheduler_max_steps_stops_mid_epoch_without_consuming_more():
     groups = [g for g in sched.steps(loader())]
     assert groups == [[0, 1], [2, 3], [4, 5]]
     assert pulled == [0, 1, 2, 3, 4, 5]
-    assert sched.state_dict() == {"step": 3, "epoch": 0, "micro_batches_in_epoch": 6}
+    assert sched.state_dict()["micro_batches_in_epoch"] == 6
 
 
 def test_step_scheduler_max_steps_across_epochs():
@@ -172,7 +179,7 @@ def test_step_scheduler_resume_mid_epoch_gives_the_same_remaining_groups():
         group = next(it)
         head.append((first.step, first.epoch, group))
     state = first.state_dict()
-    assert state == {"step": 5, "epoch": 1, "micro_batches_in_epoch": 6}
+    assert (state["step"], state["epoch"], state["micro_batches_in_epoch"]) == (5, 1, 6)
 
     resumed = make()
     resumed.load_state_dict(state)
@@ -226,7 +233,7 @@ def test_step_scheduler_resume_at_epoch_end():
     it = sched.steps(data)
     next(it), next(it)
     state = sched.state_dict()
-    assert state == {"step": 2, "epoch": 0, "micro_batches_in_epoch": 4}
+    assert (state["step"], state["epoch"], state["micro_batches_in_epoch"]) == (2, 0, 4)
     resumed = StepScheduler(global_batch_size=2, local_batch_size=1, num_epochs=2)
     resumed.load_state_dict(state)
     loaders = iter([[], data])  # the restored epoch is exhausted, the next one is full
@@ -236,6 +243,23 @@ def test_step_scheduler_resume_at_epoch_end():
             return iter(next(loaders))
 
     assert _run(resumed, Loader()) == [(3, 1, [0, 1]), (4, 1, [2, 3])]
+
+
+def test_step_scheduler_state_converts_to_another_data_parallel_size():
+    """2 ranks × 2 accumulations at step 3 = 1 rank × 4 accumulations at step 3: same samples."""
+    two_ranks = StepScheduler(global_batch_size=8, local_batch_size=2, dp_size=2, max_steps=9)
+    list(itertools.islice(two_ranks.steps(list(range(20))), 3))
+    state = two_ranks.state_dict()
+    assert state["micro_batches_in_epoch"] == 6
+    one_rank = StepScheduler(global_batch_size=8, local_batch_size=2, dp_size=1, max_steps=9)
+    one_rank.load_state_dict(state)
+    assert (one_rank.step, one_rank.micro_batches_in_epoch) == (3, 12)
+    back = StepScheduler(global_batch_size=8, local_batch_size=2, dp_size=2, max_steps=9)
+    back.load_state_dict(one_rank.state_dict())
+    assert back.micro_batches_in_epoch == 6
+    odd = StepScheduler(global_batch_size=12, local_batch_size=4, dp_size=3, max_steps=9)
+    with pytest.raises(ValueError, match=r"8 samples into epoch 0 .* micro-batches of 4 on 3"):
+        odd.load_state_dict({**state, "micro_batches_in_epoch": 2})
 
 
 def test_step_scheduler_argument_errors():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,18 +19,21 @@ from automodel.recipes.llm._parallel import read_distributed
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
-STEPS = 3
+STEPS, MIDDLE = 6, 3
 WEIGHTS = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"
 
 
 def _overrides(run_dir: Path, data: Path, *extra: str) -> list[str]:
-    """3 steps of global batch 8 (local 2), 64 training rows, 8 validation rows (4 per rank)."""
+    """6 steps of global batch 8 (local 2), 64 training rows, 8 validation rows (4 per rank).
+
+    Validation and checkpoints at steps 3 and 6: step 3 is the middle of the first epoch.
+    """
     return [
         "--step_scheduler.global_batch_size=8",
         "--step_scheduler.local_batch_size=2",
         f"--step_scheduler.max_steps={STEPS}",
-        f"--step_scheduler.val_every_steps={STEPS}",
-        f"--step_scheduler.ckpt_every_steps={STEPS}",
+        f"--step_scheduler.val_every_steps={MIDDLE}",
+        f"--step_scheduler.ckpt_every_steps={MIDDLE}",
         "--step_scheduler.log_every_steps=1",
         f"--dataset.path={data / 'train.jsonl'}",
         f"--validation_dataset.path={data / 'val.jsonl'}",
@@ -57,54 +62,105 @@ def one_process(tmp_path_factory, data, run_recipe, monkeypatch_module) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
-def test_two_ranks_match_one_process(strategy, one_process, data, tmp_path, jsonl_rows):
-    """2 ranks × local 2 × 2 accumulations sees the same 8 samples per step as 1 × 2 × 4."""
-    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(SFT), "--nproc-per-node", "2"]
-    strategy_key = [] if strategy == "fsdp2" else [f"--+distributed.strategy={strategy}"]
+def _cli(run_dir: Path, data: Path, *extra: str, config: Path = SFT) -> str:
+    """`automodel finetune llm --nproc-per-node 2` (a real torchrun job); its stderr."""
+    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(config), "--nproc-per-node", "2"]
     result = subprocess.run(
-        [*command, *_overrides(tmp_path, data, *strategy_key)],
+        [*command, *_overrides(run_dir, data, *extra)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert f"data parallel: {strategy} over 2 process(es)" in result.stderr
-    assert result.stderr.count("train step 1 |") == 1  # rank 0 alone logs
-    ours, reference = (
-        jsonl_rows(tmp_path / "training.jsonl"),
-        jsonl_rows(one_process / "training.jsonl"),
-    )
-    assert [r["step"] for r in ours] == list(range(1, STEPS + 1))  # rank 0 alone writes rows
-    for a, b in zip(ours, reference, strict=True):
-        assert a["num_label_tokens"] == b["num_label_tokens"]  # counted over both ranks
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)  # the global norm
-    val, val_ref = (
-        jsonl_rows(tmp_path / "validation.jsonl"),
-        jsonl_rows(one_process / "validation.jsonl"),
-    )
-    assert [r["step"] for r in val] == [0, STEPS]
+    return result.stderr
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, data) -> Callable[[str], tuple[Path, str]]:
+    """`two_ranks(strategy)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def run(strategy: str) -> tuple[Path, str]:
+        if strategy not in runs:
+            run_dir = tmp_path_factory.mktemp(f"dp_{strategy}")
+            stderr = _cli(run_dir, data, f"--+distributed.strategy={strategy}")
+            runs[strategy] = run_dir, stderr
+        return runs[strategy]
+
+    return run
+
+
+def _assert_same_training(ours: Path, reference: Path, jsonl_rows, steps: range) -> None:
+    """Per-step losses, label counts and global grad norms of `steps`, and the final weights."""
+    rows = {r["step"]: r for r in jsonl_rows(ours / "training.jsonl")}
+    reference_rows = {r["step"]: r for r in jsonl_rows(reference / "training.jsonl")}
+    assert sorted(rows) == list(range(1, STEPS + 1))  # rank 0 alone writes rows
+    for step in steps:
+        a, b = rows[step], reference_rows[step]
+        assert a["num_label_tokens"] == b["num_label_tokens"], step  # counted over all ranks
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), step
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), step  # the global norm
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6), step
+    val, val_ref = jsonl_rows(ours / "validation.jsonl"), jsonl_rows(reference / "validation.jsonl")
+    assert [r["step"] for r in val] == [0, MIDDLE, STEPS]
     for a, b in zip(val, val_ref, strict=True):
-        assert a["num_label_tokens"] == b["num_label_tokens"]  # both ranks' shards
+        assert a["num_label_tokens"] == b["num_label_tokens"]  # every rank's shard
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    timing = jsonl_rows(tmp_path / "training.jsonl", drop_timing=False)
-    assert all(r["tps_per_gpu"] == pytest.approx(r["tps"] / 2) for r in timing)
     # Adam divides by sqrt(v): near-zero gradients turn float rounding into ~1e-5 weight noise
-    weights, reference_weights = load_file(tmp_path / WEIGHTS), load_file(one_process / WEIGHTS)
+    weights, reference_weights = load_file(ours / WEIGHTS), load_file(reference / WEIGHTS)
     assert weights.keys() == reference_weights.keys()
     for name, tensor in weights.items():
         torch.testing.assert_close(tensor, reference_weights[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def _resume_dir_from(source: Path, run_dir: Path) -> None:
+    """A run dir as `source` was at step MIDDLE: its checkpoint and its logs (cut on resume)."""
+    step = f"epoch_0_step_{MIDDLE}"
+    shutil.copytree(source / "checkpoints" / step, run_dir / "checkpoints" / step)
+    for name in ("training.jsonl", "validation.jsonl"):
+        shutil.copy(source / name, run_dir / name)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_rows):
+    """2 ranks × local 2 × 2 accumulations sees the same 8 samples per step as 1 × 2 × 4."""
+    run_dir, stderr = two_ranks(strategy)
+    assert f"data parallel: {strategy} over 2 process(es)" in stderr
+    assert stderr.count("train step 1 |") == 1  # rank 0 alone logs
+    _assert_same_training(run_dir, one_process, jsonl_rows, range(1, STEPS + 1))
+    timing = jsonl_rows(run_dir / "training.jsonl", drop_timing=False)
+    assert all(r["tps_per_gpu"] == pytest.approx(r["tps"] / 2) for r in timing)
     if strategy == "fsdp2":
         from transformers import AutoModelForCausalLM
 
-        model_dir = tmp_path / WEIGHTS.rsplit("/", 1)[0]
+        weights = load_file(run_dir / WEIGHTS)
+        model_dir = run_dir / WEIGHTS.rsplit("/", 1)[0]
         loaded, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
         assert not any(info.values()), info
         loaded_state = loaded.state_dict()
         for name, tensor in weights.items():
             assert torch.equal(loaded_state[name], tensor), name
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_two_rank_checkpoint_resumes_on_one_process(
+    strategy, two_ranks, one_process, data, run_recipe, jsonl_rows, tmp_path
+):
+    """2 -> 1: the sharded optimizer reshards (DCP) and the data continues at step 4's samples."""
+    source, _ = two_ranks(strategy)
+    _resume_dir_from(source, tmp_path)
+    recipe = run_recipe(SFT, _overrides(tmp_path, data, "--+checkpoint.restore_from=latest"))
+    assert recipe.parallel.world_size == 1 and recipe.step_scheduler.grad_acc_steps == 4
+    _assert_same_training(tmp_path, one_process, jsonl_rows, range(MIDDLE + 1, STEPS + 1))
+
+
+def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(one_process, data, jsonl_rows, tmp_path):
+    """1 -> 2: each rank takes its half of the remaining global batches, the optimizer shards."""
+    _resume_dir_from(one_process, tmp_path)
+    stderr = _cli(tmp_path, data, "--+checkpoint.restore_from=latest")
+    assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
+    _assert_same_training(tmp_path, one_process, jsonl_rows, range(MIDDLE + 1, STEPS + 1))
 
 
 def test_parallel_sizes_not_wired_yet_are_config_errors(tmp_path, monkeypatch_module, capsys):
@@ -132,16 +188,7 @@ def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(data, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    lora = REPO / "examples/llm_finetune/tiny_lora.yaml"
-    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(lora), "--nproc-per-node", "2"]
-    result = subprocess.run(
-        [*command, *_overrides(tmp_path, data)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    _cli(tmp_path, data, config=REPO / "examples/llm_finetune/tiny_lora.yaml")
     adapter_dir = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert not (adapter_dir / "model.safetensors").exists()

@@ -171,11 +171,18 @@ class Checkpointer:
         optim_states: Mapping[str, Any] = _EMPTY,
         train_states: Mapping[str, Any] = _EMPTY,
         load_weights: bool = True,
+        allow_world_size_change: bool = False,
     ) -> CheckpointInfo:
         """Load exactly the parts passed from the checkpoint folder ``path``; return its info.
 
         ``load_weights=False``: ``model`` only names the optimizer's parameters, its weights
         having been restored by an earlier call (e.g. before freezing and sharding).
+
+        The model and optimizer load into any world size (consolidated weights; DCP reshards
+        the optimizer). ``train_states`` are saved per rank, so a checkpoint of another world
+        size is refused unless ``allow_world_size_change``: then rank r loads the states of saved
+        rank ``r % saved_world_size``, and each state's ``load_state_dict`` must adapt them to
+        the new world (as the data sampler and step scheduler of automodel.core do).
         """
         self._writer.wait()
         check_stateful(optim_states, "optim_states", loading=True)
@@ -188,10 +195,12 @@ class Checkpointer:
         if model is not None and load_weights:
             _check_weights_format(info, self.weights_format)
         ctx = self._context()
-        if train_states and info.world_size != ctx.world_size:
+        resized = info.world_size != ctx.world_size
+        if train_states and resized and not allow_world_size_change:
             raise CheckpointError(
                 f"checkpoint {info.path} was saved by {info.world_size} rank(s) and this run has "
-                f"{ctx.world_size}: train_states are per rank and cannot be resharded yet"
+                f"{ctx.world_size}: train_states are per rank; pass allow_world_size_change=True "
+                "if every state adapts itself to the new world size"
             )
         layout = CheckpointLayout(info.path)
         error: BaseException | None = None
@@ -202,7 +211,8 @@ class Checkpointer:
                 loaded = read_states_file(layout.optim_dir / OPTIM_STATES_FILE, "optim_states")
                 optim_saved = select_states(loaded, optim_states, "optim_states", info.path)
             if train_states:
-                rank_file = layout.train_state_dir / rank_file_name(ctx.rank)
+                saved_rank = ctx.rank % info.world_size
+                rank_file = layout.train_state_dir / rank_file_name(saved_rank)
                 loaded = read_states_file(rank_file, "train_states")
                 train_saved = select_states(loaded, train_states, "train_states", rank_file)
         except CheckpointError as exc:

@@ -78,10 +78,23 @@ class ShardedSampler(Sampler[int]):
         self.epoch, self.yielded = epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The epoch and the number of indices of it handed out so far."""
-        return {"epoch": self.epoch, "yielded": self.yielded, "seed": self.seed}
+        """The epoch, the number of its indices handed out so far, and the data-parallel size."""
+        return {
+            "epoch": self.epoch,
+            "yielded": self.yielded,
+            "seed": self.seed,
+            "dp_size": self.dp_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a `state_dict()`: the next iteration resumes right after it."""
+        """Continue from a `state_dict()`, saved with this or another dp_size, right after it."""
+        saved_dp = int(state.get("dp_size", self.dp_size))
+        consumed = int(state["yielded"]) * saved_dp  # positions of the epoch's order, all ranks
+        if consumed % self.dp_size:
+            raise ValueError(
+                f"the saved data position ({consumed} samples of epoch {state['epoch']} over "
+                f"{saved_dp} data-parallel rank(s)) does not divide over {self.dp_size} ranks; "
+                f"resume with a data-parallel size that divides {consumed}"
+            )
         self.epoch = int(state["epoch"])
-        self.yielded = int(state["yielded"])
+        self.yielded = consumed // self.dp_size

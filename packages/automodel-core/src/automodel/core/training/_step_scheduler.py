@@ -176,8 +176,9 @@ class StepScheduler:
 
     # -- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        """Step, epoch and micro-batch position in the epoch, for exact resume."""
-        return {key: int(getattr(self, key)) for key in _STATE_KEYS}
+        """Step, epoch and micro-batch position in the epoch (with its batch shape), to resume."""
+        state = {key: int(getattr(self, key)) for key in _STATE_KEYS}
+        return {**state, "local_batch_size": self.local_batch_size, "dp_size": self.dp_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Restore the counters saved by `state_dict()`."""
@@ -189,6 +190,19 @@ class StepScheduler:
             if value < 0:
                 raise ValueError(f"step scheduler state: {key} must be >= 0, got {value}")
             setattr(self, key, value)
+        # Saved with another data-parallel size or micro-batch: the same samples of the epoch,
+        # counted in this run's micro-batches.
+        saved_local = int(state_dict.get("local_batch_size", self.local_batch_size))
+        saved_dp = int(state_dict.get("dp_size", self.dp_size))
+        samples = self.micro_batches_in_epoch * saved_local * saved_dp
+        per_micro_batch = self.local_batch_size * self.dp_size
+        if samples % per_micro_batch:
+            raise ValueError(
+                f"step scheduler state: {samples} samples into epoch {self.epoch} (saved with "
+                f"local_batch_size {saved_local} on {saved_dp} data-parallel rank(s)) is not a "
+                f"whole number of micro-batches of {self.local_batch_size} on {self.dp_size}"
+            )
+        self.micro_batches_in_epoch = samples // per_micro_batch
 
     def __repr__(self) -> str:
         return (

@@ -173,14 +173,19 @@ class FinetuneRecipeForCausalLM:
             self.telemetry.start_fresh()
         else:
             with restoring(self.restore_path):
-                self.checkpointer.restore(
+                info = self.checkpointer.restore(
                     self.restore_path,
                     model=self.unwrapped,  # names the optimizer's parameters
                     load_weights=False,  # restored above, before placement
+                    allow_world_size_change=True,  # data position and step counters convert
                     **self.training_state(),
                 )
             self.telemetry.resume_at(self.step_scheduler.step)
-            log.info("resumed from %s at step %d", self.restore_path, self.step_scheduler.step)
+            log.info(
+                "resumed from %s at step %d (saved by %d process(es), now %d)",
+                self.restore_path, self.step_scheduler.step, info.world_size,
+                self.parallel.world_size,
+            )  # fmt: skip
         self.preemption = PreemptionWatcher(self.checkpoint.preempt_signals)
         seq_len = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
         seq_len = seq_len or cfg.get("dataset.seq_length") or 2048
