@@ -10,6 +10,7 @@ losses and the gathered weights are compared with it. Writes ``rank<r>.json`` in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -39,6 +40,7 @@ from automodel.distributed import (
     init_distributed,
     is_main_process,
     main_process_first,
+    no_sync,
     submesh,
 )
 from automodel.distributed._strategy import decoder_blocks
@@ -199,27 +201,51 @@ def reference_run(model, halves: bool) -> tuple[list[float], dict[str, torch.Ten
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def parallel_run(model, mesh, dp_rank: int, dp_size: int) -> tuple[list[float], dict]:
-    """This rank's rows of each global batch, loss = sum / global label tokens × dp size."""
+def parallel_run(
+    model, mesh, dp_rank: int, dp_size: int, accumulate: bool = False
+) -> tuple[list[float], dict, list[int]]:
+    """This rank's rows of each global batch, loss = sum / global label tokens × dp size.
+
+    ``accumulate``: one row per micro-batch, every backward but the last under ``no_sync``.
+    Also returns, per step, how many gradient reductions DDP ran (a comm hook counts them).
+    """
     optimizer = optimizer_for(model)
     group = dp_group(mesh, include_cp=True)
+    reductions = [0]
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting_hook(state, bucket):
+            reductions[0] += 1
+            return allreduce_hook(state, bucket)
+
+        model.register_comm_hook(group, counting_hook)
     rows = GLOBAL_BATCH // dp_size
-    losses = []
+    losses, per_step = [], []
     for step in range(STEPS):
         ids, labels = global_batch(step)
         ids, labels = (t[dp_rank * rows : (dp_rank + 1) * rows] for t in (ids, labels))
         tokens = global_label_tokens(int((labels[:, 1:] != -100).sum()), group)
-        loss_sum = token_loss_sum(model, ids, labels)
-        (loss_sum / tokens * dp_size).backward()
+        parts = [slice(i, i + 1) for i in range(rows)] if accumulate else [slice(None)]
+        loss_sum, before = 0.0, reductions[0]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else no_sync(model):
+                part_sum = token_loss_sum(model, ids[part], labels[part])
+                (part_sum / tokens * dp_size).backward()
+            loss_sum += part_sum.item()
+            if i == 0 and accumulate:  # FSDP2 without sync: no sharded gradient yet
+                reductions.append(any(p.grad is not None for p in model.parameters()))
+        per_step.append(reductions[0] - before)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(all_reduce_sum(loss_sum.item(), group) / tokens)
+        losses.append(all_reduce_sum(loss_sum, group) / tokens)
     inner = model.module if hasattr(model, "module") else model
     weights = {
         n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
         for n, p in inner.named_parameters()
     }
-    return losses, weights
+    return losses, weights, [*per_step, *reductions[1:]]
 
 
 def compare(losses, weights, reference) -> dict[str, object]:
@@ -251,6 +277,9 @@ RUNS = {
     "ddp_frozen": ("ddp", {}, MeshConfig(), True),
     "fsdp2_bf16": ("fsdp2", {"mp_param_dtype": "bfloat16"}, MeshConfig(), False),
     "fsdp2_cpu_offload": ("fsdp2", {"cpu_offload": True}, MeshConfig(), False),
+    # one row per micro-batch, gradients reduced once per step (see parallel_run)
+    "fsdp2_no_sync": ("fsdp2", {}, MeshConfig(), False),
+    "ddp_no_sync": ("ddp", {}, MeshConfig(), False),
 }
 
 
@@ -283,7 +312,10 @@ def training_checks(rank: int) -> dict[str, object]:
             q = inner.model.layers[0].self_attn.q_proj.weight
             info["block_type"] = type(inner.model.layers[0]).__name__
             info["placements"] = [str(p) for p in getattr(q, "placements", ())]
-            losses, weights = parallel_run(model, mesh, dp_rank, dp_size)
+            accumulate = key.endswith("_no_sync")
+            losses, weights, info["reductions"] = parallel_run(
+                model, mesh, dp_rank, dp_size, accumulate
+            )
             info["losses"] = losses
             if rank == 0:
                 info["vs_full_batch"] = compare(losses, weights, references[frozen, False])

@@ -56,6 +56,7 @@ FP32_RUNS = (
     "ddp_frozen",
     "fsdp2_cpu_offload",
 )
+NO_SYNC_RUNS = ("fsdp2_no_sync", "ddp_no_sync")
 LOSS_RTOL = 1e-6  # distributed vs one process on the whole batch, float32
 WEIGHT_ATOL = 2e-4  # idem, after 3 AdamW steps (see the module docstring)
 
@@ -143,7 +144,7 @@ def test_blocks_found_in_a_hugging_face_llama(results) -> None:
     assert results[0]["training"]["blocks"] == ["LlamaDecoderLayer"] * 2
 
 
-@pytest.mark.parametrize("run", [*FP32_RUNS, "fsdp2_bf16"])
+@pytest.mark.parametrize("run", [*FP32_RUNS, *NO_SYNC_RUNS, "fsdp2_bf16"])
 def test_run_completed_on_both_ranks(results, run: str) -> None:
     for rank in (0, 1):
         info = results[rank]["training"][run]
@@ -163,6 +164,23 @@ def test_matches_one_process_exactly(results, run: str) -> None:
     assert full["weight_max_abs"] <= WEIGHT_ATOL, full
     bound = results[0]["training"]["halves_vs_full_batch"]["weight_max_abs"]
     assert full["weight_max_abs"] <= bound * 1.01 + 1e-7, (full, bound)
+
+
+@pytest.mark.parametrize("run", NO_SYNC_RUNS)
+def test_accumulation_under_no_sync_matches_one_process(results, run: str) -> None:
+    """One row per micro-batch, gradients reduced once per step: same training, to float32."""
+    info = results[0]["training"][run]
+    full = info["vs_full_batch"]
+    assert full["names_equal"]
+    assert full["loss_max_rel"] <= LOSS_RTOL, full
+    assert full["weight_max_abs"] <= WEIGHT_ATOL, full
+    steps = len(info["losses"])
+    per_step, grads_after_first = info["reductions"][:steps], info["reductions"][steps:]
+    if run.startswith("ddp"):  # the tiny model fits one 25 MiB bucket: one all-reduce per step
+        assert per_step == [1] * steps
+        assert results[0]["training"]["ddp"]["reductions"] == [1] * steps  # one micro-batch
+    else:  # FSDP2 reduce-scatters only after the last micro-batch
+        assert grads_after_first == [False] * steps
 
 
 def test_float32_bound_is_small(results) -> None:

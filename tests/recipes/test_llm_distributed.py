@@ -127,6 +127,9 @@ def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_row
     """2 ranks × local 2 × 2 accumulations sees the same 8 samples per step as 1 × 2 × 4."""
     run_dir, stderr = two_ranks(strategy)
     assert f"data parallel: {strategy} over 2 process(es)" in stderr
+    # DDP all-reduces once per step (no_sync on the first of the 2 micro-batches); FSDP2 does
+    # not by default (it would keep unsharded gradients between micro-batches)
+    assert ("gradients reduced once per step" in stderr) == (strategy == "ddp")
     assert stderr.count("train step 1 |") == 1  # rank 0 alone logs
     _assert_same_training(run_dir, one_process, jsonl_rows, range(1, STEPS + 1))
     timing = jsonl_rows(run_dir / "training.jsonl", drop_timing=False)

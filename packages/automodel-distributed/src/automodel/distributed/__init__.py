@@ -4,6 +4,7 @@ from ._cp import make_cp_batch_and_ctx
 from ._ddp import DDPStrategy
 from ._env import DistEnv, destroy_distributed, init_distributed
 from ._fsdp import FSDP2Strategy
+from ._grad_sync import no_sync
 from ._mesh import (
     MESH_DIMS,
     MeshConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "is_main_process",
     "main_process_first",
     "make_cp_batch_and_ctx",
+    "no_sync",
     "resolve_sizes",
     "split_decoder_into_stages",
     "submesh",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ from automodel.distributed import (
     dp_group,
     dp_rank_and_size,
     init_distributed,
+    no_sync,
     resolve_sizes,
 )
 
@@ -101,6 +103,7 @@ class Parallel:
     mesh: Any  # DeviceMesh | None
     group: Any  # the process group gradients are averaged over (None: one process)
     strategy: Strategy
+    defer_grad_sync: bool = False  # micro-batches but the last of a step under no_sync
 
     def shard(self, model: nn.Module) -> nn.Module:
         """The model spread over the mesh (FSDP2 in place, DDP wrapped), then on the device."""
@@ -109,6 +112,12 @@ class Parallel:
         else:
             model = self.strategy.parallelize(model)
         return model.to(self.device)
+
+    def micro_batch(self, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """The context of one micro-batch's forward and backward: no_sync unless `last`."""
+        if self.defer_grad_sync and not last:
+            return no_sync(model)
+        return contextlib.nullcontext()
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """`values` summed over the data-parallel ranks (itself with one process)."""
@@ -136,13 +145,15 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
         device_type=device.type,
     )
     dp_rank, dp_size = dp_rank_and_size(mesh)
+    defer = section.defer_grad_sync
+    defer = section.strategy == "ddp" if defer is None else defer  # fsdp2 would keep full grads
     log.info(
-        "data parallel: %s over %d process(es) (rank %d of %d) on %s",
+        "data parallel: %s over %d process(es) (rank %d of %d) on %s%s",
         section.strategy, env.world_size, dp_rank, dp_size, device,
+        ", gradients reduced once per step" if defer else "",
     )  # fmt: skip
-    return Parallel(
-        device, env.world_size, dp_rank, dp_size, mesh, dp_group(mesh, include_cp=True), strategy
-    )
+    group = dp_group(mesh, include_cp=True)
+    return Parallel(device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer)
 
 
 def shutdown(owner: Any, barrier: bool = True) -> None:

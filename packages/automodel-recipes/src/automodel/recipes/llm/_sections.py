@@ -78,6 +78,7 @@ class Distributed:
     reshard_after_forward: bool | None = None  # fsdp2
     cpu_offload: bool | None = None  # fsdp2
     activation_checkpointing: bool | None = None  # fsdp2, ddp, none
+    defer_grad_sync: bool | None = None  # reduce once per step, not per micro-batch; null: ddp
     timeout_minutes: float = 30
     device: str = "auto"  # auto | cpu | cuda
 

@@ -247,9 +247,10 @@ class FinetuneRecipeForCausalLM:
             num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
             dp_size = self.parallel.dp_size
             loss_sum, real_tokens = torch.zeros((), device=self.device), 0
-            for batch in micro_batches:
-                loss = self.forward_loss(batch, num_label_tokens)
-                (loss * dp_size).backward()
+            for i, batch in enumerate(micro_batches):
+                with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
+                    loss = self.forward_loss(batch, num_label_tokens)
+                    (loss * dp_size).backward()
                 loss_sum += loss.detach()
                 real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
             grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)  # global
