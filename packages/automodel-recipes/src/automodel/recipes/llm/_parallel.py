@@ -18,6 +18,7 @@ from automodel.distributed import (
     MeshError,
     Strategy,
     all_reduce_sum,
+    apply_tensor_parallel,
     build_mesh,
     build_strategy,
     destroy_distributed,
@@ -26,6 +27,7 @@ from automodel.distributed import (
     init_distributed,
     no_sync,
     resolve_sizes,
+    submesh,
 )
 
 from ._sections import Distributed, read_section
@@ -33,7 +35,7 @@ from ._sections import Distributed, read_section
 log = logging.getLogger("automodel.recipes.llm")
 
 _STRATEGIES = ("fsdp2", "ddp", "none")
-_NOT_WIRED = ("tp_size", "cp_size", "pp_size")
+_NOT_WIRED = ("cp_size", "pp_size")
 _OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,7 +61,7 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         if getattr(section, key) != 1:
             raise _problem(
                 cfg, key, f"{key} {getattr(section, key)} is not wired into the recipe yet; "
-                "only data parallelism (dp_size, dp_replicate_size) is",
+                "data parallelism (dp_size, dp_replicate_size) and tp_size are",
             )  # fmt: skip
     if section.device not in _DEVICES:
         raise _problem(
@@ -81,15 +83,26 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )  # fmt: skip
     if strategy != "fsdp2" and section.dp_replicate_size != 1:
         raise _problem(cfg, "dp_replicate_size", "replication (HSDP) needs strategy fsdp2")
-    try:
-        mesh_config = MeshConfig(
-            dp_size=section.dp_size, dp_replicate_size=section.dp_replicate_size
+    if strategy != "fsdp2" and section.tp_size != 1:
+        raise _problem(
+            cfg, "tp_size", f"tensor parallelism composes with strategy fsdp2 only, not {strategy}"
         )
-        sizes = resolve_sizes(mesh_config, world)
+    if section.sequence_parallel and section.tp_size == 1:
+        raise _problem(cfg, "sequence_parallel", "sequence parallelism needs tp_size > 1")
+    try:
+        sizes = resolve_sizes(_mesh_config(section), world)
     except (MeshError, ValueError) as e:
         raise _problem(cfg, "dp_size", str(e)) from e
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
+
+
+def _mesh_config(section: Distributed) -> MeshConfig:
+    return MeshConfig(
+        dp_size=section.dp_size,
+        dp_replicate_size=section.dp_replicate_size,
+        tp_size=section.tp_size,
+    )
 
 
 @dataclass
@@ -104,10 +117,14 @@ class Parallel:
     group: Any  # the process group gradients are averaged over (None: one process)
     strategy: Strategy
     defer_grad_sync: bool = False  # micro-batches but the last of a step under no_sync
+    sequence_parallel: bool = False  # with tensor parallelism (mesh["tp"] larger than 1)
 
     def shard(self, model: nn.Module) -> nn.Module:
-        """The model spread over the mesh (FSDP2 in place, DDP wrapped), then on the device."""
+        """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device."""
         if self.mesh is not None:
+            tp_mesh = submesh(self.mesh, "tp")
+            if tp_mesh.size() > 1:
+                model = apply_tensor_parallel(model, tp_mesh, self.sequence_parallel)
             model = self.strategy.parallelize(model, self.mesh)
         else:
             model = self.strategy.parallelize(model)
@@ -140,20 +157,22 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
         device = torch.device("cuda", torch.cuda.current_device())
     if world == 1 and section.strategy == "none":
         return Parallel(device, 1, 0, 1, None, None, strategy)
-    mesh = build_mesh(
-        MeshConfig(dp_size=section.dp_size, dp_replicate_size=section.dp_replicate_size),
-        device_type=device.type,
-    )
+    mesh = build_mesh(_mesh_config(section), device_type=device.type)
     dp_rank, dp_size = dp_rank_and_size(mesh)
     defer = section.defer_grad_sync
     defer = section.strategy == "ddp" if defer is None else defer  # fsdp2 would keep full grads
+    tp = f", tensor parallel {section.tp_size}" if section.tp_size > 1 else ""
+    tp += " + sequence parallel" if section.sequence_parallel else ""
     log.info(
-        "data parallel: %s over %d process(es) (rank %d of %d) on %s%s",
-        section.strategy, env.world_size, dp_rank, dp_size, device,
+        "data parallel: %s over %d process(es) (rank %d of %d) on %s%s%s",
+        section.strategy, env.world_size, dp_rank, dp_size, device, tp,
         ", gradients reduced once per step" if defer else "",
     )  # fmt: skip
     group = dp_group(mesh, include_cp=True)
-    return Parallel(device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer)
+    return Parallel(
+        device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
+        section.sequence_parallel,
+    )  # fmt: skip
 
 
 def shutdown(owner: Any, barrier: bool = True) -> None:

@@ -71,7 +71,8 @@ class Distributed:
     strategy: str | None = "auto"  # fsdp2 | ddp | none (or null); auto: fsdp2 if > 1 process
     dp_size: int | str = "auto"  # auto: every process is data parallel
     dp_replicate_size: int = 1  # > 1 with fsdp2: HSDP (replicate across, shard within)
-    tp_size: int = 1
+    tp_size: int = 1  # tensor parallel (with fsdp2 over the dp dims): the model's HF tp_plan
+    sequence_parallel: bool = False  # with tp_size > 1: norms and residuals sharded on sequence
     cp_size: int = 1
     pp_size: int = 1
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
