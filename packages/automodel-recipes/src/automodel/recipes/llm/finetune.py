@@ -22,7 +22,7 @@ from automodel.core.logging import (
     check_metric_loggers,
     setup_logging,
 )
-from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
+from automodel.core.losses import count_label_tokens, shift_labels
 from automodel.core.optim import build_lr_scheduler, build_optimizer
 from automodel.core.training import (
     GlobalRngState,
@@ -40,6 +40,7 @@ from automodel.distributed import global_label_tokens
 from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
 from ._freeze import apply_freeze
+from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ._parallel import read_distributed, setup_parallel, shutdown
 from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
 from ._preemption import PreemptionWatcher
@@ -117,15 +118,7 @@ class FinetuneRecipeForCausalLM:
         self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         self.loss_fn = build.build_loss(cfg)
-        if isinstance(self.loss_fn, FusedLinearCrossEntropy) and self.parallel.mesh is not None:
-            raise ConfigError(
-                Problem(
-                    "loss_fn",
-                    "FusedLinearCrossEntropy reads the LM head outside the model's forward, which "
-                    f"strategy {self.parallel.strategy.name} does not see; use MaskedCrossEntropy",
-                    cfg.where("loss_fn"),
-                )
-            )
+        check_fused_loss(cfg, self.loss_fn)
         model = build.build_model(cfg)
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
             apply_peft(model, self.lora, cfg, self.loss_fn, self.device)
@@ -136,7 +129,8 @@ class FinetuneRecipeForCausalLM:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
         self.unwrapped = model  # the HF module: FSDP2 shards it in place, DDP wraps it
-        model = self.parallel.shard(model)  # after freezing and the restore, before compile
+        # A fused loss runs inside the forward the strategy wraps (it reads the LM head)
+        model = self.parallel.shard(with_fused_loss(model, self.loss_fn))  # before compile
         options = read_section(cfg, "compile", Compile)
         if options.enabled:
             model = torch.compile(
@@ -295,10 +289,8 @@ class FinetuneRecipeForCausalLM:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        if isinstance(self.loss_fn, FusedLinearCrossEntropy):
-            hidden = self.unwrapped.get_decoder()(**batch, use_cache=False).last_hidden_state
-            head = self.unwrapped.get_output_embeddings()
-            return self.loss_fn(hidden, head.weight, labels, num_label_tokens, head.bias)
+        if is_fused(self.loss_fn):  # self.model is (the parallelized) FusedLossModel
+            return self.model(batch, labels, num_label_tokens)
         logits = self.model(**batch, use_cache=False).logits
         return self.loss_fn(logits, labels, num_label_tokens)
 
