@@ -1,1 +1,25 @@
-"""automodel.moe."""
+"""automodel.moe: fast Mixture-of-Experts layers and load balancing for Hugging Face MoE models.
+
+Swap the MoE blocks of a transformers model for grouped-matmul ones with ``patch_hf_moe``;
+the weights keep their HF names, so checkpoints load in plain transformers unchanged.
+"""
+
+from automodel.moe._block import MoE
+from automodel.moe._config import MoEConfig
+from automodel.moe._experts import GroupedExperts
+from automodel.moe._hf import patch_hf_moe, unpatch_hf_moe
+from automodel.moe._metrics import expert_load, moe_aux_loss, moe_metrics, update_moe_bias
+from automodel.moe._router import TopKRouter
+
+__all__ = [
+    "GroupedExperts",
+    "MoE",
+    "MoEConfig",
+    "TopKRouter",
+    "expert_load",
+    "moe_aux_loss",
+    "moe_metrics",
+    "patch_hf_moe",
+    "unpatch_hf_moe",
+    "update_moe_bias",
+]

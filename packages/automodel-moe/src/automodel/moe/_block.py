@@ -1,0 +1,69 @@
+"""The MoE block: router + grouped routed experts + optional shared experts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automodel.moe._config import MoEConfig
+from automodel.moe._experts import GroupedExperts, activate
+from automodel.moe._router import TopKRouter
+
+
+class SharedMLP(nn.Module):
+    """A dense MLP with HF names ``gate_proj``/``up_proj``/``down_proj`` (no biases)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        if activation in ("swiglu", "geglu"):
+            self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(act(gate(x)) * up(x))`` for gated activations, else ``down(act(up(x)))``."""
+        if self.activation == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.activation == "geglu":
+            return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(activate(self.up_proj(x), self.activation))
+
+
+class MoE(nn.Module):
+    """Drop-in MoE block: ``forward(x [..., H]) -> [..., H]``.
+
+    Submodules keep Hugging Face names: ``gate`` (router), ``experts``, and the shared MLP
+    under ``shared_name`` (``"shared_experts"`` for DeepSeek, ``"shared_expert"`` with a
+    ``shared_expert_gate`` for Qwen2-MoE), so state dicts match the HF blocks key for key.
+    """
+
+    def __init__(self, config: MoEConfig, shared_name: str = "shared_experts") -> None:
+        super().__init__()
+        self.config = config
+        self.gate = TopKRouter(config)
+        self.experts = GroupedExperts(config)
+        self.shared_name = shared_name if config.n_shared_experts else None
+        if self.shared_name is not None:
+            shared = SharedMLP(config.hidden_size, config.shared_size, config.activation)
+            self.add_module(self.shared_name, shared)
+        if config.shared_expert_gate:
+            self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Route each token to its top-k experts, add the shared experts' output."""
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        routed_in = x
+        jitter = self.config.input_jitter
+        if self.training and jitter > 0:
+            routed_in = x * torch.empty_like(x).uniform_(1.0 - jitter, 1.0 + jitter)
+        _, topk_weights, topk_ids = self.gate(routed_in)
+        out = self.experts(routed_in, topk_ids, topk_weights)
+        if self.shared_name is not None:
+            shared = getattr(self, self.shared_name)(x)
+            if self.config.shared_expert_gate:
+                shared = F.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared
+        return out.view(shape)

@@ -1,0 +1,89 @@
+"""Model-level helpers: aux loss to add to the training loss, bias updates, load metrics."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from automodel.moe._router import TopKRouter
+
+
+def _routers(model: nn.Module) -> list[tuple[str, TopKRouter]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, TopKRouter)]
+
+
+def _layer_key(name: str, ordinal: int) -> str:
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", name + ".")
+    return f"layer_{match.group(1)}" if match else f"moe_{ordinal}"
+
+
+def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum over layers of the coefficient-weighted aux loss of the last forward (None if none)."""
+    losses = [r.aux_loss for _, r in _routers(model) if r.aux_loss is not None]
+    if not losses:
+        return None
+    return torch.stack([loss.float() for loss in losses]).sum()
+
+
+@torch.no_grad()
+def update_moe_bias(model: nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Call after each optimizer step: move every router's balancing bias toward equal load.
+
+    When torch.distributed is initialised the token counts are summed over ``group`` (default:
+    the world) first, so every rank applies the same update.
+    """
+    routers = [r for _, r in _routers(model) if r.e_score_correction_bias is not None]
+    if not routers:
+        return
+    counts = torch.stack([r.bias_counts for r in routers])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts, group=group)
+    for router, layer_counts in zip(routers, counts, strict=True):
+        router.update_bias(layer_counts)
+
+
+def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Tokens routed to each expert since the last ``moe_metrics(reset=True)``, per MoE layer."""
+    return {
+        _layer_key(name, i): r.load_counts.detach().clone()
+        for i, (name, r) in enumerate(_routers(model))
+    }
+
+
+@torch.no_grad()
+def moe_metrics(model: nn.Module, reset: bool = True) -> dict[str, float]:
+    """Flat load-balance metrics since the last reset (local to this rank).
+
+    Per layer: ``moe/layer_<i>/imbalance`` (max / mean tokens per expert, 1.0 is perfect),
+    ``moe/layer_<i>/dead_experts`` (experts that got no token) and, with ``aux_loss``
+    balancing, ``moe/layer_<i>/aux_loss`` (coefficient-weighted, averaged over forwards).
+    Aggregates: ``moe/imbalance_max``, ``moe/imbalance_mean`` and ``moe/aux_loss`` (the sum
+    over layers). Layers that saw no token since the reset are skipped.
+    """
+    metrics: dict[str, float] = {}
+    imbalances, aux_total, has_aux = [], 0.0, False
+    for i, (name, router) in enumerate(_routers(model)):
+        key = f"moe/{_layer_key(name, i)}"
+        load = router.load_counts
+        if load.sum() > 0:
+            imbalance = float(load.max() / load.mean())
+            metrics[f"{key}/imbalance"] = imbalance
+            metrics[f"{key}/dead_experts"] = float((load == 0).sum())
+            imbalances.append(imbalance)
+        if router.aux_loss_calls:
+            aux = float(router.aux_loss_sum) / router.aux_loss_calls
+            metrics[f"{key}/aux_loss"] = aux
+            aux_total += aux
+            has_aux = True
+        if reset:
+            router.load_counts.zero_()
+            router.aux_loss_sum, router.aux_loss_calls = 0.0, 0
+    if imbalances:
+        metrics["moe/imbalance_max"] = max(imbalances)
+        metrics["moe/imbalance_mean"] = sum(imbalances) / len(imbalances)
+    if has_aux:
+        metrics["moe/aux_loss"] = aux_total
+    return metrics

@@ -1,0 +1,124 @@
+"""Top-k router with group-limited routing, auxiliary-loss and bias (aux-loss-free) balancing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automodel.moe._config import MoEConfig
+
+
+class TopKRouter(nn.Module):
+    """Scores experts per token and picks ``experts_per_token`` of them (see ``MoEConfig``).
+
+    Parameters keep the Hugging Face names: ``weight`` ``[E, H]``, optional ``bias`` ``[E]`` and
+    the persistent buffer ``e_score_correction_bias`` ``[E]`` (the balancing bias).
+    ``forward`` returns ``(logits, topk_weights, topk_ids)`` like transformers' routers.
+    """
+
+    def __init__(self, config: MoEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_experts = config.n_routed_experts
+        self.top_k = config.experts_per_token
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        self.bias = (
+            nn.Parameter(torch.zeros(config.n_routed_experts)) if config.router_bias else None
+        )
+        if config.has_selection_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
+        else:
+            self.e_score_correction_bias = None
+        # Token counts per expert: since the last bias update, and since the last metrics read.
+        self.register_buffer("bias_counts", torch.zeros(config.n_routed_experts), persistent=False)
+        self.register_buffer("load_counts", torch.zeros(config.n_routed_experts), persistent=False)
+        self.aux_loss: torch.Tensor | None = None  # coefficient-weighted, of the last forward
+        self.aux_loss_sum: torch.Tensor | float = 0.0  # detached, since the last metrics read
+        self.aux_loss_calls = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise the router weight like ``nn.Linear`` and zero the biases."""
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, scores)`` in float32 for ``x`` of shape ``[T, H]``."""
+        bias = None if self.bias is None else self.bias.float()
+        logits = F.linear(x.float(), self.weight.float(), bias)
+        if self.config.score_func == "softmax":
+            return logits, torch.softmax(logits, dim=-1)
+        return logits, torch.sigmoid(logits)
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Top-k expert ids ``[T, k]`` from ``scores`` (+ selection bias, group-limited)."""
+        choice = scores.detach()
+        if self.e_score_correction_bias is not None:
+            choice = choice + self.e_score_correction_bias.float()
+        cfg = self.config
+        if cfg.n_groups > 1:
+            per_group = self.num_experts // cfg.n_groups
+            grouped = choice.view(-1, cfg.n_groups, per_group)
+            group_scores = grouped.topk(min(2, per_group), dim=-1).values.sum(dim=-1)
+            keep = torch.topk(group_scores, k=cfg.topk_groups, dim=-1, sorted=False).indices
+            group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+            expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape(choice.shape)
+            choice = choice.masked_fill(~expert_mask, float("-inf"))
+        return torch.topk(choice, k=self.top_k, dim=-1, sorted=False).indices
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Route ``x`` ``[..., H]``: ``(logits [T, E], topk_weights [T, k] fp32, topk_ids [T, k])``."""
+        x = x.reshape(-1, self.config.hidden_size)
+        logits, scores = self.scores(x)
+        topk_ids = self.select(scores)
+        weights = scores.gather(1, topk_ids)
+        if self.config.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        if self.config.route_scale != 1.0:
+            weights = weights * self.config.route_scale
+        self._record(scores, topk_ids)
+        return logits, weights, topk_ids
+
+    def _record(self, scores: torch.Tensor, topk_ids: torch.Tensor) -> None:
+        with torch.no_grad():
+            counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts)
+            counts = counts.to(self.load_counts.dtype)
+            self.load_counts += counts
+            if self.training and self.e_score_correction_bias is not None:
+                self.bias_counts += counts
+        self.aux_loss = None
+        if self.training and self.config.balancing == "aux_loss":
+            self.aux_loss = self.config.aux_loss_coeff * switch_aux_loss(
+                scores, counts, normalize=self.config.score_func == "sigmoid"
+            )
+            self.aux_loss_sum = self.aux_loss_sum + self.aux_loss.detach()
+            self.aux_loss_calls += 1
+
+    @torch.no_grad()
+    def update_bias(self, counts: torch.Tensor | None = None) -> None:
+        """Nudge ``e_score_correction_bias`` toward equal load, then reset the token counts.
+
+        ``bias += bias_update_rate * sign(mean(load) - load)`` where ``load`` is ``counts``
+        (default: the tokens routed to each expert since the last update).
+        """
+        if self.e_score_correction_bias is None:
+            return
+        load = self.bias_counts if counts is None else counts.to(self.bias_counts)
+        if load.sum() > 0:
+            step = self.config.bias_update_rate * torch.sign(load.mean() - load)
+            self.e_score_correction_bias += step.to(self.e_score_correction_bias.dtype)
+        self.bias_counts.zero_()
+
+
+def switch_aux_loss(scores: torch.Tensor, counts: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Switch-Transformer balancing loss ``E * sum_e f_e * P_e`` (``f`` sums to top-k).
+
+    ``scores`` ``[T, E]`` are softmax probabilities, or sigmoid scores with ``normalize=True``
+    (divided by their per-token sum); ``counts`` ``[E]`` the (token, slot) assignments per expert.
+    """
+    num_tokens, num_experts = scores.shape
+    probs = scores / scores.sum(dim=-1, keepdim=True) if normalize else scores
+    fraction = counts.float() / max(num_tokens, 1)
+    return num_experts * (fraction * probs.mean(dim=0)).sum()

@@ -1,0 +1,195 @@
+"""Worker of test_ep_dispatch.py, run by torchrun with 2 ranks (gloo, CPU).
+
+``ep_worker.py OUT``: each case builds the whole token set of every rank (same seed on all
+ranks), computes a float32 reference MoE (a loop over all E SwiGLU experts) and its gradients,
+then runs the expert-parallel path on this rank's tokens and experts only (dispatch ->
+per-local-expert SwiGLU -> combine -> backward) and records the largest differences.
+
+Each rank writes ``rank<r>.json``: ``{case: {metric: value} | {"error": traceback}}``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+
+from automodel.moe._ep_dispatch import AllToAllDispatcher, combine, dispatch
+
+HIDDEN, INTER = 16, 24
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
+    return (F.silu(x @ gate) * (x @ up)) @ down
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |a - b| / (|b| + atol/rtol), so that < rtol means assert_close passes."""
+    if a.numel() == 0:
+        return 0.0
+    return ((a - b).abs() / (b.abs() + TOL["atol"] / TOL["rtol"])).max().item()
+
+
+def make_routing(
+    tokens: list[int], num_experts: int, k: int, low: int, high: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per rank: (x, topk_ids with k distinct experts in [low, high), weights, output grad)."""
+    gen = torch.Generator().manual_seed(1234)
+    data = []
+    for t in tokens:
+        x = torch.randn(t, HIDDEN, generator=gen)
+        scores = torch.rand(t, high - low, generator=gen)
+        ids = scores.topk(k, dim=-1).indices + low
+        weights = torch.softmax(torch.randn(t, k, generator=gen), dim=-1)
+        grad_out = torch.randn(t, HIDDEN, generator=gen)
+        data.append((x, ids, weights, grad_out))
+    return data
+
+
+def make_experts(num_experts: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(99)
+    return [
+        torch.randn(num_experts, HIDDEN, INTER, generator=gen) * 0.3,
+        torch.randn(num_experts, HIDDEN, INTER, generator=gen) * 0.3,
+        torch.randn(num_experts, INTER, HIDDEN, generator=gen) * 0.3,
+    ]
+
+
+def reference(data, weights: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Per-expert loop over every rank's tokens, all E experts, float32."""
+    xs = [d[0].clone().requires_grad_() for d in data]
+    ws = [d[2].clone().requires_grad_() for d in data]
+    params = [w.clone().requires_grad_() for w in weights]
+    x, ids = torch.cat(xs), torch.cat([d[1] for d in data])
+    y = x.new_zeros(*ids.shape, HIDDEN)  # y[t, j]: output of expert ids[t, j] for token t
+    for e in range(params[0].shape[0]):
+        tok, slot = (ids == e).nonzero(as_tuple=True)
+        if tok.numel():
+            y = y.index_put((tok, slot), swiglu(x[tok], *(p[e] for p in params)))
+    out = (y * torch.cat(ws).unsqueeze(-1)).sum(dim=1)
+    (out * torch.cat([d[3] for d in data])).sum().backward()
+    sizes = [d[0].shape[0] for d in data]
+    return {
+        "out": list(out.detach().split(sizes)),
+        "x_grad": [t.grad for t in xs],
+        "w_grad": [t.grad for t in ws],
+        "expert_grads": [torch.zeros_like(p) if p.grad is None else p.grad for p in params],
+        "counts": torch.bincount(ids.reshape(-1), minlength=params[0].shape[0]),
+    }
+
+
+def ep_case(
+    tokens: list[int], num_experts: int = 8, k: int = 2, skew: bool = False, mesh: bool = False
+) -> dict:
+    """Expert-parallel output and gradients against the reference, for this rank."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    low = num_experts - num_experts // world if skew else 0  # skew: only the last rank's experts
+    data = make_routing(tokens, num_experts, k, low, num_experts)
+    full = make_experts(num_experts)
+    ref = reference(data, full)
+
+    group = init_device_mesh("cpu", (world,), mesh_dim_names=("ep",)) if mesh else None
+    dispatcher = AllToAllDispatcher(group, num_experts)
+    experts = dispatcher.local_experts
+    params = [w[experts.start : experts.stop].clone().requires_grad_() for w in full]
+    x0, ids, w0, grad_out = data[rank]
+    x, weights = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    recv_x, counts, handle = dispatcher.dispatch(x, ids)
+    outs = [
+        swiglu(chunk, *(p[e] for p in params))
+        for e, chunk in enumerate(recv_x.split(counts.tolist()))
+    ]
+    y = torch.cat(outs) if outs else recv_x
+    out = dispatcher.combine(y, handle, weights)
+    (out * grad_out).sum().backward()
+
+    expert_grad = max(
+        max_rel(p.grad, g[experts.start : experts.stop])
+        for p, g in zip(params, ref["expert_grads"], strict=True)
+    )
+    return {
+        "tokens": x.shape[0],
+        "recv_rows": recv_x.shape[0],
+        "counts": counts.tolist(),
+        "ref_counts": ref["counts"][experts.start : experts.stop].tolist(),
+        "out_shape": list(out.shape),
+        "out": max_rel(out.detach(), ref["out"][rank]),
+        "x_grad": max_rel(x.grad, ref["x_grad"][rank]),
+        "w_grad": max_rel(weights.grad, ref["w_grad"][rank]),
+        "expert_grad": expert_grad,
+        "expert_grad_nonzero": any(p.grad.abs().sum().item() > 0 for p in params),
+        "sent": handle.input_splits,
+        "received": handle.output_splits,
+    }
+
+
+def functional_bf16_case() -> dict:
+    """The module-level functions in bfloat16 with an identity expert: out = sum_j w_j * x."""
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(7 + rank)
+    x = torch.randn(5, HIDDEN, generator=gen).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(5)])
+    weights = torch.rand(5, 2, generator=gen)
+    recv_x, counts, handle = dispatch(x, ids, dist.group.WORLD, 4)
+    out = combine(recv_x, handle, weights)
+    expected = (x.float().unsqueeze(1) * weights.unsqueeze(-1)).sum(dim=1).to(torch.bfloat16)
+    return {
+        "dtype": str(out.dtype),
+        "recv_dtype": str(recv_x.dtype),
+        "equal": torch.equal(out, expected),
+        "rows": int(counts.sum()),
+    }
+
+
+def indivisible_case() -> dict:
+    x, ids = torch.zeros(3, HIDDEN), torch.zeros(3, 1, dtype=torch.long)
+    try:
+        dispatch(x, ids, None, 5)
+    except ValueError as exc:
+        return {"error_message": str(exc)}
+    return {"error_message": None}
+
+
+def run(cases: dict[str, Callable[[], dict]], result: dict) -> None:
+    for name, case in cases.items():
+        try:
+            result[name] = case()
+        except Exception:
+            result[name] = {"error": traceback.format_exc()}
+            print(f"rank {dist.get_rank()} {name}: {result[name]}", file=sys.stderr, flush=True)
+        gc.collect()
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    result: dict = {"rank": rank}
+    cases = {
+        "balanced": lambda: ep_case([7, 5]),
+        "balanced_mesh": lambda: ep_case([4, 8], mesh=True),
+        "top1_many_experts": lambda: ep_case([9, 6], num_experts=16, k=1),
+        "skewed": lambda: ep_case([6, 4], skew=True),
+        "rank1_no_tokens": lambda: ep_case([6, 0]),
+        "no_tokens_anywhere": lambda: ep_case([0, 0]),
+        "bf16_identity": functional_bf16_case,
+        "indivisible": indivisible_case,
+    }
+    run(cases, result)
+    (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Expert-parallel dispatch/combine: EP=2 on gloo against a single-process MoE reference.
+
+One torchrun launch (2 ranks, gloo, CPU) runs every multi-process case of ep_worker.py; the
+tests here read its per-rank JSON. The error paths and the DeepEP availability check run in
+this process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from automodel.moe import _deepep
+from automodel.moe._ep_dispatch import DispatchHandle, combine, dispatch, experts_per_rank
+
+WORKER = Path(__file__).with_name("ep_worker.py")
+RTOL = 1e-5
+EP_CASES = [
+    "balanced",
+    "balanced_mesh",
+    "top1_many_experts",
+    "skewed",
+    "rank1_no_tokens",
+    "no_tokens_anywhere",
+]
+
+
+@pytest.fixture(scope="module")
+def ep_run(tmp_path_factory: pytest.TempPathFactory, run_torchrun) -> dict[int, dict]:
+    out = tmp_path_factory.mktemp("ep")
+    run_torchrun(WORKER, str(out), timeout=120)
+    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+
+
+def _case(run: dict[int, dict], rank: int, name: str) -> dict:
+    result = run[rank][name]
+    assert "error" not in result, result.get("error")
+    return result
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", EP_CASES)
+def test_ep_matches_reference(ep_run: dict, name: str, rank: int) -> None:
+    result = _case(ep_run, rank, name)
+    for metric in ("out", "x_grad", "w_grad", "expert_grad"):
+        assert result[metric] < RTOL, (metric, result[metric])
+    assert result["counts"] == result["ref_counts"]
+    assert sum(result["counts"]) == result["recv_rows"] == sum(result["received"])
+    assert result["out_shape"] == [result["tokens"], 16]
+    peer = ep_run[1 - rank][name]
+    assert result["sent"][1 - rank] == peer["received"][rank]  # the splits agree pairwise
+
+
+def test_edge_cases_really_happen(ep_run: dict) -> None:
+    skewed = [_case(ep_run, r, "skewed") for r in (0, 1)]
+    assert skewed[0]["recv_rows"] == 0 and not skewed[0]["expert_grad_nonzero"]
+    assert skewed[0]["sent"][0] == 0 and skewed[1]["sent"][0] == 0
+    idle = _case(ep_run, 1, "rank1_no_tokens")
+    assert idle["tokens"] == 0 and idle["recv_rows"] > 0 and idle["expert_grad_nonzero"]
+    assert 0 in _case(ep_run, 0, "top1_many_experts")["counts"]  # idle local experts
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_bf16_combine_is_a_plain_weighted_sum(ep_run: dict, rank: int) -> None:
+    result = _case(ep_run, rank, "bf16_identity")
+    assert result["equal"] and result["dtype"] == result["recv_dtype"] == "torch.bfloat16"
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_indivisible_experts_refused_on_every_rank(ep_run: dict, rank: int) -> None:
+    message = _case(ep_run, rank, "indivisible")["error_message"]
+    assert message and "num_experts=5 is not divisible" in message and "ep_size=2" in message
+
+
+def test_experts_per_rank() -> None:
+    assert experts_per_rank(8, 2) == 4
+    assert experts_per_rank(3, 1) == 3
+    with pytest.raises(ValueError, match=r"num_experts=6 is not divisible .*ep_size=4"):
+        experts_per_rank(6, 4)
+    with pytest.raises(ValueError, match="ep_size >= 1"):
+        experts_per_rank(4, 0)
+
+
+def test_dispatch_rejects_bad_inputs_before_communicating() -> None:
+    x, ids = torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"x must be \[tokens, hidden\]"):
+        dispatch(x[None], ids, None, 4)
+    with pytest.raises(ValueError, match=r"topk_ids must be \[tokens, k\] with tokens=3"):
+        dispatch(x, ids[:2], None, 4)
+    with pytest.raises(ValueError, match="integer tensor"):
+        dispatch(x, ids.float(), None, 4)
+    with pytest.raises(ValueError, match=r"in \[0, 4\)"):
+        dispatch(x, ids + 4, None, 4)
+
+
+def test_combine_rejects_mismatched_shapes() -> None:
+    perm = torch.arange(6)
+    handle = DispatchHandle(None, perm, perm, perm, perm, [6], [6], num_tokens=3, topk=2)
+    with pytest.raises(ValueError, match=r"topk_weights must have shape \(3, 2\)"):
+        combine(torch.zeros(6, 4), handle, torch.ones(3, 1))
+    with pytest.raises(ValueError, match=r"y must be \[6, hidden\]"):
+        combine(torch.zeros(5, 4), handle, torch.ones(3, 2))
+
+
+def test_deepep_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_deepep, "_import_deep_ep", lambda: None)
+    assert not _deepep.deepep_available()
+    with pytest.raises(RuntimeError, match=r"pip install automodel-moe\[deepep\].*NVSHMEM"):
+        _deepep.require_deepep()
+    with pytest.raises(RuntimeError, match=r"automodel-moe\[deepep\]"):
+        _deepep.make_deepep_dispatcher(None, 8)  # refused before touching the group
+
+
+def test_deepep_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_deepep, "_import_deep_ep", lambda: sys)  # any module stands in
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not _deepep.deepep_available()
+    with pytest.raises(RuntimeError, match=r"needs CUDA.*automodel-moe\[deepep\]"):
+        _deepep.require_deepep()
+
+
+def test_imports_with_torch_only() -> None:
+    code = (
+        "import sys, automodel.moe._ep_dispatch, automodel.moe._deepep\n"
+        "bad = [m for m in sys.modules if m.startswith('automodel.') and "
+        "not m.startswith('automodel.moe') or m == 'deep_ep']\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,159 @@
+"""Our MoE block equals transformers' own blocks, forward and backward, and round-trips to HF."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from automodel.moe import MoE, moe_aux_loss, patch_hf_moe, unpatch_hf_moe, update_moe_bias
+
+from .conftest import FAMILIES, make_config, randomize_
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _hf_block(family: str) -> nn.Module:
+    """The family's HF MoE block inside a holder module (as ``holder.mlp``)."""
+    import transformers
+
+    cfg = make_config(family)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    holder = nn.Module()
+    holder.mlp = model.model.layers[1].mlp
+    return randomize_(holder, seed=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_forward_backward_match_hf(family: str) -> None:
+    ref = _hf_block(family).train()
+    ours = copy.deepcopy(ref)
+    assert patch_hf_moe(ours) == ["mlp"]
+    assert isinstance(ours.mlp, MoE)
+    # Same parameter names and shapes: the weight mapping is the identity.
+    ref_params, our_params = dict(ref.named_parameters()), dict(ours.named_parameters())
+    assert {k: v.shape for k, v in ref_params.items()} == {
+        k: v.shape for k, v in our_params.items()
+    }
+
+    x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(2))
+    x_ref, x_our = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_our = ref.mlp(x_ref), ours.mlp(x_our)
+    torch.testing.assert_close(y_our, y_ref, **TOL)
+    grad_out = torch.randn_like(y_ref)
+    y_ref.backward(grad_out)
+    y_our.backward(grad_out)
+    torch.testing.assert_close(x_our.grad, x_ref.grad, **TOL)
+    for name, p in ref_params.items():
+        assert p.grad is not None, name
+        torch.testing.assert_close(our_params[name].grad, p.grad, **TOL, msg=name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patched_model_logits_and_unpatch(family: str, hf_model) -> None:
+    ref = hf_model(family)
+    ours = copy.deepcopy(ref)
+    names = patch_hf_moe(ours)
+    expected_layers = [1] if family == "deepseek_v3" else [0, 1]  # first_k_dense_replace=1
+    assert names == [f"model.layers.{i}.mlp" for i in expected_layers]
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours(ids).logits, ref(ids).logits, **TOL)
+    assert unpatch_hf_moe(ours) == names
+    assert type(ours.model.layers[1].mlp) is type(ref.model.layers[1].mlp)
+    torch.testing.assert_close(ours(ids).logits, ref(ids).logits, **TOL)
+
+
+@pytest.mark.parametrize(
+    ("family", "balancing"),
+    [
+        ("qwen3_moe", "aux_loss"),
+        ("qwen2_moe", "none"),
+        ("mixtral", "aux_loss"),
+        ("deepseek_v3", "bias"),
+    ],
+)
+def test_train_step_then_save_pretrained_loads_in_plain_transformers(
+    family: str, balancing: str, hf_model, tmp_path
+) -> None:
+    import transformers
+
+    model = hf_model(family)
+    patch_hf_moe(model, balancing=balancing, bias_update_rate=0.05)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(4))
+    for _ in range(2):
+        loss = model(ids, labels=ids).loss
+        aux = moe_aux_loss(model)
+        assert (aux is not None) == (balancing == "aux_loss")
+        (loss if aux is None else loss + aux).backward()
+        opt.step()
+        opt.zero_grad()
+        update_moe_bias(model)
+    if balancing == "bias":
+        assert model.model.layers[1].mlp.gate.e_score_correction_bias.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.save_pretrained(tmp_path)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not any(isinstance(m, MoE) for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, expected, **TOL)
+
+
+def test_state_dict_keys_unchanged_by_patch(hf_model) -> None:
+    ref = hf_model("deepseek_v3")
+    ours = copy.deepcopy(ref)
+    patch_hf_moe(ours)
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert set(our_sd) == set(ref_sd)
+    for key, value in ref_sd.items():
+        assert torch.equal(our_sd[key], value), key
+
+
+def test_patch_errors(hf_model, tiny_llama_config) -> None:
+    import transformers
+
+    with pytest.raises(ValueError, match="no supported MoE block in LlamaForCausalLM"):
+        patch_hf_moe(transformers.LlamaForCausalLM(tiny_llama_config()))
+    with pytest.raises(ValueError, match=r"reads \['n_routed_experts'\] from the HF model"):
+        patch_hf_moe(hf_model("qwen3_moe"), n_routed_experts=4)
+    with pytest.raises(TypeError, match="unknown MoEConfig field"):
+        patch_hf_moe(hf_model("qwen3_moe"), balance="bias")
+
+
+def test_patch_warns_that_router_logits_are_not_recorded(hf_model) -> None:
+    model = hf_model("mixtral")
+    model.config.output_router_logits = True
+    with pytest.warns(UserWarning, match="output_router_logits=True"):
+        patch_hf_moe(model)
+
+
+def test_unpatch_warns_when_a_learned_bias_has_no_hf_home(hf_model) -> None:
+    model = hf_model("qwen3_moe")
+    patch_hf_moe(model, balancing="bias")
+    with torch.no_grad():
+        model.model.layers[0].mlp.gate.e_score_correction_bias.fill_(0.1)
+    with pytest.warns(UserWarning, match="e_score_correction_bias"):
+        unpatch_hf_moe(model)
+
+
+def test_activation_checkpointing_trains(hf_model) -> None:
+    from automodel.moe import _experts
+
+    _experts._grouped_mm_works.cache_clear()  # the first probe may run inside a checkpoint
+    ref = hf_model("qwen3_moe")
+    ours = copy.deepcopy(ref)
+    patch_hf_moe(ours)
+    ours.activation_checkpointing_enable()
+    ref.train()
+    ours.train()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(5))
+    ours(ids, labels=ids).loss.backward()
+    ref(ids, labels=ids).loss.backward()
+    our_params = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(our_params[name].grad, p.grad, **TOL, msg=name)
