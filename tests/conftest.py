@@ -45,6 +45,32 @@ def run_torchrun_fixture() -> Callable[..., None]:
     return run_torchrun
 
 
+def worker_results(out: Path, nproc: int = 2) -> dict[int, dict]:
+    """The `rank<r>.json` files a torchrun worker wrote into `out`, by rank."""
+    import json
+
+    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)}
+
+
+def worker_case(results: dict[int, dict], rank: int, name: str) -> dict:
+    """One named check of one rank's results; fails with the worker's traceback if it raised."""
+    result = results[rank][name]
+    assert "error" not in result, result.get("error")
+    return result
+
+
+@pytest.fixture(name="worker_results", scope="session")
+def worker_results_fixture() -> Callable[..., dict[int, dict]]:
+    """`worker_results(out, nproc=2)`: per-rank JSON results of a torchrun worker."""
+    return worker_results
+
+
+@pytest.fixture(name="worker_case", scope="session")
+def worker_case_fixture() -> Callable[[dict[int, dict], int, str], dict]:
+    """`worker_case(results, rank, name)`: one check's result, its error shown if it failed."""
+    return worker_case
+
+
 @pytest.fixture(name="tiny_llama_config", scope="session")
 def tiny_llama_config_fixture() -> Callable[..., Any]:
     """`tiny_llama_config(**overrides)`: the small LlamaConfig the unit tests share."""

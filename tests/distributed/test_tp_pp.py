@@ -7,7 +7,6 @@ with a clear message; its numeric check runs only with 2 GPUs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,27 +43,21 @@ PP_CASES = [
 ]
 
 
-def _results(out: Path) -> dict[int, dict]:
-    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
-
-
 @pytest.fixture(scope="module")
-def cpu_run(tmp_path_factory: pytest.TempPathFactory, run_torchrun) -> dict[int, dict]:
+def cpu_run(
+    tmp_path_factory: pytest.TempPathFactory, run_torchrun, worker_results
+) -> dict[int, dict]:
     out = tmp_path_factory.mktemp("tp_pp")
     run_torchrun(WORKER, "cpu", str(out), timeout=600)
-    return _results(out)
-
-
-def _case(run: dict[int, dict], rank: int, name: str) -> dict:
-    result = run[rank][name]
-    assert "error" not in result, result.get("error")
-    return result
+    return worker_results(out)
 
 
 @pytest.mark.parametrize("rank", [0, 1])
 @pytest.mark.parametrize("name", TP_CASES)
-def test_tensor_parallel_matches_single_process(cpu_run: dict, name: str, rank: int) -> None:
-    result = _case(cpu_run, rank, name)
+def test_tensor_parallel_matches_single_process(
+    cpu_run: dict, name: str, rank: int, worker_case
+) -> None:
+    result = worker_case(cpu_run, rank, name)
     assert result["logits"] < TOL and result["loss"] < TOL
     assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
     assert result["q_local_shape"] == [16, 32]  # 4 heads x 8 split over 2 ranks
@@ -78,8 +71,8 @@ def test_tensor_parallel_matches_single_process(cpu_run: dict, name: str, rank: 
 
 @pytest.mark.parametrize("rank", [0, 1])
 @pytest.mark.parametrize("name", PP_CASES)
-def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int) -> None:
-    result = _case(cpu_run, rank, name)
+def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int, worker_case) -> None:
+    result = worker_case(cpu_run, rank, name)
     assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
     assert result["grads_missing"] == []
     assert result["model_layers_left"] == 0
@@ -110,8 +103,8 @@ def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int) ->
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_context_parallel_refuses_cpu_mesh(cpu_run: dict, rank: int) -> None:
-    assert _case(cpu_run, rank, "cp_cpu")["error_message"] == CPU_ERROR
+def test_context_parallel_refuses_cpu_mesh(cpu_run: dict, rank: int, worker_case) -> None:
+    assert worker_case(cpu_run, rank, "cp_cpu")["error_message"] == CPU_ERROR
 
 
 def test_context_parallel_error_message() -> None:
@@ -129,12 +122,14 @@ def test_context_parallel_error_message() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="context parallelism needs 2 CUDA GPUs")
-def test_context_parallel_matches_full_sequence_on_cuda(tmp_path: Path, run_torchrun) -> None:
+def test_context_parallel_matches_full_sequence_on_cuda(
+    tmp_path: Path, run_torchrun, worker_case, worker_results
+) -> None:
     run_torchrun(WORKER, "cp", str(tmp_path), timeout=600)
-    run = _results(tmp_path)
+    run = worker_results(tmp_path)
     for rank in (0, 1):
         for name in ("cp_mha_fp32", "cp_gqa_bf16"):
-            result = _case(run, rank, name)
+            result = worker_case(run, rank, name)
             tol = 1e-4 if "fp32" in name else 5e-2
             assert result["local_seq"] == 8
             assert result["loss_rel"] < tol

@@ -7,7 +7,6 @@ this process.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,22 +30,18 @@ EP_CASES = [
 
 
 @pytest.fixture(scope="module")
-def ep_run(tmp_path_factory: pytest.TempPathFactory, run_torchrun) -> dict[int, dict]:
+def ep_run(
+    tmp_path_factory: pytest.TempPathFactory, run_torchrun, worker_results
+) -> dict[int, dict]:
     out = tmp_path_factory.mktemp("ep")
     run_torchrun(WORKER, str(out), timeout=120)
-    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
-
-
-def _case(run: dict[int, dict], rank: int, name: str) -> dict:
-    result = run[rank][name]
-    assert "error" not in result, result.get("error")
-    return result
+    return worker_results(out)
 
 
 @pytest.mark.parametrize("rank", [0, 1])
 @pytest.mark.parametrize("name", EP_CASES)
-def test_ep_matches_reference(ep_run: dict, name: str, rank: int) -> None:
-    result = _case(ep_run, rank, name)
+def test_ep_matches_reference(ep_run: dict, name: str, rank: int, worker_case) -> None:
+    result = worker_case(ep_run, rank, name)
     for metric in ("out", "x_grad", "w_grad", "expert_grad"):
         assert result[metric] < RTOL, (metric, result[metric])
     assert result["counts"] == result["ref_counts"]
@@ -56,24 +51,24 @@ def test_ep_matches_reference(ep_run: dict, name: str, rank: int) -> None:
     assert result["sent"][1 - rank] == peer["received"][rank]  # the splits agree pairwise
 
 
-def test_edge_cases_really_happen(ep_run: dict) -> None:
-    skewed = [_case(ep_run, r, "skewed") for r in (0, 1)]
+def test_edge_cases_really_happen(ep_run: dict, worker_case) -> None:
+    skewed = [worker_case(ep_run, r, "skewed") for r in (0, 1)]
     assert skewed[0]["recv_rows"] == 0 and not skewed[0]["expert_grad_nonzero"]
     assert skewed[0]["sent"][0] == 0 and skewed[1]["sent"][0] == 0
-    idle = _case(ep_run, 1, "rank1_no_tokens")
+    idle = worker_case(ep_run, 1, "rank1_no_tokens")
     assert idle["tokens"] == 0 and idle["recv_rows"] > 0 and idle["expert_grad_nonzero"]
-    assert 0 in _case(ep_run, 0, "top1_many_experts")["counts"]  # idle local experts
+    assert 0 in worker_case(ep_run, 0, "top1_many_experts")["counts"]  # idle local experts
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_bf16_combine_is_a_plain_weighted_sum(ep_run: dict, rank: int) -> None:
-    result = _case(ep_run, rank, "bf16_identity")
+def test_bf16_combine_is_a_plain_weighted_sum(ep_run: dict, rank: int, worker_case) -> None:
+    result = worker_case(ep_run, rank, "bf16_identity")
     assert result["equal"] and result["dtype"] == result["recv_dtype"] == "torch.bfloat16"
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_indivisible_experts_refused_on_every_rank(ep_run: dict, rank: int) -> None:
-    message = _case(ep_run, rank, "indivisible")["error_message"]
+def test_indivisible_experts_refused_on_every_rank(ep_run: dict, rank: int, worker_case) -> None:
+    message = worker_case(ep_run, rank, "indivisible")["error_message"]
     assert message and "num_experts=5 is not divisible" in message and "ep_size=2" in message
 
 

@@ -85,6 +85,16 @@ class Distributed:
 
 
 @dataclass(frozen=True)
+class Moe:
+    """`moe:` swap the model's Hugging Face MoE blocks for automodel.moe's (same weight names)."""
+
+    balancing: str = "aux_loss"  # aux_loss | bias (auxiliary-loss-free) | none
+    aux_loss_coeff: float = 1e-3  # with aux_loss: weight of the load-balancing loss
+    bias_update_rate: float = 1e-3  # with bias: step of the per-expert bias after each update
+    backend: str = "auto"  # auto | grouped_mm | loop
+
+
+@dataclass(frozen=True)
 class Logging:
     """`logging:` run directory, log level, progress bars."""
 

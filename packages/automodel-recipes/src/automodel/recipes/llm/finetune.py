@@ -41,6 +41,7 @@ from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
 from ._freeze import apply_freeze
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
+from ._moe import MoeStep, apply_moe, read_moe
 from ._parallel import read_distributed, setup_parallel, shutdown
 from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
 from ._preemption import PreemptionWatcher
@@ -51,6 +52,7 @@ from ._sections import (
     Distributed,
     Freeze,
     Logging,
+    Moe,
     PackedSequence,
     Rng,
     read_section,
@@ -78,6 +80,7 @@ SECTIONS = {
     "compile": Section(keys_of=Compile),
     "freeze": Section(keys_of=Freeze),
     "peft": Section(needs_target=True),
+    "moe": Section(keys_of=Moe),
     "distributed": Section(keys_of=Distributed),
     "logging": Section(keys_of=Logging),
     "wandb": Section(keys_of=WandbLogger, provided=("config",)),
@@ -120,6 +123,9 @@ class FinetuneRecipeForCausalLM:
         self.loss_fn = build.build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn)
         model = build.build_model(cfg)
+        moe = read_moe(cfg)
+        if moe is not None:  # first: LoRA, the restore and sharding see the new blocks
+            apply_moe(model, moe, cfg)
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
             apply_peft(model, self.lora, cfg, self.loss_fn, self.device)
         # FP8 and QAT plug in here, before the restore, as their packages land.
@@ -157,6 +163,7 @@ class FinetuneRecipeForCausalLM:
                 cfg, "validation_dataloader", val_set, local, seed, pad, *shard
             )
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
+        self.moe = MoeStep(self.unwrapped, moe, self.parallel.group)
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
@@ -244,7 +251,8 @@ class FinetuneRecipeForCausalLM:
             for i, batch in enumerate(micro_batches):
                 with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
                     loss = self.forward_loss(batch, num_label_tokens)
-                    (loss * dp_size).backward()
+                    aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
+                    ((loss if aux is None else loss + aux) * dp_size).backward()
                 loss_sum += loss.detach()
                 real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
             grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)  # global
@@ -254,6 +262,7 @@ class FinetuneRecipeForCausalLM:
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            extra = self.moe.after_optimizer_step()
             tps = real_total / (time.perf_counter() - start)  # every rank's tokens
             tps_per_gpu = tps / self.parallel.world_size
             self.telemetry.log_train(
@@ -268,6 +277,7 @@ class FinetuneRecipeForCausalLM:
                     tps_per_gpu=tps_per_gpu,
                     mfu=mfu(tps_per_gpu, self.flops_per_token, self.peak_flops),
                     num_label_tokens=int(num_label_tokens),
+                    extra=extra,
                 ),
                 show=steps.is_log_step,
             )
@@ -307,6 +317,7 @@ class FinetuneRecipeForCausalLM:
                 total_loss += loss.item() * tokens
                 total_tokens += tokens
         self.model.train()
+        self.moe.forget_load()
         total_loss, total_tokens = self.parallel.sum(
             torch.tensor([total_loss, total_tokens])
         ).tolist()
@@ -350,6 +361,7 @@ def check(cfg: ConfigNode) -> None:
     _, dp_size = read_distributed(cfg)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
+    read_moe(cfg)
     check_metric_loggers(cfg)
 
 
