@@ -300,6 +300,11 @@ def test_metrics_sample_dict_and_format():
     short = MetricsSample(step=1, epoch=0, loss=float("nan"), lr=0.0)
     assert short.format() == "step 1 | epoch 0 | loss nan | lr 0.000e+00"
     assert short.to_dict()["mfu"] is None
+    grouped = MetricsSample(
+        step=1, epoch=0, loss=1.0, lr=0.0, extra={"moe/aux_loss": 0.5, "moe/layer_0/imbalance": 2.0}
+    )
+    assert grouped.format().endswith("| moe/aux_loss 0.5")  # per-layer detail: JSONL only
+    assert grouped.to_dict()["moe/layer_0/imbalance"] == 2.0
     with pytest.raises(ValueError, match="reuses field names: loss"):
         MetricsSample(step=1, epoch=0, loss=1.0, lr=0.0, extra={"loss": 2.0})
 

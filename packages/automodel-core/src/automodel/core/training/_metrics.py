@@ -55,7 +55,11 @@ class MetricsSample:
         return {**data, **extra}
 
     def format(self) -> str:
-        """One human-readable line, leaving out what was not measured."""
+        """One human-readable line, leaving out what was not measured.
+
+        Extra metrics named `group/name` are shown; deeper names (`moe/layer_3/imbalance`) are
+        per-part detail and stay in the JSONL files and metric loggers only.
+        """
         parts = [f"step {self.step}", f"epoch {self.epoch}", f"loss {_num(self.loss, '.4f')}"]
         if self.grad_norm is not None:
             parts.append(f"grad_norm {_num(self.grad_norm, '.3f')}")
@@ -70,7 +74,7 @@ class MetricsSample:
             parts.append(f"mfu {100 * self.mfu:.1f}%")
         if self.num_label_tokens is not None:
             parts.append(f"label_tokens {self.num_label_tokens}")
-        parts += [f"{k} {_num(v, '.4g')}" for k, v in self.extra.items()]
+        parts += [f"{k} {_num(v, '.4g')}" for k, v in self.extra.items() if k.count("/") < 2]
         return " | ".join(parts)
 
 
