@@ -159,6 +159,57 @@ def indivisible_case() -> dict:
     return {"error_message": None}
 
 
+def model_case(balancing: str) -> dict:
+    """A patched tiny Qwen3-MoE, whole (EP=1) vs experts sharded over both ranks (EP=2).
+
+    Every rank feeds its own tokens to both; logits, the loss and every gradient must agree.
+    An expert's EP gradient sums both ranks' tokens, so it is compared with the sum over ranks
+    of the EP=1 gradients (this rank's slice).
+    """
+    import copy
+
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from automodel.moe import moe_aux_loss, patch_hf_moe, shard_experts
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    config = Qwen3MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    whole = Qwen3MoeForCausalLM(config)
+    patch_hf_moe(whole, balancing=balancing, aux_loss_coeff=0.01)
+    sharded = copy.deepcopy(whole)
+    names = shard_experts(sharded, None)
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(10 + rank))
+    losses = {}
+    for key, model in (("whole", whole), ("sharded", sharded)):
+        out = model(ids, labels=ids)
+        aux = moe_aux_loss(model)
+        loss = out.loss if aux is None else out.loss + aux
+        loss.backward()
+        losses[key] = (out.logits.detach(), loss.detach())
+    result = {"sharded": names, "logits": max_rel(losses["sharded"][0], losses["whole"][0])}
+    result["loss"] = max_rel(losses["sharded"][1], losses["whole"][1])
+    grads = {n: p.grad for n, p in whole.named_parameters()}
+    worst, expert_shapes = 0.0, {}
+    per_rank = config.num_experts // world
+    for name, param in sharded.named_parameters():
+        reference = grads[name]
+        if param.shape != reference.shape:  # a sharded expert weight
+            reference = reference.clone()
+            dist.all_reduce(reference)
+            reference = reference[rank * per_rank : (rank + 1) * per_rank]
+            expert_shapes[name] = list(param.shape)
+        worst = max(worst, max_rel(param.grad, reference))
+    result["grads"] = worst
+    result["expert_shapes"] = expert_shapes
+    del whole, sharded, grads, losses
+    return result
+
+
 def run(cases: dict[str, Callable[[], dict]], result: dict) -> None:
     for name, case in cases.items():
         try:
@@ -183,6 +234,8 @@ def main() -> None:
         "no_tokens_anywhere": lambda: ep_case([0, 0]),
         "bf16_identity": functional_bf16_case,
         "indivisible": indivisible_case,
+        "model_ep2_aux_loss": lambda: model_case("aux_loss"),
+        "model_ep2_no_balancing": lambda: model_case("none"),
     }
     run(cases, result)
     (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))

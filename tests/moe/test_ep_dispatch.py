@@ -51,6 +51,19 @@ def test_ep_matches_reference(ep_run: dict, name: str, rank: int, worker_case) -
     assert result["sent"][1 - rank] == peer["received"][rank]  # the splits agree pairwise
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", ["model_ep2_aux_loss", "model_ep2_no_balancing"])
+def test_expert_parallel_model_equals_the_whole_model(
+    ep_run: dict, name: str, rank: int, worker_case
+) -> None:
+    """shard_experts over 2 ranks: same logits, loss (+ aux loss) and gradients as EP=1."""
+    result = worker_case(ep_run, rank, name)
+    assert result["sharded"] == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
+    assert result["expert_shapes"]["model.layers.0.mlp.experts.gate_up_proj"] == [4, 32, 32]
+    for metric in ("logits", "loss", "grads"):
+        assert result[metric] < RTOL, (metric, result[metric])
+
+
 def test_edge_cases_really_happen(ep_run: dict, worker_case) -> None:
     skewed = [worker_case(ep_run, r, "skewed") for r in (0, 1)]
     assert skewed[0]["recv_rows"] == 0 and not skewed[0]["expert_grad_nonzero"]

@@ -6,12 +6,15 @@ the weights keep their HF names, so checkpoints load in plain transformers uncha
 
 from automodel.moe._block import MoE
 from automodel.moe._config import MoEConfig
+from automodel.moe._ep_dispatch import AllToAllDispatcher
+from automodel.moe._expert_parallel import shard_experts
 from automodel.moe._experts import GroupedExperts
 from automodel.moe._hf import patch_hf_moe, unpatch_hf_moe
 from automodel.moe._metrics import expert_load, moe_aux_loss, moe_metrics, update_moe_bias
 from automodel.moe._router import TopKRouter
 
 __all__ = [
+    "AllToAllDispatcher",
     "GroupedExperts",
     "MoE",
     "MoEConfig",
@@ -20,6 +23,7 @@ __all__ = [
     "moe_aux_loss",
     "moe_metrics",
     "patch_hf_moe",
+    "shard_experts",
     "unpatch_hf_moe",
     "update_moe_bias",
 ]
