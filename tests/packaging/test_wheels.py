@@ -367,3 +367,21 @@ def test_peft_wheel_runs_its_readme_example(fresh_envs, tmp_path):
         f"the plain-loop README example failed in the wheel's environment:\n{out}\n{err}"
     )
     assert "adapter reloaded into a fresh base model" in out, out
+
+
+def test_moe_wheel_runs_a_layer_from_its_readme(fresh_envs, tmp_path):
+    """The issue's done-criterion: automodel-moe installs alone with torch and its layer trains."""
+    import re
+
+    env = fresh_envs["moe"]
+    _assert_installed_and_imported(env)
+    readme = (REPO_ROOT / "packages/automodel-moe/README.md").read_text()
+    section = readme.split("## A layer on its own", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    code += "out.sum().backward()\nprint('grad', layer.experts.down_proj.grad.abs().sum() > 0)\n"
+    script = tmp_path / "moe_layer.py"
+    script.write_text(code)
+    python = Path(env.probe["prefix"]) / "bin" / "python"
+    proc = subprocess.run([str(python), str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "torch.Size([2, 10, 64])" in proc.stdout and "grad tensor(True)" in proc.stdout
