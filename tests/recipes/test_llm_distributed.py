@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from automodel.recipes.llm._parallel import read_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-AUTOMODEL = Path(sys.executable).with_name("automodel")
 STEPS, MIDDLE = 6, 3
 WEIGHTS = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"
 # The loss from hidden states and the (tied) LM head, 16 label tokens at a time
@@ -28,66 +25,36 @@ FUSED = [
 ]
 
 
-def _overrides(run_dir: Path, data: Path, *extra: str) -> list[str]:
-    """6 steps of global batch 8 (local 2), 64 training rows, 8 validation rows (4 per rank).
-
-    Validation and checkpoints at steps 3 and 6: step 3 is the middle of the first epoch.
-    """
-    return [
-        "--step_scheduler.global_batch_size=8",
-        "--step_scheduler.local_batch_size=2",
-        f"--step_scheduler.max_steps={STEPS}",
-        f"--step_scheduler.val_every_steps={MIDDLE}",
-        f"--step_scheduler.ckpt_every_steps={MIDDLE}",
-        "--step_scheduler.log_every_steps=1",
-        f"--dataset.path={data / 'train.jsonl'}",
-        f"--validation_dataset.path={data / 'val.jsonl'}",
-        f"--logging.run_dir={run_dir}",
-        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
-        "--+logging.progress=false",
-        "--lr_scheduler.warmup_steps=1",
-        *extra,
-    ]
+@pytest.fixture(scope="module")
+def overrides(short_run, small_data) -> Callable[..., list[str]]:
+    """`overrides(run_dir, *extra)`: 6 steps of global batch 8 (local 2) on 64 training rows,
+    8 validation rows (4 per rank); validation and checkpoints at steps 3 and 6 (step 3 is the
+    middle of the first epoch)."""
+    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, MIDDLE, *extra)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, head_of_asset) -> Path:
-    root = tmp_path_factory.mktemp("dp_data")
-    head_of_asset("reverse_train.jsonl", root / "train.jsonl", 64)
-    head_of_asset("reverse_validation.jsonl", root / "val.jsonl", 8)
-    return root
+def cli(run_cli, overrides) -> Callable[..., str]:
+    """`cli(run_dir, *extra, config=SFT)`: the run on 2 ranks through the real CLI; its stderr."""
+    return lambda run_dir, *extra, config=SFT: run_cli(config, overrides(run_dir, *extra))
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, data, run_recipe, monkeypatch_module) -> Path:
+def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
     """The reference: the same config in this process (global batch 8 = 2 × 4 accumulations)."""
     run_dir = tmp_path_factory.mktemp("dp_one")
-    recipe = run_recipe(SFT, _overrides(run_dir, data))
+    recipe = run_recipe(SFT, overrides(run_dir))
     assert recipe.parallel.world_size == 1 and recipe.step_scheduler.grad_acc_steps == 4
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def one_process_fused(tmp_path_factory, data, run_recipe, monkeypatch_module) -> Path:
+def one_process_fused(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
     """The reference of the fused-loss layouts: the same config and loss in this process."""
     run_dir = tmp_path_factory.mktemp("dp_one_fused")
-    recipe = run_recipe(SFT, _overrides(run_dir, data, *FUSED))
+    recipe = run_recipe(SFT, overrides(run_dir, *FUSED))
     assert type(recipe.model).__name__ == "FusedLossModel" and recipe.parallel.world_size == 1
     return run_dir
-
-
-def _cli(run_dir: Path, data: Path, *extra: str, config: Path = SFT) -> str:
-    """`automodel finetune llm --nproc-per-node 2` (a real torchrun job); its stderr."""
-    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(config), "--nproc-per-node", "2"]
-    result = subprocess.run(
-        [*command, *_overrides(run_dir, data, *extra)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stderr
 
 
 LAYOUTS = {  # 2-rank layouts of the same run
@@ -99,14 +66,14 @@ LAYOUTS = {  # 2-rank layouts of the same run
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, data) -> Callable[[str], tuple[Path, str]]:
+def two_ranks(tmp_path_factory, cli) -> Callable[[str], tuple[Path, str]]:
     """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
     runs: dict[str, tuple[Path, str]] = {}
 
     def run(layout: str) -> tuple[Path, str]:
         if layout not in runs:
             run_dir = tmp_path_factory.mktemp(f"dp_{layout}")
-            runs[layout] = run_dir, _cli(run_dir, data, *LAYOUTS[layout])
+            runs[layout] = run_dir, cli(run_dir, *LAYOUTS[layout])
         return runs[layout]
 
     return run
@@ -207,12 +174,12 @@ def test_tensor_and_sequence_parallel_match_one_process(two_ranks, one_process, 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "ddp", "tp_sp"])
 def test_two_rank_checkpoint_resumes_on_one_process(
-    strategy, two_ranks, one_process, data, run_recipe, jsonl_rows, tmp_path
+    strategy, two_ranks, one_process, overrides, run_recipe, jsonl_rows, tmp_path
 ):
     """2 -> 1: the sharded optimizer reshards (DCP) and the data continues at step 4's samples."""
     source, _ = two_ranks(strategy)
     _resume_dir_from(source, tmp_path)
-    recipe = run_recipe(SFT, _overrides(tmp_path, data, "--+checkpoint.restore_from=latest"))
+    recipe = run_recipe(SFT, overrides(tmp_path, "--+checkpoint.restore_from=latest"))
     assert recipe.parallel.world_size == 1 and recipe.step_scheduler.grad_acc_steps == 4
     weight_atol = 1e-4 if strategy == "tp_sp" else 2e-5  # see the tensor-parallel test
     _assert_same_training(
@@ -220,10 +187,10 @@ def test_two_rank_checkpoint_resumes_on_one_process(
     )
 
 
-def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(one_process, data, jsonl_rows, tmp_path):
+def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(one_process, cli, jsonl_rows, tmp_path):
     """1 -> 2: each rank takes its half of the remaining global batches, the optimizer shards."""
     _resume_dir_from(one_process, tmp_path)
-    stderr = _cli(tmp_path, data, "--+checkpoint.restore_from=latest")
+    stderr = cli(tmp_path, "--+checkpoint.restore_from=latest")
     assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
     _assert_same_training(tmp_path, one_process, jsonl_rows, range(MIDDLE + 1, STEPS + 1))
 
@@ -255,12 +222,12 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
         read_distributed(load_config(SFT, bad), world_size=2)
 
 
-def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(data, tmp_path):
+def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(cli, tmp_path):
     """LoRA + FSDP2: adapter-only checkpoint, merged export gathered from shards by rank 0."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _cli(tmp_path, data, config=REPO / "examples/llm_finetune/tiny_lora.yaml")
+    cli(tmp_path, config=REPO / "examples/llm_finetune/tiny_lora.yaml")
     adapter_dir = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert not (adapter_dir / "model.safetensors").exists()

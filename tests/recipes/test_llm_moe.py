@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,40 +12,20 @@ from automodel.recipes.llm import main
 REPO = Path(__file__).resolve().parents[2]
 MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-AUTOMODEL = Path(sys.executable).with_name("automodel")
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, head_of_asset) -> Path:
-    root = tmp_path_factory.mktemp("moe_data")
-    head_of_asset("reverse_train.jsonl", root / "train.jsonl", 64)
-    head_of_asset("reverse_validation.jsonl", root / "val.jsonl", 8)
-    return root
-
-
-def _overrides(run_dir: Path, data: Path, *extra: str) -> list[str]:
-    """4 steps of global batch 8 (local 2), validation and a checkpoint at the end."""
-    return [
-        "--step_scheduler.global_batch_size=8",
-        "--step_scheduler.local_batch_size=2",
-        f"--step_scheduler.max_steps={STEPS}",
-        f"--step_scheduler.val_every_steps={STEPS}",
-        f"--step_scheduler.ckpt_every_steps={STEPS}",
-        f"--dataset.path={data / 'train.jsonl'}",
-        f"--validation_dataset.path={data / 'val.jsonl'}",
-        f"--logging.run_dir={run_dir}",
-        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
-        "--+logging.progress=false",
-        "--lr_scheduler.warmup_steps=1",
-        *extra,
-    ]
+def overrides(short_run, small_data):
+    """`overrides(run_dir, *extra)`: 4 steps of global batch 8 (local 2), validation and a
+    checkpoint at the end."""
+    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, STEPS, *extra)
 
 
 @pytest.fixture(scope="module")
-def aux_run(tmp_path_factory, data, run_recipe, monkeypatch_module):
+def aux_run(tmp_path_factory, overrides, run_recipe, monkeypatch_module):
     run_dir = tmp_path_factory.mktemp("moe_aux")
-    return run_recipe(MOE, _overrides(run_dir, data)), run_dir
+    return run_recipe(MOE, overrides(run_dir)), run_dir
 
 
 def test_moe_blocks_train_with_the_aux_loss_and_report_the_load(aux_run, jsonl_rows):
@@ -78,8 +56,8 @@ def test_the_checkpoint_loads_in_plain_transformers_with_the_same_logits(aux_run
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_bias_balancing_moves_the_routing_bias(data, run_recipe, monkeypatch_module, tmp_path):
-    recipe = run_recipe(MOE, _overrides(tmp_path, data, "--moe.balancing=bias"))
+def test_bias_balancing_moves_the_routing_bias(overrides, run_recipe, monkeypatch_module, tmp_path):
+    recipe = run_recipe(MOE, overrides(tmp_path, "--moe.balancing=bias"))
     biases = [
         m.e_score_correction_bias
         for m in recipe.unwrapped.modules()
@@ -92,22 +70,14 @@ def test_bias_balancing_moves_the_routing_bias(data, run_recipe, monkeypatch_mod
 
 
 def test_two_fsdp2_ranks_match_one_process(
-    data, run_recipe, monkeypatch_module, tmp_path, jsonl_rows
+    overrides, run_recipe, run_cli, monkeypatch_module, tmp_path, jsonl_rows
 ):
     """Without balancing loss: the aux loss is per micro-batch, and 2 ranks group the samples
     into other micro-batches than 1 process (rank r reads every 2nd sample), so it differs."""
     reference = tmp_path / "one"
     no_aux = "--moe.balancing=none"
-    run_recipe(MOE, _overrides(reference, data, no_aux))
-    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(MOE), "--nproc-per-node", "2"]
-    result = subprocess.run(
-        [*command, *_overrides(tmp_path, data, no_aux)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_recipe(MOE, overrides(reference, no_aux))
+    run_cli(MOE, overrides(tmp_path, no_aux))
     for name in ("training.jsonl", "validation.jsonl"):
         ours, ref = jsonl_rows(tmp_path / name), jsonl_rows(reference / name)
         assert [r["step"] for r in ours] == [r["step"] for r in ref]
@@ -124,8 +94,8 @@ def test_two_fsdp2_ranks_match_one_process(
     ],
 )
 def test_bad_moe_settings_are_config_errors(
-    config, override, message, data, tmp_path, monkeypatch_module, capsys
+    config, override, message, overrides, tmp_path, monkeypatch_module, capsys
 ):
-    assert main(["-c", str(config), *_overrides(tmp_path, data, override)]) == 2
+    assert main(["-c", str(config), *overrides(tmp_path, override)]) == 2
     err = capsys.readouterr().err
     assert message in err and "moe" in err and "Traceback" not in err
