@@ -17,8 +17,6 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.core.losses import FusedLinearCrossEntropy
 
-from ._parallel import read_distributed
-
 
 class FusedLossModel(nn.Module):
     """A HF causal LM whose forward returns the fused loss of a micro-batch.
@@ -51,12 +49,9 @@ def is_fused(loss_fn: Any) -> bool:
     return isinstance(loss_fn, FusedLinearCrossEntropy)
 
 
-def check_fused_loss(cfg: ConfigNode, loss_fn: Any) -> None:
+def check_fused_loss(cfg: ConfigNode, loss_fn: Any, tp_size: int) -> None:
     """Refuse layouts the fused loss cannot run under: a vocabulary-sharded head (tensor parallel)."""
-    if not is_fused(loss_fn):
-        return
-    tp_size = read_distributed(cfg)[0].tp_size
-    if tp_size > 1:
+    if is_fused(loss_fn) and tp_size > 1:
         raise ConfigError(
             Problem(
                 "loss_fn",

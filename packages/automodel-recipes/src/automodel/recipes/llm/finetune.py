@@ -99,7 +99,7 @@ class FinetuneRecipeForCausalLM:
         cfg = self.cfg
         seed = read_section(cfg, "rng", Rng).seed
         set_seed(seed)  # the same seed on every rank: identical initial weights
-        _, dp_size = read_distributed(cfg)  # batch math first: no model, no process group yet
+        distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
         self.step_scheduler = build.build_step_scheduler(cfg, dp_size)
         logging_section = read_section(cfg, "logging", Logging)
         setup_logging(logging_section.level)  # first, so every set-up step is reported
@@ -121,7 +121,7 @@ class FinetuneRecipeForCausalLM:
         self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         self.loss_fn = build.build_loss(cfg)
-        check_fused_loss(cfg, self.loss_fn)
+        check_fused_loss(cfg, self.loss_fn, distributed.tp_size)
         model = build.build_model(cfg)
         moe = read_moe(cfg)
         if moe is not None:  # first: LoRA, the restore and sharding see the new blocks
