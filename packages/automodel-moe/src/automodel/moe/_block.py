@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automodel.moe._config import MoEConfig
-from automodel.moe._experts import GroupedExperts, activate
+from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
+from automodel.moe._experts import GroupedExperts, activate, activate_gated
 from automodel.moe._router import TopKRouter
 
 
@@ -17,18 +17,18 @@ class SharedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str) -> None:
         super().__init__()
         self.activation = activation
-        if activation in ("swiglu", "geglu"):
+        if activation in GATED_ACTIVATIONS:
             self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``down(act(gate(x)) * up(x))`` for gated activations, else ``down(act(up(x)))``."""
-        if self.activation == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        if self.activation == "geglu":
-            return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(activate(self.up_proj(x), self.activation))
+        if self.activation in GATED_ACTIVATIONS:
+            h = activate_gated(self.gate_proj(x), self.up_proj(x), self.activation)
+        else:
+            h = activate(self.up_proj(x), self.activation)
+        return self.down_proj(h)
 
 
 class MoE(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automodel.moe._config import MoEConfig
+from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
 
 
 class _LoopGroupedMM(torch.autograd.Function):
@@ -106,14 +106,16 @@ def _grouped_linear(
     return _LoopGroupedMM.apply(x, w, bounds)
 
 
+def activate_gated(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act(gate) * up`` for the gated activations (swiglu: SiLU, geglu: GELU)."""
+    return (F.silu(gate) if activation == "swiglu" else F.gelu(gate)) * up
+
+
 def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
     """Apply the expert activation; gated ones split ``h`` as ``[gate | up]`` (HF order)."""
-    if activation == "swiglu":
+    if activation in GATED_ACTIVATIONS:
         gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
-    if activation == "geglu":
-        gate, up = h.chunk(2, dim=-1)
-        return F.gelu(gate) * up
+        return activate_gated(gate, up, activation)
     if activation == "gelu":
         return F.gelu(h)
     return torch.square(F.relu(h))  # relu2
