@@ -49,12 +49,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from _process_memory import current_rss, peak_rss, trim_heap
+from _process_memory import current_rss, peak_rss, profile_step, trim_heap
 
 VARIANTS = ("ours", "peft")
 SIZES: dict[str, dict[str, int]] = {
@@ -139,31 +137,12 @@ def saved_for_backward_bytes(model: Any, step: Any) -> int:
 
 
 def profiled_step(step: Any) -> tuple[dict[str, int], int]:
-    """One ``step()`` under torch.profiler: aten op call counts and the peak of live tensor bytes.
-
-    The peak is the running sum of the profiler's allocation/free events (the CPU allocator
-    reports every tensor allocation to it), from the live tensors at the start of the step.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
+    """One ``step()`` under torch.profiler: aten op call counts and the peak of live tensor bytes
+    (see ``profile_step``)."""
+    prof, peak = profile_step(step)
     counts = dict(
         sorted((e.key, e.count) for e in prof.key_averages() if e.key.startswith("aten::"))
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    allocations = sorted(
-        (e["ts"], e["args"].get("Ev Idx", 0), e["args"]["Bytes"])
-        for e in events
-        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
-    )
-    live = peak = 0
-    for _, _, nbytes in allocations:
-        live += nbytes
-        peak = max(peak, live)
     return counts, peak
 
 

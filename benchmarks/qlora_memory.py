@@ -34,12 +34,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from _process_memory import current_rss, peak_rss, trim_heap
+from _process_memory import current_rss, peak_rss, profile_step, trim_heap
 
 VARIANTS = ("bf16", "nf4")
 
@@ -65,29 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def live_tensor_peak(step: Any) -> int:
-    """Peak of live tensor bytes during ``step()`` over those live at its start (CPU allocator).
-
-    The running sum of the allocation and free events torch.profiler records with
-    ``profile_memory=True``; exact, and free of the heap allocator's fragmentation.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    allocations = sorted(
-        (e["ts"], e["args"].get("Ev Idx", 0), e["args"]["Bytes"])
-        for e in events
-        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
-    )
-    live = peak = 0
-    for _, _, nbytes in allocations:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    """Peak of live tensor bytes during ``step()`` over those live at its start (see
+    ``profile_step``)."""
+    return profile_step(step)[1]
 
 
 def tensor_bytes(t: Any) -> int:
