@@ -82,6 +82,12 @@ def mesh_checks() -> dict[str, object]:
         shard = fsdp_mesh(mesh)
         out[key]["fsdp_mesh"] = {"dims": list(shard.mesh_dim_names), "shape": list(shard.shape)}
         del mesh, shard
+    mesh = build_mesh(MeshConfig(ep_size=2))
+    out["ep2"] = {
+        name: dist.get_process_group_ranks(submesh(mesh, name).get_group())
+        for name in ("ep", "dp_mod_ep")
+    }
+    del mesh
     for key, kwargs in {
         "error_dp3": {"config": MeshConfig(dp_size=3)},
         "error_auto": {"config": MeshConfig(tp_size=3)},

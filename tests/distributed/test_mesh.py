@@ -25,7 +25,7 @@ from automodel.distributed import (
 
 
 def sizes(**kwargs: int) -> dict[str, int]:
-    out = dict.fromkeys(MESH_DIMS, 1)
+    out = dict.fromkeys((*MESH_DIMS, "ep"), 1)
     out.update(kwargs)
     return out
 
@@ -40,15 +40,16 @@ def sizes(**kwargs: int) -> dict[str, int]:
         (MeshConfig(dp_replicate_size=2), 8, sizes(dp_replicate=2, dp_shard=4)),
         (MeshConfig(dp_size=4, dp_replicate_size=4, pp_size=2), 8, sizes(pp=2, dp_replicate=4)),
         (MeshConfig(dp_size=2, tp_size=4), 8, sizes(dp_shard=2, tp=4)),
+        (MeshConfig(ep_size=4, dp_replicate_size=2), 8, sizes(dp_replicate=2, dp_shard=4, ep=4)),
     ],
 )
 def test_resolve_sizes(config: MeshConfig, world: int, expected: dict[str, int]) -> None:
     resolved = resolve_sizes(config, world)
     assert resolved == expected
-    assert list(resolved) == list(MESH_DIMS)
+    assert list(resolved) == [*MESH_DIMS, "ep"]
     product = 1
-    for value in resolved.values():
-        product *= value
+    for name in MESH_DIMS:  # ep takes no processes of its own: it splits dp
+        product *= resolved[name]
     assert product == world
 
 
@@ -74,6 +75,13 @@ def test_auto_dp_needs_a_divisible_world_size() -> None:
         resolve_sizes(MeshConfig(tp_size=3), 8)
 
 
+def test_ep_must_divide_dp_and_excludes_cp() -> None:
+    with pytest.raises(MeshError, match=r"ep_size 3 does not divide dp_size 4: .* multiple of 3"):
+        resolve_sizes(MeshConfig(ep_size=3), 4)
+    with pytest.raises(MeshError, match="ep_size 2 with cp_size 2 is not supported"):
+        resolve_sizes(MeshConfig(ep_size=2, cp_size=2), 8)
+
+
 def test_dp_replicate_must_divide_dp() -> None:
     with pytest.raises(MeshError, match="dp_replicate_size 3 does not divide dp_size 4"):
         resolve_sizes(MeshConfig(dp_replicate_size=3), 4)
@@ -88,6 +96,7 @@ def test_dp_replicate_must_divide_dp() -> None:
         ({"cp_size": 1.5}, "cp_size must be a positive integer, got 1.5"),
         ({"pp_size": True}, "pp_size must be a positive integer, got True"),
         ({"dp_replicate_size": 0}, "dp_replicate_size must be a positive integer, got 0"),
+        ({"ep_size": 0}, "ep_size must be a positive integer, got 0"),
     ],
 )
 def test_mesh_config_validation(kwargs: dict[str, object], message: str) -> None:

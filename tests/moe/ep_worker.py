@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from automodel.moe._ep_dispatch import AllToAllDispatcher, combine, dispatch
 
@@ -194,18 +195,23 @@ def model_case(balancing: str) -> dict:
     result = {"sharded": names, "logits": max_rel(losses["sharded"][0], losses["whole"][0])}
     result["loss"] = max_rel(losses["sharded"][1], losses["whole"][1])
     grads = {n: p.grad for n, p in whole.named_parameters()}
-    worst, expert_shapes = 0.0, {}
+    weights = dict(whole.named_parameters())
+    worst, expert_shapes, gathered = 0.0, {}, 0.0
     per_rank = config.num_experts // world
     for name, param in sharded.named_parameters():
-        reference = grads[name]
-        if param.shape != reference.shape:  # a sharded expert weight
+        reference, grad = grads[name], param.grad
+        assert param.shape == reference.shape, name  # the global shape is kept
+        if isinstance(param, DTensor):  # a sharded expert weight: its grad sums both ranks
             reference = reference.clone()
             dist.all_reduce(reference)
             reference = reference[rank * per_rank : (rank + 1) * per_rank]
-            expert_shapes[name] = list(param.shape)
-        worst = max(worst, max_rel(param.grad, reference))
+            grad = grad.to_local()
+            expert_shapes[name] = list(param.to_local().shape)
+            gathered = max(gathered, max_rel(param.full_tensor(), weights[name].detach()))
+        worst = max(worst, max_rel(grad, reference))
     result["grads"] = worst
     result["expert_shapes"] = expert_shapes
+    result["gathered"] = gathered
     del whole, sharded, grads, losses
     return result
 

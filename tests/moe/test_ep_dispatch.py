@@ -60,6 +60,7 @@ def test_expert_parallel_model_equals_the_whole_model(
     result = worker_case(ep_run, rank, name)
     assert result["sharded"] == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
     assert result["expert_shapes"]["model.layers.0.mlp.experts.gate_up_proj"] == [4, 32, 32]
+    assert result["gathered"] == 0.0  # full_tensor() of the DTensor shards is the whole weight
     for metric in ("logits", "loss", "grads"):
         assert result[metric] < RTOL, (metric, result[metric])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "examples/llm_finetune/assets"
@@ -96,6 +99,59 @@ def jsonl_rows(path: Path, drop_timing: bool = True) -> list[dict]:
     if not drop_timing:
         return rows
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def assert_same_training(
+    ours: Path, reference: Path, steps: range, every: int, weight_atol: float = 2e-5
+) -> None:
+    """Two runs of `short_run(..., every)` with the same batches trained alike over `steps`.
+
+    Per-step losses, label counts, global grad norms and lr of `steps`, every validation and
+    the final weights. Adam divides by sqrt(v): near-zero gradients turn float rounding into
+    ~1e-5 weight noise, hence `weight_atol`.
+    """
+    rows = {r["step"]: r for r in jsonl_rows(ours / "training.jsonl")}
+    reference_rows = {r["step"]: r for r in jsonl_rows(reference / "training.jsonl")}
+    assert sorted(rows) == sorted(reference_rows)  # rank 0 alone writes rows
+    for step in steps:
+        a, b = rows[step], reference_rows[step]
+        assert a["num_label_tokens"] == b["num_label_tokens"], step  # counted over all ranks
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), step
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), step  # the global norm
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6), step
+    val, val_ref = jsonl_rows(ours / "validation.jsonl"), jsonl_rows(reference / "validation.jsonl")
+    last = max(rows)
+    assert [r["step"] for r in val] == list(range(0, last + 1, every))
+    for a, b in zip(val, val_ref, strict=True):
+        assert a["num_label_tokens"] == b["num_label_tokens"]  # every rank's shard
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    weights_file = f"checkpoints/epoch_0_step_{last}/model/model.safetensors"
+    weights, reference_weights = load_file(ours / weights_file), load_file(reference / weights_file)
+    assert weights.keys() == reference_weights.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(
+            tensor, reference_weights[name], rtol=1e-4, atol=weight_atol, msg=name
+        )
+
+
+def resume_dir_from(source: Path, run_dir: Path, step: int) -> None:
+    """A run dir as `source` was at `step` (epoch 0): its checkpoint and its logs (cut on resume)."""
+    name = f"epoch_0_step_{step}"
+    shutil.copytree(source / "checkpoints" / name, run_dir / "checkpoints" / name)
+    for log in ("training.jsonl", "validation.jsonl"):
+        shutil.copy(source / log, run_dir / log)
+
+
+@pytest.fixture(name="assert_same_training", scope="session")
+def assert_same_training_fixture() -> Callable[..., None]:
+    """`assert_same_training(ours, reference, steps, every, weight_atol=2e-5)`."""
+    return assert_same_training
+
+
+@pytest.fixture(name="resume_dir_from", scope="session")
+def resume_dir_from_fixture() -> Callable[[Path, Path, int], None]:
+    """`resume_dir_from(source, run_dir, step)`, for test modules."""
+    return resume_dir_from
 
 
 @pytest.fixture(name="run_recipe", scope="session")

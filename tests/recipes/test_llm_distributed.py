@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,43 +78,16 @@ def two_ranks(tmp_path_factory, cli) -> Callable[[str], tuple[Path, str]]:
     return run
 
 
-def _assert_same_training(
-    ours: Path, reference: Path, jsonl_rows, steps: range, weight_atol: float = 2e-5
-) -> None:
-    """Per-step losses, label counts and global grad norms of `steps`, and the final weights."""
-    rows = {r["step"]: r for r in jsonl_rows(ours / "training.jsonl")}
-    reference_rows = {r["step"]: r for r in jsonl_rows(reference / "training.jsonl")}
-    assert sorted(rows) == list(range(1, STEPS + 1))  # rank 0 alone writes rows
-    for step in steps:
-        a, b = rows[step], reference_rows[step]
-        assert a["num_label_tokens"] == b["num_label_tokens"], step  # counted over all ranks
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), step
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), step  # the global norm
-        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6), step
-    val, val_ref = jsonl_rows(ours / "validation.jsonl"), jsonl_rows(reference / "validation.jsonl")
-    assert [r["step"] for r in val] == [0, MIDDLE, STEPS]
-    for a, b in zip(val, val_ref, strict=True):
-        assert a["num_label_tokens"] == b["num_label_tokens"]  # every rank's shard
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    # Adam divides by sqrt(v): near-zero gradients turn float rounding into ~1e-5 weight noise
-    weights, reference_weights = load_file(ours / WEIGHTS), load_file(reference / WEIGHTS)
-    assert weights.keys() == reference_weights.keys()
-    for name, tensor in weights.items():
-        torch.testing.assert_close(
-            tensor, reference_weights[name], rtol=1e-4, atol=weight_atol, msg=name
-        )
-
-
-def _resume_dir_from(source: Path, run_dir: Path) -> None:
-    """A run dir as `source` was at step MIDDLE: its checkpoint and its logs (cut on resume)."""
-    step = f"epoch_0_step_{MIDDLE}"
-    shutil.copytree(source / "checkpoints" / step, run_dir / "checkpoints" / step)
-    for name in ("training.jsonl", "validation.jsonl"):
-        shutil.copy(source / name, run_dir / name)
+@pytest.fixture(scope="module")
+def same_training(assert_same_training) -> Callable[..., None]:
+    """`same_training(ours, reference, steps, weight_atol=2e-5)` (validation every MIDDLE)."""
+    return lambda ours, reference, steps, weight_atol=2e-5: assert_same_training(
+        ours, reference, steps, MIDDLE, weight_atol
+    )
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
-def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_rows):
+def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_rows, same_training):
     """2 ranks × local 2 × 2 accumulations sees the same 8 samples per step as 1 × 2 × 4."""
     run_dir, stderr = two_ranks(strategy)
     assert f"data parallel: {strategy} over 2 process(es)" in stderr
@@ -123,7 +95,7 @@ def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_row
     # not by default (it would keep unsharded gradients between micro-batches)
     assert ("gradients reduced once per step" in stderr) == (strategy == "ddp")
     assert stderr.count("train step 1 |") == 1  # rank 0 alone logs
-    _assert_same_training(run_dir, one_process, jsonl_rows, range(1, STEPS + 1))
+    same_training(run_dir, one_process, range(1, STEPS + 1))
     timing = jsonl_rows(run_dir / "training.jsonl", drop_timing=False)
     assert all(r["tps_per_gpu"] == pytest.approx(r["tps"] / 2) for r in timing)
     if strategy == "fsdp2":
@@ -151,48 +123,55 @@ def test_fused_loss_in_one_process_matches_the_masked_loss(
 
 
 def test_fused_loss_on_two_fsdp2_ranks_matches_one_process(
-    two_ranks, one_process_fused, one_process, jsonl_rows
+    two_ranks, one_process_fused, one_process, same_training
 ):
     """The fused loss runs inside the parallelized forward: FSDP2 gathers and reduces the root's
     parameters (embedding = tied head, final norm). (DDP passed by hand too: +14 s a launch.)"""
     strategy = "fsdp2"
     run_dir, stderr = two_ranks(f"fused_{strategy}")
     assert f"data parallel: {strategy} over 2 process(es)" in stderr
-    _assert_same_training(run_dir, one_process_fused, jsonl_rows, range(1, STEPS + 1))
+    same_training(run_dir, one_process_fused, range(1, STEPS + 1))
     # the checkpoint keeps the Hugging Face names: the wrapper is not part of it
     assert load_file(run_dir / WEIGHTS).keys() == load_file(one_process / WEIGHTS).keys()
 
 
-def test_tensor_and_sequence_parallel_match_one_process(two_ranks, one_process, jsonl_rows):
+def test_tensor_and_sequence_parallel_match_one_process(two_ranks, one_process, same_training):
     """tp_size 2 (+ sequence parallel) under FSDP2 on a 1 × 2 mesh: both ranks read the same data."""
     run_dir, stderr = two_ranks("tp_sp")
     assert "(rank 0 of 1) on cpu, tensor parallel 2 + sequence parallel" in stderr
     # Row-parallel layers sum partial products in another order; after 6 Adam steps that
     # leaves single elements (near-zero gradients) up to ~5e-5 off, so atol 1e-4 here.
-    _assert_same_training(run_dir, one_process, jsonl_rows, range(1, STEPS + 1), 1e-4)
+    same_training(run_dir, one_process, range(1, STEPS + 1), 1e-4)
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "ddp", "tp_sp"])
 def test_two_rank_checkpoint_resumes_on_one_process(
-    strategy, two_ranks, one_process, overrides, run_recipe, jsonl_rows, tmp_path
+    strategy,
+    two_ranks,
+    one_process,
+    overrides,
+    run_recipe,
+    same_training,
+    resume_dir_from,
+    tmp_path,
 ):
     """2 -> 1: the sharded optimizer reshards (DCP) and the data continues at step 4's samples."""
     source, _ = two_ranks(strategy)
-    _resume_dir_from(source, tmp_path)
+    resume_dir_from(source, tmp_path, MIDDLE)
     recipe = run_recipe(SFT, overrides(tmp_path, "--+checkpoint.restore_from=latest"))
     assert recipe.parallel.world_size == 1 and recipe.step_scheduler.grad_acc_steps == 4
     weight_atol = 1e-4 if strategy == "tp_sp" else 2e-5  # see the tensor-parallel test
-    _assert_same_training(
-        tmp_path, one_process, jsonl_rows, range(MIDDLE + 1, STEPS + 1), weight_atol
-    )
+    same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), weight_atol)
 
 
-def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(one_process, cli, jsonl_rows, tmp_path):
+def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(
+    one_process, cli, same_training, resume_dir_from, tmp_path
+):
     """1 -> 2: each rank takes its half of the remaining global batches, the optimizer shards."""
-    _resume_dir_from(one_process, tmp_path)
+    resume_dir_from(one_process, tmp_path, MIDDLE)
     stderr = cli(tmp_path, "--+checkpoint.restore_from=latest")
     assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
-    _assert_same_training(tmp_path, one_process, jsonl_rows, range(MIDDLE + 1, STEPS + 1))
+    same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1))
 
 
 def test_parallel_sizes_not_wired_yet_are_config_errors(tmp_path, monkeypatch_module, capsys):

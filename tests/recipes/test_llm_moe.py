@@ -1,25 +1,32 @@
-"""The `moe:` section of finetune.llm on the tiny Qwen3-MoE example: balancing, metrics, export."""
+"""The `moe:` section of finetune.llm on the tiny Qwen3-MoE example: balancing, metrics, export,
+and expert parallelism (`distributed.ep_size`) on two CPU ranks against one process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from automodel.core.config import ConfigError, load_config
 from automodel.recipes.llm import main
+from automodel.recipes.llm._parallel import read_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-STEPS = 4
+STEPS, MIDDLE = 4, 2
+# Without balancing loss: the aux loss is per micro-batch, and 2 ranks group the samples into
+# other micro-batches than 1 process (rank r reads every 2nd sample), so it differs by ~1e-5.
+NO_AUX = "--moe.balancing=none"
 
 
 @pytest.fixture(scope="module")
 def overrides(short_run, small_data):
     """`overrides(run_dir, *extra)`: 4 steps of global batch 8 (local 2), validation and a
-    checkpoint at the end."""
-    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, STEPS, *extra)
+    checkpoint every 2 steps."""
+    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, MIDDLE, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +76,80 @@ def test_bias_balancing_moves_the_routing_bias(overrides, run_recipe, monkeypatc
     assert all(float(b.abs().max()) <= STEPS * 1e-3 + 1e-9 for b in biases)
 
 
-def test_two_fsdp2_ranks_match_one_process(
-    overrides, run_recipe, run_cli, monkeypatch_module, tmp_path, jsonl_rows
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
+    """The reference without balancing loss, in this process (2 × 4 accumulations per step)."""
+    run_dir = tmp_path_factory.mktemp("moe_one")
+    recipe = run_recipe(MOE, overrides(run_dir, NO_AUX))
+    assert recipe.parallel.world_size == 1 and recipe.step_scheduler.grad_acc_steps == 4
+    return run_dir
+
+
+LAYOUTS = {  # 2-rank layouts of the same run
+    "fsdp2": [],
+    "ep_fsdp2": ["--+distributed.ep_size=2"],
+    "ep_ddp": ["--+distributed.ep_size=2", "--+distributed.strategy=ddp"],
+}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
+    """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def run(layout: str) -> tuple[Path, str]:
+        if layout not in runs:
+            run_dir = tmp_path_factory.mktemp(f"moe_{layout}")
+            runs[layout] = run_dir, run_cli(MOE, overrides(run_dir, NO_AUX, *LAYOUTS[layout]))
+        return runs[layout]
+
+    return run
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_ranks_match_one_process(layout, two_ranks, one_process, assert_same_training):
+    """Losses, grad norms, validation and the gathered final weights (all 8 experts of each
+    layer, though each rank held 4 with ep_size 2) match one process."""
+    run_dir, stderr = two_ranks(layout)
+    assert ("expert parallel 2" in stderr) == layout.startswith("ep_")
+    assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
+
+
+def test_expert_parallel_checkpoint_resumes_on_one_process(
+    two_ranks, one_process, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
 ):
-    """Without balancing loss: the aux loss is per micro-batch, and 2 ranks group the samples
-    into other micro-batches than 1 process (rank r reads every 2nd sample), so it differs."""
-    reference = tmp_path / "one"
-    no_aux = "--moe.balancing=none"
-    run_recipe(MOE, overrides(reference, no_aux))
-    run_cli(MOE, overrides(tmp_path, no_aux))
-    for name in ("training.jsonl", "validation.jsonl"):
-        ours, ref = jsonl_rows(tmp_path / name), jsonl_rows(reference / name)
-        assert [r["step"] for r in ours] == [r["step"] for r in ref]
-        for a, b in zip(ours, ref, strict=True):
-            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (name, a["step"])
+    """EP 2 -> 1 process: the optimizer state of the expert shards reshards into whole experts."""
+    source, _ = two_ranks("ep_fsdp2")
+    resume_dir_from(source, tmp_path, MIDDLE)
+    recipe = run_recipe(MOE, overrides(tmp_path, NO_AUX, "--+checkpoint.restore_from=latest"))
+    assert recipe.parallel.world_size == 1
+    assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)
+
+
+def test_one_process_checkpoint_resumes_with_expert_parallelism(
+    one_process, overrides, run_cli, assert_same_training, resume_dir_from, tmp_path
+):
+    """1 process -> EP 2: each rank restores its half of the experts and of their Adam state."""
+    resume_dir_from(one_process, tmp_path, MIDDLE)
+    resume = ["--+checkpoint.restore_from=latest", *LAYOUTS["ep_fsdp2"]]
+    stderr = run_cli(MOE, overrides(tmp_path, NO_AUX, *resume))
+    assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
+    assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)
+
+
+def test_expert_parallel_settings_checked_before_any_process_starts(monkeypatch_module):
+    def read(*overrides: str, world_size: int = 2):
+        return read_distributed(load_config(MOE, list(overrides)), world_size=world_size)
+
+    assert read("--+distributed.ep_size=2")[1] == 2  # no processes of its own: dp stays 2
+    with pytest.raises(ConfigError, match=r"ep_size 2 does not divide dp_size 1"):
+        read("--+distributed.ep_size=2", "--+distributed.strategy=fsdp2", world_size=1)
+    with pytest.raises(ConfigError, match="expert parallelism needs strategy fsdp2 or ddp"):
+        read("--+distributed.ep_size=2", "--+distributed.strategy=none", world_size=1)
+    with pytest.raises(ConfigError, match="with tp_size > 1 is not supported"):
+        read("--+distributed.ep_size=2", "--+distributed.tp_size=2", world_size=4)
+    with pytest.raises(ConfigError, match="needs a moe: section"):
+        read_distributed(load_config(SFT, ["--+distributed.ep_size=2"]), world_size=2)
 
 
 @pytest.mark.parametrize(

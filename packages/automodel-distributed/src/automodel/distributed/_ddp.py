@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -41,8 +43,16 @@ class DDPStrategy:
             f"activation_checkpointing={self.activation_checkpointing})"
         )
 
-    def parallelize(self, model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
-        """Wrap ``model`` (placed on this process's device) in DistributedDataParallel."""
+    def parallelize(
+        self,
+        model: nn.Module,
+        mesh: DeviceMesh | None = None,
+        ignored_params: Collection[nn.Parameter] | None = None,
+    ) -> nn.Module:
+        """Wrap ``model`` (placed on this process's device) in DistributedDataParallel.
+
+        ``ignored_params`` are left out of DDP: not broadcast, their gradients not reduced.
+        """
         mesh = mesh if mesh is not None else build_mesh()
         tp = _sub(mesh, "tp")
         if tp is not None and tp.size() > 1:
@@ -57,6 +67,10 @@ class DDPStrategy:
         if self.activation_checkpointing:
             apply_activation_checkpointing(decoder_blocks(model))
         model = _place(model, mesh)
+        if ignored_params:
+            ignored = {id(p) for p in ignored_params}
+            names = [n for n, p in model.named_parameters() if id(p) in ignored]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
         kwargs = {}
         if self.bucket_cap_mb is not None:
             kwargs["bucket_cap_mb"] = self.bucket_cap_mb

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -96,8 +98,16 @@ class FSDP2Strategy:
             return OffloadPolicy()
         return CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
 
-    def parallelize(self, model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
-        """Shard ``model`` in place over ``mesh`` (default: every process) and return it."""
+    def parallelize(
+        self,
+        model: nn.Module,
+        mesh: DeviceMesh | None = None,
+        ignored_params: Collection[nn.Parameter] | None = None,
+    ) -> nn.Module:
+        """Shard ``model`` in place over ``mesh`` (default: every process) and return it.
+
+        ``ignored_params`` stay as they are: not sharded, not cast, their gradients not reduced.
+        """
         mesh = mesh if mesh is not None else build_mesh()
         shard_mesh = fsdp_mesh(mesh)
         blocks = decoder_blocks(model)
@@ -107,6 +117,7 @@ class FSDP2Strategy:
             "mesh": shard_mesh,
             "mp_policy": self.mp_policy(),
             "offload_policy": self.offload_policy(),
+            "ignored_params": set(ignored_params) if ignored_params else None,
         }
         for block in blocks:
             fully_shard(block, reshard_after_forward=self.reshard_after_forward, **common)

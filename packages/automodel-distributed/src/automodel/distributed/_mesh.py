@@ -6,6 +6,10 @@ is present (size 1 when unused), so code can always slice ``mesh["tp"]``. Flatte
 * ``"dp"``: dp_replicate × dp_shard, the ranks that read different data;
 * ``"dp_shard_cp"``: dp_shard × cp, what FSDP2 shards parameters over;
 * ``"dp_cp"``: dp_replicate × dp_shard × cp, what gradients are reduced over.
+
+With ``ep_size`` > 1 the data-parallel ranks are also split for expert parallelism:
+``"ep"`` (consecutive dp ranks that share their experts out) and ``"dp_mod_ep"`` (the ranks
+holding the same experts, which average their gradients).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class MeshConfig:
     ``dp_size`` is the whole data-parallel degree (dp_replicate × dp_shard); ``"auto"`` takes
     what is left: world size / (tp_size × cp_size × pp_size). ``dp_replicate_size`` > 1 turns
     FSDP2 into HSDP: parameters sharded over dp_size / dp_replicate_size ranks and replicated
-    dp_replicate_size times.
+    dp_replicate_size times. ``ep_size`` > 1 shares the MoE experts out over groups of that many
+    data-parallel ranks (it divides dp_size; no extra processes).
     """
 
     dp_size: int | Literal["auto"] = "auto"
@@ -44,11 +49,12 @@ class MeshConfig:
     tp_size: int = 1
     cp_size: int = 1
     pp_size: int = 1
+    ep_size: int = 1
 
     def __post_init__(self) -> None:
         if self.dp_size != "auto":
             _check_positive("dp_size", self.dp_size, "a positive integer or 'auto'")
-        for name in ("dp_replicate_size", "tp_size", "cp_size", "pp_size"):
+        for name in ("dp_replicate_size", "tp_size", "cp_size", "pp_size", "ep_size"):
             _check_positive(name, getattr(self, name), "a positive integer")
 
 
@@ -58,7 +64,7 @@ def _check_positive(name: str, value: object, expected: str) -> None:
 
 
 def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
-    """The size of every mesh dimension, in MESH_DIMS order, for ``world_size`` processes.
+    """The size of every mesh dimension, in MESH_DIMS order, then ``ep``, for ``world_size``.
 
     Raises MeshError, showing the arithmetic, when the sizes do not multiply to the world size
     or dp_replicate_size does not divide dp_size.
@@ -90,7 +96,16 @@ def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
             f"dp_replicate_size {replicate} does not divide dp_size {dp}: dp_size = "
             f"dp_replicate_size × dp_shard_size, so dp_shard_size would be {dp}/{replicate}"
         )
-    return {"pp": pp, "dp_replicate": replicate, "dp_shard": dp // replicate, "cp": cp, "tp": tp}
+    ep = config.ep_size
+    if dp % ep:
+        raise MeshError(
+            f"ep_size {ep} does not divide dp_size {dp}: the experts are shared out over groups "
+            f"of ep_size data-parallel ranks, so dp_size must be a multiple of {ep}"
+        )
+    if ep > 1 and cp > 1:
+        raise MeshError(f"ep_size {ep} with cp_size {cp} is not supported; use one of them")
+    sizes = {"pp": pp, "dp_replicate": replicate, "dp_shard": dp // replicate, "cp": cp, "tp": tp}
+    return {**sizes, "ep": ep}
 
 
 def _default_device_type() -> str:
@@ -161,12 +176,18 @@ def _add_views(mesh: DeviceMesh, sizes: dict[str, int]) -> None:
             views[HSDP_VIEW] = views["dp_cp"]._unflatten(
                 0, (sizes["dp_replicate"], shard_cp), ("dp_replicate", "dp_shard_cp")
             )
+        if sizes["ep"] > 1:  # cp is 1 here: dp_cp is the dp ranks, ep the innermost of them
+            ep = sizes["ep"]
+            dp = sizes["dp_replicate"] * sizes["dp_shard"]
+            split = views["dp_cp"]._unflatten(0, (dp // ep, ep), ("dp_mod_ep", "ep"))
+            views["ep"], views["dp_mod_ep"] = split["ep"], split["dp_mod_ep"]
     setattr(mesh, _VIEWS_ATTR, views)
 
 
 def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh:
     """A dimension of ``mesh`` by name, flattened views (``"dp"``, ``"dp_shard_cp"``,
-    ``"dp_cp"``) included; KeyError when the mesh has no such dimension."""
+    ``"dp_cp"``, and ``"ep"``/``"dp_mod_ep"`` with ep_size > 1) included; KeyError when the mesh
+    has no such dimension."""
     views = getattr(mesh, _VIEWS_ATTR, None) or {}
     if name in views:
         return views[name]

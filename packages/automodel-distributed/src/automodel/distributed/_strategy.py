@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -17,8 +17,17 @@ class Strategy(Protocol):
 
     name: str
 
-    def parallelize(self, model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
-        """Return the model ready to train on ``mesh`` (it may be wrapped or modified in place)."""
+    def parallelize(
+        self,
+        model: nn.Module,
+        mesh: DeviceMesh | None = None,
+        ignored_params: Collection[nn.Parameter] | None = None,
+    ) -> nn.Module:
+        """Return the model ready to train on ``mesh`` (it may be wrapped or modified in place).
+
+        ``ignored_params`` are neither sharded nor reduced (expert-parallel weights, whose
+        gradients the caller reduces over its own group).
+        """
         ...
 
 
@@ -86,7 +95,12 @@ class NoStrategy:
     def __repr__(self) -> str:
         return f"NoStrategy(activation_checkpointing={self.activation_checkpointing})"
 
-    def parallelize(self, model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
+    def parallelize(
+        self,
+        model: nn.Module,
+        mesh: DeviceMesh | None = None,
+        ignored_params: Collection[nn.Parameter] | None = None,
+    ) -> nn.Module:
         if self.activation_checkpointing:
             apply_activation_checkpointing(decoder_blocks(model))
         return _place(model, mesh)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard
 
 from automodel.moe._ep_dispatch import AllToAllDispatcher, Group
 from automodel.moe._experts import GroupedExperts
@@ -11,26 +14,35 @@ from automodel.moe._experts import GroupedExperts
 def shard_experts(model: nn.Module, group: Group) -> list[str]:
     """Keep this rank's contiguous share of every ``GroupedExperts``; tokens go by all_to_all.
 
-    ``group`` is the expert-parallel process group (or a 1-D mesh); rank r of it keeps experts
-    ``[r * E / W, (r + 1) * E / W)``. Call it on every rank with identical weights, after
-    ``patch_hf_moe`` and before the optimizer is built. The routers and everything else stay
-    whole. Each expert lives on one rank and receives the tokens of all ranks, so its gradient
-    already sums the whole group's tokens: no gradient reduction over ``group`` is needed
-    (a data-parallel average over the same ranks must leave the expert weights out).
-    Returns the names of the sharded modules.
+    ``group`` is the expert-parallel process group or 1-D device mesh (None: every process);
+    rank r of it keeps experts ``[r * E / W, (r + 1) * E / W)``. Call it on every rank with
+    identical weights, on the device they will train on, after ``patch_hf_moe`` and before the
+    optimizer is built. The routers and everything else stay whole.
+
+    The expert weights become DTensors sharded (``Shard(0)``) over the group: their global
+    shape and names are unchanged, so ``get_model_state_dict(full_state_dict=True)``,
+    ``save_pretrained`` after ``full_tensor()`` and torch.distributed.checkpoint see every
+    expert. Each expert receives the tokens of all ranks, so its gradient already sums the
+    whole group's tokens: a data-parallel average over the same ranks must leave these weights
+    out (FSDP2 ``ignored_params``; divide their gradients by the data-parallel size yourself
+    when the loss is a per-rank mean). Returns the names of the sharded modules.
     """
+    mesh = None
     sharded = []
     for name, experts in model.named_modules():
         if not isinstance(experts, GroupedExperts):
             continue
         if experts.dispatcher is not None:
             raise ValueError(f"{name or type(model).__name__} is already expert-parallel")
-        dispatcher = AllToAllDispatcher(group, experts.num_experts)
+        if mesh is None:
+            mesh = _as_mesh(group, experts.down_proj.device.type)
+        dispatcher = AllToAllDispatcher(mesh, experts.num_experts)
         local = slice(dispatcher.local_experts.start, dispatcher.local_experts.stop)
         for weight_name in ("gate_up_proj" if experts.config.gated else "up_proj", "down_proj"):
             weight = getattr(experts, weight_name)
-            kept = nn.Parameter(weight.detach()[local].clone(), requires_grad=weight.requires_grad)
-            setattr(experts, weight_name, kept)
+            shard = weight.detach()[local].clone()
+            kept = DTensor.from_local(shard, mesh, [Shard(0)], run_check=False)
+            setattr(experts, weight_name, nn.Parameter(kept, requires_grad=weight.requires_grad))
         experts.dispatcher = dispatcher
         sharded.append(name)
     if not sharded:
@@ -38,3 +50,14 @@ def shard_experts(model: nn.Module, group: Group) -> list[str]:
             f"{type(model).__name__} has no GroupedExperts to shard; call patch_hf_moe first"
         )
     return sharded
+
+
+def _as_mesh(group: Group, device_type: str) -> DeviceMesh:
+    """``group`` as a 1-D device mesh (the DTensor weights live on it)."""
+    if isinstance(group, DeviceMesh):
+        if group.ndim != 1:
+            raise ValueError(f"expert parallelism needs a 1-D mesh, got {group.ndim}-D")
+        return group
+    if group is None:
+        group = dist.group.WORLD
+    return DeviceMesh.from_group(group, device_type)

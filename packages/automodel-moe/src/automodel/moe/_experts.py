@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
 
@@ -166,14 +167,15 @@ class GroupedExperts(nn.Module):
         ``row_weights`` ``[S]``, when given, scale each row (applied before ``down_proj``,
         which is linear, so it equals scaling the output).
         """
-        backend = resolve_backend(self.config.backend, x_sorted.device, self.down_proj.dtype)
+        in_proj, down_proj = (_local(w, x_sorted.dtype) for w in (self.in_proj, self.down_proj))
+        backend = resolve_backend(self.config.backend, x_sorted.device, down_proj.dtype)
         offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
         bounds = [0, *offsets.tolist()] if backend == "loop" else None  # one host sync
-        h = _grouped_linear(x_sorted, self.in_proj, offsets, bounds)
+        h = _grouped_linear(x_sorted, in_proj, offsets, bounds)
         h = activate(h, self.config.activation)
         if row_weights is not None:
             h = h * row_weights.unsqueeze(-1).to(h.dtype)
-        return _grouped_linear(h, self.down_proj, offsets, bounds)
+        return _grouped_linear(h, down_proj, offsets, bounds)
 
     def forward(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -192,6 +194,17 @@ class GroupedExperts(nn.Module):
         row_weights = topk_weights.reshape(-1).index_select(0, order)
         y = self.ffn(rows, counts, row_weights)
         return combine_rows(y, order, top_k, scatter=y.device.type == "cpu").to(x.dtype)
+
+
+def _local(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """This rank's experts of ``weight`` (a DTensor once expert-parallel) in the compute dtype.
+
+    Expert-parallel weights are left out of FSDP2's mixed precision, so they are cast here to
+    the dtype of the activations (a differentiable no-op when they already match).
+    """
+    if isinstance(weight, DTensor):
+        weight = weight.to_local()
+    return weight.to(dtype)
 
 
 def combine_rows(y: torch.Tensor, order: torch.Tensor, top_k: int, scatter: bool) -> torch.Tensor:

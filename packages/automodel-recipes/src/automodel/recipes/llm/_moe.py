@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
 
 from automodel.core.config import ConfigError, ConfigNode, Problem
-from automodel.moe import moe_aux_loss, moe_metrics, patch_hf_moe, update_moe_bias
+from automodel.distributed import all_reduce_sum, submesh
+from automodel.moe import (
+    GroupedExperts,
+    moe_aux_loss,
+    moe_metrics,
+    patch_hf_moe,
+    shard_experts,
+    update_moe_bias,
+)
 
+from ._parallel import Parallel
 from ._sections import Moe, read_section
 
 log = logging.getLogger("automodel.recipes.llm")
@@ -39,10 +47,47 @@ def apply_moe(model: nn.Module, section: Moe, cfg: ConfigNode) -> None:
 
 
 class MoeStep:
-    """What an optimizer step adds for MoE: the aux loss, the bias update, load metrics."""
+    """What MoE adds to training: expert parallelism, the aux loss, the bias update, load metrics."""
 
-    def __init__(self, model: nn.Module, section: Moe | None, group: Any):
-        self.model, self.section, self.group = model, section, group
+    def __init__(self, model: nn.Module, section: Moe | None, parallel: Parallel):
+        self.model, self.section, self.parallel = model, section, parallel
+        self.experts: list[nn.Parameter] = []  # expert-parallel weights (DTensors on "ep")
+
+    def shard_experts(self, cfg: ConfigNode) -> set[nn.Parameter] | None:
+        """With `distributed.ep_size` > 1 keep this rank's experts; the strategy leaves them out.
+
+        Call it on the whole (restored) model, before sharding and the optimizer.
+        """
+        if self.section is None or self.parallel.ep_size == 1:
+            return None
+        self.model.to(self.parallel.device)  # the expert DTensors are made on their device
+        try:
+            shard_experts(self.model, submesh(self.parallel.mesh, "ep"))
+        except ValueError as e:
+            where = cfg.where("distributed.ep_size")
+            raise ConfigError(Problem("distributed.ep_size", str(e), where)) from e
+        for module in self.model.modules():
+            if isinstance(module, GroupedExperts):
+                self.experts.extend(module.parameters())
+        return set(self.experts)
+
+    def reduce_expert_grads(self) -> None:
+        """Expert gradients as FSDP2/DDP leave the others: the mean over the dp ranks' losses.
+
+        Each expert already summed the gradient of every rank of its ep group (through the
+        all_to_all); its replicas (other ep groups) add theirs, then / dp_size undoes the
+        × dp_size of the loss, as the strategies' averaging does for every other weight.
+        """
+        if not self.experts:
+            return
+        replicas = submesh(self.parallel.mesh, "dp_mod_ep")
+        for param in self.experts:
+            if param.grad is None:
+                continue
+            local = param.grad.to_local()
+            if replicas.size() > 1:
+                local.copy_(all_reduce_sum(local, replicas.get_group()))
+            local.div_(self.parallel.dp_size)
 
     def aux_loss(self, micro_batches: int) -> torch.Tensor | None:
         """The last forward's balancing loss, as this micro-batch's share of the step's mean."""
@@ -56,7 +101,7 @@ class MoeStep:
         if self.section is None:
             return {}
         if self.section.balancing == "bias":
-            update_moe_bias(self.model, self.group)  # counts summed over the data-parallel ranks
+            update_moe_bias(self.model, self.parallel.group)  # counts summed over the dp ranks
         return moe_metrics(self.model, reset=True)
 
     def forget_load(self) -> None:

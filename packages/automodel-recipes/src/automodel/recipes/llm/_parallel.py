@@ -89,10 +89,16 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )
     if section.sequence_parallel and section.tp_size == 1:
         raise _problem(cfg, "sequence_parallel", "sequence parallelism needs tp_size > 1")
+    if section.ep_size != 1 and strategy == "none":
+        raise _problem(cfg, "ep_size", "expert parallelism needs strategy fsdp2 or ddp")
+    if section.ep_size != 1 and section.tp_size != 1:
+        raise _problem(cfg, "ep_size", "expert parallelism with tp_size > 1 is not supported yet")
+    if section.ep_size != 1 and "moe" not in cfg:
+        raise _problem(cfg, "ep_size", "expert parallelism needs a moe: section (MoE blocks)")
     try:
         sizes = resolve_sizes(_mesh_config(section), world)
     except (MeshError, ValueError) as e:
-        raise _problem(cfg, "dp_size", str(e)) from e
+        raise _problem(cfg, "ep_size" if "ep_size" in str(e) else "dp_size", str(e)) from e
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
 
@@ -102,6 +108,7 @@ def _mesh_config(section: Distributed) -> MeshConfig:
         dp_size=section.dp_size,
         dp_replicate_size=section.dp_replicate_size,
         tp_size=section.tp_size,
+        ep_size=section.ep_size,
     )
 
 
@@ -118,14 +125,18 @@ class Parallel:
     strategy: Strategy
     defer_grad_sync: bool = False  # micro-batches but the last of a step under no_sync
     sequence_parallel: bool = False  # with tensor parallelism (mesh["tp"] larger than 1)
+    ep_size: int = 1  # expert parallelism: dp ranks that share each MoE layer's experts out
 
-    def shard(self, model: nn.Module) -> nn.Module:
-        """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device."""
+    def shard(self, model: nn.Module, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
+        """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device.
+
+        `ignored_params` (expert-parallel weights) are left out of FSDP2/DDP.
+        """
         if self.mesh is not None:
             tp_mesh = submesh(self.mesh, "tp")
             if tp_mesh.size() > 1:
                 model = apply_tensor_parallel(model, tp_mesh, self.sequence_parallel)
-            model = self.strategy.parallelize(model, self.mesh)
+            model = self.strategy.parallelize(model, self.mesh, ignored_params=ignored_params)
         else:
             model = self.strategy.parallelize(model)
         return model.to(self.device)
@@ -163,6 +174,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     defer = section.strategy == "ddp" if defer is None else defer  # fsdp2 would keep full grads
     tp = f", tensor parallel {section.tp_size}" if section.tp_size > 1 else ""
     tp += " + sequence parallel" if section.sequence_parallel else ""
+    tp += f", expert parallel {section.ep_size}" if section.ep_size > 1 else ""
     log.info(
         "data parallel: %s over %d process(es) (rank %d of %d) on %s%s%s",
         section.strategy, env.world_size, dp_rank, dp_size, device, tp,
@@ -171,7 +183,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     group = dp_group(mesh, include_cp=True)
     return Parallel(
         device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
-        section.sequence_parallel,
+        section.sequence_parallel, section.ep_size,
     )  # fmt: skip
 
 

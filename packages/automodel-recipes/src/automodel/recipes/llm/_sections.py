@@ -75,6 +75,7 @@ class Distributed:
     sequence_parallel: bool = False  # with tp_size > 1: norms and residuals sharded on sequence
     cp_size: int = 1
     pp_size: int = 1
+    ep_size: int = 1  # with a moe: section, experts shared out over this many dp ranks
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
     reshard_after_forward: bool | None = None  # fsdp2
     cpu_offload: bool | None = None  # fsdp2

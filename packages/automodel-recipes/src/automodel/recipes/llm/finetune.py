@@ -135,8 +135,10 @@ class FinetuneRecipeForCausalLM:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
         self.unwrapped = model  # the HF module: FSDP2 shards it in place, DDP wraps it
+        self.moe = MoeStep(model, moe, self.parallel)
+        experts = self.moe.shard_experts(cfg)  # distributed.ep_size > 1: this rank's experts
         # A fused loss runs inside the forward the strategy wraps (it reads the LM head)
-        model = self.parallel.shard(with_fused_loss(model, self.loss_fn))  # before compile
+        model = self.parallel.shard(with_fused_loss(model, self.loss_fn), experts)  # < compile
         options = read_section(cfg, "compile", Compile)
         if options.enabled:
             model = torch.compile(
@@ -163,7 +165,6 @@ class FinetuneRecipeForCausalLM:
                 cfg, "validation_dataloader", val_set, local, seed, pad, *shard
             )
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
-        self.moe = MoeStep(self.unwrapped, moe, self.parallel.group)
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
@@ -255,6 +256,7 @@ class FinetuneRecipeForCausalLM:
                     ((loss if aux is None else loss + aux) * dp_size).backward()
                 loss_sum += loss.detach()
                 real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
+            self.moe.reduce_expert_grads()  # expert-parallel weights: FSDP2/DDP left them out
             grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)  # global
             sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(real_tokens))])
             loss_total, real_total = self.parallel.sum(sums).tolist()
