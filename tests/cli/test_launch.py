@@ -21,7 +21,7 @@ def dry_run(run_cli, *args: str) -> tuple[dict[str, str | None], list[str]]:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     cmd = shlex.split(result.stdout)
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[:3] == [sys.executable, "-m", "automodel.cli._torchrun"]  # torchrun, short errors
     split = cmd.index("automodel.cli")
     assert cmd[split - 1] == "-m"
     flags: dict[str, str | None] = {}
@@ -101,6 +101,18 @@ def test_two_processes_all_reduce(run_cli, write_config, tmp_path):
         assert record["sum"] == 0 + 1
         assert record["local_rank"] == str(rank)
         assert record["argv"] == ["-c", str(config), "--extra.key", "v"]  # no launch flags
+
+
+def test_a_failed_process_ends_with_its_exit_code_and_one_line(run_cli, write_config, tmp_path):
+    """A worker exiting 2 (a config error) makes the launch exit 2, without torchrun's dump."""
+    config = write_config(CONFIG)
+    env = {"AUTOMODEL_TEST_EXIT": "2", "AUTOMODEL_TEST_RECORD": str(tmp_path / "record.json")}
+    args = ["test", "argv", "--nproc-per-node", "2", "-c", str(config)]
+    result = run_cli(*args, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    summary = [line for line in result.stderr.splitlines() if line.startswith("automodel:")]
+    assert len(summary) == 1 and "process(es) failed: rank 0 (exit code 2)" in summary[0]
+    assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sigterm_is_forwarded_to_the_training_processes(cli_env, write_config, tmp_path):

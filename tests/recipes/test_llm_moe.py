@@ -85,41 +85,48 @@ def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> 
     return run_dir
 
 
-LAYOUTS = {  # 2-rank layouts of the same run
-    "fsdp2": [],
-    "ep_fsdp2": ["--+distributed.ep_size=2"],
-    "ep_ddp": ["--+distributed.ep_size=2", "--+distributed.strategy=ddp"],
+LAYOUTS = {  # (processes, overrides) of the same run
+    "fsdp2": (2, []),
+    "ep_fsdp2": (2, ["--+distributed.ep_size=2"]),
+    "ep_ddp": (2, ["--+distributed.ep_size=2", "--+distributed.strategy=ddp"]),
+    # 2 expert-parallel groups of 2: each expert has a replica whose gradient it adds
+    "ep_replicated": (4, ["--+distributed.ep_size=2"]),
 }
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
-    """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
+def launched(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
+    """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
     runs: dict[str, tuple[Path, str]] = {}
 
     def run(layout: str) -> tuple[Path, str]:
         if layout not in runs:
             run_dir = tmp_path_factory.mktemp(f"moe_{layout}")
-            runs[layout] = run_dir, run_cli(MOE, overrides(run_dir, NO_AUX, *LAYOUTS[layout]))
+            nproc, extra = LAYOUTS[layout]
+            stderr = run_cli(MOE, overrides(run_dir, NO_AUX, *extra), nproc=nproc)
+            runs[layout] = run_dir, stderr
         return runs[layout]
 
     return run
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_two_ranks_match_one_process(layout, two_ranks, one_process, assert_same_training):
+def test_parallel_layouts_match_one_process(layout, launched, one_process, assert_same_training):
     """Losses, grad norms, validation and the gathered final weights (all 8 experts of each
-    layer, though each rank held 4 with ep_size 2) match one process."""
-    run_dir, stderr = two_ranks(layout)
+    layer, though each rank held 4 with ep_size 2) match one process.
+
+    ep_replicated (4 processes: dp 4 = 2 replicas × ep 2) also passed with ep_size 4 by hand.
+    """
+    run_dir, stderr = launched(layout)
     assert ("expert parallel 2" in stderr) == layout.startswith("ep_")
     assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
 
 
 def test_expert_parallel_checkpoint_resumes_on_one_process(
-    two_ranks, one_process, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
+    launched, one_process, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
 ):
     """EP 2 -> 1 process: the optimizer state of the expert shards reshards into whole experts."""
-    source, _ = two_ranks("ep_fsdp2")
+    source, _ = launched("ep_fsdp2")
     resume_dir_from(source, tmp_path, MIDDLE)
     recipe = run_recipe(MOE, overrides(tmp_path, NO_AUX, "--+checkpoint.restore_from=latest"))
     assert recipe.parallel.world_size == 1
@@ -131,7 +138,7 @@ def test_one_process_checkpoint_resumes_with_expert_parallelism(
 ):
     """1 process -> EP 2: each rank restores its half of the experts and of their Adam state."""
     resume_dir_from(one_process, tmp_path, MIDDLE)
-    resume = ["--+checkpoint.restore_from=latest", *LAYOUTS["ep_fsdp2"]]
+    resume = ["--+checkpoint.restore_from=latest", *LAYOUTS["ep_fsdp2"][1]]
     stderr = run_cli(MOE, overrides(tmp_path, NO_AUX, *resume))
     assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
     assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)

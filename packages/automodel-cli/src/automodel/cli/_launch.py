@@ -163,8 +163,11 @@ def resolve_launch(values: dict[str, object]) -> LaunchOptions:
 
 
 def torchrun_command(opts: LaunchOptions, cli_args: list[str]) -> list[str]:
-    """The `python -m torch.distributed.run ... -m automodel.cli <cli_args>` command for `opts`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    """The torchrun command for `opts`: `python -m automodel.cli._torchrun ... -m automodel.cli ARGS`.
+
+    `automodel.cli._torchrun` is torch's launcher with a short failure report (see there).
+    """
+    cmd = [sys.executable, "-m", "automodel.cli._torchrun"]
     cmd += ["--nnodes", str(opts.nnodes), "--nproc-per-node", str(opts.nproc_per_node)]
     if opts.rdzv_endpoint is not None:
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", opts.rdzv_endpoint]
