@@ -45,6 +45,13 @@ class Checkpointer:
     a Hugging Face model folder) or :data:`PEFT_ADAPTER` (the trainable parameters only, as a
     Hugging Face PEFT adapter). It is recorded in ``checkpoint.json``; restoring a checkpoint
     saved in another format is an error.
+
+    ``pp_group`` (pipeline parallelism): this rank's pipeline process group. The ``model``
+    given to save/restore is then this rank's stage, holding its part of the parameters under
+    the whole model's names; saving merges the stages into one Hugging Face folder and one
+    optimizer state (loadable by any layout), restoring the optimizer loads the stage's part.
+    Restore the weights into the whole model before splitting it, then the optimizer with the
+    stage and ``load_weights=False``.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class Checkpointer:
         async_save: bool = False,
         max_shard_size: str | int = "5GB",
         weights_format: WeightsFormat = HF_WEIGHTS,
+        pp_group: dist.ProcessGroup | None = None,
     ) -> None:
         if keep_last_n is not None and (
             isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1
@@ -70,6 +78,7 @@ class Checkpointer:
         self.async_save = bool(async_save)
         self.max_shard_size = parse_size(max_shard_size)
         self.weights_format = weights_format
+        self.pp_group = pp_group
         self._group: dist.ProcessGroup | None = None
         self._writer = BackgroundWriter()
         self._buffers = SnapshotBuffers() if self.async_save else None
@@ -137,6 +146,7 @@ class Checkpointer:
                 train_states=train_states,
                 buffers=self._buffers,
                 weights_format=self.weights_format,
+                pp_group=self.pp_group,
             )
         except Exception as exc:
             error = exc
@@ -221,7 +231,7 @@ class Checkpointer:
         if model is not None and load_weights:
             restore_model(model, layout.model_dir, ctx, self.weights_format)
         if optimizer is not None and model is not None:
-            restore_optimizer(model, optimizer, layout.optim_dir, ctx)
+            restore_optimizer(model, optimizer, layout.optim_dir, ctx, self.pp_group is not None)
         apply_states(optim_states, optim_saved, "optim_states")
         apply_states(train_states, train_saved, "train_states")
         return info

@@ -38,6 +38,14 @@ class DistContext:
         if self.group is not None:
             dist.barrier(group=self.group)
 
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` on rank 0 (in rank order; ``[]`` elsewhere); a collective."""
+        if self.group is None:
+            return [obj]
+        gathered: list[object] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, gathered, dst=dist.get_global_rank(self.group, 0), group=self.group)
+        return gathered or []
+
     def agree(self, error: BaseException | None, what: str) -> None:
         """Raise on every rank if ``error`` is set on any: ``error`` itself where it happened."""
         failed = error is not None

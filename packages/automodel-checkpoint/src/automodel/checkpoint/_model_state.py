@@ -166,6 +166,46 @@ def full_model_state(
     return {k: v for k, v in full.items() if k not in aliases and (keep is None or k in keep)}
 
 
+def model_part_state(
+    model: torch.nn.Module, pp_group: object, weights_format: WeightsFormat = HF_WEIGHTS
+) -> dict[str, torch.Tensor]:
+    """This pipeline stage's full CPU state, on the stages of global rank 0's pipeline; a collective.
+
+    Each stage's sharded tensors are gathered over their own mesh (the stage's data-parallel
+    ranks) one at a time; the ranks of the pipeline that holds global rank 0 keep a CPU copy
+    (the others' copies are the same) for ``merge_model_parts`` on rank 0.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    local = get_model_state_dict(model)
+    _, aliases = drop_aliases(local)
+    keep = trainable_names(model, local) if weights_format.trainable_only else None
+    sender = 0 in dist.get_process_group_ranks(pp_group)
+    part: dict[str, torch.Tensor] = {}
+    for name, tensor in local.items():
+        if name in aliases or (keep is not None and name not in keep):
+            continue
+        full = tensor.full_tensor() if is_dtensor(tensor) else tensor  # same order on every rank
+        if sender:
+            part[name] = full.detach().to("cpu", copy=True)
+    return part
+
+
+def merge_model_parts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One state dict from the pipeline stages' parts; a name in two parts is an error."""
+    merged: dict[str, torch.Tensor] = {}
+    for part in parts:
+        twice = sorted(set(part) & set(merged))
+        if twice:
+            raise CheckpointError(
+                f"pipeline stages hold the same tensor(s): {few_names(twice)}; every parameter "
+                "must live on exactly one stage (tied embeddings cannot be split)"
+            )
+        merged.update(part)
+    return merged
+
+
 def live_storages(model: torch.nn.Module) -> set[int]:
     """Addresses of the CPU storages behind the model's state (local shards for DTensors)."""
     live = set()

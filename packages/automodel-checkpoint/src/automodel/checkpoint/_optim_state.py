@@ -63,6 +63,18 @@ def split_optimizer_state(
     return tensors, {"param_groups": osd["param_groups"], "state": other}
 
 
+def merge_optimizer_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The meta of pipeline stages' optimizers as one: group i lists every stage's group i."""
+    merged: dict[str, Any] = {"param_groups": [], "state": {}}
+    for meta in metas:
+        for i, group in enumerate(meta["param_groups"]):
+            if i == len(merged["param_groups"]):
+                merged["param_groups"].append({**group, "params": []})
+            merged["param_groups"][i]["params"].extend(group["params"])
+        merged["state"].update(meta["state"])
+    return merged
+
+
 def write_optimizer(tensors: dict[str, torch.Tensor], optim_dir: Path, ctx: DistContext) -> None:
     """Save the tensors with DCP into ``optim_dir/optimizer`` (a collective for world > 1)."""
     import torch.distributed.checkpoint as dcp
@@ -80,11 +92,18 @@ def _fqn(key: str) -> str:
 
 
 def _check_keys(
-    target: dict[str, torch.Tensor], saved: dict[str, Any], where: Path, has_grads: bool
+    target: dict[str, torch.Tensor],
+    saved: dict[str, Any],
+    where: Path,
+    has_grads: bool,
+    part: bool = False,
 ) -> None:
-    """Raise CheckpointError when the saved tensors do not match the optimizer's."""
+    """Raise CheckpointError when the saved tensors do not match the optimizer's.
+
+    ``part``: the optimizer holds one pipeline stage, so the others' tensors are expected.
+    """
     missing = [k for k in target if k not in saved]
-    unexpected = [k for k in saved if k not in target]
+    unexpected = [] if part else [k for k in saved if k not in target]
     if missing or unexpected:
         problems = []
         if missing:
@@ -110,9 +129,16 @@ def _check_keys(
 
 
 def restore_optimizer(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, optim_dir: Path, ctx: DistContext
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    optim_dir: Path,
+    ctx: DistContext,
+    part: bool = False,
 ) -> None:
-    """Load ``optim_dir`` into ``optimizer`` (resharded by DCP to the current layout)."""
+    """Load ``optim_dir`` into ``optimizer`` (resharded by DCP to the current layout).
+
+    ``part``: ``model`` is one pipeline stage; only its parameters' state is loaded.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -121,7 +147,7 @@ def restore_optimizer(
         raise CheckpointError(f"{optim_dir / OPTIMIZER_META_FILE} is corrupt: no optimizer entry")
     saved_meta = meta[_META_KEY]
     has_grads = any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
-    target, _ = split_optimizer_state(model, optimizer)
+    target, own_meta = split_optimizer_state(model, optimizer)
     reader = dcp.FileSystemReader(optim_dir / OPTIMIZER_DIR)
     try:
         saved = reader.read_metadata().state_dict_metadata
@@ -132,7 +158,16 @@ def restore_optimizer(
     saved_fqns = {_fqn(k) for k in saved}
     grouped = {fqn for group in saved_meta.get("param_groups", []) for fqn in group["params"]}
     target = {k: v for k, v in target.items() if _fqn(k) in saved_fqns or _fqn(k) not in grouped}
-    _check_keys(target, dict(saved), optim_dir, has_grads)
+    _check_keys(target, dict(saved), optim_dir, has_grads, part)
+    if part:  # other stages' parameters in the saved groups: keep this stage's
+        own = {fqn for group in own_meta["param_groups"] for fqn in group["params"]}
+        saved_meta = {
+            "param_groups": [
+                {**group, "params": [fqn for fqn in group["params"] if fqn in own]}
+                for group in saved_meta["param_groups"]
+            ],
+            "state": {k: v for k, v in saved_meta.get("state", {}).items() if k in own},
+        }
     _quiet_dcp()
     try:
         dcp.load(target, storage_reader=reader, process_group=ctx.group, no_dist=ctx.no_dist)

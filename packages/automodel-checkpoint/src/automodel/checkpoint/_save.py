@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ._async import SnapshotBuffers
 from ._dist import DistContext
 from ._layout import CheckpointLayout
 from ._manifest import write_manifest
-from ._model_state import full_model_state, live_storages
+from ._model_state import full_model_state, live_storages, merge_model_parts, model_part_state
 from ._optim_state import (
     OPTIM_STATES_FILE,
     OPTIMIZER_META_FILE,
+    merge_optimizer_meta,
     split_optimizer_state,
     write_optimizer,
 )
@@ -132,10 +134,17 @@ def capture(
     train_states: Mapping[str, Any],
     buffers: SnapshotBuffers | None,
     weights_format: WeightsFormat,
+    pp_group: Any = None,
 ) -> dict[str, Any]:
-    """The SaveJob fields holding state; with ``buffers``, tensors are copied out of training."""
+    """The SaveJob fields holding state; with ``buffers``, tensors are copied out of training.
+
+    ``pp_group``: ``model`` is this rank's pipeline stage; rank 0 merges the stages' parts.
+    """
     model_state = None
-    if model is not None:
+    if model is not None and pp_group is not None:
+        parts = ctx.gather(model_part_state(model, pp_group, weights_format))  # collectives
+        model_state = merge_model_parts(parts) if ctx.is_main else None
+    elif model is not None:
         model_state = full_model_state(model, weights_format)  # a collective
     if not ctx.is_main:
         model_state = None
@@ -150,6 +159,9 @@ def capture(
     optim_tensors = optimizer_meta = None
     if optimizer is not None and model is not None:
         optim_tensors, meta = split_optimizer_state(model, optimizer, saving=True)
+        if pp_group is not None:  # each stage's groups list its own parameters
+            metas = ctx.gather(meta if 0 in dist.get_process_group_ranks(pp_group) else None)
+            meta = merge_optimizer_meta([m for m in metas if m is not None]) if metas else meta
         if buffers is not None:
             optim_tensors = {k: buffers.copy(f"optim.{k}", v) for k, v in optim_tensors.items()}
         if ctx.is_main:

@@ -79,6 +79,8 @@ class DecoderStage(nn.Module):
         self.model.rotary_emb = base.rotary_emb
         self.lm_head = lm_head if self.is_last else None
         self._tp_plan = tp_plan  # the model's own TP plan: same module paths as the stage
+        # the decoder-layer class names, so FSDP2 (decoder_blocks) shards the stage per layer
+        self._no_split_modules = getattr(base, "_no_split_modules", None)
 
     def _mask(self, hidden: torch.Tensor, window: int | None) -> torch.Tensor | None:
         """The attention mask the Hugging Face model would build for a layer (no padding)."""

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 
@@ -17,8 +18,12 @@ def clip_grad_norm(
     parameters: Iterable[torch.Tensor] | torch.Tensor,
     max_norm: float | None,
     norm_type: float = 2.0,
+    parts_group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Return the total gradient norm; scale gradients down to `max_norm` unless it is None.
+
+    `parts_group`: ranks that each hold a different part of the model (pipeline stages);
+    their norms are combined into the whole model's, so they must all call this together.
 
     With sharded (DTensor) gradients the norm is reduced across ranks first, so every rank
     must call this together. Gradients on different meshes (FSDP2 + tensor parallel puts
@@ -31,12 +36,14 @@ def clip_grad_norm(
     for p in params:
         if p.grad is not None:
             by_mesh.setdefault(_mesh_of(p.grad), []).append(p)
-    if not by_mesh:
-        return torch.tensor(0.0)
     norms = []
     for group in by_mesh.values():
         norm = torch.nn.utils.get_total_norm([p.grad for p in group], norm_type=norm_type)
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    if parts_group is not None and dist.get_world_size(parts_group) > 1:
+        norms = [_combine_parts(norms, norm_type, parts_group)]
+    if not norms:
+        return torch.tensor(0.0)
     device = norms[0].device
     norms = [n.to(device) for n in norms]
     if len(norms) == 1:
@@ -50,3 +57,18 @@ def clip_grad_norm(
             clip_norm = total_norm.to(group[0].grad.device)
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, clip_norm)
     return total_norm
+
+
+def _combine_parts(
+    norms: list[torch.Tensor], norm_type: float, group: dist.ProcessGroup
+) -> torch.Tensor:
+    """The norm over every rank of `group` from each rank's per-mesh `norms` (maybe none)."""
+    backend = str(dist.get_backend(group))
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else "cpu"
+    inf = math.isinf(norm_type)
+    local = torch.zeros((), dtype=torch.float32, device=device)
+    for norm in norms:
+        norm = norm.to(device, torch.float32)
+        local = torch.maximum(local, norm) if inf else local + norm.pow(norm_type)
+    dist.all_reduce(local, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM, group=group)
+    return local if inf else local.pow(1.0 / norm_type)

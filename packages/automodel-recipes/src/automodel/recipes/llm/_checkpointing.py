@@ -26,9 +26,15 @@ log = logging.getLogger("automodel.recipes.llm")
 
 
 def build_checkpointer(
-    section: Checkpoint, run_dir: Path, weights_format: WeightsFormat = HF_WEIGHTS
+    section: Checkpoint,
+    run_dir: Path,
+    weights_format: WeightsFormat = HF_WEIGHTS,
+    pp_group: Any = None,
 ) -> Checkpointer:
-    """The checkpointer for `<checkpoint_dir>` (default `<run_dir>/checkpoints`)."""
+    """The checkpointer for `<checkpoint_dir>` (default `<run_dir>/checkpoints`).
+
+    `pp_group`: with pipeline parallelism, the model it saves is this rank's stage.
+    """
     root = Path(section.checkpoint_dir or run_dir / "checkpoints")
     try:
         return Checkpointer(
@@ -37,6 +43,7 @@ def build_checkpointer(
             async_save=section.async_save,
             max_shard_size=section.max_shard_size,
             weights_format=weights_format,
+            pp_group=pp_group,
         )
     except ValueError as e:
         raise ConfigError(Problem("checkpoint", str(e))) from e

@@ -35,7 +35,7 @@ from ._sections import Distributed, read_section
 log = logging.getLogger("automodel.recipes.llm")
 
 _STRATEGIES = ("fsdp2", "ddp", "none")
-_NOT_WIRED = ("cp_size", "pp_size")
+_NOT_WIRED = ("cp_size",)
 _OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -61,7 +61,7 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         if getattr(section, key) != 1:
             raise _problem(
                 cfg, key, f"{key} {getattr(section, key)} is not wired into the recipe yet; "
-                "data parallelism (dp_size, dp_replicate_size) and tp_size are",
+                "data parallelism (dp_size, dp_replicate_size), tp_size, pp_size and ep_size are",
             )  # fmt: skip
     if section.device not in _DEVICES:
         raise _problem(
@@ -89,6 +89,14 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )
     if section.sequence_parallel and section.tp_size == 1:
         raise _problem(cfg, "sequence_parallel", "sequence parallelism needs tp_size > 1")
+    if section.pp_size != 1 and strategy != "fsdp2":
+        raise _problem(
+            cfg,
+            "pp_size",
+            f"pipeline parallelism composes with strategy fsdp2 only, not {strategy}",
+        )
+    if section.pp_size != 1 and (section.tp_size != 1 or section.ep_size != 1):
+        raise _problem(cfg, "pp_size", "pp_size with tp_size or ep_size is not supported yet")
     if section.ep_size != 1 and strategy == "none":
         raise _problem(cfg, "ep_size", "expert parallelism needs strategy fsdp2 or ddp")
     if section.ep_size != 1 and section.tp_size != 1:
@@ -108,6 +116,7 @@ def _mesh_config(section: Distributed) -> MeshConfig:
         dp_size=section.dp_size,
         dp_replicate_size=section.dp_replicate_size,
         tp_size=section.tp_size,
+        pp_size=section.pp_size,
         ep_size=section.ep_size,
     )
 
@@ -126,6 +135,7 @@ class Parallel:
     defer_grad_sync: bool = False  # micro-batches but the last of a step under no_sync
     sequence_parallel: bool = False  # with tensor parallelism (mesh["tp"] larger than 1)
     ep_size: int = 1  # expert parallelism: dp ranks that share each MoE layer's experts out
+    pp_group: Any = None  # the pipeline-parallel group (pp_size > 1); None without a pipeline
 
     def shard(self, model: nn.Module, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
         """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device.
@@ -148,8 +158,11 @@ class Parallel:
         return contextlib.nullcontext()
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """`values` summed over the data-parallel ranks (itself with one process)."""
-        return all_reduce_sum(values, self.group)
+        """`values` summed over the data-parallel ranks (itself with one process).
+
+        With a pipeline, over every rank: only the last stages count loss and tokens.
+        """
+        return all_reduce_sum(values, self.group if self.pp_group is None else None)
 
 
 def setup_parallel(cfg: ConfigNode) -> Parallel:
@@ -175,6 +188,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     tp = f", tensor parallel {section.tp_size}" if section.tp_size > 1 else ""
     tp += " + sequence parallel" if section.sequence_parallel else ""
     tp += f", expert parallel {section.ep_size}" if section.ep_size > 1 else ""
+    tp += f", pipeline parallel {section.pp_size}" if section.pp_size > 1 else ""
     log.info(
         "data parallel: %s over %d process(es) (rank %d of %d) on %s%s%s",
         section.strategy, env.world_size, dp_rank, dp_size, device, tp,
@@ -184,6 +198,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     return Parallel(
         device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
         section.sequence_parallel, section.ep_size,
+        submesh(mesh, "pp").get_group() if section.pp_size > 1 else None,
     )  # fmt: skip
 
 

@@ -74,7 +74,8 @@ class Distributed:
     tp_size: int = 1  # tensor parallel (with fsdp2 over the dp dims): the model's HF tp_plan
     sequence_parallel: bool = False  # with tp_size > 1: norms and residuals sharded on sequence
     cp_size: int = 1
-    pp_size: int = 1
+    pp_size: int = 1  # pipeline stages (with fsdp2 over the dp ranks of each stage)
+    pp_schedule: str = "1f1b"  # 1f1b | gpipe
     ep_size: int = 1  # with a moe: section, experts shared out over this many dp ranks
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
     reshard_after_forward: bool | None = None  # fsdp2

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from automodel.core.config import ConfigNode, redacted_data
 from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers
 from automodel.core.training import MetricsSample
@@ -81,3 +83,12 @@ class Telemetry:
         self.val_log.close()
         for logger in self.loggers:
             logger.close()
+
+
+def real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> int:
+    """Tokens that are not padding: the attention mask, or for packed rows the non-pad ids."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if pad_token_id is None:
+        return batch["input_ids"].numel()
+    return int((batch["input_ids"] != pad_token_id).sum())

@@ -44,6 +44,7 @@ from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ._moe import MoeStep, apply_moe, read_moe
 from ._parallel import read_distributed, setup_parallel, shutdown
 from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
+from ._pipeline import Pipeline, check_pipeline
 from ._preemption import PreemptionWatcher
 from ._sections import (
     Checkpoint,
@@ -57,7 +58,7 @@ from ._sections import (
     Rng,
     read_section,
 )
-from ._telemetry import Telemetry
+from ._telemetry import Telemetry, real_tokens
 
 log = logging.getLogger("automodel.recipes.llm")
 
@@ -100,6 +101,7 @@ class FinetuneRecipeForCausalLM:
         seed = read_section(cfg, "rng", Rng).seed
         set_seed(seed)  # the same seed on every rank: identical initial weights
         distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
+        pipeline_len = check_pipeline(cfg, distributed)  # pp_size > 1: micro-batch length
         self.step_scheduler = build.build_step_scheduler(cfg, dp_size)
         logging_section = read_section(cfg, "logging", Logging)
         setup_logging(logging_section.level)  # first, so every set-up step is reported
@@ -118,7 +120,9 @@ class FinetuneRecipeForCausalLM:
                 )
             )
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
-        self.checkpointer = build_checkpointer(self.checkpoint, self.run_dir, weights)
+        self.checkpointer = build_checkpointer(
+            self.checkpoint, self.run_dir, weights, self.parallel.pp_group
+        )
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         self.loss_fn = build.build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, distributed.tp_size)
@@ -134,11 +138,19 @@ class FinetuneRecipeForCausalLM:
         if self.restore_path is not None:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
-        self.unwrapped = model  # the HF module: FSDP2 shards it in place, DDP wraps it
+        hf_model = self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
         self.moe = MoeStep(model, moe, self.parallel)
-        experts = self.moe.shard_experts(cfg)  # distributed.ep_size > 1: this rank's experts
-        # A fused loss runs inside the forward the strategy wraps (it reads the LM head)
-        model = self.parallel.shard(with_fused_loss(model, self.loss_fn), experts)  # < compile
+        self.pipeline = None
+        if pipeline_len is not None:  # this rank keeps its stage (FSDP2 over its dp ranks)
+            grad_acc, pad = self.step_scheduler.grad_acc_steps, self.tokenizer.pad_token_id
+            self.pipeline = Pipeline(
+                model, self.parallel, self.loss_fn, grad_acc, pipeline_len, pad, cfg
+            )
+            model = self.unwrapped = self.pipeline.stage
+        else:
+            experts = self.moe.shard_experts(cfg)  # distributed.ep_size > 1: its experts
+            # A fused loss runs inside the forward the strategy wraps (it reads the LM head)
+            model = self.parallel.shard(with_fused_loss(model, self.loss_fn), experts)
         options = read_section(cfg, "compile", Compile)
         if options.enabled:
             model = torch.compile(
@@ -170,7 +182,7 @@ class FinetuneRecipeForCausalLM:
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
         self.telemetry = Telemetry(self.run_dir, logging_section, cfg, total)
         write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
-        self.write_hf_extras = write_extras(self.unwrapped, self.tokenizer, cfg)
+        self.write_hf_extras = write_extras(hf_model, self.tokenizer, cfg)
         if self.restore_path is None:
             self.telemetry.start_fresh()
         else:
@@ -247,18 +259,16 @@ class FinetuneRecipeForCausalLM:
             # ranks) weighs the same; × dp_size undoes the gradient averaging of FSDP2/DDP.
             local_tokens = sum(int(count_label_tokens(b["labels"])) for b in micro_batches)
             num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
-            dp_size = self.parallel.dp_size
-            loss_sum, real_tokens = torch.zeros((), device=self.device), 0
-            for i, batch in enumerate(micro_batches):
-                with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
-                    loss = self.forward_loss(batch, num_label_tokens)
-                    aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
-                    ((loss if aux is None else loss + aux) * dp_size).backward()
-                loss_sum += loss.detach()
-                real_tokens += _real_tokens(batch, self.tokenizer.pad_token_id)
+            if self.pipeline is not None:  # the schedule runs every micro-batch of the step
+                local = self.step_scheduler.local_batch_size
+                loss_sum, tokens = self.pipeline.train_step(micro_batches, num_label_tokens, local)
+            else:
+                loss_sum, tokens = self._forward_backward(micro_batches, num_label_tokens)
             self.moe.reduce_expert_grads()  # expert-parallel weights: FSDP2/DDP left them out
-            grad_norm = clip_grad_norm(self.unwrapped.parameters(), self.max_grad_norm)  # global
-            sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(real_tokens))])
+            grad_norm = clip_grad_norm(  # global: over every shard and pipeline stage
+                self.unwrapped.parameters(), self.max_grad_norm, parts_group=self.parallel.pp_group
+            )
+            sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(tokens))])
             loss_total, real_total = self.parallel.sum(sums).tolist()
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -297,6 +307,20 @@ class FinetuneRecipeForCausalLM:
                 return False
         return True
 
+    def _forward_backward(
+        self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int
+    ) -> tuple[torch.Tensor, int]:
+        """Forward and backward of every micro-batch of a step: (loss sum, real tokens)."""
+        loss_sum, tokens = torch.zeros((), device=self.device), 0
+        for i, batch in enumerate(micro_batches):
+            with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
+                loss = self.forward_loss(batch, num_label_tokens)
+                aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
+                ((loss if aux is None else loss + aux) * self.parallel.dp_size).backward()
+            loss_sum += loss.detach()
+            tokens += real_tokens(batch, self.tokenizer.pad_token_id)
+        return loss_sum, tokens
+
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -311,7 +335,12 @@ class FinetuneRecipeForCausalLM:
         """Mean per-token loss over the validation set (every rank's shard), to validation.jsonl."""
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
-        for batch in self.telemetry.progress(self.val_loader, "validation"):
+        batches = self.telemetry.progress(self.val_loader, "validation")
+        if self.pipeline is not None:
+            local = self.step_scheduler.local_batch_size
+            total_loss, total_tokens = self.pipeline.evaluate(batches, local)
+            batches = []
+        for batch in batches:
             batch["labels"] = shift_labels(batch["labels"])
             tokens = int(count_label_tokens(batch["labels"]))
             loss = self.forward_loss(batch, tokens)  # on every rank: FSDP2 gathers are collective
@@ -349,18 +378,10 @@ class FinetuneRecipeForCausalLM:
         )
 
 
-def _real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> int:
-    """Tokens that are not padding: the attention mask, or for packed rows the non-pad ids."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    if pad_token_id is None:
-        return batch["input_ids"].numel()
-    return int((batch["input_ids"] != pad_token_id).sum())
-
-
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
-    _, dp_size = read_distributed(cfg)
+    distributed, dp_size = read_distributed(cfg)
+    check_pipeline(cfg, distributed)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg)

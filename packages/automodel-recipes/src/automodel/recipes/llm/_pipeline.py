@@ -1,0 +1,183 @@
+"""Pipeline parallelism in the LLM recipe: this rank's stage and torch's schedule over it.
+
+The step scheduler's micro-batches go to the schedule as they are (``arg_mbs``/``target_mbs``),
+each padded to `dataset.seq_length` (a stage's activation shapes are fixed by its first step).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
+from automodel.distributed import build_pipeline_schedule, split_decoder_into_stages, submesh
+
+from ._parallel import Parallel
+from ._sections import Distributed, PackedSequence, read_section
+from ._telemetry import real_tokens
+
+log = logging.getLogger("automodel.recipes.llm")
+
+SCHEDULES = ("1f1b", "gpipe")  # one stage per rank
+# Sections (or loss) the stages do not support yet, and why.
+_REFUSED = {
+    "peft": "LoRA adapters",
+    "moe": "MoE blocks",
+}
+
+
+def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
+    return ConfigError(Problem(key, message, cfg.where(key)))
+
+
+def check_pipeline(cfg: ConfigNode, section: Distributed) -> int | None:
+    """The length every micro-batch is padded to with `pp_size` > 1 (None without a pipeline).
+
+    Refuses what stages do not support yet, before anything is built.
+    """
+    if section.pp_size == 1:
+        return None
+    if section.pp_schedule not in SCHEDULES:
+        raise _problem(
+            cfg, "distributed.pp_schedule",
+            f"expected one of {', '.join(SCHEDULES)}, got {section.pp_schedule!r}",
+        )  # fmt: skip
+    for name, what in _REFUSED.items():
+        if name in cfg:
+            raise _problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
+    if "Fused" in str(cfg.get("loss_fn._target_") or ""):
+        raise _problem(cfg, "loss_fn", "the fused loss with pp_size > 1 is not supported yet")
+    if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
+        raise _problem(cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet")
+    if cfg.get("compile.enabled"):
+        raise _problem(cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet")
+    seq_len = cfg.get("dataset.seq_length")
+    if not isinstance(seq_len, int) or seq_len < 1:
+        raise _problem(
+            cfg, "dataset",
+            "pipeline parallelism pads every micro-batch to one length: set dataset.seq_length",
+        )  # fmt: skip
+    return seq_len
+
+
+class Pipeline:
+    """This rank's stage of the model (FSDP2 over its data-parallel ranks) and the schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        parallel: Parallel,
+        loss_fn: nn.Module,
+        n_micro: int,
+        seq_len: int,
+        pad_token_id: int | None,
+        cfg: ConfigNode,
+    ) -> None:
+        section = read_section(cfg, "distributed", Distributed)
+        try:
+            stages = split_decoder_into_stages(model, submesh(parallel.mesh, "pp"))
+        except (NotImplementedError, ValueError) as e:
+            raise _problem(cfg, "distributed.pp_size", str(e)) from e
+        self.stage = parallel.shard(stages[0])
+        self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
+        self.loss_fn, self.dp_size = loss_fn, parallel.dp_size
+        self.n_micro, self.seq_len = n_micro, seq_len
+        self.pad_token_id = pad_token_id
+        self.pad = pad_token_id if pad_token_id is not None else 0
+        try:
+            self.schedule = build_pipeline_schedule(
+                self.stage, n_micro, self._loss, section.pp_schedule,
+                device=parallel.device, pp_group=parallel.pp_group, scale_grads=False,
+            )  # fmt: skip
+        except ValueError as e:  # e.g. 1F1B with fewer micro-batches than stages
+            raise _problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
+        layers = list(self.stage.model.layers)
+        log.info(
+            "pipeline: stage %d of %d holds layers %s-%s (%s schedule, %d micro-batches)",
+            self.stage.stage_index, self.stage.num_stages, layers[0], layers[-1],
+            section.pp_schedule, n_micro,
+        )  # fmt: skip
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.loss_fn(logits, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
+
+    def _micro_batches(
+        self, batches: list[dict[str, torch.Tensor]], rows: int
+    ) -> tuple[list[tuple[torch.Tensor]], list[torch.Tensor]]:
+        """(input ids, labels) per micro-batch, `rows` × seq_len each; empty ones fill the step.
+
+        `batches` hold next-token labels (already shifted).
+        """
+        device = next(self.stage.parameters()).device
+        inputs, targets = [], []
+        for i in range(self.n_micro):
+            if i < len(batches):
+                ids, labels = batches[i]["input_ids"], batches[i]["labels"]
+            else:  # a short last step or validation chunk: a micro-batch without labels
+                ids = torch.full((rows, 0), self.pad, dtype=torch.long)
+                labels = ids.clone()
+            if ids.shape[1] > self.seq_len:
+                raise ValueError(
+                    f"a batch of {ids.shape[1]} tokens is longer than dataset.seq_length "
+                    f"{self.seq_len}, which pipeline stages are built for"
+                )
+            pad_cols, pad_rows = self.seq_len - ids.shape[1], rows - ids.shape[0]
+            ids = nn.functional.pad(ids, (0, pad_cols, 0, pad_rows), value=self.pad)
+            labels = nn.functional.pad(labels, (0, pad_cols, 0, pad_rows), value=IGNORE_INDEX)
+            inputs.append((ids.to(device),))
+            targets.append(labels.to(device))
+        return inputs, targets
+
+    def _run(
+        self, batches: list[dict[str, torch.Tensor]], rows: int, loss_kwargs: dict, train: bool
+    ) -> torch.Tensor:
+        """The step's (or chunk's) summed loss on the last stage, zero elsewhere."""
+        inputs, targets = self._micro_batches(batches, rows)
+        losses: list[torch.Tensor] = []
+        kwargs = {"arg_mbs": inputs} if self.is_first else {}
+        if self.is_last:
+            kwargs.update(target_mbs=targets, losses=losses)
+        run = self.schedule.step if train else self.schedule.eval
+        run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
+        if not losses:
+            return torch.zeros(())
+        return torch.stack([loss.detach().float().cpu() for loss in losses]).sum()
+
+    def train_step(
+        self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int, rows: int
+    ) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one optimizer step: (loss sum, real tokens), last stage only.
+
+        The loss is normalised by the global batch's label tokens and × dp_size, which FSDP2's
+        gradient averaging undoes, as without a pipeline.
+        """
+        kwargs = {"num_label_tokens": num_label_tokens, "scale": self.dp_size}
+        loss = self._run(micro_batches, rows, kwargs, train=True) / self.dp_size
+        tokens = (
+            sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.is_last else 0
+        )
+        return loss, tokens
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]], rows: int) -> tuple[float, int]:
+        """(summed per-token loss, label tokens) over `batches`, on the last stage (0 elsewhere)."""
+        total_loss, total_tokens = 0.0, 0
+        chunk: list[dict[str, torch.Tensor]] = []
+        batches = iter(batches)
+        while True:
+            batch = next(batches, None)
+            if batch is not None:
+                chunk.append({**batch, "labels": shift_labels(batch["labels"])})
+            if chunk and (batch is None or len(chunk) == self.n_micro):  # sums, not means
+                total_loss += float(
+                    self._run(chunk, rows, {"num_label_tokens": 1, "scale": 1}, False)
+                )
+                total_tokens += sum(int(count_label_tokens(b["labels"])) for b in chunk)
+                chunk = []
+            if batch is None:
+                break
+        return total_loss, total_tokens if self.is_last else 0
