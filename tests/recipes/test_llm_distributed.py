@@ -175,9 +175,9 @@ def test_one_process_checkpoint_resumes_on_two_fsdp2_ranks(
 
 
 def test_parallel_sizes_not_wired_yet_are_config_errors(tmp_path, monkeypatch_module, capsys):
-    argv = ["--validate-only", "-c", str(SFT), "--+distributed.pp_size=2"]
+    argv = ["--validate-only", "-c", str(SFT), "--+distributed.cp_size=2"]
     assert main(argv) == 2
-    assert "pp_size 2 is not wired into the recipe yet" in capsys.readouterr().err
+    assert "cp_size 2 is not wired into the recipe yet" in capsys.readouterr().err
 
 
 def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):

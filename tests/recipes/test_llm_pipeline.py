@@ -1,0 +1,126 @@
+"""Pipeline-parallel finetune.llm (`distributed.pp_size`): stages on CPU ranks train as one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from automodel.core.config import ConfigError, load_config
+from automodel.recipes.llm._parallel import read_distributed
+from automodel.recipes.llm._pipeline import check_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
+STEPS, MIDDLE = 6, 3
+UNTIED = ["--+model.tie_word_embeddings=false"]  # a stage cannot share the embedding
+PP = ["--+distributed.pp_size=2", *UNTIED]
+LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
+    "1f1b": (2, PP),  # 2 × 2 × dp 2 with 4 processes
+    "gpipe_dp2": (4, [*PP, "--+distributed.pp_schedule=gpipe"]),
+}
+
+
+@pytest.fixture(scope="module")
+def overrides(short_run, small_data) -> Callable[..., list[str]]:
+    """`overrides(run_dir, *extra)`: 6 steps of global batch 8 (local 2), validation and a
+    checkpoint at steps 3 and 6."""
+    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, MIDDLE, *extra)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
+    """The reference: the untied model in this process, 4 micro-batches per step."""
+    run_dir = tmp_path_factory.mktemp("pp_one")
+    recipe = run_recipe(SFT, overrides(run_dir, *UNTIED))
+    assert recipe.pipeline is None and recipe.step_scheduler.grad_acc_steps == 4
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
+    """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def run(layout: str) -> tuple[Path, str]:
+        if layout not in runs:
+            run_dir = tmp_path_factory.mktemp(f"pp_{layout}")
+            nproc, extra = LAYOUTS[layout]
+            runs[layout] = run_dir, run_cli(SFT, overrides(run_dir, *extra), nproc=nproc)
+        return runs[layout]
+
+    return run
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pipeline_matches_one_process(layout, launched, one_process, assert_same_training):
+    """Per-step losses, grad norms (over both stages), validation and the final weights, which
+    rank 0 merges from the two stages into one Hugging Face file."""
+    run_dir, stderr = launched(layout)
+    schedule = "gpipe" if "gpipe" in layout else "1f1b"
+    assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
+    assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
+
+
+def test_the_merged_checkpoint_loads_in_plain_transformers(launched):
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = launched("1f1b")
+    model_dir = run_dir / f"checkpoints/epoch_0_step_{STEPS}/model"
+    loaded, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
+    assert not any(info.values()), info
+    weights = load_file(model_dir / "model.safetensors")
+    assert "model.embed_tokens.weight" in weights and "lm_head.weight" in weights  # both stages
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_pipeline_checkpoint_resumes_on_one_process(
+    launched, one_process, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
+):
+    """2 stages -> 1 process: the stages' optimizer parts load as one optimizer."""
+    source, _ = launched("1f1b")
+    resume_dir_from(source, tmp_path, MIDDLE)
+    recipe = run_recipe(SFT, overrides(tmp_path, *UNTIED, "--+checkpoint.restore_from=latest"))
+    assert recipe.pipeline is None and recipe.step_scheduler.step == STEPS
+    assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)
+
+
+def test_one_process_checkpoint_resumes_as_a_pipeline(
+    one_process, overrides, run_cli, assert_same_training, resume_dir_from, tmp_path
+):
+    """1 process -> 2 stages: each stage restores its part of the optimizer."""
+    resume_dir_from(one_process, tmp_path, MIDDLE)
+    stderr = run_cli(SFT, overrides(tmp_path, *PP, "--+checkpoint.restore_from=latest"))
+    assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr
+    assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)
+
+
+@pytest.mark.parametrize(
+    ("extra", "world_size", "message"),
+    [
+        (["--+distributed.strategy=ddp"], 2, "composes with strategy fsdp2 only, not ddp"),
+        (["--+distributed.tp_size=2"], 4, "pp_size with tp_size or ep_size is not supported"),
+        (["--+distributed.pp_schedule=zb"], 2, "expected one of 1f1b, gpipe, got 'zb'"),
+        (["--+packed_sequence.packed_sequence_size=64"], 2, "packed rows with pp_size > 1"),
+        (["--~dataset.seq_length"], 2, "pads every micro-batch to one length"),
+        (["--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"], 2, "fused loss"),
+    ],
+)
+def test_unsupported_pipeline_settings_are_config_errors(
+    extra, world_size, message, monkeypatch_module
+):
+    cfg = load_config(SFT, [*PP, *extra])
+    with pytest.raises(ConfigError, match=message):
+        section, _ = read_distributed(cfg, world_size=world_size)
+        check_pipeline(cfg, section)
+
+
+def test_lora_with_a_pipeline_is_a_config_error(monkeypatch_module):
+    cfg = load_config(REPO / "examples/llm_finetune/tiny_lora.yaml", PP)
+    section, _ = read_distributed(cfg, world_size=2)
+    with pytest.raises(ConfigError, match="LoRA adapters with pp_size > 1 are not supported"):
+        check_pipeline(cfg, section)
