@@ -146,6 +146,10 @@ def test_bad_lora_settings_name_the_key(tmp_path, data, capsys, monkeypatch_modu
     assert main(["-c", str(LORA), *argv]) == 2
     err = capsys.readouterr().err
     assert "nope_proj" in err and "q_proj" in err
+    argv = ["--validate-only", "-c", str(LORA), "--~peft"]  # merging without adapters
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.save_merged_model" in err and "merging needs adapters" in err
     if not torch.cuda.is_available():
         argv = _overrides(tmp_path, data, 2, "--+peft.use_triton=true")
         assert main(["-c", str(LORA), *argv]) == 2

@@ -88,6 +88,24 @@ def build_step_scheduler(cfg: ConfigNode, dp_size: int = 1) -> StepScheduler:
     return StepScheduler(**cfg.step_scheduler.to_dict(), dp_size=dp_size)
 
 
+def build_validation_loader(
+    cfg: ConfigNode, tokenizer: Any, batch_size: int, seed: int, dp_rank: int, dp_size: int
+) -> Any:
+    """The `validation_dataset` loader (each dp rank its shard), or None without that section."""
+    if "validation_dataset" not in cfg:
+        return None
+    dataset = build_dataset(cfg, "validation_dataset", tokenizer)
+    if len(dataset) % dp_size:
+        log.warning(
+            "%d validation samples do not divide over %d ranks: a few count twice",
+            len(dataset), dp_size,
+        )  # fmt: skip
+    pad = tokenizer.pad_token_id
+    return build_loader(
+        cfg, "validation_dataloader", dataset, batch_size, seed, pad, dp_rank, dp_size
+    )
+
+
 def build_scheduler(cfg: ConfigNode, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """The LR scheduler from `lr_scheduler:` over `total_steps` (default: constant LR)."""
     options = cfg.lr_scheduler.to_dict() if "lr_scheduler" in cfg else {"style": "constant"}

@@ -29,8 +29,16 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
-    """The LoraConfig of the `peft:` section, or None without one."""
+    """The LoraConfig of the `peft:` section, or None without one (then nothing to merge)."""
     if "peft" not in cfg:
+        if cfg.get("checkpoint.save_merged_model"):
+            raise ConfigError(
+                Problem(
+                    "checkpoint.save_merged_model",
+                    "merging needs adapters: add a peft: section or drop this option",
+                    cfg.where("checkpoint.save_merged_model"),
+                )
+            )
         return None
     config = instantiate(cfg.peft)
     if not isinstance(config, LoraConfig):

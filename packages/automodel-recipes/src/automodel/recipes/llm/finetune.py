@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
-from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
+from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import build_dataloader
 from automodel.core.logging import (
     MlflowLogger,
@@ -111,14 +111,6 @@ class FinetuneRecipeForCausalLM:
         self.tokenizer = build.build_tokenizer(cfg)
         self.checkpoint = read_section(cfg, "checkpoint", Checkpoint)
         self.lora = build_lora_config(cfg)
-        if self.checkpoint.save_merged_model and self.lora is None:
-            raise ConfigError(
-                Problem(
-                    "checkpoint.save_merged_model",
-                    "merging needs adapters: add a peft: section or drop this option",
-                    cfg.where("checkpoint.save_merged_model"),
-                )
-            )
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.checkpointer = build_checkpointer(
             self.checkpoint, self.run_dir, weights, self.parallel.pp_group
@@ -165,17 +157,7 @@ class FinetuneRecipeForCausalLM:
         self.train_loader = build.build_loader(
             cfg, "dataloader", self.train_set, local, seed, pad, *shard
         )
-        self.val_loader = None
-        if "validation_dataset" in cfg:
-            val_set = build.build_dataset(cfg, "validation_dataset", self.tokenizer)
-            if len(val_set) % self.parallel.dp_size:
-                log.warning(
-                    "%d validation samples do not divide over %d ranks: a few count twice",
-                    len(val_set), self.parallel.dp_size,
-                )  # fmt: skip
-            self.val_loader = build.build_loader(
-                cfg, "validation_dataloader", val_set, local, seed, pad, *shard
-            )
+        self.val_loader = build.build_validation_loader(cfg, self.tokenizer, local, seed, *shard)
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
