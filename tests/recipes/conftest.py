@@ -142,6 +142,27 @@ def resume_dir_from(source: Path, run_dir: Path, step: int) -> None:
         shutil.copy(source / log, run_dir / log)
 
 
+def run_once_per_layout(
+    tmp_path_factory: pytest.TempPathFactory, prefix: str, launch: Callable[[Path, str], str]
+) -> Callable[[str], tuple[Path, str]]:
+    """`run(layout)`: (run dir, stderr) of `launch(run_dir, layout)`, launched once per layout."""
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def run(layout: str) -> tuple[Path, str]:
+        if layout not in runs:
+            run_dir = tmp_path_factory.mktemp(f"{prefix}_{layout}")
+            runs[layout] = run_dir, launch(run_dir, layout)
+        return runs[layout]
+
+    return run
+
+
+@pytest.fixture(name="run_once_per_layout", scope="session")
+def run_once_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
+    """`run_once_per_layout(tmp_path_factory, prefix, launch)`, for test modules."""
+    return run_once_per_layout
+
+
 @pytest.fixture(name="assert_same_training", scope="session")
 def assert_same_training_fixture() -> Callable[..., None]:
     """`assert_same_training(ours, reference, steps, every, weight_atol=2e-5)`."""

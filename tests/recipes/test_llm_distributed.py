@@ -65,17 +65,13 @@ LAYOUTS = {  # 2-rank layouts of the same run
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, cli) -> Callable[[str], tuple[Path, str]]:
+def two_ranks(tmp_path_factory, cli, run_once_per_layout) -> Callable[[str], tuple[Path, str]]:
     """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
-    runs: dict[str, tuple[Path, str]] = {}
 
-    def run(layout: str) -> tuple[Path, str]:
-        if layout not in runs:
-            run_dir = tmp_path_factory.mktemp(f"dp_{layout}")
-            runs[layout] = run_dir, cli(run_dir, *LAYOUTS[layout])
-        return runs[layout]
+    def launch(run_dir: Path, layout: str) -> str:
+        return cli(run_dir, *LAYOUTS[layout])
 
-    return run
+    return run_once_per_layout(tmp_path_factory, "dp", launch)
 
 
 @pytest.fixture(scope="module")

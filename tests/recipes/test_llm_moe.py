@@ -3,7 +3,6 @@ and expert parallelism (`distributed.ep_size`) on two CPU ranks against one proc
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,19 +94,14 @@ LAYOUTS = {  # (processes, overrides) of the same run
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
+def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
-    runs: dict[str, tuple[Path, str]] = {}
 
-    def run(layout: str) -> tuple[Path, str]:
-        if layout not in runs:
-            run_dir = tmp_path_factory.mktemp(f"moe_{layout}")
-            nproc, extra = LAYOUTS[layout]
-            stderr = run_cli(MOE, overrides(run_dir, NO_AUX, *extra), nproc=nproc)
-            runs[layout] = run_dir, stderr
-        return runs[layout]
+    def launch(run_dir: Path, layout: str) -> str:
+        nproc, extra = LAYOUTS[layout]
+        return run_cli(MOE, overrides(run_dir, NO_AUX, *extra), nproc=nproc)
 
-    return run
+    return run_once_per_layout(tmp_path_factory, "moe", launch)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -41,18 +41,14 @@ def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> 
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, run_cli) -> Callable[[str], tuple[Path, str]]:
+def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
-    runs: dict[str, tuple[Path, str]] = {}
 
-    def run(layout: str) -> tuple[Path, str]:
-        if layout not in runs:
-            run_dir = tmp_path_factory.mktemp(f"pp_{layout}")
-            nproc, extra = LAYOUTS[layout]
-            runs[layout] = run_dir, run_cli(SFT, overrides(run_dir, *extra), nproc=nproc)
-        return runs[layout]
+    def launch(run_dir: Path, layout: str) -> str:
+        nproc, extra = LAYOUTS[layout]
+        return run_cli(SFT, overrides(run_dir, *extra), nproc=nproc)
 
-    return run
+    return run_once_per_layout(tmp_path_factory, "pp", launch)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
