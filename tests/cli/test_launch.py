@@ -21,7 +21,7 @@ def dry_run(run_cli, *args: str) -> tuple[dict[str, str | None], list[str]]:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     cmd = shlex.split(result.stdout)
-    assert cmd[:3] == [sys.executable, "-m", "automodel.cli._torchrun"]  # torchrun, short errors
+    assert cmd[:3] == [sys.executable, "-m", "automodel.distributed._torchrun"]  # short errors
     split = cmd.index("automodel.cli")
     assert cmd[split - 1] == "-m"
     flags: dict[str, str | None] = {}

@@ -202,7 +202,7 @@ def test_the_script_runs_one_torchrun_per_node_with_the_same_recipe_and_override
         "--container-image=nvcr.io/nvidia/pytorch:24.07-py3",
         "--container-mounts=/lustre:/lustre,/home",
         f"--container-workdir={tmp_path}",
-        *["python", "-m", "automodel.cli._torchrun", "--nnodes", "2", "--nproc-per-node", "8"],
+        *["python", "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "8"],
         *["--rdzv-backend", "c10d", "--rdzv-endpoint", "node1:29511", "--rdzv-id", "12345"],
         *["-m", "automodel.cli", "test", "argv", "--no-slurm"],
         *["-c", str(run_dir / "slurm_config.yaml"), *OVERRIDES],
@@ -339,7 +339,7 @@ def test_launch_flags_conflict_with_the_slurm_section(run_cli, write_config, slu
     args = ["test", "argv", "-c", "config.yaml", "--nproc-per-node", "2", "--no-slurm"]
     result = run_cli(*args, "--dry-run", env=slurm_env)
     assert result.returncode == 0, result.stderr
-    assert "automodel.cli._torchrun" in result.stdout and "sbatch" not in result.stdout
+    assert "automodel.distributed._torchrun" in result.stdout and "sbatch" not in result.stdout
 
 
 def test_slurm_overrides_are_the_clis_and_not_passed_to_the_job(

@@ -47,9 +47,10 @@ def _launch_section() -> str:
         else:
             lines.append(f"  {usage:22}  {text}")
     lines.append(
-        "  Several processes or nodes: the CLI runs torchrun (`python -m automodel.cli._torchrun\n"
-        "  ... -m automodel.cli ...`) and forwards SIGINT/SIGTERM to it; each process runs the\n"
-        "  recipe, and a failed run exits with the first failed process's exit code.\n"
+        "  Several processes or nodes: the CLI runs torchrun (`python -m\n"
+        "  automodel.distributed._torchrun ... -m automodel.cli ...`) and forwards SIGINT/SIGTERM\n"
+        "  to it; each process runs the recipe, and a failed run exits with the first failed\n"
+        "  process's exit code.\n"
         "  A `slurm:` section in the config (nodes, gpus_per_node, time, ...) instead writes an\n"
         "  sbatch script into the run directory and submits it; launch options are then refused."
     )

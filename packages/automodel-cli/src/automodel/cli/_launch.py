@@ -163,11 +163,13 @@ def resolve_launch(values: dict[str, object]) -> LaunchOptions:
 
 
 def torchrun_command(opts: LaunchOptions, cli_args: list[str]) -> list[str]:
-    """The torchrun command for `opts`: `python -m automodel.cli._torchrun ... -m automodel.cli ARGS`.
+    """The torchrun command for `opts`: `python -m LAUNCHER ... -m automodel.cli ARGS`.
 
-    `automodel.cli._torchrun` is torch's launcher with a short failure report (see there).
+    The launcher is torch's, through `automodel.distributed._torchrun` when that package is
+    installed (a one-line failure report and the failed process's exit code), else plain
+    `torch.distributed.run`.
     """
-    cmd = [sys.executable, "-m", "automodel.cli._torchrun"]
+    cmd = [sys.executable, "-m", _launcher()]
     cmd += ["--nnodes", str(opts.nnodes), "--nproc-per-node", str(opts.nproc_per_node)]
     if opts.rdzv_endpoint is not None:
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", opts.rdzv_endpoint]
@@ -182,6 +184,17 @@ def torchrun_command(opts: LaunchOptions, cli_args: list[str]) -> list[str]:
         if opts.master_port is not None:
             cmd += ["--master-port", str(opts.master_port)]
     return [*cmd, "-m", "automodel.cli", *cli_args]
+
+
+def _launcher() -> str:
+    """The module that runs torchrun; found without importing it (the CLI never imports torch)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("automodel.distributed") is not None
+    except ImportError:
+        found = False
+    return "automodel.distributed._torchrun" if found else "torch.distributed.run"
 
 
 def run_torchrun(cmd: list[str]) -> int:

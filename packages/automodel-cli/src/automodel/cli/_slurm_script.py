@@ -88,7 +88,7 @@ def render_script(job: SlurmJob, environ: Mapping[str, str], *, cwd: Path | None
         srun.append(" ".join(container))
     python = job.python or ("python" if job.container_image is not None else sys.executable)
     srun += [
-        f"{q(python)} -m automodel.cli._torchrun",  # torchrun with a short failure report
+        f"{q(python)} -m torch.distributed.run",
         f'--nnodes "$SLURM_NNODES" --nproc-per-node {job.gpus_per_node}',
         f'--rdzv-backend c10d --rdzv-endpoint "$HEAD_NODE:{port}" --rdzv-id "$SLURM_JOB_ID"',
         f"-m automodel.cli {shlex.join(job.child_args())}",

@@ -1,11 +1,11 @@
-"""`python -m automodel.cli._torchrun ARGS`: torchrun, ending with one line per failed process.
+"""`python -m automodel.distributed._torchrun ARGS`: torchrun, with a one-line failure report.
 
 torch's own entry point answers a failed worker with a traceback of the launcher and a
 ChildFailedError report, after the worker has already printed its error (for a config
 mistake, one clear line). This runs the same launcher, replaces that report with a short
 summary and exits with the first failure's exit code (2 for a config error), so the
-caller sees the worker's status instead of torchrun's generic 1. It runs in the launched
-subprocess: the CLI process itself never imports torch.
+caller sees the worker's status instead of torchrun's generic 1. The `automodel` CLI
+launches it by name (it never imports torch itself).
 """
 
 from __future__ import annotations
