@@ -197,6 +197,16 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
         read_distributed(load_config(SFT, bad), world_size=2)
 
 
+def test_the_fused_loss_with_tensor_parallel_is_refused_before_training(monkeypatch_module):
+    from automodel.recipes.llm._builders import build_loss
+    from automodel.recipes.llm._fused_loss import check_fused_loss
+
+    cfg = load_config(SFT, [*FUSED, "--+distributed.tp_size=2"])
+    section, _ = read_distributed(cfg, world_size=2)
+    with pytest.raises(ConfigError, match="tp_size 2 shards it over the vocabulary"):
+        check_fused_loss(cfg, build_loss(cfg), section)
+
+
 def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(cli, tmp_path):
     """LoRA + FSDP2: adapter-only checkpoint, merged export gathered from shards by rank 0."""
     from peft import PeftModel

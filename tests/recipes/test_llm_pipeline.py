@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
+from automodel.recipes.llm._builders import build_loss
+from automodel.recipes.llm._fused_loss import check_fused_loss
 from automodel.recipes.llm._parallel import read_distributed
 from automodel.recipes.llm._pipeline import check_pipeline
 
@@ -110,9 +112,10 @@ def test_unsupported_pipeline_settings_are_config_errors(
     extra, world_size, message, monkeypatch_module
 ):
     cfg = load_config(SFT, [*PP, *extra])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # what finetune.check runs, in order
         section, _ = read_distributed(cfg, world_size=world_size)
         check_pipeline(cfg, section)
+        check_fused_loss(cfg, build_loss(cfg), section)
 
 
 def test_lora_with_a_pipeline_is_a_config_error(monkeypatch_module):

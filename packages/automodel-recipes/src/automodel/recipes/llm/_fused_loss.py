@@ -17,6 +17,8 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.core.losses import FusedLinearCrossEntropy
 
+from ._sections import Distributed
+
 
 class FusedLossModel(nn.Module):
     """A HF causal LM whose forward returns the fused loss of a micro-batch.
@@ -49,14 +51,25 @@ def is_fused(loss_fn: Any) -> bool:
     return isinstance(loss_fn, FusedLinearCrossEntropy)
 
 
-def check_fused_loss(cfg: ConfigNode, loss_fn: Any, tp_size: int) -> None:
-    """Refuse layouts the fused loss cannot run under: a vocabulary-sharded head (tensor parallel)."""
-    if is_fused(loss_fn) and tp_size > 1:
+def check_fused_loss(cfg: ConfigNode, loss_fn: Any, distributed: Distributed) -> None:
+    """Refuse layouts the fused loss cannot run under: a vocabulary-sharded head (tensor
+    parallel), or a head on the last pipeline stage only (not wired yet)."""
+    if not is_fused(loss_fn):
+        return
+    if distributed.tp_size > 1:
         raise ConfigError(
             Problem(
                 "loss_fn",
-                f"FusedLinearCrossEntropy needs the whole LM head on each rank; tp_size {tp_size} "
-                "shards it over the vocabulary: use MaskedCrossEntropy",
+                f"FusedLinearCrossEntropy needs the whole LM head on each rank; tp_size "
+                f"{distributed.tp_size} shards it over the vocabulary: use MaskedCrossEntropy",
+                cfg.where("loss_fn"),
+            )
+        )
+    if distributed.pp_size > 1:
+        raise ConfigError(
+            Problem(
+                "loss_fn",
+                "the fused loss with pp_size > 1 is not supported yet: use MaskedCrossEntropy",
                 cfg.where("loss_fn"),
             )
         )

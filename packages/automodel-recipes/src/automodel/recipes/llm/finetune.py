@@ -117,7 +117,7 @@ class FinetuneRecipeForCausalLM:
         )
         self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
         self.loss_fn = build.build_loss(cfg)
-        check_fused_loss(cfg, self.loss_fn, distributed.tp_size)
+        check_fused_loss(cfg, self.loss_fn, distributed)
         model = build.build_model(cfg)
         moe = read_moe(cfg)
         if moe is not None:  # first: LoRA, the restore and sharding see the new blocks
@@ -364,6 +364,7 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
     distributed, dp_size = read_distributed(cfg)
     check_pipeline(cfg, distributed)
+    check_fused_loss(cfg, build.build_loss(cfg), distributed)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg)
