@@ -167,21 +167,19 @@ def full_model_state(
 
 
 def model_part_state(
-    model: torch.nn.Module, pp_group: object, weights_format: WeightsFormat = HF_WEIGHTS
+    model: torch.nn.Module, sender: bool, weights_format: WeightsFormat = HF_WEIGHTS
 ) -> dict[str, torch.Tensor]:
-    """This pipeline stage's full CPU state, on the stages of global rank 0's pipeline; a collective.
+    """This pipeline stage's full CPU state where ``sender`` (else empty); a collective.
 
     Each stage's sharded tensors are gathered over their own mesh (the stage's data-parallel
-    ranks) one at a time; the ranks of the pipeline that holds global rank 0 keep a CPU copy
-    (the others' copies are the same) for ``merge_model_parts`` on rank 0.
+    ranks) one at a time; senders (the ranks of the pipeline that holds global rank 0: the
+    others' copies are the same) keep a CPU copy for ``merge_model_parts`` on rank 0.
     """
-    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     local = get_model_state_dict(model)
     _, aliases = drop_aliases(local)
     keep = trainable_names(model, local) if weights_format.trainable_only else None
-    sender = 0 in dist.get_process_group_ranks(pp_group)
     part: dict[str, torch.Tensor] = {}
     for name, tensor in local.items():
         if name in aliases or (keep is not None and name not in keep):

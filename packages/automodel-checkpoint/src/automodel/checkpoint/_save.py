@@ -141,8 +141,9 @@ def capture(
     ``pp_group``: ``model`` is this rank's pipeline stage; rank 0 merges the stages' parts.
     """
     model_state = None
+    sender = pp_group is not None and 0 in dist.get_process_group_ranks(pp_group)
     if model is not None and pp_group is not None:
-        parts = ctx.gather(model_part_state(model, pp_group, weights_format))  # collectives
+        parts = ctx.gather(model_part_state(model, sender, weights_format))  # collectives
         model_state = merge_model_parts(parts) if ctx.is_main else None
     elif model is not None:
         model_state = full_model_state(model, weights_format)  # a collective
@@ -160,7 +161,7 @@ def capture(
     if optimizer is not None and model is not None:
         optim_tensors, meta = split_optimizer_state(model, optimizer, saving=True)
         if pp_group is not None:  # each stage's groups list its own parameters
-            metas = ctx.gather(meta if 0 in dist.get_process_group_ranks(pp_group) else None)
+            metas = ctx.gather(meta if sender else None)
             meta = merge_optimizer_meta([m for m in metas if m is not None]) if metas else meta
         if buffers is not None:
             optim_tensors = {k: buffers.copy(f"optim.{k}", v) for k, v in optim_tensors.items()}
