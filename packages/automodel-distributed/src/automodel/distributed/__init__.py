@@ -1,6 +1,7 @@
 """Torch-native parallelism: process groups, the device mesh, FSDP2/HSDP, DDP, TP, CP and PP."""
 
 from ._cp import make_cp_batch_and_ctx
+from ._cp_allgather import AllGatherContextParallel, load_balanced_positions
 from ._ddp import DDPStrategy
 from ._env import DistEnv, destroy_distributed, init_distributed
 from ._fsdp import FSDP2Strategy
@@ -29,6 +30,7 @@ from ._tp import apply_tensor_parallel, hf_tp_plan, tp_plan_for
 
 __all__ = [
     "MESH_DIMS",
+    "AllGatherContextParallel",
     "DDPStrategy",
     "DecoderStage",
     "DistEnv",
@@ -51,6 +53,7 @@ __all__ = [
     "hf_tp_plan",
     "init_distributed",
     "is_main_process",
+    "load_balanced_positions",
     "main_process_first",
     "make_cp_batch_and_ctx",
     "no_sync",

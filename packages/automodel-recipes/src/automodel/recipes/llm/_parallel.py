@@ -14,6 +14,7 @@ from torch import nn
 
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.distributed import (
+    AllGatherContextParallel,
     MeshConfig,
     MeshError,
     Strategy,
@@ -35,7 +36,6 @@ from ._sections import Distributed, read_section
 log = logging.getLogger("automodel.recipes.llm")
 
 _STRATEGIES = ("fsdp2", "ddp", "none")
-_NOT_WIRED = ("cp_size",)
 _OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -57,12 +57,6 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
     """
     section = read_section(cfg, "distributed", Distributed)
     world = _world_size() if world_size is None else world_size
-    for key in _NOT_WIRED:
-        if getattr(section, key) != 1:
-            raise _problem(
-                cfg, key, f"{key} {getattr(section, key)} is not wired into the recipe yet; "
-                "data parallelism (dp_size, dp_replicate_size), tp_size, pp_size and ep_size are",
-            )  # fmt: skip
     if section.device not in _DEVICES:
         raise _problem(
             cfg, "device", f"expected one of {', '.join(_DEVICES)}, got {section.device!r}"
@@ -97,6 +91,10 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )
     if section.pp_size != 1 and (section.tp_size != 1 or section.ep_size != 1):
         raise _problem(cfg, "pp_size", "pp_size with tp_size or ep_size is not supported yet")
+    if section.cp_size != 1 and strategy == "none":
+        raise _problem(cfg, "cp_size", "context parallelism needs strategy fsdp2 or ddp")
+    if section.cp_size != 1 and (section.tp_size != 1 or section.pp_size != 1):
+        raise _problem(cfg, "cp_size", "cp_size with tp_size or pp_size is not supported yet")
     if section.ep_size != 1 and strategy == "none":
         raise _problem(cfg, "ep_size", "expert parallelism needs strategy fsdp2 or ddp")
     if section.ep_size != 1 and section.tp_size != 1:
@@ -106,9 +104,15 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
     try:
         sizes = resolve_sizes(_mesh_config(section), world)
     except (MeshError, ValueError) as e:
-        raise _problem(cfg, "ep_size" if "ep_size" in str(e) else "dp_size", str(e)) from e
+        raise _problem(cfg, _mesh_error_key(str(e)), str(e)) from e
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
+
+
+def _mesh_error_key(message: str) -> str:
+    """The `distributed:` key a MeshError is about: the size it starts with, else dp_size."""
+    first = message.split(" ", 1)[0]
+    return first if first.endswith("_size") and hasattr(Distributed, first) else "dp_size"
 
 
 def _mesh_config(section: Distributed) -> MeshConfig:
@@ -116,6 +120,7 @@ def _mesh_config(section: Distributed) -> MeshConfig:
         dp_size=section.dp_size,
         dp_replicate_size=section.dp_replicate_size,
         tp_size=section.tp_size,
+        cp_size=section.cp_size,
         pp_size=section.pp_size,
         ep_size=section.ep_size,
     )
@@ -136,6 +141,18 @@ class Parallel:
     sequence_parallel: bool = False  # with tensor parallelism (mesh["tp"] larger than 1)
     ep_size: int = 1  # expert parallelism: dp ranks that share each MoE layer's experts out
     pp_group: Any = None  # the pipeline-parallel group (pp_size > 1); None without a pipeline
+    cp: AllGatherContextParallel | None = None  # cp_size > 1: sequences split over the cp ranks
+
+    @property
+    def averaged_over(self) -> int:
+        """The ranks FSDP2/DDP average gradients over (dp × cp): the loss is scaled by it."""
+        return self.dp_size * (self.cp.size if self.cp is not None else 1)
+
+    def split_sequence(self, batch: dict[str, Any], pad_token_id: int | None) -> dict[str, Any]:
+        """This rank's part of `batch` along the sequence (the batch itself without cp)."""
+        if self.cp is None:
+            return batch
+        return self.cp.shard_batch(batch, pad_token_id or 0)
 
     def shard(self, model: nn.Module, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
         """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device.
@@ -189,6 +206,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     tp += " + sequence parallel" if section.sequence_parallel else ""
     tp += f", expert parallel {section.ep_size}" if section.ep_size > 1 else ""
     tp += f", pipeline parallel {section.pp_size}" if section.pp_size > 1 else ""
+    tp += f", context parallel {section.cp_size}" if section.cp_size > 1 else ""
     log.info(
         "data parallel: %s over %d process(es) (rank %d of %d) on %s%s%s",
         section.strategy, env.world_size, dp_rank, dp_size, device, tp,
@@ -199,6 +217,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
         device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
         section.sequence_parallel, section.ep_size,
         submesh(mesh, "pp").get_group() if section.pp_size > 1 else None,
+        AllGatherContextParallel(submesh(mesh, "cp")) if section.cp_size > 1 else None,
     )  # fmt: skip
 
 

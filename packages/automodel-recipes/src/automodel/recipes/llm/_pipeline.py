@@ -49,8 +49,6 @@ def check_pipeline(cfg: ConfigNode, section: Distributed) -> int | None:
     for name, what in _REFUSED.items():
         if name in cfg:
             raise _problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
-    if "Fused" in str(cfg.get("loss_fn._target_") or ""):
-        raise _problem(cfg, "loss_fn", "the fused loss with pp_size > 1 is not supported yet")
     if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
         raise _problem(cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet")
     if cfg.get("compile.enabled"):

@@ -39,6 +39,7 @@ from automodel.distributed import global_label_tokens
 
 from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
+from ._context_parallel import attend_across_ranks, check_context_parallel
 from ._freeze import apply_freeze
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ._moe import MoeStep, apply_moe, read_moe
@@ -102,6 +103,7 @@ class FinetuneRecipeForCausalLM:
         set_seed(seed)  # the same seed on every rank: identical initial weights
         distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
         pipeline_len = check_pipeline(cfg, distributed)  # pp_size > 1: micro-batch length
+        check_context_parallel(cfg, distributed)
         self.step_scheduler = build.build_step_scheduler(cfg, dp_size)
         logging_section = read_section(cfg, "logging", Logging)
         setup_logging(logging_section.level)  # first, so every set-up step is reported
@@ -119,6 +121,7 @@ class FinetuneRecipeForCausalLM:
         self.loss_fn = build.build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, distributed)
         model = build.build_model(cfg)
+        attend_across_ranks(model, self.parallel.cp, cfg)  # cp_size > 1: the split sequence
         moe = read_moe(cfg)
         if moe is not None:  # first: LoRA, the restore and sharding see the new blocks
             apply_moe(model, moe, cfg)
@@ -190,13 +193,11 @@ class FinetuneRecipeForCausalLM:
         efficiency = getattr(self.train_set, "efficiency", None)
         if efficiency is not None:
             log.info("packing efficiency: %.1f%% real tokens per slot", 100 * efficiency)
+        params = sum(p.numel() for p in self.unwrapped.parameters()) / 1e6
         log.info(
             "model: %s, %.2fM parameters on %s; %d training steps",
-            type(self.unwrapped).__name__,
-            sum(p.numel() for p in self.unwrapped.parameters()) / 1e6,
-            self.device,
-            total,
-        )
+            type(self.unwrapped).__name__, params, self.device, total,
+        )  # fmt: skip
 
     def training_state(self) -> dict[str, Any]:
         """Everything besides the model that a checkpoint must hold to resume exactly."""
@@ -235,10 +236,9 @@ class FinetuneRecipeForCausalLM:
         """The training loop; False when a preemption signal stopped it early."""
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
-            for batch in micro_batches:
-                batch["labels"] = shift_labels(batch["labels"])  # next-token targets
-            # Exact normalisation: every token of the global batch (all micro-batches, all dp
-            # ranks) weighs the same; × dp_size undoes the gradient averaging of FSDP2/DDP.
+            micro_batches = [self.prepare(batch) for batch in micro_batches]
+            # Exact normalisation: every token of the global batch (all micro-batches, all dp and
+            # cp ranks) weighs the same; × their number undoes the averaging of FSDP2/DDP.
             local_tokens = sum(int(count_label_tokens(b["labels"])) for b in micro_batches)
             num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
             if self.pipeline is not None:  # the schedule runs every micro-batch of the step
@@ -298,10 +298,15 @@ class FinetuneRecipeForCausalLM:
             with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
                 loss = self.forward_loss(batch, num_label_tokens)
                 aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
-                ((loss if aux is None else loss + aux) * self.parallel.dp_size).backward()
+                ((loss if aux is None else loss + aux) * self.parallel.averaged_over).backward()
             loss_sum += loss.detach()
             tokens += real_tokens(batch, self.tokenizer.pad_token_id)
         return loss_sum, tokens
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Next-token targets, then this rank's part of the sequence (context parallel)."""
+        batch = {**batch, "labels": shift_labels(batch["labels"])}
+        return self.parallel.split_sequence(batch, self.tokenizer.pad_token_id)
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
@@ -323,7 +328,7 @@ class FinetuneRecipeForCausalLM:
             total_loss, total_tokens = self.pipeline.evaluate(batches, local)
             batches = []
         for batch in batches:
-            batch["labels"] = shift_labels(batch["labels"])
+            batch = self.prepare(batch)
             tokens = int(count_label_tokens(batch["labels"]))
             loss = self.forward_loss(batch, tokens)  # on every rank: FSDP2 gathers are collective
             if tokens:
@@ -364,6 +369,7 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
     distributed, dp_size = read_distributed(cfg)
     check_pipeline(cfg, distributed)
+    check_context_parallel(cfg, distributed)
     check_fused_loss(cfg, build.build_loss(cfg), distributed)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)

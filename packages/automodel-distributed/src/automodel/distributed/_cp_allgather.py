@@ -1,0 +1,202 @@
+"""Context parallelism that all-gathers keys and values: any device, any backend, exact.
+
+Each rank of the ``cp`` group holds ``2 * cp_size``-th chunks of every row's sequence: chunk
+``r`` and chunk ``2 * cp_size - 1 - r`` (head and tail, so causal attention costs every rank the
+same). Everything outside attention is per token and runs on the local chunks unchanged. In
+attention, keys and values are all-gathered over the group (the backward reduce-scatters their
+gradients back to their owners) and each local query chunk attends to the key prefix that ends
+at it with a lower-right causal mask, which SDPA's flash and memory-efficient kernels handle
+without a materialised mask. Unlike torch's ring attention (``make_cp_batch_and_ctx``, CUDA
+only) this runs on CPU with gloo, so the same code is tested here and used on GPUs; the price
+is the whole sequence's keys and values per rank during each attention (small with GQA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh
+from torch.nn.attention.bias import causal_lower_right
+
+IGNORE_INDEX = -100
+_UNSUPPORTED_HF_KWARGS = ("sliding_window", "softcap", "sinks", "s_aux")
+
+
+class _GatherRanks(torch.autograd.Function):
+    """``[cp, *x.shape]`` from every rank's ``x``; the backward reduce-scatters the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        size = dist.get_world_size(group)
+        out = x.new_empty(size * x.numel())  # flat: gloo wants the ranks' tensors end to end
+        dist.all_gather_into_tensor(out, x.contiguous().view(-1), group=group)
+        return out.view(size, *x.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = grad.new_empty(grad[0].numel())
+        dist.reduce_scatter_tensor(out, grad.contiguous().view(-1), group=ctx.group)
+        return out.view(grad.shape[1:]), None
+
+
+def load_balanced_positions(seq_len: int, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """The sequence positions rank ``cp_rank`` holds: chunks ``r`` and ``2 * cp_size - 1 - r``."""
+    if seq_len % (2 * cp_size):
+        raise ValueError(
+            f"sequence length {seq_len} is not a multiple of 2 * cp_size = {2 * cp_size}"
+        )
+    chunk = seq_len // (2 * cp_size)
+    first, second = cp_rank * chunk, (2 * cp_size - 1 - cp_rank) * chunk
+    return torch.cat([torch.arange(first, first + chunk), torch.arange(second, second + chunk)])
+
+
+class AllGatherContextParallel:
+    """Shard batches along the sequence over a ``cp`` group and run attention across the shards.
+
+    ``shard_batch`` before the forward; ``attention`` (or ``hf_attention``, registered as a
+    transformers attention implementation) inside it. Losses and gradients then need the usual
+    data-parallel treatment over the dp × cp ranks (``dp_group(mesh, include_cp=True)``).
+    """
+
+    def __init__(self, cp: DeviceMesh | dist.ProcessGroup) -> None:
+        if isinstance(cp, DeviceMesh):
+            if cp.ndim != 1:
+                raise ValueError(f"context parallelism needs a 1-D mesh, got {cp.ndim}-D")
+            cp = cp.get_group()
+        self.group = cp
+        self.size = dist.get_world_size(cp)
+        self.rank = dist.get_rank(cp)
+
+    def shard_batch(
+        self, batch: Mapping[str, Any], pad_token_id: int = 0, seq_dim: int = 1
+    ) -> dict[str, Any]:
+        """This rank's chunks of every ``[batch, seq]`` tensor, with global ``position_ids``.
+
+        Rows are right-padded to a multiple of ``2 * cp_size`` (ids with ``pad_token_id``,
+        ``labels`` with -100, the mask with 0); ``labels`` must already be next-token targets
+        (shifted), since a shard cannot shift across its boundary. Padding must be on the right:
+        the attention is causal over positions and ignores the mask, which is exact only when
+        every padded key comes after every real token. Packed rows (``position_ids``) are
+        refused: documents would see each other.
+        """
+        if "position_ids" in batch:
+            raise ValueError(
+                "all-gather context parallelism attends causally over the whole row: packed "
+                "rows (position_ids) are not supported; turn packing off or set cp_size: 1"
+            )
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        if mask is not None and bool((mask[..., 1:] > mask[..., :-1]).any()):
+            raise ValueError(
+                "context parallelism needs right padding (a real token after padding was found); "
+                "pad on the right (tokenizer.padding_side = 'right')"
+            )
+        seq_len = ids.shape[seq_dim]
+        padded = -(-seq_len // (2 * self.size)) * (2 * self.size)
+        fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+        out: dict[str, Any] = dict(batch)
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.dim() > seq_dim:
+                if value.shape[seq_dim] != seq_len:
+                    raise ValueError(
+                        f"batch[{key!r}] has {value.shape[seq_dim]} positions on dim {seq_dim}, "
+                        f"input_ids has {seq_len}"
+                    )
+                out[key] = _pad(value, seq_dim, padded - seq_len, fills.get(key, 0))
+        index = load_balanced_positions(padded, self.size, self.rank).to(ids.device)
+        shape = [1] * ids.dim()
+        shape[seq_dim] = padded
+        positions = torch.arange(padded, device=ids.device).view(shape)
+        out["position_ids"] = positions.expand(out["input_ids"].shape)
+        for key, value in out.items():
+            if isinstance(value, torch.Tensor) and value.dim() > seq_dim:
+                out[key] = value.index_select(seq_dim, index)
+        return out
+
+    def attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scale: float | None = None,
+        dropout: float = 0.0,
+    ) -> torch.Tensor:
+        """Causal attention of the local queries over every rank's keys: ``[b, heads, local, d]``.
+
+        ``query`` is ``[b, heads, local, d]`` and ``key``/``value`` ``[b, kv_heads, local, d]``
+        (grouped-query attention when ``kv_heads`` divides ``heads``), in ``shard_batch`` order.
+        """
+        heads, kv_heads = query.shape[1], key.shape[1]
+        if heads % kv_heads:
+            raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} key heads")
+        local = query.shape[2]
+        if local % 2 or key.shape[2] != local:
+            raise ValueError(f"expected the same even local length for q/k/v, got {local}")
+        chunk = local // 2
+        keys, values = (self._natural_order(t) for t in (key, value))
+        if heads != kv_heads:
+            keys, values = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (keys, values))
+        outs = []
+        for half, index in enumerate((self.rank, 2 * self.size - 1 - self.rank)):
+            q = query[:, :, half * chunk : (half + 1) * chunk]
+            end = (index + 1) * chunk  # this chunk sees every key up to its own last position
+            bias = causal_lower_right(chunk, end)
+            k, v = keys[:, :, :end], values[:, :, :end]
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale
+                )
+            )
+        return torch.cat(outs, dim=2)
+
+    def _natural_order(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``[b, h, 2 * chunk, d]`` gathered into ``[b, h, seq, d]`` in position order."""
+        gathered = _GatherRanks.apply(x, self.group)  # [cp, b, h, 2 * chunk, d]
+        cp, b, h, local, d = gathered.shape
+        chunks = gathered.view(cp, b, h, 2, local // 2, d).permute(1, 2, 0, 3, 4, 5)
+        chunks = chunks.reshape(b, h, 2 * cp, local // 2, d)  # (rank, half) order
+        # position chunk j is held by rank j (first half) or rank 2cp-1-j (second half)
+        order = [2 * j if j < cp else 2 * (2 * cp - 1 - j) + 1 for j in range(2 * cp)]
+        order_t = torch.tensor(order, device=x.device)
+        return chunks.index_select(2, order_t).reshape(b, h, cp * local, d)
+
+    def hf_attention(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """``attention`` with the signature of a transformers ``AttentionInterface`` function."""
+        if not getattr(module, "is_causal", True):
+            raise ValueError(
+                f"context parallelism needs causal attention; {type(module).__name__} is not"
+            )
+        used = [k for k in _UNSUPPORTED_HF_KWARGS if kwargs.get(k) is not None]
+        if used:
+            raise ValueError(
+                f"context parallelism does not support attention with {', '.join(used)} "
+                f"({type(module).__name__}); set cp_size: 1 for this model"
+            )
+        out = self.attention(query, key, value, scale=scaling, dropout=dropout)
+        return out.transpose(1, 2).contiguous(), None
+
+
+def _pad(value: torch.Tensor, dim: int, amount: int, fill: int) -> torch.Tensor:
+    if amount == 0:
+        return value
+    shape = list(value.shape)
+    shape[dim] = amount
+    return torch.cat([value, value.new_full(shape, fill)], dim=dim)
+
+
+__all__ = ["AllGatherContextParallel", "load_balanced_positions"]

@@ -1,0 +1,54 @@
+"""Context parallelism in the LLM recipe: sequences split over `cp_size` ranks (automodel.distributed).
+
+The model's attention becomes `AllGatherContextParallel.hf_attention`, registered with
+transformers under `ATTENTION_NAME`; each micro-batch is split along the sequence before its
+forward, so label tokens are counted on the shards and summed over the dp × cp ranks.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.distributed import AllGatherContextParallel
+
+from ._sections import Compile, Distributed, PackedSequence, read_section
+
+ATTENTION_NAME = "automodel_cp_allgather"
+
+
+def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
+    return ConfigError(Problem(key, message, cfg.where(key)))
+
+
+def check_context_parallel(cfg: ConfigNode, section: Distributed) -> None:
+    """Refuse what the split sequences do not support yet, before anything is built."""
+    if section.cp_size == 1:
+        return
+    if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
+        raise _problem(
+            cfg, "packed_sequence",
+            "packed rows with cp_size > 1 are not supported yet (documents would attend to each "
+            "other across the split); set packed_sequence_size: 0",
+        )  # fmt: skip
+    if read_section(cfg, "compile", Compile).enabled:
+        raise _problem(cfg, "compile.enabled", "torch.compile with cp_size > 1 is not wired yet")
+
+
+def attend_across_ranks(
+    model: nn.Module, cp: AllGatherContextParallel | None, cfg: ConfigNode
+) -> None:
+    """Route `model`'s attention through `cp` (every rank's keys and values); nothing without cp."""
+    if cp is None:
+        return
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, cp.hf_attention)
+    try:
+        model.set_attn_implementation(ATTENTION_NAME)
+    except (ValueError, AttributeError, NotImplementedError) as e:
+        raise _problem(
+            cfg, "distributed.cp_size",
+            f"{type(model).__name__} cannot switch its attention implementation ({e}); context "
+            "parallelism needs a transformers model that uses the attention interface",
+        ) from e  # fmt: skip
