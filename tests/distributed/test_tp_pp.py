@@ -1,8 +1,9 @@
 """Tensor, sequence, pipeline and context parallelism against single-process references.
 
 One torchrun launch (2 ranks, gloo, CPU) runs every multi-process check in tp_pp_worker.py;
-the tests here read its per-rank JSON. Context parallelism needs CUDA: on CPU it must refuse
-with a clear message; its numeric check runs only with 2 GPUs.
+the tests here read its per-rank JSON. Torch's ring attention needs CUDA: on CPU it must refuse
+with a clear message, and its numeric check runs only with 2 GPUs. The all-gather context
+parallelism the recipe uses runs here.
 """
 
 from __future__ import annotations
@@ -100,6 +101,29 @@ def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int, wo
         n_microbatches = 4 if name in ("pp_1f1b", "pp_interleaved_1f1b") else 2
         assert len(result["losses"]) == n_microbatches
         assert max(result["losses"]) < TOL
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_allgather_attention_matches_full_causal_attention(
+    cpu_run: dict, rank: int, worker_case
+) -> None:
+    result = worker_case(cpu_run, rank, "cp_allgather_attention")
+    # 4 chunks of 3: rank 0 holds the first and last, rank 1 the two middle ones
+    assert result["positions"] == [[0, 1, 2, 9, 10, 11], [3, 4, 5, 6, 7, 8]][rank]
+    assert max(result[k] for k in ("out", "dq", "dk", "dv")) < TOL, result
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_allgather_context_parallel_model_matches_whole_sequence(
+    cpu_run: dict, kind: str, rank: int, worker_case
+) -> None:
+    result = worker_case(cpu_run, rank, f"cp_allgather_{kind}")
+    assert result["config_attn"] == "automodel_cp_allgather"
+    assert result["local_shape"] == [2, 6]  # 10 tokens padded to 12, half of them here
+    assert result["positions"] == [[0, 1, 2, 9, 10, 11], [3, 4, 5, 6, 7, 8]][rank]
+    assert result["loss"] < TOL
+    assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -4,8 +4,9 @@
 parallel, Llama and Qwen3, the model's Hugging Face plan and the built-in one, FSDP2 over a
 ("dp", "tp") = (1, 2) mesh on top), pipeline parallel (PP=2: GPipe, 1F1B, interleaved 1F1B
 with two stages per rank, a Mistral with a sliding window shorter than the sequence; and
-PP=1 x TP=2: TP inside a stage) and the context-parallel CPU refusal, each compared with a
-single-process reference run of the same tiny model on every rank.
+PP=1 x TP=2: TP inside a stage), all-gather context parallel (CP=2: the attention alone, and
+Llama / Qwen3 through the transformers attention interface with padding) and the ring
+attention's CPU refusal, each compared with a single-process reference run on every rank.
 
 ``tp_pp_worker.py cp OUT``: NCCL on 2 GPUs, context parallel (CP=2) against the reference.
 
@@ -38,6 +39,7 @@ from transformers import (
 )
 
 from automodel.distributed._cp import make_cp_batch_and_ctx
+from automodel.distributed._cp_allgather import AllGatherContextParallel, load_balanced_positions
 from automodel.distributed._pp import build_pipeline_schedule, split_decoder_into_stages
 from automodel.distributed._tp import apply_tensor_parallel
 
@@ -194,6 +196,75 @@ def cp_cpu_case() -> dict:
     return {"error_message": None}
 
 
+def cp_allgather_attention_case(length: int = 12) -> dict:
+    """The attention of this rank's query chunks over every rank's keys vs full causal SDPA."""
+    cp = AllGatherContextParallel(dist.group.WORLD)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, h, length, 8, generator=gen) for h in (4, 2, 2))  # GQA 4/2
+    weight = torch.randn(2, 4, length, 8, generator=gen)
+    for t in (q, k, v):
+        t.requires_grad_()
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    (ref * weight).sum().backward()
+    index = load_balanced_positions(length, cp.size, cp.rank)
+    local = [t.detach().index_select(2, index).requires_grad_() for t in (q, k, v)]
+    out = cp.attention(*local)
+    (out * weight.index_select(2, index)).sum().backward()
+    result = {
+        "positions": index.tolist(),
+        "out": (out - ref.detach().index_select(2, index)).abs().max().item(),
+    }
+    for name, mine, full_t in zip("qkv", local, (q, k, v), strict=True):
+        result[f"d{name}"] = (mine.grad - full_t.grad.index_select(2, index)).abs().max().item()
+    return result
+
+
+def cp_allgather_model_case(kind: str) -> dict:
+    """CP=2 through the transformers attention interface vs the whole sequence: loss, grads.
+
+    Rows of 10 tokens (padded to 12 by the split), the second right-padded after 7.
+    """
+    from transformers import AttentionInterface
+
+    ref = build(kind, attn_implementation="sdpa")
+    model = copy.deepcopy(ref)
+    cp = AllGatherContextParallel(dist.group.WORLD)
+    AttentionInterface.register("automodel_cp_allgather", cp.hf_attention)
+    model.set_attn_implementation("automodel_cp_allgather")
+    ids = batch(2, 10)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1).masked_fill(mask == 0, -100)
+    tokens = int((labels != -100).sum())
+
+    def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat = logits.flatten(0, 1).float()
+        return F.cross_entropy(flat, target.flatten(), ignore_index=-100, reduction="sum") / tokens
+
+    loss_of(ref(input_ids=ids, attention_mask=mask).logits, labels).backward()
+    shard = cp.shard_batch({"input_ids": ids, "labels": labels, "attention_mask": mask})
+    target = shard.pop("labels")
+    loss = loss_of(model(**shard, use_cache=False).logits, target)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    ref_loss = loss_of(ref(input_ids=ids, attention_mask=mask).logits, labels).item()
+    grads = {}
+    for (name, p), (_, r) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        g = p.grad.clone()
+        dist.all_reduce(g)  # every rank's tokens' share of the gradient
+        grads[name] = (g - r.grad).abs().max().item()
+    result = {
+        "local_shape": list(shard["input_ids"].shape),
+        "positions": shard["position_ids"][0].tolist(),
+        "loss": abs(total.item() - ref_loss),
+        "grads": grads,
+        "config_attn": model.config._attn_implementation,
+    }
+    del model, ref
+    return result
+
+
 def cp_cuda_case(dtype: torch.dtype, kv_heads: int) -> dict:
     """CP=2 on CUDA vs the full-sequence model; loss scaled by the global token count."""
     device = torch.device("cuda", torch.cuda.current_device())
@@ -262,6 +333,9 @@ def main() -> None:
             ),
             "pp1_tp2_gpipe": lambda: pp_case("gpipe", 2, "sdpa", num_stages=1, tp=True),
             "cp_cpu": cp_cpu_case,
+            "cp_allgather_attention": cp_allgather_attention_case,
+            "cp_allgather_llama": lambda: cp_allgather_model_case("llama"),
+            "cp_allgather_qwen3": lambda: cp_allgather_model_case("qwen3"),
         }
     run(cases, result)
     (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
