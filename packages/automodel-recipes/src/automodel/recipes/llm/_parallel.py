@@ -110,9 +110,12 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
 
 
 def _mesh_error_key(message: str) -> str:
-    """The `distributed:` key a MeshError is about: the size it starts with, else dp_size."""
+    """The `distributed:` key a MeshError is about: the size it starts with, else (a product
+    of sizes that does not fit the world) dp_size."""
     first = message.split(" ", 1)[0]
-    return first if first.endswith("_size") and hasattr(Distributed, first) else "dp_size"
+    if "×" in message or not (first.endswith("_size") and hasattr(Distributed, first)):
+        return "dp_size"
+    return first
 
 
 def _mesh_config(section: Distributed) -> MeshConfig:
