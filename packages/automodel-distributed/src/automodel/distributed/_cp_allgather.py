@@ -139,14 +139,14 @@ class AllGatherContextParallel:
             raise ValueError(f"expected the same even local length for q/k/v, got {local}")
         chunk = local // 2
         keys, values = (self._natural_order(t) for t in (key, value))
-        if heads != kv_heads:
-            keys, values = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (keys, values))
         outs = []
         for half, index in enumerate((self.rank, 2 * self.size - 1 - self.rank)):
             q = query[:, :, half * chunk : (half + 1) * chunk]
             end = (index + 1) * chunk  # this chunk sees every key up to its own last position
             bias = causal_lower_right(chunk, end)
             k, v = keys[:, :, :end], values[:, :, :end]
+            if heads != kv_heads:  # the lower-right causal kernels take equal head counts
+                k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
             outs.append(
                 F.scaled_dot_product_attention(
                     q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale
