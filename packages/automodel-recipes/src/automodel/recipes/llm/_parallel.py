@@ -93,8 +93,8 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         raise _problem(cfg, "pp_size", "pp_size with tp_size or ep_size is not supported yet")
     if section.cp_size != 1 and strategy == "none":
         raise _problem(cfg, "cp_size", "context parallelism needs strategy fsdp2 or ddp")
-    if section.cp_size != 1 and (section.tp_size != 1 or section.pp_size != 1):
-        raise _problem(cfg, "cp_size", "cp_size with tp_size or pp_size is not supported yet")
+    if section.cp_size != 1 and section.pp_size != 1:
+        raise _problem(cfg, "cp_size", "cp_size with pp_size is not supported yet")
     if section.ep_size != 1 and strategy == "none":
         raise _problem(cfg, "ep_size", "expert parallelism needs strategy fsdp2 or ddp")
     if section.ep_size != 1 and section.tp_size != 1:
