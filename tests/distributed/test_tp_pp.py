@@ -127,6 +127,22 @@ def test_allgather_context_parallel_model_matches_whole_sequence(
 
 
 @pytest.mark.parametrize("rank", [0, 1])
+def test_allgather_context_parallel_keeps_packed_documents_apart(
+    cpu_run: dict, rank: int, worker_case
+) -> None:
+    result = worker_case(cpu_run, rank, "cp_allgather_documents")
+    # chunks 0 and 3 (rank 0), 1 and 2 (rank 1) of the rows padded to 12:
+    # [0 1 2 | 3 0 1 | 2 3 4 | 5 0 1] and [0 1 2 | 0 1 2 | 3 0 1 | 2 0 1]
+    expected = {
+        0: [[0, 1, 2, 5, 0, 1], [0, 1, 2, 2, 0, 1]],
+        1: [[3, 0, 1, 2, 3, 4], [0, 1, 2, 3, 0, 1]],
+    }
+    assert result["positions"] == expected[rank]
+    assert result["loss"] < TOL
+    assert result["grads"] and max(result["grads"].values()) < TOL, result["grads"]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
 def test_context_parallel_refuses_cpu_mesh(cpu_run: dict, rank: int, worker_case) -> None:
     assert worker_case(cpu_run, rank, "cp_cpu")["error_message"] == CPU_ERROR
 

@@ -5,7 +5,8 @@ parallel, Llama and Qwen3, the model's Hugging Face plan and the built-in one, F
 ("dp", "tp") = (1, 2) mesh on top), pipeline parallel (PP=2: GPipe, 1F1B, interleaved 1F1B
 with two stages per rank, a Mistral with a sliding window shorter than the sequence; and
 PP=1 x TP=2: TP inside a stage), all-gather context parallel (CP=2: the attention alone, and
-Llama / Qwen3 through the transformers attention interface with padding) and the ring
+Llama / Qwen3 through the transformers attention interface with padding, and packed rows
+against each document on its own) and the ring
 attention's CPU refusal, each compared with a single-process reference run on every rank.
 
 ``tp_pp_worker.py cp OUT``: NCCL on 2 GPUs, context parallel (CP=2) against the reference.
@@ -265,6 +266,66 @@ def cp_allgather_model_case(kind: str) -> dict:
     return result
 
 
+def cp_allgather_documents_case() -> dict:
+    """Packed rows under CP=2 (documents=True) vs every document run on its own: loss, grads.
+
+    Rows of 10: documents of 4 and 6 tokens, and of 3 and 4 then 3 padding positions (their
+    own document, labels -100); the split pads them to 12.
+    """
+    from transformers import AttentionInterface
+
+    ref = build("llama", attn_implementation="sdpa")
+    model = copy.deepcopy(ref)
+    cp = AllGatherContextParallel(dist.group.WORLD, documents=True)
+    AttentionInterface.register("automodel_cp_allgather", cp.hf_attention)
+    model.set_attn_implementation("automodel_cp_allgather")
+    gen = torch.Generator().manual_seed(3)
+    rows = [[4, 6], [3, 4]]
+    docs = [[torch.randint(1, 64, (n,), generator=gen) for n in row] for row in rows]
+    ids, labels, positions = (torch.zeros(2, 10, dtype=torch.long) for _ in range(3))
+    labels.fill_(-100)
+    for r, row in enumerate(docs):
+        start = 0
+        for doc in row:
+            n = len(doc)
+            ids[r, start : start + n] = doc
+            labels[r, start : start + n - 1] = doc[1:]
+            positions[r, start : start + n] = torch.arange(n)
+            start += n
+        positions[r, start:] = torch.arange(10 - start)
+    tokens = int((labels != -100).sum())
+
+    def loss_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat = logits.flatten(0, 1).float()
+        return F.cross_entropy(flat, target.flatten(), ignore_index=-100, reduction="sum") / tokens
+
+    ref_loss = 0.0
+    for row in docs:
+        for doc in row:
+            target = torch.cat([doc[1:], torch.tensor([-100])])[None]
+            loss = loss_of(ref(input_ids=doc[None]).logits, target)
+            loss.backward()
+            ref_loss += loss.item()
+    shard = cp.shard_batch({"input_ids": ids, "labels": labels, "position_ids": positions})
+    target = shard.pop("labels")
+    loss = loss_of(model(**shard, use_cache=False).logits, target)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = {}
+    for (name, p), (_, r) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        g = p.grad.clone()
+        dist.all_reduce(g)
+        grads[name] = (g - r.grad).abs().max().item()
+    result = {
+        "positions": shard["position_ids"].tolist(),
+        "loss": abs(total.item() - ref_loss),
+        "grads": grads,
+    }
+    del model, ref
+    return result
+
+
 def cp_cuda_case(dtype: torch.dtype, kv_heads: int) -> dict:
     """CP=2 on CUDA vs the full-sequence model; loss scaled by the global token count."""
     device = torch.device("cuda", torch.cuda.current_device())
@@ -336,6 +397,7 @@ def main() -> None:
             "cp_allgather_attention": cp_allgather_attention_case,
             "cp_allgather_llama": lambda: cp_allgather_model_case("llama"),
             "cp_allgather_qwen3": lambda: cp_allgather_model_case("qwen3"),
+            "cp_allgather_documents": cp_allgather_documents_case,
         }
     run(cases, result)
     (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))

@@ -17,12 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
 CP = ["--+distributed.cp_size=2"]
+PACKED = ["--+packed_sequence.packed_sequence_size=64"]
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
     # FSDP2 sharded over the two cp ranks, recomputing each block (its all-gathers) in backward
     "cp2_fsdp2": (2, [*CP, "--+distributed.activation_checkpointing=true"]),
     "dp2_cp2_ddp": (4, [*CP, "--+distributed.strategy=ddp"]),  # 2 × 2 × dp 2
     # heads split over tp inside each cp rank's attention, the residual stream over the sequence
     "tp2_sp_cp2": (4, [*CP, "--+distributed.tp_size=2", "--+distributed.sequence_parallel=true"]),
+    "cp2_packed": (2, [*CP, *PACKED]),  # documents attend within themselves across the split
 }
 
 
@@ -43,6 +45,14 @@ def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> 
 
 
 @pytest.fixture(scope="module")
+def one_process_packed(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
+    """The reference for packed rows: rows of 64 tokens, each document attending to itself."""
+    run_dir = tmp_path_factory.mktemp("cp_one_packed")
+    run_recipe(SFT, overrides(run_dir, *PACKED))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
 def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
 
@@ -54,7 +64,9 @@ def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_context_parallel_matches_one_process(layout, launched, one_process, assert_same_training):
+def test_context_parallel_matches_one_process(
+    layout, launched, one_process, one_process_packed, assert_same_training
+):
     """Per-step losses, label counts (of the shards, summed), grad norms, validation and the
     final weights."""
     run_dir, stderr = launched(layout)
@@ -65,7 +77,8 @@ def test_context_parallel_matches_one_process(layout, launched, one_process, ass
     # row-parallel layers sum in another order: single weights up to ~5e-5 off after 6 Adam
     # steps with tensor parallel (as in test_llm_distributed), 2e-5 otherwise
     weight_atol = 1e-4 if "tp2" in layout else 2e-5
-    assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE, weight_atol)
+    reference = one_process_packed if "packed" in layout else one_process
+    assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE, weight_atol)
 
 
 def test_the_checkpoint_loads_in_plain_transformers(launched):
@@ -109,7 +122,6 @@ def test_one_process_checkpoint_resumes_with_context_parallel(
         (["--+distributed.strategy=none"], 1, "distributed.cp_size", "needs strategy fsdp2 or ddp"),
         (["--+distributed.pp_size=2"], 4, "distributed.cp_size", "cp_size with pp_size"),
         (["--+distributed.cp_size=3"], 4, "distributed.dp_size", "cp_size 3 × tp_size 1 = 3"),
-        (["--+packed_sequence.packed_sequence_size=64"], 2, "packed_sequence", "packed rows"),
         (["--+compile.enabled=true"], 2, "compile.enabled", "torch.compile with cp_size > 1"),
     ],
 )

@@ -6,9 +6,11 @@ same). Everything outside attention is per token and runs on the local chunks un
 attention, keys and values are all-gathered over the group (the backward reduce-scatters their
 gradients back to their owners) and each local query chunk attends to the key prefix that ends
 at it with a lower-right causal mask, which SDPA's flash and memory-efficient kernels handle
-without a materialised mask. Unlike torch's ring attention (``make_cp_batch_and_ctx``, CUDA
-only) this runs on CPU with gloo, so the same code is tested here and used on GPUs; the price
-is the whole sequence's keys and values per rank during each attention (small with GQA).
+without a materialised mask. Packed rows (``documents=True``) get a materialised mask that
+is also limited to each token's document, found from the gathered ``position_ids``. Unlike
+torch's ring attention (``make_cp_batch_and_ctx``, CUDA only) this runs on CPU with gloo, so
+the same code is tested here and used on GPUs; the price is the whole sequence's keys and
+values on every rank during each attention.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class AllGatherContextParallel:
     data-parallel treatment over the dp × cp ranks (``dp_group(mesh, include_cp=True)``).
     """
 
-    def __init__(self, cp: DeviceMesh | dist.ProcessGroup) -> None:
+    def __init__(self, cp: DeviceMesh | dist.ProcessGroup, documents: bool = False) -> None:
         if isinstance(cp, DeviceMesh):
             if cp.ndim != 1:
                 raise ValueError(f"context parallelism needs a 1-D mesh, got {cp.ndim}-D")
@@ -71,51 +73,54 @@ class AllGatherContextParallel:
         self.group = cp
         self.size = dist.get_world_size(cp)
         self.rank = dist.get_rank(cp)
+        self.documents = documents
+        self._documents_of: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, ids)
 
-    def shard_batch(
-        self, batch: Mapping[str, Any], pad_token_id: int = 0, seq_dim: int = 1
-    ) -> dict[str, Any]:
-        """This rank's chunks of every ``[batch, seq]`` tensor, with global ``position_ids``.
+    def shard_batch(self, batch: Mapping[str, Any], pad_token_id: int = 0) -> dict[str, Any]:
+        """This rank's chunks of every ``[batch, seq]`` tensor, with ``position_ids``.
 
         Rows are right-padded to a multiple of ``2 * cp_size`` (ids with ``pad_token_id``,
         ``labels`` with -100, the mask with 0); ``labels`` must already be next-token targets
         (shifted), since a shard cannot shift across its boundary. Padding must be on the right:
         the attention is causal over positions and ignores the mask, which is exact only when
-        every padded key comes after every real token. Packed rows (``position_ids``) are
-        refused: documents would see each other.
+        every padded key comes after every real token. Without ``documents`` the positions are
+        ``0..seq-1``; with it the batch's own ``position_ids`` (packed rows: restarting at 0 for
+        every document) are kept, and each token attends within its document only.
         """
-        if "position_ids" in batch:
+        if "position_ids" in batch and not self.documents:
             raise ValueError(
-                "all-gather context parallelism attends causally over the whole row: packed "
-                "rows (position_ids) are not supported; turn packing off or set cp_size: 1"
+                "packed rows (position_ids) need AllGatherContextParallel(..., documents=True); "
+                "without it every token would attend across document boundaries"
             )
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
-        if mask is not None and bool((mask[..., 1:] > mask[..., :-1]).any()):
+        if mask is not None and bool((mask[:, 1:] > mask[:, :-1]).any()):
             raise ValueError(
                 "context parallelism needs right padding (a real token after padding was found); "
                 "pad on the right (tokenizer.padding_side = 'right')"
             )
-        seq_len = ids.shape[seq_dim]
+        seq_len = ids.shape[1]
         padded = -(-seq_len // (2 * self.size)) * (2 * self.size)
-        fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
         out: dict[str, Any] = dict(batch)
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor) and value.dim() > seq_dim:
-                if value.shape[seq_dim] != seq_len:
-                    raise ValueError(
-                        f"batch[{key!r}] has {value.shape[seq_dim]} positions on dim {seq_dim}, "
-                        f"input_ids has {seq_len}"
-                    )
-                out[key] = _pad(value, seq_dim, padded - seq_len, fills.get(key, 0))
+        # padding continues a plain row's positions, or starts a new document in a packed row
+        tail_start = 0 if "position_ids" in batch else seq_len
+        if "position_ids" not in out:
+            out["position_ids"] = torch.arange(seq_len, device=ids.device).expand(ids.shape)
+        fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
         index = load_balanced_positions(padded, self.size, self.rank).to(ids.device)
-        shape = [1] * ids.dim()
-        shape[seq_dim] = padded
-        positions = torch.arange(padded, device=ids.device).view(shape)
-        out["position_ids"] = positions.expand(out["input_ids"].shape)
         for key, value in out.items():
-            if isinstance(value, torch.Tensor) and value.dim() > seq_dim:
-                out[key] = value.index_select(seq_dim, index)
+            if not (isinstance(value, torch.Tensor) and value.dim() > 1):
+                continue
+            if value.shape[1] != seq_len:
+                raise ValueError(
+                    f"batch[{key!r}] has {value.shape[1]} positions, input_ids has {seq_len}"
+                )
+            if key == "position_ids":
+                tail = torch.arange(tail_start, tail_start + padded - seq_len, device=ids.device)
+                value = torch.cat([value, tail.expand(value.shape[0], -1)], dim=1)
+            else:
+                value = _pad(value, padded - seq_len, fills.get(key, 0))
+            out[key] = value.index_select(1, index)
         return out
 
     def attention(
@@ -125,11 +130,14 @@ class AllGatherContextParallel:
         value: torch.Tensor,
         scale: float | None = None,
         dropout: float = 0.0,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal attention of the local queries over every rank's keys: ``[b, heads, local, d]``.
 
         ``query`` is ``[b, heads, local, d]`` and ``key``/``value`` ``[b, kv_heads, local, d]``
         (grouped-query attention when ``kv_heads`` divides ``heads``), in ``shard_batch`` order.
+        With ``documents``, ``position_ids`` (``[b, local]``, as ``shard_batch`` returned them)
+        mark the documents, and a query sees the keys of its own document only.
         """
         heads, kv_heads = query.shape[1], key.shape[1]
         if heads % kv_heads:
@@ -137,22 +145,39 @@ class AllGatherContextParallel:
         local = query.shape[2]
         if local % 2 or key.shape[2] != local:
             raise ValueError(f"expected the same even local length for q/k/v, got {local}")
+        documents = self._document_ids(position_ids) if self.documents else None
         chunk = local // 2
         keys, values = (self._natural_order(t) for t in (key, value))
         outs = []
         for half, index in enumerate((self.rank, 2 * self.size - 1 - self.rank)):
             q = query[:, :, half * chunk : (half + 1) * chunk]
             end = (index + 1) * chunk  # this chunk sees every key up to its own last position
-            bias = causal_lower_right(chunk, end)
             k, v = keys[:, :, :end], values[:, :, :end]
             if heads != kv_heads:  # the lower-right causal kernels take equal head counts
                 k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-            outs.append(
-                F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale
-                )
-            )
+            if documents is None:
+                mask = causal_lower_right(chunk, end)
+            else:  # causal within each document: a materialised [b, 1, chunk, end] mask
+                same = documents[:, end - chunk : end, None] == documents[:, None, :end]
+                causal = torch.ones(chunk, end, dtype=torch.bool, device=q.device).tril(end - chunk)
+                mask = (same & causal).unsqueeze(1)
+            outs.append(F.scaled_dot_product_attention(q, k, v, mask, dropout, scale=scale))
         return torch.cat(outs, dim=2)
+
+    def _document_ids(self, position_ids: torch.Tensor | None) -> torch.Tensor:
+        """``[b, seq]`` document index of every position of the row, from the gathered positions."""
+        if position_ids is None:
+            raise ValueError("attention over documents needs the position_ids of the shard")
+        cached = self._documents_of
+        if cached is not None and cached[0] is position_ids:  # the same forward's next layer
+            return cached[1]
+        with torch.no_grad():
+            positions = self._natural_order(position_ids[:, None, :, None])[:, 0, :, 0]
+            starts = torch.ones_like(positions, dtype=torch.bool)
+            starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+            documents = starts.long().cumsum(dim=1)
+        self._documents_of = (position_ids, documents)
+        return documents
 
     def _natural_order(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's ``[b, h, 2 * chunk, d]`` gathered into ``[b, h, seq, d]`` in position order."""
@@ -187,16 +212,15 @@ class AllGatherContextParallel:
                 f"context parallelism does not support attention with {', '.join(used)} "
                 f"({type(module).__name__}); set cp_size: 1 for this model"
             )
-        out = self.attention(query, key, value, scale=scaling, dropout=dropout)
+        positions = kwargs.get("position_ids")
+        out = self.attention(query, key, value, scaling, dropout, positions)
         return out.transpose(1, 2).contiguous(), None
 
 
-def _pad(value: torch.Tensor, dim: int, amount: int, fill: int) -> torch.Tensor:
+def _pad(value: torch.Tensor, amount: int, fill: int) -> torch.Tensor:
     if amount == 0:
         return value
-    shape = list(value.shape)
-    shape[dim] = amount
-    return torch.cat([value, value.new_full(shape, fill)], dim=dim)
+    return torch.cat([value, value.new_full((value.shape[0], amount, *value.shape[2:]), fill)], 1)
 
 
 __all__ = ["AllGatherContextParallel", "load_balanced_positions"]

@@ -2,7 +2,8 @@
 
 The model's attention becomes `AllGatherContextParallel.hf_attention`, registered with
 transformers under `ATTENTION_NAME`; each micro-batch is split along the sequence before its
-forward, so label tokens are counted on the shards and summed over the dp × cp ranks.
+forward, so label tokens are counted on the shards and summed over the dp × cp ranks. Packed
+rows keep their documents apart (`documents=True`: attention within each document).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.distributed import AllGatherContextParallel
 
-from ._sections import Compile, Distributed, PackedSequence, read_section
+from ._sections import Compile, Distributed, read_section
 
 ATTENTION_NAME = "automodel_cp_allgather"
 
@@ -25,12 +26,6 @@ def check_context_parallel(cfg: ConfigNode, section: Distributed) -> None:
     """Refuse what the split sequences do not support yet, before anything is built."""
     if section.cp_size == 1:
         return
-    if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
-        raise _problem(
-            cfg, "packed_sequence",
-            "packed rows with cp_size > 1 are not supported yet (documents would attend to each "
-            "other across the split); set packed_sequence_size: 0",
-        )  # fmt: skip
     if read_section(cfg, "compile", Compile).enabled:
         raise _problem(cfg, "compile.enabled", "torch.compile with cp_size > 1 is not wired yet")
 

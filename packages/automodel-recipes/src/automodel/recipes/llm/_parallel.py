@@ -31,7 +31,7 @@ from automodel.distributed import (
     submesh,
 )
 
-from ._sections import Distributed, read_section
+from ._sections import Distributed, PackedSequence, read_section
 
 log = logging.getLogger("automodel.recipes.llm")
 
@@ -220,8 +220,14 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
         device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
         section.sequence_parallel, section.ep_size,
         submesh(mesh, "pp").get_group() if section.pp_size > 1 else None,
-        AllGatherContextParallel(submesh(mesh, "cp")) if section.cp_size > 1 else None,
+        _context_parallel(cfg, mesh) if section.cp_size > 1 else None,
     )  # fmt: skip
+
+
+def _context_parallel(cfg: ConfigNode, mesh: Any) -> AllGatherContextParallel:
+    """The cp group's sequence splitter; packed rows keep their documents apart."""
+    packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
+    return AllGatherContextParallel(submesh(mesh, "cp"), documents=bool(packed))
 
 
 def shutdown(owner: Any, barrier: bool = True) -> None:
