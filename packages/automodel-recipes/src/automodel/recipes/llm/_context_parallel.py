@@ -13,21 +13,11 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.distributed import AllGatherContextParallel
 
-from ._sections import Compile, Distributed, read_section
-
 ATTENTION_NAME = "automodel_cp_allgather"
 
 
 def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
     return ConfigError(Problem(key, message, cfg.where(key)))
-
-
-def check_context_parallel(cfg: ConfigNode, section: Distributed) -> None:
-    """Refuse what the split sequences do not support yet, before anything is built."""
-    if section.cp_size == 1:
-        return
-    if read_section(cfg, "compile", Compile).enabled:
-        raise _problem(cfg, "compile.enabled", "torch.compile with cp_size > 1 is not wired yet")
 
 
 def attend_across_ranks(

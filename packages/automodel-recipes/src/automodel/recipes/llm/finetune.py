@@ -39,7 +39,7 @@ from automodel.distributed import global_label_tokens
 
 from . import _builders as build
 from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
-from ._context_parallel import attend_across_ranks, check_context_parallel
+from ._context_parallel import attend_across_ranks
 from ._freeze import apply_freeze
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ._moe import MoeStep, apply_moe, read_moe
@@ -103,7 +103,6 @@ class FinetuneRecipeForCausalLM:
         set_seed(seed)  # the same seed on every rank: identical initial weights
         distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
         pipeline_len = check_pipeline(cfg, distributed)  # pp_size > 1: micro-batch length
-        check_context_parallel(cfg, distributed)
         self.step_scheduler = build.build_step_scheduler(cfg, dp_size)
         logging_section = read_section(cfg, "logging", Logging)
         setup_logging(logging_section.level)  # first, so every set-up step is reported
@@ -369,7 +368,6 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
     distributed, dp_size = read_distributed(cfg)
     check_pipeline(cfg, distributed)
-    check_context_parallel(cfg, distributed)
     check_fused_loss(cfg, build.build_loss(cfg), distributed)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
