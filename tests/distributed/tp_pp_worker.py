@@ -220,6 +220,24 @@ def cp_allgather_attention_case(length: int = 12) -> dict:
     return result
 
 
+def cp_against_reference(
+    model: torch.nn.Module, ref: torch.nn.Module, shard: dict, loss_of
+) -> tuple[float, dict[str, float]]:
+    """This rank's `shard` through `model`, backward: (loss summed over the ranks, each
+    parameter's max |gradient summed over the ranks - ref's|); `ref` has run its backward."""
+    target = shard.pop("labels")
+    loss = loss_of(model(**shard, use_cache=False).logits, target)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = {}
+    for (name, p), (_, r) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        g = p.grad.clone()
+        dist.all_reduce(g)  # every rank's tokens' share of the gradient
+        grads[name] = (g - r.grad).abs().max().item()
+    return total.item(), grads
+
+
 def cp_allgather_model_case(kind: str) -> dict:
     """CP=2 through the transformers attention interface vs the whole sequence: loss, grads.
 
@@ -242,23 +260,14 @@ def cp_allgather_model_case(kind: str) -> dict:
         flat = logits.flatten(0, 1).float()
         return F.cross_entropy(flat, target.flatten(), ignore_index=-100, reduction="sum") / tokens
 
-    loss_of(ref(input_ids=ids, attention_mask=mask).logits, labels).backward()
+    ref_loss = loss_of(ref(input_ids=ids, attention_mask=mask).logits, labels)
+    ref_loss.backward()
     shard = cp.shard_batch({"input_ids": ids, "labels": labels, "attention_mask": mask})
-    target = shard.pop("labels")
-    loss = loss_of(model(**shard, use_cache=False).logits, target)
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    ref_loss = loss_of(ref(input_ids=ids, attention_mask=mask).logits, labels).item()
-    grads = {}
-    for (name, p), (_, r) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
-        g = p.grad.clone()
-        dist.all_reduce(g)  # every rank's tokens' share of the gradient
-        grads[name] = (g - r.grad).abs().max().item()
+    total, grads = cp_against_reference(model, ref, shard, loss_of)
     result = {
         "local_shape": list(shard["input_ids"].shape),
         "positions": shard["position_ids"][0].tolist(),
-        "loss": abs(total.item() - ref_loss),
+        "loss": abs(total - ref_loss.item()),
         "grads": grads,
         "config_attn": model.config._attn_implementation,
     }
@@ -307,19 +316,10 @@ def cp_allgather_documents_case() -> dict:
             loss.backward()
             ref_loss += loss.item()
     shard = cp.shard_batch({"input_ids": ids, "labels": labels, "position_ids": positions})
-    target = shard.pop("labels")
-    loss = loss_of(model(**shard, use_cache=False).logits, target)
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    grads = {}
-    for (name, p), (_, r) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
-        g = p.grad.clone()
-        dist.all_reduce(g)
-        grads[name] = (g - r.grad).abs().max().item()
+    total, grads = cp_against_reference(model, ref, shard, loss_of)
     result = {
         "positions": shard["position_ids"].tolist(),
-        "loss": abs(total.item() - ref_loss),
+        "loss": abs(total - ref_loss),
         "grads": grads,
     }
     del model, ref

@@ -158,10 +158,27 @@ def run_once_per_layout(
     return run
 
 
-@pytest.fixture(name="run_once_per_layout", scope="session")
-def run_once_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
-    """`run_once_per_layout(tmp_path_factory, prefix, launch)`, for test modules."""
-    return run_once_per_layout
+def cli_per_layout(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    config: Path,
+    layouts: dict[str, tuple[int, list[str]]],
+    overrides: Callable[..., list[str]],
+) -> Callable[[str], tuple[Path, str]]:
+    """`run(layout)`: (run dir, stderr) of `automodel ... -c config` with `layouts[layout]`
+    (processes, extra overrides) on top of `overrides(run_dir, ...)`, launched once per layout."""
+
+    def launch(run_dir: Path, layout: str) -> str:
+        nproc, extra = layouts[layout]
+        return run_cli(config, overrides(run_dir, *extra), nproc=nproc)
+
+    return run_once_per_layout(tmp_path_factory, prefix, launch)
+
+
+@pytest.fixture(name="cli_per_layout", scope="session")
+def cli_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
+    """`cli_per_layout(tmp_path_factory, prefix, config, layouts, overrides)`, for test modules."""
+    return cli_per_layout
 
 
 @pytest.fixture(name="assert_same_training", scope="session")

@@ -52,14 +52,9 @@ def one_process_packed(tmp_path_factory, overrides, run_recipe, monkeypatch_modu
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
+def launched(tmp_path_factory, overrides, cli_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
-
-    def launch(run_dir: Path, layout: str) -> str:
-        nproc, extra = LAYOUTS[layout]
-        return run_cli(SFT, overrides(run_dir, *extra), nproc=nproc)
-
-    return run_once_per_layout(tmp_path_factory, "cp", launch)
+    return cli_per_layout(tmp_path_factory, "cp", SFT, LAYOUTS, overrides)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

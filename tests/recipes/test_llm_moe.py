@@ -94,14 +94,10 @@ LAYOUTS = {  # (processes, overrides) of the same run
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, run_cli, run_once_per_layout):
+def launched(tmp_path_factory, overrides, cli_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
-
-    def launch(run_dir: Path, layout: str) -> str:
-        nproc, extra = LAYOUTS[layout]
-        return run_cli(MOE, overrides(run_dir, NO_AUX, *extra), nproc=nproc)
-
-    return run_once_per_layout(tmp_path_factory, "moe", launch)
+    without_aux = lambda run_dir, *extra: overrides(run_dir, NO_AUX, *extra)  # noqa: E731
+    return cli_per_layout(tmp_path_factory, "moe", MOE, LAYOUTS, without_aux)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
