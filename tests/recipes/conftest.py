@@ -175,6 +175,12 @@ def cli_per_layout(
     return run_once_per_layout(tmp_path_factory, prefix, launch)
 
 
+@pytest.fixture(name="run_once_per_layout", scope="session")
+def run_once_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
+    """`run_once_per_layout(tmp_path_factory, prefix, launch)`, for test modules."""
+    return run_once_per_layout
+
+
 @pytest.fixture(name="cli_per_layout", scope="session")
 def cli_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
     """`cli_per_layout(tmp_path_factory, prefix, config, layouts, overrides)`, for test modules."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from ._mesh import MeshError, _sub, build_mesh, dp_group
 from ._strategy import _place, apply_activation_checkpointing, decoder_blocks
 
 
+@dataclass
 class DDPStrategy:
     """Replicate the model on every data-parallel rank and average gradients (torch DDP).
 
@@ -21,27 +24,11 @@ class DDPStrategy:
     out of the gradient reduction. ``bucket_cap_mb`` None keeps DDP's default (25 MiB).
     """
 
-    name = "ddp"
-
-    def __init__(
-        self,
-        find_unused_parameters: bool = False,
-        bucket_cap_mb: float | None = None,
-        gradient_as_bucket_view: bool = True,
-        activation_checkpointing: bool = False,
-    ) -> None:
-        self.find_unused_parameters = bool(find_unused_parameters)
-        self.bucket_cap_mb = bucket_cap_mb
-        self.gradient_as_bucket_view = bool(gradient_as_bucket_view)
-        self.activation_checkpointing = bool(activation_checkpointing)
-
-    def __repr__(self) -> str:
-        return (
-            f"DDPStrategy(find_unused_parameters={self.find_unused_parameters}, "
-            f"bucket_cap_mb={self.bucket_cap_mb}, "
-            f"gradient_as_bucket_view={self.gradient_as_bucket_view}, "
-            f"activation_checkpointing={self.activation_checkpointing})"
-        )
+    name: ClassVar[str] = "ddp"
+    find_unused_parameters: bool = False
+    bucket_cap_mb: float | None = None
+    gradient_as_bucket_view: bool = True
+    activation_checkpointing: bool = False
 
     def parallelize(
         self,

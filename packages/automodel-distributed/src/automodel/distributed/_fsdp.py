@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
     return shard
 
 
+@dataclass
 class FSDP2Strategy:
     """Shard every decoder block with ``fully_shard``, then the root module.
 
@@ -63,30 +66,19 @@ class FSDP2Strategy:
     a block with trainable ones.
     """
 
-    name = "fsdp2"
+    name: ClassVar[str] = "fsdp2"
+    mp_param_dtype: str | torch.dtype | None = None
+    mp_reduce_dtype: str | torch.dtype | None = "float32"
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False
+    activation_checkpointing: bool = False
 
-    def __init__(
-        self,
-        mp_param_dtype: str | torch.dtype | None = None,
-        mp_reduce_dtype: str | torch.dtype | None = "float32",
-        reshard_after_forward: bool = True,
-        cpu_offload: bool = False,
-        activation_checkpointing: bool = False,
-    ) -> None:
-        self.mp_param_dtype = _dtype(mp_param_dtype, "mp_param_dtype")
-        self.mp_reduce_dtype = _dtype(mp_reduce_dtype, "mp_reduce_dtype")
-        self.reshard_after_forward = bool(reshard_after_forward)
-        self.cpu_offload = bool(cpu_offload)
-        self.activation_checkpointing = bool(activation_checkpointing)
-
-    def __repr__(self) -> str:
-        return (
-            f"FSDP2Strategy(mp_param_dtype={self.mp_param_dtype}, "
-            f"mp_reduce_dtype={self.mp_reduce_dtype}, "
-            f"reshard_after_forward={self.reshard_after_forward}, "
-            f"cpu_offload={self.cpu_offload}, "
-            f"activation_checkpointing={self.activation_checkpointing})"
-        )
+    def __post_init__(self) -> None:
+        self.mp_param_dtype = _dtype(self.mp_param_dtype, "mp_param_dtype")
+        self.mp_reduce_dtype = _dtype(self.mp_reduce_dtype, "mp_reduce_dtype")
+        self.reshard_after_forward = bool(self.reshard_after_forward)
+        self.cpu_offload = bool(self.cpu_offload)
+        self.activation_checkpointing = bool(self.activation_checkpointing)
 
     def mp_policy(self) -> MixedPrecisionPolicy:
         return MixedPrecisionPolicy(

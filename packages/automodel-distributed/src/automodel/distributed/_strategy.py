@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection, Iterable
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -84,16 +85,12 @@ def _place(model: nn.Module, mesh: DeviceMesh | None) -> nn.Module:
     return model.to(torch.device("cuda", torch.cuda.current_device()))
 
 
+@dataclass
 class NoStrategy:
     """No data parallelism: the model is only placed on the mesh's device (if any)."""
 
-    name = "none"
-
-    def __init__(self, activation_checkpointing: bool = False) -> None:
-        self.activation_checkpointing = activation_checkpointing
-
-    def __repr__(self) -> str:
-        return f"NoStrategy(activation_checkpointing={self.activation_checkpointing})"
+    name: ClassVar[str] = "none"
+    activation_checkpointing: bool = False
 
     def parallelize(
         self,
