@@ -41,6 +41,7 @@ PP_CASES = [
     "pp_interleaved_1f1b",
     "pp_1f1b_mistral_window",
     "pp1_tp2_gpipe",
+    "pp_1f1b_tied",
 ]
 
 
@@ -85,13 +86,21 @@ def test_pipeline_matches_single_process(cpu_run: dict, name: str, rank: int, wo
         assert len(result["losses"]) == 2 and max(result["losses"]) < TOL
         return
     assert result["tp_sharded"] == []
+    params = result["params"]
+    if name == "pp_1f1b_tied":  # the last stage computes logits with its copy of the embedding
+        assert result["ties_embedding"] == [True]
+        assert "model.embed_tokens.weight" in params and "lm_head.weight" not in params
+        assert result["layers"] == [[["0", "1"]], [["2", "3"]]][rank]
+        if rank == 1:
+            assert len(result["losses"]) == 4 and max(result["losses"]) < TOL
+        return  # both ends' embedding gradients matched the tied model's whole gradient above
+    assert not any(result["ties_embedding"])
     if name == "pp_interleaved_1f1b":  # 4 stages of one layer, loop order
         assert result["stages"] == [rank, rank + 2]
         assert result["layers"] == [[str(rank)], [str(rank + 2)]]
     else:
         assert result["stages"] == [rank]
         assert result["layers"] == [[["0", "1"]], [["2", "3"]]][rank]
-    params = result["params"]
     layer_ids = {p.split(".")[2] for p in params if p.startswith("model.layers.")}
     assert layer_ids == {i for stage in result["layers"] for i in stage}
     assert ("model.embed_tokens.weight" in params) == (rank == 0)

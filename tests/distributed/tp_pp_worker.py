@@ -41,7 +41,12 @@ from transformers import (
 
 from automodel.distributed._cp import make_cp_batch_and_ctx
 from automodel.distributed._cp_allgather import AllGatherContextParallel, load_balanced_positions
-from automodel.distributed._pp import build_pipeline_schedule, split_decoder_into_stages
+from automodel.distributed._pp import (
+    build_pipeline_schedule,
+    split_decoder_into_stages,
+    sum_tied_embedding_grads,
+    tied_embedding_group,
+)
 from automodel.distributed._tp import apply_tensor_parallel
 
 TINY = dict(
@@ -169,7 +174,10 @@ def pp_case(
         sched.step(target=ids, losses=pp_losses)
     else:
         sched.step()
+    if cfg.get("tie_word_embeddings"):  # the two ends' gradients of the shared weight, summed
+        sum_tied_embedding_grads(stages, tied_embedding_group(mesh))
     result = {
+        "ties_embedding": [s.ties_embedding for s in stages],
         "stages": [s.stage_index for s in stages],
         "layers": [list(s.model.layers.keys()) for s in stages],
         "params": sorted(n for s in stages for n, _ in s.named_parameters()),
@@ -393,6 +401,7 @@ def main() -> None:
                 "1f1b", 2, "sdpa", kind="mistral", sliding_window=3
             ),
             "pp1_tp2_gpipe": lambda: pp_case("gpipe", 2, "sdpa", num_stages=1, tp=True),
+            "pp_1f1b_tied": lambda: pp_case("1f1b", 4, "sdpa", tie_word_embeddings=True),
             "cp_cpu": cp_cpu_case,
             "cp_allgather_attention": cp_allgather_attention_case,
             "cp_allgather_llama": lambda: cp_allgather_model_case("llama"),

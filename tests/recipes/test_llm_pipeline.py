@@ -18,11 +18,13 @@ from automodel.recipes.llm._pipeline import check_pipeline
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
-UNTIED = ["--+model.tie_word_embeddings=false"]  # a stage cannot share the embedding
-PP = ["--+distributed.pp_size=2", *UNTIED]
+UNTIED = ["--+model.tie_word_embeddings=false"]
+PP = ["--+distributed.pp_size=2"]
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
-    "1f1b": (2, PP),  # 2 × 2 × dp 2 with 4 processes
-    "gpipe_dp2": (4, [*PP, "--+distributed.pp_schedule=gpipe"]),
+    # the example's tied LM head: the last stage's copy of the embedding, gradients summed
+    "1f1b": (2, PP),
+    "gpipe_dp2": (4, [*PP, "--+distributed.pp_schedule=gpipe"]),  # 2 × 2 × dp 2
+    "1f1b_untied": (2, [*PP, *UNTIED]),
 }
 
 
@@ -35,10 +37,17 @@ def overrides(short_run, small_data) -> Callable[..., list[str]]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
-    """The reference: the untied model in this process, 4 micro-batches per step."""
+    """The reference: the example (tied LM head) in this process, 4 micro-batches per step."""
     run_dir = tmp_path_factory.mktemp("pp_one")
-    recipe = run_recipe(SFT, overrides(run_dir, *UNTIED))
+    recipe = run_recipe(SFT, overrides(run_dir))
     assert recipe.pipeline is None and recipe.step_scheduler.grad_acc_steps == 4
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_process_untied(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
+    run_dir = tmp_path_factory.mktemp("pp_one_untied")
+    run_recipe(SFT, overrides(run_dir, *UNTIED))
     return run_dir
 
 
@@ -49,35 +58,44 @@ def launched(tmp_path_factory, overrides, cli_per_layout):
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_pipeline_matches_one_process(layout, launched, one_process, assert_same_training):
-    """Per-step losses, grad norms (over both stages), validation and the final weights, which
-    rank 0 merges from the two stages into one Hugging Face file."""
+def test_pipeline_matches_one_process(
+    layout, launched, one_process, one_process_untied, assert_same_training
+):
+    """Per-step losses, grad norms (over both stages, a tied embedding counted once),
+    validation and the final weights, which rank 0 merges from the two stages into one
+    Hugging Face file."""
     run_dir, stderr = launched(layout)
     schedule = "gpipe" if "gpipe" in layout else "1f1b"
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
-    assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
+    reference = one_process_untied if "untied" in layout else one_process
+    assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
 
 
-def test_the_merged_checkpoint_loads_in_plain_transformers(launched):
+@pytest.mark.parametrize(("layout", "tied"), [("1f1b", True), ("1f1b_untied", False)])
+def test_the_merged_checkpoint_loads_in_plain_transformers(launched, layout, tied):
+    """Tied: the embedding once, as a one-process save writes it; untied: both stages' ends."""
     from transformers import AutoModelForCausalLM
 
-    run_dir, _ = launched("1f1b")
+    run_dir, _ = launched(layout)
     model_dir = run_dir / f"checkpoints/epoch_0_step_{STEPS}/model"
     loaded, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
     assert not any(info.values()), info
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
     weights = load_file(model_dir / "model.safetensors")
-    assert "model.embed_tokens.weight" in weights and "lm_head.weight" in weights  # both stages
+    assert "model.embed_tokens.weight" in weights
+    assert ("lm_head.weight" in weights) != tied
     for name, tensor in loaded.state_dict().items():
-        assert torch.equal(tensor, weights[name]), name
+        assert torch.equal(tensor, weights.get(name, loaded.model.embed_tokens.weight)), name
 
 
 def test_pipeline_checkpoint_resumes_on_one_process(
     launched, one_process, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
 ):
-    """2 stages -> 1 process: the stages' optimizer parts load as one optimizer."""
+    """2 stages -> 1 process: the stages' optimizer parts (the tied embedding's state saved by
+    both) load as one optimizer."""
     source, _ = launched("1f1b")
     resume_dir_from(source, tmp_path, MIDDLE)
-    recipe = run_recipe(SFT, overrides(tmp_path, *UNTIED, "--+checkpoint.restore_from=latest"))
+    recipe = run_recipe(SFT, overrides(tmp_path, "--+checkpoint.restore_from=latest"))
     assert recipe.pipeline is None and recipe.step_scheduler.step == STEPS
     assert_same_training(tmp_path, one_process, range(MIDDLE + 1, STEPS + 1), MIDDLE)
 
@@ -85,7 +103,8 @@ def test_pipeline_checkpoint_resumes_on_one_process(
 def test_one_process_checkpoint_resumes_as_a_pipeline(
     one_process, overrides, run_cli, assert_same_training, resume_dir_from, tmp_path
 ):
-    """1 process -> 2 stages: each stage restores its part of the optimizer."""
+    """1 process -> 2 stages: each stage restores its part of the optimizer (both ends the
+    tied embedding's state)."""
     resume_dir_from(one_process, tmp_path, MIDDLE)
     stderr = run_cli(SFT, overrides(tmp_path, *PP, "--+checkpoint.restore_from=latest"))
     assert f"at step {MIDDLE} (saved by 1 process(es), now 2)" in stderr

@@ -191,14 +191,19 @@ def model_part_state(
 
 
 def merge_model_parts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One state dict from the pipeline stages' parts; a name in two parts is an error."""
+    """One state dict from the pipeline stages' parts.
+
+    A name in two parts (a tied embedding: the first stage's and the last stage's copy) must
+    hold equal tensors; anything else is an error.
+    """
     merged: dict[str, torch.Tensor] = {}
     for part in parts:
-        twice = sorted(set(part) & set(merged))
-        if twice:
+        differ = sorted(n for n in set(part) & set(merged) if not torch.equal(part[n], merged[n]))
+        if differ:
             raise CheckpointError(
-                f"pipeline stages hold the same tensor(s): {few_names(twice)}; every parameter "
-                "must live on exactly one stage (tied embeddings cannot be split)"
+                f"pipeline stages hold different values under the same name(s): "
+                f"{few_names(differ)}; a parameter on two stages (a tied embedding) must be kept "
+                "equal (automodel.distributed.sum_tied_embedding_grads after each backward)"
             )
         merged.update(part)
     return merged

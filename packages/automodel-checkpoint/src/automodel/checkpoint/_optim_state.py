@@ -64,13 +64,17 @@ def split_optimizer_state(
 
 
 def merge_optimizer_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
-    """The meta of pipeline stages' optimizers as one: group i lists every stage's group i."""
+    """The meta of pipeline stages' optimizers as one: group i lists every stage's group i.
+
+    A parameter on two stages (a tied embedding) is listed once.
+    """
     merged: dict[str, Any] = {"param_groups": [], "state": {}}
     for meta in metas:
         for i, group in enumerate(meta["param_groups"]):
             if i == len(merged["param_groups"]):
                 merged["param_groups"].append({**group, "params": []})
-            merged["param_groups"][i]["params"].extend(group["params"])
+            listed = merged["param_groups"][i]["params"]
+            listed.extend(p for p in group["params"] if p not in listed)
         merged["state"].update(meta["state"])
     return merged
 

@@ -16,7 +16,13 @@ from ._mesh import (
     resolve_sizes,
     submesh,
 )
-from ._pp import DecoderStage, build_pipeline_schedule, split_decoder_into_stages
+from ._pp import (
+    DecoderStage,
+    build_pipeline_schedule,
+    split_decoder_into_stages,
+    sum_tied_embedding_grads,
+    tied_embedding_group,
+)
 from ._reduce import (
     all_reduce_mean,
     all_reduce_sum,
@@ -60,5 +66,7 @@ __all__ = [
     "resolve_sizes",
     "split_decoder_into_stages",
     "submesh",
+    "sum_tied_embedding_grads",
+    "tied_embedding_group",
     "tp_plan_for",
 ]

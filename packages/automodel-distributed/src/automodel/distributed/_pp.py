@@ -18,6 +18,7 @@ returns torch's schedule (``ScheduleGPipe``, ``Schedule1F1B``, or a multi-stage 
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,7 @@ from torch.distributed.pipelining.schedules import (
     PipelineScheduleSingle,
     get_schedule_class,
 )
+from torch.distributed.tensor import DTensor
 
 from ._tp import hf_tp_plan
 
@@ -78,6 +80,16 @@ class DecoderStage(nn.Module):
         self.model.norm = base.norm if self.is_last else None
         self.model.rotary_emb = base.rotary_emb
         self.lm_head = lm_head if self.is_last else None
+        tied = lm_head is not None and lm_head.weight is base.embed_tokens.weight
+        # first or last of several stages of a model whose LM head is its input embedding
+        self.ties_embedding = tied and self.is_first != self.is_last
+        if self.ties_embedding and self.is_last:
+            # The first stage owns the embedding; this one computes logits with a copy under the
+            # same name, and the two sum their gradients (sum_tied_embedding_grads), so the
+            # copies take the same optimizer steps and stay equal.
+            self.model.embed_tokens = copy.deepcopy(base.embed_tokens)
+            self.lm_head = copy.deepcopy(lm_head)
+            self.lm_head.weight = self.model.embed_tokens.weight
         self._tp_plan = tp_plan  # the model's own TP plan: same module paths as the stage
         # the decoder-layer class names, so FSDP2 (decoder_blocks) shards the stage per layer
         self._no_split_modules = getattr(base, "_no_split_modules", None)
@@ -192,11 +204,6 @@ def split_decoder_into_stages(
             f"split_decoder_into_stages needs a Llama-style causal LM (model.embed_tokens, "
             f"model.layers, model.norm, model.rotary_emb, lm_head); {type(model).__name__} is not"
         )
-    if num_stages > 1 and lm_head.weight is base.embed_tokens.weight:
-        raise NotImplementedError(
-            "pipeline parallelism with tied input/output embeddings is not supported: the first "
-            "and last stages would each need the shared weight (set tie_word_embeddings=False)"
-        )
     splits = _layer_split(len(base.layers), num_stages, layers_per_stage)
     tp_plan = hf_tp_plan(model)
     stages = [
@@ -210,6 +217,34 @@ def split_decoder_into_stages(
         base.norm = None
         model.lm_head = None
     return stages
+
+
+def tied_embedding_group(mesh: DeviceMesh) -> dist.ProcessGroup:
+    """This rank's group of the first and last pipeline stage's ranks with its other coordinates.
+
+    They sum the gradient of a tied input/output embedding (``sum_tied_embedding_grads``).
+    ``mesh``: the whole mesh of ``build_mesh`` (``"pp"`` outermost). Every rank must call this.
+    """
+    if not mesh.mesh_dim_names or mesh.mesh_dim_names[0] != "pp":
+        raise ValueError(f"expected a mesh with 'pp' outermost, got dims {mesh.mesh_dim_names}")
+    ranks = mesh.mesh.reshape(mesh.mesh.shape[0], -1)  # column j: one pipeline's ranks
+    ends = [[int(ranks[0, j]), int(ranks[-1, j])] for j in range(ranks.shape[1])]
+    group, _ = dist.new_subgroups_by_enumeration(ends)
+    return group
+
+
+def sum_tied_embedding_grads(stages: Sequence[DecoderStage], group: dist.ProcessGroup) -> None:
+    """Add the first and last stage's gradients of a tied embedding into both (after backward).
+
+    The two stages' shards of the weight line up (both sharded alike over their data-parallel
+    ranks), so the local gradient shards are summed over ``tied_embedding_group``.
+    """
+    for stage in stages:
+        if stage.ties_embedding:
+            grad = stage.model.embed_tokens.weight.grad
+            if grad is None:
+                raise RuntimeError("the tied embedding has no gradient: run the backward first")
+            dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
 
 
 def build_pipeline_schedule(

@@ -19,11 +19,14 @@ def clip_grad_norm(
     max_norm: float | None,
     norm_type: float = 2.0,
     parts_group: dist.ProcessGroup | None = None,
+    copies: Iterable[torch.Tensor] = (),
 ) -> torch.Tensor:
     """Return the total gradient norm; scale gradients down to `max_norm` unless it is None.
 
     `parts_group`: ranks that each hold a different part of the model (pipeline stages);
     their norms are combined into the whole model's, so they must all call this together.
+    `copies`: parameters among `parameters` whose gradient equals one counted elsewhere (the
+    last pipeline stage's copy of a tied embedding): scaled like the others, not counted.
 
     With sharded (DTensor) gradients the norm is reduced across ranks first, so every rank
     must call this together. Gradients on different meshes (FSDP2 + tensor parallel puts
@@ -32,10 +35,14 @@ def clip_grad_norm(
     are then not finite either), so the caller can detect it and skip the optimizer step.
     """
     params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
-    by_mesh: dict[object, list[torch.Tensor]] = {}
+    skip = {id(p) for p in copies}
+    by_mesh: dict[object, list[torch.Tensor]] = {}  # what the norm counts
+    to_scale: dict[object, list[torch.Tensor]] = {}  # what clipping scales: copies too
     for p in params:
         if p.grad is not None:
-            by_mesh.setdefault(_mesh_of(p.grad), []).append(p)
+            to_scale.setdefault(_mesh_of(p.grad), []).append(p)
+            if id(p) not in skip:
+                by_mesh.setdefault(_mesh_of(p.grad), []).append(p)
     norms = []
     for group in by_mesh.values():
         norm = torch.nn.utils.get_total_norm([p.grad for p in group], norm_type=norm_type)
@@ -53,7 +60,7 @@ def clip_grad_norm(
     else:
         total_norm = torch.stack(norms).pow(norm_type).sum().pow(1.0 / norm_type)
     if max_norm is not None:
-        for group in by_mesh.values():
+        for group in to_scale.values():
             clip_norm = total_norm.to(group[0].grad.device)
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, clip_norm)
     return total_norm

@@ -7,14 +7,20 @@ each padded to `dataset.seq_length` (a stage's activation shapes are fixed by it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
-from automodel.distributed import build_pipeline_schedule, split_decoder_into_stages, submesh
+from automodel.distributed import (
+    build_pipeline_schedule,
+    split_decoder_into_stages,
+    submesh,
+    sum_tied_embedding_grads,
+    tied_embedding_group,
+)
 
 from ._parallel import Parallel
 from ._sections import Distributed, PackedSequence, read_section
@@ -76,11 +82,17 @@ class Pipeline:
         cfg: ConfigNode,
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
+        head, base = getattr(model, "lm_head", None), getattr(model, "model", None)
+        tied = head is not None and head.weight is getattr(base, "embed_tokens", nn.Module()).weight
         try:
             stages = split_decoder_into_stages(model, submesh(parallel.mesh, "pp"))
         except (NotImplementedError, ValueError) as e:
             raise _problem(cfg, "distributed.pp_size", str(e)) from e
         self.stage = parallel.shard(stages[0])
+        # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
+        self.tied_group = tied_embedding_group(parallel.mesh) if tied else None
+        tied_copy = self.stage.ties_embedding and self.stage.is_last
+        self.tied_copies = [self.stage.model.embed_tokens.weight] if tied_copy else []
         self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
         self.loss_fn, self.dp_size = loss_fn, parallel.dp_size
         self.n_micro, self.seq_len = n_micro, seq_len
@@ -155,6 +167,8 @@ class Pipeline:
         """
         kwargs = {"num_label_tokens": num_label_tokens, "scale": self.dp_size}
         loss = self._run(micro_batches, rows, kwargs, train=True) / self.dp_size
+        if self.tied_group is not None:
+            sum_tied_embedding_grads([self.stage], self.tied_group)
         tokens = (
             sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.is_last else 0
         )
@@ -164,18 +178,20 @@ class Pipeline:
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]], rows: int) -> tuple[float, int]:
         """(summed per-token loss, label tokens) over `batches`, on the last stage (0 elsewhere)."""
         total_loss, total_tokens = 0.0, 0
-        chunk: list[dict[str, torch.Tensor]] = []
-        batches = iter(batches)
-        while True:
-            batch = next(batches, None)
-            if batch is not None:
-                chunk.append({**batch, "labels": shift_labels(batch["labels"])})
-            if chunk and (batch is None or len(chunk) == self.n_micro):  # sums, not means
-                total_loss += float(
-                    self._run(chunk, rows, {"num_label_tokens": 1, "scale": 1}, False)
-                )
-                total_tokens += sum(int(count_label_tokens(b["labels"])) for b in chunk)
-                chunk = []
-            if batch is None:
-                break
+        for chunk in self._chunks(batches):  # sums, not means
+            total_loss += float(self._run(chunk, rows, {"num_label_tokens": 1, "scale": 1}, False))
+            total_tokens += sum(int(count_label_tokens(b["labels"])) for b in chunk)
         return total_loss, total_tokens if self.is_last else 0
+
+    def _chunks(
+        self, batches: Iterable[dict[str, torch.Tensor]]
+    ) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """`batches` with next-token labels, `n_micro` at a time (the last chunk may be short)."""
+        chunk: list[dict[str, torch.Tensor]] = []
+        for batch in batches:
+            chunk.append({**batch, "labels": shift_labels(batch["labels"])})
+            if len(chunk) == self.n_micro:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk

@@ -247,8 +247,9 @@ class FinetuneRecipeForCausalLM:
                 loss_sum, tokens = self._forward_backward(micro_batches, num_label_tokens)
             self.moe.reduce_expert_grads()  # expert-parallel weights: FSDP2/DDP left them out
             grad_norm = clip_grad_norm(  # global: over every shard and pipeline stage
-                self.unwrapped.parameters(), self.max_grad_norm, parts_group=self.parallel.pp_group
-            )
+                self.unwrapped.parameters(), self.max_grad_norm, parts_group=self.parallel.pp_group,
+                copies=self.pipeline.tied_copies if self.pipeline is not None else (),
+            )  # fmt: skip
             sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(tokens))])
             loss_total, real_total = self.parallel.sum(sums).tolist()
             lr = self.optimizer.param_groups[0]["lr"]
