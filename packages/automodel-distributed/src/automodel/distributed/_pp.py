@@ -12,6 +12,9 @@ sequences are not supported in stages. The layers keep their Hugging Face module
 (``model.layers.5...``), so checkpoints of a stage use the model's own parameter names, and
 ``apply_tensor_parallel(stage, mesh["tp"])`` uses the model's own tensor-parallel plan.
 
+A tied LM head (the input embedding's weight) is copied to the last stage under the
+embedding's name; call ``sum_tied_embedding_grads`` after each backward to keep the copies equal.
+
 ``build_pipeline_schedule`` wraps the stages of this rank in ``PipelineStage`` objects and
 returns torch's schedule (``ScheduleGPipe``, ``Schedule1F1B``, or a multi-stage one).
 """
