@@ -85,6 +85,7 @@ def grad_diff(model: torch.nn.Module, ref_grads: dict[str, torch.Tensor]) -> dic
     return {
         name: (full(p.grad) - ref_grads[name]).abs().max().item()
         for name, p in model.named_parameters()
+        if p.grad is not None
     }
 
 
@@ -144,15 +145,17 @@ def pp_case(
     num_stages: int = 2,
     kind: str = "llama",
     tp=False,
+    frozen_embedding: bool = False,
     **cfg,
 ) -> dict:
     """PP=2 (or PP=1 x TP=2) vs the single-process model: microbatch losses, stage gradients."""
     ref = build(kind, attn_implementation=attn, **cfg)
+    ref.model.embed_tokens.weight.requires_grad_(not frozen_embedding)
     model = copy.deepcopy(ref)
     ids = batch()
     losses = [causal_lm_loss(ref(input_ids=mb).logits, mb) for mb in ids.chunk(n_microbatches)]
     torch.stack(losses).mean().backward()
-    ref_grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    ref_grads = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
 
     if tp:
         mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("pp", "tp"))
@@ -402,6 +405,9 @@ def main() -> None:
             ),
             "pp1_tp2_gpipe": lambda: pp_case("gpipe", 2, "sdpa", num_stages=1, tp=True),
             "pp_1f1b_tied": lambda: pp_case("1f1b", 4, "sdpa", tie_word_embeddings=True),
+            "pp_1f1b_tied_frozen": lambda: pp_case(
+                "1f1b", 4, "sdpa", tie_word_embeddings=True, frozen_embedding=True
+            ),
             "cp_cpu": cp_cpu_case,
             "cp_allgather_attention": cp_allgather_attention_case,
             "cp_allgather_llama": lambda: cp_allgather_model_case("llama"),

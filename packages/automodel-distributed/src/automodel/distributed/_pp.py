@@ -243,8 +243,9 @@ def sum_tied_embedding_grads(stages: Sequence[DecoderStage], group: dist.Process
     ranks), so the local gradient shards are summed over ``tied_embedding_group``.
     """
     for stage in stages:
-        if stage.ties_embedding:
-            grad = stage.model.embed_tokens.weight.grad
+        weight = stage.model.embed_tokens.weight if stage.ties_embedding else None
+        if weight is not None and weight.requires_grad:  # frozen (LoRA, freeze): nothing to sum
+            grad = weight.grad
             if grad is None:
                 raise RuntimeError("the tied embedding has no gradient: run the backward first")
             dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
