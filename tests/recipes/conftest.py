@@ -102,13 +102,19 @@ def jsonl_rows(path: Path, drop_timing: bool = True) -> list[dict]:
 
 
 def assert_same_training(
-    ours: Path, reference: Path, steps: range, every: int, weight_atol: float = 2e-5
+    ours: Path,
+    reference: Path,
+    steps: range,
+    every: int,
+    weight_atol: float = 2e-5,
+    weights: str = "model.safetensors",
 ) -> None:
     """Two runs of `short_run(..., every)` with the same batches trained alike over `steps`.
 
     Per-step losses, label counts, global grad norms and lr of `steps`, every validation and
-    the final weights. Adam divides by sqrt(v): near-zero gradients turn float rounding into
-    ~1e-5 weight noise, hence `weight_atol`.
+    the final weights (`weights`: the file in the checkpoint's model folder). Adam divides by
+    sqrt(v): near-zero gradients turn float rounding into ~1e-5 weight noise, hence
+    `weight_atol`.
     """
     rows = {r["step"]: r for r in jsonl_rows(ours / "training.jsonl")}
     reference_rows = {r["step"]: r for r in jsonl_rows(reference / "training.jsonl")}
@@ -126,10 +132,13 @@ def assert_same_training(
         assert a["num_label_tokens"] == b["num_label_tokens"]  # every rank's shard
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     (final,) = (ours / "checkpoints").glob(f"epoch_*_step_{last}")  # packed rows: epochs pass
-    weights_file = f"checkpoints/{final.name}/model/model.safetensors"
-    weights, reference_weights = load_file(ours / weights_file), load_file(reference / weights_file)
-    assert weights.keys() == reference_weights.keys()
-    for name, tensor in weights.items():
+    weights_file = f"checkpoints/{final.name}/model/{weights}"
+    ours_weights, reference_weights = (
+        load_file(ours / weights_file),
+        load_file(reference / weights_file),
+    )
+    assert ours_weights.keys() == reference_weights.keys()
+    for name, tensor in ours_weights.items():
         torch.testing.assert_close(
             tensor, reference_weights[name], rtol=1e-4, atol=weight_atol, msg=name
         )

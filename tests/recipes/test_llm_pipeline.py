@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from automodel.recipes.llm._pipeline import check_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
+LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
+NOT_MERGED = ["--checkpoint.save_merged_model=false"]  # a stage cannot merge the whole model
 STEPS, MIDDLE = 6, 3
 UNTIED = ["--+model.tie_word_embeddings=false"]
 PP = ["--+distributed.pp_size=2"]
@@ -69,6 +72,38 @@ def test_pipeline_matches_one_process(
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
     reference = one_process_untied if "untied" in layout else one_process
     assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory, overrides, run_recipe, run_cli) -> tuple[Path, Path]:
+    """(one process, 2 stages) of the LoRA example, without the merged model at the end."""
+    one = tmp_path_factory.mktemp("pp_lora_one")
+    run_recipe(LORA, overrides(one, *NOT_MERGED))
+    piped = tmp_path_factory.mktemp("pp_lora")
+    run_cli(LORA, overrides(piped, *PP, *NOT_MERGED))
+    return one, piped
+
+
+def test_lora_adapters_train_in_stages_as_in_one_process(lora_runs, assert_same_training):
+    """Each stage's adapters (base weights and the tied embedding frozen) train as in one
+    process; rank 0 merges the stages' adapters into one PEFT folder."""
+    one, piped = lora_runs
+    adapter = "adapter_model.safetensors"
+    assert_same_training(piped, one, range(1, STEPS + 1), MIDDLE, weights=adapter)
+    model_dir = f"checkpoints/epoch_0_step_{STEPS}/model"
+    config = json.loads((piped / model_dir / "adapter_config.json").read_text())
+    assert config == json.loads((one / model_dir / "adapter_config.json").read_text())
+    assert not (piped / model_dir / "config.json").exists()
+
+
+def test_lora_pipeline_checkpoint_resumes_on_one_process(
+    lora_runs, overrides, run_recipe, assert_same_training, resume_dir_from, tmp_path
+):
+    one, piped = lora_runs
+    resume_dir_from(piped, tmp_path, MIDDLE)
+    run_recipe(LORA, overrides(tmp_path, *NOT_MERGED, "--+checkpoint.restore_from=latest"))
+    adapter = "adapter_model.safetensors"
+    assert_same_training(tmp_path, one, range(MIDDLE + 1, STEPS + 1), MIDDLE, weights=adapter)
 
 
 @pytest.mark.parametrize(("layout", "tied"), [("1f1b", True), ("1f1b_untied", False)])
@@ -132,8 +167,10 @@ def test_unsupported_pipeline_settings_are_config_errors(
         check_fused_loss(cfg, build_loss(cfg), section)
 
 
-def test_lora_with_a_pipeline_is_a_config_error(monkeypatch_module):
-    cfg = load_config(REPO / "examples/llm_finetune/tiny_lora.yaml", PP)
+def test_merging_lora_at_the_end_of_a_pipeline_run_is_a_config_error(monkeypatch_module):
+    cfg = load_config(LORA, PP)
     section, _ = read_distributed(cfg, world_size=2)
-    with pytest.raises(ConfigError, match="LoRA adapters with pp_size > 1 are not supported"):
+    with pytest.raises(ConfigError, match="the merged model needs the whole model") as caught:
         check_pipeline(cfg, section)
+    assert caught.value.problems[0].key == "checkpoint.save_merged_model"
+    check_pipeline(load_config(LORA, [*PP, *NOT_MERGED]), section)

@@ -96,13 +96,14 @@ def adapter_extras_writer(
 ) -> Callable[[Path], None]:
     """What an adapter checkpoint needs beside its weights: adapter_config.json, tokenizer, YAML.
 
-    No config.json: transformers would then take the folder for a full model.
+    No config.json: transformers would then take the folder for a full model. The adapter's
+    config is read from `model` now, while it is whole (a pipeline stage holds some layers).
     """
+    content = adapter_config(model, base_model_name_or_path=base_model_source(cfg))
 
     def write(path: Path) -> None:
         model_dir = path / MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
-        content = adapter_config(model, base_model_name_or_path=base_model_source(cfg))
         (model_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(content, indent=2) + "\n")
         tokenizer.save_pretrained(model_dir)
         save_config(cfg, path / CONFIG_FILE)

@@ -31,7 +31,6 @@ log = logging.getLogger("automodel.recipes.llm")
 SCHEDULES = ("1f1b", "gpipe")  # one stage per rank
 # Sections (or loss) the stages do not support yet, and why.
 _REFUSED = {
-    "peft": "LoRA adapters",
     "moe": "MoE blocks",
 }
 
@@ -55,6 +54,13 @@ def check_pipeline(cfg: ConfigNode, section: Distributed) -> int | None:
     for name, what in _REFUSED.items():
         if name in cfg:
             raise _problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
+    if "peft" in cfg and cfg.get("checkpoint.save_merged_model"):
+        raise _problem(
+            cfg, "checkpoint.save_merged_model",
+            "the merged model needs the whole model on one rank, and each pipeline rank holds "
+            "one stage: set it false and merge the saved adapter afterwards (peft's "
+            "merge_and_unload, or a one-process run restoring the checkpoint)",
+        )  # fmt: skip
     if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
         raise _problem(cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet")
     if cfg.get("compile.enabled"):

@@ -132,7 +132,9 @@ class FinetuneRecipeForCausalLM:
         if self.restore_path is not None:
             with restoring(self.restore_path):
                 self.checkpointer.restore(self.restore_path, model=model)
-        hf_model = self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
+        self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
+        write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
+        self.write_hf_extras = write_extras(model, self.tokenizer, cfg)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
         if pipeline_len is not None:  # this rank keeps its stage (FSDP2 over its dp ranks)
@@ -165,8 +167,6 @@ class FinetuneRecipeForCausalLM:
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
         self.telemetry = Telemetry(self.run_dir, logging_section, cfg, total)
-        write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
-        self.write_hf_extras = write_extras(hf_model, self.tokenizer, cfg)
         if self.restore_path is None:
             self.telemetry.start_fresh()
         else:
