@@ -171,7 +171,7 @@ def model_case(balancing: str) -> dict:
 
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from automodel.moe import moe_aux_loss, patch_hf_moe, shard_experts
+    from automodel.moe import moe_aux_loss, moe_metrics, patch_hf_moe, shard_experts
 
     rank, world = dist.get_rank(), dist.get_world_size()
     config = Qwen3MoeConfig(
@@ -183,8 +183,12 @@ def model_case(balancing: str) -> dict:
     whole = Qwen3MoeForCausalLM(config)
     patch_hf_moe(whole, balancing=balancing, aux_loss_coeff=0.01)
     sharded = copy.deepcopy(whole)
+    every_token = copy.deepcopy(whole)  # sees both ranks' rows: the load summed over ranks
     names = shard_experts(sharded, None)
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(10 + rank))
+    all_ids = torch.empty(world * 2, 10, dtype=ids.dtype)
+    dist.all_gather_into_tensor(all_ids, ids)
+    every_token(all_ids)
     losses = {}
     for key, model in (("whole", whole), ("sharded", sharded)):
         out = model(ids, labels=ids)
@@ -193,6 +197,9 @@ def model_case(balancing: str) -> dict:
         loss.backward()
         losses[key] = (out.logits.detach(), loss.detach())
     result = {"sharded": names, "logits": max_rel(losses["sharded"][0], losses["whole"][0])}
+    result["metrics_summed"] = moe_metrics(sharded, reset=False, sum_over=dist.group.WORLD)
+    result["metrics_local"] = moe_metrics(sharded, reset=False)
+    result["metrics_every_token"] = moe_metrics(every_token, reset=False)
     result["loss"] = max_rel(losses["sharded"][1], losses["whole"][1])
     grads = {n: p.grad for n, p in whole.named_parameters()}
     weights = dict(whole.named_parameters())
@@ -212,7 +219,7 @@ def model_case(balancing: str) -> dict:
     result["grads"] = worst
     result["expert_shapes"] = expert_shapes
     result["gathered"] = gathered
-    del whole, sharded, grads, losses
+    del whole, sharded, every_token, grads, losses
     return result
 
 

@@ -63,6 +63,16 @@ def test_expert_parallel_model_equals_the_whole_model(
     assert result["gathered"] == 0.0  # full_tensor() of the DTensor shards is the whole weight
     for metric in ("logits", "loss", "grads"):
         assert result[metric] < RTOL, (metric, result[metric])
+    # moe_metrics(sum_over=...): the expert load of both ranks' tokens, as one model seeing
+    # all of them; the aux loss (computed per rank in training) is the mean of the ranks'
+    summed, every_token = result["metrics_summed"], result["metrics_every_token"]
+    assert summed.keys() == every_token.keys()
+    load = {k: v for k, v in every_token.items() if "aux_loss" not in k}
+    assert {k: summed[k] for k in load} == pytest.approx(load, rel=1e-6)
+    assert result["metrics_local"] != summed  # this rank's tokens alone route differently
+    for key in (k for k in summed if "aux_loss" in k):
+        ranks = [worker_case(ep_run, r, name)["metrics_local"][key] for r in (0, 1)]
+        assert summed[key] == pytest.approx(sum(ranks) / 2, rel=1e-6)
 
 
 def test_edge_cases_really_happen(ep_run: dict, worker_case) -> None:

@@ -54,8 +54,11 @@ def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def moe_metrics(model: nn.Module, reset: bool = True) -> dict[str, float]:
-    """Flat load-balance metrics since the last reset (local to this rank).
+def moe_metrics(
+    model: nn.Module, reset: bool = True, sum_over: dist.ProcessGroup | None = None
+) -> dict[str, float]:
+    """Flat load-balance metrics since the last reset: this rank's tokens, or with ``sum_over``
+    (a collective) the tokens of every rank of that group, e.g. the data-parallel ranks.
 
     Per layer: ``moe/layer_<i>/imbalance`` (max / mean tokens per expert, 1.0 is perfect),
     ``moe/layer_<i>/dead_experts`` (experts that got no token) and, with ``aux_loss``
@@ -65,18 +68,23 @@ def moe_metrics(model: nn.Module, reset: bool = True) -> dict[str, float]:
     """
     metrics: dict[str, float] = {}
     imbalances, aux_total, has_aux = [], 0.0, False
-    for i, (name, router) in enumerate(_routers(model)):
+    routers = _routers(model)
+    loads = [r.load_counts.clone() for _, r in routers]
+    aux = [[float(r.aux_loss_sum), float(r.aux_loss_calls)] for _, r in routers]
+    if sum_over is not None and routers:
+        loads, aux = _summed(loads, aux, sum_over)
+    for i, (name, router) in enumerate(routers):
         key = f"moe/{_layer_key(name, i)}"
-        load = router.load_counts
+        load = loads[i]
         if load.sum() > 0:
             imbalance = float(load.max() / load.mean())
             metrics[f"{key}/imbalance"] = imbalance
             metrics[f"{key}/dead_experts"] = float((load == 0).sum())
             imbalances.append(imbalance)
-        if router.aux_loss_calls:
-            aux = float(router.aux_loss_sum) / router.aux_loss_calls
-            metrics[f"{key}/aux_loss"] = aux
-            aux_total += aux
+        aux_sum, aux_calls = aux[i]
+        if aux_calls:
+            metrics[f"{key}/aux_loss"] = aux_sum / aux_calls
+            aux_total += aux_sum / aux_calls
             has_aux = True
         if reset:
             router.load_counts.zero_()
@@ -87,3 +95,20 @@ def moe_metrics(model: nn.Module, reset: bool = True) -> dict[str, float]:
     if has_aux:
         metrics["moe/aux_loss"] = aux_total
     return metrics
+
+
+def _summed(
+    loads: list[torch.Tensor], aux: list[list[float]], group: dist.ProcessGroup
+) -> tuple[list[torch.Tensor], list[list[float]]]:
+    """Every rank's expert loads and aux-loss sums/calls of ``group``, summed, in one all-reduce."""
+    flat = torch.cat(
+        [load.double().cpu() for load in loads] + [torch.tensor(aux).flatten().double()]
+    )
+    if "nccl" in str(dist.get_backend(group)):
+        flat = flat.cuda()
+    dist.all_reduce(flat, group=group)
+    flat = flat.cpu()
+    sizes = [load.numel() for load in loads]
+    summed = list(flat[: sum(sizes)].split(sizes))
+    pairs = flat[sum(sizes) :].view(-1, 2).tolist()
+    return [s.to(loads[0].dtype) for s in summed], pairs

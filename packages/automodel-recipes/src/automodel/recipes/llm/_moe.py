@@ -97,12 +97,12 @@ class MoeStep:
         return None if aux is None else aux / micro_batches
 
     def after_optimizer_step(self) -> dict[str, float]:
-        """Nudge the routing biases (bias balancing); return the step's load metrics (rank 0)."""
+        """Nudge the routing biases (bias balancing); the step's load metrics over every dp rank."""
         if self.section is None:
             return {}
         if self.section.balancing == "bias":
             update_moe_bias(self.model, self.parallel.group)  # counts summed over the dp ranks
-        return moe_metrics(self.model, reset=True)
+        return moe_metrics(self.model, reset=True, sum_over=self.parallel.group)
 
     def forget_load(self) -> None:
         """Drop the load counted by forwards that are not training (validation)."""
