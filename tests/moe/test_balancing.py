@@ -13,6 +13,7 @@ from automodel.moe import (
     expert_load,
     moe_aux_loss,
     moe_metrics,
+    routing_mask,
     update_moe_bias,
 )
 
@@ -80,6 +81,33 @@ def test_aux_loss_matches_hand_computation_and_transformers() -> None:
     # It is differentiable w.r.t. the router weight (through the probabilities).
     router.aux_loss.backward()
     assert router.weight.grad.abs().sum() > 0
+
+
+def test_padding_counts_toward_neither_load_nor_aux_loss_under_routing_mask() -> None:
+    """routing_mask(model, attention_mask): the aux loss equals transformers' with the same
+    attention mask, and the load counts only the real tokens."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    router, x = _skewed_router("aux_loss", aux_loss_coeff=0.5)
+    router.train()
+    model = nn.ModuleDict({"gate": router})
+    mask = torch.ones(4, 128, dtype=torch.long)
+    mask[1, 40:] = 0
+    mask[3, 100:] = 0
+    with routing_mask(model, mask):
+        logits, _, ids = router(x)
+    assert router.token_mask is None  # cleared on exit
+    hf = load_balancing_loss_func((logits,), num_experts=8, top_k=2, attention_mask=mask)
+    torch.testing.assert_close(router.aux_loss, 0.5 * hf)
+    real = mask.reshape(-1).bool()
+    expected = torch.bincount(ids[real].reshape(-1), minlength=8).float()
+    torch.testing.assert_close(expert_load(model)["moe_0"], expected)
+    wrong = pytest.raises(ValueError, match="routing mask has 8 tokens, this forward 512")
+    with wrong, routing_mask(model, torch.ones(2, 4)):
+        router(x)
+    with routing_mask(model, torch.zeros(4, 128)):  # nothing real: no load, a zero aux loss
+        router(x)
+    assert router.aux_loss.item() == 0.0
 
 
 def test_aux_loss_sigmoid_normalises_scores() -> None:

@@ -47,6 +47,21 @@ def test_moe_blocks_train_with_the_aux_loss_and_report_the_load(aux_run, jsonl_r
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
+def test_training_forwards_count_real_tokens_not_padding(aux_run):
+    """The recipe's micro-batch context: routers count top-k slots of unpadded tokens only."""
+    from automodel.moe import expert_load, moe_metrics
+
+    recipe, _ = aux_run
+    batch = next(b for b in recipe.train_loader if (b["attention_mask"] == 0).any())  # padded
+    mask = batch["attention_mask"]
+    recipe.model.train()
+    moe_metrics(recipe.unwrapped, reset=True)
+    with recipe.moe.real_tokens_only(batch):
+        recipe.forward_loss(recipe.prepare(batch), 1)
+    loads = expert_load(recipe.unwrapped)
+    assert [int(load.sum()) for load in loads.values()] == [int(mask.sum()) * 2] * 2  # top-2
+
+
 def test_the_checkpoint_loads_in_plain_transformers_with_the_same_logits(aux_run):
     from transformers import AutoModelForCausalLM
 

@@ -10,7 +10,13 @@ from automodel.moe._ep_dispatch import AllToAllDispatcher
 from automodel.moe._expert_parallel import shard_experts
 from automodel.moe._experts import GroupedExperts
 from automodel.moe._hf import patch_hf_moe, unpatch_hf_moe
-from automodel.moe._metrics import expert_load, moe_aux_loss, moe_metrics, update_moe_bias
+from automodel.moe._metrics import (
+    expert_load,
+    moe_aux_loss,
+    moe_metrics,
+    routing_mask,
+    update_moe_bias,
+)
 from automodel.moe._router import TopKRouter
 
 __all__ = [
@@ -23,6 +29,7 @@ __all__ = [
     "moe_aux_loss",
     "moe_metrics",
     "patch_hf_moe",
+    "routing_mask",
     "shard_experts",
     "unpatch_hf_moe",
     "update_moe_bias",

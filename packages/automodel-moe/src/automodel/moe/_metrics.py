@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,24 @@ def _routers(model: nn.Module) -> list[tuple[str, TopKRouter]]:
 def _layer_key(name: str, ordinal: int) -> str:
     match = re.search(r"(?:^|\.)layers\.(\d+)\.", name + ".")
     return f"layer_{match.group(1)}" if match else f"moe_{ordinal}"
+
+
+@contextlib.contextmanager
+def routing_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> Iterator[None]:
+    """Inside, the routers count only tokens where ``attention_mask`` is 1 (load, bias, aux loss).
+
+    Tokens are still routed and computed; padding just does not count. Keep the backward inside
+    too when activation checkpointing recomputes the forward. ``None``: every token counts.
+    """
+    routers = [r for _, r in _routers(model)]
+    mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
+    for router in routers:
+        router.token_mask = mask
+    try:
+        yield
+    finally:
+        for router in routers:
+            router.token_mask = None
 
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:

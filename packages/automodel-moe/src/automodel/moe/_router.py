@@ -36,6 +36,9 @@ class TopKRouter(nn.Module):
         self.aux_loss: torch.Tensor | None = None  # coefficient-weighted, of the last forward
         self.aux_loss_sum: torch.Tensor | float = 0.0  # detached, since the last metrics read
         self.aux_loss_calls = 0
+        # [T] bool, True for real tokens (see routing_mask): padding then counts toward neither
+        # the load nor the aux loss, as transformers' attention_mask does for its aux loss
+        self.token_mask: torch.Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -82,6 +85,14 @@ class TopKRouter(nn.Module):
         return logits, weights, topk_ids
 
     def _record(self, scores: torch.Tensor, topk_ids: torch.Tensor) -> None:
+        mask = self.token_mask
+        if mask is not None:
+            if mask.numel() != scores.shape[0]:
+                raise ValueError(
+                    f"the routing mask has {mask.numel()} tokens, this forward {scores.shape[0]}: "
+                    "set it from the attention mask of the batch being run (routing_mask)"
+                )
+            scores, topk_ids = scores[mask], topk_ids[mask]
         with torch.no_grad():
             counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts)
             counts = counts.to(self.load_counts.dtype)
@@ -119,6 +130,8 @@ def switch_aux_loss(scores: torch.Tensor, counts: torch.Tensor, normalize: bool)
     (divided by their per-token sum); ``counts`` ``[E]`` the (token, slot) assignments per expert.
     """
     num_tokens, num_experts = scores.shape
+    if num_tokens == 0:  # every token masked: nothing to balance
+        return scores.sum() * 0.0
     probs = scores / scores.sum(dim=-1, keepdim=True) if normalize else scores
     fraction = counts.float() / max(num_tokens, 1)
     return num_experts * (fraction * probs.mean(dim=0)).sum()

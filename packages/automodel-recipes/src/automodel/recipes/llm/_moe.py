@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from automodel.moe import (
     moe_aux_loss,
     moe_metrics,
     patch_hf_moe,
+    routing_mask,
     shard_experts,
     update_moe_bias,
 )
@@ -95,6 +98,13 @@ class MoeStep:
             return None
         aux = moe_aux_loss(self.model)
         return None if aux is None else aux / micro_batches
+
+    def real_tokens_only(self, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
+        """Inside (forward and backward), the routers count the batch's real tokens, not padding."""
+        if self.section is None:
+            return contextlib.nullcontext()
+        mask = batch.get("attention_mask")  # packed rows have none: every position counts
+        return routing_mask(self.model, None if mask is None else mask.to(self.parallel.device))
 
     def after_optimizer_step(self) -> dict[str, float]:
         """Nudge the routing biases (bias balancing); the step's load metrics over every dp rank."""

@@ -295,7 +295,8 @@ class FinetuneRecipeForCausalLM:
         """Forward and backward of every micro-batch of a step: (loss sum, real tokens)."""
         loss_sum, tokens = torch.zeros((), device=self.device), 0
         for i, batch in enumerate(micro_batches):
-            with self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1):
+            last = i == len(micro_batches) - 1
+            with self.parallel.micro_batch(self.model, last), self.moe.real_tokens_only(batch):
                 loss = self.forward_loss(batch, num_label_tokens)
                 aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
                 ((loss if aux is None else loss + aux) * self.parallel.averaged_over).backward()
