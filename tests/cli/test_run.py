@@ -66,6 +66,22 @@ def test_validate_prepends_validate_only_after_debug(run_cli, write_config, reco
     assert record()["argv"] == ["--debug", "--validate-only", "-c", "config.yaml"]
 
 
+@pytest.mark.parametrize(
+    ("launch", "world"),
+    [
+        ([], "1"),
+        (["--nproc-per-node", "4"], "4"),
+        (["--nnodes=2", "--nproc-per-node=2", "--rdzv-endpoint", "node0:29500"], "4"),
+    ],
+)
+def test_validate_checks_the_world_size_of_the_launch(run_cli, write_config, record, launch, world):
+    """`automodel validate ... --nproc-per-node 4` checks the config as 4 processes would."""
+    write_config("a: 1\n")
+    result = run_cli("validate", "test", "argv", "-c", "config.yaml", *launch, env=record.env)
+    assert result.returncode == 0, result.stderr
+    assert record()["env"]["WORLD_SIZE"] == world
+
+
 @pytest.mark.parametrize("command", [[], ["validate"]])
 def test_recipe_exit_code_propagates(run_cli, write_config, record, command):
     write_config("a: 1\n")

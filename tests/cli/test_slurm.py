@@ -413,6 +413,18 @@ def test_validate_checks_the_section_and_the_recipe_accepts_it(run_cli, write_co
     assert_user_error(result, "slurm.nodez: unknown key")
 
 
+def test_validate_checks_the_config_as_the_slurm_job_would_run_it(
+    run_cli, write_config, slurm_env, tmp_path
+):
+    """nodes × gpus_per_node processes: the world size the recipe's checks see."""
+    write_config("slurm:\n  nodes: 2\n  gpus_per_node: 4\n")
+    record = tmp_path / "record.json"
+    env = {**slurm_env, "AUTOMODEL_TEST_RECORD": str(record)}
+    result = run_cli("validate", "test", "argv", "-c", "config.yaml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(record.read_text())["env"]["WORLD_SIZE"] == "8"
+
+
 def test_a_containerised_job_does_not_need_the_recipe_installed_here(
     run_cli, write_config, slurm_env
 ):

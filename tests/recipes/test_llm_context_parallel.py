@@ -113,7 +113,12 @@ def test_one_process_checkpoint_resumes_with_context_parallel(
 @pytest.mark.parametrize(
     ("extra", "world_size", "key", "message"),
     [
-        (["--+distributed.strategy=none"], 1, "distributed.cp_size", "needs strategy fsdp2 or ddp"),
+        (
+            [],
+            1,
+            "distributed.dp_size",
+            r"cp_size 2 × tp_size 1 = 2 does not divide the world size 1",
+        ),
         (["--+distributed.pp_size=2"], 4, "distributed.cp_size", "cp_size with pp_size"),
         (["--+distributed.cp_size=3"], 4, "distributed.dp_size", "cp_size 3 × tp_size 1 = 3"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -159,6 +160,9 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
         return _print_command(cmd)
     flags = [*(["--debug"] if inv.debug else []), *(["--validate-only"] if validate else [])]
     overrides = inv.recipe_overrides() if job is None else job.recipe_overrides()
+    if validate:  # check the sizes against the processes the run would have
+        world = launch.nproc_per_node * launch.nnodes if job is None else job.world_size
+        os.environ.setdefault("WORLD_SIZE", str(world))
     assert ep is not None  # only a containerised SLURM job goes on without a local recipe
     return _call(load_recipe(ep), [*flags, "-c", inv.config, *overrides], inv.debug)
 

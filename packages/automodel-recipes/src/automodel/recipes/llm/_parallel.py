@@ -61,6 +61,10 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         raise _problem(
             cfg, "device", f"expected one of {', '.join(_DEVICES)}, got {section.device!r}"
         )
+    try:  # first: a size that the processes cannot hold is the root of any other complaint
+        sizes = resolve_sizes(_mesh_config(section), world)
+    except (MeshError, ValueError) as e:
+        raise _problem(cfg, _mesh_error_key(str(e)), str(e)) from e
     strategy = section.strategy or "none"  # `none` on the command line arrives as null
     if strategy == "auto":
         strategy = "fsdp2" if world > 1 else "none"
@@ -91,20 +95,12 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )
     if section.pp_size != 1 and (section.tp_size != 1 or section.ep_size != 1):
         raise _problem(cfg, "pp_size", "pp_size with tp_size or ep_size is not supported yet")
-    if section.cp_size != 1 and strategy == "none":
-        raise _problem(cfg, "cp_size", "context parallelism needs strategy fsdp2 or ddp")
     if section.cp_size != 1 and section.pp_size != 1:
         raise _problem(cfg, "cp_size", "cp_size with pp_size is not supported yet")
-    if section.ep_size != 1 and strategy == "none":
-        raise _problem(cfg, "ep_size", "expert parallelism needs strategy fsdp2 or ddp")
     if section.ep_size != 1 and section.tp_size != 1:
         raise _problem(cfg, "ep_size", "expert parallelism with tp_size > 1 is not supported yet")
     if section.ep_size != 1 and "moe" not in cfg:
         raise _problem(cfg, "ep_size", "expert parallelism needs a moe: section (MoE blocks)")
-    try:
-        sizes = resolve_sizes(_mesh_config(section), world)
-    except (MeshError, ValueError) as e:
-        raise _problem(cfg, _mesh_error_key(str(e)), str(e)) from e
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
 
