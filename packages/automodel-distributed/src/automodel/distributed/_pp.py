@@ -84,8 +84,11 @@ class DecoderStage(nn.Module):
         self.model.rotary_emb = base.rotary_emb
         self.lm_head = lm_head if self.is_last else None
         tied = lm_head is not None and lm_head.weight is base.embed_tokens.weight
-        # first or last of several stages of a model whose LM head is its input embedding
-        self.ties_embedding = tied and self.is_first != self.is_last
+        # on every stage of a split model whose LM head is its input embedding (so that every
+        # rank knows to create tied_embedding_group, a collective)
+        self.has_tied_head = tied and num_stages > 1
+        # the first or last of those stages: each holds the shared weight
+        self.ties_embedding = self.has_tied_head and self.is_first != self.is_last
         if self.ties_embedding and self.is_last:
             # The first stage owns the embedding; this one computes logits with a copy under the
             # same name, and the two sum their gradients (sum_tied_embedding_grads), so the

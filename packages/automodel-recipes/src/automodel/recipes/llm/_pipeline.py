@@ -88,14 +88,13 @@ class Pipeline:
         cfg: ConfigNode,
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
-        head, base = getattr(model, "lm_head", None), getattr(model, "model", None)
-        tied = head is not None and head.weight is getattr(base, "embed_tokens", nn.Module()).weight
         try:
             stages = split_decoder_into_stages(model, submesh(parallel.mesh, "pp"))
         except (NotImplementedError, ValueError) as e:
             raise _problem(cfg, "distributed.pp_size", str(e)) from e
         self.stage = parallel.shard(stages[0])
         # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
+        tied = self.stage.has_tied_head  # every rank: creating the group is a collective
         self.tied_group = tied_embedding_group(parallel.mesh) if tied else None
         tied_copy = self.stage.ties_embedding and self.stage.is_last
         self.tied_copies = [self.stage.model.embed_tokens.weight] if tied_copy else []
