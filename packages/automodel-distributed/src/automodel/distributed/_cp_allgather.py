@@ -73,8 +73,10 @@ class AllGatherContextParallel:
         self.group = cp
         self.size = dist.get_world_size(cp)
         self.rank = dist.get_rank(cp)
+        self.chunks = (self.rank, 2 * self.size - 1 - self.rank)  # the sequence chunks held here
         self.documents = documents
-        self._documents_of: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, ids)
+        # (the position_ids of the forward, its per-chunk document masks)
+        self._masks_for: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def shard_batch(self, batch: Mapping[str, Any], pad_token_id: int = 0) -> dict[str, Any]:
         """This rank's chunks of every ``[batch, seq]`` tensor, with ``position_ids``.
@@ -145,30 +147,29 @@ class AllGatherContextParallel:
         local = query.shape[2]
         if local % 2 or key.shape[2] != local:
             raise ValueError(f"expected the same even local length for q/k/v, got {local}")
-        documents = self._document_ids(position_ids) if self.documents else None
         chunk = local // 2
+        masks = self._document_masks(position_ids, chunk) if self.documents else None
         keys, values = (self._natural_order(t) for t in (key, value))
         outs = []
-        for half, index in enumerate((self.rank, 2 * self.size - 1 - self.rank)):
+        for half, index in enumerate(self.chunks):
             q = query[:, :, half * chunk : (half + 1) * chunk]
             end = (index + 1) * chunk  # this chunk sees every key up to its own last position
             k, v = keys[:, :, :end], values[:, :, :end]
             if heads != kv_heads:  # the lower-right causal kernels take equal head counts
                 k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-            if documents is None:
-                mask = causal_lower_right(chunk, end)
-            else:  # causal within each document: a materialised [b, 1, chunk, end] mask
-                same = documents[:, end - chunk : end, None] == documents[:, None, :end]
-                causal = torch.ones(chunk, end, dtype=torch.bool, device=q.device).tril(end - chunk)
-                mask = (same & causal).unsqueeze(1)
+            mask = causal_lower_right(chunk, end) if masks is None else masks[half]
             outs.append(F.scaled_dot_product_attention(q, k, v, mask, dropout, scale=scale))
         return torch.cat(outs, dim=2)
 
-    def _document_ids(self, position_ids: torch.Tensor | None) -> torch.Tensor:
-        """``[b, seq]`` document index of every position of the row, from the gathered positions."""
+    def _document_masks(self, position_ids: torch.Tensor | None, chunk: int) -> list[torch.Tensor]:
+        """Per local chunk, the ``[b, 1, chunk, keys]`` mask: causal, within each document.
+
+        Built once per forward (from the gathered positions) and shared by every layer, which
+        also lets autograd keep one copy for all their backwards.
+        """
         if position_ids is None:
             raise ValueError("attention over documents needs the position_ids of the shard")
-        cached = self._documents_of
+        cached = self._masks_for
         if cached is not None and cached[0] is position_ids:  # the same forward's next layer
             return cached[1]
         with torch.no_grad():
@@ -176,8 +177,14 @@ class AllGatherContextParallel:
             starts = torch.ones_like(positions, dtype=torch.bool)
             starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
             documents = starts.long().cumsum(dim=1)
-        self._documents_of = (position_ids, documents)
-        return documents
+            masks = []
+            for index in self.chunks:
+                end = (index + 1) * chunk
+                same = documents[:, end - chunk : end, None] == documents[:, None, :end]
+                causal = torch.ones(chunk, end, dtype=torch.bool, device=same.device)
+                masks.append((same & causal.tril(end - chunk)).unsqueeze(1))
+        self._masks_for = (position_ids, masks)
+        return masks
 
     def _natural_order(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's ``[b, h, 2 * chunk, d]`` gathered into ``[b, h, seq, d]`` in position order."""
