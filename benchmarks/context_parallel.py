@@ -44,8 +44,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def saved_bytes(run) -> int:
-    """Bytes of the distinct storages autograd saves for backward while `run()` executes."""
+def saved_bytes(run, model: torch.nn.Module) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `run()` executes,
+    `model`'s parameters left out."""
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -56,14 +57,13 @@ def saved_bytes(run) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = run()
-    params = {p.untyped_storage().data_ptr() for p in MODEL.parameters()}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     total = sum(n for ptr, n in storages.items() if ptr not in params)
     loss.backward()
     return total
 
 
 def main() -> None:
-    global MODEL
     args = parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
@@ -86,10 +86,10 @@ def main() -> None:
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    MODEL = LlamaForCausalLM(config).to(device, dtype)
+    model = LlamaForCausalLM(config).to(device, dtype)
     if cp is not None:
         AttentionInterface.register("automodel_cp_allgather", cp.hf_attention)
-        MODEL.set_attn_implementation("automodel_cp_allgather")
+        model.set_attn_implementation("automodel_cp_allgather")
     ids = torch.randint(0, args.vocab, (1, args.seq), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": ids, "labels": torch.roll(ids, -1, 1)}
     if cp is not None:
@@ -98,10 +98,10 @@ def main() -> None:
     labels = batch.pop("labels")
 
     def step() -> torch.Tensor:
-        logits = MODEL(**batch, use_cache=False).logits
+        logits = model(**batch, use_cache=False).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
-    activations = saved_bytes(step)  # also the warm-up step
+    activations = saved_bytes(step, model)  # also the warm-up step
     times = []
     for _ in range(args.steps):
         if cuda:
@@ -132,8 +132,6 @@ def main() -> None:
         dist.barrier()
         dist.destroy_process_group()
 
-
-MODEL: torch.nn.Module
 
 if __name__ == "__main__":
     main()
