@@ -35,6 +35,8 @@ def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300)
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    tests_dir = str(Path(__file__).parent)  # workers import worker_cases from here
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 

@@ -17,11 +17,8 @@ Each rank writes ``rank<r>.json``: ``{case: {metric: value} | {"error": tracebac
 from __future__ import annotations
 
 import copy
-import gc
-import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -38,6 +35,7 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+from worker_cases import run_cases
 
 from automodel.distributed._cp import make_cp_batch_and_ctx
 from automodel.distributed._cp_allgather import AllGatherContextParallel, load_balanced_positions
@@ -367,22 +365,11 @@ def cp_cuda_case(dtype: torch.dtype, kv_heads: int) -> dict:
     return result
 
 
-def run(cases: dict, result: dict) -> None:
-    for name, fn in cases.items():
-        try:
-            result[name] = fn()
-        except Exception:
-            result[name] = {"error": traceback.format_exc()}
-        gc.collect()
-
-
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "cp":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if mode == "cp" else "gloo")
-    rank = dist.get_rank()
-    result: dict = {"rank": rank}
     if mode == "cp":
         cases = {
             "cp_mha_fp32": lambda: cp_cuda_case(torch.float32, kv_heads=4),
@@ -414,11 +401,7 @@ def main() -> None:
             "cp_allgather_qwen3": lambda: cp_allgather_model_case("qwen3"),
             "cp_allgather_documents": cp_allgather_documents_case,
         }
-    run(cases, result)
-    (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    run_cases(cases, out)
 
 
 if __name__ == "__main__":

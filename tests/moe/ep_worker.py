@@ -10,11 +10,7 @@ Each rank writes ``rank<r>.json``: ``{case: {metric: value} | {"error": tracebac
 
 from __future__ import annotations
 
-import gc
-import json
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
+from worker_cases import run_cases
 
 from automodel.moe._ep_dispatch import AllToAllDispatcher, combine, dispatch
 
@@ -223,21 +220,9 @@ def model_case(balancing: str) -> dict:
     return result
 
 
-def run(cases: dict[str, Callable[[], dict]], result: dict) -> None:
-    for name, case in cases.items():
-        try:
-            result[name] = case()
-        except Exception:
-            result[name] = {"error": traceback.format_exc()}
-            print(f"rank {dist.get_rank()} {name}: {result[name]}", file=sys.stderr, flush=True)
-        gc.collect()
-
-
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    result: dict = {"rank": rank}
     cases = {
         "balanced": lambda: ep_case([7, 5]),
         "balanced_mesh": lambda: ep_case([4, 8], mesh=True),
@@ -250,11 +235,7 @@ def main() -> None:
         "model_ep2_aux_loss": lambda: model_case("aux_loss"),
         "model_ep2_no_balancing": lambda: model_case("none"),
     }
-    run(cases, result)
-    (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    run_cases(cases, out)
 
 
 if __name__ == "__main__":
