@@ -61,6 +61,7 @@ def test_explicit_sizes_that_miss_the_world_size_show_the_arithmetic() -> None:
         "(processes launched); "
     )
     assert isinstance(info.value, ValueError)
+    assert info.value.key is None  # the product, not one field, misses the world size
     with pytest.raises(
         MeshError,
         match=r"pp_size 2 × dp_size 2 × cp_size 1 × tp_size 4 = 16, but the world size is 8",
@@ -76,15 +77,20 @@ def test_auto_dp_needs_a_divisible_world_size() -> None:
 
 
 def test_ep_must_divide_dp_and_excludes_cp() -> None:
-    with pytest.raises(MeshError, match=r"ep_size 3 does not divide dp_size 4: .* multiple of 3"):
+    with pytest.raises(
+        MeshError, match=r"ep_size 3 does not divide dp_size 4: .* multiple of 3"
+    ) as e:
         resolve_sizes(MeshConfig(ep_size=3), 4)
-    with pytest.raises(MeshError, match="ep_size 2 with cp_size 2 is not supported"):
+    assert e.value.key == "ep_size"
+    with pytest.raises(MeshError, match="ep_size 2 with cp_size 2 is not supported") as e:
         resolve_sizes(MeshConfig(ep_size=2, cp_size=2), 8)
+    assert e.value.key == "ep_size"
 
 
 def test_dp_replicate_must_divide_dp() -> None:
-    with pytest.raises(MeshError, match="dp_replicate_size 3 does not divide dp_size 4"):
+    with pytest.raises(MeshError, match="dp_replicate_size 3 does not divide dp_size 4") as e:
         resolve_sizes(MeshConfig(dp_replicate_size=3), 4)
+    assert e.value.key == "dp_replicate_size"
 
 
 @pytest.mark.parametrize(
@@ -103,11 +109,13 @@ def test_mesh_config_validation(kwargs: dict[str, object], message: str) -> None
     with pytest.raises(MeshError) as info:
         MeshConfig(**kwargs)
     assert str(info.value) == message
+    assert info.value.key == next(iter(kwargs))
 
 
 def test_world_size_must_be_positive() -> None:
-    with pytest.raises(MeshError, match="world_size must be a positive integer, got 0"):
+    with pytest.raises(MeshError, match="world_size must be a positive integer, got 0") as e:
         resolve_sizes(MeshConfig(), 0)
+    assert e.value.key is None  # the processes launched, not a config field
 
 
 def test_a_multi_process_mesh_needs_a_process_group() -> None:

@@ -30,7 +30,15 @@ FLATTENED_DIMS = {
 
 
 class MeshError(ValueError):
-    """Parallel sizes that do not fit the number of processes."""
+    """Parallel sizes that do not fit the number of processes.
+
+    ``key``: the ``MeshConfig`` field at fault when it is one field (``"ep_size"``), or None
+    when it is their product against the world size.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -58,9 +66,10 @@ class MeshConfig:
             _check_positive(name, getattr(self, name), "a positive integer")
 
 
-def _check_positive(name: str, value: object, expected: str) -> None:
+def _check_positive(name: str, value: object, expected: str, config_field: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MeshError(f"{name} must be {expected}, got {value!r}")
+        key = name if config_field else None
+        raise MeshError(f"{name} must be {expected}, got {value!r}", key=key)
 
 
 def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
@@ -69,7 +78,7 @@ def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
     Raises MeshError, showing the arithmetic, when the sizes do not multiply to the world size
     or dp_replicate_size does not divide dp_size.
     """
-    _check_positive("world_size", world_size, "a positive integer")
+    _check_positive("world_size", world_size, "a positive integer", config_field=False)
     tp, cp, pp = config.tp_size, config.cp_size, config.pp_size
     if config.dp_size == "auto":
         model_parallel = tp * cp * pp
@@ -94,16 +103,20 @@ def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
     if dp % replicate:
         raise MeshError(
             f"dp_replicate_size {replicate} does not divide dp_size {dp}: dp_size = "
-            f"dp_replicate_size × dp_shard_size, so dp_shard_size would be {dp}/{replicate}"
+            f"dp_replicate_size × dp_shard_size, so dp_shard_size would be {dp}/{replicate}",
+            key="dp_replicate_size",
         )
     ep = config.ep_size
     if dp % ep:
         raise MeshError(
             f"ep_size {ep} does not divide dp_size {dp}: the experts are shared out over groups "
-            f"of ep_size data-parallel ranks, so dp_size must be a multiple of {ep}"
+            f"of ep_size data-parallel ranks, so dp_size must be a multiple of {ep}",
+            key="ep_size",
         )
     if ep > 1 and cp > 1:
-        raise MeshError(f"ep_size {ep} with cp_size {cp} is not supported; use one of them")
+        raise MeshError(
+            f"ep_size {ep} with cp_size {cp} is not supported; use one of them", key="ep_size"
+        )
     sizes = {"pp": pp, "dp_replicate": replicate, "dp_shard": dp // replicate, "cp": cp, "tp": tp}
     return {**sizes, "ep": ep}
 

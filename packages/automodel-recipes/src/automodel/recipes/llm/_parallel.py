@@ -63,8 +63,8 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         )
     try:  # first: a size that the processes cannot hold is the root of any other complaint
         sizes = resolve_sizes(_mesh_config(section), world)
-    except (MeshError, ValueError) as e:
-        raise _problem(cfg, _mesh_error_key(str(e)), str(e)) from e
+    except MeshError as e:  # a product that does not fit the processes: dp_size is "auto"'s
+        raise _problem(cfg, e.key or "dp_size", str(e)) from e
     strategy = section.strategy or "none"  # `none` on the command line arrives as null
     if strategy == "auto":
         strategy = "fsdp2" if world > 1 else "none"
@@ -103,15 +103,6 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
         raise _problem(cfg, "ep_size", "expert parallelism needs a moe: section (MoE blocks)")
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
-
-
-def _mesh_error_key(message: str) -> str:
-    """The `distributed:` key a MeshError is about: the size it starts with, else (a product
-    of sizes that does not fit the world) dp_size."""
-    first = message.split(" ", 1)[0]
-    if "×" in message or not (first.endswith("_size") and hasattr(Distributed, first)):
-        return "dp_size"
-    return first
 
 
 def _mesh_config(section: Distributed) -> MeshConfig:
