@@ -78,16 +78,15 @@ class SlurmJob:
     forward_env: tuple[str, ...] = ()
     extra_sbatch_lines: tuple[str, ...] = ()
     master_port: int = DEFAULT_MASTER_PORT
+    python: str | None = None
+    overrides: tuple[str, ...] = ()  # for the recipe: the command line's minus `slurm` ones
+    after_separator: tuple[str, ...] | None = None
+    debug: bool = False
 
     @property
     def world_size(self) -> int:
         """The processes the job starts: torchrun runs one per GPU on every node."""
         return self.nodes * self.gpus_per_node
-
-    python: str | None = None
-    overrides: tuple[str, ...] = ()  # for the recipe: the command line's minus `slurm` ones
-    after_separator: tuple[str, ...] | None = None
-    debug: bool = False
 
     @property
     def script(self) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -99,7 +98,7 @@ class MoeStep:
         aux = moe_aux_loss(self.model)
         return None if aux is None else aux / micro_batches
 
-    def real_tokens_only(self, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
+    def real_tokens_only(self, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
         """Inside (forward and backward), the routers count the batch's real tokens, not padding."""
         if self.section is None:
             return contextlib.nullcontext()
