@@ -10,9 +10,11 @@ Each rank writes ``rank<r>.json``: ``{case: {metric: value} | {"error": tracebac
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
+import fake_deep_ep
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor
 from worker_cases import run_cases
 
+from automodel.moe._deepep import DeepEPDispatcher
 from automodel.moe._ep_dispatch import AllToAllDispatcher, combine, dispatch
 
 HIDDEN, INTER = 16, 24
@@ -35,6 +38,11 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.numel() == 0:
         return 0.0
     return ((a - b).abs() / (b.abs() + TOL["atol"] / TOL["rtol"])).max().item()
+
+
+def rel_norm(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``: the error of a whole tensor, for low-precision comparisons."""
+    return 0.0 if a.numel() == 0 else ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 def make_routing(
@@ -85,8 +93,21 @@ def reference(data, weights: list[torch.Tensor]) -> dict[str, list[torch.Tensor]
     }
 
 
+def make_dispatcher(backend: str, group, num_experts: int, dtype: torch.dtype = torch.float32):
+    """``all_to_all``, or ``deepep`` on the CPU stand-in for DeepEP (tokens sent in ``dtype``)."""
+    if backend == "all_to_all":
+        return AllToAllDispatcher(group, num_experts)
+    return DeepEPDispatcher(group, num_experts, exchange_dtype=dtype, deep_ep=fake_deep_ep)
+
+
 def ep_case(
-    tokens: list[int], num_experts: int = 8, k: int = 2, skew: bool = False, mesh: bool = False
+    tokens: list[int],
+    num_experts: int = 8,
+    k: int = 2,
+    skew: bool = False,
+    mesh: bool = False,
+    backend: str = "all_to_all",
+    exchange_dtype: torch.dtype = torch.float32,
 ) -> dict:
     """Expert-parallel output and gradients against the reference, for this rank."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -96,38 +117,44 @@ def ep_case(
     ref = reference(data, full)
 
     group = init_device_mesh("cpu", (world,), mesh_dim_names=("ep",)) if mesh else None
-    dispatcher = AllToAllDispatcher(group, num_experts)
+    dispatcher = make_dispatcher(backend, group, num_experts, exchange_dtype)
     experts = dispatcher.local_experts
     params = [w[experts.start : experts.stop].clone().requires_grad_() for w in full]
     x0, ids, w0, grad_out = data[rank]
     x, weights = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-    recv_x, counts, handle = dispatcher.dispatch(x, ids)
+    recv_x, counts, handle = dispatcher.dispatch(x, ids, weights)
     outs = [
-        swiglu(chunk, *(p[e] for p in params))
+        swiglu(chunk.float(), *(p[e] for p in params))  # GroupedExperts.ffn casts so too
         for e, chunk in enumerate(recv_x.split(counts.tolist()))
     ]
     y = torch.cat(outs) if outs else recv_x
-    out = dispatcher.combine(y, handle, weights)
+    out = dispatcher.combine(y, handle).to(x.dtype)
     (out * grad_out).sum().backward()
 
-    expert_grad = max(
-        max_rel(p.grad, g[experts.start : experts.stop])
-        for p, g in zip(params, ref["expert_grads"], strict=True)
-    )
-    return {
+    pairs = {
+        "out": (out.detach(), ref["out"][rank]),
+        "x_grad": (x.grad, ref["x_grad"][rank]),
+        "w_grad": (weights.grad, ref["w_grad"][rank]),
+        "expert_grad": (
+            torch.cat([p.grad.flatten() for p in params]),
+            torch.cat([g[experts.start : experts.stop].flatten() for g in ref["expert_grads"]]),
+        ),
+    }
+    result = {
         "tokens": x.shape[0],
         "recv_rows": recv_x.shape[0],
         "counts": counts.tolist(),
         "ref_counts": ref["counts"][experts.start : experts.stop].tolist(),
         "out_shape": list(out.shape),
-        "out": max_rel(out.detach(), ref["out"][rank]),
-        "x_grad": max_rel(x.grad, ref["x_grad"][rank]),
-        "w_grad": max_rel(weights.grad, ref["w_grad"][rank]),
-        "expert_grad": expert_grad,
+        **{key: max_rel(*pair) for key, pair in pairs.items()},
+        **{f"{key}_norm": rel_norm(*pair) for key, pair in pairs.items()},
         "expert_grad_nonzero": any(p.grad.abs().sum().item() > 0 for p in params),
-        "sent": handle.input_splits,
-        "received": handle.output_splits,
     }
+    if backend == "all_to_all":
+        result.update(sent=handle.input_splits, received=handle.output_splits)
+    else:  # DeepEP sends a token once per rank: fewer tokens received than rows computed
+        result.update(received_tokens=handle.received, buffers=len(fake_deep_ep.created))
+    return result
 
 
 def functional_bf16_case() -> dict:
@@ -137,8 +164,8 @@ def functional_bf16_case() -> dict:
     x = torch.randn(5, HIDDEN, generator=gen).to(torch.bfloat16)
     ids = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(5)])
     weights = torch.rand(5, 2, generator=gen)
-    recv_x, counts, handle = dispatch(x, ids, dist.group.WORLD, 4)
-    out = combine(recv_x, handle, weights)
+    recv_x, counts, handle = dispatch(x, ids, weights, dist.group.WORLD, 4)
+    out = combine(recv_x, handle)
     expected = (x.float().unsqueeze(1) * weights.unsqueeze(-1)).sum(dim=1).to(torch.bfloat16)
     return {
         "dtype": str(out.dtype),
@@ -151,13 +178,13 @@ def functional_bf16_case() -> dict:
 def indivisible_case() -> dict:
     x, ids = torch.zeros(3, HIDDEN), torch.zeros(3, 1, dtype=torch.long)
     try:
-        dispatch(x, ids, None, 5)
+        dispatch(x, ids, torch.ones(3, 1), None, 5)
     except ValueError as exc:
         return {"error_message": str(exc)}
     return {"error_message": None}
 
 
-def model_case(balancing: str) -> dict:
+def model_case(balancing: str, dispatcher: str = "all_to_all") -> dict:
     """A patched tiny Qwen3-MoE, whole (EP=1) vs experts sharded over both ranks (EP=2).
 
     Every rank feeds its own tokens to both; logits, the loss and every gradient must agree.
@@ -168,7 +195,13 @@ def model_case(balancing: str) -> dict:
 
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from automodel.moe import moe_aux_loss, moe_metrics, patch_hf_moe, shard_experts
+    from automodel.moe import (
+        GroupedExperts,
+        moe_aux_loss,
+        moe_metrics,
+        patch_hf_moe,
+        shard_experts,
+    )
 
     rank, world = dist.get_rank(), dist.get_world_size()
     config = Qwen3MoeConfig(
@@ -181,7 +214,15 @@ def model_case(balancing: str) -> dict:
     patch_hf_moe(whole, balancing=balancing, aux_loss_coeff=0.01)
     sharded = copy.deepcopy(whole)
     every_token = copy.deepcopy(whole)  # sees both ranks' rows: the load summed over ranks
-    names = shard_experts(sharded, None)
+    if dispatcher == "deepep":  # shard_experts' own path, on the CPU stand-in for DeepEP
+        with stand_in_deep_ep():
+            names = shard_experts(sharded, None, dispatcher="deepep")
+        for module in sharded.modules():
+            if isinstance(module, GroupedExperts):  # the stand-in takes float32 tokens too
+                module.dispatcher.exchange_dtype = torch.float32
+        buffers = {id(m.dispatcher.buffers) for m in sharded.modules() if hasattr(m, "dispatcher")}
+    else:
+        names = shard_experts(sharded, None)
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(10 + rank))
     all_ids = torch.empty(world * 2, 10, dtype=ids.dtype)
     dist.all_gather_into_tensor(all_ids, ids)
@@ -194,6 +235,11 @@ def model_case(balancing: str) -> dict:
         loss.backward()
         losses[key] = (out.logits.detach(), loss.detach())
     result = {"sharded": names, "logits": max_rel(losses["sharded"][0], losses["whole"][0])}
+    if dispatcher == "deepep":
+        result["shared_buffers"] = len(buffers)
+        result["dispatchers"] = sorted(
+            {type(m.dispatcher).__name__ for m in sharded.modules() if hasattr(m, "dispatcher")}
+        )
     result["metrics_summed"] = moe_metrics(sharded, reset=False, sum_over=dist.group.WORLD)
     result["metrics_local"] = moe_metrics(sharded, reset=False)
     result["metrics_every_token"] = moe_metrics(every_token, reset=False)
@@ -220,6 +266,19 @@ def model_case(balancing: str) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def stand_in_deep_ep():
+    """``require_deepep`` finds the stand-in module and CUDA (only for building dispatchers)."""
+    from automodel.moe import _deepep
+
+    saved = _deepep._import_deep_ep, torch.cuda.is_available
+    _deepep._import_deep_ep, torch.cuda.is_available = (lambda: fake_deep_ep), (lambda: True)
+    try:
+        yield
+    finally:
+        _deepep._import_deep_ep, torch.cuda.is_available = saved
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
@@ -234,6 +293,15 @@ def main() -> None:
         "indivisible": indivisible_case,
         "model_ep2_aux_loss": lambda: model_case("aux_loss"),
         "model_ep2_no_balancing": lambda: model_case("none"),
+        "deepep_balanced": lambda: ep_case([7, 5], backend="deepep"),
+        "deepep_balanced_mesh": lambda: ep_case([4, 8], mesh=True, backend="deepep"),
+        "deepep_top1_many_experts": lambda: ep_case([9, 6], 16, k=1, backend="deepep"),
+        "deepep_top4": lambda: ep_case([8, 6], num_experts=8, k=4, backend="deepep"),
+        "deepep_skewed": lambda: ep_case([6, 4], skew=True, backend="deepep"),
+        "deepep_rank1_no_tokens": lambda: ep_case([6, 0], backend="deepep"),
+        "deepep_no_tokens_anywhere": lambda: ep_case([0, 0], backend="deepep"),
+        "deepep_bf16": lambda: ep_case([7, 5], backend="deepep", exchange_dtype=torch.bfloat16),
+        "deepep_model_ep2_aux_loss": lambda: model_case("aux_loss", dispatcher="deepep"),
     }
     run_cases(cases, out)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from automodel.moe import _deepep
+from automodel.moe import _deepep, shard_experts
 from automodel.moe._ep_dispatch import DispatchHandle, combine, dispatch, experts_per_rank
 
 WORKER = Path(__file__).with_name("ep_worker.py")
@@ -75,6 +75,53 @@ def test_expert_parallel_model_equals_the_whole_model(
         assert summed[key] == pytest.approx(sum(ranks) / 2, rel=1e-6)
 
 
+DEEPEP_CASES = [f"deepep_{name}" for name in EP_CASES if name != "balanced_mesh"]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", [*DEEPEP_CASES, "deepep_balanced_mesh", "deepep_top4"])
+def test_deepep_dispatcher_matches_reference(ep_run: dict, name: str, rank: int, worker_case):
+    """DeepEPDispatcher on a CPU stand-in for DeepEP's kernels (tests/moe/fake_deep_ep.py)."""
+    result = worker_case(ep_run, rank, name)
+    for metric in ("out", "x_grad", "w_grad", "expert_grad"):
+        assert result[metric] < RTOL, (metric, result[metric])
+    assert result["counts"] == result["ref_counts"]
+    assert sum(result["counts"]) == result["recv_rows"]
+    assert result["out_shape"] == [result["tokens"], 16]
+    assert result["buffers"] >= 1
+
+
+def test_deepep_sends_each_token_once_per_rank(ep_run: dict, worker_case) -> None:
+    """With top-4 of 8 experts over 2 ranks most tokens have several experts on one rank."""
+    for rank in (0, 1):
+        result = worker_case(ep_run, rank, "deepep_top4")
+        assert result["received_tokens"] < result["recv_rows"]
+    idle = worker_case(ep_run, 1, "deepep_rank1_no_tokens")
+    assert idle["tokens"] == 0 and idle["recv_rows"] > 0 and idle["expert_grad_nonzero"]
+    skewed = worker_case(ep_run, 0, "deepep_skewed")
+    assert skewed["recv_rows"] == skewed["received_tokens"] == 0
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_deepep_bfloat16_exchange_close_to_float32(ep_run: dict, rank: int, worker_case):
+    """Tokens travel in bfloat16 (DeepEP's dtype): within bfloat16 rounding of the reference
+    (relative error of each whole tensor), and not exact, so the rounding really happened."""
+    result = worker_case(ep_run, rank, "deepep_bf16")
+    for metric in ("out", "x_grad", "w_grad", "expert_grad"):
+        value = result[f"{metric}_norm"]
+        assert 1e-5 < value < 1e-2, (metric, value)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_deepep_model_equals_the_whole_model(ep_run: dict, rank: int, worker_case) -> None:
+    """shard_experts(dispatcher="deepep"): one shared buffer, same logits, loss and gradients."""
+    result = worker_case(ep_run, rank, "deepep_model_ep2_aux_loss")
+    assert result["dispatchers"] == ["DeepEPDispatcher"]
+    assert result["shared_buffers"] == 1
+    for metric in ("logits", "loss", "grads"):
+        assert result[metric] < RTOL, (metric, result[metric])
+
+
 def test_edge_cases_really_happen(ep_run: dict, worker_case) -> None:
     skewed = [worker_case(ep_run, r, "skewed") for r in (0, 1)]
     assert skewed[0]["recv_rows"] == 0 and not skewed[0]["expert_grad_nonzero"]
@@ -106,24 +153,24 @@ def test_experts_per_rank() -> None:
 
 
 def test_dispatch_rejects_bad_inputs_before_communicating() -> None:
-    x, ids = torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long)
+    x, ids, w = torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long), torch.ones(3, 2)
     with pytest.raises(ValueError, match=r"x must be \[tokens, hidden\]"):
-        dispatch(x[None], ids, None, 4)
+        dispatch(x[None], ids, w, None, 4)
     with pytest.raises(ValueError, match=r"topk_ids must be \[tokens, k\] with tokens=3"):
-        dispatch(x, ids[:2], None, 4)
+        dispatch(x, ids[:2], w, None, 4)
     with pytest.raises(ValueError, match="integer tensor"):
-        dispatch(x, ids.float(), None, 4)
+        dispatch(x, ids.float(), w, None, 4)
     with pytest.raises(ValueError, match=r"in \[0, 4\)"):
-        dispatch(x, ids + 4, None, 4)
+        dispatch(x, ids + 4, w, None, 4)
+    with pytest.raises(ValueError, match=r"topk_weights must have the shape of topk_ids \(3, 2\)"):
+        dispatch(x, ids, w[:, :1], None, 4)
 
 
 def test_combine_rejects_mismatched_shapes() -> None:
     perm = torch.arange(6)
-    handle = DispatchHandle(None, perm, perm, perm, perm, [6], [6], num_tokens=3, topk=2)
-    with pytest.raises(ValueError, match=r"topk_weights must have shape \(3, 2\)"):
-        combine(torch.zeros(6, 4), handle, torch.ones(3, 1))
+    handle = DispatchHandle(None, perm, perm, perm, perm, [6], [6], topk_weights=torch.ones(3, 2))
     with pytest.raises(ValueError, match=r"y must be \[6, hidden\]"):
-        combine(torch.zeros(5, 4), handle, torch.ones(3, 2))
+        combine(torch.zeros(5, 4), handle)
 
 
 def test_deepep_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +179,12 @@ def test_deepep_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(RuntimeError, match=r"pip install automodel-moe\[deepep\].*NVSHMEM"):
         _deepep.require_deepep()
     with pytest.raises(RuntimeError, match=r"automodel-moe\[deepep\]"):
-        _deepep.make_deepep_dispatcher(None, 8)  # refused before touching the group
+        _deepep.DeepEPDispatcher(None, 8)  # refused before touching the group
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match=r"automodel-moe\[deepep\]"):
+        shard_experts(model, None, dispatcher="deepep")  # before looking at the model
+    with pytest.raises(ValueError, match=r"dispatcher must be one of .*'nccl'"):
+        shard_experts(model, None, dispatcher="nccl")
 
 
 def test_deepep_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,15 +109,15 @@ class _SingleRankDispatcher:
         self.num_experts = num_experts
         self.calls = 0
 
-    def dispatch(self, x, topk_ids):
+    def dispatch(self, x, topk_ids, topk_weights):
         self.calls += 1
         flat = topk_ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
         counts = torch.bincount(flat, minlength=self.num_experts)
-        return x[order // topk_ids.shape[1]], counts, (order, topk_ids.shape)
+        return x[order // topk_ids.shape[1]], counts, (order, topk_ids.shape, topk_weights)
 
-    def combine(self, y, handle, topk_weights):
-        order, shape = handle
+    def combine(self, y, handle):
+        order, shape, topk_weights = handle
         out = torch.empty_like(y)
         out[order] = y
         return (out.view(*shape, -1) * topk_weights.unsqueeze(-1)).sum(1)

@@ -6,6 +6,7 @@ the weights keep their HF names, so checkpoints load in plain transformers uncha
 
 from automodel.moe._block import MoE
 from automodel.moe._config import MoEConfig
+from automodel.moe._deepep import DeepEPDispatcher
 from automodel.moe._ep_dispatch import AllToAllDispatcher
 from automodel.moe._expert_parallel import shard_experts
 from automodel.moe._experts import GroupedExperts
@@ -21,6 +22,7 @@ from automodel.moe._router import TopKRouter
 
 __all__ = [
     "AllToAllDispatcher",
+    "DeepEPDispatcher",
     "GroupedExperts",
     "MoE",
     "MoEConfig",

@@ -3,7 +3,8 @@
 ``E`` global experts are sharded contiguously over an ``ep`` group of size ``W``: rank ``r``
 owns experts ``[r * E/W, (r + 1) * E/W)``. ``dispatch`` sends each (token, top-k slot)
 assignment to the rank owning its expert and returns the received rows grouped by local
-expert; ``combine`` sends the expert outputs back and sums them with the routing weights.
+expert; ``combine`` sends the expert outputs back and sums them with the routing weights
+given to ``dispatch`` (kept in the handle, applied on the token's own rank).
 Both are differentiable: the backward of each exchange is the reverse exchange, so every rank
 of the group must run backward through the same dispatch/combine calls, and ``x`` must require
 grad on every rank or on none (a rank whose exchange is not in the autograd graph would skip
@@ -24,9 +25,11 @@ __all__ = [
     "AllToAllDispatcher",
     "DispatchHandle",
     "TokenDispatcher",
+    "check_routing",
     "combine",
     "dispatch",
     "experts_per_rank",
+    "local_expert_range",
 ]
 
 Group = dist.ProcessGroup | DeviceMesh | None
@@ -45,8 +48,7 @@ class DispatchHandle:
     recv_inverse: torch.Tensor
     input_splits: list[int]  # rows this rank sent to each peer
     output_splits: list[int]  # rows this rank received from each peer
-    num_tokens: int
-    topk: int
+    topk_weights: torch.Tensor  # [tokens, k], applied by combine
 
 
 def experts_per_rank(num_experts: int, ep_size: int) -> int:
@@ -100,7 +102,10 @@ def _inverse(perm: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-def _check_inputs(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> None:
+def check_routing(
+    x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, num_experts: int
+) -> None:
+    """``ValueError`` unless ``x`` ``[T, H]``, ``topk_ids`` and ``topk_weights`` ``[T, k]`` fit."""
     if x.dim() != 2:
         raise ValueError(f"x must be [tokens, hidden], got shape {tuple(x.shape)}")
     if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
@@ -111,17 +116,26 @@ def _check_inputs(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> 
         raise ValueError(f"topk_ids must be an integer tensor, got {topk_ids.dtype}")
     if topk_ids.numel() and (topk_ids.min() < 0 or topk_ids.max() >= num_experts):
         raise ValueError(f"topk_ids must lie in [0, {num_experts}), got values outside it")
+    if topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"topk_weights must have the shape of topk_ids {tuple(topk_ids.shape)}, "
+            f"got {tuple(topk_weights.shape)}"
+        )
 
 
 def dispatch(
-    x: torch.Tensor, topk_ids: torch.Tensor, group: Group, num_experts: int
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    group: Group,
+    num_experts: int,
 ) -> tuple[torch.Tensor, torch.Tensor, DispatchHandle]:
     """Send each (token, slot) row to its expert's rank; rows come back grouped by local expert."""
-    _check_inputs(x, topk_ids, num_experts)
+    check_routing(x, topk_ids, topk_weights, num_experts)
     pg = _resolve_group(group)
     world = dist.get_world_size(pg)
     local = experts_per_rank(num_experts, world)
-    num_tokens, topk = topk_ids.shape
+    topk = topk_ids.shape[1]
 
     flat_ids = topk_ids.reshape(-1).long()
     send_order = torch.argsort(flat_ids, stable=True)
@@ -147,44 +161,47 @@ def dispatch(
         recv_inverse=_inverse(recv_order),
         input_splits=input_splits,
         output_splits=output_splits,
-        num_tokens=num_tokens,
-        topk=topk,
+        topk_weights=topk_weights,
     )
     return recv_x, tokens_per_local_expert, handle
 
 
-def combine(y: torch.Tensor, handle: DispatchHandle, topk_weights: torch.Tensor) -> torch.Tensor:
+def combine(y: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
     """Return expert outputs to their tokens: ``out[t] = sum_j topk_weights[t, j] * y[t, j]``."""
-    expected = (handle.num_tokens, handle.topk)
-    if tuple(topk_weights.shape) != expected:
-        raise ValueError(
-            f"topk_weights must have shape {expected}, got {tuple(topk_weights.shape)}"
-        )
     if y.dim() != 2 or y.shape[0] != handle.recv_order.numel():
         raise ValueError(
             f"y must be [{handle.recv_order.numel()}, hidden] like recv_x, got {tuple(y.shape)}"
         )
+    weights = handle.topk_weights
     back = y.index_select(0, handle.recv_inverse)
     sent = _AllToAll.apply(back, handle.input_splits, handle.output_splits, handle.group)
-    rows = sent.index_select(0, handle.send_inverse).view(
-        handle.num_tokens, handle.topk, y.shape[1]
-    )
-    out = (rows.float() * topk_weights.float().unsqueeze(-1)).sum(dim=1)
+    rows = sent.index_select(0, handle.send_inverse).view(*weights.shape, y.shape[1])
+    out = (rows.float() * weights.float().unsqueeze(-1)).sum(dim=1)
     return out.to(y.dtype)
 
 
 class TokenDispatcher(Protocol):
     """The interface every expert-parallel backend (all-to-all, DeepEP) implements."""
 
+    num_experts: int
+    local_experts: range  # the global ids of this rank's experts
+
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """Return ``(recv_x sorted by local expert, tokens_per_local_expert, handle)``."""
+        """Return ``(rows sorted by local expert, tokens_per_local_expert, handle)``."""
         ...
 
-    def combine(self, y: torch.Tensor, handle: Any, topk_weights: torch.Tensor) -> torch.Tensor:
-        """Return ``[tokens, hidden]``: the routing-weighted sum of the expert outputs."""
+    def combine(self, y: torch.Tensor, handle: Any) -> torch.Tensor:
+        """Return ``[tokens, hidden]``: each token's expert outputs summed with its weights."""
         ...
+
+
+def local_expert_range(num_experts: int, group: dist.ProcessGroup | None) -> range:
+    """The global ids of the experts this rank of ``group`` owns (a contiguous share)."""
+    local = experts_per_rank(num_experts, dist.get_world_size(group))
+    start = dist.get_rank(group) * local
+    return range(start, start + local)
 
 
 class AllToAllDispatcher:
@@ -193,20 +210,14 @@ class AllToAllDispatcher:
     def __init__(self, group: Group, num_experts: int) -> None:
         self.group = _resolve_group(group)
         self.num_experts = num_experts
-        self.ep_size = dist.get_world_size(self.group)
-        self.num_local_experts = experts_per_rank(num_experts, self.ep_size)
-        self.ep_rank = dist.get_rank(self.group)
-        start = self.ep_rank * self.num_local_experts
-        self.local_experts = range(start, start + self.num_local_experts)
+        self.local_experts = local_expert_range(num_experts, self.group)
 
     def dispatch(
-        self, x: torch.Tensor, topk_ids: torch.Tensor
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, DispatchHandle]:
         """See ``dispatch``."""
-        return dispatch(x, topk_ids, self.group, self.num_experts)
+        return dispatch(x, topk_ids, topk_weights, self.group, self.num_experts)
 
-    def combine(
-        self, y: torch.Tensor, handle: DispatchHandle, topk_weights: torch.Tensor
-    ) -> torch.Tensor:
+    def combine(self, y: torch.Tensor, handle: DispatchHandle) -> torch.Tensor:
         """See ``combine``."""
-        return combine(y, handle, topk_weights)
+        return combine(y, handle)

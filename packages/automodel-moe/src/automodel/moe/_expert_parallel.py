@@ -7,12 +7,15 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard
 
-from automodel.moe._ep_dispatch import AllToAllDispatcher, Group
+from automodel.moe._deepep import DeepEPDispatcher, require_deepep
+from automodel.moe._ep_dispatch import AllToAllDispatcher, Group, TokenDispatcher
 from automodel.moe._experts import GroupedExperts
 
+DISPATCHERS = ("all_to_all", "deepep")
 
-def shard_experts(model: nn.Module, group: Group) -> list[str]:
-    """Keep this rank's contiguous share of every ``GroupedExperts``; tokens go by all_to_all.
+
+def shard_experts(model: nn.Module, group: Group, dispatcher: str = "all_to_all") -> list[str]:
+    """Keep this rank's contiguous share of every ``GroupedExperts``; exchange tokens between them.
 
     ``group`` is the expert-parallel process group or 1-D device mesh (None: every process);
     rank r of it keeps experts ``[r * E / W, (r + 1) * E / W)``. Call it on every rank with
@@ -26,8 +29,17 @@ def shard_experts(model: nn.Module, group: Group) -> list[str]:
     whole group's tokens: a data-parallel average over the same ranks must leave these weights
     out (FSDP2 ``ignored_params``; divide their gradients by the data-parallel size yourself
     when the loss is a per-rank mean). Returns the names of the sharded modules.
+
+    ``dispatcher`` moves the tokens: ``"all_to_all"`` (torch.distributed, any backend) or
+    ``"deepep"`` (DeepEP's NVLink/RDMA kernels on CUDA, ``automodel-moe[deepep]``; one
+    communication buffer shared by every layer).
     """
+    if dispatcher not in DISPATCHERS:
+        raise ValueError(f"dispatcher must be one of {DISPATCHERS}, got {dispatcher!r}")
+    if dispatcher == "deepep":
+        require_deepep()  # before any module changes
     mesh = None
+    first: TokenDispatcher | None = None
     sharded = []
     for name, experts in model.named_modules():
         if not isinstance(experts, GroupedExperts):
@@ -36,20 +48,32 @@ def shard_experts(model: nn.Module, group: Group) -> list[str]:
             raise ValueError(f"{name or type(model).__name__} is already expert-parallel")
         if mesh is None:
             mesh = _as_mesh(group, experts.down_proj.device.type)
-        dispatcher = AllToAllDispatcher(mesh, experts.num_experts)
-        local = slice(dispatcher.local_experts.start, dispatcher.local_experts.stop)
+        exchange = _make_dispatcher(dispatcher, mesh, experts.num_experts, first)
+        first = first or exchange
+        local = slice(exchange.local_experts.start, exchange.local_experts.stop)
         for weight_name in ("gate_up_proj" if experts.config.gated else "up_proj", "down_proj"):
             weight = getattr(experts, weight_name)
             shard = weight.detach()[local].clone()
             kept = DTensor.from_local(shard, mesh, [Shard(0)], run_check=False)
             setattr(experts, weight_name, nn.Parameter(kept, requires_grad=weight.requires_grad))
-        experts.dispatcher = dispatcher
+        experts.dispatcher = exchange
         sharded.append(name)
     if not sharded:
         raise ValueError(
             f"{type(model).__name__} has no GroupedExperts to shard; call patch_hf_moe first"
         )
     return sharded
+
+
+def _make_dispatcher(
+    kind: str, mesh: DeviceMesh, num_experts: int, first: TokenDispatcher | None
+) -> TokenDispatcher:
+    if kind == "all_to_all":
+        return AllToAllDispatcher(mesh, num_experts)
+    exchange = DeepEPDispatcher(mesh, num_experts)
+    if isinstance(first, DeepEPDispatcher):
+        exchange.share_buffer(first)
+    return exchange
 
 
 def _as_mesh(group: Group, device_type: str) -> DeviceMesh:

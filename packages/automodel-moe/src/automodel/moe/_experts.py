@@ -127,9 +127,9 @@ class GroupedExperts(nn.Module):
 
     Gated activations: ``gate_up_proj`` ``[E, 2I, H]`` (gate rows first) and ``down_proj``
     ``[E, H, I]``; non-gated: ``up_proj`` ``[E, I, H]`` and ``down_proj``.
-    ``dispatcher`` (optional, for expert parallelism) has ``dispatch(x, topk_ids) ->
-    (rows sorted by local expert, tokens per local expert, handle)`` and
-    ``combine(y, handle, topk_weights)``; this module then holds only its local experts.
+    ``dispatcher`` (optional, for expert parallelism) is a ``TokenDispatcher``:
+    ``dispatch(x, topk_ids, topk_weights) -> (rows sorted by local expert, tokens per local
+    expert, handle)`` and ``combine(y, handle)``; this module then holds only its local experts.
     """
 
     def __init__(self, config: MoEConfig) -> None:
@@ -182,9 +182,9 @@ class GroupedExperts(nn.Module):
     ) -> torch.Tensor:
         """``x`` ``[T, H]``, ``topk_ids``/``topk_weights`` ``[T, k]`` -> ``[T, H]``."""
         if self.dispatcher is not None:
-            rows, counts, handle = self.dispatcher.dispatch(x, topk_ids)
+            rows, counts, handle = self.dispatcher.dispatch(x, topk_ids, topk_weights)
             y = self.ffn(rows, counts)
-            return self.dispatcher.combine(y, handle, topk_weights).to(x.dtype)
+            return self.dispatcher.combine(y, handle).to(x.dtype)
         top_k = topk_ids.shape[1]
         flat_ids = topk_ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)
