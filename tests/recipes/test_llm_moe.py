@@ -168,6 +168,8 @@ def test_expert_parallel_settings_checked_before_any_process_starts(monkeypatch_
         (MOE, "--moe.balancing=sometimes", "balancing"),
         (MOE, "--moe.ep_size=2", "ep_size"),
         (SFT, "--+moe.balancing=aux_loss", "no supported MoE block in LlamaForCausalLM"),
+        (MOE, "--moe.dispatcher=nccl", "expected one of all_to_all, deepep, got 'nccl'"),
+        (MOE, "--moe.dispatcher=deepep", "set distributed.ep_size > 1"),
     ],
 )
 def test_bad_moe_settings_are_config_errors(
@@ -176,3 +178,14 @@ def test_bad_moe_settings_are_config_errors(
     assert main(["-c", str(config), *overrides(tmp_path, override)]) == 2
     err = capsys.readouterr().err
     assert message in err and "moe" in err and "Traceback" not in err
+
+
+def test_deepep_without_the_extra_stops_every_rank_with_the_key(overrides, run_cli, tmp_path):
+    """`moe.dispatcher: deepep` where DeepEP cannot run (here: no deep_ep, no CUDA): exit 2 on
+    both ranks of a real launch, naming the key and the extra, with no traceback."""
+    extra = ["--distributed.ep_size=2", "--moe.dispatcher=deepep"]
+    err = run_cli(MOE, overrides(tmp_path, *extra), fails=True)
+    assert "rank 0 (exit code 2), rank 1 (exit code 2)" in err
+    assert "moe.dispatcher: the DeepEP backend needs" in err
+    assert "pip install automodel-moe[deepep]" in err
+    assert "Traceback" not in err

@@ -26,20 +26,34 @@ from ._sections import Moe, read_section
 log = logging.getLogger("automodel.recipes.llm")
 
 
-def read_moe(cfg: ConfigNode) -> Moe | None:
+DISPATCHERS = ("all_to_all", "deepep")
+
+
+def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
     """The `moe:` section, or None when the config has none."""
     if "moe" not in cfg:
         return None
     section = read_section(cfg, "moe", Moe)
     if section.balancing is None:  # `none` on the command line arrives as null
         section = Moe(**{**section.__dict__, "balancing": "none"})
+    where = cfg.where("moe.dispatcher")
+    if section.dispatcher not in DISPATCHERS:
+        message = f"expected one of {', '.join(DISPATCHERS)}, got {section.dispatcher!r}"
+        raise ConfigError(Problem("moe.dispatcher", message, where))
+    if section.dispatcher == "deepep" and ep_size == 1:
+        message = (
+            "deepep moves tokens between expert-parallel ranks: set distributed.ep_size > 1, "
+            "or leave moe.dispatcher at all_to_all"
+        )
+        raise ConfigError(Problem("moe.dispatcher", message, where))
     return section
 
 
 def apply_moe(model: nn.Module, section: Moe, cfg: ConfigNode) -> None:
     """Swap the MoE blocks in place; before LoRA, the restore, sharding and the optimizer."""
+    block_options = {k: v for k, v in section.__dict__.items() if k != "dispatcher"}
     try:
-        replaced = patch_hf_moe(model, **section.__dict__)
+        replaced = patch_hf_moe(model, **block_options)
     except (TypeError, ValueError) as e:
         raise ConfigError(Problem("moe", str(e), cfg.where("moe"))) from e
     log.info(
@@ -63,11 +77,14 @@ class MoeStep:
         if self.section is None or self.parallel.ep_size == 1:
             return None
         self.model.to(self.parallel.device)  # the expert DTensors are made on their device
+        dispatcher = self.section.dispatcher
         try:
-            shard_experts(self.model, submesh(self.parallel.mesh, "ep"))
+            shard_experts(self.model, submesh(self.parallel.mesh, "ep"), dispatcher)
         except ValueError as e:
             where = cfg.where("distributed.ep_size")
             raise ConfigError(Problem("distributed.ep_size", str(e), where)) from e
+        except RuntimeError as e:  # deepep: the extra or CUDA is missing
+            raise ConfigError(Problem("moe.dispatcher", str(e), cfg.where("moe.dispatcher"))) from e
         for module in self.model.modules():
             if isinstance(module, GroupedExperts):
                 self.experts.extend(module.parameters())

@@ -94,6 +94,7 @@ class Moe:
     aux_loss_coeff: float = 1e-3  # with aux_loss: weight of the load-balancing loss
     bias_update_rate: float = 1e-3  # with bias: step of the per-expert bias after each update
     backend: str = "auto"  # auto | grouped_mm | loop
+    dispatcher: str = "all_to_all"  # with ep_size > 1: all_to_all | deepep (CUDA, the extra)
 
 
 @dataclass(frozen=True)

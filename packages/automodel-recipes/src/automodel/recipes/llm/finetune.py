@@ -121,7 +121,7 @@ class FinetuneRecipeForCausalLM:
         check_fused_loss(cfg, self.loss_fn, distributed)
         model = build.build_model(cfg)
         attend_across_ranks(model, self.parallel.cp, cfg)  # cp_size > 1: the split sequence
-        moe = read_moe(cfg)
+        moe = read_moe(cfg, distributed.ep_size)
         if moe is not None:  # first: LoRA, the restore and sharding see the new blocks
             apply_moe(model, moe, cfg)
         if self.lora is not None:  # before the restore: a PEFT checkpoint holds the adapter only
@@ -373,7 +373,7 @@ def check(cfg: ConfigNode) -> None:
     check_fused_loss(cfg, build.build_loss(cfg), distributed)
     build.build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
-    read_moe(cfg)
+    read_moe(cfg, distributed.ep_size)
     check_metric_loggers(cfg)
 
 
