@@ -176,7 +176,7 @@ class DeepEPDispatcher:
     ) -> tuple[torch.Tensor, torch.Tensor, DeepEPHandle]:
         """Rows of this rank's (token, local expert) pairs sorted by expert; their counts."""
         check_routing(x, topk_ids, topk_weights, self.num_experts)
-        x = x.to(self.exchange_dtype)
+        x = x.to(self.exchange_dtype).contiguous()
         hidden_bytes = x.shape[1] * max(x.element_size(), 2)
         buffer = self.buffers.get(hidden_bytes)
         out: dict[str, Any] = {}
