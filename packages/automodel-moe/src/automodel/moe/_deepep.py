@@ -108,7 +108,6 @@ class _Dispatch(torch.autograd.Function):
         )
         out.update(handle=handle, recv_idx=recv_idx)  # the outputs autograd does not track
         ctx.buffer, ctx.handle = buffer, handle
-        ctx.mark_non_differentiable(recv_idx)
         return recv_x, recv_weights
 
     @staticmethod
