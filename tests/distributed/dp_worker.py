@@ -85,7 +85,7 @@ def mesh_checks() -> dict[str, object]:
     mesh = build_mesh(MeshConfig(ep_size=2))
     out["ep2"] = {
         name: dist.get_process_group_ranks(submesh(mesh, name).get_group())
-        for name in ("ep", "dp_mod_ep")
+        for name in ("ep", "ep_replicas")
     }
     del mesh
     for key, kwargs in {

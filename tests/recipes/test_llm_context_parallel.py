@@ -130,12 +130,3 @@ def test_unsupported_context_parallel_settings_are_config_errors(
     with pytest.raises(ConfigError, match=message) as caught:
         read_distributed(cfg, world_size=world_size)
     assert caught.value.problems[0].key == key
-
-
-def test_expert_parallel_with_context_parallel_is_a_config_error(monkeypatch_module):
-    cfg = load_config(
-        REPO / "examples/llm_finetune/tiny_moe.yaml", [*CP, "--distributed.ep_size=2"]
-    )
-    with pytest.raises(ConfigError, match="ep_size 2 with cp_size 2 is not supported") as caught:
-        read_distributed(cfg, world_size=4)
-    assert caught.value.problems[0].key == "distributed.ep_size"

@@ -105,6 +105,9 @@ LAYOUTS = {  # (processes, overrides) of the same run
     "ep_ddp": (2, ["--+distributed.ep_size=2", "--+distributed.strategy=ddp"]),
     # 2 expert-parallel groups of 2: each expert has a replica whose gradient it adds
     "ep_replicated": (4, ["--+distributed.ep_size=2"]),
+    # dp 2 × cp 2: each ep group is the 2 dp ranks at one cp position; its cp peer holds the
+    # same experts (for the other half of every sequence) and adds its gradient
+    "ep_cp": (4, ["--+distributed.ep_size=2", "--+distributed.cp_size=2"]),
 }
 
 
@@ -154,6 +157,8 @@ def test_expert_parallel_settings_checked_before_any_process_starts(monkeypatch_
         return read_distributed(load_config(MOE, list(overrides)), world_size=world_size)
 
     assert read("--+distributed.ep_size=2")[1] == 2  # no processes of its own: dp stays 2
+    with_cp = read("--+distributed.ep_size=2", "--+distributed.cp_size=2", world_size=4)
+    assert (with_cp[0].cp_size, with_cp[1]) == (2, 2)  # ep within the 2 dp ranks
     with pytest.raises(ConfigError, match=r"ep_size 2 does not divide dp_size 1"):
         read("--+distributed.ep_size=2", "--+distributed.strategy=fsdp2", world_size=1)
     with pytest.raises(ConfigError, match="with tp_size > 1 is not supported"):

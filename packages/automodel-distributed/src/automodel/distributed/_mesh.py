@@ -8,8 +8,9 @@ is present (size 1 when unused), so code can always slice ``mesh["tp"]``. Flatte
 * ``"dp_cp"``: dp_replicate × dp_shard × cp, what gradients are reduced over.
 
 With ``ep_size`` > 1 the data-parallel ranks are also split for expert parallelism:
-``"ep"`` (consecutive dp ranks that share their experts out) and ``"dp_mod_ep"`` (the ranks
-holding the same experts, which average their gradients).
+``"ep"`` (consecutive dp ranks, at one cp position, that share their experts out) and
+``"ep_replicas"`` (every rank holding the same experts: the other ep groups, and with
+``cp_size`` > 1 the cp peers; their expert gradients are summed).
 """
 
 from __future__ import annotations
@@ -113,10 +114,6 @@ def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
             f"of ep_size data-parallel ranks, so dp_size must be a multiple of {ep}",
             key="ep_size",
         )
-    if ep > 1 and cp > 1:
-        raise MeshError(
-            f"ep_size {ep} with cp_size {cp} is not supported; use one of them", key="ep_size"
-        )
     sizes = {"pp": pp, "dp_replicate": replicate, "dp_shard": dp // replicate, "cp": cp, "tp": tp}
     return {**sizes, "ep": ep}
 
@@ -189,18 +186,19 @@ def _add_views(mesh: DeviceMesh, sizes: dict[str, int]) -> None:
             views[HSDP_VIEW] = views["dp_cp"]._unflatten(
                 0, (sizes["dp_replicate"], shard_cp), ("dp_replicate", "dp_shard_cp")
             )
-        if sizes["ep"] > 1:  # cp is 1 here: dp_cp is the dp ranks, ep the innermost of them
-            ep = sizes["ep"]
+        if sizes["ep"] > 1:  # dp_cp is (dp, cp), cp innermost: split dp into (replica, ep)
+            ep, cp = sizes["ep"], sizes["cp"]
             dp = sizes["dp_replicate"] * sizes["dp_shard"]
-            split = views["dp_cp"]._unflatten(0, (dp // ep, ep), ("dp_mod_ep", "ep"))
-            views["ep"], views["dp_mod_ep"] = split["ep"], split["dp_mod_ep"]
+            split = views["dp_cp"]._unflatten(0, (dp // ep, ep, cp), ("ep_replica", "ep", "ep_cp"))
+            views["ep"] = split["ep"]
+            views["ep_replicas"] = split["ep_replica", "ep_cp"]._flatten("ep_replicas")
     setattr(mesh, _VIEWS_ATTR, views)
 
 
 def submesh(mesh: DeviceMesh, name: str) -> DeviceMesh:
     """A dimension of ``mesh`` by name, flattened views (``"dp"``, ``"dp_shard_cp"``,
-    ``"dp_cp"``, and ``"ep"``/``"dp_mod_ep"`` with ep_size > 1) included; KeyError when the mesh
-    has no such dimension."""
+    ``"dp_cp"``, and ``"ep"``/``"ep_replicas"`` with ep_size > 1) included; KeyError when the
+    mesh has no such dimension."""
     views = getattr(mesh, _VIEWS_ATTR, None) or {}
     if name in views:
         return views[name]

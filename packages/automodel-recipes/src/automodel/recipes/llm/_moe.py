@@ -91,22 +91,22 @@ class MoeStep:
         return set(self.experts)
 
     def reduce_expert_grads(self) -> None:
-        """Expert gradients as FSDP2/DDP leave the others: the mean over the dp ranks' losses.
+        """Expert gradients as FSDP2/DDP leave the others: the mean over the dp × cp ranks.
 
         Each expert already summed the gradient of every rank of its ep group (through the
-        all_to_all); its replicas (other ep groups) add theirs, then / dp_size undoes the
-        × dp_size of the loss, as the strategies' averaging does for every other weight.
+        all_to_all); its replicas (other ep groups, cp peers) add theirs, then / (dp × cp)
+        undoes the scale of the loss, as the strategies' averaging does for every other weight.
         """
         if not self.experts:
             return
-        replicas = submesh(self.parallel.mesh, "dp_mod_ep")
+        replicas = submesh(self.parallel.mesh, "ep_replicas")
         for param in self.experts:
             if param.grad is None:
                 continue
             local = param.grad.to_local()
             if replicas.size() > 1:
                 local.copy_(all_reduce_sum(local, replicas.get_group()))
-            local.div_(self.parallel.dp_size)
+            local.div_(self.parallel.averaged_over)
 
     def aux_loss(self, micro_batches: int) -> torch.Tensor | None:
         """The last forward's balancing loss, as this micro-batch's share of the step's mean."""
