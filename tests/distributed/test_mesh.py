@@ -76,14 +76,16 @@ def test_auto_dp_needs_a_divisible_world_size() -> None:
         resolve_sizes(MeshConfig(tp_size=3), 8)
 
 
-def test_ep_must_divide_dp_and_excludes_cp() -> None:
+def test_ep_must_divide_dp_and_composes_with_cp() -> None:
     with pytest.raises(
         MeshError, match=r"ep_size 3 does not divide dp_size 4: .* multiple of 3"
     ) as e:
         resolve_sizes(MeshConfig(ep_size=3), 4)
     assert e.value.key == "ep_size"
-    with pytest.raises(MeshError, match="ep_size 2 with cp_size 2 is not supported") as e:
-        resolve_sizes(MeshConfig(ep_size=2, cp_size=2), 8)
+    sizes = resolve_sizes(MeshConfig(ep_size=2, cp_size=2), 8)
+    assert (sizes["dp_shard"], sizes["cp"], sizes["ep"]) == (4, 2, 2)
+    with pytest.raises(MeshError, match="ep_size 4 does not divide dp_size 2") as e:
+        resolve_sizes(MeshConfig(ep_size=4, cp_size=2), 4)  # ep groups are dp ranks, not cp
     assert e.value.key == "ep_size"
 
 
