@@ -3,6 +3,7 @@ and expert parallelism (`distributed.ep_size`) on two CPU ranks against one proc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -186,11 +187,14 @@ def test_bad_moe_settings_are_config_errors(
 
 
 def test_deepep_without_the_extra_stops_every_rank_with_the_key(overrides, run_cli, tmp_path):
-    """`moe.dispatcher: deepep` where DeepEP cannot run (here: no deep_ep, no CUDA): exit 2 on
-    both ranks of a real launch, naming the key and the extra, with no traceback."""
+    """`moe.dispatcher: deepep` where DeepEP cannot run (here: no deep_ep, no CUDA): a real
+    launch stops with the config error (exit 2) naming the key and the extra, no traceback.
+
+    Both ranks raise it; torchrun may stop the slower one (SIGTERM) once the first has failed,
+    so only the first failure's exit code is fixed."""
     extra = ["--distributed.ep_size=2", "--moe.dispatcher=deepep"]
     err = run_cli(MOE, overrides(tmp_path, *extra), fails=True)
-    assert "rank 0 (exit code 2), rank 1 (exit code 2)" in err
+    assert re.search(r"rank (\d) \(exit code 2\).*the first was rank \1,", err), err[-2000:]
     assert "moe.dispatcher: the DeepEP backend needs" in err
     assert "pip install automodel-moe[deepep]" in err
     assert "Traceback" not in err
