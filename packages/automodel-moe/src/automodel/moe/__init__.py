@@ -8,7 +8,7 @@ from automodel.moe._block import MoE
 from automodel.moe._config import MoEConfig
 from automodel.moe._deepep import DeepEPDispatcher
 from automodel.moe._ep_dispatch import AllToAllDispatcher
-from automodel.moe._expert_parallel import shard_experts
+from automodel.moe._expert_parallel import DISPATCHERS, shard_experts
 from automodel.moe._experts import GroupedExperts
 from automodel.moe._hf import patch_hf_moe, unpatch_hf_moe
 from automodel.moe._metrics import (
@@ -21,6 +21,7 @@ from automodel.moe._metrics import (
 from automodel.moe._router import TopKRouter
 
 __all__ = [
+    "DISPATCHERS",
     "AllToAllDispatcher",
     "DeepEPDispatcher",
     "GroupedExperts",

@@ -11,7 +11,7 @@ from automodel.moe._deepep import DeepEPDispatcher, require_deepep
 from automodel.moe._ep_dispatch import AllToAllDispatcher, Group, TokenDispatcher
 from automodel.moe._experts import GroupedExperts
 
-DISPATCHERS = ("all_to_all", "deepep")
+DISPATCHERS = ("all_to_all", "deepep")  # the token exchanges shard_experts can use
 
 
 def shard_experts(model: nn.Module, group: Group, dispatcher: str = "all_to_all") -> list[str]:

@@ -11,6 +11,7 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.distributed import all_reduce_sum, submesh
 from automodel.moe import (
+    DISPATCHERS,
     GroupedExperts,
     moe_aux_loss,
     moe_metrics,
@@ -24,9 +25,6 @@ from ._parallel import Parallel
 from ._sections import Moe, read_section
 
 log = logging.getLogger("automodel.recipes.llm")
-
-
-DISPATCHERS = ("all_to_all", "deepep")
 
 
 def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
