@@ -14,13 +14,15 @@ from ._load import load_config, save_config
 from ._node import ConfigNode
 from ._overrides import Override, apply_overrides, parse_overrides
 from ._redact import REDACTED, is_secret_key, redacted_data
-from ._targets import DEFAULT_ALLOWED_IMPORTS, TargetError, build_value, instantiate, resolve_target
+from ._targets import TargetError, build_value, instantiate, resolve_target
+from ._trust import DEFAULT_ALLOWED_TARGETS, REFUSED_TARGETS
 from ._validate import Section, validate_config
 from ._yaml import parse_value
 
 __all__ = [
-    "DEFAULT_ALLOWED_IMPORTS",
+    "DEFAULT_ALLOWED_TARGETS",
     "REDACTED",
+    "REFUSED_TARGETS",
     "ConfigError",
     "ConfigNode",
     "Override",

@@ -12,6 +12,7 @@ from typing import Any
 from ._errors import UserError
 from ._load import load_config
 from ._node import ConfigNode
+from ._trust import ALLOW_ENV, ALLOW_FLAG, REMOTE_CODE_FLAG, parse_grants
 from ._validate import Section, validate_config
 
 
@@ -24,23 +25,25 @@ class RecipeArgs:
     validate_only: bool = False
     debug: bool = False
     allowed_imports: list[str] = field(default_factory=list)
+    trust_remote_code: bool = False
 
 
 def parse_recipe_argv(argv: Sequence[str]) -> RecipeArgs:
-    """Split `[--validate-only] [--debug] [--allow-import M] -c PATH [overrides]` into its parts."""
+    """Split `[--validate-only] [--debug] [--allow-import M] [--trust-remote-code] -c PATH
+    [overrides]` into its parts."""
     config = None
     flags = RecipeArgs(config="")
     args = list(argv)
     i = 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
-        if name in ("-c", "--config", "--allow-import"):
+        if name in ("-c", "--config", ALLOW_FLAG):
             if not eq:
                 if i + 1 >= len(args):
                     raise UserError(f"{name} needs a value")
                 i += 1
                 value = args[i]
-            if name == "--allow-import":
+            if name == ALLOW_FLAG:
                 flags.allowed_imports.append(value)
             else:
                 config = value
@@ -48,6 +51,8 @@ def parse_recipe_argv(argv: Sequence[str]) -> RecipeArgs:
             flags.validate_only = True
         elif args[i] == "--debug":
             flags.debug = True
+        elif args[i] == REMOTE_CODE_FLAG:
+            flags.trust_remote_code = True
         else:
             flags.overrides.append(args[i])
         i += 1
@@ -69,7 +74,13 @@ def recipe_main(
     debug = "--debug" in argv
     try:
         args = parse_recipe_argv(argv)
-        cfg = load_config(args.config, args.overrides, allowed_imports=args.allowed_imports)
+        granted = [*args.allowed_imports, *parse_grants(os.environ.get(ALLOW_ENV, ""))]
+        cfg = load_config(
+            args.config,
+            args.overrides,
+            allowed_imports=granted,
+            trust_remote_code=args.trust_remote_code,
+        )
         validate_config(cfg, sections)
         if check is not None:
             check(cfg)

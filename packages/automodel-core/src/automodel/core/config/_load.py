@@ -20,9 +20,14 @@ def load_config(
     overrides: Sequence[str] | Sequence[Override] = (),
     *,
     allowed_imports: Iterable[str] = (),
+    trust_remote_code: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> ConfigNode:
-    """Load a YAML config, apply command-line overrides and resolve `${VAR}` references."""
+    """Load a YAML config, apply command-line overrides and resolve `${VAR}` references.
+
+    `allowed_imports` and `trust_remote_code` are the caller's grants (the command line's): the
+    config's own `allowed_imports:` key only says what it needs, and grants nothing.
+    """
     data, lines = load_yaml_file(path)
     where = {key: f"{path}:{line}" for key, line in lines.items()}
     if all(isinstance(o, Override) for o in overrides):
@@ -37,8 +42,8 @@ def load_config(
     data, templates, problems = interpolate(data, os.environ if environ is None else environ, where)
     if problems:
         raise ConfigError(problems)
-    extra = data.get("allowed_imports") or []
-    if not isinstance(extra, list) or not all(isinstance(m, str) for m in extra):
+    requested = data.get("allowed_imports") or []
+    if not isinstance(requested, list) or not all(isinstance(m, str) for m in requested):
         raise ConfigError(
             Problem(
                 "allowed_imports",
@@ -50,7 +55,9 @@ def load_config(
         file=str(path),
         where=where,
         env_templates=templates,
-        allowed_imports=(*extra, *allowed_imports),
+        allowed_imports=tuple(allowed_imports),
+        requested_imports=tuple(requested),
+        trust_remote_code=trust_remote_code,
     )
     return ConfigNode(data, meta=meta)
 

@@ -19,7 +19,9 @@ class ConfigMeta:
     file: str = ""
     where: dict[str, str] = field(default_factory=dict)  # dotted key -> "file:line" or the override
     env_templates: dict[str, str] = field(default_factory=dict)  # dotted key -> "${VAR}" text
-    allowed_imports: tuple[str, ...] = ()
+    allowed_imports: tuple[str, ...] = ()  # granted by the command line or the environment
+    requested_imports: tuple[str, ...] = ()  # what the config's `allowed_imports:` asks for
+    trust_remote_code: bool = False  # the command line allows code from model repositories
 
 
 def locate(where: dict[str, str], key: str, default: str = "") -> str:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
 from ._errors import ConfigError, Problem, did_you_mean
 from ._node import ConfigMeta, ConfigNode, locate
-
-DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
-    "automodel",
-    "torch",
-    "transformers",
-    "datasets",
-    "torchdata",
-    "safetensors",
+from ._trust import (
+    ALLOW_FLAG,
+    ALLOW_LIST_DOC,
+    canonical_name,
+    judge,
+    remote_code_message,
+    remote_code_settings,
 )
 
 TARGET_KEY = "_target_"
@@ -25,15 +25,13 @@ class TargetError(ConfigError):
     """A `_target_` (or `*_fn` value) that cannot be imported or is not allowed."""
 
 
-def _allowed(path: str, allowed_imports: Iterable[str]) -> bool:
-    return any(path == mod or path.startswith(mod + ".") for mod in allowed_imports)
-
-
 def resolve_target(
     path: str, allowed_imports: Iterable[str] = (), *, key: str = "", where: str = ""
 ) -> Callable[..., Any]:
-    """Import the callable named by a dotted path, if its module is allow-listed and public."""
-    allowed = (*DEFAULT_ALLOWED_IMPORTS, *allowed_imports)
+    """Import the callable a dotted path names, if a config may call it (see `_trust`).
+
+    `allowed_imports` are the user's grants (`--allow-import`): module prefixes or exact names.
+    """
 
     def fail(message: str) -> TargetError:
         return TargetError(Problem(key, message, where))
@@ -48,16 +46,40 @@ def resolve_target(
         raise fail(
             f"'{path}' reaches the private name '{private[0]}'; only public names can be targets"
         )
-    if not _allowed(path, allowed):
-        top = parts[0]
+    granted = tuple(allowed_imports)  # a grant of exactly `path` also covers where it is defined
+    verdict = judge(path, granted)
+    if verdict.refused_because is not None:
+        raise fail(_refused(path, path, verdict.refused_because))
+    if not verdict.allowed:
         raise fail(
-            f"'{path}' is outside the allowed imports ({', '.join(allowed)}); if you trust it, add "
-            f"`allowed_imports: [{top}]` at the top of the config or pass --allow-import {top}"
+            f"'{path}' is not something a config may call: the allow-list names optimizers, LR "
+            "schedulers, nn modules and losses, data classes, model/tokenizer/processor classes "
+            f"and automodel's builders ({ALLOW_LIST_DOC}). If you trust this config, allow it "
+            f"on the command line: {ALLOW_FLAG} {path}"
+            + (f" (or its package: {ALLOW_FLAG} {parts[0]})" if len(parts) > 1 else "")
         )
     obj = _import(parts, fail)
+    canonical = canonical_name(obj)
+    if canonical is not None and canonical != path and path not in granted:
+        verdict = judge(canonical, granted)
+        if verdict.refused_because is not None:
+            raise fail(_refused(path, canonical, verdict.refused_because))
+        if canonical.split(".")[0] != parts[0] and not verdict.allowed:
+            raise fail(
+                f"'{path}' is {canonical}, which a config may not call; name it by its own path "
+                f"and, if you trust it, {ALLOW_FLAG} {canonical}"
+            )
     if not callable(obj):
         raise fail(f"'{path}' is a {type(obj).__name__}, not something that can be called")
     return obj
+
+
+def _refused(path: str, canonical: str, why: str) -> str:
+    shown = f"'{path}'" if canonical == path else f"'{path}' (that is '{canonical}')"
+    return (
+        f"{shown} is refused: it {why}. A config cannot ask for it; if you trust this "
+        f"config, allow exactly this on the command line: {ALLOW_FLAG} {canonical}"
+    )
 
 
 def _import(parts: list[str], fail: Callable[[str], TargetError]) -> Any:
@@ -81,6 +103,13 @@ def _import(parts: list[str], fail: Callable[[str], TargetError]) -> Any:
                 f"'{owner}' has no attribute '{parts[depth]}'{did_you_mean(parts[depth], names)}"
             )
         obj = getattr(obj, parts[depth])
+        reached = ".".join(parts[: depth + 1])
+        if isinstance(obj, ModuleType) and obj.__name__ != reached:
+            # `torch.nn.functional.torch.hub.load` would reach torch.hub past the allow-list
+            raise fail(
+                f"'{'.'.join(parts)}' reaches the module '{obj.__name__}' under another name "
+                f"('{reached}'); name it by its own path"
+            )
     return obj
 
 
@@ -128,12 +157,21 @@ def _call(data: dict[str, Any], path: str, meta: ConfigMeta, extra: dict[str, An
         key=f"{path}.{TARGET_KEY}" if path else TARGET_KEY,
         where=locate(meta.where, path, meta.file),
     )
+    if not meta.trust_remote_code:
+        refused = remote_code_settings(data, path)
+        if refused:
+            raise ConfigError(
+                [
+                    Problem(key, remote_code_message(what), locate(meta.where, key, meta.file))
+                    for key, what in refused
+                ]
+            )
     kwargs = {
         k: _build_key(k, v, f"{path}.{k}" if path else k, meta)
         for k, v in data.items()
         if k != TARGET_KEY
     }
-    kwargs.update(extra)
+    kwargs.update(extra)  # the recipe's own arguments, not the config's
     try:
         return fn(**kwargs)
     except (TypeError, ValueError) as e:

@@ -10,9 +10,17 @@ from typing import Any
 from ._errors import ConfigError, Problem, did_you_mean
 from ._node import ConfigNode
 from ._targets import TARGET_KEY, resolve_target
+from ._trust import (
+    ALLOW_ENV,
+    ALLOW_FLAG,
+    grant_pattern,
+    matches,
+    remote_code_message,
+    remote_code_settings,
+)
 
-# Top-level keys every recipe accepts without reading them: `allowed_imports` (read by
-# load_config) and `slurm` (the `automodel` CLI's SLURM launch settings, see docs/cli.md).
+# Top-level keys every recipe accepts without reading them: `allowed_imports` (what the config
+# needs trusted, checked here against the command line's grants) and `slurm` (the `automodel` CLI's SLURM launch settings, see docs/cli.md).
 RESERVED_KEYS = ("allowed_imports", "slurm")
 
 
@@ -28,7 +36,7 @@ class Section:
 
 def validate_config(cfg: ConfigNode, sections: Mapping[str, Section]) -> None:
     """Raise one ConfigError listing every unknown section, unresolvable target and unknown argument."""
-    problems: list[Problem] = []
+    problems = _trust_problems(cfg)
     allowed = cfg.config_meta.allowed_imports
     for name in cfg:
         if name in RESERVED_KEYS:
@@ -68,6 +76,31 @@ def validate_config(cfg: ConfigNode, sections: Mapping[str, Section]) -> None:
         _walk(value, cfg, problems, allowed, section.provided, top=True)
     if problems:
         raise ConfigError(problems)
+
+
+def _trust_problems(cfg: ConfigNode) -> list[Problem]:
+    """What the config asks to be trusted with that the command line did not grant."""
+    meta = cfg.config_meta
+    grants = [grant_pattern(g) for g in meta.allowed_imports]
+    missing = [r for r in meta.requested_imports if not any(matches(g, r) for g in grants)]
+    problems = []
+    if missing:
+        flags = " ".join(f"{ALLOW_FLAG} {m}" for m in missing)
+        problems.append(
+            Problem(
+                "allowed_imports",
+                f"the config asks to trust {', '.join(missing)}, but a config cannot extend its "
+                f"own allow-list. If you trust it, pass {flags} on the command line (or list it "
+                f"in {ALLOW_ENV})",
+                cfg.where("allowed_imports"),
+            )
+        )
+    if not meta.trust_remote_code:
+        problems += [
+            Problem(key, remote_code_message(what), cfg.where(key))
+            for key, what in remote_code_settings(cfg.to_dict())
+        ]
+    return problems
 
 
 def _walk(
