@@ -39,10 +39,12 @@ def config(write_config):
 
 def test_single_node_uses_a_standalone_rendezvous(run_cli, config):
     flags, child = dry_run(
-        run_cli, "test", "dist", "--nproc-per-node", "4", "-c", config, "--a.b", "1", "--debug"
-    )
+        run_cli, "test", "dist", "--nproc-per-node", "4", "-c", config, "--a.b", "1", "--debug",
+        "--trust-remote-code", "--allow-import", "mypkg",
+    )  # fmt: skip
     assert flags == {"--nnodes": "1", "--nproc-per-node": "4", "--standalone": None}
-    assert child == ["test", "dist", "--debug", "-c", config, "--a.b", "1"]
+    grants = ["--allow-import", "mypkg", "--trust-remote-code"]  # every process gets them
+    assert child == ["test", "dist", "--debug", *grants, "-c", config, "--a.b", "1"]
 
 
 def test_multi_node_static_rendezvous(run_cli, config):

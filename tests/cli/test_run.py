@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 OVERRIDES = ["--a.b=3", "--optimizer.lr", "1e-4", "--+new.key", "1", "--~old.key"]
-OVERRIDES += ["--allow-import", "mypkg", "--neg", "-1"]
+OVERRIDES += ["--neg", "-1"]
 
 
 @dataclass
@@ -48,6 +48,20 @@ def test_cli_flags_are_found_anywhere_and_debug_is_forwarded_first(run_cli, writ
     result = run_cli(*args, "--nnodes", "1", "--z", env=record.env)
     assert result.returncode == 0, result.stderr
     assert record()["argv"] == ["--debug", "-c", "config.yaml", "--x.y", "2", "--z"]
+
+
+def test_grants_are_cli_flags_anywhere_and_reach_the_recipe_before_the_config(
+    run_cli, write_config, record
+):
+    """--allow-import / --trust-remote-code are the command line's, wherever they stand."""
+    write_config("a: 1\n")
+    args = ["--trust-remote-code", "test", "--allow-import", "mypkg", "argv", "-c", "config.yaml"]
+    result = run_cli(*args, "--x", "1", "--allow-import=torch.hub.load", env=record.env)
+    assert result.returncode == 0, result.stderr
+    grants = ["--allow-import", "mypkg", "--allow-import", "torch.hub.load", "--trust-remote-code"]
+    assert record()["argv"] == [*grants, "-c", "config.yaml", "--x", "1"]
+    result = run_cli("test", "argv", "-c", "config.yaml", "--allow-import", env=record.env)
+    assert result.returncode == 2 and "--allow-import is missing its value" in result.stderr
 
 
 def test_everything_after_double_dash_goes_to_the_recipe(run_cli, write_config, record):

@@ -220,7 +220,8 @@ def test_the_job_runs_the_recipe_and_does_not_submit_itself_again(
 ):
     port = _free_port()
     write_config(f"slurm:\n  nodes: 1\n  gpus_per_node: 1\n  master_port: {port}\n")
-    result = run_cli("test", "argv", "-c", "config.yaml", "--k", "v w", env=slurm_env)
+    grants = ["--allow-import", "mypkg", "--trust-remote-code"]
+    result = run_cli("test", "argv", "-c", "config.yaml", "--k", "v w", *grants, env=slurm_env)
     assert result.returncode == 0, result.stderr
     script = tmp_path / "runs" / "test-argv" / "slurm_job.sh"
     record = tmp_path / "record.json"
@@ -233,7 +234,7 @@ def test_the_job_runs_the_recipe_and_does_not_submit_itself_again(
     assert job.returncode == 0, job.stdout + job.stderr
     seen = json.loads(record.read_text())
     snapshot = str(tmp_path / "runs" / "test-argv" / "slurm_config.yaml")
-    assert seen["argv"] == ["-c", snapshot, "--k", "v w"]
+    assert seen["argv"] == [*grants, "-c", snapshot, "--k", "v w"]  # the grants reach the job
     assert seen["env"]["RANK"] == "0" and seen["env"]["WORLD_SIZE"] == "1"
     assert len(calls(fake_bin, "sbatch")) == 1  # only the submission; the job ran the recipe
 

@@ -158,7 +158,7 @@ def _run(positionals: list[str], inv: Invocation, *, validate: bool) -> int:
         prefix = ["validate"] if validate else []
         cmd = [sys.executable, "-m", "automodel.cli", *prefix, *inv.child_args(command, domain)]
         return _print_command(cmd)
-    flags = [*(["--debug"] if inv.debug else []), *(["--validate-only"] if validate else [])]
+    flags = [*inv.recipe_flags(), *(["--validate-only"] if validate else [])]
     overrides = inv.recipe_overrides() if job is None else job.recipe_overrides()
     if validate:  # check the sizes against the processes the run would have
         world = launch.nproc_per_node * launch.nnodes if job is None else job.world_size
@@ -175,7 +175,7 @@ def _slurm_job(inv: Invocation, command: str, domain: str) -> SlurmJob | None:
     if not _slurm_section.mentions_slurm(inv.config, inv.overrides):
         return None  # the common case: no YAML parsing in the CLI at all
     return _slurm_validate.load_job(
-        inv.config, inv.overrides, inv.after_separator, command, domain, debug=inv.debug
+        inv.config, inv.overrides, inv.after_separator, command, domain, flags=inv.recipe_flags()
     )
 
 

@@ -8,6 +8,8 @@ from automodel.cli._errors import UsageError
 from automodel.cli._launch import LAUNCH_FLAGS, canonical_launch_flag, parse_launch_value
 
 CONFIG_FLAGS = ("-c", "--config")
+ALLOW_FLAG = "--allow-import"  # the recipe protocol's grants (automodel.core.config)
+REMOTE_CODE_FLAG = "--trust-remote-code"
 
 
 @dataclass
@@ -21,6 +23,8 @@ class Invocation:
     version: bool = False
     dry_run: bool = False
     no_slurm: bool = False  # ignore the config's `slurm:` section (what each SLURM job task runs)
+    allow_imports: list[str] = field(default_factory=list)  # grants only the command line gives
+    trust_remote_code: bool = False
     launch: dict[str, object] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     after_separator: list[str] | None = None  # the tokens after `--`, if it was given
@@ -29,9 +33,16 @@ class Invocation:
         """Every override for the recipe, including those after `--`."""
         return [*self.overrides, *(self.after_separator or [])]
 
+    def recipe_flags(self) -> list[str]:
+        """The protocol flags the recipe gets: --debug and the command line's grants."""
+        flags = ["--debug"] if self.debug else []
+        for module in self.allow_imports:
+            flags += [ALLOW_FLAG, module]
+        return flags + ([REMOTE_CODE_FLAG] if self.trust_remote_code else [])
+
     def child_args(self, command: str, domain: str) -> list[str]:
         """The arguments each torchrun process gives `python -m automodel.cli` (no launch flags)."""
-        args = [command, domain, *(["--debug"] if self.debug else [])]
+        args = [command, domain, *self.recipe_flags()]
         args += ["-c", self.config or "", *self.overrides]
         if self.after_separator is not None:
             args += ["--", *self.after_separator]
@@ -68,6 +79,11 @@ def parse_args(argv: list[str]) -> Invocation:
             inv.dry_run = True
         elif token == "--no-slurm":
             inv.no_slurm = True
+        elif token == REMOTE_CODE_FLAG:
+            inv.trust_remote_code = True
+        elif name == ALLOW_FLAG:
+            value, i = _value(argv, i, name, inline if has_value else None, "MODULE")
+            inv.allow_imports.append(value)
         elif name in CONFIG_FLAGS or token.startswith("-c="):
             if token.startswith("-c="):
                 name, has_value, inline = token.partition("=")

@@ -25,6 +25,10 @@ options:
   --dry-run               print the command that would run (one line), or with a slurm:
                           section the sbatch script, and exit without running anything
   --no-slurm              ignore the config's slurm: section and run on this machine
+  --allow-import NAME     let the config call NAME (a callable, or a module and all below
+                          it) beyond the built-in allow-list; a config cannot grant this
+  --trust-remote-code     let the config run code from model repositories
+                          (trust_remote_code, Hub kernels); a config cannot grant this
   -h, --help              show help; `automodel <command> --help` for one command
   --version               print the automodel-cli version"""
 
@@ -33,7 +37,6 @@ overrides (everything the CLI does not use itself, passed to the recipe in order
   --section.key VALUE     set a config value; --section.key=VALUE works too
   --+section.key VALUE    add a key that the config file does not have
   --~section.key          delete a key
-  --allow-import MODULE   let `_target_` paths in the config import from MODULE
   --slurm.key VALUE       change the slurm: section (kept by the CLI, not passed on)
   --                      pass everything after it to the recipe unchanged"""
 

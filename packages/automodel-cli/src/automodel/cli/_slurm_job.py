@@ -81,7 +81,7 @@ class SlurmJob:
     python: str | None = None
     overrides: tuple[str, ...] = ()  # for the recipe: the command line's minus `slurm` ones
     after_separator: tuple[str, ...] | None = None
-    debug: bool = False
+    flags: tuple[str, ...] = ()  # the recipe's protocol flags: --debug and the grants
 
     @property
     def world_size(self) -> int:
@@ -102,7 +102,7 @@ class SlurmJob:
 
     def child_args(self) -> list[str]:
         """What each training process gives `python -m automodel.cli` inside the job."""
-        args = [self.command, self.domain, "--no-slurm", *(["--debug"] if self.debug else [])]
+        args = [self.command, self.domain, "--no-slurm", *self.flags]
         args += ["-c", str(self.snapshot), *self.overrides]
         if self.after_separator is not None:
             args += ["--", *self.after_separator]

@@ -37,7 +37,7 @@ def load_job(
     command: str,
     domain: str,
     *,
-    debug: bool = False,
+    flags: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> SlurmJob | None:
     """The validated slurm section of `config` with `--slurm.*` overrides, or None without one."""
@@ -73,7 +73,7 @@ def load_job(
         domain=domain,
         overrides=tuple(rest),
         after_separator=None if after_separator is None else tuple(after_separator),
-        debug=debug,
+        flags=tuple(flags or ()),
         **values,
     )
 
