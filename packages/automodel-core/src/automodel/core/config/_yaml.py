@@ -68,7 +68,14 @@ def load_yaml_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _build(loader: _Loader, node: yaml.Node, prefix: str, lines: dict[str, int], file: str) -> Any:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        where = f"{file}:{node.start_mark.line + 1}"
+        message = f"not valid YAML: the tag {node.tag} is not supported; a config is plain data"
+        raise ConfigError(Problem(prefix, message, where))
     if isinstance(node, yaml.MappingNode):
         own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
         loader.flatten_mapping(node)  # resolves `<<: *anchor`; merged keys come first
