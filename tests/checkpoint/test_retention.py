@@ -165,3 +165,36 @@ def test_latest_file_with_garbage_is_ignored(tmp_path: Path, bad: str) -> None:
     (path,) = save_steps(ckpt, 7)
     (tmp_path / LATEST_FILE).write_text(bad)
     assert ckpt.latest() == path
+
+
+def test_set_aside_moves_every_checkpoint_and_deletes_nothing(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    saved = save_steps(ckpt, 10, 20)
+    (tmp_path / "ckpt" / ".staging-epoch_0_step_30").mkdir()  # an interrupted save goes too
+    moved = ckpt.set_aside(tmp_path / "previous" / "ckpt")
+    assert moved == saved
+    assert not (tmp_path / "ckpt").exists() and ckpt.latest() is None
+    aside = Checkpointer(tmp_path / "previous" / "ckpt")
+    assert aside.latest() == tmp_path / "previous" / "ckpt" / "epoch_0_step_20"
+    assert (tmp_path / "previous" / "ckpt" / ".staging-epoch_0_step_30").is_dir()
+    state = Value()
+    aside.restore(aside.latest(), train_states={"v": state})
+    assert state.value == 20
+    assert ckpt.set_aside(tmp_path / "previous" / "again") == []  # nothing left to move
+    assert not (tmp_path / "previous" / "again").exists()
+
+
+def test_set_aside_after_a_step_keeps_the_branch_point_and_both_latests(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    first, second, third = save_steps(ckpt, 10, 20, 30)
+    moved = ckpt.set_aside(tmp_path / "later", after_step=10)
+    assert moved == [second, third]
+    assert ckpt.checkpoints() == [first]
+    assert (tmp_path / "ckpt" / LATEST_FILE).read_text().strip() == first.name
+    aside = Checkpointer(tmp_path / "later")
+    assert [p.name for p in aside.checkpoints()] == [second.name, third.name]
+    assert aside.latest() == tmp_path / "later" / third.name
+    assert read_checkpoint_info(aside.latest()).step == 30
+    assert ckpt.set_aside(tmp_path / "none", after_step=10) == []
+    save_steps(ckpt, 20)  # the new line saves step 20 where the old one was moved away from
+    assert Checkpointer(tmp_path / "later").latest() == tmp_path / "later" / third.name

@@ -19,7 +19,7 @@ from ._layout import CheckpointLayout
 from ._manifest import CheckpointInfo, read_checkpoint_info, verify_files
 from ._model_state import restore_model
 from ._optim_state import OPTIM_STATES_FILE, restore_optimizer
-from ._retention import STAGING_PREFIX, clean_leftovers, find_latest, list_checkpoints
+from ._retention import STAGING_PREFIX, clean_leftovers, find_latest, list_checkpoints, set_aside
 from ._save import SaveJob, capture
 from ._sizes import parse_size
 from ._train_state import (
@@ -102,6 +102,17 @@ class Checkpointer:
     def checkpoints(self) -> list[Path]:
         """All complete checkpoints, sorted by step."""
         return list_checkpoints(self.checkpoint_dir)
+
+    def set_aside(
+        self, destination: str | os.PathLike[str], after_step: int | None = None
+    ) -> list[Path]:
+        """Move this folder's checkpoints (all, or those after ``after_step``) to ``destination``.
+
+        For a run that starts over, or branches from an older checkpoint, without deleting
+        or later overwriting what was saved. Not a collective: call it on one rank.
+        """
+        self._writer.wait()
+        return set_aside(self.checkpoint_dir, Path(destination), after_step)
 
     def save(
         self,

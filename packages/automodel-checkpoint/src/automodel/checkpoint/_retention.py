@@ -118,6 +118,37 @@ def publish(staging: Path, final: Path) -> None:
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
 
 
+def set_aside(checkpoint_dir: Path, destination: Path, after_step: int | None = None) -> list[Path]:
+    """Move checkpoints out of the way of a new line of training; nothing is deleted.
+
+    Without ``after_step`` the whole folder (leftovers included) becomes ``destination``;
+    with it, the complete checkpoints of later steps move into ``destination`` and LATEST
+    names the newest that stayed. ``destination`` gets a LATEST of its own, so it can be
+    resumed from like any checkpoint folder. Returns the checkpoints moved (old paths).
+    """
+    found = list_checkpoints(checkpoint_dir)
+    moved = found if after_step is None else [p for p in found if _sort_key(p)[0] > after_step]
+    if after_step is None:
+        if not checkpoint_dir.is_dir() or not any(checkpoint_dir.iterdir()):
+            return []
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(checkpoint_dir, destination)  # one rename: never half moved
+        fsync_path(checkpoint_dir.parent)
+    elif moved:
+        destination.mkdir(parents=True)
+        for path in moved:
+            os.rename(path, destination / path.name)
+        atomic_write_text(destination / LATEST_FILE, moved[-1].name + "\n")
+        kept = list_checkpoints(checkpoint_dir)
+        if kept:
+            atomic_write_text(checkpoint_dir / LATEST_FILE, kept[-1].name + "\n")
+        else:
+            (checkpoint_dir / LATEST_FILE).unlink(missing_ok=True)
+        fsync_path(checkpoint_dir)
+    fsync_path(destination.parent)
+    return moved
+
+
 def prune(checkpoint_dir: Path, keep_last_n: int | None) -> list[Path]:
     """Delete the oldest complete checkpoints beyond ``keep_last_n`` (never LATEST's target)."""
     if keep_last_n is None:

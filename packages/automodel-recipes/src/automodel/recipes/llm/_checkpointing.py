@@ -58,36 +58,6 @@ def restoring(path: Path) -> Iterator[None]:
         raise UserError(f"cannot resume from {path}: {e}") from e
 
 
-def checkpoint_to_restore(checkpointer: Checkpointer, restore_from: str | None) -> Path | None:
-    """The checkpoint `restore_from` names: null -> none, `latest` -> the newest if any, or a path."""
-    if restore_from is None:
-        existing = checkpointer.checkpoints()
-        if existing:
-            log.warning(
-                "%s already holds %d checkpoint(s), the newest %s; this run starts fresh and "
-                "may overwrite them (set checkpoint.restore_from: latest to resume)",
-                checkpointer.checkpoint_dir,
-                len(existing),
-                existing[-1].name,
-            )
-        return None
-    if restore_from == "latest":
-        latest = checkpointer.latest()
-        if latest is None:
-            log.info("no checkpoint in %s yet: starting fresh", checkpointer.checkpoint_dir)
-        return latest
-    path = Path(restore_from)
-    if not path.is_dir():
-        raise ConfigError(
-            Problem(
-                "checkpoint.restore_from",
-                f"{path} is not a directory; use `latest`, null, or a path to an "
-                "epoch_<e>_step_<s> checkpoint",
-            )
-        )
-    return path
-
-
 def hf_extras_writer(
     model: torch.nn.Module, tokenizer: Any, cfg: ConfigNode
 ) -> Callable[[Path], None]:

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any
 
 from automodel.core.config import ConfigError, Problem
+from automodel.distributed import all_reduce_sum
 
 log = logging.getLogger("automodel.recipes.llm")
 
@@ -35,8 +36,16 @@ class PreemptionWatcher:
 
     @property
     def requested(self) -> bool:
-        """Whether a preemption signal arrived."""
+        """Whether a preemption signal arrived at this process."""
         return self.received is not None
+
+    def agreed(self) -> bool:
+        """Whether a signal arrived at any process (a collective: every rank calls it each step).
+
+        Signals reach the processes at different moments; a rank that stopped alone would wait
+        forever for the others in the checkpoint's collectives.
+        """
+        return all_reduce_sum(int(self.requested)) > 0  # a deliberate host sync, once per step
 
     def uninstall(self) -> None:
         """Put the previous handlers back."""

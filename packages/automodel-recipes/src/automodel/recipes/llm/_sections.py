@@ -29,7 +29,7 @@ class Checkpoint:
     checkpoint_dir: str | None = None  # default: <run_dir>/checkpoints
     max_shard_size: str = "5GB"
     save_final: bool = True
-    restore_from: str | None = None  # null: fresh start | latest: resume if any | a path
+    restore_from: str | None = "latest"  # latest (or null): resume if any | fresh | a path
     keep_last_n: int | None = None  # null: keep every checkpoint
     save_merged_model: bool = False  # with `peft:`: also write <run_dir>/merged_model at the end
     async_save: bool = False

@@ -28,15 +28,6 @@ class Telemetry:
         self.loggers = build_metric_loggers(cfg, run_config=redacted_data(cfg))
         self.bar = ProgressBar(total=total_steps, desc="train", enabled=section.progress)
 
-    def start_fresh(self) -> None:
-        """Empty the JSONL files: a fresh run does not append to an earlier run's rows."""
-        for writer in (self.train_log, self.val_log):
-            if writer.rows:
-                log.warning(
-                    "%s held %d rows of an earlier run: starting it over", writer.path, writer.rows
-                )
-            writer.load_state_dict({"rows": 0, "offset": 0})
-
     def resume_at(self, step: int) -> None:
         """Start the training progress bar at a resumed step."""
         self.bar = ProgressBar(

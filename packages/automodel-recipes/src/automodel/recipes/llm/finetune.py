@@ -38,7 +38,7 @@ from automodel.core.training import (
 from automodel.distributed import global_label_tokens
 
 from . import _builders as build
-from ._checkpointing import build_checkpointer, checkpoint_to_restore, hf_extras_writer, restoring
+from ._checkpointing import build_checkpointer, hf_extras_writer, restoring
 from ._context_parallel import attend_across_ranks
 from ._freeze import apply_freeze
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
@@ -47,6 +47,7 @@ from ._parallel import read_distributed, setup_parallel, shutdown
 from ._peft import adapter_extras_writer, apply_peft, build_lora_config, save_merged_model
 from ._pipeline import Pipeline, check_pipeline
 from ._preemption import PreemptionWatcher
+from ._run_history import start_point
 from ._sections import (
     Checkpoint,
     ClipGradNorm,
@@ -116,7 +117,10 @@ class FinetuneRecipeForCausalLM:
         self.checkpointer = build_checkpointer(
             self.checkpoint, self.run_dir, weights, self.parallel.pp_group
         )
-        self.restore_path = checkpoint_to_restore(self.checkpointer, self.checkpoint.restore_from)
+        # Resume by default; a new start first moves an earlier run here aside (rank 0)
+        self.restore_path = start_point(
+            self.checkpointer, self.checkpoint.restore_from, self.run_dir
+        )
         self.loss_fn = build.build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, distributed)
         model = build.build_model(cfg)
@@ -167,9 +171,7 @@ class FinetuneRecipeForCausalLM:
         self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, total)
         self.max_grad_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
         self.telemetry = Telemetry(self.run_dir, logging_section, cfg, total)
-        if self.restore_path is None:
-            self.telemetry.start_fresh()
-        else:
+        if self.restore_path is not None:
             with restoring(self.restore_path):
                 info = self.checkpointer.restore(
                     self.restore_path,
@@ -214,16 +216,21 @@ class FinetuneRecipeForCausalLM:
     def run_train_validation_loop(self) -> None:
         """Train until max_steps/num_epochs, validating and checkpointing on schedule."""
         steps = self.step_scheduler
-        if steps.done:
-            log.info("nothing to train: the run already reached step %d", steps.step)
-        if self.val_loader is not None and self.restore_path is None:
-            self.validate()
-        self.preemption.install()
-        self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
+        merged_dir = self.run_dir / "merged_model"
+        merge = self.checkpoint.save_merged_model
         try:
-            finished = self._train(steps)
-            if finished and self.checkpoint.save_merged_model:
-                merged_dir = self.run_dir / "merged_model"
+            if steps.done and not (merge and not merged_dir.exists()):
+                log.info(
+                    "the run is complete at step %d (%s); nothing to do. To train on, raise "
+                    "step_scheduler.max_steps; to start over, --+checkpoint.restore_from fresh",
+                    steps.step, self.restore_path,
+                )  # fmt: skip
+                return
+            if self.val_loader is not None and self.restore_path is None:
+                self.validate()
+            self.preemption.install()
+            self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
+            if self._train(steps) and merge:
                 sharded = self.parallel.mesh is not None
                 save_merged_model(self.unwrapped, self.tokenizer, merged_dir, sharded=sharded)
         finally:
@@ -277,7 +284,7 @@ class FinetuneRecipeForCausalLM:
             )
             if steps.is_val_step and self.val_loader is not None:
                 self.validate()
-            preempted = self.preemption.requested
+            preempted = self.preemption.agreed()  # every rank stops after the same step
             if (
                 preempted
                 or steps.is_ckpt_step
@@ -285,7 +292,10 @@ class FinetuneRecipeForCausalLM:
             ):
                 self.save()
             if preempted:
-                log.warning("stopped by %s after step %d", self.preemption.received, steps.step)
+                log.warning(
+                    "stopped by %s after step %d",
+                    self.preemption.received or "a signal to another process", steps.step,
+                )  # fmt: skip
                 return False
         return True
 
