@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,16 @@ def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+def _finish(proc: subprocess.Popen, timeout: float = 180) -> str:
+    """Wait for `proc`; its stderr. A hang is killed (torchrun and workers follow it) and fails."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {err[-3000:]}") from None
+
+
 def _steps_logged(run_dir: Path) -> list[int]:
     path = run_dir / "training.jsonl"
     if not path.exists():
@@ -65,6 +76,78 @@ def test_preemption_signal_saves_after_the_step_and_exits_0(tmp_path, sig):
     latest = Checkpointer(tmp_path / "checkpoints").latest()
     assert latest is not None and read_checkpoint_info(latest).step == last
     assert f"stopped by {sig.name} after step {last}" in err
+
+
+def test_rerunning_the_same_command_after_sigterm_continues_exactly(
+    tmp_path, head_of_asset, jsonl_rows
+):
+    """Stop a run with SIGTERM, run the identical command again: the run it finishes equals, row
+    for row and weight for weight, one that was never stopped."""
+    flags = [
+        f"--dataset.path={head_of_asset('reverse_train.jsonl', tmp_path / 'train.jsonl', 256)}",
+        f"--validation_dataset.path={head_of_asset('reverse_validation.jsonl', tmp_path / 'v.jsonl', 32)}",
+        "--step_scheduler.max_steps=40",  # 8 steps an epoch: the stop and the rerun cross epochs
+        "--step_scheduler.val_every_steps=10",
+        "--lr_scheduler.warmup_steps=2",
+    ]
+    reference = _start(tmp_path / "reference", *flags)
+    err = _finish(reference)
+    assert reference.returncode == 0, err[-3000:]
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, *flags)
+    _wait_for(lambda: len(_steps_logged(run_dir)) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = _finish(proc)
+    stopped = _steps_logged(run_dir)[-1]
+    assert proc.returncode == 0 and stopped < 40, err[-3000:]
+    again = _start(run_dir, *flags)  # the identical command line
+    err = _finish(again)
+    assert again.returncode == 0, err[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/epoch_" in err and f"at step {stopped}" in err
+    for name in ("training.jsonl", "validation.jsonl"):
+        assert jsonl_rows(run_dir / name) == jsonl_rows(tmp_path / "reference" / name), name
+    [final] = Checkpointer(run_dir / "checkpoints").checkpoints()[-1:]
+    ours, theirs = (
+        _load_weights(final),
+        _load_weights(tmp_path / "reference/checkpoints" / final.name),
+    )
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not (run_dir / "previous").exists()  # nothing was set aside: it was one run
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM reaches the processes of a job at different moments (here: only one of two)."""
+    proc = _start(tmp_path, "--nproc-per-node", "2")
+    _wait_for(lambda: len(_steps_logged(tmp_path)) >= 3, proc, timeout=240)
+    workers = _descendants_running(proc.pid, "automodel.cli")
+    assert len(workers) == 2, workers
+    os.kill(workers[1], signal.SIGTERM)
+    err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    last = _steps_logged(tmp_path)[-1]
+    latest = Checkpointer(tmp_path / "checkpoints").latest()
+    assert latest is not None and read_checkpoint_info(latest).step == last
+    assert read_checkpoint_info(latest).world_size == 2
+
+
+def _descendants_running(pid: int, text: str) -> list[int]:
+    """Processes below `pid` whose command line contains `text` (the training workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if text.encode() in cmdline and b"_torchrun" not in cmdline:  # not the launcher
+                found.append(child)
+    return sorted(found)
 
 
 def test_sigkill_during_saves_never_exposes_a_broken_checkpoint(tmp_path, head_of_asset):
