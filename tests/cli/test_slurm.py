@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -449,3 +451,91 @@ def test_in_process_runs_without_a_slurm_section_are_unchanged(
     assert result.returncode == 0, result.stderr
     assert json.loads(record.read_text())["argv"] == ["-c", "config.yaml", "--k", "v"]
     assert calls(fake_bin, "sbatch") == []
+
+
+REPO = Path(__file__).resolve().parents[2]
+TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock fields differ between runs
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def _wait_until(condition, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _session_gone(leader: subprocess.Popen) -> bool:
+    """Whether every process of the session `leader` started has ended (the leader reaped)."""
+    leader.poll()  # a zombie leader would still count as a member
+    try:
+        os.killpg(leader.pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_requeued_job_continues_where_the_preempted_one_stopped(
+    run_cli, slurm_env, fake_bin, tmp_path, cli_env
+):
+    """The generated script, run as SLURM would: SIGTERM to the whole job, then the same
+    script again as the requeued job (SLURM_RESTART_COUNT=1) finishes the run exactly."""
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    assets = REPO / "examples/llm_finetune/assets"
+    train.write_text("".join((assets / "reverse_train.jsonl").open().readlines()[:256]))
+    val.write_text("".join((assets / "reverse_validation.jsonl").open().readlines()[:32]))
+    config = (REPO / "examples/llm_finetune/tiny_sft.yaml").read_text()
+    config = config.replace("examples/llm_finetune/", f"{REPO}/examples/llm_finetune/")
+    config += f"slurm:\n  nodes: 1\n  gpus_per_node: 1\n  master_port: {_free_port()}\n"
+    (tmp_path / "sft.yaml").write_text(config)
+    run_dir = tmp_path / "runs" / "job"
+    overrides = [
+        f"--dataset.path={train}", f"--validation_dataset.path={val}",
+        "--step_scheduler.max_steps=40", "--step_scheduler.val_every_steps=10",
+        "--step_scheduler.log_every_steps=1", "--lr_scheduler.warmup_steps=2",
+        "--+logging.progress=false", f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
+    ]  # fmt: skip
+    reference = run_cli(
+        "finetune", "llm", "-c", "sft.yaml", "--no-slurm", *overrides,
+        f"--logging.run_dir={tmp_path}/reference", f"--checkpoint.checkpoint_dir={tmp_path}/ref",
+        env=slurm_env, timeout=180,
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    submit = run_cli(
+        "finetune", "llm", "-c", "sft.yaml", *overrides, f"--logging.run_dir={run_dir}",
+        env=slurm_env,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stderr
+    job_env = {**cli_env, **slurm_env, "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1"}
+    job_env |= {"SLURM_JOB_ID": "7", "FAKE_NODES": "localhost", "FAKE_SRUN_EXEC": "1"}
+    script = [str(run_dir / "slurm_job.sh")]
+    job = subprocess.Popen(["bash", *script], env=job_env, start_new_session=True)
+    try:
+        _wait_until(lambda: len(_rows(run_dir / "training.jsonl")) >= 3, "training steps")
+        os.killpg(job.pid, signal.SIGTERM)  # preemption: every process of the job gets it
+        _wait_until(lambda: _session_gone(job), "the job to stop")
+    finally:
+        if not _session_gone(job):
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    stopped = _rows(run_dir / "training.jsonl")[-1]["step"]
+    assert stopped < 40 and (run_dir / "checkpoints" / "LATEST").read_text().strip().endswith(
+        f"_step_{stopped}"
+    )
+    requeued = subprocess.run(
+        ["bash", *script], env={**job_env, "SLURM_RESTART_COUNT": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"at step {stopped}" in requeued.stderr  # resumed, not started over
+    for name in ("training.jsonl", "validation.jsonl"):
+        assert _rows(run_dir / name) == _rows(tmp_path / "reference" / name), name
+    final = "epoch_4_step_40/model/model.safetensors"
+    ours = (run_dir / "checkpoints" / final).read_bytes()
+    assert ours == (tmp_path / "ref" / final).read_bytes()
+    assert not (run_dir / "previous").exists()
