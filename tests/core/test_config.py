@@ -26,16 +26,6 @@ from automodel.core.config import (
 
 
 @pytest.fixture
-def write(tmp_path: Path):
-    def _write(text: str, name: str = "cfg.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    return _write
-
-
-@pytest.fixture
 def targets_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A real importable module outside the default allow-list, for building objects."""
     (tmp_path / "am_test_targets.py").write_text(

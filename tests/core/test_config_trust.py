@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from automodel.core.config import (
 )
 
 SECTIONS = {"model": Section(required=True, needs_target=True), "extra": Section()}
-
-
-@pytest.fixture
-def write(tmp_path: Path):
-    def _write(text: str, name: str = "cfg.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    return _write
 
 
 @pytest.fixture
