@@ -90,3 +90,17 @@ def tiny_llama_config_fixture() -> Callable[..., Any]:
         return LlamaConfig(**{**sizes, **overrides})
 
     return make
+
+
+# Fixtures that start torchrun jobs: a test that uses one (directly or through another
+# fixture) starts several training processes, and is `slow`.
+_LAUNCHERS = {"run_torchrun", "cli_per_layout", "run_once_per_layout"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark multi-process tests `slow`, so `uv run pytest -m "not slow"` is a quick loop."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        torchrun_cli = "run_cli" in names and "recipes" in item.path.parts  # nproc >= 1
+        if names & _LAUNCHERS or torchrun_cli:
+            item.add_marker(pytest.mark.slow)
