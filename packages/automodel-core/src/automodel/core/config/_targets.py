@@ -14,8 +14,7 @@ from ._trust import (
     ALLOW_LIST_DOC,
     canonical_name,
     judge,
-    remote_code_message,
-    remote_code_settings,
+    remote_code_problems,
 )
 
 TARGET_KEY = "_target_"
@@ -157,15 +156,9 @@ def _call(data: dict[str, Any], path: str, meta: ConfigMeta, extra: dict[str, An
         key=f"{path}.{TARGET_KEY}" if path else TARGET_KEY,
         where=locate(meta.where, path, meta.file),
     )
-    if not meta.trust_remote_code:
-        refused = remote_code_settings(data, path)
-        if refused:
-            raise ConfigError(
-                [
-                    Problem(key, remote_code_message(what), locate(meta.where, key, meta.file))
-                    for key, what in refused
-                ]
-            )
+    refused = remote_code_problems(data, meta, path)
+    if refused:
+        raise ConfigError(refused)
     kwargs = {
         k: _build_key(k, v, f"{path}.{k}" if path else k, meta)
         for k, v in data.items()

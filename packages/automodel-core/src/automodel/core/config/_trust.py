@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import Problem
+from ._node import ConfigMeta, locate
+
 ALLOW_FLAG = "--allow-import"
 REMOTE_CODE_FLAG = "--trust-remote-code"
 ALLOW_ENV = "AUTOMODEL_ALLOW_IMPORTS"  # comma- or space-separated, the user's standing grant
@@ -172,7 +175,7 @@ def canonical_name(obj: Any) -> str | None:
 _REMOTE_CODE = "would run Python code from the model's repository"
 
 
-def remote_code_settings(data: Any, path: str = "") -> list[tuple[str, str]]:
+def _remote_code_settings(data: Any, path: str = "") -> list[tuple[str, str]]:
     """(key, what it does) for every setting below `data` that runs code from a Hub repository.
 
     `trust_remote_code` (any value but false/null), `use_kernels: true` and an
@@ -194,13 +197,21 @@ def remote_code_settings(data: Any, path: str = "") -> list[tuple[str, str]]:
         elif key == "attn_implementation" and isinstance(value, str) and "/" in value:
             found.append((full, f"would download and run the Hub kernel '{value}'"))
         else:
-            found += remote_code_settings(value, full)
+            found += _remote_code_settings(value, full)
     return found
 
 
-def remote_code_message(what: str) -> str:
-    """The error for a remote-code setting the command line did not allow."""
-    return (
-        f"{what}; a config cannot allow that by itself. If you trust the repository, add "
-        f"{REMOTE_CODE_FLAG} to the command line"
-    )
+def remote_code_problems(data: Any, meta: ConfigMeta, path: str = "") -> list[Problem]:
+    """One problem per remote-code setting below `data` (at `path`), unless the caller granted
+    remote code; each says where it was set and how to allow it."""
+    if meta.trust_remote_code:
+        return []
+    return [
+        Problem(
+            key,
+            f"{what}; a config cannot allow that by itself. If you trust the repository, add "
+            f"{REMOTE_CODE_FLAG} to the command line",
+            locate(meta.where, key, meta.file),
+        )
+        for key, what in _remote_code_settings(data, path)
+    ]

@@ -15,12 +15,12 @@ from ._trust import (
     ALLOW_FLAG,
     grant_pattern,
     matches,
-    remote_code_message,
-    remote_code_settings,
+    remote_code_problems,
 )
 
 # Top-level keys every recipe accepts without reading them: `allowed_imports` (what the config
-# needs trusted, checked here against the command line's grants) and `slurm` (the `automodel` CLI's SLURM launch settings, see docs/cli.md).
+# needs trusted, checked here against the command line's grants) and `slurm` (the `automodel`
+# CLI's SLURM launch settings, see docs/cli.md).
 RESERVED_KEYS = ("allowed_imports", "slurm")
 
 
@@ -95,12 +95,7 @@ def _trust_problems(cfg: ConfigNode) -> list[Problem]:
                 cfg.where("allowed_imports"),
             )
         )
-    if not meta.trust_remote_code:
-        problems += [
-            Problem(key, remote_code_message(what), cfg.where(key))
-            for key, what in remote_code_settings(cfg.to_dict())
-        ]
-    return problems
+    return problems + remote_code_problems(cfg.to_dict(), meta)
 
 
 def _walk(
