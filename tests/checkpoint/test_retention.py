@@ -195,6 +195,7 @@ def test_set_aside_after_a_step_keeps_the_branch_point_and_both_latests(tmp_path
     assert [p.name for p in aside.checkpoints()] == [second.name, third.name]
     assert aside.latest() == tmp_path / "later" / third.name
     assert read_checkpoint_info(aside.latest()).step == 30
-    assert ckpt.set_aside(tmp_path / "none", after_step=10) == []
+    assert ckpt.set_aside(tmp_path / "none" / "later", after_step=10) == []  # nothing later
+    assert not (tmp_path / "none").exists()
     save_steps(ckpt, 20)  # the new line saves step 20 where the old one was moved away from
     assert Checkpointer(tmp_path / "later").latest() == tmp_path / "later" / third.name

@@ -71,6 +71,10 @@ def test_rerun_resumes_a_restart_never_starts_over_and_a_branch_keeps_the_old_li
         assert hashlib.sha256((aside / name).read_bytes()).hexdigest() == first[name]
     assert jsonl_rows(run / "training.jsonl") == rows  # exact resume from the branch point
     assert (run / "checkpoints" / "LATEST").read_text().split()[0].endswith("_step_4")
+    (newest,) = (run / "checkpoints").glob("epoch_*_step_4")
+    code, err = train(run, f"--+checkpoint.restore_from={newest}")  # naming the newest: a resume
+    assert code == 0 and "the run is complete at step 4" in err
+    assert len(_previous(run)) == 1
 
 
 def test_fresh_moves_the_earlier_run_aside_and_a_run_that_never_saved_keeps_its_logs(

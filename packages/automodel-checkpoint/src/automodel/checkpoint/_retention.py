@@ -127,24 +127,27 @@ def set_aside(checkpoint_dir: Path, destination: Path, after_step: int | None = 
     resumed from like any checkpoint folder. Returns the checkpoints moved (old paths).
     """
     found = list_checkpoints(checkpoint_dir)
-    moved = found if after_step is None else [p for p in found if _sort_key(p)[0] > after_step]
     if after_step is None:
         if not checkpoint_dir.is_dir() or not any(checkpoint_dir.iterdir()):
             return []
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(checkpoint_dir, destination)  # one rename: never half moved
         fsync_path(checkpoint_dir.parent)
-    elif moved:
-        destination.mkdir(parents=True)
-        for path in moved:
-            os.rename(path, destination / path.name)
-        atomic_write_text(destination / LATEST_FILE, moved[-1].name + "\n")
-        kept = list_checkpoints(checkpoint_dir)
-        if kept:
-            atomic_write_text(checkpoint_dir / LATEST_FILE, kept[-1].name + "\n")
-        else:
-            (checkpoint_dir / LATEST_FILE).unlink(missing_ok=True)
-        fsync_path(checkpoint_dir)
+        fsync_path(destination.parent)
+        return found
+    moved = [p for p in found if _sort_key(p)[0] > after_step]
+    if not moved:
+        return []
+    destination.mkdir(parents=True)
+    for path in moved:
+        os.rename(path, destination / path.name)
+    atomic_write_text(destination / LATEST_FILE, moved[-1].name + "\n")
+    kept = list_checkpoints(checkpoint_dir)
+    if kept:
+        atomic_write_text(checkpoint_dir / LATEST_FILE, kept[-1].name + "\n")
+    else:
+        (checkpoint_dir / LATEST_FILE).unlink(missing_ok=True)
+    fsync_path(checkpoint_dir)
     fsync_path(destination.parent)
     return moved
 

@@ -95,10 +95,9 @@ def _set_aside(
     root = checkpointer.checkpoint_dir
     logs = [run_dir / name for name in RUN_FILES if _holds_data(run_dir / name)]
     if after_step >= 0:  # a branch: later checkpoints move, the logs are copied (then cut back)
-        later = [p for p in checkpointer.checkpoints() if _step(p) > after_step]
+        stamp = _stamp([root.parent, run_dir])
+        later = checkpointer.set_aside(_aside(root, stamp), after_step)
         if later:
-            stamp = _stamp([root.parent, run_dir])
-            checkpointer.set_aside(_aside(root, stamp), after_step)
             for path in logs:
                 copy = _aside(path, stamp)
                 copy.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +121,6 @@ def _set_aside(
         ", ".join(p.name for p in moving),
         " and ".join(sorted({str(_aside(p, stamp).parent) for p in moving})),
     )
-
-
-def _step(path: Path) -> int:
-    parsed = parse_checkpoint_dir_name(path.name)
-    return -1 if parsed is None else parsed[1]
 
 
 def _holds_data(path: Path) -> bool:
