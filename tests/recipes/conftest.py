@@ -83,11 +83,17 @@ def short_run(run_dir: Path, data: Path, steps: int, every: int, *extra: str) ->
     ]
 
 
-def run_cli(config: Path, overrides: list[str], nproc: int = 2, fails: bool = False) -> str:
-    """`automodel finetune llm -c config --nproc-per-node N` (a real torchrun job); its stderr.
+def run_cli(
+    config: Path,
+    overrides: list[str],
+    nproc: int = 2,
+    fails: bool = False,
+    recipe: tuple[str, str] = ("finetune", "llm"),
+) -> str:
+    """`automodel <recipe> -c config --nproc-per-node N` (a real torchrun job); its stderr.
 
     The job must succeed, or with `fails` exit non-zero."""
-    command = [str(AUTOMODEL), "finetune", "llm", "-c", str(config), "--nproc-per-node", str(nproc)]
+    command = [str(AUTOMODEL), *recipe, "-c", str(config), "--nproc-per-node", str(nproc)]
     result = subprocess.run(
         [*command, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
     )

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
-from automodel.recipes.llm._parallel import read_distributed
+from automodel.recipes import read_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes.llm import main
-from automodel.recipes.llm._parallel import read_distributed
+from automodel.recipes import read_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
@@ -200,7 +200,7 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
 
 
 def test_the_fused_loss_with_tensor_parallel_is_refused_before_training(monkeypatch_module):
-    from automodel.recipes.llm._builders import build_loss
+    from automodel.recipes.llm._data import build_loss
     from automodel.recipes.llm._fused_loss import check_fused_loss
 
     cfg = load_config(SFT, [*FUSED, "--+distributed.tp_size=2"])

@@ -26,7 +26,8 @@ class MetricsSample:
     """Metrics of one optimizer step; `None` means not measured.
 
     `mem` is in GiB (see `peak_memory_gib`: peak allocated on CUDA, peak RSS on CPU); `tps` is
-    tokens per second over all ranks and `tps_per_gpu` per rank; `mfu` is a fraction in [0, 1];
+    tokens per second over all ranks and `tps_per_gpu` per rank (real tokens: `num_real_tokens`
+    over the step's forward, backward and optimizer step); `mfu` is a fraction in [0, 1];
     `extra` holds any further metrics (flat JSON-able values) and must not reuse a field name.
     """
 
@@ -40,6 +41,7 @@ class MetricsSample:
     tps_per_gpu: float | None = None
     mfu: float | None = None
     num_label_tokens: int | None = None
+    num_real_tokens: int | None = None  # tokens that are not padding, over every rank
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

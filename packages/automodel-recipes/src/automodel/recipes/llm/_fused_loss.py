@@ -17,7 +17,7 @@ from torch import nn
 from automodel.core.config import ConfigError, ConfigNode, Problem
 from automodel.core.losses import FusedLinearCrossEntropy
 
-from ._sections import Distributed
+from .._sections import Distributed
 
 
 class FusedLossModel(nn.Module):

@@ -1,4 +1,4 @@
-"""Pipeline parallelism in the LLM recipe: this rank's stage and torch's schedule over it.
+"""Pipeline parallelism in the LLM recipes: this rank's stage and torch's schedule over it.
 
 The step scheduler's micro-batches go to the schedule as they are (``arg_mbs``/``target_mbs``),
 each padded to `dataset.seq_length` (a stage's activation shapes are fixed by its first step).
@@ -22,9 +22,9 @@ from automodel.distributed import (
     tied_embedding_group,
 )
 
-from ._parallel import Parallel
-from ._sections import Distributed, PackedSequence, read_section
-from ._telemetry import real_tokens
+from .._parallel import Parallel
+from .._sections import Distributed, PackedSequence, read_section
+from ._data import real_tokens
 
 log = logging.getLogger("automodel.recipes.llm")
 
@@ -39,9 +39,10 @@ def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
     return ConfigError(Problem(key, message, cfg.where(key)))
 
 
-def check_pipeline(cfg: ConfigNode, section: Distributed) -> int | None:
+def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = None) -> int | None:
     """The length every micro-batch is padded to with `pp_size` > 1 (None without a pipeline).
 
+    `seq_len`: that length where the recipe knows it (default: `dataset.seq_length`).
     Refuses what stages do not support yet, before anything is built.
     """
     if section.pp_size == 1:
@@ -65,7 +66,7 @@ def check_pipeline(cfg: ConfigNode, section: Distributed) -> int | None:
         raise _problem(cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet")
     if cfg.get("compile.enabled"):
         raise _problem(cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet")
-    seq_len = cfg.get("dataset.seq_length")
+    seq_len = cfg.get("dataset.seq_length") if seq_len is None else seq_len
     if not isinstance(seq_len, int) or seq_len < 1:
         raise _problem(
             cfg, "dataset",

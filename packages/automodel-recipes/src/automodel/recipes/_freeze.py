@@ -11,7 +11,7 @@ from automodel.core.config import ConfigError, ConfigNode, Problem
 
 from ._sections import Freeze
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 
 def apply_freeze(model: torch.nn.Module, section: Freeze, cfg: ConfigNode) -> int:

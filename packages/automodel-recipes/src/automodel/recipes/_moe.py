@@ -1,4 +1,4 @@
-"""Mixture-of-Experts in the LLM recipe: the `moe:` section through automodel.moe's public API."""
+"""Mixture-of-Experts in the recipes: the `moe:` section through automodel.moe's public API."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from automodel.moe import (
 from ._parallel import Parallel
 from ._sections import Moe, read_section
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 
 def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:

@@ -1,4 +1,4 @@
-"""The recipe's side of PEFT: build LoRA from `peft:`, write adapter extras, export a merged model."""
+"""The recipes' side of PEFT: build LoRA from `peft:`, write adapter extras, export a merged model."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from automodel.peft import (
     merged_state_dict,
 )
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
@@ -92,9 +92,10 @@ def base_model_source(cfg: ConfigNode) -> str | None:
 
 
 def adapter_extras_writer(
-    model: torch.nn.Module, tokenizer: Any, cfg: ConfigNode
+    model: torch.nn.Module, cfg: ConfigNode, *processors: Any
 ) -> Callable[[Path], None]:
-    """What an adapter checkpoint needs beside its weights: adapter_config.json, tokenizer, YAML.
+    """What an adapter checkpoint needs beside its weights: adapter_config.json, YAML, and each
+    of `processors` (tokenizer, processor).
 
     No config.json: transformers would then take the folder for a full model. The adapter's
     config is read from `model` now, while it is whole (a pipeline stage holds some layers).
@@ -105,16 +106,18 @@ def adapter_extras_writer(
         model_dir = path / MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(content, indent=2) + "\n")
-        tokenizer.save_pretrained(model_dir)
+        for processor in processors:
+            processor.save_pretrained(model_dir)
         save_config(cfg, path / CONFIG_FILE)
 
     return write
 
 
 def save_merged_model(
-    model: torch.nn.Module, tokenizer: Any, out_dir: Path, *, sharded: bool = False
+    model: torch.nn.Module, out_dir: Path, *processors: Any, sharded: bool = False
 ) -> Path:
-    """Write the base model with the adapters merged in as a plain HF model folder, atomically.
+    """Write the base model with the adapters merged in as a plain HF model folder, atomically,
+    with each of `processors` (tokenizer, processor) beside it.
 
     Every rank calls it; with ``sharded`` the full state is gathered (a collective) and rank 0
     writes.
@@ -130,7 +133,8 @@ def save_merged_model(
     staging = out_dir.with_name(f".staging-{out_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, state_dict=merged_state_dict(model, state=state))
-    tokenizer.save_pretrained(staging)
+    for processor in processors:
+        processor.save_pretrained(staging)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)

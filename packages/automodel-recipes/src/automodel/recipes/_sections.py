@@ -1,11 +1,19 @@
-"""The plain (non-`_target_`) config sections of the LLM recipes, with their defaults."""
+"""The standard config sections recipes share: plain sections with their defaults, and tables.
+
+A recipe's `SECTIONS` is the union of the tables it reads plus its own sections, e.g.
+`{**RUN_SECTIONS, **MODEL_SECTIONS, **OPTIMIZER_SECTIONS, "kd": Section(keys_of=Kd)}`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any
 
-from automodel.core.config import ConfigNode
+from automodel.core.config import ConfigNode, Section
+from automodel.core.data import build_dataloader
+from automodel.core.logging import MlflowLogger, WandbLogger
+from automodel.core.optim import build_lr_scheduler
+from automodel.core.training import StepScheduler
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Moe:
 class Logging:
     """`logging:` run directory, log level, progress bars."""
 
-    run_dir: str = "runs/llm"
+    run_dir: str | None = None  # default: the recipe's own (e.g. runs/llm)
     level: str = "INFO"
     progress: bool = True
 
@@ -113,3 +121,35 @@ def read_section(cfg: ConfigNode, name: str, kind: type) -> Any:
     known = {f.name for f in fields(kind)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
     return kind(**values)
+
+
+_LOADER_ARGS = ("dataset", "batch_size", "dp_rank", "dp_size")
+
+# What every training run reads: batch arithmetic, seed, processes, logging and metric loggers.
+RUN_SECTIONS = {
+    "step_scheduler": Section(required=True, keys_of=StepScheduler, provided=("dp_size",)),
+    "rng": Section(keys_of=Rng),
+    "distributed": Section(keys_of=Distributed),
+    "logging": Section(keys_of=Logging),
+    "wandb": Section(keys_of=WandbLogger, provided=("config",)),
+    "mlflow": Section(keys_of=MlflowLogger, provided=("config",)),
+}
+CHECKPOINT_SECTIONS = {"checkpoint": Section(keys_of=Checkpoint)}
+# The trained model and the infrastructure applied to it (see prepare_model).
+MODEL_SECTIONS = {
+    "model": Section(required=True, needs_target=True),
+    "peft": Section(needs_target=True),
+    "moe": Section(keys_of=Moe),
+    "freeze": Section(keys_of=Freeze),
+    "compile": Section(keys_of=Compile),
+}
+OPTIMIZER_SECTIONS = {
+    "optimizer": Section(required=True, needs_target=True, provided=("params",)),
+    "lr_scheduler": Section(keys_of=build_lr_scheduler, provided=("optimizer", "total_steps")),
+    "clip_grad_norm": Section(keys_of=ClipGradNorm),
+}
+# Loaders of the recipe's datasets (built by build_loader).
+LOADER_SECTIONS = {
+    "dataloader": Section(keys_of=build_dataloader, provided=_LOADER_ARGS),
+    "validation_dataloader": Section(keys_of=build_dataloader, provided=_LOADER_ARGS),
+}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from automodel.core.config import ConfigNode, redacted_data
 from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers
@@ -15,14 +13,23 @@ from automodel.core.training import MetricsSample
 
 from ._sections import Logging
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 
 class Telemetry:
     """Rank-0 reporting of training and validation metrics for one run directory."""
 
-    def __init__(self, run_dir: Path, section: Logging, cfg: ConfigNode, total_steps: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        section: Logging,
+        cfg: ConfigNode,
+        total_steps: int,
+        listeners: Iterable[Callable[[MetricsSample], Any]] = (),
+    ):
         self.section = section
+        # Called with every training step's sample on every rank (benchmarks, early stopping).
+        self.listeners = list(listeners)
         self.train_log = JsonlWriter(run_dir / "training.jsonl")
         self.val_log = JsonlWriter(run_dir / "validation.jsonl")
         self.loggers = build_metric_loggers(cfg, run_config=redacted_data(cfg))
@@ -45,6 +52,8 @@ class Telemetry:
 
     def log_train(self, sample: MetricsSample, show: bool) -> None:
         """Record one optimizer step; `show` also prints a log line."""
+        for listener in self.listeners:
+            listener(sample)
         self.train_log.write(sample.to_dict())
         for logger in self.loggers:
             logger.log(sample.to_dict(), split="train")
@@ -74,12 +83,3 @@ class Telemetry:
         self.val_log.close()
         for logger in self.loggers:
             logger.close()
-
-
-def real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> int:
-    """Tokens that are not padding: the attention mask, or for packed rows the non-pad ids."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    if pad_token_id is None:
-        return batch["input_ids"].numel()
-    return int((batch["input_ids"] != pad_token_id).sum())

@@ -1,4 +1,4 @@
-"""Context parallelism in the LLM recipe: sequences split over `cp_size` ranks (automodel.distributed).
+"""Context parallelism in the recipes: sequences split over `cp_size` ranks (automodel.distributed).
 
 The model's attention becomes `AllGatherContextParallel.hf_attention`, registered with
 transformers under `ATTENTION_NAME`; each micro-batch is split along the sequence before its

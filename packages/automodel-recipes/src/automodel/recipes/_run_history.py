@@ -19,7 +19,7 @@ from automodel.checkpoint import Checkpointer, parse_checkpoint_dir_name
 from automodel.core.config import ConfigError, Problem, UserError
 from automodel.distributed import barrier, is_main_process
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 LATEST = "latest"  # the newest complete checkpoint, else step 0 (the default; null means it too)
 FRESH = "fresh"  # step 0; an earlier run in the directory is moved aside

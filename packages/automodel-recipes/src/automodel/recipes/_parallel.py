@@ -1,9 +1,8 @@
-"""Data parallelism for the LLM recipe: process group, device mesh and strategy (automodel.distributed)."""
+"""Parallelism for the recipes: process group, device mesh and strategy (automodel.distributed)."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from automodel.distributed import (
     apply_tensor_parallel,
     build_mesh,
     build_strategy,
-    destroy_distributed,
     dp_group,
     dp_rank_and_size,
     init_distributed,
@@ -33,7 +31,7 @@ from automodel.distributed import (
 
 from ._sections import Distributed, PackedSequence, read_section
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 _STRATEGIES = ("fsdp2", "ddp", "none")
 _OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
@@ -138,7 +136,9 @@ class Parallel:
         """The ranks FSDP2/DDP average gradients over (dp × cp): the loss is scaled by it."""
         return self.dp_size * (self.cp.size if self.cp is not None else 1)
 
-    def split_sequence(self, batch: dict[str, Any], pad_token_id: int | None) -> dict[str, Any]:
+    def split_sequence(
+        self, batch: dict[str, Any], pad_token_id: int | None = None
+    ) -> dict[str, Any]:
         """This rank's part of `batch` along the sequence (the batch itself without cp)."""
         if self.cp is None:
             return batch
@@ -215,16 +215,3 @@ def _context_parallel(cfg: ConfigNode, mesh: Any) -> AllGatherContextParallel:
     """The cp group's sequence splitter; packed rows keep their documents apart."""
     packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
     return AllGatherContextParallel(submesh(mesh, "cp"), documents=bool(packed))
-
-
-def shutdown(owner: Any, barrier: bool = True) -> None:
-    """Drop `owner`'s model and optimizer, collect them, then end the process group (if any).
-
-    Sharded modules still holding communicators can make gloo abort at exit. Pass
-    `barrier=False` after a failure: the other ranks may never reach the barrier.
-    """
-    for name in ("model", "unwrapped", "optimizer", "lr_scheduler"):
-        if hasattr(owner, name):
-            setattr(owner, name, None)
-    gc.collect()
-    destroy_distributed(barrier=barrier)

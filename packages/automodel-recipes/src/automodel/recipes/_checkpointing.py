@@ -1,4 +1,4 @@
-"""The recipe's side of checkpointing: where checkpoints live, what to resume, the HF extras."""
+"""The recipes' side of checkpointing: where checkpoints live, restore errors, the HF extras."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from automodel.core.config import ConfigError, ConfigNode, Problem, UserError, s
 
 from ._sections import Checkpoint
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 
 def build_checkpointer(
@@ -59,16 +59,21 @@ def restoring(path: Path) -> Iterator[None]:
 
 
 def hf_extras_writer(
-    model: torch.nn.Module, tokenizer: Any, cfg: ConfigNode
+    model: torch.nn.Module, cfg: ConfigNode, *processors: Any, subfolder: str = MODEL_DIR
 ) -> Callable[[Path], None]:
-    """What a checkpoint needs beside the weights: HF config, generation config, tokenizer, YAML."""
+    """What a checkpoint needs beside the weights: HF config, generation config, YAML, and each
+    of `processors` (tokenizer, image processor: anything with `save_pretrained`).
+
+    `subfolder`: the model's folder in the checkpoint (another one for a second tower).
+    """
 
     def write(path: Path) -> None:
-        model_dir = path / MODEL_DIR
+        model_dir = path / subfolder
         model.config.save_pretrained(model_dir)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        for processor in processors:
+            processor.save_pretrained(model_dir)
         save_config(cfg, path / CONFIG_FILE)
 
     return write

@@ -11,7 +11,7 @@ from typing import Any
 from automodel.core.config import ConfigError, Problem
 from automodel.distributed import all_reduce_sum
 
-log = logging.getLogger("automodel.recipes.llm")
+log = logging.getLogger("automodel.recipes")
 
 
 class PreemptionWatcher:

@@ -1,0 +1,65 @@
+"""Plain builder functions recipes compose: each turns one standard config section into an object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate
+from automodel.core.data import build_dataloader
+from automodel.core.optim import build_lr_scheduler
+from automodel.core.training import StepScheduler
+
+
+def build_model(cfg: ConfigNode, section: str = "model") -> torch.nn.Module:
+    """The model of section `section` (any `_target_` returning a torch module)."""
+    return instantiate(cfg[section])
+
+
+def build_loader(
+    cfg: ConfigNode,
+    name: str,
+    dataset: Any,
+    batch_size: int,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    validation: bool = False,
+    **defaults: Any,
+) -> Any:
+    """A stateful dataloader from section `name` (e.g. `dataloader`, `validation_dataloader`).
+
+    Without `_target_` the section's keys, over `defaults` (a seed, a pad id, a collate
+    function), go to `automodel.core.data.build_dataloader`; with one, that callable is called
+    instead with `dataset`, `batch_size`, `dp_rank` and `dp_size` added. Each data-parallel rank
+    reads its own shard (`dp_rank` of `dp_size`). A `validation` loader neither shuffles nor
+    drops a last short batch unless its section says so.
+    """
+    if name in cfg and "_target_" in cfg[name]:
+        return instantiate(
+            cfg[name], dataset=dataset, batch_size=batch_size, dp_rank=dp_rank, dp_size=dp_size
+        )
+    if validation:
+        defaults = {"shuffle": False, "drop_last": False, **defaults}
+    options = {**defaults, **(cfg[name].to_dict() if name in cfg else {})}
+    return build_dataloader(dataset, batch_size, dp_rank=dp_rank, dp_size=dp_size, **options)
+
+
+def build_step_scheduler(cfg: ConfigNode, dp_size: int = 1) -> StepScheduler:
+    """The step scheduler; checks the batch arithmetic (no model needed).
+
+    global_batch_size = local_batch_size x grad_acc_steps x dp_size.
+    """
+    return StepScheduler(**cfg.step_scheduler.to_dict(), dp_size=dp_size)
+
+
+def build_scheduler(cfg: ConfigNode, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """The LR scheduler from `lr_scheduler:` over `total_steps` (default: constant LR)."""
+    options = cfg.lr_scheduler.to_dict() if "lr_scheduler" in cfg else {"style": "constant"}
+    try:
+        return build_lr_scheduler(optimizer, total_steps=total_steps, **options)
+    except ValueError as e:
+        where = cfg.where("lr_scheduler")
+        raise ConfigError(
+            Problem("lr_scheduler", f"{e} (this run has {total_steps} steps)", where)
+        ) from e

@@ -1,0 +1,176 @@
+"""The run context every recipe starts with, and the checkpoint steps of its training loop.
+
+`start_run` does, in this order, what comes before any model: the seed, the batch arithmetic
+(checked before a process group exists), logging, processes/mesh/strategy, the run directory,
+the checkpointer and where to start (resume by default; a new start moves an earlier run
+aside), and the preemption watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from automodel.checkpoint import Checkpointer, WeightsFormat
+from automodel.core.config import ConfigNode
+from automodel.core.logging import setup_logging
+from automodel.core.training import StepScheduler, set_seed
+from automodel.distributed import destroy_distributed
+
+from ._builders import build_step_scheduler
+from ._checkpointing import build_checkpointer, restoring
+from ._parallel import Parallel, read_distributed, setup_parallel
+from ._preemption import PreemptionWatcher
+from ._run_history import start_point
+from ._sections import Checkpoint, Distributed, Logging, Rng, read_section
+from ._telemetry import Telemetry
+
+log = logging.getLogger("automodel.recipes")
+
+
+@dataclass
+class RunContext:
+    """What a recipe knows before it builds a model: seed, processes, run directory, checkpoints."""
+
+    cfg: ConfigNode
+    seed: int
+    distributed: Distributed  # the checked `distributed:` section, its strategy filled in
+    step_scheduler: StepScheduler
+    logging: Logging
+    run_dir: Path
+    parallel: Parallel
+    preemption: PreemptionWatcher
+    checkpoint: Checkpoint | None = None  # None: a recipe that saves nothing (benchmark)
+    checkpointer: Checkpointer | None = None
+    restore_path: Path | None = None  # the checkpoint this run resumes; None: step 0
+
+    @property
+    def device(self) -> Any:
+        """The torch device this process computes on."""
+        return self.parallel.device
+
+
+def start_run(
+    cfg: ConfigNode, *, default_run_dir: str, weights_format: WeightsFormat | None
+) -> RunContext:
+    """Seed, processes, run directory and checkpointer, in the order they must come.
+
+    `weights_format`: how checkpoints hold the model (`HF_WEIGHTS`, `PEFT_ADAPTER`); None for
+    a recipe that saves no checkpoint. `default_run_dir` applies without `logging.run_dir`.
+    """
+    seed = read_section(cfg, "rng", Rng).seed
+    set_seed(seed)  # the same seed on every rank: identical initial weights
+    distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
+    step_scheduler = build_step_scheduler(cfg, dp_size)
+    section = read_section(cfg, "logging", Logging)
+    setup_logging(section.level)  # first, so every set-up step is reported
+    run_dir = Path(section.run_dir or default_run_dir)
+    parallel = setup_parallel(cfg)
+    if weights_format is None:
+        preemption = PreemptionWatcher(())
+        return RunContext(cfg, seed, distributed, step_scheduler, section, run_dir, parallel, preemption)  # fmt: skip
+    checkpoint = read_section(cfg, "checkpoint", Checkpoint)
+    checkpointer = build_checkpointer(checkpoint, run_dir, weights_format, parallel.pp_group)
+    # Resume by default; a new start first moves an earlier run here aside (rank 0)
+    restore_path = start_point(checkpointer, checkpoint.restore_from, run_dir)
+    return RunContext(
+        cfg, seed, distributed, step_scheduler, section, run_dir, parallel,
+        PreemptionWatcher(checkpoint.preempt_signals), checkpoint, checkpointer, restore_path,
+    )  # fmt: skip
+
+
+def restore_weights(run: RunContext, model: nn.Module) -> None:
+    """Load the resumed checkpoint's weights into the whole model (before it is sharded)."""
+    if run.restore_path is not None:
+        with restoring(run.restore_path):
+            run.checkpointer.restore(run.restore_path, model=model)
+
+
+def restore_training_state(
+    run: RunContext, model: nn.Module, telemetry: Telemetry, **state: Any
+) -> None:
+    """Load the resumed checkpoint's optimizer, scheduler, data position, RNG and metrics offsets.
+
+    `model` is the placed (sharded) model: it names the optimizer's parameters.
+    """
+    if run.restore_path is None:
+        return
+    with restoring(run.restore_path):
+        info = run.checkpointer.restore(
+            run.restore_path,
+            model=model,
+            load_weights=False,  # restored before placement (restore_weights)
+            allow_world_size_change=True,  # data position and step counters convert
+            **state,
+        )
+    telemetry.resume_at(run.step_scheduler.step)
+    log.info(
+        "resumed from %s at step %d (saved by %d process(es), now %d)",
+        run.restore_path, run.step_scheduler.step, info.world_size, run.parallel.world_size,
+    )  # fmt: skip
+
+
+def is_complete(run: RunContext, outputs_pending: bool = False) -> bool:
+    """Whether the resumed run has nothing left to train (and no final output is missing)."""
+    if not run.step_scheduler.done or outputs_pending:
+        return False
+    log.info(
+        "the run is complete at step %d (%s); nothing to do. To train on, raise "
+        "step_scheduler.max_steps; to start over, --+checkpoint.restore_from fresh",
+        run.step_scheduler.step, run.restore_path,
+    )  # fmt: skip
+    return True
+
+
+@contextlib.contextmanager
+def training_session(run: RunContext, telemetry: Telemetry) -> Iterator[None]:
+    """Preemption signals are watched inside; the checkpointer and telemetry close on the way out."""
+    try:
+        run.preemption.install()
+        yield
+    finally:
+        run.preemption.uninstall()
+        if run.checkpointer is not None:
+            run.checkpointer.close()
+        telemetry.close()
+
+
+def checkpoint_if_due(run: RunContext, save: Callable[[], Any]) -> bool:
+    """After a step: `save()` on schedule, at the end, or when preempted; True means stop now.
+
+    A collective: every rank calls it after every step, so all stop after the same one.
+    """
+    steps = run.step_scheduler
+    preempted = run.preemption.agreed()
+    final = steps.is_last_step and run.checkpoint.save_final
+    if preempted or steps.is_ckpt_step or final:
+        save()
+    if preempted:
+        log.warning(
+            "stopped by %s after step %d",
+            run.preemption.received or "a signal to another process", steps.step,
+        )  # fmt: skip
+    return preempted
+
+
+def shutdown(*holders: Any, barrier: bool = True) -> None:
+    """Drop everything `holders` hold (any number of models, optimizers, the run context),
+    collect it, then end the process group (if any).
+
+    Sharded modules still holding communicators can make gloo abort at exit. Pass
+    `barrier=False` after a failure: the other ranks may never reach the barrier.
+    """
+    for holder in holders:
+        if isinstance(holder, dict):
+            holder.clear()
+        elif hasattr(holder, "__dict__"):
+            vars(holder).clear()
+    gc.collect()
+    destroy_distributed(barrier=barrier)

@@ -1,0 +1,108 @@
+"""The blocks every training loop ends a step or a validation pass with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from automodel.core.training import (
+    MetricsSample,
+    StepScheduler,
+    clip_grad_norm,
+    mfu,
+    peak_memory_gib,
+)
+
+from ._moe import MoeStep
+from ._parallel import Parallel
+from ._telemetry import Telemetry
+
+
+@dataclass
+class OptimizerStep:
+    """The end of a training step: expert grads, clipping, optimizer and LR step, zeroed grads,
+    then the step's metrics summed over the ranks."""
+
+    model: nn.Module  # the placed model whose parameters are clipped
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    parallel: Parallel
+    max_grad_norm: float | None
+    moe: MoeStep | None = None
+    flops_per_token: float | None = None  # training FLOPs per token, for MFU
+    peak_flops: float | None = None  # per device; None: MFU is not reported
+    tied_copies: list[nn.Parameter] = field(default_factory=list)  # counted once in the norm
+
+    def __call__(
+        self,
+        steps: StepScheduler,
+        loss_sum: torch.Tensor,
+        real_tokens: int,
+        num_label_tokens: int,
+        started: float,
+    ) -> MetricsSample:
+        """Apply the step's gradients; `loss_sum` and `real_tokens` are this rank's, `started`
+        the `time.perf_counter()` at the step's start."""
+        if self.moe is not None:
+            self.moe.reduce_expert_grads()  # expert-parallel weights: FSDP2/DDP left them out
+        grad_norm = clip_grad_norm(  # global: over every shard and pipeline stage
+            self.model.parameters(), self.max_grad_norm, parts_group=self.parallel.pp_group,
+            copies=self.tied_copies,
+        )  # fmt: skip
+        sums = torch.stack([loss_sum.double().cpu(), torch.tensor(float(real_tokens))])
+        loss_total, real_total = self.parallel.sum(sums).tolist()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        extra = self.moe.after_optimizer_step() if self.moe is not None else {}
+        tps = real_total / (time.perf_counter() - started)  # every rank's tokens
+        tps_per_gpu = tps / self.parallel.world_size
+        return MetricsSample(
+            step=steps.step,
+            epoch=steps.epoch,
+            loss=loss_total,
+            lr=lr,
+            grad_norm=float(grad_norm),
+            mem=peak_memory_gib(self.parallel.device),
+            tps=tps,
+            tps_per_gpu=tps_per_gpu,
+            mfu=mfu(tps_per_gpu, self.flops_per_token, self.peak_flops),
+            num_label_tokens=int(num_label_tokens),
+            num_real_tokens=int(real_total),
+            extra=extra,
+        )
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    totals: Callable[[Iterable[Any]], tuple[float, int]],
+    parallel: Parallel,
+    telemetry: Telemetry,
+    steps: StepScheduler,
+    lr: float,
+    moe: MoeStep | None = None,
+) -> float:
+    """Mean per-token loss over every rank's shard of `loader`, logged to validation.jsonl.
+
+    `totals(batches)` is the recipe's: (summed loss, counted tokens) over this rank's batches.
+    The model is in eval mode inside and back in train mode after.
+    """
+    model.eval()
+    total_loss, total_tokens = totals(telemetry.progress(loader, "validation"))
+    model.train()
+    if moe is not None:
+        moe.forget_load()  # the load counted by forwards that are not training
+    total_loss, total_tokens = parallel.sum(torch.tensor([total_loss, total_tokens])).tolist()
+    total_tokens = int(total_tokens)
+    val_loss = total_loss / max(total_tokens, 1)
+    sample = MetricsSample(steps.step, steps.epoch, val_loss, lr, num_label_tokens=total_tokens)
+    telemetry.log_validation(sample)
+    return val_loss

@@ -1,0 +1,85 @@
+"""The LLM recipes' data: tokenizer, tokenized (optionally packed) datasets and their loaders."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from automodel.core.config import ConfigError, ConfigNode, Problem, Section, instantiate
+from automodel.core.data import pack_dataset
+from automodel.core.losses import MaskedCrossEntropy
+
+from .._builders import build_loader
+from .._sections import PackedSequence, read_section
+
+log = logging.getLogger("automodel.recipes")
+
+# What the LLM recipes read beside the standard sections: text data and the loss over it.
+LM_SECTIONS = {
+    "tokenizer": Section(needs_target=True),
+    "dataset": Section(required=True, needs_target=True, provided=("tokenizer",)),
+    "validation_dataset": Section(needs_target=True, provided=("tokenizer",)),
+    "packed_sequence": Section(keys_of=PackedSequence),
+    "loss_fn": Section(needs_target=True),
+}
+
+
+def build_tokenizer(cfg: ConfigNode) -> Any:
+    """The tokenizer from `tokenizer:`, else the one next to `model.pretrained_model_name_or_path`."""
+    if "tokenizer" in cfg:
+        return instantiate(cfg.tokenizer)
+    from transformers import AutoTokenizer
+
+    source = cfg.get("model.pretrained_model_name_or_path")
+    if source is None:
+        raise ConfigError(
+            Problem("tokenizer", "add a tokenizer section; the model has no pretrained path")
+        )
+    return AutoTokenizer.from_pretrained(source)
+
+
+def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
+    """The dataset of section `name` (`dataset` or `validation_dataset`), packed if configured."""
+    dataset = instantiate(cfg[name], tokenizer=tokenizer)
+    size = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
+    if size:
+        dataset = pack_dataset(dataset, size, pad_token_id=tokenizer.pad_token_id)
+    return dataset
+
+
+def build_loaders(
+    cfg: ConfigNode, tokenizer: Any, batch_size: int, seed: int, dp_rank: int, dp_size: int
+) -> tuple[Any, Any, Any]:
+    """(train dataset, train loader, validation loader or None): each dp rank reads its shard."""
+    shard = {"dp_rank": dp_rank, "dp_size": dp_size}
+    pad = {"seed": seed, "pad_token_id": tokenizer.pad_token_id}
+    train_set = build_dataset(cfg, "dataset", tokenizer)
+    train_loader = build_loader(cfg, "dataloader", train_set, batch_size, **shard, **pad)
+    if "validation_dataset" not in cfg:
+        return train_set, train_loader, None
+    val_set = build_dataset(cfg, "validation_dataset", tokenizer)
+    if len(val_set) % dp_size:
+        log.warning(
+            "%d validation samples do not divide over %d ranks: a few count twice",
+            len(val_set), dp_size,
+        )  # fmt: skip
+    val_loader = build_loader(
+        cfg, "validation_dataloader", val_set, batch_size, **shard, validation=True, **pad
+    )
+    return train_set, train_loader, val_loader
+
+
+def build_loss(cfg: ConfigNode) -> Any:
+    """The loss from `loss_fn:` (default MaskedCrossEntropy)."""
+    return instantiate(cfg.loss_fn) if "loss_fn" in cfg else MaskedCrossEntropy()
+
+
+def real_tokens(batch: dict[str, torch.Tensor], pad_token_id: int | None) -> int:
+    """Tokens that are not padding: the attention mask, or for packed rows the non-pad ids."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if pad_token_id is None:
+        return batch["input_ids"].numel()
+    return int((batch["input_ids"] != pad_token_id).sum())

@@ -1,0 +1,67 @@
+"""The parts recipes share (automodel.recipes): a cheap import, public names, shutdown of any
+number of models, and the standard section tables a recipe composes."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import weakref
+
+import pytest
+import torch
+
+import automodel.recipes as recipes
+
+
+def test_importing_the_package_imports_no_part_and_no_torch() -> None:
+    code = (
+        "import sys, automodel.recipes as r; "
+        "assert 'torch' not in sys.modules, 'torch'; "
+        "assert not [m for m in sys.modules if m.startswith('automodel.recipes.')], 'parts'; "
+        "r.start_run; assert 'torch' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_public_name_resolves_and_unknown_ones_fail() -> None:
+    for name in recipes.__all__:
+        assert getattr(recipes, name) is not None, name
+    assert set(recipes.__all__) <= set(dir(recipes))
+    with pytest.raises(AttributeError, match="no attribute 'train_everything'"):
+        recipes.train_everything  # noqa: B018
+
+
+def test_shutdown_frees_every_model_its_holders_hold() -> None:
+    """A student, a teacher and an optimizer held by a recipe object and a dict all go."""
+
+    class Holder:
+        pass
+
+    holder, parts = Holder(), {}
+    holder.model = torch.nn.Linear(4, 4)
+    holder.optimizer = torch.optim.SGD(holder.model.parameters(), lr=0.1)
+    parts["teacher"] = torch.nn.Linear(4, 4)
+    alive = [weakref.ref(holder.model), weakref.ref(parts["teacher"])]
+    recipes.shutdown(holder, parts)  # no process group: nothing to end
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None]
+    assert vars(holder) == {} and parts == {}
+
+
+def test_a_recipe_composes_its_sections_from_the_standard_tables() -> None:
+    from automodel.recipes.llm import LM_SECTIONS, SECTIONS
+
+    tables = (
+        recipes.RUN_SECTIONS,
+        recipes.MODEL_SECTIONS,
+        recipes.OPTIMIZER_SECTIONS,
+        recipes.CHECKPOINT_SECTIONS,
+        recipes.LOADER_SECTIONS,
+        LM_SECTIONS,
+    )
+    names = [name for table in tables for name in table]
+    assert len(names) == len(set(names))  # no section in two tables
+    assert set(SECTIONS) == set(names)  # finetune.llm reads exactly the standard ones
+    assert recipes.Logging().run_dir is None  # each recipe names its own default run directory
