@@ -1,0 +1,300 @@
+"""Distil a frozen Hugging Face causal LM (the teacher) into another (the student), from one YAML.
+
+automodel kd llm -c examples/llm_kd/tiny_kd.yaml
+
+loss = (1 - kd_ratio) * CE + kd_ratio * T^2 * KL(teacher || student), over the answer tokens
+(labels != -100) and normalised by the step's label tokens like finetune.llm's loss. Both
+models' LM heads are applied chunk by chunk (FusedLinearKDLoss): neither model's [tokens,
+vocab] logits are built. The student is trained as finetune.llm trains its model (LoRA,
+freeze, MoE, FSDP2/DDP) and is all a checkpoint holds; the teacher is read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+
+from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
+from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
+from automodel.core.logging import check_metric_loggers
+from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss
+from automodel.core.models import load_model_config
+from automodel.core.optim import build_optimizer
+from automodel.core.training import MetricsSample
+
+from .. import _builders as build
+from .._checkpointing import hf_extras_writer
+from .._model_setup import prepare_model, shard_model
+from .._moe import MoeStep, read_moe
+from .._parallel import read_distributed
+from .._peft import adapter_extras_writer, build_lora_config
+from .._run import restore_training_state, shutdown, start_run
+from .._sections import ClipGradNorm, read_section
+from .._step import OptimizerStep
+from .._telemetry import Telemetry
+from ._data import build_loaders, build_tokenizer, real_tokens
+from ._fused_loss import FusedLossModel
+from .finetune import SECTIONS as FINETUNE_SECTIONS
+from .finetune import FinetuneRecipeForCausalLM as Finetune
+
+log = logging.getLogger("automodel.recipes.llm")
+
+
+@dataclass(frozen=True)
+class Kd:
+    """`kd:` the share of the loss that is distillation, its temperature, where the teacher lives."""
+
+    kd_ratio: float = 0.5  # 0: cross-entropy alone (the teacher is still run, its KL logged)
+    temperature: float = 1.0  # T > 1 softens both distributions; the KL term is scaled by T^2
+    offload_teacher: bool = False  # keep the teacher on the CPU, on the device for its forwards
+
+
+# finetune.llm's sections (the student is `model:`), the fused KD loss instead of `loss_fn:`
+SECTIONS = {
+    **{name: section for name, section in FINETUNE_SECTIONS.items() if name != "loss_fn"},
+    "teacher_model": Section(required=True, needs_target=True),
+    "kd": Section(keys_of=Kd),
+}
+
+
+class TeacherOutputs(FusedLossModel):
+    """The frozen teacher's forward: final hidden states and a float32 copy of its LM head.
+
+    The copy is taken inside the forward that FSDP2 gathers the head for (a shard is all the
+    module holds outside it); the KD loss would make this float32 copy anyway.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__(teacher.requires_grad_(False), loss_fn=None)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+        hidden = self.causal_lm.get_decoder()(**batch, use_cache=False).last_hidden_state
+        head = self.causal_lm.get_output_embeddings()
+        bias = None if head.bias is None else head.bias.to(torch.float32, copy=True)
+        return hidden, head.weight.to(torch.float32, copy=True), bias
+
+
+class StudentWithKDLoss(FusedLossModel):
+    """The student whose forward returns (loss, CE, KL) of a micro-batch against the teacher's
+    outputs; without them, its cross-entropy (validation). FSDP2/DDP wrap this forward."""
+
+    def __init__(self, student: nn.Module, kd_loss: FusedLinearKDLoss, ce_loss: Any):
+        super().__init__(student, ce_loss)
+        self.kd_loss = kd_loss
+
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        num_label_tokens: int | None = None,
+        teacher: tuple[Any, ...] | None = None,
+    ) -> Any:
+        if teacher is None:
+            return super().forward(batch, labels, num_label_tokens)
+        hidden = self.causal_lm.get_decoder()(**batch, use_cache=False).last_hidden_state
+        head = self.causal_lm.get_output_embeddings()
+        teacher_hidden, teacher_weight, teacher_bias = teacher
+        return self.kd_loss(
+            hidden, head.weight, teacher_hidden, teacher_weight, labels, num_label_tokens,
+            head.bias, teacher_bias, return_parts=True,
+        )  # fmt: skip
+
+
+class KDRecipeForCausalLM:
+    """Distillation of a frozen teacher into a student causal LM: `setup()`, then the
+    train/validation loop. What is the same as fine-tuning the student is finetune.llm's, by
+    name below: next-token labels, the loop, validation (the student's CE, comparable with
+    finetune.llm's validation loss) and the checkpoint (the student, HF weights or adapter)."""
+
+    prepare = Finetune.prepare
+    forward_loss = Finetune.forward_loss
+    training_state = Finetune.training_state
+    run_train_validation_loop = Finetune.run_train_validation_loop
+    _train = Finetune._train  # calls self._forward_backward and self.optimizer_step below
+    validate = Finetune.validate
+    _validation_totals = Finetune._validation_totals
+    save = Finetune.save
+
+    def __init__(self, cfg: ConfigNode):
+        self.cfg = cfg
+        self.pipeline = None  # kd.llm has no pipeline parallelism (check refuses pp_size > 1)
+
+    def setup(self) -> None:
+        """Build every piece from the config: the student exactly as finetune.llm builds its
+        model, then the teacher placed beside it, data, optimizer (the student's) and restore."""
+        cfg = self.cfg
+        check(cfg)  # in-process too: the refused layouts, the vocabularies (before any weights)
+        self.kd, kd_loss = read_kd(cfg)
+        self.lora = build_lora_config(cfg)
+        adapter = self.lora is not None
+        weights = PEFT_ADAPTER if adapter else HF_WEIGHTS  # the student's weights, or its adapter
+        ctx = start_run(cfg, default_run_dir="runs/kd", weights_format=weights)
+        self.run, self.device, self.run_dir = ctx, ctx.device, ctx.run_dir
+        self.step_scheduler, self.parallel = ctx.step_scheduler, ctx.parallel
+        self.checkpointer, self.checkpoint = ctx.checkpointer, ctx.checkpoint
+        self.tokenizer = build_tokenizer(cfg)
+        self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
+        moe = read_moe(cfg, ctx.distributed.ep_size)
+        student = build.build_model(cfg)
+        self.unwrapped = prepare_model(student, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
+        self.write_hf_extras = (adapter_extras_writer if adapter else hf_extras_writer)(
+            student, cfg, self.tokenizer
+        )  # the student's files, written while it is whole
+        self.moe = MoeStep(student, moe, self.parallel)
+        wrapped = StudentWithKDLoss(student, kd_loss, self.loss_fn)
+        self.model = shard_model(wrapped, ctx, self.moe.shard_experts(cfg))
+        self.teacher = self.place_teacher(build_teacher(cfg))
+
+        batch_size, shard = self.step_scheduler.local_batch_size, self.parallel.dp_rank
+        self.train_set, self.train_loader, self.val_loader = build_loaders(
+            cfg, self.tokenizer, batch_size, ctx.seed, shard, self.parallel.dp_size
+        )
+        self.optimizer = build_optimizer(student, cfg.optimizer)  # never the teacher's weights
+        steps = self.step_scheduler.total_steps(len(self.train_loader))
+        self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, steps)
+        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, steps)
+        restore_training_state(ctx, student, self.telemetry, **self.training_state())
+        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
+        self.apply_step = OptimizerStep(
+            student, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
+        )
+        sizes = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (student, self.teacher)]
+        log.info(
+            "student %.2fM parameters, teacher %.2fM (%s) on %s; %d training steps", *sizes,
+            "offloaded" if self.kd.offload_teacher else self.parallel.strategy.name,
+            self.device, steps,
+        )  # fmt: skip
+
+    def place_teacher(self, teacher: nn.Module) -> TeacherOutputs:
+        """FSDP2-sharded like the student under fsdp2, else whole on every rank; on the CPU
+        between its forwards with kd.offload_teacher."""
+        teacher = TeacherOutputs(teacher)
+        if self.kd.offload_teacher:
+            return teacher
+        if self.parallel.mesh is not None and self.parallel.strategy.name == "fsdp2":
+            return self.parallel.shard(teacher)  # a frozen module: gathered per forward
+        return teacher.to(self.device)  # ddp, none: DDP has nothing of a teacher's to reduce
+
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+        """The teacher's hidden states and head for `batch`; then its weights are back on the
+        CPU (offloaded) or sharded (the FSDP2 root keeps them gathered for a backward)."""
+        offload = self.kd.offload_teacher
+        if offload:
+            self.teacher.to(self.device)
+        outputs = self.teacher(batch)
+        if offload:
+            self.teacher.to("cpu")
+        elif isinstance(self.teacher, FSDPModule):
+            self.teacher.reshard()
+        return outputs
+
+    def _forward_backward(
+        self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int
+    ) -> tuple[torch.Tensor, int]:
+        """Teacher forward, student forward and backward of each micro-batch of a step:
+        (loss sum, real tokens); the CE and KL parts add up in `self.parts`."""
+        loss_sum, tokens = torch.zeros((), device=self.device), 0
+        self.parts = torch.zeros(2, device=self.device)
+        for i, micro_batch in enumerate(micro_batches):
+            batch = {k: v.to(self.device) for k, v in micro_batch.items()}
+            labels = batch.pop("labels")
+            teacher = self.teacher_outputs(batch)
+            sync = self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1)
+            with sync, self.moe.real_tokens_only(batch):
+                loss, ce, kl = self.model(batch, labels, num_label_tokens, teacher)
+                aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
+                ((loss if aux is None else loss + aux) * self.parallel.averaged_over).backward()
+            del teacher
+            loss_sum += loss.detach()
+            self.parts += torch.stack([ce, kl])
+            tokens += real_tokens(batch, self.tokenizer.pad_token_id)
+        return loss_sum, tokens
+
+    def optimizer_step(self, *step: Any) -> MetricsSample:
+        """The shared optimizer step; its sample adds the step's CE and KL (over every rank)."""
+        sample = self.apply_step(*step)
+        ce, kl = self.parallel.sum(self.parts.double().cpu()).tolist()
+        sample.extra.update(ce_loss=ce, kl_loss=kl)
+        return sample
+
+
+def build_teacher(cfg: ConfigNode) -> nn.Module:
+    """The `teacher_model:` model, built without drawing from the global RNG (the student's run
+    draws the same numbers with or without a teacher)."""
+    with torch.random.fork_rng(devices=[]):
+        return build.build_model(cfg, "teacher_model")
+
+
+def read_kd(cfg: ConfigNode) -> tuple[Kd, FusedLinearKDLoss]:
+    """The `kd:` section and its loss, which checks kd_ratio in [0, 1] and temperature > 0."""
+    kd = read_section(cfg, "kd", Kd)
+    try:
+        return kd, FusedLinearKDLoss(kd.kd_ratio, kd.temperature)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(Problem("kd", str(e), cfg.where("kd"))) from e
+
+
+def model_config(cfg: ConfigNode, section: str) -> Any:
+    """The HF config of a model section, read without weights; None when its `_target_` is
+    neither from_pretrained- nor from_config-like (then the loss compares the heads)."""
+    node = cfg[section]
+    source = node.get("config", node.get("pretrained_model_name_or_path"))
+    if isinstance(source, ConfigNode):
+        source = None if "_target_" in source else source.to_dict()
+    if source is None:
+        return None
+    overrides = {k: node[k] for k in ("vocab_size", "pad_token_id") if k in node}
+    remote, revision = bool(node.get("trust_remote_code")), node.get("revision")
+    return load_model_config(source, trust_remote_code=remote, revision=revision, **overrides)
+
+
+def check_teacher(cfg: ConfigNode) -> None:
+    """The teacher must share the student's vocabulary (and pad id, where both set one)."""
+    student, teacher = model_config(cfg, "model"), model_config(cfg, "teacher_model")
+    for key in ("vocab_size", "pad_token_id") if student and teacher else ():
+        ours, theirs = getattr(student, key, None), getattr(teacher, key, None)
+        if ours != theirs and None not in (ours, theirs):
+            message = (
+                f"the teacher's {key} {theirs} differs from the student's (model:) {ours}: "
+                "distillation compares next-token distributions, so both need one tokenizer"
+            )
+            raise ConfigError(Problem("teacher_model", message, cfg.where("teacher_model")))
+
+
+def check(cfg: ConfigNode) -> None:
+    """Pre-flight checks that load no weights: layouts, batch arithmetic, kd, LoRA, teacher."""
+    distributed, dp_size = read_distributed(cfg)
+    for key in ("pp_size", "tp_size", "cp_size"):
+        if getattr(distributed, key) > 1:
+            message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
+            raise ConfigError(Problem(f"distributed.{key}", message, cfg.where("distributed")))
+    build.build_step_scheduler(cfg, dp_size)
+    read_kd(cfg)
+    build_lora_config(cfg)
+    read_moe(cfg, distributed.ep_size)
+    check_metric_loggers(cfg)
+    check_teacher(cfg)
+
+
+def run(cfg: ConfigNode) -> None:
+    """Set up the recipe and train; then free student and teacher and end the process group."""
+    recipe = KDRecipeForCausalLM(cfg)
+    try:
+        recipe.setup()
+        recipe.run_train_validation_loop()
+    except BaseException:
+        shutdown(recipe, barrier=False)  # the other ranks may never reach the barrier
+        raise
+    shutdown(recipe)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Distil a frozen teacher causal LM into a student (same tokenizer) on SFT data."""
+    return recipe_main(argv, sections=SECTIONS, run=run, check=check)
