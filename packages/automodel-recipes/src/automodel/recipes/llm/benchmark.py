@@ -109,9 +109,9 @@ class BenchmarkRecipeForCausalLM:
             self.model = self.unwrapped = self.pipeline.stage
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.steps.max_steps)
+        if is_main_process():  # a rerun in the same run_dir measures afresh
+            (ctx.run_dir / "training.jsonl").unlink(missing_ok=True)
         self.telemetry = Telemetry(ctx.run_dir, ctx.logging, cfg, self.steps.max_steps)
-        empty = {"rows": 0, "offset": 0}  # a rerun in the same run_dir measures afresh
-        self.telemetry.load_state_dict({"training": empty, "validation": empty})
         self.flops = flops_per_token(self.hf_config, bench.seq_length)
         self.peak = bench.peak_tflops * 1e12 if bench.peak_tflops else None
         if self.peak is None and self.device.type == "cuda":
