@@ -8,6 +8,7 @@ import ctypes
 import json
 import resource
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,38 @@ def trim_heap() -> None:
     """Give freed heap memory back to the OS (glibc), so an RSS baseline holds only live data."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def measure_step(device_type: str, step: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """Run ``step()`` once; return its result and its peak bytes, wall and CPU seconds.
+
+    On CPU the peak is the process's maximum resident set size (``ru_maxrss``) minus its RSS
+    before the step, and it is an error if the step did not raise the earlier high-water mark
+    (the maximum would then say nothing about the step); on CUDA it is
+    ``torch.cuda.max_memory_allocated`` over the memory allocated before the step.
+    """
+    import torch
+
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline, high_water = current_rss(), peak_rss()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = step()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - baseline
+    else:
+        peak = peak_rss() - baseline
+        if peak + baseline <= high_water:
+            raise RuntimeError("the measured step did not exceed the earlier RSS high-water mark")
+    return result, {
+        "peak_bytes": peak,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+    }
 
 
 def profile_step(step: Callable[[], Any]) -> tuple[Any, int]:

@@ -21,35 +21,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-from _process_memory import current_rss
+from _process_memory import measure_step
 
 VARIANTS = ("masked", "chunked", "fused")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_args(parser: argparse.ArgumentParser, variants: tuple[str, ...]) -> None:
+    """The options of the loss-memory benchmarks: device, shapes, runs, and the variants."""
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--ignored", type=float, default=0.0, help="fraction of ignored labels")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of runs")
+    parser.add_argument("--out", help="also write the results to this JSON file")
+    parser.add_argument("--variants", nargs="+", default=list(variants), choices=variants)
+    parser.add_argument("--variant", choices=variants, help=argparse.SUPPRESS)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, VARIANTS)
     parser.add_argument(
         "--chunk-len",
         type=int,
         nargs="+",
         help="chunk length(s) of chunked and fused (default: each loss's own)",
     )
-    parser.add_argument("--ignored", type=float, default=0.0, help="fraction of ignored labels")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of runs")
-    parser.add_argument("--out", help="also write the results to this JSON file")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -88,30 +94,18 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
 
     loss_fn(*inputs(8, 64, 16)).backward()  # warm up lazy initialisation outside the measurement
     hidden, weight, labels = inputs(args.tokens, args.vocab, args.hidden)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = current_rss()
-        high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start, cpu_start = time.perf_counter(), time.process_time()
-    loss = loss_fn(hidden, weight, labels)
-    loss.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-        if peak + baseline <= high_water:
-            raise RuntimeError("the measured step did not exceed the earlier RSS high-water mark")
+
+    def step() -> torch.Tensor:
+        loss = loss_fn(hidden, weight, labels)
+        loss.backward()
+        return loss
+
+    loss, measured = measure_step(device.type, step)
     return {
         "variant": args.variant,
         "chunk_len": getattr(module, "chunk_len", None),
         "loss": loss.item(),
-        "peak_bytes": peak,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
+        **measured,
         "grad_hidden_norm": hidden.grad.float().norm().item(),
         "grad_weight_norm": weight.grad.float().norm().item(),
     }
@@ -139,34 +133,27 @@ def runs_of(args: argparse.Namespace) -> list[tuple[str, int | None]]:
     return list(dict.fromkeys(runs))
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.variant:
-        print(json.dumps(run_variant(args)))
-        return
-    base = sys.argv[1:] if argv is None else argv
-    logits_gib = args.tokens * args.vocab * 4 / 2**30
-    chunk_len = "each loss's default" if args.chunk_len is None else args.chunk_len
-    print(
-        f"device={args.device} dtype={args.dtype} tokens={args.tokens} vocab={args.vocab} "
-        f"hidden={args.hidden} chunk_len={chunk_len} ignored={args.ignored} "
-        f"repeats={args.repeats} (float32 logits alone: {logits_gib:.2f} GiB)"
-    )
-    grad_w_gib = args.vocab * args.hidden * 4 / 2**30
-    print(f"every peak includes the float32 LM head weight grad: {grad_w_gib:.2f} GiB")
-    runs: dict[str, list[dict]] = {}
-    for _ in range(args.repeats):
-        for variant, chunk in runs_of(args):
-            cmd = [sys.executable, __file__, *_without_chunk_len(base), "--variant", variant]
-            cmd += [] if chunk is None else ["--chunk-len", str(chunk)]
-            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            runs.setdefault(f"{variant}" + (f"@{chunk}" if chunk else ""), []).append(r)
-    header = f"{'run':<13} {'chunk':>6} {'loss':>12} {'peak GiB':>9} {'- W.grad':>9}"
+def run_child(args: argparse.Namespace, run_variant: Callable[[Any], dict]) -> bool:
+    """In a variant's own subprocess (`--variant`), run it and print its JSON for `run_json`."""
+    if not args.variant:
+        return False
+    print(json.dumps(run_variant(args)))
+    return True
+
+
+def run_json(cmd: list[str]) -> dict[str, object]:
+    """Run one variant's subprocess (see `run_child`) and return the JSON of its last line."""
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def summarise(runs: dict[str, list[dict]], grad_w_gib: float) -> dict[str, dict]:
+    """Print a row per run (highest peak, median times of its repeats) and return the rows."""
+    width = max(len(name) for name in runs)
+    header = f"{'run':<{width}} {'chunk':>6} {'loss':>12} {'peak GiB':>9} {'- W.grad':>9}"
     print(f"{header} {'wall s':>7} {'cpu s':>7} {'|grad h|':>10} {'|grad W|':>10}")
     results = {}
     for name, rs in runs.items():
-        # The highest peak and the median times of the repeats.
         r = results[name] = {
             **rs[0],
             "peak_bytes": max(x["peak_bytes"] for x in rs),
@@ -177,29 +164,64 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_seconds_per_repeat": [round(x["cpu_seconds"], 2) for x in rs],
         }
         print(
-            f"{name:<13} {r['chunk_len'] or '-':>6} {r['loss']:>12.6f} "
+            f"{name:<{width}} {r['chunk_len'] or '-':>6} {r['loss']:>12.6f} "
             f"{r['peak_bytes'] / 2**30:>9.3f} {r['peak_bytes'] / 2**30 - grad_w_gib:>9.3f} "
             f"{r['seconds']:>7.1f} {r['cpu_seconds']:>7.1f} "
             f"{r['grad_hidden_norm']:>10.6f} {r['grad_weight_norm']:>10.6f}"
         )
+    return results
+
+
+def write_report(args: argparse.Namespace, script: str, base: list[str], **fields: object) -> None:
+    """Write the command, machine, settings (args but the internal ones) and `fields` to args.out."""
+    internal = ("variant", "save_grads", "out")
+    report = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([f"uv run python benchmarks/{script}", *base]),
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in internal},
+        **fields,
+    }
+    with open(args.out, "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def print_settings(args: argparse.Namespace, **settings: object) -> float:
+    """Print the common settings, `settings` and the sizes that bound the peaks; return W.grad GiB."""
+    logits_gib = args.tokens * args.vocab * 4 / 2**30
+    extra = "".join(f"{k}={v} " for k, v in settings.items())
+    print(
+        f"device={args.device} dtype={args.dtype} tokens={args.tokens} vocab={args.vocab} "
+        f"hidden={args.hidden} {extra}ignored={args.ignored} repeats={args.repeats} "
+        f"(float32 logits alone: {logits_gib:.2f} GiB)"
+    )
+    grad_w_gib = args.vocab * args.hidden * 4 / 2**30
+    print(f"every peak includes the float32 LM head weight grad: {grad_w_gib:.2f} GiB")
+    return grad_w_gib
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if run_child(args, run_variant):
+        return
+    base = sys.argv[1:] if argv is None else argv
+    chunk_len = "each loss's default" if args.chunk_len is None else args.chunk_len
+    grad_w_gib = print_settings(args, chunk_len=chunk_len)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for variant, chunk in runs_of(args):
+            cmd = [sys.executable, __file__, *_without_chunk_len(base), "--variant", variant]
+            cmd += [] if chunk is None else ["--chunk-len", str(chunk)]
+            runs.setdefault(f"{variant}" + (f"@{chunk}" if chunk else ""), []).append(run_json(cmd))
+    results = summarise(runs, grad_w_gib)
     ratios = {}
     if "masked" in results:
         for name in [n for n in results if n != "masked"]:
             ratio = ratios[name] = results[name]["peak_bytes"] / results["masked"]["peak_bytes"]
             print(f"{name}/masked peak: {ratio:.3f}")
     if args.out:
-        settings = {k: v for k, v in vars(args).items() if k not in ("variant", "out")}
-        report = {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(["uv run python benchmarks/loss_memory.py", *base]),
-            "machine": machine(),
-            "settings": settings,
-            "results": results,
-            "peak_over_masked": ratios,
-        }
-        with open(args.out, "w") as f:
-            f.write(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_report(args, "loss_memory.py", base, results=results, peak_over_masked=ratios)
 
 
 def _without_chunk_len(argv: list[str]) -> list[str]:

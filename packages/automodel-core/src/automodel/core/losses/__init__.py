@@ -1,4 +1,4 @@
-"""Causal-LM losses: masked, chunked and fused-linear cross-entropy, exact under grad accumulation.
+"""Causal-LM losses: masked, chunked, fused-linear cross-entropy and distillation; grad-accum exact.
 
 All losses sum the float32 cross-entropy of the tokens whose label is not `ignore_index` and
 divide by `num_label_tokens` (the label tokens of the whole optimizer step: every micro-batch
@@ -16,9 +16,30 @@ for mb, lab in zip(micro_batches, labels):
     hidden = model.model(mb["input_ids"]).last_hidden_state
     loss_fn(hidden, model.lm_head.weight, lab, num_label_tokens).backward()
 ```
+
+`FusedLinearKDLoss` distils a frozen teacher into the student on the same label tokens:
+`(1 - kd_ratio) * CE + kd_ratio * T^2 * KL(softmax(teacher / T) || softmax(student / T))`,
+both terms summed over the label tokens and normalised as above, chunk by chunk through both
+LM heads (neither model's full logits are built; the teacher gets no gradient):
+
+```python
+from automodel.core.losses import FusedLinearKDLoss
+
+kd_fn = FusedLinearKDLoss(kd_ratio=0.5, temperature=2.0)
+for mb, lab in zip(micro_batches, labels):
+    hidden = model.model(mb["input_ids"]).last_hidden_state
+    with torch.no_grad():
+        teacher_hidden = teacher.model(mb["input_ids"]).last_hidden_state
+    loss, ce, kl = kd_fn(
+        hidden, model.lm_head.weight, teacher_hidden, teacher.lm_head.weight, lab,
+        num_label_tokens, return_parts=True,  # ce and kl: detached, for logging
+    )
+    loss.backward()
+```
 """
 
 from ._chunked import ChunkedCrossEntropy
+from ._fused_kd import FusedLinearKDLoss
 from ._fused_linear import FusedLinearCrossEntropy
 from ._labels import IGNORE_INDEX, count_label_tokens, shift_labels
 from ._masked import MaskedCrossEntropy
@@ -27,6 +48,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ChunkedCrossEntropy",
     "FusedLinearCrossEntropy",
+    "FusedLinearKDLoss",
     "MaskedCrossEntropy",
     "count_label_tokens",
     "shift_labels",

@@ -1,7 +1,13 @@
-"""Cross-entropy of an LM head applied to hidden states, never materialising the full logits."""
+"""Cross-entropy of an LM head applied to hidden states, never materialising the full logits.
+
+The chunk loop, the grads it accumulates and the autograd Function are shared with the other
+fused-linear losses (`FusedLinearKDLoss`): each supplies only a `ChunkLoss`, the loss of one
+chunk of float32 logits and its gradient wrt those logits.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,26 +17,49 @@ from ._labels import IGNORE_INDEX, check_chunk_len, flatten, normaliser
 
 _Grads = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
+ChunkLoss = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool],
+    tuple[torch.Tensor, torch.Tensor | None],
+]
+"""`(rows, logits, targets, inv_norm, want_grad) -> (sums, grad_logits)` of one chunk.
 
-def _chunk_loss(
-    h: torch.Tensor,
+`logits` [C, V] are the float32 logits of `C` label rows (the chunk loss may overwrite them),
+`rows` [C] their indices in the flattened batch and `targets` [C, 1] their labels. `sums` [k]
+are summed (not yet normalised) losses: the first is the one differentiated, the others are
+only reported. `grad_logits`, when `want_grad`, is d(sums[0] * inv_norm)/d(logits).
+"""
+
+
+def linear32(h: torch.Tensor, weight32: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
+    """`h @ weight32.T + bias32` in float32: a new tensor, free to be overwritten."""
+    return h @ weight32.T if bias32 is None else torch.addmm(bias32, h, weight32.T)
+
+
+def check_head(weight: torch.Tensor, hidden: torch.Tensor, name: str) -> None:
+    """Raise ValueError unless `weight` is a [vocab, H] head for the flat hidden states [N, H]."""
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"{name} {tuple(weight.shape)} does not match hidden size "
+            f"{hidden.shape[1]}: expected [vocab, {hidden.shape[1]}]"
+        )
+
+
+def cross_entropy_chunk(
+    rows: torch.Tensor,
+    logits: torch.Tensor,
     targets: torch.Tensor,
-    weight32: torch.Tensor,
-    bias32: torch.Tensor | None,
     inv_norm: torch.Tensor,
-    want_grad_logits: bool,
+    want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Summed loss of one chunk of float32 hidden rows and, if asked, d(normalised loss)/d(logits)."""
-    logits = h @ weight32.T if bias32 is None else torch.addmm(bias32, h, weight32.T)
+    """`ChunkLoss` of cross-entropy: summed loss [1] and, if asked, (softmax - onehot) / norm."""
     target_logits = logits.gather(1, targets)
     # Log-sum-exp and softmax share one exp pass, in place of the logits.
     row_max = logits.amax(dim=-1, keepdim=True)
     exp = logits.sub_(row_max).exp_()
     sum_exp = exp.sum(dim=-1, keepdim=True)
-    loss_sum = (sum_exp.log() + row_max - target_logits).sum()
-    if not want_grad_logits:
+    loss_sum = (sum_exp.log() + row_max - target_logits).sum().reshape(1)
+    if not want_grad:
         return loss_sum, None
-    # (softmax - onehot) / norm
     grad_logits = exp.mul_(inv_norm / sum_exp)
     grad_logits.scatter_add_(1, targets, -inv_norm.expand(targets.shape))
     return loss_sum, grad_logits
@@ -44,16 +73,18 @@ def _loss_and_grads(
     norm: torch.Tensor,
     chunk_len: int,
     ignore_index: int,
+    chunk_loss: ChunkLoss,
+    num_sums: int,
     needs_grad: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, _Grads]:
-    """Normalised loss and, where asked, its grads wrt hidden [N, H], weight [V, H] and bias [V]."""
+    """Normalised sums [num_sums] and, where asked, grads of the first wrt hidden, weight, bias."""
     need_hidden, need_weight, need_bias = needs_grad
     # Only tokens with a label do any work: ignored ones add nothing to the loss or the grads.
     rows = torch.nonzero(labels != ignore_index).squeeze(1)
     weight32 = weight.float()
     bias32 = bias.float() if bias is not None else None
     inv_norm = norm.reciprocal()
-    loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    sums = torch.zeros(num_sums, dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.zeros_like(hidden) if need_hidden else None
     grad_weight = torch.zeros_like(weight32) if need_weight else None
     grad_bias = torch.zeros_like(bias32) if need_bias else None
@@ -62,10 +93,12 @@ def _loss_and_grads(
             chunk_rows = rows[start : start + chunk_len]
             h = hidden.index_select(0, chunk_rows).float()
             targets = labels.index_select(0, chunk_rows)[:, None]
-            chunk_loss, grad_logits = _chunk_loss(
-                h, targets, weight32, bias32, inv_norm, any(needs_grad)
+            logits = linear32(h, weight32, bias32)
+            chunk_sums, grad_logits = chunk_loss(
+                chunk_rows, logits, targets, inv_norm, any(needs_grad)
             )
-            loss_sum += chunk_loss
+            del logits  # the chunk loss may have handed its memory on as grad_logits
+            sums += chunk_sums
             if grad_hidden is not None:
                 grad_hidden.index_copy_(0, chunk_rows, (grad_logits @ weight32).to(hidden.dtype))
             if grad_weight is not None:
@@ -74,11 +107,14 @@ def _loss_and_grads(
                 grad_bias += grad_logits.sum(dim=0)
             # Free this chunk's logits before the next chunk allocates its own.
             del grad_logits
-    return loss_sum * inv_norm, (grad_hidden, grad_weight, grad_bias)
+    return sums * inv_norm, (grad_hidden, grad_weight, grad_bias)
 
 
-class _FusedLinearCrossEntropyFn(torch.autograd.Function):
-    """Computes the grads during forward; backward only scales them by the incoming gradient."""
+class _FusedLinearFn(torch.autograd.Function):
+    """Computes the grads during forward; backward only scales them by the incoming gradient.
+
+    Returns the normalised loss (differentiable) and the other normalised sums (not).
+    """
 
     @staticmethod
     def forward(
@@ -86,24 +122,24 @@ class _FusedLinearCrossEntropyFn(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        labels: torch.Tensor,
-        norm: torch.Tensor,
-        chunk_len: int,
-        ignore_index: int,
-    ) -> torch.Tensor:
+        *args: Any,  # labels, norm, chunk_len, ignore_index, chunk_loss, num_sums
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         needs_grad = tuple(ctx.needs_input_grad[:3])
-        loss, grads = _loss_and_grads(
-            hidden, weight, bias, labels, norm, chunk_len, ignore_index, needs_grad
-        )
+        sums, grads = _loss_and_grads(hidden, weight, bias, *args, needs_grad)
+        ctx.num_args = len(args)
         ctx.grads = grads
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        return loss
+        parts = sums[1:]
+        ctx.mark_non_differentiable(parts)
+        return sums[0], parts
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_output: torch.Tensor, _grad_parts: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         if ctx.grads is None:
             raise RuntimeError(
-                "FusedLinearCrossEntropy supports a single backward pass (no retain_graph reuse)"
+                "fused linear losses support a single backward pass (no retain_graph reuse)"
             )
         grads, ctx.grads = ctx.grads, None
         # In place: the stored grads are released with ctx, so scaling them costs no extra memory.
@@ -111,7 +147,33 @@ class _FusedLinearCrossEntropyFn(torch.autograd.Function):
             None if g is None else g.mul_(grad_output).to(dtype)
             for g, dtype in zip(grads, ctx.dtypes, strict=True)
         )
-        return (*scaled, None, None, None, None)
+        return (*scaled, *(None,) * ctx.num_args)
+
+
+def fused_linear_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    norm: torch.Tensor,
+    chunk_len: int,
+    ignore_index: int,
+    chunk_loss: ChunkLoss = cross_entropy_chunk,
+    num_sums: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of `hidden` [N, H] through the head `weight` [V, H] chunk by chunk, and its parts.
+
+    Returns the normalised first sum of `chunk_loss` (differentiable wrt hidden, weight and
+    bias; its grads are computed here, in the forward) and the other normalised sums [k - 1],
+    which carry no gradient. Without grad mode or inputs that need grads, only the loss is
+    computed.
+    """
+    inputs = (hidden, weight, bias)
+    args = (labels, norm, chunk_len, ignore_index, chunk_loss, num_sums)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _FusedLinearFn.apply(*inputs, *args)
+    sums, _ = _loss_and_grads(*inputs, *args, (False, False, False))
+    return sums[0], sums[1:]
 
 
 class FusedLinearCrossEntropy(nn.Module):
@@ -137,19 +199,10 @@ class FusedLinearCrossEntropy(nn.Module):
     ) -> torch.Tensor:
         """Loss of hidden states [..., H] through the LM head [V, H] against aligned labels [...]."""
         hidden, labels = flatten(hidden_states, labels, "hidden_states")
-        if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[1]:
-            raise ValueError(
-                f"lm_head_weight {tuple(lm_head_weight.shape)} does not match hidden size "
-                f"{hidden.shape[1]}: expected [vocab, {hidden.shape[1]}]"
-            )
+        check_head(lm_head_weight, hidden, "lm_head_weight")
         norm = normaliser(labels, num_label_tokens, self.ignore_index)
-        inputs = (hidden, lm_head_weight, lm_head_bias)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-            return _FusedLinearCrossEntropyFn.apply(
-                *inputs, labels, norm, self.chunk_len, self.ignore_index
-            )
-        loss, _ = _loss_and_grads(
-            *inputs, labels, norm, self.chunk_len, self.ignore_index, (False, False, False)
+        loss, _ = fused_linear_loss(
+            hidden, lm_head_weight, lm_head_bias, labels, norm, self.chunk_len, self.ignore_index
         )
         return loss
 
