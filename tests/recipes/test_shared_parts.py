@@ -50,6 +50,24 @@ def test_shutdown_frees_every_model_its_holders_hold() -> None:
     assert vars(holder) == {} and parts == {}
 
 
+def test_run_then_shutdown_frees_the_holder_after_the_phases_and_after_a_failure() -> None:
+    class Holder:
+        pass
+
+    holder, calls = Holder(), []
+    holder.model = torch.nn.Linear(4, 4)
+    recipes.run_then_shutdown(holder, lambda: calls.append("setup"), lambda: calls.append("run"))
+    assert calls == ["setup", "run"] and vars(holder) == {}
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    holder.model = torch.nn.Linear(4, 4)
+    with pytest.raises(RuntimeError, match="boom"):
+        recipes.run_then_shutdown(holder, fail, lambda: calls.append("never"))
+    assert calls == ["setup", "run"] and vars(holder) == {}
+
+
 def test_a_recipe_composes_its_sections_from_the_standard_tables() -> None:
     from automodel.recipes.llm import LM_SECTIONS, SECTIONS
 

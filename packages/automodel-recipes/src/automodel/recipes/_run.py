@@ -174,3 +174,18 @@ def shutdown(*holders: Any, barrier: bool = True) -> None:
             vars(holder).clear()
     gc.collect()
     destroy_distributed(barrier=barrier)
+
+
+def run_then_shutdown(holder: Any, *phases: Callable[[], Any]) -> None:
+    """Call `phases` in order (e.g. `recipe.setup`, `recipe.train`), then `shutdown(holder)`.
+
+    After a failure the shutdown skips the barrier (the other ranks may never reach it) and the
+    exception goes on.
+    """
+    try:
+        for phase in phases:
+            phase()
+    except BaseException:
+        shutdown(holder, barrier=False)
+        raise
+    shutdown(holder)

@@ -43,8 +43,8 @@ from .. import (
     read_distributed,
     read_moe,
     read_section,
+    run_then_shutdown,
     shard_model,
-    shutdown,
     start_run,
     training_session,
 )
@@ -275,13 +275,7 @@ def check(cfg: ConfigNode) -> None:
 def run(cfg: ConfigNode) -> None:
     """Set up and run the benchmark; free every model and the process group on the way out."""
     recipe = BenchmarkRecipeForCausalLM(cfg)
-    try:
-        recipe.setup()
-        recipe.run_steps()
-    except BaseException:
-        shutdown(recipe, barrier=False)  # the other ranks may never reach a barrier
-        raise
-    shutdown(recipe)
+    run_then_shutdown(recipe, recipe.setup, recipe.run_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
