@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
-from automodel.recipes.llm import main
 from automodel.recipes import read_distributed
+from automodel.recipes.llm import main
 
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"

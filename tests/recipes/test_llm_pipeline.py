@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
+from automodel.recipes import read_distributed
 from automodel.recipes.llm._data import build_loss
 from automodel.recipes.llm._fused_loss import check_fused_loss
-from automodel.recipes import read_distributed
 from automodel.recipes.llm._pipeline import check_pipeline
 
 REPO = Path(__file__).resolve().parents[2]

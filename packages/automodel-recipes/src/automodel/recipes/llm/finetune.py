@@ -48,9 +48,9 @@ from .. import (
     read_moe,
     read_section,
     restore_training_state,
+    run_then_shutdown,
     save_merged_model,
     shard_model,
-    shutdown,
     start_run,
     training_session,
     validate,
@@ -265,15 +265,9 @@ def check(cfg: ConfigNode) -> None:
 
 
 def run(cfg: ConfigNode) -> None:
-    """Set up the recipe and train."""
+    """Set up the recipe and train; then free sharded modules and end the process group."""
     recipe = FinetuneRecipeForCausalLM(cfg)
-    finished = False
-    try:
-        recipe.setup()
-        recipe.run_train_validation_loop()
-        finished = True
-    finally:
-        shutdown(recipe, barrier=finished)  # free sharded modules, then end the process group
+    run_then_shutdown(recipe, recipe.setup, recipe.run_train_validation_loop)
 
 
 def main(argv: list[str] | None = None) -> int:
