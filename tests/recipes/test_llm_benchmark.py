@@ -90,6 +90,9 @@ def test_every_step_is_a_training_jsonl_row(tiny):
 
 
 def test_profile_window_writes_a_chrome_trace_and_is_not_measured(tmp_path, monkeypatch_module):
+    """In a run_dir that holds an earlier benchmark: its results are moved aside, not deleted."""
+    (tmp_path / "training.jsonl").write_text('{"step": 1, "earlier": true}\n')
+    (tmp_path / "benchmark.json").write_text('{"earlier": true}\n')
     summary = benchmark(
         tmp_path, 5, 1, "--benchmark.profile={start_step: 2, end_step: 3}",
         "--benchmark.peak_tflops=0.5",
@@ -103,6 +106,10 @@ def test_profile_window_writes_a_chrome_trace_and_is_not_measured(tmp_path, monk
     # a given peak: MFU on CPU too
     assert summary["peak_tflops_per_device"] == 0.5
     assert summary["mfu"]["median"] == pytest.approx(summary["tflops_per_gpu"]["median"] / 0.5)
+    (earlier,) = (tmp_path / "previous").iterdir()
+    assert (earlier / "training.jsonl").read_text() == '{"step": 1, "earlier": true}\n'
+    assert json.loads((earlier / "benchmark.json").read_text()) == {"earlier": True}
+    assert "earlier" not in (tmp_path / "training.jsonl").read_text()
 
 
 @pytest.mark.parametrize(

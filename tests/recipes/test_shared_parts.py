@@ -83,3 +83,17 @@ def test_a_recipe_composes_its_sections_from_the_standard_tables() -> None:
     assert len(names) == len(set(names))  # no section in two tables
     assert set(SECTIONS) == set(names)  # finetune.llm reads exactly the standard ones
     assert recipes.Logging().run_dir is None  # each recipe names its own default run directory
+
+
+def test_set_aside_outputs_moves_an_earlier_runs_files_and_deletes_nothing(tmp_path) -> None:
+    (tmp_path / "training.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "trace_rank0.json").write_text("{}")
+    (tmp_path / "benchmark.json").write_text("")  # empty: nothing to keep, stays
+    moved = recipes.set_aside_outputs(tmp_path, ("training.jsonl", "benchmark.json", "profile"))
+    assert moved is not None and moved.parent == tmp_path / "previous"
+    assert (moved / "training.jsonl").read_text() == '{"step": 1}\n'
+    assert (moved / "profile" / "trace_rank0.json").is_file()
+    assert not (tmp_path / "training.jsonl").exists() and not (tmp_path / "profile").exists()
+    again = recipes.set_aside_outputs(tmp_path, ("training.jsonl", "profile"))
+    assert again is None  # nothing left of an earlier run

@@ -55,6 +55,7 @@ _PARTS = {
     "training_session": "_run",
     "checkpoint_if_due": "_run",
     "shutdown": "_run",
+    "set_aside_outputs": "_run_history",
     "run_then_shutdown": "_run",
     "Parallel": "_parallel",
     "Telemetry": "_telemetry",

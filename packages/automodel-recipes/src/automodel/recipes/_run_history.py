@@ -123,6 +123,24 @@ def _set_aside(
     )
 
 
+def set_aside_outputs(run_dir: Path, names: tuple[str, ...]) -> Path | None:
+    """Move the earlier run's outputs `names` in `run_dir` to `previous/<time>/` (rank 0; every
+    rank calls it, it ends with a barrier): for a recipe that resumes nothing and starts each
+    run afresh (benchmark). Returns where they went, None when there was nothing."""
+    moved = None
+    if is_main_process():
+        paths = [run_dir / name for name in names if _holds_data(run_dir / name)]
+        if paths:
+            stamp = _stamp([run_dir])
+            moved = run_dir / PREVIOUS_DIR / stamp
+            moved.mkdir(parents=True)
+            for path in paths:
+                os.rename(path, moved / path.name)
+            log.warning("the earlier run's %s moved to %s", ", ".join(p.name for p in paths), moved)
+    barrier()
+    return moved
+
+
 def _holds_data(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and path.stat().st_size > 0)
 

@@ -44,6 +44,7 @@ from .. import (
     read_moe,
     read_section,
     run_then_shutdown,
+    set_aside_outputs,
     shard_model,
     start_run,
     training_session,
@@ -109,8 +110,8 @@ class BenchmarkRecipeForCausalLM:
             self.model = self.unwrapped = self.pipeline.stage
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.steps.max_steps)
-        if is_main_process():  # a rerun in the same run_dir measures afresh
-            (ctx.run_dir / "training.jsonl").unlink(missing_ok=True)
+        # a rerun in the same run_dir measures afresh; the earlier results are kept aside
+        set_aside_outputs(ctx.run_dir, ("training.jsonl", "benchmark.json", "profile"))
         self.telemetry = Telemetry(ctx.run_dir, ctx.logging, cfg, self.steps.max_steps)
         self.flops = flops_per_token(self.hf_config, bench.seq_length)
         self.peak = bench.peak_tflops * 1e12 if bench.peak_tflops else None
