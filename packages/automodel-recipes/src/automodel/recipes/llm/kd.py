@@ -33,7 +33,7 @@ from .._model_setup import prepare_model, shard_model
 from .._moe import MoeStep, read_moe
 from .._parallel import read_distributed
 from .._peft import adapter_extras_writer, build_lora_config
-from .._run import restore_training_state, shutdown, start_run
+from .._run import restore_training_state, run_then_shutdown, start_run
 from .._sections import ClipGradNorm, read_section
 from .._step import OptimizerStep
 from .._telemetry import Telemetry
@@ -286,13 +286,7 @@ def check(cfg: ConfigNode) -> None:
 def run(cfg: ConfigNode) -> None:
     """Set up the recipe and train; then free student and teacher and end the process group."""
     recipe = KDRecipeForCausalLM(cfg)
-    try:
-        recipe.setup()
-        recipe.run_train_validation_loop()
-    except BaseException:
-        shutdown(recipe, barrier=False)  # the other ranks may never reach the barrier
-        raise
-    shutdown(recipe)
+    run_then_shutdown(recipe, recipe.setup, recipe.run_train_validation_loop)
 
 
 def main(argv: list[str] | None = None) -> int:
