@@ -1,0 +1,133 @@
+"""kd.llm: distillation of a frozen teacher into a student on the tiny offline assets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from automodel.core.config import load_config
+from automodel.recipes.llm.kd import KDRecipeForCausalLM, main
+
+REPO = Path(__file__).resolve().parents[2]
+KD = REPO / "examples/llm_kd/tiny_kd.yaml"
+TEACHER = REPO / "examples/llm_kd/assets/tiny_teacher/model.safetensors"
+STEPS, EVERY = 4, 2  # checkpoints (and validation) at steps 2 and 4
+T2 = "--kd.temperature=2.0"  # T^2 = 4 weighs the KL: a different loss from kd_ratio 0's
+
+
+@pytest.fixture(scope="module")
+def overrides(short_run, small_data) -> Callable[..., list[str]]:
+    """`overrides(run_dir, *extra)`: 4 steps of global batch 8 (local 2) on 64 training rows."""
+    return lambda run_dir, *extra: short_run(run_dir, small_data, STEPS, EVERY, *extra)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, overrides, monkeypatch_module) -> tuple[KDRecipeForCausalLM, Path]:
+    """The example's distillation (kd_ratio 0.5, T 2) in this process: the run others match."""
+    run_dir = tmp_path_factory.mktemp("kd_one")
+    recipe = KDRecipeForCausalLM(load_config(KD, overrides(run_dir, T2)))
+    recipe.setup()
+    recipe.run_train_validation_loop()  # the recipe is kept: its teacher and optimizer
+    return recipe, run_dir
+
+
+def test_kd_ratio_0_trains_exactly_as_finetune(
+    tmp_path, overrides, run_recipe, jsonl_rows, monkeypatch_module
+):
+    """Same student, data and seed: kd_ratio 0 is finetune.llm's cross-entropy, step for step
+    (the teacher offloaded to the CPU between its forwards changes nothing)."""
+    run_recipe(KD, overrides(tmp_path / "ft"))  # finetune.llm reads the example's student
+    extra = ("--kd.kd_ratio=0", "--kd.offload_teacher=true")
+    assert main(["-c", str(KD), *overrides(tmp_path / "kd", *extra)]) == 0
+    for log in ("training.jsonl", "validation.jsonl"):
+        finetune, kd = (jsonl_rows(tmp_path / run / log) for run in ("ft", "kd"))
+        assert [r["step"] for r in kd] == [r["step"] for r in finetune]
+        for a, b in zip(kd, finetune, strict=True):
+            assert a["num_label_tokens"] == b["num_label_tokens"]
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), (log, a["step"])
+
+
+def test_gradients_reach_the_student_only(reference, jsonl_rows):
+    recipe, run_dir = reference
+    teacher = recipe.teacher.causal_lm
+    trained = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in recipe.unwrapped.parameters()}
+    assert not trained & {id(p) for p in teacher.parameters()}
+    assert not teacher.training
+    for name, param in teacher.named_parameters():
+        assert param.grad is None and not param.requires_grad, name
+    weights = teacher.state_dict()
+    for name, tensor in load_file(TEACHER).items():  # as built: unchanged by training
+        assert torch.equal(weights[name], tensor), name
+    saved = load_file(run_dir / f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors")
+    student = recipe.unwrapped.state_dict()
+    assert saved.keys() == {k for k in student if k != "lm_head.weight"}  # tied to the embeddings
+    assert saved["model.embed_tokens.weight"].shape == (64, 32)  # the student's, not the teacher's
+    for row in jsonl_rows(run_dir / "training.jsonl"):  # the loss and its logged parts
+        kd = 0.5 * row["ce_loss"] + 0.5 * 2.0**2 * row["kl_loss"]
+        assert row["loss"] == pytest.approx(kd, rel=1e-5) and row["kl_loss"] > 0
+
+
+def test_resume_is_bitwise_identical(reference, overrides, jsonl_rows, resume_dir_from, tmp_path):
+    """Stopped after step 2 and resumed: the same losses, CE and KL parts and final student."""
+    _, run_dir = reference
+    resume_dir_from(run_dir, tmp_path, EVERY)
+    assert main(["-c", str(KD), *overrides(tmp_path, T2)]) == 0
+    for log in ("training.jsonl", "validation.jsonl"):
+        assert jsonl_rows(tmp_path / log) == jsonl_rows(run_dir / log)
+    final = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"
+    resumed, uninterrupted = load_file(tmp_path / final), load_file(run_dir / final)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_a_teacher_with_another_vocabulary_is_exit_2_before_any_weights_load(
+    tmp_path, monkeypatch, capsys
+):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.chdir(REPO)
+    for name in ("from_pretrained", "from_config"):
+        monkeypatch.setattr(transformers.AutoModelForCausalLM, name, no_weights)
+    argv = ["-c", str(KD), "--+model.vocab_size=80", f"--logging.run_dir={tmp_path}"]
+    assert main(argv) == 2
+    assert main([*argv, "--validate-only"]) == 2  # what `automodel validate kd llm` runs
+    err = capsys.readouterr().err
+    assert "teacher's vocab_size 64 differs from the student's (model:) 80" in err
+    assert "Traceback" not in err and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--kd.kd_ratio=1.5", "kd_ratio must be in [0, 1], got 1.5"),
+        ("--kd.temperature=0", "temperature must be a finite number > 0, got 0"),
+    ],
+)
+def test_the_kd_section_is_checked(override, message, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["-c", str(KD), override, "--validate-only"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["pp_size", "tp_size", "cp_size"])
+def test_model_parallel_layouts_are_refused(key, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc-per-node 2 sets
+    assert main(["-c", str(KD), f"--+distributed.{key}=2", "--validate-only"]) == 2
+    assert f"{key} > 1 is not supported yet for kd.llm" in capsys.readouterr().err
+
+
+def test_two_fsdp2_ranks_train_as_one_process(
+    reference, overrides, run_cli, assert_same_training, tmp_path
+):
+    """One torchrun launch: 2 ranks (the teacher FSDP2-sharded too) match the 1-process run."""
+    _, run_dir = reference
+    run_cli(KD, overrides(tmp_path, T2, "--+distributed.strategy=fsdp2"), recipe=("kd", "llm"))
+    assert_same_training(tmp_path, run_dir, range(1, STEPS + 1), EVERY)
