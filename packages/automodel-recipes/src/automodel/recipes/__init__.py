@@ -50,6 +50,7 @@ _PARTS = {
     # run context
     "RunContext": "_run",
     "start_run": "_run",
+    "preflight": "_run",
     "restore_training_state": "_run",
     "is_complete": "_run",
     "training_session": "_run",

@@ -20,13 +20,15 @@ from torch import nn
 
 from automodel.checkpoint import Checkpointer, WeightsFormat
 from automodel.core.config import ConfigNode
-from automodel.core.logging import setup_logging
+from automodel.core.logging import check_metric_loggers, setup_logging
 from automodel.core.training import StepScheduler, set_seed
 from automodel.distributed import destroy_distributed
 
 from ._builders import build_step_scheduler
 from ._checkpointing import build_checkpointer, restoring
+from ._moe import read_moe
 from ._parallel import Parallel, read_distributed, setup_parallel
+from ._peft import build_lora_config
 from ._preemption import PreemptionWatcher
 from ._run_history import start_point
 from ._sections import Checkpoint, Distributed, Logging, Rng, read_section
@@ -55,6 +57,18 @@ class RunContext:
     def device(self) -> Any:
         """The torch device this process computes on."""
         return self.parallel.device
+
+
+def preflight(cfg: ConfigNode) -> Distributed:
+    """The checks every training recipe runs before anything is built (no model, no process
+    group; `automodel validate` runs them too): the layout for the launched processes, the batch
+    arithmetic, `peft:`, `moe:` and the metric loggers' extras. Returns the layout."""
+    distributed, dp_size = read_distributed(cfg)
+    build_step_scheduler(cfg, dp_size)
+    build_lora_config(cfg)
+    read_moe(cfg, distributed.ep_size)
+    check_metric_loggers(cfg)
+    return distributed
 
 
 def start_run(

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
-from automodel.core.logging import check_metric_loggers
 from automodel.core.losses import shift_labels
 from automodel.core.optim import build_optimizer
 from automodel.core.training import MetricsSample, peak_flops_for_device, peak_memory_gib
@@ -38,9 +37,8 @@ from .. import (
     build_lora_config,
     build_model,
     build_scheduler,
-    build_step_scheduler,
+    preflight,
     prepare_model,
-    read_distributed,
     read_moe,
     read_section,
     run_then_shutdown,
@@ -255,10 +253,16 @@ class BenchmarkRecipeForCausalLM:
         return summary
 
 
+def run(cfg: ConfigNode) -> None:
+    """Set up and run the benchmark; free every model and the process group on the way out."""
+    recipe = BenchmarkRecipeForCausalLM(cfg)
+    run_then_shutdown(recipe, recipe.setup, recipe.run_steps)
+
+
 def check(cfg: ConfigNode) -> None:
-    """Pre-flight checks that need no model: the benchmark section, layout, batch arithmetic."""
+    """Pre-flight checks that need no model: the shared ones, the benchmark section, the layout."""
     bench = read_benchmark(cfg)
-    distributed, dp_size = read_distributed(cfg)
+    distributed = preflight(cfg)
     chunks = 2 * distributed.cp_size
     if distributed.cp_size > 1 and bench.seq_length % chunks:
         message = (
@@ -266,17 +270,7 @@ def check(cfg: ConfigNode) -> None:
         )
         raise ConfigError(Problem("benchmark.seq_length", message, cfg.where("benchmark")))
     check_pipeline(cfg, distributed, bench.seq_length)
-    build_step_scheduler(cfg, dp_size)
     check_fused_loss(cfg, build_loss(cfg), distributed)
-    read_moe(cfg, distributed.ep_size)
-    build_lora_config(cfg)
-    check_metric_loggers(cfg)
-
-
-def run(cfg: ConfigNode) -> None:
-    """Set up and run the benchmark; free every model and the process group on the way out."""
-    recipe = BenchmarkRecipeForCausalLM(cfg)
-    run_then_shutdown(recipe, recipe.setup, recipe.run_steps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ import torch
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, recipe_main
-from automodel.core.logging import check_metric_loggers
 from automodel.core.losses import count_label_tokens, shift_labels
 from automodel.core.optim import build_optimizer
 from automodel.core.training import (
@@ -39,12 +38,11 @@ from .. import (
     build_lora_config,
     build_model,
     build_scheduler,
-    build_step_scheduler,
     checkpoint_if_due,
     hf_extras_writer,
     is_complete,
+    preflight,
     prepare_model,
-    read_distributed,
     read_moe,
     read_section,
     restore_training_state,
@@ -166,12 +164,16 @@ class FinetuneRecipeForCausalLM:
             if self.val_loader is not None and self.run.restore_path is None:
                 self.validate()
             self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
-            if self._train() and merge:
+            if self.train_steps() and merge:
                 sharded = self.parallel.mesh is not None
                 save_merged_model(self.unwrapped, merged_dir, self.tokenizer, sharded=sharded)
 
-    def _train(self) -> bool:
-        """The training loop; False when a preemption signal stopped it early."""
+    def train_steps(self) -> bool:
+        """The training loop; False when a preemption signal stopped it early.
+
+        Each step calls `self.forward_backward` and `self.optimizer_step`: kd.llm runs this loop
+        with its own two (teacher and student forwards; the CE and KL parts in the metrics).
+        """
         steps = self.step_scheduler
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
@@ -184,7 +186,7 @@ class FinetuneRecipeForCausalLM:
                 local = steps.local_batch_size
                 loss_sum, tokens = self.pipeline.train_step(micro_batches, num_label_tokens, local)
             else:
-                loss_sum, tokens = self._forward_backward(micro_batches, num_label_tokens)
+                loss_sum, tokens = self.forward_backward(micro_batches, num_label_tokens)
             sample = self.optimizer_step(steps, loss_sum, tokens, num_label_tokens, start)
             self.telemetry.log_train(sample, show=steps.is_log_step)
             if steps.is_val_step and self.val_loader is not None:
@@ -193,7 +195,7 @@ class FinetuneRecipeForCausalLM:
                 return False
         return True
 
-    def _forward_backward(
+    def forward_backward(
         self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int
     ) -> tuple[torch.Tensor, int]:
         """Forward and backward of every micro-batch of a step: (loss sum, real tokens)."""
@@ -226,11 +228,11 @@ class FinetuneRecipeForCausalLM:
         """Mean per-token loss over the validation set (every rank's shard), to validation.jsonl."""
         lr = self.optimizer.param_groups[0]["lr"]
         return validate(
-            self.model, self.val_loader, self._validation_totals, self.parallel, self.telemetry,
+            self.model, self.val_loader, self.validation_totals, self.parallel, self.telemetry,
             self.step_scheduler, lr, self.moe,
         )  # fmt: skip
 
-    def _validation_totals(self, batches: Any) -> tuple[float, int]:
+    def validation_totals(self, batches: Any) -> tuple[float, int]:
         """(summed per-token loss, label tokens) of this rank's validation batches."""
         if self.pipeline is not None:
             return self.pipeline.evaluate(batches, self.step_scheduler.local_batch_size)
@@ -253,21 +255,17 @@ class FinetuneRecipeForCausalLM:
         )  # fmt: skip
 
 
-def check(cfg: ConfigNode) -> None:
-    """Pre-flight checks that need no model: batch arithmetic, LoRA settings, optional extras."""
-    distributed, dp_size = read_distributed(cfg)
-    check_pipeline(cfg, distributed)
-    check_fused_loss(cfg, build_loss(cfg), distributed)
-    build_step_scheduler(cfg, dp_size)
-    build_lora_config(cfg)
-    read_moe(cfg, distributed.ep_size)
-    check_metric_loggers(cfg)
-
-
 def run(cfg: ConfigNode) -> None:
     """Set up the recipe and train; then free sharded modules and end the process group."""
     recipe = FinetuneRecipeForCausalLM(cfg)
     run_then_shutdown(recipe, recipe.setup, recipe.run_train_validation_loop)
+
+
+def check(cfg: ConfigNode) -> None:
+    """Pre-flight checks that need no model: the shared ones, the pipeline and the fused loss."""
+    distributed = preflight(cfg)
+    check_pipeline(cfg, distributed)
+    check_fused_loss(cfg, build_loss(cfg), distributed)
 
 
 def main(argv: list[str] | None = None) -> int:

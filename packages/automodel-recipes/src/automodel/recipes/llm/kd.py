@@ -21,22 +21,30 @@ from torch.distributed.fsdp import FSDPModule
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
-from automodel.core.logging import check_metric_loggers
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss
 from automodel.core.models import load_model_config
 from automodel.core.optim import build_optimizer
 from automodel.core.training import MetricsSample
 
-from .. import _builders as build
-from .._checkpointing import hf_extras_writer
-from .._model_setup import prepare_model, shard_model
-from .._moe import MoeStep, read_moe
-from .._parallel import read_distributed
-from .._peft import adapter_extras_writer, build_lora_config
-from .._run import restore_training_state, run_then_shutdown, start_run
-from .._sections import ClipGradNorm, read_section
-from .._step import OptimizerStep
-from .._telemetry import Telemetry
+from .. import (
+    ClipGradNorm,
+    MoeStep,
+    OptimizerStep,
+    Telemetry,
+    adapter_extras_writer,
+    build_lora_config,
+    build_model,
+    build_scheduler,
+    hf_extras_writer,
+    preflight,
+    prepare_model,
+    read_moe,
+    read_section,
+    restore_training_state,
+    run_then_shutdown,
+    shard_model,
+    start_run,
+)
 from ._data import build_loaders, build_tokenizer, real_tokens
 from ._fused_loss import FusedLossModel
 from .finetune import SECTIONS as FINETUNE_SECTIONS
@@ -117,9 +125,9 @@ class KDRecipeForCausalLM:
     forward_loss = Finetune.forward_loss
     training_state = Finetune.training_state
     run_train_validation_loop = Finetune.run_train_validation_loop
-    _train = Finetune._train  # calls self._forward_backward and self.optimizer_step below
+    train_steps = Finetune.train_steps  # calls self.forward_backward and self.optimizer_step below
     validate = Finetune.validate
-    _validation_totals = Finetune._validation_totals
+    validation_totals = Finetune.validation_totals
     save = Finetune.save
 
     def __init__(self, cfg: ConfigNode):
@@ -142,7 +150,7 @@ class KDRecipeForCausalLM:
         self.tokenizer = build_tokenizer(cfg)
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)
-        student = build.build_model(cfg)
+        student = build_model(cfg)
         self.unwrapped = prepare_model(student, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.write_hf_extras = (adapter_extras_writer if adapter else hf_extras_writer)(
             student, cfg, self.tokenizer
@@ -158,7 +166,7 @@ class KDRecipeForCausalLM:
         )
         self.optimizer = build_optimizer(student, cfg.optimizer)  # never the teacher's weights
         steps = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build.build_scheduler(cfg, self.optimizer, steps)
+        self.lr_scheduler = build_scheduler(cfg, self.optimizer, steps)
         self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, steps)
         restore_training_state(ctx, student, self.telemetry, **self.training_state())
         max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
@@ -195,7 +203,7 @@ class KDRecipeForCausalLM:
             self.teacher.reshard()
         return outputs
 
-    def _forward_backward(
+    def forward_backward(
         self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int
     ) -> tuple[torch.Tensor, int]:
         """Teacher forward, student forward and backward of each micro-batch of a step:
@@ -229,7 +237,7 @@ def build_teacher(cfg: ConfigNode) -> nn.Module:
     """The `teacher_model:` model, built without drawing from the global RNG (the student's run
     draws the same numbers with or without a teacher)."""
     with torch.random.fork_rng(devices=[]):
-        return build.build_model(cfg, "teacher_model")
+        return build_model(cfg, "teacher_model")
 
 
 def read_kd(cfg: ConfigNode) -> tuple[Kd, FusedLinearKDLoss]:
@@ -268,25 +276,21 @@ def check_teacher(cfg: ConfigNode) -> None:
             raise ConfigError(Problem("teacher_model", message, cfg.where("teacher_model")))
 
 
-def check(cfg: ConfigNode) -> None:
-    """Pre-flight checks that load no weights: layouts, batch arithmetic, kd, LoRA, teacher."""
-    distributed, dp_size = read_distributed(cfg)
-    for key in ("pp_size", "tp_size", "cp_size"):
-        if getattr(distributed, key) > 1:
-            message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
-            raise ConfigError(Problem(f"distributed.{key}", message, cfg.where("distributed")))
-    build.build_step_scheduler(cfg, dp_size)
-    read_kd(cfg)
-    build_lora_config(cfg)
-    read_moe(cfg, distributed.ep_size)
-    check_metric_loggers(cfg)
-    check_teacher(cfg)
-
-
 def run(cfg: ConfigNode) -> None:
     """Set up the recipe and train; then free student and teacher and end the process group."""
     recipe = KDRecipeForCausalLM(cfg)
     run_then_shutdown(recipe, recipe.setup, recipe.run_train_validation_loop)
+
+
+def check(cfg: ConfigNode) -> None:
+    """Pre-flight checks that load no weights: the shared ones, layouts, kd:, the teacher."""
+    distributed = preflight(cfg)
+    for key in ("pp_size", "tp_size", "cp_size"):
+        if getattr(distributed, key) > 1:
+            message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
+            raise ConfigError(Problem(f"distributed.{key}", message, cfg.where("distributed")))
+    read_kd(cfg)
+    check_teacher(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
