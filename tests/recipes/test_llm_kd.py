@@ -86,6 +86,28 @@ def test_resume_is_bitwise_identical(reference, overrides, jsonl_rows, resume_di
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
+def test_a_lora_student_trains_its_adapters_and_saves_a_peft_adapter(
+    tmp_path, overrides, monkeypatch_module
+):
+    """`peft:` on the student: only its adapters train; the checkpoint is the student's adapter
+    (adapter_config.json, no config.json) and the merged student is a plain HF model."""
+    lora = "{_target_: automodel.peft.LoraConfig, match_all_linear: true, dim: 4, alpha: 8}"
+    extra = (f"--+peft={lora}", "--+checkpoint.save_merged_model=true", T2)
+    recipe = KDRecipeForCausalLM(load_config(KD, overrides(tmp_path, *extra)))
+    recipe.setup()
+    before = {n: p.detach().clone() for n, p in recipe.unwrapped.named_parameters()}
+    recipe.run_train_validation_loop()
+    trained = {n for n, p in recipe.unwrapped.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)
+    for name, param in recipe.unwrapped.named_parameters():
+        assert torch.equal(param, before[name]) != (name in trained), name  # adapters only
+    adapter = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
+    assert all(".lora_" in k for k in load_file(adapter / "adapter_model.safetensors"))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged_model")
+    assert merged.config.hidden_size == 32  # the student, not the teacher
+
+
 def test_a_teacher_with_another_vocabulary_is_exit_2_before_any_weights_load(
     tmp_path, monkeypatch, capsys
 ):
