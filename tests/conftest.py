@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+
+def install_into(target: Path, source: Path) -> Path:
+    """`uv pip install --target target source` without dependencies: a distribution the tests
+    put on PYTHONPATH, never into the project's virtual environment."""
+    uv = [shutil.which("uv")] if shutil.which("uv") else [sys.executable, "-m", "uv"]
+    cmd = [*uv, "pip", "install", "--python", sys.executable, "--target", str(target)]
+    result = subprocess.run(
+        [*cmd, "--no-deps", "--quiet", str(source)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+@pytest.fixture(name="install_into", scope="session")
+def install_into_fixture() -> Callable[[Path, Path], Path]:
+    """`install_into(target, source)`, for test modules."""
+    return install_into
 
 
 def _free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,16 +27,9 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
-def recipes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def recipes_dir(tmp_path_factory: pytest.TempPathFactory, install_into) -> Path:
     """The fixture recipe package, installed into a temporary --target directory."""
-    target = tmp_path_factory.mktemp("recipes")
-    uv = [shutil.which("uv")] if shutil.which("uv") else [sys.executable, "-m", "uv"]
-    cmd = [*uv, "pip", "install", "--python", sys.executable, "--target", str(target)]
-    result = subprocess.run(
-        [*cmd, "--no-deps", "--quiet", str(FIXTURE)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    return target
+    return install_into(tmp_path_factory.mktemp("recipes"), FIXTURE)
 
 
 @pytest.fixture(scope="session")

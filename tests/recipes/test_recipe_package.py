@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,15 +19,9 @@ AUTOMODEL = Path(sys.executable).with_name("automodel")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env(tmp_path_factory: pytest.TempPathFactory, install_into) -> dict[str, str]:
     """The example package installed (without dependencies) into a temporary --target."""
-    target = tmp_path_factory.mktemp("zloss_package")
-    uv = [shutil.which("uv")] if shutil.which("uv") else [sys.executable, "-m", "uv"]
-    cmd = [*uv, "pip", "install", "--python", sys.executable, "--target", str(target)]
-    result = subprocess.run(
-        [*cmd, "--no-deps", "--quiet", str(PACKAGE)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
+    target = install_into(tmp_path_factory.mktemp("zloss_package"), PACKAGE)
     path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
 
