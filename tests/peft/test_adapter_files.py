@@ -192,25 +192,23 @@ def test_round_trip_through_our_files(make_llama, input_ids, randomize_adapters,
     torch.testing.assert_close(_logits(again, input_ids), _logits(ours, input_ids), rtol=0, atol=0)
 
 
-def test_safetensors_writer_round_trips_every_dtype_and_empty_tensors(tmp_path):
-    """Our numpy-free writer produces files the safetensors reader loads bit for bit."""
-    from safetensors import safe_open
-
-    from automodel.peft._safetensors_write import write_safetensors
-
-    gen = torch.Generator().manual_seed(0)
-    tensors = {
-        f"t.{dtype}".replace("torch.", ""): (torch.randn(3, 5, generator=gen) * 100).to(dtype)
-        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64)
-    }
-    tensors["mask"] = torch.rand(4, generator=gen) > 0.5
-    tensors["empty"] = torch.zeros(0, 7)
-    tensors["strided"] = torch.arange(12.0).reshape(3, 4).t()  # non-contiguous input
-    path = tmp_path / "x.safetensors"
-    write_safetensors(tensors, path, {"format": "pt"})
+def test_adapter_weights_file_is_plain_safetensors(make_llama, randomize_adapters, tmp_path):
+    """adapter_model.safetensors carries {"format": "pt"}, loads bit for bit with
+    safetensors.torch.load_file, and the atomic write leaves no temporary file behind."""
+    model = make_llama()
+    apply_lora(model, LoraConfig(dim=4, alpha=8, match_all_linear=True, lora_dtype="bf16"))
+    randomize_adapters(model)
+    save_adapter(model, tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
     with safe_open(path, "pt") as f:
         assert f.metadata() == {"format": "pt"}
-        assert set(f.keys()) == set(tensors)
-        for name, tensor in tensors.items():
-            loaded = f.get_tensor(name)
-            assert loaded.dtype == tensor.dtype and torch.equal(loaded, tensor), name
+    loaded = load_file(path)
+    expected = {"base_model.model." + k: v for k, v in lora_state_dict(model).items()}
+    assert set(loaded) == set(expected) and expected
+    for name, tensor in expected.items():
+        assert loaded[name].dtype == tensor.dtype == torch.bfloat16, name
+        assert torch.equal(loaded[name], tensor), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]

@@ -82,7 +82,9 @@ def _read_yaml(config: str) -> tuple[dict[str, Any], dict[str, str], dict[str, s
         raise UsageError(f"cannot read config file {config!r}: {exc}.") from None
     import yaml  # only runs with a slurm section read YAML in the CLI
 
-    loader = yaml.SafeLoader(text)
+    from automodel.cli._yaml import Loader
+
+    loader = Loader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else {}
@@ -126,14 +128,9 @@ def _walk(
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
+    from automodel.cli._yaml import parse_value
 
-    if text.strip().lower() in ("none", "null", "~"):
-        return None
-    try:
-        return yaml.safe_load(text) if text.strip() else text
-    except yaml.YAMLError:
-        return text
+    return parse_value(text)
 
 
 def _apply(

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ._apply import apply_lora, lora_modules, lora_state_dict
 from ._config import LoraConfig, LoraConfigError
 from ._matching import few_names
-from ._safetensors_write import write_safetensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -113,7 +113,7 @@ def save_adapter(
         for name, tensor in lora_state_dict(unwrap(model)).items()
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / WEIGHTS_NAME, lambda p: write_safetensors(tensors, p, {"format": "pt"}))
+    _write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     _write_atomic(
         out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")
     )
