@@ -17,7 +17,7 @@ from ._layout import (
     parse_checkpoint_dir_name,
 )
 from ._manifest import MANIFEST_FILE, CheckpointInfo, read_checkpoint_info
-from ._retention import find_latest
+from ._retention import find_latest, publish_folder
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
 from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER, WeightsFormat
@@ -44,6 +44,7 @@ __all__ = [
     "load_consolidated",
     "parse_checkpoint_dir_name",
     "parse_size",
+    "publish_folder",
     "read_checkpoint_info",
     "save_consolidated",
 ]

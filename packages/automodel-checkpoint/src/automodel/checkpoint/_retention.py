@@ -104,18 +104,31 @@ def fsync_tree(root: Path) -> None:
         fsync_path(Path(dirpath))
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Rename the complete ``staging`` folder to ``final`` and point LATEST at it."""
-    root = final.parent
+def publish_folder(staging: Path, final: Path, *, synced: bool = False) -> Path:
+    """Make the complete folder ``staging`` visible as ``final``, replacing an earlier one.
+
+    ``staging`` is fsynced first (unless ``synced``), so what becomes visible is on disk. An
+    earlier ``final`` is renamed to a hidden ``.trash-*`` sibling before the new one takes its
+    name and is deleted only after: a kill in between leaves the old folder (under that name)
+    and the new one, never neither. A reader never sees a half-written ``final``.
+    """
+    if not synced:
+        fsync_tree(staging)
     trash = None
     if final.exists():
         trash = _trash_path(final)
         os.replace(final, trash)
     os.replace(staging, final)
-    fsync_path(root)
+    fsync_path(final.parent)
     if trash is not None:
         _remove(trash)
-    atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    return final
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Rename the complete (fsynced) ``staging`` folder to ``final`` and point LATEST at it."""
+    publish_folder(staging, final, synced=True)
+    atomic_write_text(final.parent / LATEST_FILE, final.name + "\n")
 
 
 def set_aside(checkpoint_dir: Path, destination: Path, after_step: int | None = None) -> list[Path]:

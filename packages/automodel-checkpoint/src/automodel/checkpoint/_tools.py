@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._atomic import fsync_path
 from ._errors import CheckpointError
 from ._layout import MODEL_DIR, is_weight_file_name
 from ._manifest import MANIFEST_FILE, read_checkpoint_info, verify_files
 from ._model_state import model_dir_has_weights, read_model_header
-from ._retention import find_latest, fsync_tree
+from ._retention import find_latest, publish_folder
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
 from ._train_state import rank_file_name
@@ -99,11 +98,9 @@ def consolidate(src: str, dst: str, max_shard_size: str) -> Path:
             if path.is_file() and not weights:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, staging / rel)
-        fsync_tree(staging)
         if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-        fsync_path(out.parent)
+            out.rmdir()  # the empty folder asked for (a full one was refused above)
+        publish_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

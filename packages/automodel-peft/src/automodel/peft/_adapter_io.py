@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._apply import apply_lora, lora_modules, lora_state_dict
+from ._atomic import write_atomic
 from ._config import LoraConfig, LoraConfigError
 from ._matching import few_names
 
@@ -113,8 +113,8 @@ def save_adapter(
         for name, tensor in lora_state_dict(unwrap(model)).items()
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _write_atomic(
+    write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_atomic(
         out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")
     )
     return out
@@ -252,14 +252,3 @@ def _infer_task_type(model: nn.Module) -> str | None:
         if name.endswith(suffix):
             return task
     return None
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

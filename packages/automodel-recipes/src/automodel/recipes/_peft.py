@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from automodel.checkpoint import CONFIG_FILE, MODEL_DIR
+from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, publish_folder
 from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate, save_config
 from automodel.core.losses import FusedLinearCrossEntropy
 from automodel.distributed import is_main_process
@@ -131,12 +131,10 @@ def save_merged_model(
         if not is_main_process():
             return out_dir
     staging = out_dir.with_name(f".staging-{out_dir.name}")
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt's, never published
     model.save_pretrained(staging, state_dict=merged_state_dict(model, state=state))
     for processor in processors:
         processor.save_pretrained(staging)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    publish_folder(staging, out_dir)  # fsynced; the earlier merged model goes only after
     log.info("wrote the merged model to %s", out_dir)
     return out_dir

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .._atomic import write_atomic
 from ._errors import ConfigError, Problem
 from ._interpolate import interpolate
 from ._node import ConfigMeta, ConfigNode
@@ -66,13 +66,4 @@ def save_config(cfg: ConfigNode, path: str | Path) -> None:
     """Write the config as redacted YAML, atomically (a reader never sees a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(redacted_yaml(cfg))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: tmp.write_text(redacted_yaml(cfg), encoding="utf-8"))
