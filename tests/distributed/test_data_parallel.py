@@ -247,10 +247,8 @@ def test_build_strategy_errors() -> None:
         TypeError, match=r"'ddp' has no option\(s\) reshard_after_forward; its options: find_unused"
     ):
         build_strategy("ddp", reshard_after_forward=True)
-    with pytest.raises(
-        ValueError, match="mp_param_dtype='bf16' is not a floating-point torch dtype"
-    ):
-        FSDP2Strategy(mp_param_dtype="bf16")
+    with pytest.raises(ValueError, match="mp_param_dtype='fp8' is not an accepted dtype"):
+        FSDP2Strategy(mp_param_dtype="fp8")
 
 
 class Block(nn.Module):

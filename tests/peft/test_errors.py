@@ -37,7 +37,7 @@ from automodel.peft import (
         ),
         (dict(init_a="zeros"), r"init_a must be one of kaiming, gaussian"),
         (dict(quantize_base="int4"), r"quantize_base must be one of nf4; got 'int4'"),
-        (dict(lora_dtype="int8"), r"lora_dtype must be one of .*got 'int8'"),
+        (dict(lora_dtype="int8"), r"lora_dtype='int8' is not an accepted dtype; valid values are"),
         (dict(use_triton=True, use_dora=True), r"use_triton and use_dora cannot be combined"),
         (
             dict(use_dora=True, dropout=0.1, dropout_position="post"),

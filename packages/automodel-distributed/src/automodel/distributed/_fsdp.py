@@ -16,21 +16,14 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 
+from ._dtype import parse_dtype
 from ._mesh import HSDP_VIEW, MeshError, _sub, build_mesh, submesh
 from ._strategy import apply_activation_checkpointing, decoder_blocks
 
 
 def _dtype(name: str | torch.dtype | None, option: str) -> torch.dtype | None:
-    """``"bfloat16"`` / ``"torch.bfloat16"`` / torch.bfloat16 / None -> torch.dtype | None."""
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    value = getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(
-            f"{option}={name!r} is not a floating-point torch dtype "
-            "(e.g. 'bfloat16', 'float16', 'float32')"
-        )
-    return value
+    """None (keep as stored) or an accepted dtype name / torch.dtype -> torch.dtype | None."""
+    return None if name is None else parse_dtype(name, option)
 
 
 def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:

@@ -8,17 +8,11 @@ from typing import Literal
 
 import torch
 
+from ._dtype import DtypeNameError, parse_dtype
+
 _INITS = ("kaiming", "gaussian")
 _DROPOUT_POSITIONS = ("pre", "post")
 _QUANTIZATIONS = ("nf4",)
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 class LoraConfigError(ValueError):
@@ -123,11 +117,9 @@ def _pattern_list(value: object, key: str) -> list[str]:
 
 
 def _dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    name = str(value).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise LoraConfigError(
-            f"lora_dtype must be one of {', '.join(sorted(_DTYPES))} or null, got {value!r}"
-        )
-    return _DTYPES[name]
+    if value is None:
+        return None
+    try:
+        return parse_dtype(value, "lora_dtype")
+    except DtypeNameError as exc:
+        raise LoraConfigError(str(exc)) from None

@@ -117,6 +117,8 @@ def _config_dtype(config: PretrainedConfig) -> torch.dtype:
     value = getattr(config, "dtype", None)
     if value is None:
         return torch.float32
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return value  # a checkpoint's own dtype (e.g. float64) is kept, not limited to the names
     resolved = resolve_dtype(value)
     return torch.float32 if resolved == "auto" else resolved  # type: ignore[return-value]
 

@@ -1,4 +1,8 @@
-"""Resolve the dtype names a config may use into torch dtypes."""
+"""Dtype names a config may use -> torch dtypes.
+
+automodel-core, automodel-distributed and automodel-peft each keep a copy of this parser (the
+layering forbids a shared import); tests/packaging/test_dtype_names.py holds them to one table.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import torch
 
 from ..config import UserError
 
-_DTYPES: dict[str, torch.dtype] = {
+# The one accepted set: any case, optionally prefixed "torch."; a torch.dtype among these values.
+_DTYPE_NAMES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
     "float16": torch.float16,
@@ -16,23 +21,35 @@ _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
+ACCEPTED_DTYPE_NAMES: tuple[str, ...] = tuple(_DTYPE_NAMES)
 
-DTYPE_NAMES: tuple[str, ...] = ("auto", *_DTYPES)
+DTYPE_NAMES: tuple[str, ...] = ("auto", *ACCEPTED_DTYPE_NAMES)
 
 
-def resolve_dtype(value: str | torch.dtype) -> torch.dtype | str:
-    """A torch dtype for a name such as "bfloat16" (or a dtype); "auto" is returned unchanged."""
+class DtypeNameError(UserError, ValueError):
+    """A dtype name (or torch.dtype) outside the accepted set."""
+
+
+def parse_dtype(value: str | torch.dtype, option: str = "dtype") -> torch.dtype:
+    """``"bf16"`` / ``"torch.bfloat16"`` / torch.bfloat16 -> torch.bfloat16; DtypeNameError else."""
     if isinstance(value, torch.dtype):
-        if not value.is_floating_point:
-            raise UserError(f"torch_dtype must be a floating-point dtype, got {value}")
-        return value
-    if isinstance(value, str):
+        if value in _DTYPE_NAMES.values():
+            return value
+    elif isinstance(value, str):
         name = value.strip().lower().removeprefix("torch.")
-        if name == "auto":
-            return "auto"
-        if name in _DTYPES:
-            return _DTYPES[name]
-    raise UserError(
-        f"unknown torch_dtype {value!r}; valid values are {', '.join(DTYPE_NAMES)} "
-        "or a torch.dtype such as torch.bfloat16"
+        if name in _DTYPE_NAMES:
+            return _DTYPE_NAMES[name]
+    raise DtypeNameError(
+        f"{option}={value!r} is not an accepted dtype; valid values are "
+        f"{', '.join(ACCEPTED_DTYPE_NAMES)} (any case, optionally prefixed 'torch.')"
     )
+
+
+def resolve_dtype(value: str | torch.dtype, option: str = "torch_dtype") -> torch.dtype | str:
+    """:func:`parse_dtype`, except that "auto" (any case) is returned as "auto"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_dtype(value, option)
+    except DtypeNameError as exc:
+        raise DtypeNameError(f"{exc}, or 'auto' (the model config's own dtype)") from None
