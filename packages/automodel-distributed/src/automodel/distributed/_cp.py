@@ -29,6 +29,7 @@ CPU_ERROR = (
     "flash, memory-efficient or cuDNN attention); set cp_size: 1 on CPU"
 )
 
+# automodel.core.losses.IGNORE_INDEX; this package may not import core, so its one copy.
 IGNORE_INDEX = -100
 
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.attention.bias import causal_lower_right
 
-IGNORE_INDEX = -100
+from ._cp import IGNORE_INDEX
+
 _UNSUPPORTED_HF_KWARGS = ("sliding_window", "softcap", "sinks", "s_aux")
 
 

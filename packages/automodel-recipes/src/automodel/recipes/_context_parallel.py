@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.config import ConfigNode
 from automodel.distributed import AllGatherContextParallel
 
+from ._errors import config_problem
+
 ATTENTION_NAME = "automodel_cp_allgather"
-
-
-def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
-    return ConfigError(Problem(key, message, cfg.where(key)))
 
 
 def attend_across_ranks(
@@ -32,7 +30,7 @@ def attend_across_ranks(
     try:
         model.set_attn_implementation(ATTENTION_NAME)
     except (ValueError, AttributeError, NotImplementedError) as e:
-        raise _problem(
+        raise config_problem(
             cfg, "distributed.cp_size",
             f"{type(model).__name__} cannot switch its attention implementation ({e}); context "
             "parallelism needs a transformers model that uses the attention interface",

@@ -21,6 +21,7 @@ from automodel.moe import (
     update_moe_bias,
 )
 
+from ._errors import config_problem
 from ._parallel import Parallel
 from ._sections import Moe, read_section
 
@@ -53,7 +54,7 @@ def apply_moe(model: nn.Module, section: Moe, cfg: ConfigNode) -> None:
     try:
         replaced = patch_hf_moe(model, **block_options)
     except (TypeError, ValueError) as e:
-        raise ConfigError(Problem("moe", str(e), cfg.where("moe"))) from e
+        raise config_problem(cfg, "moe", str(e)) from e
     log.info(
         "moe: %d MoE block(s) use automodel.moe (balancing %s, backend %s)",
         len(replaced), section.balancing, section.backend,
@@ -82,7 +83,7 @@ class MoeStep:
             where = cfg.where("distributed.ep_size")
             raise ConfigError(Problem("distributed.ep_size", str(e), where)) from e
         except RuntimeError as e:  # deepep: the extra or CUDA is missing
-            raise ConfigError(Problem("moe.dispatcher", str(e), cfg.where("moe.dispatcher"))) from e
+            raise config_problem(cfg, "moe.dispatcher", str(e)) from e
         for module in self.model.modules():
             if isinstance(module, GroupedExperts):
                 self.experts.extend(module.parameters())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.config import ConfigError, ConfigNode
 from automodel.distributed import (
     AllGatherContextParallel,
     MeshConfig,
@@ -29,6 +29,7 @@ from automodel.distributed import (
     submesh,
 )
 
+from ._errors import config_problem
 from ._sections import Distributed, PackedSequence, read_section
 
 log = logging.getLogger("automodel.recipes")
@@ -44,7 +45,7 @@ def _world_size() -> int:
 
 
 def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
-    return ConfigError(Problem(f"distributed.{key}", message, cfg.where(f"distributed.{key}")))
+    return config_problem(cfg, f"distributed.{key}", message)
 
 
 def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Distributed, int]:
@@ -179,7 +180,7 @@ def setup_parallel(cfg: ConfigNode) -> Parallel:
     try:
         strategy = build_strategy(section.strategy, **options)
     except (TypeError, ValueError) as e:
-        raise ConfigError(Problem("distributed", str(e), cfg.where("distributed"))) from e
+        raise config_problem(cfg, "distributed", str(e)) from e
     world = _world_size()
     backend = "gloo" if section.device == "cpu" else "auto"
     env = init_distributed(backend=backend, timeout_minutes=section.timeout_minutes)

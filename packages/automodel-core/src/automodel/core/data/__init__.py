@@ -13,9 +13,10 @@ For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits l
 into consecutive N-token samples instead of cutting them off.
 """
 
+from ..losses import IGNORE_INDEX
 from ._chat import chat_labels
 from ._collate import collate
-from ._dataset import IGNORE_INDEX, TokenizedDataset
+from ._dataset import TokenizedDataset
 from ._errors import DataError
 from ._formats import (
     TEXT_TRUNCATION_MODES,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._dataset import IGNORE_INDEX
+from ..losses import IGNORE_INDEX
 
 
 def collate(

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100
-
 
 class TokenizedDataset(Dataset):
     """A map-style dataset of variable-length samples (`input_ids`, `labels`, ...) of int tokens."""

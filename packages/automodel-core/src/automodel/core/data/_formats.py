@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..losses import IGNORE_INDEX
 from ._chat import chat_labels
-from ._dataset import IGNORE_INDEX, SampleBuffer, TokenizedDataset
+from ._dataset import SampleBuffer, TokenizedDataset
 from ._errors import DataError
 from ._loading import load_rows, require_columns
 

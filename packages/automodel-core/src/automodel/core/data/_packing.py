@@ -7,7 +7,8 @@ import logging
 
 import torch
 
-from ._dataset import IGNORE_INDEX, SampleBuffer, TokenizedDataset
+from ..losses import IGNORE_INDEX
+from ._dataset import SampleBuffer, TokenizedDataset
 from ._errors import DataError
 
 logger = logging.getLogger(__name__)

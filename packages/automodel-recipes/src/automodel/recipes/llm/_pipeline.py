@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.config import ConfigNode
 from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
 from automodel.distributed import (
     build_pipeline_schedule,
@@ -22,6 +22,7 @@ from automodel.distributed import (
     tied_embedding_group,
 )
 
+from .._errors import config_problem
 from .._parallel import Parallel
 from .._sections import Distributed, PackedSequence, read_section
 from ._data import real_tokens
@@ -35,10 +36,6 @@ _REFUSED = {
 }
 
 
-def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
-    return ConfigError(Problem(key, message, cfg.where(key)))
-
-
 def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = None) -> int | None:
     """The length every micro-batch is padded to with `pp_size` > 1 (None without a pipeline).
 
@@ -48,27 +45,31 @@ def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = 
     if section.pp_size == 1:
         return None
     if section.pp_schedule not in SCHEDULES:
-        raise _problem(
+        raise config_problem(
             cfg, "distributed.pp_schedule",
             f"expected one of {', '.join(SCHEDULES)}, got {section.pp_schedule!r}",
         )  # fmt: skip
     for name, what in _REFUSED.items():
         if name in cfg:
-            raise _problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
+            raise config_problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
     if "peft" in cfg and cfg.get("checkpoint.save_merged_model"):
-        raise _problem(
+        raise config_problem(
             cfg, "checkpoint.save_merged_model",
             "the merged model needs the whole model on one rank, and each pipeline rank holds "
             "one stage: set it false and merge the saved adapter afterwards (peft's "
             "merge_and_unload, or a one-process run restoring the checkpoint)",
         )  # fmt: skip
     if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
-        raise _problem(cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet")
+        raise config_problem(
+            cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet"
+        )
     if cfg.get("compile.enabled"):
-        raise _problem(cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet")
+        raise config_problem(
+            cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet"
+        )
     seq_len = cfg.get("dataset.seq_length") if seq_len is None else seq_len
     if not isinstance(seq_len, int) or seq_len < 1:
-        raise _problem(
+        raise config_problem(
             cfg, "dataset",
             "pipeline parallelism pads every micro-batch to one length: set dataset.seq_length",
         )  # fmt: skip
@@ -92,7 +93,7 @@ class Pipeline:
         try:
             stages = split_decoder_into_stages(model, submesh(parallel.mesh, "pp"))
         except (NotImplementedError, ValueError) as e:
-            raise _problem(cfg, "distributed.pp_size", str(e)) from e
+            raise config_problem(cfg, "distributed.pp_size", str(e)) from e
         self.stage = parallel.shard(stages[0])
         # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
         tied = self.stage.has_tied_head  # every rank: creating the group is a collective
@@ -110,7 +111,7 @@ class Pipeline:
                 device=parallel.device, pp_group=parallel.pp_group, scale_grads=False,
             )  # fmt: skip
         except ValueError as e:  # e.g. 1F1B with fewer micro-batches than stages
-            raise _problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
+            raise config_problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
         layers = list(self.stage.model.layers)
         log.info(
             "pipeline: stage %d of %d holds layers %s-%s (%s schedule, %d micro-batches)",

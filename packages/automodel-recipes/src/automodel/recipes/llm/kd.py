@@ -45,6 +45,7 @@ from .. import (
     shard_model,
     start_run,
 )
+from .._errors import config_problem
 from ._data import build_loaders, build_tokenizer, real_tokens
 from ._fused_loss import FusedLossModel
 from .finetune import SECTIONS as FINETUNE_SECTIONS
@@ -246,7 +247,7 @@ def read_kd(cfg: ConfigNode) -> tuple[Kd, FusedLinearKDLoss]:
     try:
         return kd, FusedLinearKDLoss(kd.kd_ratio, kd.temperature)
     except (TypeError, ValueError) as e:
-        raise ConfigError(Problem("kd", str(e), cfg.where("kd"))) from e
+        raise config_problem(cfg, "kd", str(e)) from e
 
 
 def model_config(cfg: ConfigNode, section: str) -> Any:
@@ -273,7 +274,7 @@ def check_teacher(cfg: ConfigNode) -> None:
                 f"the teacher's {key} {theirs} differs from the student's (model:) {ours}: "
                 "distillation compares next-token distributions, so both need one tokenizer"
             )
-            raise ConfigError(Problem("teacher_model", message, cfg.where("teacher_model")))
+            raise config_problem(cfg, "teacher_model", message)
 
 
 def run(cfg: ConfigNode) -> None:
