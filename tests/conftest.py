@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _shared import TINY_LLAMA
 
 
 def install_into(target: Path, source: Path) -> Path:
@@ -98,15 +99,7 @@ def tiny_llama_config_fixture() -> Callable[..., Any]:
     from transformers import LlamaConfig
 
     def make(**overrides: Any) -> Any:
-        sizes = {
-            "vocab_size": 64,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        }
-        return LlamaConfig(**{**sizes, **overrides})
+        return LlamaConfig(**{**TINY_LLAMA, **overrides})
 
     return make
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _shared import REPO
 
 SECRET = "hf_secret_value_do_not_write"
 CONFIG = """\
@@ -453,7 +454,6 @@ def test_in_process_runs_without_a_slurm_section_are_unchanged(
     assert calls(fake_bin, "sbatch") == []
 
 
-REPO = Path(__file__).resolve().parents[2]
 TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock fields differ between runs
 
 

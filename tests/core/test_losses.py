@@ -220,17 +220,10 @@ def test_gradient_accumulation_equals_one_big_batch():
         assert not torch.allclose(naive, ref_loss, rtol=1e-3)
 
 
-def test_fused_on_a_tiny_llama_matches_masked_on_its_logits():
+def test_fused_on_a_tiny_llama_matches_masked_on_its_logits(tiny_llama_config):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    cfg = tiny_llama_config(vocab_size=128)
     model = transformers.LlamaForCausalLM(cfg)
     input_ids = torch.randint(0, 128, (2, 12))
     labels = input_ids.clone()

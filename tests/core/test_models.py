@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import _shared
 import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, LlamaConfig, ViTConfig
@@ -18,14 +19,7 @@ from automodel.core.models import (
     resolve_dtype,
 )
 
-TINY_LLAMA = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
+TINY_LLAMA = {**_shared.TINY_LLAMA, "vocab_size": 128}
 TINY_QWEN3 = {"model_type": "qwen3", **TINY_LLAMA, "head_dim": 8}
 TINY_GPT2 = {"model_type": "gpt2", "vocab_size": 128, "n_embd": 32, "n_layer": 2, "n_head": 4}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _shared import TINY_LLAMA
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
@@ -47,15 +48,7 @@ from automodel.distributed._pp import (
 )
 from automodel.distributed._tp import apply_tensor_parallel
 
-TINY = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+TINY = {**TINY_LLAMA, "num_hidden_layers": 4, "max_position_embeddings": 64}
 
 
 def build(kind: str = "llama", **overrides) -> torch.nn.Module:

@@ -33,9 +33,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from _shared import REPO as REPO_ROOT
 from packaging.requirements import Requirement
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 COMPONENTS = frozenset({"core", "distributed", "checkpoint", "peft", "moe"})
 ALL_PACKAGES = COMPONENTS | {"recipes", "cli"}

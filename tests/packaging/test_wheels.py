@@ -30,9 +30,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _shared import REPO as REPO_ROOT
 from packaging.requirements import Requirement
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = "3.11"  # the oldest Python the packages support (requires-python >= 3.11)
 
 COMPONENTS = ("core", "distributed", "checkpoint", "peft", "moe")

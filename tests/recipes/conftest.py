@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import torch
+from _shared import REPO
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "examples/llm_finetune/assets"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from _shared import REPO
 
 from automodel.cli import main as automodel
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 

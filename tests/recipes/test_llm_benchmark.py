@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from _shared import REPO
 
 from automodel.core.training import dense_decoder_flops_per_token
 from automodel.recipes.llm.benchmark import main
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "examples/llm_benchmark/tiny_cpu.yaml"
 EXAMPLES = ("tiny_cpu.yaml", "llama3_2_1b.yaml", "llama3_1_8b.yaml")
 SEQ, GLOBAL_BATCH = 32, 4

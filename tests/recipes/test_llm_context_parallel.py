@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
 CP = ["--+distributed.cp_size=2"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 from automodel.recipes.llm import main
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
 WEIGHTS = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from _shared import REPO
 from safetensors.torch import load_file
 
 from automodel.core.config import load_config
 from automodel.recipes.llm.kd import KDRecipeForCausalLM, main
 
-REPO = Path(__file__).resolve().parents[2]
 KD = REPO / "examples/llm_kd/tiny_kd.yaml"
 TEACHER = REPO / "examples/llm_kd/assets/tiny_teacher/model.safetensors"
 STEPS, EVERY = 4, 2  # checkpoints (and validation) at steps 2 and 4

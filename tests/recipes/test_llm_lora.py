@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
 LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
 BASE = REPO / "examples/llm_finetune/assets/tiny_llama_base"
 

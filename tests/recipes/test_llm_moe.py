@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 from automodel.recipes.llm import main
 
-REPO = Path(__file__).resolve().parents[2]
 MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 4, 2

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 
 from automodel.checkpoint import Checkpointer, read_checkpoint_info
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 

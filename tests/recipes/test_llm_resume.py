@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 
 

@@ -7,10 +7,10 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from _shared import REPO
 
 from automodel.cli import main as automodel
 
-REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 
 

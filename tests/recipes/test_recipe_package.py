@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "examples/recipe_package"
 CONFIG = PACKAGE / "tiny_zloss.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")

@@ -1,0 +1,18 @@
+"""Constants the test modules share; importable as `_shared` (pyproject's pytest `pythonpath`
+and the torchrun workers' PYTHONPATH both name this folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The sizes of the small Llama the unit tests share (the `tiny_llama_config` fixture builds it).
+TINY_LLAMA = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
