@@ -1,11 +1,15 @@
 """LoRA, DoRA and QLoRA for any PyTorch module, saved and loaded in the Hugging Face PEFT format."""
 
 from ._adapter_io import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_KEY_PREFIX,
+    ADAPTER_WEIGHTS_NAME,
     AdapterError,
     adapter_config,
     load_adapter,
     read_adapter_config,
     save_adapter,
+    write_adapter_config,
 )
 from ._apply import (
     LoraSummary,
@@ -23,6 +27,9 @@ from ._export import merged_state_dict
 from ._lora_linear import LoraLinear
 
 __all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_KEY_PREFIX",
+    "ADAPTER_WEIGHTS_NAME",
     "AdapterError",
     "LoraConfig",
     "LoraConfigError",
@@ -41,4 +48,5 @@ __all__ = [
     "save_adapter",
     "unload_lora",
     "unmerge_lora",
+    "write_adapter_config",
 ]

@@ -17,9 +17,10 @@ from ._atomic import write_atomic
 from ._config import LoraConfig, LoraConfigError
 from ._matching import few_names
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-KEY_PREFIX = "base_model.model."
+# The Hugging Face PEFT adapter format: one statement of its names, for every writer and reader.
+CONFIG_NAME = ADAPTER_CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+KEY_PREFIX = ADAPTER_KEY_PREFIX = "base_model.model."  # before each parameter name in the file
 
 # adapter_config.json options this package cannot honour; each must be unset (null, false, {}, []).
 _UNSUPPORTED_OPTIONS = (
@@ -114,10 +115,17 @@ def save_adapter(
     }
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    write_atomic(
-        out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n")
-    )
+    write_adapter_config(out, config)
     return out
+
+
+def write_adapter_config(directory: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Write `config` (see `adapter_config`) as the folder's ``adapter_config.json``, atomically.
+
+    The one writer of that file: `save_adapter` and a checkpoint's adapter folder both use it.
+    """
+    path = Path(directory) / CONFIG_NAME
+    return write_atomic(path, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
 
 
 def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -22,10 +21,10 @@ from automodel.peft import (
     adapter_config,
     apply_lora,
     merged_state_dict,
+    write_adapter_config,
 )
 
 log = logging.getLogger("automodel.recipes")
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
@@ -105,7 +104,7 @@ def adapter_extras_writer(
     def write(path: Path) -> None:
         model_dir = path / MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / ADAPTER_CONFIG_FILE).write_text(json.dumps(content, indent=2) + "\n")
+        write_adapter_config(model_dir, content)  # peft's own writer of the file
         for processor in processors:
             processor.save_pretrained(model_dir)
         save_config(cfg, path / CONFIG_FILE)
