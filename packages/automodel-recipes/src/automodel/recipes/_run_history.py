@@ -112,9 +112,7 @@ def _set_aside(
         return
     stamp = _stamp([root.parent, run_dir])
     checkpointer.set_aside(_aside(root, stamp))
-    for path in logs:
-        _aside(path, stamp).parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, _aside(path, stamp))
+    _move_aside(logs, stamp)
     log.warning(
         "starting %s: the earlier run's %s moved to %s",
         "at step 0" if resume is None else f"from {resume}",
@@ -126,16 +124,14 @@ def _set_aside(
 def set_aside_outputs(run_dir: Path, names: tuple[str, ...]) -> Path | None:
     """Move the earlier run's outputs `names` in `run_dir` to `previous/<time>/` (rank 0; every
     rank calls it, it ends with a barrier): for a recipe that resumes nothing and starts each
-    run afresh (benchmark). Returns where they went, None when there was nothing."""
+    run afresh (benchmark). Returns where they went (on rank 0), None when nothing moved."""
     moved = None
     if is_main_process():
         paths = [run_dir / name for name in names if _holds_data(run_dir / name)]
         if paths:
             stamp = _stamp([run_dir])
+            _move_aside(paths, stamp)
             moved = run_dir / PREVIOUS_DIR / stamp
-            moved.mkdir(parents=True)
-            for path in paths:
-                os.rename(path, moved / path.name)
             log.warning("the earlier run's %s moved to %s", ", ".join(p.name for p in paths), moved)
     barrier()
     return moved
@@ -143,6 +139,13 @@ def set_aside_outputs(run_dir: Path, names: tuple[str, ...]) -> Path | None:
 
 def _holds_data(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and path.stat().st_size > 0)
+
+
+def _move_aside(paths: list[Path], stamp: str) -> None:
+    """Rename each of `paths` to `previous/<stamp>/` beside it (one rename each: never half moved)."""
+    for path in paths:
+        _aside(path, stamp).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, _aside(path, stamp))
 
 
 def _aside(path: Path, stamp: str) -> Path:
