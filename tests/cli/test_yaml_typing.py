@@ -68,7 +68,8 @@ def _typed(value: Any) -> Any:
 @pytest.mark.parametrize("scalar", CORPUS)
 def test_cli_and_core_type_yaml_values_alike(scalar: str, tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
-    path.write_text(f"slurm:\n  v: {scalar}\nlist:\n  - {scalar}\n", encoding="utf-8")
+    text = f"slurm:\n  v: {scalar}\n  {scalar}: key\nlist:\n  - {scalar}\n"
+    path.write_text(text, encoding="utf-8")
     core_data, _ = load_yaml_file(path)
     cli_data, _, _ = _read_yaml(str(path))
     assert _typed(cli_data) == _typed(core_data)
@@ -78,3 +79,13 @@ def test_cli_and_core_type_yaml_values_alike(scalar: str, tmp_path: Path) -> Non
 def test_cli_reads_exponent_floats_like_core() -> None:
     assert _parse_value("1e-4") == pytest.approx(1e-4) and isinstance(_parse_value("1e-4"), float)
     assert _parse_value("'1e-4'") == "1e-4"
+
+
+def test_keys_are_names_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("slurm:\n  on: 1\n  null: 2\n  1e-4: 3\n  'yes': 4\n", encoding="utf-8")
+    core_data, _ = load_yaml_file(path)
+    cli_data, _, _ = _read_yaml(str(path))
+    assert list(core_data["slurm"]) == ["on", "null", "1e-4", "yes"]
+    assert cli_data == core_data
+    assert parse_value("{on: 1}") == _parse_value("{on: 1}") == {"on": 1}

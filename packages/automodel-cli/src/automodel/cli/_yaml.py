@@ -15,7 +15,12 @@ import yaml
 
 
 class Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` and `1.0e5` as floats (YAML 1.2 style)."""
+    """SafeLoader that also reads `1e-4` and `1.0e5` as floats (YAML 1.2 style) and keeps keys as written."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Keys are names: a plain key is kept as written, so `on:` is "on", not True."""
+        self.flatten_mapping(node)
+        return {_key(self, k): self.construct_object(v, deep=deep) for k, v in node.value}
 
 
 # PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent; users write 1e-4.
@@ -24,6 +29,13 @@ Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+)$"),
     list("-+0123456789"),
 )
+
+
+def _key(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    """A mapping key is a name, as written (`on`, `1e-4`, `null` stay strings)."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    return str(loader.construct_object(node, deep=True))
 
 
 def parse_value(text: str) -> Any:
