@@ -16,3 +16,9 @@ TINY_LLAMA = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
+
+# The example configs most tests start from.
+SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
+LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
+MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
+PRETRAIN = REPO / "examples/llm_pretrain/tiny_pretrain.yaml"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _shared import REPO
+from _shared import REPO, SFT
 
 SECRET = "hf_secret_value_do_not_write"
 CONFIG = """\
@@ -489,7 +489,7 @@ def test_a_requeued_job_continues_where_the_preempted_one_stopped(
     assets = REPO / "examples/llm_finetune/assets"
     train.write_text("".join((assets / "reverse_train.jsonl").open().readlines()[:256]))
     val.write_text("".join((assets / "reverse_validation.jsonl").open().readlines()[:32]))
-    config = (REPO / "examples/llm_finetune/tiny_sft.yaml").read_text()
+    config = SFT.read_text()
     config = config.replace("examples/llm_finetune/", f"{REPO}/examples/llm_finetune/")
     config += f"slurm:\n  nodes: 1\n  gpus_per_node: 1\n  master_port: {_free_port()}\n"
     (tmp_path / "sft.yaml").write_text(config)

@@ -12,6 +12,7 @@ from automodel.core.config import (
     REDACTED,
     ConfigError,
     ConfigNode,
+    Problem,
     Section,
     TargetError,
     instantiate,
@@ -484,6 +485,20 @@ def test_recipe_main_validate_run_and_errors(write, capsys, tmp_path):
     assert "config file not found" in capsys.readouterr().err
     assert recipe_main([], sections=SECTIONS, run=run) == 2
     assert "pass -c CONFIG.yaml" in capsys.readouterr().err
+
+
+def test_recipe_main_locates_a_recipes_problem_at_its_key(write, capsys):
+    good = write("model: {_target_: torch.nn.Identity}\nstep_scheduler:\n  max_steps: 1\n")
+
+    def run(cfg: ConfigNode) -> None:
+        raise ConfigError(
+            [Problem("step_scheduler.max_steps", "too few"), Problem("loss_fn", "absent", "x:9")]
+        )
+
+    assert recipe_main(["-c", str(good)], sections=SECTIONS, run=run) == 2
+    err = capsys.readouterr().err
+    assert f"{good}:3: step_scheduler.max_steps: too few" in err  # the key's own line
+    assert "x:9: loss_fn: absent" in err  # a location the recipe gave is kept
 
 
 def test_recipe_main_allow_import_flag(write, targets_module):

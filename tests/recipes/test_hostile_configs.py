@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
-from _shared import REPO
+from _shared import REPO, SFT
 
 from automodel.cli import main as automodel
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 
 

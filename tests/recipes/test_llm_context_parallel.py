@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import SFT
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
 CP = ["--+distributed.cp_size=2"]
 PACKED = ["--+packed_sequence.packed_sequence_size=64"]

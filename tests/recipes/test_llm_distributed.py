@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import LORA, REPO, SFT
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 from automodel.recipes.llm import main
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 6, 3
 WEIGHTS = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"
 # The loss from hidden states and the (tied) LM head, 16 label tokens at a time
@@ -214,7 +213,7 @@ def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(cli, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cli(tmp_path, config=REPO / "examples/llm_finetune/tiny_lora.yaml")
+    cli(tmp_path, config=LORA)
     adapter_dir = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert not (adapter_dir / "model.safetensors").exists()

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import LORA, REPO
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
 BASE = REPO / "examples/llm_finetune/assets/tiny_llama_base"
 
 

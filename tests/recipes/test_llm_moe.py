@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import MOE, SFT
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 from automodel.recipes.llm import main
 
-MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 STEPS, MIDDLE = 4, 2
 # Without balancing loss: the aux loss is per micro-batch, and 2 ranks group the samples into
 # other micro-batches than 1 process (rank r reads every 2nd sample), so it differs by ~1e-5.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import LORA, SFT
 from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
@@ -17,8 +17,6 @@ from automodel.recipes.llm._data import build_loss
 from automodel.recipes.llm._fused_loss import check_fused_loss
 from automodel.recipes.llm._pipeline import check_pipeline
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
 NOT_MERGED = ["--checkpoint.save_merged_model=false"]  # a stage cannot merge the whole model
 STEPS, MIDDLE = 6, 3
 UNTIED = ["--+model.tie_word_embeddings=false"]

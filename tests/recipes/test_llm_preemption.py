@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import REPO, SFT
 
 from automodel.checkpoint import Checkpointer, read_checkpoint_info
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 
 

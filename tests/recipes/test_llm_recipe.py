@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import PRETRAIN, REPO, SFT
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes.llm import FinetuneRecipeForCausalLM, main
 
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
-PRETRAIN = REPO / "examples/llm_pretrain/tiny_pretrain.yaml"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
 
 

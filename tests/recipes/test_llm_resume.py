@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import SFT
 from safetensors.torch import load_file
-
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 
 
 @pytest.fixture(scope="module")

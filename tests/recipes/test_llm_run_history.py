@@ -7,11 +7,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from _shared import REPO
+from _shared import SFT
 
 from automodel.cli import main as automodel
-
-SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 
 
 def _files(root: Path) -> dict[str, str]:

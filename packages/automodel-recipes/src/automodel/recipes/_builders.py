@@ -6,10 +6,12 @@ from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate
+from automodel.core.config import ConfigNode, instantiate
 from automodel.core.data import build_dataloader
 from automodel.core.optim import build_lr_scheduler
 from automodel.core.training import StepScheduler
+
+from ._errors import config_problem
 
 
 def build_model(cfg: ConfigNode, section: str = "model") -> torch.nn.Module:
@@ -59,7 +61,5 @@ def build_scheduler(cfg: ConfigNode, optimizer: torch.optim.Optimizer, total_ste
     try:
         return build_lr_scheduler(optimizer, total_steps=total_steps, **options)
     except ValueError as e:
-        where = cfg.where("lr_scheduler")
-        raise ConfigError(
-            Problem("lr_scheduler", f"{e} (this run has {total_steps} steps)", where)
-        ) from e
+        message = f"{e} (this run has {total_steps} steps)"
+        raise config_problem(cfg, "lr_scheduler", message) from e

@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.config import ConfigNode
 from automodel.distributed import all_reduce_sum, submesh
 from automodel.moe import (
     DISPATCHERS,
@@ -35,16 +35,15 @@ def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
     section = read_section(cfg, "moe", Moe)
     if section.balancing is None:  # `none` on the command line arrives as null
         section = Moe(**{**section.__dict__, "balancing": "none"})
-    where = cfg.where("moe.dispatcher")
     if section.dispatcher not in DISPATCHERS:
         message = f"expected one of {', '.join(DISPATCHERS)}, got {section.dispatcher!r}"
-        raise ConfigError(Problem("moe.dispatcher", message, where))
+        raise config_problem(cfg, "moe.dispatcher", message)
     if section.dispatcher == "deepep" and ep_size == 1:
         message = (
             "deepep moves tokens between expert-parallel ranks: set distributed.ep_size > 1, "
             "or leave moe.dispatcher at all_to_all"
         )
-        raise ConfigError(Problem("moe.dispatcher", message, where))
+        raise config_problem(cfg, "moe.dispatcher", message)
     return section
 
 
@@ -80,8 +79,7 @@ class MoeStep:
         try:
             shard_experts(self.model, submesh(self.parallel.mesh, "ep"), dispatcher)
         except ValueError as e:
-            where = cfg.where("distributed.ep_size")
-            raise ConfigError(Problem("distributed.ep_size", str(e), where)) from e
+            raise config_problem(cfg, "distributed.ep_size", str(e)) from e
         except RuntimeError as e:  # deepep: the extra or CUDA is missing
             raise config_problem(cfg, "moe.dispatcher", str(e)) from e
         for module in self.model.modules():

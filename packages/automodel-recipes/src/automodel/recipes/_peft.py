@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, publish_folder
-from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate, save_config
+from automodel.core.config import ConfigNode, instantiate, save_config
 from automodel.core.losses import FusedLinearCrossEntropy
 from automodel.distributed import is_main_process
 from automodel.peft import (
@@ -24,6 +24,8 @@ from automodel.peft import (
     write_adapter_config,
 )
 
+from ._errors import config_problem
+
 log = logging.getLogger("automodel.recipes")
 
 
@@ -31,23 +33,16 @@ def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
     """The LoraConfig of the `peft:` section, or None without one (then nothing to merge)."""
     if "peft" not in cfg:
         if cfg.get("checkpoint.save_merged_model"):
-            raise ConfigError(
-                Problem(
-                    "checkpoint.save_merged_model",
-                    "merging needs adapters: add a peft: section or drop this option",
-                    cfg.where("checkpoint.save_merged_model"),
-                )
+            raise config_problem(
+                cfg,
+                "checkpoint.save_merged_model",
+                "merging needs adapters: add a peft: section or drop this option",
             )
         return None
     config = instantiate(cfg.peft)
     if not isinstance(config, LoraConfig):
-        raise ConfigError(
-            Problem(
-                "peft",
-                f"_target_ built a {type(config).__name__}; use automodel.peft.LoraConfig",
-                cfg.where("peft"),
-            )
-        )
+        message = f"_target_ built a {type(config).__name__}; use automodel.peft.LoraConfig"
+        raise config_problem(cfg, "peft", message)
     return config
 
 
@@ -60,27 +55,23 @@ def apply_peft(
 ) -> None:
     """Put LoRA on `model` (base frozen) and check it fits the rest of the recipe."""
     if config.use_triton and device.type != "cuda":
-        raise ConfigError(
-            Problem(
-                "peft.use_triton",
-                f"the fused Triton LoRA kernel needs a CUDA device and this run uses {device}; "
-                "set use_triton: false",
-                cfg.where("peft"),
-            )
+        raise config_problem(
+            cfg,
+            "peft.use_triton",
+            f"the fused Triton LoRA kernel needs a CUDA device and this run uses {device}; "
+            "set use_triton: false",
         )
     try:
         apply_lora(model, config)
     except ValueError as e:
-        raise ConfigError(Problem("peft", str(e), cfg.where("peft"))) from e
+        raise config_problem(cfg, "peft", str(e)) from e
     head = model.get_output_embeddings()
     if isinstance(head, LoraLinear) and isinstance(loss_fn, FusedLinearCrossEntropy):
-        raise ConfigError(
-            Problem(
-                "peft.target_modules",
-                "LoRA on the output head cannot be combined with FusedLinearCrossEntropy, which "
-                "reads the head's weight directly; leave the head out or use MaskedCrossEntropy",
-                cfg.where("peft"),
-            )
+        raise config_problem(
+            cfg,
+            "peft.target_modules",
+            "LoRA on the output head cannot be combined with FusedLinearCrossEntropy, which "
+            "reads the head's weight directly; leave the head out or use MaskedCrossEntropy",
         )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import UserError
+from ._errors import ConfigError, UserError
 from ._load import load_config
 from ._node import ConfigNode
 from ._trust import ALLOW_ENV, ALLOW_FLAG, REMOTE_CODE_FLAG, parse_grants
@@ -81,13 +81,19 @@ def recipe_main(
             allowed_imports=granted,
             trust_remote_code=args.trust_remote_code,
         )
-        validate_config(cfg, sections)
-        if check is not None:
-            check(cfg)
-        if args.validate_only:
-            _say(f"config OK: {args.config}", sys.stdout)
-            return 0
-        result = run(cfg)
+        try:
+            validate_config(cfg, sections)
+            if check is not None:
+                check(cfg)
+            if args.validate_only:
+                _say(f"config OK: {args.config}", sys.stdout)
+                return 0
+            result = run(cfg)
+        except ConfigError as e:  # a recipe may raise one about a key without its location
+            located = e.located(cfg.where)
+            if located is e:
+                raise
+            raise located from e
     except UserError as e:
         if debug:
             traceback.print_exc()

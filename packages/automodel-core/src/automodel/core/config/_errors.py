@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 
 class UserError(Exception):
@@ -35,6 +35,12 @@ class ConfigError(UserError):
             problems = [problems]
         self.problems: list[Problem] = list(problems)
         super().__init__(self._format())
+
+    def located(self, where: Callable[[str], str]) -> ConfigError:
+        """This error with `where(key)` filled in for each problem raised without a location."""
+        if all(p.where for p in self.problems):
+            return self
+        return ConfigError(p if p.where else replace(p, where=where(p.key)) for p in self.problems)
 
     def _format(self) -> str:
         if len(self.problems) == 1:

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from automodel.core.config import ConfigError, ConfigNode, Problem
+from automodel.core.config import ConfigNode
 from automodel.core.losses import FusedLinearCrossEntropy
 
+from .._errors import config_problem
 from .._sections import Distributed
 
 
@@ -57,21 +58,17 @@ def check_fused_loss(cfg: ConfigNode, loss_fn: Any, distributed: Distributed) ->
     if not is_fused(loss_fn):
         return
     if distributed.tp_size > 1:
-        raise ConfigError(
-            Problem(
-                "loss_fn",
-                f"FusedLinearCrossEntropy needs the whole LM head on each rank; tp_size "
-                f"{distributed.tp_size} shards it over the vocabulary: use MaskedCrossEntropy",
-                cfg.where("loss_fn"),
-            )
+        raise config_problem(
+            cfg,
+            "loss_fn",
+            f"FusedLinearCrossEntropy needs the whole LM head on each rank; tp_size "
+            f"{distributed.tp_size} shards it over the vocabulary: use MaskedCrossEntropy",
         )
     if distributed.pp_size > 1:
-        raise ConfigError(
-            Problem(
-                "loss_fn",
-                "the fused loss with pp_size > 1 is not supported yet: use MaskedCrossEntropy",
-                cfg.where("loss_fn"),
-            )
+        raise config_problem(
+            cfg,
+            "loss_fn",
+            "the fused loss with pp_size > 1 is not supported yet: use MaskedCrossEntropy",
         )
 
 

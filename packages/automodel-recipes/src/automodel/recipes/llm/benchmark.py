@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
+from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.losses import shift_labels
 from automodel.core.optim import build_optimizer
 from automodel.core.training import MetricsSample, peak_flops_for_device, peak_memory_gib
@@ -47,6 +47,7 @@ from .. import (
     start_run,
     training_session,
 )
+from .._errors import config_problem
 from ._benchmark import (
     Benchmark,
     ProfileWindow,
@@ -268,7 +269,7 @@ def check(cfg: ConfigNode) -> None:
         message = (
             f"context parallelism cuts rows into 2 x cp_size = {chunks} chunks: use a multiple"
         )
-        raise ConfigError(Problem("benchmark.seq_length", message, cfg.where("benchmark")))
+        raise config_problem(cfg, "benchmark.seq_length", message)
     check_pipeline(cfg, distributed, bench.seq_length)
     check_fused_loss(cfg, build_loss(cfg), distributed)
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
-from automodel.core.config import ConfigError, ConfigNode, Problem, Section, recipe_main
+from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss
 from automodel.core.models import load_model_config
 from automodel.core.optim import build_optimizer
@@ -289,7 +289,7 @@ def check(cfg: ConfigNode) -> None:
     for key in ("pp_size", "tp_size", "cp_size"):
         if getattr(distributed, key) > 1:
             message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
-            raise ConfigError(Problem(f"distributed.{key}", message, cfg.where("distributed")))
+            raise config_problem(cfg, f"distributed.{key}", message)
     read_kd(cfg)
     check_teacher(cfg)
 
