@@ -66,6 +66,7 @@ _PARTS = {
     "MoeStep": "_moe",
     # the step, validation and saving
     "OptimizerStep": "_step",
+    "model_flops_per_token": "_step",
     "validate": "_step",
     "hf_extras_writer": "_checkpointing",
     "adapter_extras_writer": "_peft",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,11 +17,30 @@ from automodel.core.training import (
     clip_grad_norm,
     mfu,
     peak_memory_gib,
+    training_flops_per_token,
 )
 
 from ._moe import MoeStep
 from ._parallel import Parallel
 from ._telemetry import Telemetry
+
+log = logging.getLogger("automodel.recipes")
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int) -> float | None:
+    """Training FLOPs per token of the whole `model` for MFU; None (warned) when not countable.
+
+    Call it before the model is split into pipeline stages. A metric never stops training:
+    any failure to count is a warning and `mfu: null`.
+    """
+    try:
+        flops = training_flops_per_token(model, seq_len)
+    except Exception as e:
+        log.warning("no FLOPs per token, so no TFLOP/s or MFU: %s: %s", type(e).__name__, e)
+        return None
+    if flops is None:
+        log.warning("no FLOPs per token for %s, so no TFLOP/s or MFU", type(model).__name__)
+    return flops
 
 
 @dataclass

@@ -11,7 +11,13 @@ for micro_batches in steps.steps(dataloader):
 """
 
 from ._batch_math import check_batch_math
-from ._flops import PEAK_BF16_FLOPS, dense_decoder_flops_per_token, mfu, peak_flops_for_device
+from ._flops import (
+    PEAK_BF16_FLOPS,
+    dense_decoder_flops_per_token,
+    mfu,
+    peak_flops_for_device,
+    training_flops_per_token,
+)
 from ._grad import clip_grad_norm
 from ._metrics import MetricsSample, peak_memory_gib
 from ._rng import GlobalRngState, rng_state, set_rng_state, set_seed
@@ -31,4 +37,5 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "set_seed",
+    "training_flops_per_token",
 ]

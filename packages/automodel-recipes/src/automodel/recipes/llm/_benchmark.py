@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from automodel.core.config import ConfigError, ConfigNode, Problem
-from automodel.core.training import dense_decoder_flops_per_token
 
 from .._sections import read_section
 
@@ -98,18 +97,6 @@ def read_benchmark(cfg: ConfigNode) -> Benchmark:
     if problems:
         raise ConfigError(problems)
     return replace(section, profile=window)
-
-
-def flops_per_token(hf_config: Any, seq_len: int) -> float | None:
-    """Training FLOPs per token of a dense decoder; None (with a warning) for anything else."""
-    if getattr(hf_config, "num_experts_per_tok", None):
-        log.warning("FLOPs per token are counted for dense decoders: no TFLOP/s or MFU for MoE")
-        return None
-    try:
-        return dense_decoder_flops_per_token(hf_config, seq_len)
-    except ValueError as e:
-        log.warning("no FLOPs per token, so no TFLOP/s or MFU: %s", e)
-        return None
 
 
 def synthetic_batches(vocab: int, rows: int, seq_len: int, seed: int) -> Iterator[dict]:

@@ -37,6 +37,7 @@ from .. import (
     build_lora_config,
     build_model,
     build_scheduler,
+    model_flops_per_token,
     preflight,
     prepare_model,
     read_moe,
@@ -51,7 +52,6 @@ from .._errors import config_problem
 from ._benchmark import (
     Benchmark,
     ProfileWindow,
-    flops_per_token,
     read_benchmark,
     stats,
     synthetic_batches,
@@ -96,7 +96,8 @@ class BenchmarkRecipeForCausalLM:
             "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
             "dtype": str(params[0].dtype),
         }
-        self.hf_config = model.config.get_text_config()
+        self.vocab_size = model.config.get_text_config().vocab_size
+        self.flops = model_flops_per_token(model, bench.seq_length)  # the whole model
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
         if pipeline_len is None:  # a fused loss runs inside the forward the strategy wraps
@@ -112,7 +113,6 @@ class BenchmarkRecipeForCausalLM:
         # a rerun in the same run_dir measures afresh; the earlier results are kept aside
         set_aside_outputs(ctx.run_dir, ("training.jsonl", "benchmark.json", "profile"))
         self.telemetry = Telemetry(ctx.run_dir, ctx.logging, cfg, self.steps.max_steps)
-        self.flops = flops_per_token(self.hf_config, bench.seq_length)
         self.peak = bench.peak_tflops * 1e12 if bench.peak_tflops else None
         if self.peak is None and self.device.type == "cuda":
             self.peak = peak_flops_for_device(torch.cuda.get_device_name(self.device))
@@ -134,7 +134,7 @@ class BenchmarkRecipeForCausalLM:
         """Train `max_steps` timed steps, then write the summary (rank 0) and return it."""
         rows, seq_len = self.steps.local_batch_size, self.bench.seq_length
         seed = self.run.seed + self.parallel.dp_rank  # tp, cp and pp peers: the same rows
-        batches = synthetic_batches(self.hf_config.vocab_size, rows, seq_len, seed)
+        batches = synthetic_batches(self.vocab_size, rows, seq_len, seed)
         label_tokens = self.steps.global_batch_size * (seq_len - 1)  # next-token labels
         seconds: dict[int, float] = {}
         with training_session(self.run, self.telemetry):

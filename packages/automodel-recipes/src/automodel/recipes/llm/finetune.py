@@ -18,7 +18,6 @@ from automodel.core.losses import count_label_tokens, shift_labels
 from automodel.core.optim import build_optimizer
 from automodel.core.training import (
     GlobalRngState,
-    dense_decoder_flops_per_token,
     peak_flops_for_device,
 )
 from automodel.distributed import global_label_tokens
@@ -41,6 +40,7 @@ from .. import (
     checkpoint_if_due,
     hf_extras_writer,
     is_complete,
+    model_flops_per_token,
     preflight,
     prepare_model,
     read_moe,
@@ -98,6 +98,9 @@ class FinetuneRecipeForCausalLM:
         moe = read_moe(cfg, ctx.distributed.ep_size)
         model = prepare_model(build_model(cfg), ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
+        packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
+        seq_len = packed or cfg.get("dataset.seq_length") or 2048
+        self.flops_per_token = model_flops_per_token(model, seq_len)  # the whole model
         write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
         self.write_hf_extras = write_extras(model, cfg, self.tokenizer)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)
@@ -123,12 +126,10 @@ class FinetuneRecipeForCausalLM:
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
         self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total)
         restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
-        seq_len = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
-        seq_len = seq_len or cfg.get("dataset.seq_length") or 2048
         self.optimizer_step = OptimizerStep(
             self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel,
             read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm, self.moe,
-            dense_decoder_flops_per_token(self.unwrapped.config, seq_len),
+            self.flops_per_token,
             peak_flops_for_device() if self.device.type == "cuda" else None,
             self.pipeline.tied_copies if self.pipeline is not None else [],
         )  # fmt: skip
