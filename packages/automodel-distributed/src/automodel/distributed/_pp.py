@@ -37,6 +37,7 @@ from torch.distributed.pipelining.schedules import (
 )
 from torch.distributed.tensor import DTensor
 
+from ._hf_config import layer_config
 from ._tp import hf_tp_plan
 
 #: attention implementations that are causal without a mask when given none
@@ -120,11 +121,12 @@ class DecoderStage(nn.Module):
         mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)
         return mask[None, None].expand(batch, 1, seq, seq)
 
-    def _window(self, layer: nn.Module) -> int | None:
+    def _window(self, index: int, layer: nn.Module) -> int | None:
         attn = getattr(layer, "self_attn", None)
         if attn is not None and hasattr(attn, "sliding_window"):  # Qwen2 / Qwen3: per layer
             return attn.sliding_window
-        return getattr(self.config, "sliding_window", None)  # Mistral: every layer
+        # Mistral: every layer; a heterogeneous config: this layer's own
+        return getattr(layer_config(self.config, index), "sliding_window", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids (first stage) or hidden states in; hidden states or logits (last) out."""
@@ -132,8 +134,8 @@ class DecoderStage(nn.Module):
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         position_embeddings = self.model.rotary_emb(hidden, position_ids)
         masks: dict[int | None, torch.Tensor | None] = {}
-        for layer in self.model.layers.values():
-            window = self._window(layer)
+        for index, layer in self.model.layers.items():
+            window = self._window(int(index), layer)
             if window not in masks:
                 masks[window] = self._mask(hidden, window)
             hidden = layer(

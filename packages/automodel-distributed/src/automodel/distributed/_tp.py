@@ -10,13 +10,12 @@ Nothing here imports transformers: models are duck-typed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
+from ._hf_config import layer_configs, text_config
 from ._tp_plans import (
     builtin_decoder_plan,
     matching_modules,
@@ -120,22 +119,19 @@ def tp_plan_for(model: nn.Module, sequence_parallel: bool = False) -> dict[str, 
     return plan
 
 
-def _text_config(model: nn.Module) -> Any:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return config
-
-
 def _check_heads(model: nn.Module, tp_size: int) -> None:
-    config = _text_config(model)
-    for attr in ("num_attention_heads", "num_key_value_heads"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value % tp_size:
-            raise ValueError(
-                f"{attr}={value} is not divisible by the tensor-parallel size {tp_size}: "
-                "attention heads cannot be split evenly"
-            )
+    """Every layer's head counts split evenly (heterogeneous configs are read per layer)."""
+    config = text_config(model)
+    per_layer = getattr(config, "is_heterogeneous", False)
+    for i, layer_cfg in enumerate(layer_configs(config)):
+        for attr in ("num_attention_heads", "num_key_value_heads"):
+            value = getattr(layer_cfg, attr, None)
+            if isinstance(value, int) and value % tp_size:
+                layer = f" (layer {i})" if per_layer else ""
+                raise ValueError(
+                    f"{attr}={value}{layer} is not divisible by the tensor-parallel size "
+                    f"{tp_size}: attention heads cannot be split evenly"
+                )
 
 
 def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
