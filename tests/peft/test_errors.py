@@ -122,7 +122,7 @@ def _write_config(folder, **changes):
             r"option modules_to_save=\['lm_head'\] is not supported",
         ),
         (dict(bias="all"), r"option bias='all' is not supported"),
-        (dict(fan_in_fan_out=True), r"option fan_in_fan_out=True is not supported"),
+        (dict(lora_bias=True), r"option lora_bias=True is not supported"),
         (dict(layers_to_transform=[0]), r"option layers_to_transform=\[0\] is not supported"),
         (dict(rank_pattern={"q_proj": 16}), r"option rank_pattern=.* is not supported"),
         (dict(kasa_config={"svd_rank": 4}), r"option kasa_config=.* is not supported"),

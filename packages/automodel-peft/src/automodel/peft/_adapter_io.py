@@ -23,8 +23,9 @@ WEIGHTS_NAME = ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PREFIX = ADAPTER_KEY_PREFIX = "base_model.model."  # before each parameter name in the file
 
 # adapter_config.json options this package cannot honour; each must be unset (null, false, {}, []).
+# (fan_in_fan_out is honoured: as in peft, each module's type decides its weight layout, so a
+# Conv1D is transposed and an nn.Linear is not, whatever the flag says.)
 _UNSUPPORTED_OPTIONS = (
-    "fan_in_fan_out",
     "modules_to_save",
     "layers_to_transform",
     "layers_pattern",
@@ -87,7 +88,8 @@ def adapter_config(
         "use_rslora": first.use_rslora,
         "use_dora": first.use_dora,
         "bias": "none",
-        "fan_in_fan_out": False,
+        # peft's flag for (in, out) weights; peft sets it when it meets a Conv1D (GPT-2).
+        "fan_in_fan_out": any(module.fan_in_fan_out for _, module in modules),
         "init_lora_weights": True if first.init_a == "kaiming" else "gaussian",
         "modules_to_save": None,
         "layers_to_transform": None,

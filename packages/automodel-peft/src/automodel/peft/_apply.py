@@ -41,8 +41,11 @@ class LoraSummary:
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Wrap the selected ``nn.Linear`` modules of ``model`` in place and freeze everything else.
+    """Wrap the selected linear modules of ``model`` in place and freeze everything else.
 
+    Linear modules are ``nn.Linear`` and transformers ``Conv1D`` (GPT-2) whose forward is the
+    plain linear map; subclasses that override ``forward`` (MoE routers) are never wrapped
+    (see :func:`~automodel.peft._matching.select_linear_modules`).
     Returns ``model``; :func:`lora_summary` reports what was wrapped (it is also logged).
     """
     paths = select_linear_modules(model, config)
@@ -108,7 +111,7 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def unload_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRA wrapper by a plain ``nn.Linear`` holding its current weight.
+    """Replace every LoRA wrapper by a plain ``nn.Linear`` (or ``Conv1D``) holding its current weight.
 
     Call :func:`merge_lora` first to keep what was learned; otherwise the adapters are
     dropped. The result has the base model's module types and state_dict keys again.

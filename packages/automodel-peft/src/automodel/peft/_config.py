@@ -21,7 +21,10 @@ class LoraConfigError(ValueError):
 
 @dataclass
 class LoraConfig:
-    """LoRA settings: rank, scaling, which ``nn.Linear`` modules to adapt, and variants.
+    """LoRA settings: rank, scaling, which linear modules to adapt, and variants.
+
+    Linear modules are ``nn.Linear`` and transformers ``Conv1D`` whose forward is the plain
+    linear map; subclasses that override ``forward`` (MoE routers) are never adapted.
 
     ``target_modules`` entries are globs matched against module paths
     (``*.q_proj``, ``model.layers.0.mlp.*``); a bare name such as ``q_proj`` matches

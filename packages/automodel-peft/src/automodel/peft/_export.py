@@ -50,4 +50,6 @@ def _merge_from_state(
     weight = dequantize(weight) if is_quantized(weight) else weight
     a, b = state[f"{path}.lora_A.weight"].float(), state[f"{path}.lora_B.weight"].float()
     magnitude = state[f"{path}.lora_magnitude_vector"] if module.use_dora else None
+    if module.fan_in_fan_out:  # Conv1D stores (in, out): merge in (out, in), store transposed
+        return merge_weight(weight.T, (b @ a) * module.scaling, magnitude).T.contiguous()
     return merge_weight(weight, (b @ a) * module.scaling, magnitude)

@@ -3,6 +3,10 @@
 The wrapper owns the base ``weight`` and ``bias`` under their original names, so a
 model's state_dict keeps its Hugging Face keys and gains only ``lora_A.weight``,
 ``lora_B.weight`` (and ``lora_magnitude_vector`` for DoRA) per adapted module.
+
+A transformers ``Conv1D`` (GPT-2) is wrapped the same way: its weight stays in its own
+``(in, out)`` layout (``fan_in_fan_out``, as peft calls it), A and B have the shapes they
+have for an ``nn.Linear``, and every merge transposes the update to the stored layout.
 """
 
 from __future__ import annotations
@@ -14,16 +18,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._config import LoraConfig
+from ._matching import conv1d_class, is_conv1d
 from ._quant import dequantize, is_quantized
 
 
 class LoraLinear(nn.Module):
-    """``y = x W^T + b + scaling * B(A(dropout(x)))``; with DoRA the row norms are re-learned."""
+    """``y = x W^T + b + scaling * B(A(dropout(x)))``; with DoRA the row norms are re-learned.
 
-    def __init__(self, base: nn.Linear, config: LoraConfig) -> None:
+    ``base`` is an ``nn.Linear`` or a transformers ``Conv1D``; for a Conv1D
+    (``fan_in_fan_out``) ``weight`` keeps the shape ``(in, out)`` and ``y = x W + b``.
+    """
+
+    def __init__(self, base: nn.Module, config: LoraConfig) -> None:
         super().__init__()
-        self.in_features = base.in_features
-        self.out_features = base.out_features
+        self.fan_in_fan_out = is_conv1d(base)
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            self.in_features = base.in_features
+            self.out_features = base.out_features
         self.weight = base.weight
         self.bias = base.bias
         self.rank = config.dim
@@ -65,10 +78,25 @@ class LoraLinear(nn.Module):
         if self.use_dora:
             self.lora_magnitude_vector.copy_(self._weight_norm(self.delta_weight()))
 
+    def stored_weight(self) -> torch.Tensor:
+        """The base weight, dense (dequantized when NF4), in its stored layout (Conv1D: in, out)."""
+        return dequantize(self.weight) if is_quantized(self.weight) else self.weight
+
     def base_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The base weight as a dense tensor (dequantized when stored in NF4)."""
-        weight = dequantize(self.weight) if is_quantized(self.weight) else self.weight
+        """The base weight as a dense ``(out, in)`` tensor (a Conv1D's transposed view)."""
+        weight = self.stored_weight()
+        weight = weight.T if self.fan_in_fan_out else weight
         return weight if dtype is None else weight.to(dtype)
+
+    def _to_stored_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        """An ``(out, in)`` weight in this module's stored layout (a contiguous transpose for Conv1D)."""
+        return weight.T.contiguous() if self.fan_in_fan_out else weight
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Conv1D: x @ W + b is F.linear with W^T (an NF4 weight is dequantized first, since
+        # torchao's NF4Tensor cannot be transposed).
+        weight = self.base_weight() if self.fan_in_fan_out else self.weight
+        return F.linear(x, weight, self.bias)
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * B @ A`` in the adapter dtype (float32 on CPU for 16-bit adapters)."""
@@ -84,12 +112,12 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged or self.disabled:
-            return F.linear(x, self.weight, self.bias)
+            return self._base_forward(x)
         if self.use_triton:
             from ._triton_lora import fused_lora_linear
 
             return fused_lora_linear(self, x)
-        result = F.linear(x, self.weight, self.bias)
+        result = self._base_forward(x)
         out_dtype = result.dtype
         lora_x = x.to(self.lora_A.weight.dtype)
         if self.use_dora:
@@ -119,12 +147,14 @@ class LoraLinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """``W + scaling * B @ A`` (DoRA: rescaled to the learned row norms) in the base dtype."""
-        base = self.base_weight()
+        """``W + scaling * B @ A`` (DoRA: rescaled to the learned row norms) in the base dtype,
+        in the stored layout (a Conv1D's ``(in, out)``)."""
         if self.merged:
-            return base.detach().clone()
+            return self.stored_weight().detach().clone()
         magnitude = self.lora_magnitude_vector if self.use_dora else None
-        return merge_weight(base, self.delta_weight(), magnitude)
+        return self._to_stored_layout(
+            merge_weight(self.base_weight(), self.delta_weight(), magnitude)
+        )
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -150,27 +180,34 @@ class LoraLinear(nn.Module):
         elif self._merged_from is not None:
             self.weight.copy_(self._merged_from)
         else:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            delta = self._to_stored_layout(self.delta_weight())
+            self.weight.sub_(delta.to(self.weight.dtype))
         self._merged_from = None
         self.merged = False
 
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with the current (merged or base) weight, dequantized if NF4."""
-        weight = self.base_weight()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device="meta",
-            dtype=weight.dtype,
-        )
+    def to_linear(self) -> nn.Module:
+        """A plain ``nn.Linear`` (a ``Conv1D`` when it wrapped one) with the current (merged or
+        base) weight, dequantized if NF4."""
+        weight = self.stored_weight()
+        if self.fan_in_fan_out:
+            with torch.device("meta"):
+                linear = conv1d_class()(self.out_features, self.in_features)  # Conv1D(nf, nx)
+        else:
+            linear = nn.Linear(
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device="meta",
+                dtype=weight.dtype,
+            )
         linear.weight = nn.Parameter(weight.detach(), requires_grad=self.weight.requires_grad)
-        if self.bias is not None:
-            linear.bias = self.bias
+        linear.bias = self.bias
         return linear
 
     def extra_repr(self) -> str:
-        variant = ", dora" if self.use_dora else ""
+        variant = (", dora" if self.use_dora else "") + (
+            ", fan_in_fan_out" if self.fan_in_fan_out else ""
+        )
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}{variant}"

@@ -1,15 +1,62 @@
-"""Which ``nn.Linear`` modules a LoraConfig selects, with errors that show what exists."""
+"""Which linear modules a LoraConfig selects, with errors that show what exists.
+
+A linear module is an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2 and its relatives:
+the same map with the weight stored transposed, ``(in, out)``). LoRA replaces the module's
+forward by its own ``x W^T + b + update``, so only modules whose forward *is* that plain
+map are wrapped: a subclass that overrides ``forward`` (an MoE router that returns
+``(scores, logits)``, a quantized or grouped linear) is left alone.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
+import sys
 
 from torch import nn
 
 from ._config import LoraConfig, LoraConfigError
 
+logger = logging.getLogger(__name__)
+
 _HEAD_NAMES = ("lm_head", "output", "score", "classifier")
+
+# nn.Linear subclasses whose overridden forward still computes exactly ``x W^T + b`` (only the
+# rounding differs), named by (module, qualname) of the class that defines ``forward``.
+_PLAIN_FORWARD_OVERRIDES = frozenset(
+    {("transformers.models.falcon.modeling_falcon", "FalconLinear")}  # matmul, then + bias
+)
+_NOT_PLAIN = "its forward is not a plain linear map (x W^T + b), so LoRA cannot be added to it"
+
+
+def conv1d_class() -> type[nn.Module] | None:
+    """transformers' ``Conv1D``, if transformers has loaded it (never imports transformers).
+
+    A model that holds a Conv1D has imported ``transformers.pytorch_utils``, so looking the
+    class up in ``sys.modules`` finds it exactly when it can matter.
+    """
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is a transformers ``Conv1D`` (weight ``(in, out)``, ``y = x W + b``)."""
+    conv1d = conv1d_class()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` or a ``Conv1D`` (whatever its forward does)."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def has_plain_forward(module: nn.Module) -> bool:
+    """Whether a linear-like module's class computes the plain map: its ``forward`` is
+    ``nn.Linear.forward`` or ``Conv1D.forward`` (or a known exact re-implementation)."""
+    owner = next(c for c in type(module).__mro__ if "forward" in vars(c))
+    if owner is nn.Linear or (owner.__module__, owner.__qualname__) in _PLAIN_FORWARD_OVERRIDES:
+        return isinstance(module, nn.Linear)
+    return owner is conv1d_class()
 
 
 def pattern_matches(pattern: str, path: str) -> bool:
@@ -31,44 +78,70 @@ def output_head_paths(model: nn.Module) -> set[str]:
 
 
 def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
-    """Paths of the linear modules to wrap, in ``named_modules`` order; errors on a dead pattern."""
+    """Paths of the linear modules to wrap, in ``named_modules`` order; errors on a dead pattern.
+
+    Candidates are ``nn.Linear`` and transformers ``Conv1D`` modules whose forward is the
+    plain linear map (see :func:`has_plain_forward`). A linear subclass that overrides
+    ``forward`` (e.g. ``Llama4Router``, ``PhimoeTopKRouter``: they return routing tuples) is
+    never wrapped: ``match_all_linear`` and a pattern that also selects plain linear modules
+    skip it (logged at debug level); a ``target_modules`` pattern that selects only such
+    modules is a LoraConfigError naming the module, its class and why.
+    ``exclude_modules`` patterns may name them (excluding what is skipped anyway is harmless).
+    """
     from ._lora_linear import LoraLinear
 
     modules = dict(model.named_modules())
-    linear = [p for p, m in modules.items() if isinstance(m, nn.Linear | LoraLinear) and p]
-    already = [p for p in linear if isinstance(modules[p], LoraLinear)]
+    already = [p for p, m in modules.items() if isinstance(m, LoraLinear)]
     if already:
         raise LoraConfigError(
             f"the model already has LoRA on {len(already)} module(s) ({few_names(already)}); "
             "apply_lora adds one adapter per module: load or merge the existing one instead"
         )
+    candidates = [p for p, m in modules.items() if p and is_linear_like(m)]
+    opaque = {p for p in candidates if not has_plain_forward(modules[p])}
+    linear = [p for p in candidates if p not in opaque]
     for pattern in config.target_modules + config.exclude_modules:
         _check_pattern(pattern)
     for pattern in config.target_modules:
-        if not any(pattern_matches(pattern, p) for p in linear):
-            others = [p for p in modules if p and pattern_matches(pattern, p)]
-            hint = (
-                f"; it matches only non-linear modules ({few_names(others)}), and LoRA wraps nn.Linear"
-                if others
-                else ""
-            )
+        if any(pattern_matches(pattern, p) for p in linear):
+            continue
+        refused = [p for p in candidates if p in opaque and pattern_matches(pattern, p)]
+        if refused:
+            cls = type(modules[refused[0]])
             raise LoraConfigError(
-                f"target_modules pattern {pattern!r} matches no nn.Linear module{hint}. "
-                f"Linear modules in this model include: {few_names(_examples(linear))}"
+                f"target_modules pattern {pattern!r} selects {refused[0]} "
+                f"({cls.__module__}.{cls.__qualname__}"
+                + (f"; {len(refused)} such modules in all" if len(refused) > 1 else "")
+                + f"): {_NOT_PLAIN}. Remove it from target_modules; linear modules in this "
+                f"model include: {few_names(_examples(linear))}"
             )
+        others = [p for p in modules if p and pattern_matches(pattern, p)]
+        hint = (
+            f"; it matches only non-linear modules ({few_names(others)}), and LoRA wraps nn.Linear and Conv1D"
+            if others
+            else ""
+        )
+        raise LoraConfigError(
+            f"target_modules pattern {pattern!r} matches no nn.Linear module (nor Conv1D){hint}. "
+            f"Linear modules in this model include: {few_names(_examples(linear))}"
+        )
     for pattern in config.exclude_modules:
-        if not any(pattern_matches(pattern, p) for p in linear):
+        if not any(pattern_matches(pattern, p) for p in candidates):
             raise LoraConfigError(
-                f"exclude_modules pattern {pattern!r} matches no nn.Linear module. "
+                f"exclude_modules pattern {pattern!r} matches no nn.Linear module (nor Conv1D). "
                 f"Linear modules in this model include: {few_names(_examples(linear))}"
             )
     heads = output_head_paths(model)
     selected = []
-    for path in linear:
+    for path in candidates:
         named = any(pattern_matches(p, path) for p in config.target_modules)
         if not (named or (config.match_all_linear and path not in heads)):
             continue
         if any(pattern_matches(p, path) for p in config.exclude_modules):
+            continue
+        if path in opaque:
+            cls = type(modules[path])
+            logger.debug("LoRA skips %s (%s): %s", path, cls.__qualname__, _NOT_PLAIN)
             continue
         selected.append(path)
     if not selected:

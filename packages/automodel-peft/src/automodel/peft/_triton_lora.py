@@ -359,10 +359,12 @@ def fused_lora_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     a, b = module.lora_A.weight, module.lora_B.weight
     lead = x.shape[:-1]
     x2d = x.to(_compute_dtype(x)).reshape(-1, x.shape[-1])
+    # A Conv1D's (in, out) weight goes in as its (out, in) view (dequantized first when NF4).
+    weight = module.base_weight() if getattr(module, "fan_in_fan_out", False) else module.weight
     with torch.autocast(x.device.type, enabled=False):
         out = _FusedLoraLinear.apply(
             x2d,
-            module.weight,
+            weight,
             module.bias,
             a,
             b.to(a.dtype),
