@@ -30,7 +30,8 @@ log = logging.getLogger("automodel.recipes")
 def model_flops_per_token(model: nn.Module, seq_len: int) -> float | None:
     """Training FLOPs per token of the whole `model` for MFU; None (warned) when not countable.
 
-    Call it before the model is split into pipeline stages. A metric never stops training:
+    Call it on the model as built: before adapters, sharding and pipeline stages. A metric
+    never stops training:
     any failure to count is a warning and `mfu: null`.
     """
     try:

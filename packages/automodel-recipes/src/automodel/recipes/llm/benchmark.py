@@ -88,6 +88,7 @@ class BenchmarkRecipeForCausalLM:
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         self.lora, moe = build_lora_config(cfg), read_moe(cfg, ctx.distributed.ep_size)
         model = build_model(cfg)
+        self.flops = model_flops_per_token(model, bench.seq_length)  # whole, without adapters
         model = prepare_model(model, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         params = list(model.parameters())  # the whole model, before any sharding
         self.facts = {
@@ -97,7 +98,6 @@ class BenchmarkRecipeForCausalLM:
             "dtype": str(params[0].dtype),
         }
         self.vocab_size = model.config.get_text_config().vocab_size
-        self.flops = model_flops_per_token(model, bench.seq_length)  # the whole model
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
         if pipeline_len is None:  # a fused loss runs inside the forward the strategy wraps

@@ -96,11 +96,12 @@ class FinetuneRecipeForCausalLM:
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         moe = read_moe(cfg, ctx.distributed.ep_size)
-        model = prepare_model(build_model(cfg), ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
-        self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
+        model = build_model(cfg)
         packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
         seq_len = packed or cfg.get("dataset.seq_length") or 2048
-        self.flops_per_token = model_flops_per_token(model, seq_len)  # the whole model
+        self.flops_per_token = model_flops_per_token(model, seq_len)  # whole, without adapters
+        model = prepare_model(model, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
+        self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
         write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
         self.write_hf_extras = write_extras(model, cfg, self.tokenizer)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)
