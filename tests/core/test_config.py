@@ -512,3 +512,38 @@ def test_recipe_main_allow_import_flag(write, targets_module):
         )
         == 0
     )
+
+
+def test_overrides_set_keys_the_schemas_accept_without_plus(write):
+    path = write("model: {_target_: torch.nn.Linear, in_features: 2, out_features: 3}\n")
+    overrides = ["--step_scheduler.max_steps", "7", "--model.bias", "false", "--optimizer.lr=1"]
+    with pytest.raises(ConfigError) as plain:  # without the recipe's sections: --+ as before
+        load_config(path, overrides)
+    assert "--+step_scheduler.max_steps" in str(plain.value)
+
+    cfg = load_config(path, overrides[:4], sections=SECTIONS)
+    assert cfg.step_scheduler.max_steps == 7 and cfg.model.bias is False
+    assert cfg.where("step_scheduler.max_steps").startswith("command line")
+    # optimizer has no _target_ in the file: nothing says what it takes, so --+ is needed
+    with pytest.raises(ConfigError, match=r"--\+optimizer.lr"):
+        load_config(path, overrides, sections=SECTIONS)
+
+
+def test_overrides_of_keys_no_schema_accepts_name_the_closest(write):
+    path = write(
+        "model: {_target_: torch.nn.Linear, in_features: 2, out_features: 3}\n"
+        "optimizer: {_target_: torch.optim.SGD, lr: 0.1}\n"
+    )
+    with pytest.raises(ConfigError) as typo:
+        load_config(path, ["--step_scheduler.max_stepz", "4"], sections=SECTIONS)
+    message = str(typo.value)
+    assert (
+        "did you mean 'step_scheduler.max_steps'" in message
+        and "takes: global_batch_size, max_steps, val_every_steps" in message
+    )
+    assert "--+" not in message  # a closed schema: adding the key would not help
+    with pytest.raises(ConfigError, match=r"did you mean 'optimizer.momentum'") as e:
+        load_config(path, ["--optimizer.momentun", "0.9"], sections=SECTIONS)
+    assert "lr," in str(e.value) and "params" not in str(e.value)  # the recipe provides params
+    cfg = load_config(path, ["--optimizer.momentum", "0.9"], sections=SECTIONS)
+    assert cfg.optimizer.momentum == 0.9

@@ -35,7 +35,7 @@ def train_teacher(run_dir: Path) -> Path:
             "--lr_scheduler.warmup_steps=10",
             f"--logging.run_dir={run_dir}",
             f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
-            "--+logging.progress=false",
+            "--logging.progress=false",
         ]
     )  # fmt: skip
     if code != 0:

@@ -80,6 +80,7 @@ def recipe_main(
             args.overrides,
             allowed_imports=granted,
             trust_remote_code=args.trust_remote_code,
+            sections=sections,
         )
         try:
             validate_config(cfg, sections)

@@ -12,6 +12,7 @@ from ._interpolate import interpolate
 from ._node import ConfigMeta, ConfigNode
 from ._overrides import Override, apply_overrides, parse_overrides
 from ._redact import redacted_yaml
+from ._validate import Section, section_schema
 from ._yaml import load_yaml_file
 
 
@@ -22,11 +23,15 @@ def load_config(
     allowed_imports: Iterable[str] = (),
     trust_remote_code: bool = False,
     environ: Mapping[str, str] | None = None,
+    sections: Mapping[str, Section] | None = None,
 ) -> ConfigNode:
     """Load a YAML config, apply command-line overrides and resolve `${VAR}` references.
 
     `allowed_imports` and `trust_remote_code` are the caller's grants (the command line's): the
     config's own `allowed_imports:` key only says what it needs, and grants nothing.
+    With the recipe's `sections`, an override may set any key their schemas accept even where
+    the file does not spell it out (`--checkpoint.restore_from latest`); without them, or
+    outside any schema, a new key needs `--+key`.
     """
     data, lines = load_yaml_file(path)
     where = {key: f"{path}:{line}" for key, line in lines.items()}
@@ -34,7 +39,8 @@ def load_config(
         parsed = list(overrides)
     else:
         parsed = parse_overrides([str(o) for o in overrides])
-    for key, source in apply_overrides(data, parsed).items():
+    schema = section_schema(sections, allowed_imports) if sections is not None else None
+    for key, source in apply_overrides(data, parsed, schema).items():
         parts = key.split(".")
         for depth in range(1, len(parts)):
             where.setdefault(".".join(parts[:depth]), source)  # sections an override created

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,6 +11,19 @@ from ._node import split_path
 from ._yaml import parse_value
 
 _ADD_HINT = "to add a new key write --+{key} VALUE"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The keys a schema names at one place of a config; `open`: it takes others too (`**kwargs`)."""
+
+    names: frozenset[str]
+    open: bool = False
+
+
+# What a schema accepts below a dotted path of the config data, or None where no schema covers
+# that place (then only `--+` adds a key there).
+Schema = Callable[[dict[str, Any], list[str]], Accepted | None]
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,19 @@ def parse_overrides(args: Sequence[str]) -> list[Override]:
     return overrides
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict[str, str]:
-    """Apply overrides to raw config data in order; return where each changed key came from."""
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[Override], schema: Schema | None = None
+) -> dict[str, str]:
+    """Apply overrides to raw config data in order; return where each changed key came from.
+
+    `--key v` of a key the file does not spell out is added when `schema` accepts its name
+    there (a field of the section, a parameter of its `_target_`); anywhere else it is an
+    error naming the closest valid key, and `--+key v` adds it.
+    """
     where: dict[str, str] = {}
     problems: list[Problem] = []
     for override in overrides:
-        problem = _apply_one(data, override)
+        problem = _apply_one(data, override, schema)
         if problem:
             problems.append(problem)
         else:
@@ -96,8 +116,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
     return where
 
 
-def _apply_one(data: dict[str, Any], ov: Override) -> Problem | None:
+def _apply_one(data: dict[str, Any], ov: Override, schema: Schema | None) -> Problem | None:
     parts = split_path(ov.key)
+    if ov.op == "set" and schema is not None and _absent(data, parts):
+        accepted = schema(data, parts[:-1])
+        if accepted is not None and parts[-1] in accepted.names:
+            ov = Override("add", ov.key, ov.value, ov.text)  # a key the schema names
+        elif accepted is not None:
+            return _not_accepted(ov, parts, data, accepted)
     parent: Any = data
     for depth, part in enumerate(parts[:-1]):
         child = _child(parent, part)
@@ -139,6 +165,42 @@ def _child(parent: Any, part: str) -> Any:
 
 def _is_index(part: str, seq: list[Any]) -> bool:
     return part.lstrip("-").isdigit() and -len(seq) <= int(part) < len(seq)
+
+
+def _absent(data: dict[str, Any], parts: list[str]) -> bool:
+    """Whether the last key is missing below dict parents that exist or are missing (not a list
+    or a scalar in the way, which `_missing` reports)."""
+    node: Any = data
+    for part in parts:
+        if node is None:
+            return True
+        if not isinstance(node, dict):
+            return False
+        node = node.get(part)
+    return node is None and not _present(data, parts)
+
+
+def _present(data: dict[str, Any], parts: list[str]) -> bool:
+    node: Any = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict) and parts[-1] in node
+
+
+def _not_accepted(
+    ov: Override, parts: list[str], data: dict[str, Any], accepted: Accepted
+) -> Problem:
+    node: Any = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    names = sorted({*accepted.names, *(node or {})} - {"_target_"})
+    prefix = ".".join(parts[:-1])
+    hint = did_you_mean(parts[-1], names, prefix=f"{prefix}.")
+    listed = ", ".join(names) if len(names) <= 12 else ", ".join(names[:12]) + ", ..."
+    message = f"'{prefix}' has no key '{parts[-1]}'{hint}; it takes: {listed}"
+    if accepted.open:  # the target takes **kwargs: a new name may be meant
+        message += "; " + _ADD_HINT.format(key=ov.key)
+    return Problem(ov.key, message, "command line")
 
 
 def _missing(ov: Override, parts: list[str], parent: Any, child: Any) -> Problem:

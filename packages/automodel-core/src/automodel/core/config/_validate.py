@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError, Problem, did_you_mean
 from ._node import ConfigNode
+from ._overrides import Accepted, Schema
 from ._targets import TARGET_KEY, resolve_target
 from ._trust import (
     ALLOW_ENV,
@@ -179,3 +180,46 @@ def _bind(
                         cfg.where(node.key_path),
                     )
                 )
+
+
+def section_schema(sections: Mapping[str, Section], allowed: Iterable[str] = ()) -> Schema:
+    """What overrides may set without `--+`: a section's fields (`keys_of`, when it names no
+    `_target_`) or the named parameters of the `_target_` at that place."""
+
+    def keys(data: dict[str, Any], parent: list[str]) -> Accepted | None:
+        section = sections.get(parent[0]) if parent else None
+        if section is None:
+            return None
+        node: Any = data
+        for part in parent:
+            node = node.get(part) if isinstance(node, dict) else None
+        node = {} if node is None else node
+        if not isinstance(node, dict):
+            return None
+        if TARGET_KEY in node:
+            try:
+                fn = resolve_target(str(node[TARGET_KEY]), allowed)
+            except ConfigError:
+                return None  # validation reports the target itself
+        elif len(parent) == 1 and section.keys_of is not None:
+            fn = section.keys_of
+        else:
+            return None
+        accepted = _accepted(fn)
+        if accepted is None or len(parent) > 1:
+            return accepted
+        return Accepted(accepted.names - set(section.provided), accepted.open)
+
+    return keys
+
+
+def _accepted(fn: Callable[..., Any]) -> Accepted | None:
+    """The keyword names `fn` takes, or None when it has no signature."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    named = (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+    names = frozenset(n for n, p in params.items() if p.kind in named and n not in ("self", "cls"))
+    return Accepted(names, any(p.kind is kinds.VAR_KEYWORD for p in params.values()))
