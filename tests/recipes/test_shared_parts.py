@@ -97,3 +97,21 @@ def test_set_aside_outputs_moves_an_earlier_runs_files_and_deletes_nothing(tmp_p
     assert not (tmp_path / "training.jsonl").exists() and not (tmp_path / "profile").exists()
     again = recipes.set_aside_outputs(tmp_path, ("training.jsonl", "profile"))
     assert again is None  # nothing left of an earlier run
+
+
+def test_a_run_shorter_than_its_warmup_warms_up_over_its_length(caplog) -> None:
+    from _shared import SFT
+
+    from automodel.core.config import load_config
+
+    cfg = load_config(SFT, ["--step_scheduler.max_steps=5"])  # the file warms up for 20
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    with caplog.at_level("WARNING", logger="automodel.recipes"):
+        scheduler = recipes.build_scheduler(cfg, optimizer, total_steps=5)
+    assert "warmup_steps (20) exceeds this run's 5 steps" in caplog.text
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the LR this step uses
+        optimizer.step()
+        scheduler.step()
+    assert lrs == sorted(set(lrs)) and lrs[-1] < 3e-3  # rising through the whole run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -12,6 +13,8 @@ from automodel.core.optim import build_lr_scheduler
 from automodel.core.training import StepScheduler
 
 from ._errors import config_problem
+
+log = logging.getLogger("automodel.recipes")
 
 
 def build_model(cfg: ConfigNode, section: str = "model") -> torch.nn.Module:
@@ -58,6 +61,13 @@ def build_step_scheduler(cfg: ConfigNode, dp_size: int = 1) -> StepScheduler:
 def build_scheduler(cfg: ConfigNode, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """The LR scheduler from `lr_scheduler:` over `total_steps` (default: constant LR)."""
     options = cfg.lr_scheduler.to_dict() if "lr_scheduler" in cfg else {"style": "constant"}
+    warmup = options.get("warmup_steps")
+    if isinstance(warmup, int) and warmup > total_steps >= 1:  # a smoke run of a long config
+        log.warning(
+            "lr_scheduler.warmup_steps (%d) exceeds this run's %d steps: warming up over all %d",
+            warmup, total_steps, total_steps,
+        )  # fmt: skip
+        options["warmup_steps"] = total_steps
     try:
         return build_lr_scheduler(optimizer, total_steps=total_steps, **options)
     except ValueError as e:
