@@ -22,3 +22,6 @@ SFT = REPO / "examples/llm_finetune/tiny_sft.yaml"
 LORA = REPO / "examples/llm_finetune/tiny_lora.yaml"
 MOE = REPO / "examples/llm_finetune/tiny_moe.yaml"
 PRETRAIN = REPO / "examples/llm_pretrain/tiny_pretrain.yaml"
+
+# The fields of a metrics row that measure wall time, which differs between identical runs.
+TIMING = ("tps", "tps_per_gpu", "mfu", "mem", "time", "elapsed_s")

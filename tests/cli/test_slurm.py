@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _shared import REPO, SFT
+from _shared import REPO, SFT, TIMING
 
 SECRET = "hf_secret_value_do_not_write"
 CONFIG = """\
@@ -452,9 +452,6 @@ def test_in_process_runs_without_a_slurm_section_are_unchanged(
     assert result.returncode == 0, result.stderr
     assert json.loads(record.read_text())["argv"] == ["-c", "config.yaml", "--k", "v"]
     assert calls(fake_bin, "sbatch") == []
-
-
-TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock fields differ between runs
 
 
 def _rows(path: Path) -> list[dict]:

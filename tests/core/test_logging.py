@@ -164,7 +164,9 @@ class _Tty(io.StringIO):
 
 def test_progress_without_tty_prints_a_line_every_n_percent(clock: _Clock):
     out = io.StringIO()
-    bar = ProgressBar(total=20, desc="train", stream=out, rank=0, every_percent=25)
+    bar = ProgressBar(
+        total=20, desc="train", stream=out, rank=0, every_percent=25, quiet_seconds=2
+    )
     for step in range(1, 21):
         clock.now += 0.5
         bar.update(1, loss=1.0 / step)
@@ -193,6 +195,15 @@ def test_progress_without_tty_prints_every_m_seconds(clock: _Clock):
         "val: 12 [00:24, 0.50 it/s]",
         "val: 14 [00:28, 0.50 it/s]",
     ]
+
+
+def test_progress_without_tty_keeps_quiet_for_a_short_bar(clock: _Clock):
+    out = io.StringIO()
+    with ProgressBar(total=13, desc="val", stream=out, rank=0) as bar:  # 10% steps
+        for _ in range(13):
+            clock.now += 0.1
+            bar.update(1)
+    assert out.getvalue().splitlines() == ["val: 100% 13/13 [00:01<00:00, 10.00 it/s]"]
 
 
 def test_progress_on_a_tty_redraws_in_place(clock: _Clock):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from _shared import REPO
+from _shared import REPO, TIMING
 from safetensors.torch import load_file
 
 ASSETS = REPO / "examples/llm_finetune/assets"
@@ -38,9 +38,6 @@ def head_of_asset(name: str, dst: Path, lines: int) -> Path:
 def head_of_asset_fixture() -> Callable[[str, Path, int], Path]:
     """`head_of_asset(name, dst, lines)`, for test modules (conftest cannot be imported)."""
     return head_of_asset
-
-
-TIMING = ("tps", "tps_per_gpu", "mfu", "mem")  # wall-clock measurements differ between runs
 
 
 def run_recipe(config: Path, overrides: list[str]) -> Any:

@@ -79,6 +79,11 @@ def test_stop_at_step_3_and_resume_is_bitwise_identical(full_run, train, jsonl_r
 
     assert jsonl_rows(resumed_dir / "training.jsonl") == jsonl_rows(full_dir / "training.jsonl")
     assert jsonl_rows(resumed_dir / "validation.jsonl") == jsonl_rows(full_dir / "validation.jsonl")
+    # Wall time on every row; elapsed_s counts on from the checkpoint over the restart.
+    timed = jsonl_rows(resumed_dir / "training.jsonl", drop_timing=False)
+    elapsed = [row["elapsed_s"] for row in timed]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0 and all("time" in r for r in timed)
+    assert elapsed[3] > elapsed[2]  # step 4 came after the restart, yet counts on
     for (name, a), b in zip(
         full.unwrapped.state_dict().items(), resumed.unwrapped.state_dict().values(), strict=True
     ):

@@ -4,6 +4,8 @@ number of models, and the standard section tables a recipe composes."""
 from __future__ import annotations
 
 import gc
+import logging
+import re
 import subprocess
 import sys
 import weakref
@@ -115,3 +117,19 @@ def test_a_run_shorter_than_its_warmup_warms_up_over_its_length(caplog) -> None:
         optimizer.step()
         scheduler.step()
     assert lrs == sorted(set(lrs)) and lrs[-1] < 3e-3  # rising through the whole run
+
+
+def test_upstream_deprecation_notices_stay_out_of_the_console_unless_debug() -> None:
+    from _shared import SFT
+
+    from automodel.core.logging import UPSTREAM_NOISE, quiet_upstream_noise
+
+    command = [sys.executable, "-m", "automodel.cli", "validate", "finetune", "llm", "-c", str(SFT)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0 and "config OK" in result.stdout, result.stderr
+    assert "register_constant" not in result.stderr
+    assert not re.search(r"^W\d{4} ", result.stderr, re.M)  # torch's own warning lines
+    quiet_upstream_noise(debug=True)
+    assert all(logging.getLogger(n).level == logging.NOTSET for n in UPSTREAM_NOISE)
+    quiet_upstream_noise()
+    assert all(logging.getLogger(n).level == logging.ERROR for n in UPSTREAM_NOISE)

@@ -93,7 +93,9 @@ def train(cfg: ConfigNode) -> None:
     _, loader, val_loader = build_loaders(cfg, tokenizer, steps.local_batch_size, run.seed, *shard)
     optimizer = build_optimizer(model, cfg.optimizer)
     lr_scheduler = build_scheduler(cfg, optimizer, steps.total_steps(len(loader)))
-    telemetry = Telemetry(run.run_dir, run.logging, cfg, steps.total_steps(len(loader)))
+    telemetry = Telemetry(
+        run.run_dir, run.logging, cfg, steps.total_steps(len(loader)), started=run.started
+    )
     state: dict[str, Any] = {
         "optimizer": optimizer,
         "optim_states": {"lr_scheduler": lr_scheduler},

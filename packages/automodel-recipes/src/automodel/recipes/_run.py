@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ class RunContext:
     checkpoint: Checkpoint | None = None  # None: a recipe that saves nothing (benchmark)
     checkpointer: Checkpointer | None = None
     restore_path: Path | None = None  # the checkpoint this run resumes; None: step 0
+    started: float = field(default_factory=time.monotonic)  # for elapsed_s (Telemetry)
 
     @property
     def device(self) -> Any:
@@ -79,6 +81,7 @@ def start_run(
     `weights_format`: how checkpoints hold the model (`HF_WEIGHTS`, `PEFT_ADAPTER`); None for
     a recipe that saves no checkpoint. `default_run_dir` applies without `logging.run_dir`.
     """
+    started = time.monotonic()
     seed = read_section(cfg, "rng", Rng).seed
     set_seed(seed)  # the same seed on every rank: identical initial weights
     distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
@@ -89,7 +92,7 @@ def start_run(
     parallel = setup_parallel(cfg)
     if weights_format is None:
         preemption = PreemptionWatcher(())
-        return RunContext(cfg, seed, distributed, step_scheduler, section, run_dir, parallel, preemption)  # fmt: skip
+        return RunContext(cfg, seed, distributed, step_scheduler, section, run_dir, parallel, preemption, started=started)  # fmt: skip
     checkpoint = read_section(cfg, "checkpoint", Checkpoint)
     checkpointer = build_checkpointer(checkpoint, run_dir, weights_format, parallel.pp_group)
     # Resume by default; a new start first moves an earlier run here aside (rank 0)
@@ -97,6 +100,7 @@ def start_run(
     return RunContext(
         cfg, seed, distributed, step_scheduler, section, run_dir, parallel,
         PreemptionWatcher(checkpoint.preempt_signals), checkpoint, checkpointer, restore_path,
+        started,
     )  # fmt: skip
 
 

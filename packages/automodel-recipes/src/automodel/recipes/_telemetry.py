@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,12 @@ class Telemetry:
         cfg: ConfigNode,
         total_steps: int,
         listeners: Iterable[Callable[[MetricsSample], Any]] = (),
+        started: float | None = None,
     ):
+        """`started`: when the run began (`time.monotonic()`, default now), for `elapsed_s`."""
         self.section = section
+        self.started = time.monotonic() if started is None else started
+        self.elapsed_before = 0.0  # the run's time before this process (a resumed run)
         # Called with every training step's sample on every rank (benchmarks, early stopping).
         self.listeners = list(listeners)
         self.train_log = JsonlWriter(run_dir / "training.jsonl")
@@ -42,19 +47,37 @@ class Telemetry:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The JSONL offsets, so a resumed run neither repeats nor loses rows."""
-        return {"training": self.train_log.state_dict(), "validation": self.val_log.state_dict()}
+        """The JSONL offsets, so a resumed run neither repeats nor loses rows, and the run's
+        time so far, so `elapsed_s` goes on counting from it."""
+        return {
+            "training": self.train_log.state_dict(),
+            "validation": self.val_log.state_dict(),
+            "elapsed_s": self.elapsed(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Truncate the JSONL files back to the checkpointed offsets."""
         self.train_log.load_state_dict(state["training"])
         self.val_log.load_state_dict(state["validation"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # older checkpoints lack it
+
+    def elapsed(self) -> float:
+        """Seconds the run has taken, over all its attempts up to the restored checkpoint."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def _row(self, sample: MetricsSample) -> dict[str, Any]:
+        """The sample plus wall time: `time` (Unix seconds) and `elapsed_s` since the start."""
+        return {
+            **sample.to_dict(),
+            "time": round(time.time(), 3),
+            "elapsed_s": round(self.elapsed(), 3),
+        }
 
     def log_train(self, sample: MetricsSample, show: bool) -> None:
         """Record one optimizer step; `show` also prints a log line."""
         for listener in self.listeners:
             listener(sample)
-        self.train_log.write(sample.to_dict())
+        self.train_log.write(self._row(sample))
         for logger in self.loggers:
             logger.log(sample.to_dict(), split="train")
         self.bar.update(1, loss=f"{sample.loss:.4f}")
@@ -63,7 +86,7 @@ class Telemetry:
 
     def log_validation(self, sample: MetricsSample) -> None:
         """Record one validation pass and print it."""
-        self.val_log.write(sample.to_dict())
+        self.val_log.write(self._row(sample))
         for logger in self.loggers:
             logger.log(sample.to_dict(), split="val")
         log.info("validation step %d: loss %.4f", sample.step, sample.loss)

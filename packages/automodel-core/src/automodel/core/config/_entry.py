@@ -72,6 +72,9 @@ def recipe_main(
     """Run a recipe from argv; user mistakes print one message and return 2, never a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    from automodel.core.logging import quiet_upstream_noise  # logging imports config
+
+    quiet_upstream_noise(debug)
     try:
         args = parse_recipe_argv(argv)
         granted = [*args.allowed_imports, *parse_grants(os.environ.get(ALLOW_ENV, ""))]

@@ -27,7 +27,7 @@ from ._mlflow import (
 )
 from ._progress import ProgressBar
 from ._rank import global_rank
-from ._setup import DATE_FORMAT, LOG_FORMAT, setup_logging
+from ._setup import DATE_FORMAT, LOG_FORMAT, UPSTREAM_NOISE, quiet_upstream_noise, setup_logging
 from ._wandb import WANDB_INSTALL, WANDB_KEYS, WandbLogger, check_wandb_available
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "MLFLOW_CONFIG_ARTIFACT",
     "MLFLOW_INSTALL",
     "MLFLOW_KEYS",
+    "UPSTREAM_NOISE",
     "WANDB_INSTALL",
     "WANDB_KEYS",
     "JsonlWriter",
@@ -48,5 +49,6 @@ __all__ = [
     "check_mlflow_available",
     "check_wandb_available",
     "global_rank",
+    "quiet_upstream_noise",
     "setup_logging",
 ]

@@ -16,6 +16,9 @@ _TTY_INTERVAL = 0.1  # seconds between in-place redraws
 class ProgressBar:
     """Progress on rank 0's stderr: redrawn in place on a TTY, else a line every N% or M seconds.
 
+    Without a TTY (a log file, a batch job) no line follows the previous one (or the start)
+    within `quiet_seconds`, so a bar that finishes quickly prints only its final line.
+
     `total=None` shows a count without percentage; `initial` is where a resumed run starts.
     """
 
@@ -30,6 +33,7 @@ class ProgressBar:
         stream: TextIO | None = None,
         every_percent: float = 10.0,
         every_seconds: float = 30.0,
+        quiet_seconds: float = 5.0,
     ):
         self.total = total
         self.desc = desc
@@ -40,6 +44,7 @@ class ProgressBar:
         self._tty = self.enabled and _isatty(self._stream)
         self._every_percent = every_percent
         self._every_seconds = every_seconds
+        self._quiet_seconds = quiet_seconds
         self._initial = initial
         self._start = _now()
         self._last_print = self._start
@@ -60,8 +65,11 @@ class ProgressBar:
             if now - self._last_print >= _TTY_INTERVAL or self._done():
                 self._draw(now)
             return
+        since = now - self._last_print
+        if since < self._quiet_seconds:
+            return
         bucket = self._bucket_of(self.n)
-        if bucket > self._bucket or now - self._last_print >= self._every_seconds:
+        if bucket > self._bucket or since >= self._every_seconds:
             self._bucket = bucket
             self._draw(now)
 

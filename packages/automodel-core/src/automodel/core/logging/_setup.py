@@ -35,3 +35,16 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+
+
+# Loggers of other libraries that repeat a deprecation notice on every launch, which says
+# nothing about the run: torch's pytree module warns about torchao's register_constant calls,
+# made when transformers looks for quantizers.
+UPSTREAM_NOISE = ("torch.utils._pytree",)
+
+
+def quiet_upstream_noise(debug: bool = False) -> None:
+    """Keep the known per-launch deprecation notices of `UPSTREAM_NOISE` out of the console,
+    unless `debug` (then every record shows). Errors always show."""
+    for name in UPSTREAM_NOISE:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.ERROR)

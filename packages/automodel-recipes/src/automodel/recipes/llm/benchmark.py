@@ -112,7 +112,9 @@ class BenchmarkRecipeForCausalLM:
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, self.steps.max_steps)
         # a rerun in the same run_dir measures afresh; the earlier results are kept aside
         set_aside_outputs(ctx.run_dir, ("training.jsonl", "benchmark.json", "profile"))
-        self.telemetry = Telemetry(ctx.run_dir, ctx.logging, cfg, self.steps.max_steps)
+        self.telemetry = Telemetry(
+            ctx.run_dir, ctx.logging, cfg, self.steps.max_steps, started=ctx.started
+        )
         self.peak = bench.peak_tflops * 1e12 if bench.peak_tflops else None
         if self.peak is None and self.device.type == "cuda":
             self.peak = peak_flops_for_device(torch.cuda.get_device_name(self.device))

@@ -125,7 +125,7 @@ class FinetuneRecipeForCausalLM:
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
         total = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total)
+        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
         restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
         self.optimizer_step = OptimizerStep(
             self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel,

@@ -168,7 +168,7 @@ class KDRecipeForCausalLM:
         self.optimizer = build_optimizer(student, cfg.optimizer)  # never the teacher's weights
         steps = self.step_scheduler.total_steps(len(self.train_loader))
         self.lr_scheduler = build_scheduler(cfg, self.optimizer, steps)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, steps)
+        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, steps, started=ctx.started)
         restore_training_state(ctx, student, self.telemetry, **self.training_state())
         max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
         self.apply_step = OptimizerStep(
