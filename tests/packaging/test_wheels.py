@@ -37,7 +37,7 @@ PYTHON = "3.11"  # the oldest Python the packages support (requires-python >= 3.
 
 COMPONENTS = ("core", "distributed", "checkpoint", "peft", "moe")
 MEMBERS = (*COMPONENTS, "recipes", "cli")
-META = "automodel"
+META = "automodel-suite"
 DISTS = (META, *(f"automodel-{name}" for name in MEMBERS))
 # Distributions that must not end up installed alongside a package: its dependencies
 # are only what its code uses.
@@ -340,7 +340,7 @@ def test_wheel_installs_alone_and_imports(fresh_envs, name):
 def test_meta_package_installs_the_command(fresh_envs):
     env = fresh_envs[META]
     _assert_installed_and_imported(env)
-    assert {"automodel", "automodel-cli", "automodel-recipes"} <= env.installed
+    assert {"automodel-suite", "automodel-cli", "automodel-recipes"} <= env.installed
     script = Path(env.probe["prefix"]) / "bin" / "automodel"
     assert script.is_file(), "the meta-package installs no `automodel` command"
 
