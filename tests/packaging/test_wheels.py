@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -289,7 +290,23 @@ def _uv_cache_dir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def fresh_envs(tmp_path_factory, dist_dir, wheels) -> dict[str, Env]:
+def constraints(tmp_path_factory) -> Path:
+    """The lock's versions of every third-party distribution, as a constraints file."""
+    path = tmp_path_factory.mktemp("constraints") / "constraints.txt"
+    _check(
+        _run(
+            [
+                *(_uv(), "export", "--frozen", "--all-packages", "--all-extras", "--no-hashes"),
+                *("--no-emit-workspace", "--no-header", "--output-file", str(path)),
+            ],
+            cwd=REPO_ROOT,
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fresh_envs(tmp_path_factory, dist_dir, wheels, constraints) -> dict[str, Env]:
     root = tmp_path_factory.mktemp("venvs")
     cache = _uv_cache_dir()
     if cache is not None and cache.exists() and cache.stat().st_dev != root.stat().st_dev:
@@ -298,20 +315,26 @@ def fresh_envs(tmp_path_factory, dist_dir, wheels) -> dict[str, Env]:
             "hardlinking and the fresh-environment tests get much slower",
             stacklevel=1,
         )
-    constraints = root / "constraints.txt"
-    _check(
-        _run(
-            [
-                *(_uv(), "export", "--frozen", "--all-packages", "--all-extras", "--no-hashes"),
-                *("--no-emit-workspace", "--no-header", "--output-file", str(constraints)),
-            ],
-            cwd=REPO_ROOT,
-        )
-    )
     names = [*MEMBERS, META]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(lambda n: _install(n, root, dist_dir, wheels, constraints), names)
         return dict(zip(names, results, strict=True))
+
+
+def test_the_readmes_uvx_line_runs_our_command(dist_dir, constraints, tmp_path):
+    """`uvx --from <the README's distribution> automodel ...` resolves to the wheels built here
+    (found with --find-links, as the index would serve them) and runs `automodel list`."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    spec = re.search(r"`uvx --from (\S+) automodel finetune llm ", readme).group(1)
+    assert spec == META
+    uvx = [_uv(), "tool", "run", "--isolated", "--from", spec, "--find-links", str(dist_dir)]
+    uvx += ["--constraints", str(constraints)]
+    listed = _check(_run([*uvx, "automodel", "list"], cwd=tmp_path, timeout=INSTALL_TIMEOUT_S))
+    assert "finetune.llm" in listed.stdout and "(automodel-recipes 0.1.0)" in listed.stdout
+    version = "import importlib.metadata as m; print(m.version('automodel-suite'))"
+    probe = _check(_run([*uvx, "python", "-c", version], cwd=tmp_path))
+    ours = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert probe.stdout.strip() == ours
 
 
 def _assert_installed_and_imported(env: Env) -> None:
