@@ -1,72 +1,62 @@
-"""Torch-native parallelism: process groups, the device mesh, FSDP2/HSDP, DDP, TP, CP and PP."""
+"""Torch-native parallelism: process groups, the device mesh, FSDP2/HSDP, DDP, TP, CP and PP.
 
-from ._cp import make_cp_batch_and_ctx
-from ._cp_allgather import AllGatherContextParallel, load_balanced_positions
-from ._ddp import DDPStrategy
-from ._env import DistEnv, destroy_distributed, init_distributed
-from ._fsdp import FSDP2Strategy
-from ._grad_sync import no_sync
-from ._mesh import (
-    MESH_DIMS,
-    MeshConfig,
-    MeshError,
-    build_mesh,
-    dp_group,
-    dp_rank_and_size,
-    resolve_sizes,
-    submesh,
-)
-from ._pp import (
-    DecoderStage,
-    build_pipeline_schedule,
-    split_decoder_into_stages,
-    sum_tied_embedding_grads,
-    tied_embedding_group,
-)
-from ._reduce import (
-    all_reduce_mean,
-    all_reduce_sum,
-    barrier,
-    global_label_tokens,
-    is_main_process,
-    main_process_first,
-)
-from ._strategy import NoStrategy, Strategy, build_strategy
-from ._tp import apply_tensor_parallel, hf_tp_plan, tp_plan_for
+Each name is imported from its module on first use (PEP 562): FSDP, pipelining and DTensor
+machinery cost seconds to import, and a run loads only the parts it uses.
+"""
 
-__all__ = [
-    "MESH_DIMS",
-    "AllGatherContextParallel",
-    "DDPStrategy",
-    "DecoderStage",
-    "DistEnv",
-    "FSDP2Strategy",
-    "MeshConfig",
-    "MeshError",
-    "NoStrategy",
-    "Strategy",
-    "all_reduce_mean",
-    "all_reduce_sum",
-    "apply_tensor_parallel",
-    "barrier",
-    "build_mesh",
-    "build_pipeline_schedule",
-    "build_strategy",
-    "destroy_distributed",
-    "dp_group",
-    "dp_rank_and_size",
-    "global_label_tokens",
-    "hf_tp_plan",
-    "init_distributed",
-    "is_main_process",
-    "load_balanced_positions",
-    "main_process_first",
-    "make_cp_batch_and_ctx",
-    "no_sync",
-    "resolve_sizes",
-    "split_decoder_into_stages",
-    "submesh",
-    "sum_tied_embedding_grads",
-    "tied_embedding_group",
-    "tp_plan_for",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PARTS = {
+    "make_cp_batch_and_ctx": "_cp",
+    "AllGatherContextParallel": "_cp_allgather",
+    "load_balanced_positions": "_cp_allgather",
+    "DDPStrategy": "_ddp",
+    "DistEnv": "_env",
+    "destroy_distributed": "_env",
+    "init_distributed": "_env",
+    "FSDP2Strategy": "_fsdp",
+    "no_sync": "_grad_sync",
+    "MESH_DIMS": "_mesh",
+    "MeshConfig": "_mesh",
+    "MeshError": "_mesh",
+    "build_mesh": "_mesh",
+    "dp_group": "_mesh",
+    "dp_rank_and_size": "_mesh",
+    "resolve_sizes": "_mesh",
+    "submesh": "_mesh",
+    "DecoderStage": "_pp",
+    "build_pipeline_schedule": "_pp",
+    "split_decoder_into_stages": "_pp",
+    "sum_tied_embedding_grads": "_pp",
+    "tied_embedding_group": "_pp",
+    "all_reduce_mean": "_reduce",
+    "all_reduce_sum": "_reduce",
+    "barrier": "_reduce",
+    "global_label_tokens": "_reduce",
+    "is_main_process": "_reduce",
+    "main_process_first": "_reduce",
+    "NoStrategy": "_strategy",
+    "Strategy": "_strategy",
+    "build_strategy": "_strategy",
+    "apply_tensor_parallel": "_tp",
+    "hf_tp_plan": "_tp",
+    "tp_plan_for": "_tp",
+}
+
+__all__ = sorted(_PARTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import `name` from its module on first use."""
+    if name not in _PARTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PARTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PARTS])

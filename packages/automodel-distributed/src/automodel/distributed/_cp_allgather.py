@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
-from torch.nn.attention.bias import causal_lower_right
 
 from ._cp import IGNORE_INDEX
 
@@ -158,7 +157,7 @@ class AllGatherContextParallel:
             k, v = keys[:, :, :end], values[:, :, :end]
             if heads != kv_heads:  # the lower-right causal kernels take equal head counts
                 k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
-            mask = causal_lower_right(chunk, end) if masks is None else masks[half]
+            mask = _causal_lower_right(chunk, end) if masks is None else masks[half]
             outs.append(F.scaled_dot_product_attention(q, k, v, mask, dropout, scale=scale))
         return torch.cat(outs, dim=2)
 
@@ -232,3 +231,11 @@ def _pad(value: torch.Tensor, amount: int, fill: int) -> torch.Tensor:
 
 
 __all__ = ["AllGatherContextParallel", "load_balanced_positions"]
+
+
+def _causal_lower_right(rows: int, columns: int) -> Any:
+    """torch's lower-right causal mask, imported on first use: torch.nn.attention.bias pulls in
+    torch._dynamo, about a second at start-up that only context parallelism needs."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    return causal_lower_right(rows, columns)

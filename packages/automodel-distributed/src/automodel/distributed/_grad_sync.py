@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -24,7 +24,9 @@ def no_sync(model: nn.Module) -> Iterator[None]:
         with model.no_sync():
             yield
         return
-    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    # torch.distributed.fsdp takes a while to import; an FSDP2 model has imported it already
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    sharded = [m for m in model.modules() if fsdp is not None and isinstance(m, fsdp.FSDPModule)]
     for module in sharded:
         module.set_requires_gradient_sync(False, recurse=False)
     try:

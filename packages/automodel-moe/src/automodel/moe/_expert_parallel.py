@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
 
 from automodel.moe._deepep import DeepEPDispatcher, require_deepep
 from automodel.moe._ep_dispatch import AllToAllDispatcher, Group, TokenDispatcher
@@ -38,6 +37,8 @@ def shard_experts(model: nn.Module, group: Group, dispatcher: str = "all_to_all"
         raise ValueError(f"dispatcher must be one of {DISPATCHERS}, got {dispatcher!r}")
     if dispatcher == "deepep":
         require_deepep()  # before any module changes
+    from torch.distributed.tensor import DTensor, Shard  # a second to import: on use only
+
     mesh = None
     first: TokenDispatcher | None = None
     sharded = []

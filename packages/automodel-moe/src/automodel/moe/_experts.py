@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
 
@@ -202,7 +202,8 @@ def _local(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     Expert-parallel weights are left out of FSDP2's mixed precision, so they are cast here to
     the dtype of the activations (a differentiable no-op when they already match).
     """
-    if isinstance(weight, DTensor):
+    tensor_module = sys.modules.get("torch.distributed.tensor")  # imported by any DTensor's maker
+    if tensor_module is not None and isinstance(weight, tensor_module.DTensor):
         weight = weight.to_local()
     return weight.to(dtype)
 

@@ -6,10 +6,12 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from ._errors import DataError
+
+if TYPE_CHECKING:  # `datasets` is imported on first load: it takes a second to import
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def _is_blank(path: Path) -> bool:
 
 
 def _load(path: str, split: str, *, source: str, **kwargs) -> datasets.Dataset:
+    import datasets
+
     try:
         rows = datasets.load_dataset(path, split=split, **kwargs)
     except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError, OSError) as exc:

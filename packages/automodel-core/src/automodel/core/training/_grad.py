@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a DTensor, without importing torch.distributed.tensor (most of a
+    second at start-up): no DTensor can exist before that module is imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def _mesh_of(tensor: torch.Tensor) -> object:
-    return tensor.device_mesh if isinstance(tensor, DTensor) else None
+    return tensor.device_mesh if _is_dtensor(tensor) else None
 
 
 def clip_grad_norm(
@@ -46,7 +53,7 @@ def clip_grad_norm(
     norms = []
     for group in by_mesh.values():
         norm = torch.nn.utils.get_total_norm([p.grad for p in group], norm_type=norm_type)
-        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        norms.append(norm.full_tensor() if _is_dtensor(norm) else norm)
     if parts_group is not None and dist.get_world_size(parts_group) > 1:
         norms = [_combine_parts(norms, norm_type, parts_group)]
     if not norms:

@@ -12,15 +12,9 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from automodel import distributed  # its pipelining parts load on use (torch._dynamo: ~1 s)
 from automodel.core.config import ConfigNode
 from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
-from automodel.distributed import (
-    build_pipeline_schedule,
-    split_decoder_into_stages,
-    submesh,
-    sum_tied_embedding_grads,
-    tied_embedding_group,
-)
 
 from .._errors import config_problem
 from .._parallel import Parallel
@@ -91,13 +85,15 @@ class Pipeline:
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
         try:
-            stages = split_decoder_into_stages(model, submesh(parallel.mesh, "pp"))
+            stages = distributed.split_decoder_into_stages(
+                model, distributed.submesh(parallel.mesh, "pp")
+            )
         except (NotImplementedError, ValueError) as e:
             raise config_problem(cfg, "distributed.pp_size", str(e)) from e
         self.stage = parallel.shard(stages[0])
         # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
         tied = self.stage.has_tied_head  # every rank: creating the group is a collective
-        self.tied_group = tied_embedding_group(parallel.mesh) if tied else None
+        self.tied_group = distributed.tied_embedding_group(parallel.mesh) if tied else None
         tied_copy = self.stage.ties_embedding and self.stage.is_last
         self.tied_copies = [self.stage.model.embed_tokens.weight] if tied_copy else []
         self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
@@ -106,7 +102,7 @@ class Pipeline:
         self.pad_token_id = pad_token_id
         self.pad = pad_token_id if pad_token_id is not None else 0
         try:
-            self.schedule = build_pipeline_schedule(
+            self.schedule = distributed.build_pipeline_schedule(
                 self.stage, n_micro, self._loss, section.pp_schedule,
                 device=parallel.device, pp_group=parallel.pp_group, scale_grads=False,
             )  # fmt: skip
@@ -175,7 +171,7 @@ class Pipeline:
         kwargs = {"num_label_tokens": num_label_tokens, "scale": self.dp_size}
         loss = self._run(micro_batches, rows, kwargs, train=True) / self.dp_size
         if self.tied_group is not None:
-            sum_tied_embedding_grads([self.stage], self.tied_group)
+            distributed.sum_tied_embedding_grads([self.stage], self.tied_group)
         tokens = (
             sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.is_last else 0
         )
