@@ -44,8 +44,9 @@ def run_recipe(config: Path, overrides: list[str]) -> Any:
     """Load `config` with `overrides`, set the LLM recipe up and train it; return the recipe."""
     from automodel.core.config import load_config
     from automodel.recipes.llm import FinetuneRecipeForCausalLM
+    from automodel.recipes.llm.finetune import SECTIONS
 
-    recipe = FinetuneRecipeForCausalLM(load_config(config, overrides))
+    recipe = FinetuneRecipeForCausalLM(load_config(config, overrides, sections=SECTIONS))
     recipe.setup()
     recipe.run_train_validation_loop()
     return recipe
