@@ -3,7 +3,8 @@
 GPT-2 keeps its projections in ``transformers.pytorch_utils.Conv1D`` (weight ``(in, out)``);
 adapters must match peft's ``fan_in_fan_out`` handling tensor for tensor, in both directions.
 PhiMoE and Llama 4 have routers that subclass ``nn.Linear`` but return routing tuples: they
-are never wrapped. Tiny float32 models built from configs (no downloads); logits compared with
+are never wrapped, nor are Mamba's projections whose weights its mixer hands to the fused
+kernel (peft refuses adapters on them for the same reason). Tiny float32 models built from configs (no downloads); logits compared with
 rtol=1e-5, atol=1e-6 (a missing or wrong-way transpose gives differences of order 1e-2).
 """
 
@@ -25,6 +26,8 @@ from transformers import (
     GPT2LMHeadModel,
     Llama4ForCausalLM,
     Llama4TextConfig,
+    MambaConfig,
+    MambaForCausalLM,
     PhimoeConfig,
     PhimoeForCausalLM,
 )
@@ -98,6 +101,17 @@ def _tiny(name: str) -> nn.Module:
             ),
             "falcon": lambda: FalconForCausalLM(
                 FalconConfig(**small, hidden_size=32, bos_token_id=0, eos_token_id=0)
+            ),
+            "mamba": lambda: MambaForCausalLM(
+                MambaConfig(
+                    vocab_size=64,
+                    hidden_size=32,
+                    num_hidden_layers=2,
+                    state_size=8,
+                    expand=2,
+                    conv_kernel=4,
+                    time_step_rank=4,
+                )
             ),
         }
         with torch.random.fork_rng():
@@ -305,3 +319,25 @@ def test_conv1d_adapter_tensors_use_linear_shapes(gpt2_lora):
     state = lora_state_dict(gpt2_lora)
     assert state["transformer.h.0.mlp.c_fc.lora_A.weight"].shape == (4, 32)
     assert state["transformer.h.0.mlp.c_fc.lora_B.weight"].shape == (128, 4)
+
+
+def test_mamba_wraps_only_the_projections_its_mixer_calls(ids, tmp_path, caplog):
+    # The mixer's fused path passes x_proj, dt_proj and out_proj weights to mamba_inner_fn
+    # (and multiplies by dt_proj.weight itself): LoRA there would be skipped on GPU.
+    model = _tiny("mamba")
+    reference = _logits(model, ids)
+    with caplog.at_level(logging.DEBUG, logger="automodel.peft._matching"):
+        apply_lora(model, LoraConfig(match_all_linear=True, dim=4))
+    assert [name for name, _ in lora_modules(model)] == [
+        f"backbone.layers.{i}.mixer.in_proj" for i in (0, 1)
+    ]
+    assert "out_proj" in caplog.text and "uses its weight directly" in caplog.text
+    _randomize_b(model)
+    ours = _logits(model, ids)
+    assert not torch.allclose(ours, reference)
+    save_adapter(model, tmp_path)
+    theirs = PeftModel.from_pretrained(_tiny("mamba"), tmp_path)  # peft refuses out_proj here
+    assert torch.allclose(_logits(theirs, ids), ours, **TOL)
+    for name in ("out_proj", "x_proj", "dt_proj"):
+        with pytest.raises(LoraConfigError, match=rf"{name} .*uses its weight directly"):
+            apply_lora(_tiny("mamba"), LoraConfig(target_modules=[name], dim=4))

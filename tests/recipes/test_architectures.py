@@ -14,7 +14,7 @@ import pytest
 import torch
 from _shared import LORA
 
-pytestmark = pytest.mark.slow  # 24 short training runs, about a minute
+pytestmark = pytest.mark.slow  # 26 short training runs, about a minute
 
 SMALL = {
     "hidden_size": 32,
@@ -83,6 +83,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "mamba_expand": 2,
         "mamba_dt_rank": 4,
         "use_mamba_kernels": False,
+    },
+    "mamba": {  # a state-space model: its fused-kernel projections are left without LoRA
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "vocab_size": 64,
+        "state_size": 8,
+        "expand": 2,
+        "conv_kernel": 4,
+        "time_step_rank": 4,
     },
     "mixtral": {**SMALL, **MOE, "num_local_experts": 4},
     "qwen3_moe": {**SMALL, **MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 8},

@@ -4,12 +4,16 @@ A linear module is an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2 and its 
 the same map with the weight stored transposed, ``(in, out)``). LoRA replaces the module's
 forward by its own ``x W^T + b + update``, so only modules whose forward *is* that plain
 map are wrapped: a subclass that overrides ``forward`` (an MoE router that returns
-``(scores, logits)``, a quantized or grouped linear) is left alone.
+``(scores, logits)``, a quantized or grouped linear) is left alone, and so is a module whose
+parent hands its weight straight to a fused kernel or a matmul (Mamba's ``out_proj`` in
+``mamba_inner_fn``): that path never calls the module, so its LoRA update would be lost.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import inspect
 import logging
 import re
 import sys
@@ -28,6 +32,10 @@ _PLAIN_FORWARD_OVERRIDES = frozenset(
     {("transformers.models.falcon.modeling_falcon", "FalconLinear")}  # matmul, then + bias
 )
 _NOT_PLAIN = "its forward is not a plain linear map (x W^T + b), so LoRA cannot be added to it"
+_BYPASSED = (
+    "its parent module uses its weight directly (passed to a fused kernel or multiplied "
+    "without calling the module), so a LoRA update on it would be skipped"
+)
 
 
 def conv1d_class() -> type[nn.Module] | None:
@@ -59,6 +67,26 @@ def has_plain_forward(module: nn.Module) -> bool:
     return owner is conv1d_class()
 
 
+def weight_used_directly(modules: dict[str, nn.Module], path: str) -> bool:
+    """Whether the parent of the module at ``path`` computes with ``self.<name>.weight`` itself
+    (an argument to a call, an operand of ``@``, transposed) rather than calling the module;
+    reads of its dtype, device or shape do not count. Read from the parent class's source."""
+    parent_path, _, name = path.rpartition(".")
+    parent = modules.get(parent_path)
+    if parent is None or not name.isidentifier():
+        return False
+    use = rf"(?<!isinstance\()\bself\.{name}\.weight(?:\s*[,)@]|\.(?:t\(\)|T)\b)"
+    return re.search(use, _class_source(type(parent))) is not None
+
+
+@functools.cache
+def _class_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):  # built-in or generated classes have no source
+        return ""
+
+
 def pattern_matches(pattern: str, path: str) -> bool:
     """Whether one target/exclude pattern selects the module at ``path``."""
     if pattern.startswith("re:"):
@@ -84,8 +112,9 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     plain linear map (see :func:`has_plain_forward`). A linear subclass that overrides
     ``forward`` (e.g. ``Llama4Router``, ``PhimoeTopKRouter``: they return routing tuples) is
     never wrapped: ``match_all_linear`` and a pattern that also selects plain linear modules
-    skip it (logged at debug level); a ``target_modules`` pattern that selects only such
-    modules is a LoraConfigError naming the module, its class and why.
+    skip it (logged at debug level), and likewise a module whose parent uses its weight
+    directly (see :func:`weight_used_directly`); a ``target_modules`` pattern that selects only
+    such modules is a LoraConfigError naming the module, its class and why.
     ``exclude_modules`` patterns may name them (excluding what is skipped anyway is harmless).
     """
     from ._lora_linear import LoraLinear
@@ -98,7 +127,10 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
             "apply_lora adds one adapter per module: load or merge the existing one instead"
         )
     candidates = [p for p, m in modules.items() if p and is_linear_like(m)]
-    opaque = {p for p in candidates if not has_plain_forward(modules[p])}
+    opaque = {p: _NOT_PLAIN for p in candidates if not has_plain_forward(modules[p])}
+    for path in candidates:
+        if path not in opaque and weight_used_directly(modules, path):
+            opaque[path] = _BYPASSED
     linear = [p for p in candidates if p not in opaque]
     for pattern in config.target_modules + config.exclude_modules:
         _check_pattern(pattern)
@@ -112,7 +144,7 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
                 f"target_modules pattern {pattern!r} selects {refused[0]} "
                 f"({cls.__module__}.{cls.__qualname__}"
                 + (f"; {len(refused)} such modules in all" if len(refused) > 1 else "")
-                + f"): {_NOT_PLAIN}. Remove it from target_modules; linear modules in this "
+                + f"): {opaque[refused[0]]}. Remove it from target_modules; linear modules in this "
                 f"model include: {few_names(_examples(linear))}"
             )
         others = [p for p in modules if p and pattern_matches(pattern, p)]
@@ -141,7 +173,7 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
             continue
         if path in opaque:
             cls = type(modules[path])
-            logger.debug("LoRA skips %s (%s): %s", path, cls.__qualname__, _NOT_PLAIN)
+            logger.debug("LoRA skips %s (%s): %s", path, cls.__qualname__, opaque[path])
             continue
         selected.append(path)
     if not selected:
