@@ -101,7 +101,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # types as if they were saved with transformers 4, where `gate_proj`/`up_proj`/`down_proj`
 # named the experts: a dense MLP's or shared expert's adapter then loads onto the experts.
 # Our adapters load exactly with automodel.peft.load_adapter; peft's result must differ
-# until peft fixes it, so this table cannot go stale silently.
+# until peft fixes it (huggingface/peft#3711, fix in peft#3715), so this table cannot go
+# stale silently.
 PEFT_REMAPS_DENSE_MLP = {"deepseek_v3"}
 
 
