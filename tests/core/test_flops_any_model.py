@@ -7,73 +7,31 @@ from typing import Any
 
 import pytest
 import torch
+from _shared import TINY_FAMILIES
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from automodel.core.training import dense_decoder_flops_per_token, training_flops_per_token
 
 SEQ = 32
-SMALL = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 100,
-}
-MOE = {"num_experts_per_tok": 2}
 # Families of different shapes: Conv1D projections (GPT-2), learned positions and biases (OPT,
 # BLOOM), tied embeddings, grouped experts (Mixtral, Qwen3-MoE), MLA with shared and routed
-# experts (DeepSeek-V3), and a heterogeneous per-layer config (Gemma 4).
+# experts (DeepSeek-V3); Gemma 4's heterogeneous config is tested on its own below.
 FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": SMALL,
-    "llama_tied": {**SMALL, "tie_word_embeddings": True},
-    "qwen2": SMALL,
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 100, "n_positions": 64},
-    "opt": {
-        "hidden_size": 32,
-        "ffn_dim": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 100,
-        "word_embed_proj_dim": 32,
-    },
-    "bloom": {"hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 100},
-    "mixtral": {**SMALL, **MOE, "num_local_experts": 4},
-    "qwen3_moe": {**SMALL, **MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 8},
-    "deepseek_v3": {
-        **SMALL,
-        **MOE,
-        "num_key_value_heads": 4,
-        "moe_intermediate_size": 32,
-        "n_routed_experts": 4,
-        "n_group": 1,
-        "topk_group": 1,
-        "q_lora_rank": 16,
-        "kv_lora_rank": 16,
-        "qk_rope_head_dim": 8,
-        "qk_nope_head_dim": 8,
-        "v_head_dim": 8,
-        "first_k_dense_replace": 1,
-        "rope_scaling": None,
-    },
+    name: TINY_FAMILIES[name]
+    for name in ("llama", "qwen2", "gpt2", "opt", "bloom", "mixtral", "qwen3_moe", "deepseek_v3")
 }
+FAMILIES["llama_tied"] = {**TINY_FAMILIES["llama"], "tie_word_embeddings": True}
 
 
 def _gemma4(sliding_window: int) -> dict[str, Any]:
     """Five sliding layers of head_dim 8, then a global layer whose head_dim is 16."""
     return {
-        **SMALL,
-        "num_key_value_heads": 4,
+        **TINY_FAMILIES["gemma4_text"],
         "num_hidden_layers": 6,
         "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
         "sliding_window": sliding_window,
-        "head_dim": 8,
-        "global_head_dim": 16,
         "per_layer_config": {5: {"head_dim": 16}},
-        "hidden_size_per_layer_input": 8,
-        "vocab_size_per_layer_input": 100,
-        "num_kv_shared_layers": 0,
     }
 
 
@@ -123,8 +81,7 @@ def test_heterogeneous_config_is_read_layer_by_layer() -> None:
 
 
 def test_state_space_model_counts_its_matmuls_and_convolution() -> None:
-    mamba = {"hidden_size": 32, "num_hidden_layers": 2, "vocab_size": 100, "state_size": 8}
-    model = _model("mamba", **mamba, expand=2, conv_kernel=4, time_step_rank=4)
+    model = _model("mamba", **TINY_FAMILIES["mamba"])
     _, per_op = _counted(model)
     # torch's counter misreads the depthwise convolution's backward; a backward is 2x forward
     matmuls = per_op["aten.mm"] + per_op["aten.bmm"] + 3 * per_op["aten.convolution"]

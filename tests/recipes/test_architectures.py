@@ -8,95 +8,13 @@ families' own config classes; `benchmarks/architectures.py` sweeps every family.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from _shared import LORA
+from _shared import LORA, TINY_FAMILIES
 
 pytestmark = pytest.mark.slow  # 26 short training runs, about a minute
 
-SMALL = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 64,  # the example tokenizer's ids fit
-    "max_position_embeddings": 128,
-}
-MOE = {"num_experts_per_tok": 2}
-FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": SMALL,
-    "qwen2": SMALL,  # attention biases
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 64, "n_positions": 128},
-    "opt": {
-        "hidden_size": 32,
-        "ffn_dim": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 64,
-        "word_embed_proj_dim": 32,
-        "max_position_embeddings": 128,
-    },
-    "bloom": {"hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 64},
-    "gemma3_text": {**SMALL, "head_dim": 8, "sliding_window": 16},
-    "gemma4_text": {  # heterogeneous: the global layer has its own head_dim
-        **SMALL,
-        "num_key_value_heads": 4,
-        "num_hidden_layers": 3,
-        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-        "sliding_window": 16,
-        "head_dim": 8,
-        "global_head_dim": 16,
-        "per_layer_config": {2: {"head_dim": 16}},
-        "hidden_size_per_layer_input": 8,
-        "vocab_size_per_layer_input": 64,
-        "num_kv_shared_layers": 0,
-    },
-    "deepseek_v3": {  # MLA, a dense first layer, shared and routed experts
-        **SMALL,
-        **MOE,
-        "num_key_value_heads": 4,
-        "moe_intermediate_size": 32,
-        "n_routed_experts": 4,
-        "n_group": 1,
-        "topk_group": 1,
-        "q_lora_rank": 16,
-        "kv_lora_rank": 16,
-        "qk_rope_head_dim": 8,
-        "qk_nope_head_dim": 8,
-        "v_head_dim": 8,
-        "first_k_dense_replace": 1,
-        "rope_scaling": None,
-    },
-    "jamba": {  # hybrid: a Mamba layer and an attention layer with experts
-        **SMALL,
-        "num_experts": 4,
-        **MOE,
-        "attn_layer_period": 2,
-        "attn_layer_offset": 1,
-        "expert_layer_period": 2,
-        "expert_layer_offset": 1,
-        "mamba_d_state": 8,
-        "mamba_d_conv": 4,
-        "mamba_expand": 2,
-        "mamba_dt_rank": 4,
-        "use_mamba_kernels": False,
-    },
-    "mamba": {  # a state-space model: its fused-kernel projections are left without LoRA
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "vocab_size": 64,
-        "state_size": 8,
-        "expand": 2,
-        "conv_kernel": 4,
-        "time_step_rank": 4,
-    },
-    "mixtral": {**SMALL, **MOE, "num_local_experts": 4},
-    "qwen3_moe": {**SMALL, **MOE, "moe_intermediate_size": 32, "num_experts": 4, "head_dim": 8},
-    "phimoe": {**SMALL, **MOE, "num_local_experts": 4},  # its router subclasses nn.Linear
-}
 # peft (>= 0.18 with transformers 5) rewrites the target_modules of adapters for these model
 # types as if they were saved with transformers 4, where `gate_proj`/`up_proj`/`down_proj`
 # named the experts: a dense MLP's or shared expert's adapter then loads onto the experts.
@@ -115,7 +33,7 @@ def _base(family: str, root: Path) -> Path:
     """A randomly initialised tiny model of `family`, saved as a Hugging Face folder."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(family, **FAMILIES[family])
+    config = AutoConfig.for_model(family, **TINY_FAMILIES[family])
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
     return root / "base"
@@ -147,7 +65,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_family_trains_full_and_lora_and_reloads(family, data, run_recipe, jsonl_rows, tmp_path):
     import peft
     from transformers import AutoModelForCausalLM
