@@ -90,6 +90,7 @@ def test_two_ranks_match_one_process(strategy, two_ranks, one_process, jsonl_row
     # not by default (it would keep unsharded gradients between micro-batches)
     assert ("gradients reduced once per step" in stderr) == (strategy == "ddp")
     assert stderr.count("train step 1 |") == 1  # rank 0 alone logs
+    assert stderr.count(f"run summary ({run_dir}):") == 1  # and ends with the summary
     same_training(run_dir, one_process, range(1, STEPS + 1))
     timing = jsonl_rows(run_dir / "training.jsonl", drop_timing=False)
     assert all(r["tps_per_gpu"] == pytest.approx(r["tps"] / 2) for r in timing)

@@ -37,13 +37,14 @@ def reference(tmp_path_factory, overrides, monkeypatch_module) -> tuple[KDRecipe
 
 
 def test_kd_ratio_0_trains_exactly_as_finetune(
-    tmp_path, overrides, run_recipe, jsonl_rows, monkeypatch_module
+    tmp_path, overrides, run_recipe, jsonl_rows, monkeypatch_module, capsys
 ):
     """Same student, data and seed: kd_ratio 0 is finetune.llm's cross-entropy, step for step
     (the teacher offloaded to the CPU between its forwards changes nothing)."""
     run_recipe(KD, overrides(tmp_path / "ft"))  # finetune.llm reads the example's student
     extra = ("--kd.kd_ratio=0", "--kd.offload_teacher=true")
     assert main(["-c", str(KD), *overrides(tmp_path / "kd", *extra)]) == 0
+    assert f"run summary ({tmp_path / 'kd'}):" in capsys.readouterr().err  # every recipe ends so
     for log in ("training.jsonl", "validation.jsonl"):
         finetune, kd = (jsonl_rows(tmp_path / run / log) for run in ("ft", "kd"))
         assert [r["step"] for r in kd] == [r["step"] for r in finetune]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,14 @@ def _train(config: Path, run_dir: Path, *extra: str, steps: int = 4) -> Finetune
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _summary(log: str, run_dir: Path) -> dict[str, str]:
+    """The end-of-run summary's lines in `log` (name -> value); it appears exactly once."""
+    heading = f"run summary ({run_dir}):\n"
+    assert log.count(heading) == 1, log[-3000:]
+    lines = takewhile(lambda line: line.startswith("  "), log.split(heading, 1)[1].splitlines())
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +112,12 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path, monkeypatch_module):
 
 def test_pretrain_with_packing_and_fused_loss(tmp_path, monkeypatch_module, caplog):
     caplog.set_level("INFO")
-    recipe = _train(PRETRAIN, tmp_path, steps=2)
+    recipe = _train(PRETRAIN, tmp_path, "--+logging.plot=true", steps=2)
     assert "packing efficiency" in caplog.text
+    # logging.plot: the run draws its plot at the end, and the summary shows where
+    assert _summary(caplog.text, tmp_path)["plot"] == str(tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "metrics.svg").stat().st_size > 0
     assert 0.5 < recipe.train_set.efficiency <= 1.0
     rows = _rows(tmp_path / "training.jsonl")
     masked = _train(
@@ -149,6 +164,19 @@ def test_readme_command_through_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation step 2: loss" in result.stderr
     assert (tmp_path / "checkpoints/epoch_0_step_2/model/model.safetensors").is_file()
+    # the run ends with its summary, read back from the metrics files
+    summary = _summary(result.stderr, tmp_path)
+    train, val = _rows(tmp_path / "training.jsonl"), _rows(tmp_path / "validation.jsonl")
+    real, label = (sum(r[k] for r in train) for k in ("num_real_tokens", "num_label_tokens"))
+    best = min(val, key=lambda r: r["loss"])
+    assert re.fullmatch(r"\d+\.\d s", summary["wall time"]), summary
+    assert summary["steps"] == "2"
+    assert summary["tokens"] == f"{real:,} real, {label:,} label"
+    assert summary["validation loss"] == (
+        f"final {val[-1]['loss']:.4f} at step 2, best {best['loss']:.4f} at step {best['step']}"
+    )
+    assert summary["last checkpoint"] == str(tmp_path / "checkpoints/epoch_0_step_2")
+    assert summary["plot"] == f"automodel plot {shlex.quote(str(tmp_path))}"
 
 
 def test_freeze_patterns_and_embeddings_keep_those_weights(tmp_path, monkeypatch_module):

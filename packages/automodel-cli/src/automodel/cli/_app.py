@@ -1,4 +1,4 @@
-"""Dispatch a parsed command line: help, version, list, validate, or run a recipe."""
+"""Dispatch a parsed command line: help, version, list, validate, run a recipe, or a command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from automodel.cli import _help
 from automodel.cli._args import Invocation, debug_requested, parse_args
-from automodel.cli._discovery import describe, distribution_label, installed_recipes, load_recipe
+from automodel.cli._discovery import (
+    describe,
+    distribution_label,
+    installed_commands,
+    installed_recipes,
+    load_recipe,
+)
 from automodel.cli._errors import CliError, UsageError
 from automodel.cli._launch import resolve_launch, run_torchrun, torchrun_command
 
@@ -34,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: list[str]) -> int:
+    status = _command(args)
+    if status is not None:
+        return status
     inv = parse_args(args)
     if inv.version:
         print(f"automodel-cli {_version()}")
@@ -59,6 +68,28 @@ def _dispatch(args: list[str]) -> int:
     return _run(inv.positionals, inv, validate=False)
 
 
+_BUILT_IN = ("help", "list", "validate")  # the CLI's own words, never looked up as commands
+
+
+def _command(args: list[str]) -> int | None:
+    """`automodel [--debug] <name> ARGS...` (or `automodel help <name>`) for a command of the
+    group automodel.commands: called in this process with ARGS verbatim (and --debug if given
+    before the name). None when the first word is no installed command."""
+    lead = 0
+    while lead < len(args) and args[lead] == "--debug":
+        lead += 1
+    words = args[lead:]
+    if words[:1] == ["help"] and len(words) > 1:
+        words = [words[1], "--help"]
+    if not words or words[0].startswith("-") or words[0] in _BUILT_IN:
+        return None
+    ep = installed_commands().get(words[0])
+    if ep is None:
+        return None
+    argv = ["--debug"] * bool(lead) + words[1:]
+    return _call(load_recipe(ep, "command"), argv, debug=bool(lead) or debug_requested(argv))
+
+
 def _help_for(command: str | None, domain: str | None = None) -> str:
     if command == "list":
         return _help.list_help()
@@ -66,7 +97,8 @@ def _help_for(command: str | None, domain: str | None = None) -> str:
     if command == "validate":
         return _help.validate_help(list(recipes))
     if not command:
-        return _help.main_help(list(recipes))
+        commands = {name: describe(ep) for name, ep in installed_commands().items()}
+        return _help.main_help(list(recipes), commands)
     ep = recipes.get(f"{command}.{domain}")
     about = f"{ep.name}: {describe(ep)}" if ep is not None else None
     return _help.command_help(command, list(recipes), about)

@@ -1,4 +1,5 @@
-"""Find recipes registered in the `automodel.recipes` entry-point group, and describe them."""
+"""Find recipes (entry-point group `automodel.recipes`) and commands (`automodel.commands`),
+and describe them."""
 
 from __future__ import annotations
 
@@ -11,14 +12,25 @@ from pathlib import Path
 from automodel.cli._errors import RecipeLoadError
 
 GROUP = "automodel.recipes"
+# `automodel <name> ARGS...`: a command without a domain or config, e.g. `plot` (recipes)
+COMMAND_GROUP = "automodel.commands"
 NO_DESCRIPTION = "(no description)"
 _MAX_REEXPORT_HOPS = 4
 
 
 def installed_recipes() -> dict[str, EntryPoint]:
     """Map each installed recipe name to its entry point; the first one on sys.path wins."""
+    return _installed(GROUP)
+
+
+def installed_commands() -> dict[str, EntryPoint]:
+    """Map each installed command name (`plot`) to its entry point, like installed_recipes."""
+    return _installed(COMMAND_GROUP)
+
+
+def _installed(group: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
-    for ep in entry_points(group=GROUP):
+    for ep in entry_points(group=group):
         found.setdefault(ep.name, ep)
     return dict(sorted(found.items()))
 
@@ -34,8 +46,9 @@ def distribution_label(ep: EntryPoint) -> str | None:
         return None
 
 
-def load_recipe(ep: EntryPoint) -> Callable[[list[str]], int | None]:
-    """Import the recipe behind `ep`; failures become a RecipeLoadError naming the entry point."""
+def load_recipe(ep: EntryPoint, kind: str = "recipe") -> Callable[[list[str]], int | None]:
+    """Import the recipe (or command) behind `ep`; failures become a RecipeLoadError naming the
+    entry point."""
     where = f"entry point '{ep.name} = {ep.value}'"
     label = distribution_label(ep)
     if label:
@@ -44,13 +57,13 @@ def load_recipe(ep: EntryPoint) -> Callable[[list[str]], int | None]:
         fn = ep.load()
     except Exception as exc:
         raise RecipeLoadError(
-            f"could not load recipe '{ep.name}' ({where}): {type(exc).__name__}: {exc}. "
-            "The recipe's package or one of its dependencies is broken or missing; "
+            f"could not load {kind} '{ep.name}' ({where}): {type(exc).__name__}: {exc}. "
+            f"The {kind}'s package or one of its dependencies is broken or missing; "
             "run with --debug to see the traceback."
         ) from exc
     if not callable(fn):
         raise RecipeLoadError(
-            f"recipe '{ep.name}' ({where}) is a {type(fn).__name__}, not a callable "
+            f"{kind} '{ep.name}' ({where}) is a {type(fn).__name__}, not a callable "
             "taking the argument list (fn(argv: list[str]) -> int)."
         )
     return fn

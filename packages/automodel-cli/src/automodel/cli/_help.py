@@ -66,8 +66,13 @@ def _recipes_line(names: list[str]) -> str:
     return f"installed recipes: {', '.join(names)} (details: `automodel list`)"
 
 
-def main_help(names: list[str]) -> str:
-    """The text of `automodel --help`."""
+def _commands_lines(commands: dict[str, str]) -> str:
+    """One line per installed command of the group automodel.commands (e.g. plot)."""
+    return "".join(f"  {name:<22}  {about}\n" for name, about in commands.items())
+
+
+def main_help(names: list[str], commands: dict[str, str] | None = None) -> str:
+    """The text of `automodel --help`; `commands`: installed command name -> description."""
     return f"""\
 {_USAGE}
 
@@ -77,7 +82,7 @@ commands:
   <command> <domain>      run the recipe registered as '<command>.<domain>', e.g. `finetune llm`
   validate                check a config against a recipe without running it
   list                    show the installed recipes with a one-line description
-
+{_commands_lines(commands or {})}
 {_OPTIONS}
 
 {_launch_section()}
@@ -90,6 +95,7 @@ examples:
   automodel finetune llm -c finetune.yaml --nnodes 2 --nproc-per-node 8 --rdzv-endpoint node0:29400
   automodel finetune llm -c slurm.yaml --slurm.nodes 4 --dry-run   # print the sbatch script
   automodel validate finetune llm -c finetune.yaml --+model.revision main
+  automodel plot runs/a runs/b --x time    # with automodel-recipes: curves of two runs
 
 {_recipes_line(names)}
 """

@@ -21,7 +21,7 @@ from torch import nn
 
 from automodel.checkpoint import Checkpointer, WeightsFormat
 from automodel.core.config import ConfigNode
-from automodel.core.logging import check_metric_loggers, setup_logging
+from automodel.core.logging import check_metric_loggers, global_rank, setup_logging
 from automodel.core.training import StepScheduler, set_seed
 from automodel.distributed import destroy_distributed
 
@@ -32,7 +32,8 @@ from ._parallel import Parallel, read_distributed, setup_parallel
 from ._peft import build_lora_config
 from ._preemption import PreemptionWatcher
 from ._run_history import start_point
-from ._sections import Checkpoint, Distributed, Logging, Rng, read_section
+from ._sections import Checkpoint, Distributed, Logging, Rng, check_plot, read_section
+from ._summary import run_summary
 from ._telemetry import Telemetry
 
 log = logging.getLogger("automodel.recipes")
@@ -64,12 +65,14 @@ class RunContext:
 def preflight(cfg: ConfigNode) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
-    arithmetic, `peft:`, `moe:` and the metric loggers' extras. Returns the layout."""
+    arithmetic, `peft:`, `moe:`, the metric loggers' extras and `logging.plot`'s. Returns the
+    layout."""
     distributed, dp_size = read_distributed(cfg)
     build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)
     check_metric_loggers(cfg)
+    check_plot(cfg)
     return distributed
 
 
@@ -148,8 +151,15 @@ def is_complete(run: RunContext, outputs_pending: bool = False) -> bool:
 
 
 @contextlib.contextmanager
-def training_session(run: RunContext, telemetry: Telemetry) -> Iterator[None]:
-    """Preemption signals are watched inside; the checkpointer and telemetry close on the way out."""
+def training_session(
+    run: RunContext, telemetry: Telemetry, *, summary: bool = True
+) -> Iterator[None]:
+    """Preemption signals are watched inside; the checkpointer and telemetry close on the way out.
+
+    A session that ends without an exception (finished, preempted or already complete) then
+    draws the plot with `logging.plot: true` and, with `summary`, logs the run's summary from
+    rank 0: wall time, steps, tokens, validation loss, the last checkpoint and the plot.
+    """
     try:
         run.preemption.install()
         yield
@@ -158,6 +168,38 @@ def training_session(run: RunContext, telemetry: Telemetry) -> Iterator[None]:
         if run.checkpointer is not None:
             run.checkpointer.close()
         telemetry.close()
+    if global_rank() == 0:
+        plot = _draw_plot(run.run_dir) if run.logging.plot else None
+        if summary:
+            _log_summary(run, telemetry, plot)
+
+
+def _draw_plot(run_dir: Path) -> Path | None:
+    """`automodel plot <run_dir>` at the end of a run; a failure is a warning, not a failed run."""
+    from .plot import plot_runs
+
+    try:
+        return plot_runs([run_dir])[0]
+    except Exception as e:
+        log.warning("could not plot the run: %s: %s", type(e).__name__, e)
+        return None
+
+
+def _log_summary(run: RunContext, telemetry: Telemetry, plot: Path | None) -> None:
+    merged = run.run_dir / "merged_model"
+    try:
+        text = run_summary(
+            run.run_dir,
+            wall_s=telemetry.elapsed(),
+            resumed_at=telemetry.resumed_at,
+            checkpoint=run.checkpointer.latest() if run.checkpointer is not None else None,
+            merged_model=merged if merged.is_dir() else None,
+            plot=plot,
+        )
+    except Exception as e:  # the run is done: a summary that cannot be made is only a warning
+        log.warning("no run summary: %s: %s", type(e).__name__, e)
+        return
+    log.info("%s", text)
 
 
 def checkpoint_if_due(run: RunContext, save: Callable[[], Any]) -> bool:

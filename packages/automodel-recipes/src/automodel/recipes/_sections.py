@@ -6,6 +6,7 @@ A recipe's `SECTIONS` is the union of the tables it reads plus its own sections,
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,6 +15,8 @@ from automodel.core.data import build_dataloader
 from automodel.core.logging import MlflowLogger, WandbLogger
 from automodel.core.optim import build_lr_scheduler
 from automodel.core.training import StepScheduler
+
+from ._errors import config_problem
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,26 @@ class Moe:
 
 @dataclass(frozen=True)
 class Logging:
-    """`logging:` run directory, log level, progress bars."""
+    """`logging:` run directory, log level, progress bars, a plot at the end."""
 
     run_dir: str | None = None  # default: the recipe's own (e.g. runs/llm)
     level: str = "INFO"
     progress: bool = True
+    plot: bool = False  # draw <run_dir>/metrics.png and .svg at the end (the [plot] extra)
+
+
+def check_plot(cfg: ConfigNode) -> None:
+    """`logging.plot: true` needs matplotlib: a config problem before the run, not after it."""
+    if (
+        read_section(cfg, "logging", Logging).plot
+        and importlib.util.find_spec("matplotlib") is None
+    ):
+        message = (
+            "plotting at the end of the run needs matplotlib, which is not installed; install "
+            "it with `pip install 'automodel-recipes[plot]'`, or draw the plot later with "
+            "`automodel plot <run_dir>` where it is installed"
+        )
+        raise config_problem(cfg, "logging.plot", message)
 
 
 def read_section(cfg: ConfigNode, name: str, kind: type) -> Any:

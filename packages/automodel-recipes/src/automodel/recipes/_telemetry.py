@@ -33,6 +33,7 @@ class Telemetry:
         self.section = section
         self.started = time.monotonic() if started is None else started
         self.elapsed_before = 0.0  # the run's time before this process (a resumed run)
+        self.resumed_at: int | None = None  # the step this process resumed the run at
         # Called with every training step's sample on every rank (benchmarks, early stopping).
         self.listeners = list(listeners)
         self.train_log = JsonlWriter(run_dir / "training.jsonl")
@@ -42,6 +43,7 @@ class Telemetry:
 
     def resume_at(self, step: int) -> None:
         """Start the training progress bar at a resumed step."""
+        self.resumed_at = step
         self.bar = ProgressBar(
             total=self.bar.total, desc="train", initial=step, enabled=self.section.progress
         )

@@ -139,7 +139,7 @@ class BenchmarkRecipeForCausalLM:
         batches = synthetic_batches(self.vocab_size, rows, seq_len, seed)
         label_tokens = self.steps.global_batch_size * (seq_len - 1)  # next-token labels
         seconds: dict[int, float] = {}
-        with training_session(self.run, self.telemetry):
+        with training_session(self.run, self.telemetry, summary=False):  # its own summary
             self.model.train()
             for micro_batches in self.steps.steps(batches):
                 step, micro_batches = self.steps.step, [self.prepare(b) for b in micro_batches]
