@@ -164,9 +164,7 @@ class _Tty(io.StringIO):
 
 def test_progress_without_tty_prints_a_line_every_n_percent(clock: _Clock):
     out = io.StringIO()
-    bar = ProgressBar(
-        total=20, desc="train", stream=out, rank=0, every_percent=25, quiet_seconds=2
-    )
+    bar = ProgressBar(total=20, desc="train", stream=out, rank=0, every_percent=25, quiet_seconds=2)
     for step in range(1, 21):
         clock.now += 0.5
         bar.update(1, loss=1.0 / step)
