@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .._atomic import write_atomic
 from ._errors import ConfigError, Problem
 from ._interpolate import interpolate
+from ._nemo_compat import looks_like_nemo, translate
 from ._node import ConfigMeta, ConfigNode
 from ._overrides import Override, apply_overrides, parse_overrides
 from ._redact import redacted_yaml
@@ -31,7 +33,8 @@ def load_config(
     config's own `allowed_imports:` key only says what it needs, and grants nothing.
     With the recipe's `sections`, an override may set any key their schemas accept even where
     the file does not spell it out (`--checkpoint.restore_from latest`); without them, or
-    outside any schema, a new key needs `--+key`.
+    outside any schema, a new key needs `--+key`. A NeMo AutoModel config (their `recipe:` key
+    or `nemo_automodel.*` targets) is read in our spelling, its overrides in either.
     """
     data, lines = load_yaml_file(path)
     where = {key: f"{path}:{line}" for key, line in lines.items()}
@@ -45,6 +48,12 @@ def load_config(
         for depth in range(1, len(parts)):
             where.setdefault(".".join(parts[:depth]), source)  # sections an override created
         where[key] = source
+    if looks_like_nemo(data):  # a NeMo AutoModel config: read in our spelling (docs/migrating.md)
+        translation = translate(data, where, str(path))
+        data, where = translation.data, translation.where
+        if (environ or os.environ).get("RANK", "0") == "0":
+            for note in translation.notes:
+                print(f"note: {note}", file=sys.stderr)
     data, templates, problems = interpolate(data, os.environ if environ is None else environ, where)
     if problems:
         raise ConfigError(problems)

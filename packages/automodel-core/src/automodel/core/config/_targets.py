@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 from ._errors import ConfigError, Problem, did_you_mean
+from ._nemo_compat import NEMO_PREFIX, alias_for
 from ._node import ConfigMeta, ConfigNode, locate
 from ._trust import (
     ALLOW_FLAG,
@@ -30,7 +31,11 @@ def resolve_target(
     """Import the callable a dotted path names, if a config may call it (see `_trust`).
 
     `allowed_imports` are the user's grants (`--allow-import`): module prefixes or exact names.
+    A NeMo AutoModel path (`nemo_automodel.*`) resolves through the alias table of
+    `_nemo_compat` to ours, never by importing a package of that name.
     """
+    if isinstance(path, str) and path.startswith(NEMO_PREFIX):
+        path = alias_for(path, key=key, where=where)
 
     def fail(message: str) -> TargetError:
         return TargetError(Problem(key, message, where))
