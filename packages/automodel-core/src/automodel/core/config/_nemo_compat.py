@@ -166,7 +166,6 @@ KEY_DROPS: dict[tuple[str, str], str] = {
     ("step_scheduler", "log_remote_every_steps"): "remote loggers get every logged step",
     ("step_scheduler", "save_checkpoint_every_epoch"): "when checkpoints are written",
     ("checkpoint", "save_consolidated"): "checkpoints here always hold the HF safetensors model",
-    ("checkpoint", "enabled"): "true is the default; false turns saving off",
     ("compile", "backend"): "null is the default backend (inductor)",
 }
 
@@ -312,6 +311,7 @@ class _Translator:
         self.targets(self.data, "")
         self.sections()
         self.renames()
+        self.checkpoint_enabled()
         self.loaders()
         self.step_scheduler()
         self.typos()
@@ -465,11 +465,6 @@ class _Translator:
                 self.note(
                     "checkpoint", "model_save_format: safetensors is how models are saved here"
                 )
-            if ckpt.get("enabled") is False:
-                ckpt["save_final"] = False
-                self.section("step_scheduler")["ckpt_every_steps"] = None
-                self.changed["checkpoint.save_final"] = "was enabled: false"
-                self.changed["step_scheduler.ckpt_every_steps"] = "was checkpoint.enabled: false"
         lr = data.get("lr_scheduler")
         if isinstance(lr, dict) and "lr_warmup_steps" not in lr and "warmup_steps" not in lr:
             self.note(
@@ -525,6 +520,15 @@ class _Translator:
             if sec in self.data and not self.data[sec]:
                 del self.data[sec]
                 self.changed.setdefault("distributed", "dist_env folded in")
+
+    def checkpoint_enabled(self) -> None:
+        """`checkpoint.enabled: false`: no checkpoint during the run or at its end."""
+        ckpt = self.data.get("checkpoint")
+        if isinstance(ckpt, dict) and ckpt.pop("enabled", True) is False:
+            ckpt["save_final"] = False
+            self.section("step_scheduler")["ckpt_every_steps"] = None
+            self.changed["checkpoint.save_final"] = "was enabled: false"
+            self.changed["step_scheduler.ckpt_every_steps"] = "was checkpoint.enabled: false"
 
     def loaders(self) -> None:
         for name in ("dataloader", "validation_dataloader"):

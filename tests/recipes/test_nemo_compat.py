@@ -1,0 +1,259 @@
+"""NeMo AutoModel configs run here unchanged (docs/migrating.md): written in their schema,
+pointed at the repo's tiny model and a local SQuAD-format file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from _shared import REPO
+
+from automodel.core.config import ConfigError, load_config, resolve_target, validate_config
+from automodel.core.config._nemo_compat import migrate, translate
+from automodel.recipes.llm.finetune import SECTIONS
+
+ASSETS = REPO / "examples/llm_finetune/assets"
+
+# Their llama3_2_1b_squad.yaml layout and key names, pointed at local files.
+THEIRS = """\
+recipe:
+  _target_: nemo_automodel.recipes.llm.train_ft.TrainFinetuneRecipeForNextTokenPrediction
+
+step_scheduler:
+  global_batch_size: 8
+  local_batch_size: 4
+  ckpt_every_steps: 1000
+  val_every_steps: 2
+  max_steps: 3
+  num_epochs: 1
+
+dist_env:
+  backend: nccl
+  timeout_minutes: 1
+
+rng:
+  _target_: nemo_automodel.components.training.rng.StatefulRNG
+  seed: 1111
+  ranked: true
+
+model:
+  _target_: nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained
+  pretrained_model_name_or_path: {assets}/tiny_llama_base
+
+tokenizer:
+  _target_: nemo_automodel.NeMoAutoTokenizer.from_pretrained
+  pretrained_model_name_or_path: {assets}/tiny_tokenizer
+
+compile:
+  enabled: false
+  mode: "default"
+  fullgraph: false
+  dynamic: true
+  backend: null
+
+clip_grad_norm:
+  max_norm: 1.0
+
+distributed:
+  strategy: fsdp2
+  dp_size: none
+  tp_size: 1
+  cp_size: 1
+
+loss_fn:
+  _target_: nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy
+
+dataset:
+  _target_: nemo_automodel.components.datasets.llm.squad.make_squad_dataset
+  dataset_name: {data}/squad_train.jsonl
+  split: train
+
+packed_sequence:
+  packed_sequence_size: 0
+
+dataloader:
+  _target_: torchdata.stateful_dataloader.StatefulDataLoader
+  collate_fn:
+    _target_: nemo_automodel.components.datasets.utils.default_collater
+  shuffle: false
+
+validation_dataset:
+  _target_: nemo_automodel.components.datasets.llm.squad.make_squad_dataset
+  dataset_name: {data}/squad_val.jsonl
+  split: validation
+  limit_dataset_samples: 8
+
+validation_dataloader:
+  _target_: torchdata.stateful_dataloader.StatefulDataLoader
+  collate_fn:
+    _target_: nemo_automodel.components.datasets.utils.default_collater
+
+optimizer:
+  _target_: torch.optim.Adam
+  betas: [0.9, 0.999]
+  eps: 1e-8
+  lr: 1.0e-3
+  weight_decay: 0
+
+lr_scheduler:
+  lr_decay_style: cosine
+  lr_warmup_steps: 1
+  min_lr: 1.0e-6
+
+checkpoint:
+  enabled: true
+  checkpoint_dir: {data}/run/checkpoints
+  model_save_format: safetensors
+  save_consolidated: true
+
+ci:
+  recipe_owner: someone
+  time: "00:10:00"
+"""
+
+
+def squad_rows(name: str, start: int, count: int) -> list[dict]:
+    """SQuAD-format rows made from the repo's word-reversal task."""
+    rows = (ASSETS / name).read_text().splitlines()[start : start + count]
+    out = []
+    for line in rows:
+        user, answer = (m["content"] for m in json.loads(line)["messages"])
+        context = user.split(" ", 1)[1]
+        out.append({"context": context, "question": "reverse", "answers": {"text": [answer]}})
+    return out
+
+
+@pytest.fixture(scope="module")
+def theirs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nemo")
+    for name, rows in (
+        ("squad_train.jsonl", squad_rows("reverse_train.jsonl", 0, 32)),
+        ("squad_val.jsonl", squad_rows("reverse_validation.jsonl", 0, 16)),
+    ):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = root / "theirs.yaml"
+    path.write_text(THEIRS.format(assets=ASSETS, data=root))
+    return path
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_their_squad_config_validates(theirs: Path) -> None:
+    cfg = load_config(theirs, sections=SECTIONS)
+    validate_config(cfg, SECTIONS)
+    assert cfg.model._target_ == "automodel.core.models.AutoModelForCausalLM.from_pretrained"
+    assert cfg.validation_dataset.split == "validation[:8]"
+    assert cfg.distributed.dp_size == "auto" and cfg.distributed.timeout_minutes == 1
+    assert "recipe" not in cfg and "ci" not in cfg and "dist_env" not in cfg
+    # a moved key still points at the line the user wrote
+    line = THEIRS.splitlines().index("  dataset_name: {data}/squad_train.jsonl") + 1
+    assert cfg.where("dataset.path") == f"{theirs}:{line}"
+    assert "nemo_automodel" not in sys.modules
+
+
+def test_their_config_runs_and_migrated_matches_bitwise(
+    theirs: Path, tmp_path: Path, run_recipe, jsonl_rows
+) -> None:
+    migrated = tmp_path / "ours.yaml"
+    migrated.write_text(migrate(str(theirs)))
+    text = migrated.read_text()
+    code = [line.split("#")[0] for line in text.splitlines()]
+    assert not any("nemo_automodel" in c or c.startswith(("recipe:", "ci:")) for c in code)
+    assert "  # was nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained" in text
+    assert "automodel finetune llm" in text
+    losses = []
+    for name, config in (("theirs", theirs), ("ours", migrated)):
+        run_dir = tmp_path / name
+        overrides = [f"--logging.run_dir={run_dir}", f"--checkpoint.checkpoint_dir={run_dir}/ck"]
+        run_recipe(config, [*overrides, "--+logging.progress=false"])
+        train = jsonl_rows(run_dir / "training.jsonl")
+        val = jsonl_rows(run_dir / "validation.jsonl")
+        assert [r["step"] for r in train] == [1, 2, 3]
+        losses.append((train, val))
+    assert losses[0] == losses[1]
+
+
+def test_unknown_nemo_target_is_a_specific_error(tmp_path: Path) -> None:
+    text = THEIRS.replace(
+        "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy",
+        "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropyy",
+    ).format(assets=ASSETS, data=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), sections=SECTIONS)
+    message = str(err.value)
+    assert "not in the alias table" in message and "did you mean" in message.lower()
+    line = text.splitlines().index("loss_fn:") + 2
+    assert f"cfg.yaml:{line}" in message
+    with pytest.raises(ConfigError, match="Megatron-FSDP is not supported"):
+        resolve_target("nemo_automodel.components.distributed.megatron_fsdp.MegatronFSDPManager")
+    ours = resolve_target("nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy")
+    assert ours.__module__.startswith("automodel.core.losses")
+    assert "nemo_automodel" not in sys.modules
+
+
+def test_typo_in_their_key_names_gets_a_suggestion(tmp_path: Path) -> None:
+    text = THEIRS.replace("  val_every_steps: 2", "  val_check_intervl: 2")
+    with pytest.raises(ConfigError, match="did you mean 'val_check_interval'"):
+        load_config(write(tmp_path, text.format(assets=ASSETS, data=tmp_path)), sections=SECTIONS)
+
+
+def test_older_spellings_and_grad_acc_style() -> None:
+    data = {
+        "recipe": "TrainFinetuneRecipeForNextTokenPrediction",
+        "step_scheduler": {
+            "grad_accumulation_steps": 2,
+            "val_check_interval": 5,
+            "checkpoint_interval": 10,
+            "log_interval": 1,
+        },
+        "dataloader": {"batch_size": 4},
+        "restore_from": {"path": "ckpts/epoch_0_step_10"},
+        "checkpoint": {"enabled": False},
+        "distributed": {"strategy": "ddp", "dp_size": "none"},
+    }
+    t = translate(data, {}, "cfg.yaml", world_size=2)
+    assert t.recipe == "finetune.llm"
+    assert t.data["step_scheduler"] == {
+        "grad_acc_steps": 2,
+        "val_every_steps": 5,
+        "ckpt_every_steps": None,  # checkpoint.enabled: false
+        "log_every_steps": 1,
+        "local_batch_size": 4,
+        "global_batch_size": 16,  # 4 x 2 x 2 processes
+    }
+    assert t.data["checkpoint"] == {"restore_from": "ckpts/epoch_0_step_10", "save_final": False}
+    assert t.data["dataloader"] == {}
+    for bad, match in (
+        ({"distributed": {"strategy": "megatron_fsdp"}}, "use fsdp2"),
+        ({"compile": {"backend": "eager"}}, "compile backend 'eager'"),
+        ({"checkpoint": {"model_save_format": "torch_save"}}, "torch_save"),
+        ({"recipe": "FinetuneRecipeForVLMX"}, "no equivalent here"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            translate(bad, {}, "cfg.yaml")
+
+
+def test_peft_config_keeps_their_defaults() -> None:
+    data = {
+        "peft": {
+            "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
+            "include_modules": ["*.q_proj"],
+            "dim": 8,
+            "use_triton": False,
+        }
+    }
+    peft = translate(data, {}, "cfg.yaml").data["peft"]
+    assert peft == {
+        "_target_": "automodel.peft.LoraConfig",
+        "dim": 8,
+        "use_triton": False,
+        "target_modules": ["*.q_proj"],
+        "alpha": 32,
+        "dropout_position": "post",
+    }
