@@ -4,6 +4,7 @@ pointed at the repo's tiny model and a local SQuAD-format file."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from automodel.core.config._nemo_compat import migrate, translate
 from automodel.recipes.llm.finetune import SECTIONS
 
 ASSETS = REPO / "examples/llm_finetune/assets"
+AUTOMODEL = Path(sys.executable).with_name("automodel")
 
 # Their llama3_2_1b_squad.yaml layout and key names, pointed at local files.
 THEIRS = """\
@@ -144,6 +146,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_their_command_line_routes_by_recipe(theirs: Path, capsys) -> None:
+    """`automodel [validate] cfg.yaml [overrides]`: the recipe comes from `recipe:`."""
+    from automodel.cli._app import main
+
+    assert main(["validate", str(theirs), "--step_scheduler.max_steps", "2"]) == 0
+    assert f"config OK: {theirs}" in capsys.readouterr().out
+    assert main([str(theirs), "--nproc-per-node", "2", "--dry-run"]) == 0
+    assert f"-m automodel.cli finetune llm -c {theirs}" in capsys.readouterr().out
+
+
 def test_their_squad_config_validates(theirs: Path) -> None:
     cfg = load_config(theirs, sections=SECTIONS)
     validate_config(cfg, SECTIONS)
@@ -161,8 +173,10 @@ def test_their_config_runs_and_migrated_matches_bitwise(
     theirs: Path, tmp_path: Path, run_recipe, jsonl_rows
 ) -> None:
     migrated = tmp_path / "ours.yaml"
-    migrated.write_text(migrate(str(theirs)))
+    command = [str(AUTOMODEL), "migrate", str(theirs), "--out", str(migrated)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
     text = migrated.read_text()
+    assert text == migrate(str(theirs))
     code = [line.split("#")[0] for line in text.splitlines()]
     assert not any("nemo_automodel" in c or c.startswith(("recipe:", "ci:")) for c in code)
     assert "  # was nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained" in text

@@ -19,6 +19,7 @@ from automodel.cli._discovery import (
 )
 from automodel.cli._errors import CliError, UsageError
 from automodel.cli._launch import resolve_launch, run_torchrun, torchrun_command
+from automodel.cli._nemo_route import is_config_path, route
 
 if TYPE_CHECKING:
     from automodel.cli._slurm_job import SlurmJob
@@ -44,6 +45,7 @@ def _dispatch(args: list[str]) -> int:
     if status is not None:
         return status
     inv = parse_args(args)
+    _route_config_path(inv)
     if inv.version:
         print(f"automodel-cli {_version()}")
         return 0
@@ -66,6 +68,18 @@ def _dispatch(args: list[str]) -> int:
     if command == "validate":
         return _run(rest, inv, validate=True)
     return _run(inv.positionals, inv, validate=False)
+
+
+def _route_config_path(inv: Invocation) -> None:
+    """`automodel [validate] CFG.yaml ...` (NeMo AutoModel's command line): the recipe comes from
+    the config's `recipe:` key, as if `automodel [validate] <command> <domain> -c CFG.yaml`."""
+    words = inv.positionals
+    lead = words[:1] if words[:1] == ["validate"] else []
+    rest = words[len(lead) :]
+    if len(rest) != 1 or not is_config_path(rest[0]) or inv.config is not None or inv.help:
+        return
+    inv.config = rest[0]
+    inv.positionals = [*lead, *route(rest[0])]
 
 
 _BUILT_IN = ("help", "list", "validate")  # the CLI's own words, never looked up as commands

@@ -709,25 +709,3 @@ def migrate(path: str) -> str:
             "target); it needs no migration"
         )
     return migrated_yaml(translate(data, where, path), path)
-
-
-def migrate_main(argv: list[str] | None = None) -> int:
-    """Print a NeMo AutoModel config in automodel's own spelling (`automodel migrate CFG.yaml`)."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else list(argv)
-    args = [a for a in args if a != "--debug"]
-    if (
-        not args
-        or args[0] in ("-h", "--help")
-        or len(args) > 2
-        or (len(args) == 2 and args[0] != "-c")
-    ):
-        print("usage: automodel migrate CONFIG.yaml   (prints it in automodel's spelling)")
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    try:
-        sys.stdout.write(migrate(args[-1]))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
