@@ -271,3 +271,26 @@ def test_peft_config_keeps_their_defaults() -> None:
         "alpha": 32,
         "dropout_position": "post",
     }
+
+
+def test_freeze_and_model_spellings() -> None:
+    data = {
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            "pretrained_model_name_or_path": "x",
+            "force_hf": True,
+            "use_liger_kernel": False,
+        },
+        "freeze": {"freeze_embeddings": True, "freeze_vision_tower": False},
+        "wandb": {"project": "p", "save_dir": "/tmp/wandb"},
+    }
+    t = translate(data, {"freeze.freeze_embeddings": "cfg.yaml:9"}, "cfg.yaml")
+    assert t.data["model"] == {
+        "_target_": "automodel.core.models.AutoModelForCausalLM.from_pretrained",
+        "pretrained_model_name_or_path": "x",
+    }
+    assert t.data["freeze"] == {"embeddings": True}
+    assert t.where["freeze.embeddings"] == "cfg.yaml:9"
+    assert t.data["wandb"] == {"project": "p", "dir": "/tmp/wandb"}
+    with pytest.raises(ConfigError, match="freeze.patterns"):
+        translate({"freeze": {"freeze_language_model": True}}, {}, "cfg.yaml")

@@ -40,12 +40,14 @@ class Alias:
     refused: Mapping[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     section: Mapping[str, Any] = field(default_factory=dict)  # keys the section gains
+    note: str = ""  # a difference to say whenever it is used
 
 
 _MODEL_DROPPED = {
     "use_liger_kernel": "a fused-kernel choice for the same computation",
     "use_sdpa_patching": "an attention-kernel choice for the same computation",
     "backend": "their model-implementation kernel backend (attention/linear kernels)",
+    "force_hf": "the Hugging Face implementation is the one used here",
 }
 _CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
 _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
@@ -100,6 +102,10 @@ TARGET_ALIASES: dict[str, Alias] = {
         refused={
             "lora_A_init": (("xavier",), "set init_a: kaiming or gaussian"),
         },
+        note=(
+            "lora_A is initialised with kaiming here (NeMo AutoModel: xavier); lora_B starts at "
+            "zero in both, so the starting model is the same, not the random A"
+        ),
         # their defaults where ours differ (alpha 32, dropout after the adapter input)
         defaults={"alpha": 32, "dropout_position": "post"},
     ),
@@ -385,6 +391,8 @@ class _Translator:
         else:
             node[TARGET_KEY] = alias.ours
             self.changed[tkey] = f"was {target}"
+        if alias.note:
+            self.note(path, alias.note)
         for their, why in alias.dropped.items():
             if their in node:
                 node.pop(their)
@@ -465,6 +473,22 @@ class _Translator:
                 self.note(
                     "checkpoint", "model_save_format: safetensors is how models are saved here"
                 )
+        freeze = data.get("freeze")
+        if isinstance(freeze, dict):
+            if "freeze_embeddings" in freeze:
+                freeze["embeddings"] = freeze.pop("freeze_embeddings")
+                self.move("freeze.freeze_embeddings", "freeze.embeddings")
+            for part in ("language_model", "vision_tower", "audio_tower"):
+                key = f"freeze_{part}"
+                if freeze.get(key):
+                    self.fail(
+                        f"freeze.{key}",
+                        f"freeze.{key} is not supported by this recipe; name the parameters "
+                        "with freeze.patterns (fnmatch over parameter names)",
+                    )
+                elif key in freeze:
+                    freeze.pop(key)
+                    self.note("freeze", f"{key}: false dropped (nothing to freeze)")
         lr = data.get("lr_scheduler")
         if isinstance(lr, dict) and "lr_warmup_steps" not in lr and "warmup_steps" not in lr:
             self.note(
