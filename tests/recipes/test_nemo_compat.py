@@ -292,5 +292,5 @@ def test_freeze_and_model_spellings() -> None:
     assert t.data["freeze"] == {"embeddings": True}
     assert t.where["freeze.embeddings"] == "cfg.yaml:9"
     assert t.data["wandb"] == {"project": "p", "dir": "/tmp/wandb"}
-    with pytest.raises(ConfigError, match="freeze.patterns"):
+    with pytest.raises(ConfigError, match=r"freeze\.patterns"):
         translate({"freeze": {"freeze_language_model": True}}, {}, "cfg.yaml")
