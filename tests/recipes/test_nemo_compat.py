@@ -294,3 +294,15 @@ def test_freeze_and_model_spellings() -> None:
     assert t.data["wandb"] == {"project": "p", "dir": "/tmp/wandb"}
     with pytest.raises(ConfigError, match=r"freeze\.patterns"):
         translate({"freeze": {"freeze_language_model": True}}, {}, "cfg.yaml")
+
+
+def test_docs_table_lists_every_alias() -> None:
+    from automodel.core.config import NEMO_NOT_SUPPORTED, NEMO_TARGET_ALIASES
+
+    doc = (REPO / "docs/migrating.md").read_text()
+    for their, alias in NEMO_TARGET_ALIASES.items():
+        assert f"| `{their}` | " in doc, their
+        if alias.ours:
+            assert f"| `{their}` | `{alias.ours}` |" in doc, their
+    for their in NEMO_NOT_SUPPORTED:
+        assert f"| `{their}` | " in doc, their

@@ -356,13 +356,14 @@ class _Translator:
                 )
 
     def targets(self, node: Any, path: str) -> None:
-        """Rewrite every `nemo_automodel.*` target (depth first) with its arguments."""
+        """Rewrite every `nemo_automodel.*` target with its arguments, then those below it."""
         if isinstance(node, list):
             for i, item in enumerate(node):
                 self.targets(item, f"{path}.{i}")
             return
         if not isinstance(node, dict):
             return
+        self.target(node, path)  # first: it may drop an argument that names a target of theirs
         for key, value in list(node.items()):
             full = f"{path}.{key}" if path else key
             if key.endswith("_fn") and isinstance(value, str) and value.startswith(NEMO_PREFIX):
@@ -373,6 +374,8 @@ class _Translator:
                     self.problems.extend(e.problems)
             elif key != TARGET_KEY:
                 self.targets(value, full)
+
+    def target(self, node: dict[str, Any], path: str) -> None:
         target = node.get(TARGET_KEY)
         if not (isinstance(target, str) and target.startswith(NEMO_PREFIX)):
             return
