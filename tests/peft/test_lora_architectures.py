@@ -16,20 +16,19 @@ import logging
 
 import pytest
 import torch
+from _shared import TINY_FAMILIES
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     FalconConfig,
     FalconForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     Llama4ForCausalLM,
     Llama4TextConfig,
-    MambaConfig,
-    MambaForCausalLM,
-    PhimoeConfig,
-    PhimoeForCausalLM,
 )
 from transformers.models.llama4.modeling_llama4 import Llama4Router
 from transformers.models.phimoe.modeling_phimoe import PhimoeTopKRouter
@@ -77,16 +76,6 @@ def _tiny(name: str) -> nn.Module:
                     eos_token_id=0,
                 )
             ),
-            "phimoe": lambda: PhimoeForCausalLM(
-                PhimoeConfig(
-                    **small,
-                    hidden_size=32,
-                    intermediate_size=64,
-                    num_key_value_heads=2,
-                    num_local_experts=4,
-                    num_experts_per_tok=2,
-                )
-            ),
             "llama4": lambda: Llama4ForCausalLM(
                 Llama4TextConfig(
                     **small,
@@ -102,18 +91,10 @@ def _tiny(name: str) -> nn.Module:
             "falcon": lambda: FalconForCausalLM(
                 FalconConfig(**small, hidden_size=32, bos_token_id=0, eos_token_id=0)
             ),
-            "mamba": lambda: MambaForCausalLM(
-                MambaConfig(
-                    vocab_size=64,
-                    hidden_size=32,
-                    num_hidden_layers=2,
-                    state_size=8,
-                    expand=2,
-                    conv_kernel=4,
-                    time_step_rank=4,
-                )
-            ),
         }
+        for family in ("phimoe", "mamba"):  # the suite's shared tiny configs
+            config = AutoConfig.for_model(family, **TINY_FAMILIES[family])
+            builders[family] = lambda config=config: AutoModelForCausalLM.from_config(config)
         with torch.random.fork_rng():
             torch.manual_seed(0)
             _TEMPLATES[name] = builders[name]().eval()
