@@ -246,7 +246,7 @@ def test_older_spellings_and_grad_acc_style() -> None:
     for bad, match in (
         ({"distributed": {"strategy": "megatron_fsdp"}}, "use fsdp2"),
         ({"compile": {"backend": "eager"}}, "compile backend 'eager'"),
-        ({"checkpoint": {"model_save_format": "torch_save"}}, "torch_save"),
+        ({"distributed": {"pipeline": {"pp_schedule": "1f1b"}}}, "pp_size and pp_schedule"),
         ({"recipe": "FinetuneRecipeForVLMX"}, "no equivalent here"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -306,3 +306,51 @@ def test_docs_table_lists_every_alias() -> None:
             assert f"| `{their}` | `{alias.ours}` |" in doc, their
     for their in NEMO_NOT_SUPPORTED:
         assert f"| `{their}` | " in doc, their
+
+
+def test_their_hellaswag_config(tmp_path: Path) -> None:
+    """Their most common layout: HellaSwag data, `collate_fn` as a string, a top-level seed."""
+    from automodel.core.config import instantiate
+    from automodel.core.data import IGNORE_INDEX
+    from automodel.core.models import load_tokenizer
+
+    rows = [
+        {"ctx": "reverse cat dog", "endings": ["cat dog", "dog cat"], "label": "1"},
+        {"ctx": "reverse ant bee", "endings": ["bee ant", "ant bee"], "label": 0},
+        {"ctx": "reverse owl", "endings": ["owl", "lo"], "label": "0"},
+    ]
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "\n".join(
+        [
+            "recipe: TrainFinetuneRecipeForNextTokenPrediction",
+            "seed: 7",
+            "step_scheduler: {global_batch_size: 2, local_batch_size: 1, max_steps: 1}",
+            "model:",
+            "  _target_: nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            f"  pretrained_model_name_or_path: {ASSETS}/tiny_llama_base",
+            "tokenizer:",
+            "  _target_: nemo_automodel.NeMoAutoTokenizer.from_pretrained",
+            f"  pretrained_model_name_or_path: {ASSETS}/tiny_tokenizer",
+            "dataset:",
+            "  _target_: nemo_automodel.components.datasets.llm.hellaswag.HellaSwag",
+            f"  path_or_dataset: {data}",
+            "  split: train",
+            "  num_samples_limit: 2",
+            "dataloader:",
+            "  _target_: torchdata.stateful_dataloader.StatefulDataLoader",
+            "  collate_fn: nemo_automodel.components.datasets.utils.default_collater",
+            "  shuffle: true",
+            "optimizer: {_target_: torch.optim.Adam, lr: 1.0e-4}",
+        ]
+    )
+    cfg = load_config(write(tmp_path, text), sections=SECTIONS)
+    validate_config(cfg, SECTIONS)
+    assert cfg.rng.seed == 7 and cfg.dataloader.to_dict() == {"shuffle": True, "drop_last": False}
+    tokenizer = load_tokenizer(f"{ASSETS}/tiny_tokenizer")
+    dataset = instantiate(cfg.dataset, tokenizer=tokenizer)
+    assert len(dataset) == 2  # num_samples_limit
+    sample = dataset[0]
+    answer = [t for t in sample["labels"].tolist() if t != IGNORE_INDEX]
+    expected = tokenizer(" dog cat", add_special_tokens=False)["input_ids"]
+    assert answer == [*expected, tokenizer.eos_token_id]

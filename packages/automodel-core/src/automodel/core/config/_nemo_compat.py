@@ -41,6 +41,7 @@ class Alias:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     section: Mapping[str, Any] = field(default_factory=dict)  # keys the section gains
     note: str = ""  # a difference to say whenever it is used
+    limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
 
 
 _MODEL_DROPPED = {
@@ -52,6 +53,7 @@ _MODEL_DROPPED = {
 _CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
 _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
 _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
+_THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 
 # Their target -> ours. The one table (printed in docs/migrating.md).
 TARGET_ALIASES: dict[str, Alias] = {
@@ -82,6 +84,13 @@ TARGET_ALIASES: dict[str, Alias] = {
             "chat_template": ((None,), "use automodel.core.data.chat_dataset for chat data"),
         },
         defaults={"path": "squad"},
+        limit="limit_dataset_samples",
+    ),
+    "nemo_automodel.components.datasets.llm.hellaswag.HellaSwag": Alias(
+        "automodel.core.data.hellaswag_dataset",
+        args={"path_or_dataset": "path"},
+        dropped={"pad_to_max_length": "padding is masked out of attention and loss"},
+        limit="num_samples_limit",
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
         "automodel.core.losses.MaskedCrossEntropy"
@@ -125,6 +134,7 @@ TARGET_ALIASES: dict[str, Alias] = {
         None, section={"strategy": "ddp"}, dropped={"backend": "chosen from the device"}
     ),
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
+    _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
 }
 
 # Their targets we know and do not have, with what to use instead.
@@ -138,9 +148,6 @@ NOT_SUPPORTED: dict[str, str] = {
     "nemo_automodel.components.loss.te_parallel_ce.TEParallelCrossEntropy": (
         "the Transformer Engine parallel cross-entropy is not shipped; use "
         "automodel.core.losses.MaskedCrossEntropy (or FusedLinearCrossEntropy)"
-    ),
-    "nemo_automodel.components.datasets.llm.hellaswag.HellaSwag": (
-        "no HellaSwag builder here; use a local file with automodel.core.data.instruction_dataset"
     ),
 }
 
@@ -343,6 +350,13 @@ class _Translator:
         if "ci" in data:
             data.pop("ci")
             self.notes.append(f"{self.at('ci')}: ci: their CI settings are ignored")
+        if "seed" in data:  # their LLM recipe seeds from a top-level seed (default 42)
+            seed = data.pop("seed")
+            rng = self.section("rng")
+            if rng.get("seed", seed) != seed:
+                self.note("rng.seed", f"the top-level seed: {seed} wins, as in their recipe")
+            rng["seed"] = seed
+            self.move("seed", "rng.seed")
         restore = data.pop("restore_from", None)
         if restore is not None:
             path = restore.get("path") if isinstance(restore, dict) else restore
@@ -366,7 +380,10 @@ class _Translator:
         self.target(node, path)  # first: it may drop an argument that names a target of theirs
         for key, value in list(node.items()):
             full = f"{path}.{key}" if path else key
-            if key.endswith("_fn") and isinstance(value, str) and value.startswith(NEMO_PREFIX):
+            if key.endswith("_fn") and value in (_COLLATER, _THD_COLLATER):
+                del node[key]  # our dataloader's own collate pads the same way
+                self.changed[path] = f"{key}: {value.rsplit('.', 1)[-1]} is the default collate"
+            elif key.endswith("_fn") and isinstance(value, str) and value.startswith(NEMO_PREFIX):
                 try:
                     node[key] = alias_for(value, key=full, where=self.at(full))
                     self.changed[full] = f"was {value}"
@@ -413,21 +430,14 @@ class _Translator:
             if their in node:
                 node[ours] = node.pop(their)
                 self.move(f"{path}.{their}", f"{path}.{ours}")
-        if target.endswith("make_squad_dataset"):
-            limit = node.pop("limit_dataset_samples", None)
-            if limit is not None:
-                split = str(node.get("split", "train"))
-                if "[" in split:
-                    self.fail(
-                        f"{path}.limit_dataset_samples",
-                        "give either a split slice or limit_dataset_samples",
-                    )
-                node["split"] = f"{split}[:{int(limit)}]"
-                self.move(
-                    f"{path}.limit_dataset_samples",
-                    f"{path}.split",
-                    "limit_dataset_samples is a split slice",
-                )
+        limit = node.pop(alias.limit, None) if alias.limit else None
+        if limit is not None:
+            split = str(node.get("split", "train"))
+            where = f"{path}.{alias.limit}"
+            if "[" in split:
+                self.fail(where, f"give either a split slice or {alias.limit}")
+            node["split"] = f"{split}[:{int(limit)}]"
+            self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
         for ours, value in alias.defaults.items():
             if ours not in node:
                 node[ours] = value
@@ -452,6 +462,15 @@ class _Translator:
                     "distributed.strategy",
                     f"strategy {strategy} is not supported; use fsdp2 (or ddp)",
                 )
+            for sub, instead in (
+                ("pipeline", "distributed.pp_size and pp_schedule (1f1b | gpipe)"),
+                ("moe", "the moe: section (docs/llm_recipe.md)"),
+            ):
+                if sub in dist:
+                    self.fail(
+                        f"distributed.{sub}",
+                        f"their distributed.{sub} subsection is not translated; use {instead}",
+                    )
             if dist.get("dp_size", "auto") in (None, "none", "None"):
                 dist["dp_size"] = "auto"
                 self.changed["distributed.dp_size"] = "was none (every process is data parallel)"
@@ -468,9 +487,10 @@ class _Translator:
         if isinstance(ckpt, dict):
             fmt = ckpt.pop("model_save_format", None)
             if fmt not in (None, "safetensors"):
-                self.fail(
-                    "checkpoint.model_save_format",
-                    f"model_save_format {fmt!r} is not supported; checkpoints here are Hugging Face safetensors (use safetensors)",
+                self.note(
+                    "checkpoint",
+                    f"model_save_format: {fmt} dropped (checkpoints here are always Hugging Face "
+                    "safetensors; the format of the files does not change the run)",
                 )
             elif fmt is not None:
                 self.note(

@@ -54,6 +54,40 @@ def squad_dataset(
     return _build(rows, encode, tokenizer, seq_length, truncation, source)
 
 
+def hellaswag_dataset(
+    tokenizer: Any,
+    path: str | Path = "rowan/hellaswag",
+    split: str = "train",
+    *,
+    seq_length: int | None = None,
+    truncation: str = "truncate",
+    name: str | None = None,
+    cache_dir: str | None = None,
+) -> TokenizedDataset:
+    """HellaSwag-style completion (`ctx`, `endings`, `label`): the context as the prompt, loss on
+    the correct ending (`endings[label]`) and EOS only."""
+    _check_options(seq_length, truncation)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    source = _source("hellaswag_dataset", path, split)
+    require_columns(rows, ["ctx", "endings", "label"], source)
+
+    def encode(batch: Mapping[str, list]) -> list[Encoded]:
+        answers = []
+        for index, (endings, label) in enumerate(
+            zip(batch["endings"], batch["label"], strict=True)
+        ):
+            try:
+                answers.append(None if label in (None, "") else endings[int(label)])
+            except (IndexError, TypeError, ValueError):
+                raise DataError(
+                    f"{source}: sample {index}: label {label!r} does not index its "
+                    f"{len(endings) if isinstance(endings, list) else 0} endings"
+                ) from None
+        return _encode_prompt_answer(tokenizer, [str(c) for c in batch["ctx"]], answers)
+
+    return _build(rows, encode, tokenizer, seq_length, truncation, source)
+
+
 def instruction_dataset(
     tokenizer: Any,
     path: str | Path,
