@@ -246,7 +246,7 @@ def test_older_spellings_and_grad_acc_style() -> None:
     for bad, match in (
         ({"distributed": {"strategy": "megatron_fsdp"}}, "use fsdp2"),
         ({"compile": {"backend": "eager"}}, "compile backend 'eager'"),
-        ({"distributed": {"pipeline": {"pp_schedule": "1f1b"}}}, "pp_size and pp_schedule"),
+        ({"distributed": {"pp_size": 2, "pipeline": {}}}, "pp_schedule"),
         ({"recipe": "FinetuneRecipeForVLMX"}, "no equivalent here"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -354,3 +354,43 @@ def test_their_hellaswag_config(tmp_path: Path) -> None:
     answer = [t for t in sample["labels"].tolist() if t != IGNORE_INDEX]
     expected = tokenizer(" dog cat", add_special_tokens=False)["input_ids"]
     assert answer == [*expected, tokenizer.eos_token_id]
+
+
+def test_column_mapped_and_chat_datasets() -> None:
+    column = "nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset"
+    data = {
+        "dataset": {
+            "_target_": f"{column}.ColumnMappedTextInstructionDataset",
+            "path_or_dataset_id": "data.jsonl",
+            "column_mapping": {"question": "q", "answer": "a"},
+            "answer_only_loss_mask": True,
+            "seq_length": 512,
+            "padding": "max_length",
+            "truncation": True,
+            "limit_dataset_samples": 10,
+        },
+        "validation_dataset": {
+            "_target_": "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset",
+            "path_or_dataset_id": "chat.jsonl",
+            "split": "train",
+            "seq_length": 512,
+        },
+    }
+    t = translate(data, {}, "cfg.yaml").data
+    assert t["dataset"] == {
+        "_target_": "automodel.core.data.instruction_dataset",
+        "column_mapping": {"question": "q", "answer": "a"},
+        "seq_length": 512,
+        "path": "data.jsonl",
+        "split": "train[:10]",
+        "truncation": "truncate",
+    }
+    # without truncation their seq_length only pads
+    assert t["validation_dataset"] == {
+        "_target_": "automodel.core.data.chat_dataset",
+        "split": "train",
+        "path": "chat.jsonl",
+    }
+    data["validation_dataset"]["shuffle_seed"] = 42
+    with pytest.raises(ConfigError, match=r"shuffle_seed=42 is not supported: shuffle with"):
+        translate(data, {}, "cfg.yaml")

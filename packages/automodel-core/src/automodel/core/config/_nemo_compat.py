@@ -42,6 +42,7 @@ class Alias:
     section: Mapping[str, Any] = field(default_factory=dict)  # keys the section gains
     note: str = ""  # a difference to say whenever it is used
     limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
+    hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
 
 
 _MODEL_DROPPED = {
@@ -91,6 +92,29 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"path_or_dataset": "path"},
         dropped={"pad_to_max_length": "padding is masked out of attention and loss"},
         limit="num_samples_limit",
+    ),
+    "nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset": Alias(
+        "automodel.core.data.instruction_dataset",
+        args={"path_or_dataset_id": "path"},
+        refused={
+            "answer_only_loss_mask": ((True,), "loss on the whole text: text_dataset"),
+            "use_hf_chat_template": ((False,), "chat data: automodel.core.data.chat_dataset"),
+        },
+        limit="limit_dataset_samples",
+        hf_padding=True,
+    ),
+    "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset": Alias(
+        "automodel.core.data.chat_dataset",
+        args={"path_or_dataset_id": "path"},
+        refused={
+            "shuffle_seed": ((None,), "shuffle with dataloader.shuffle (seeded by rng.seed)"),
+            "start_of_turn_token": ((None,), "the chat template marks the turns here"),
+            "mask_reasoning_content": ((False,), "drop it"),
+            "mask_history": ((False,), "drop it (earlier assistant turns are trained on)"),
+            "unshifted": ((False,), "drop it"),
+            "skip_invalid_samples": ((False,), "fix or filter the samples"),
+        },
+        hf_padding=True,
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
         "automodel.core.losses.MaskedCrossEntropy"
@@ -438,6 +462,8 @@ class _Translator:
                 self.fail(where, f"give either a split slice or {alias.limit}")
             node["split"] = f"{split}[:{int(limit)}]"
             self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
+        if alias.hf_padding:
+            self.hf_padding(node, path)
         for ours, value in alias.defaults.items():
             if ours not in node:
                 node[ours] = value
@@ -445,6 +471,23 @@ class _Translator:
         for ours, value in alias.section.items():
             node.setdefault(ours, value)
             self.changed.setdefault(f"{path}.{ours}", f"from _target_: {target}")
+
+    def hf_padding(self, node: dict[str, Any], path: str) -> None:
+        """Their tokenizer-style `padding` / `truncation` (`do_not_pad`, `do_not_truncate`, ...)."""
+        if "padding" in node:
+            node.pop("padding")
+            self.note(path, "padding dropped (batches are padded; padding is masked out)")
+        truncation = node.pop("truncation", "do_not_truncate")
+        if truncation in (True, "longest_first", "only_first"):
+            if node.get("seq_length") is None:
+                self.fail(f"{path}.truncation", "truncation needs seq_length")
+            node["truncation"] = "truncate"
+            self.changed[f"{path}.truncation"] = f"was {truncation}"
+        elif truncation in (False, None, "do_not_truncate"):
+            if node.pop("seq_length", None) is not None:  # there it only pads to that length
+                self.note(path, "seq_length dropped: without truncation it only pads there")
+        else:
+            self.fail(f"{path}.truncation", f"truncation {truncation!r} is not supported; use true")
 
     def sections(self) -> None:
         data = self.data
@@ -462,15 +505,25 @@ class _Translator:
                     "distributed.strategy",
                     f"strategy {strategy} is not supported; use fsdp2 (or ddp)",
                 )
-            for sub, instead in (
-                ("pipeline", "distributed.pp_size and pp_schedule (1f1b | gpipe)"),
-                ("moe", "the moe: section (docs/llm_recipe.md)"),
-            ):
-                if sub in dist:
-                    self.fail(
-                        f"distributed.{sub}",
-                        f"their distributed.{sub} subsection is not translated; use {instead}",
-                    )
+            if "pipeline" in dist and dist.get("pp_size", 1) in (1, None):
+                dist.pop("pipeline")
+                self.note("distributed", "pipeline dropped (pp_size 1: no pipeline)")
+            elif "pipeline" in dist:
+                self.fail(
+                    "distributed.pipeline",
+                    "their distributed.pipeline subsection is not translated; use "
+                    "distributed.pp_schedule (1f1b | gpipe) beside pp_size",
+                )
+            if "moe" in dist:
+                dist.pop("moe")
+                self.note(
+                    "distributed",
+                    "moe dropped (FSDP wrapping and resharding of MoE blocks: memory, not math; "
+                    "MoE settings here are the moe: section)",
+                )
+            if "defer_fsdp_grad_sync" in dist:
+                dist["defer_grad_sync"] = dist.pop("defer_fsdp_grad_sync")
+                self.move("distributed.defer_fsdp_grad_sync", "distributed.defer_grad_sync")
             if dist.get("dp_size", "auto") in (None, "none", "None"):
                 dist["dp_size"] = "auto"
                 self.changed["distributed.dp_size"] = "was none (every process is data parallel)"
