@@ -40,3 +40,43 @@ def test_route_without_or_with_an_unknown_recipe(tmp_path: Path) -> None:
     path.write_text("recipe: FinetuneRecipeForVLM\n")
     with pytest.raises(UsageError, match="has no equivalent here"):
         route(str(path))
+
+
+THEIR_SLURM = """\
+recipe: TrainFinetuneRecipeForNextTokenPrediction
+slurm:
+  job_name: llama-squad
+  nodes: 2
+  ntasks_per_node: 8
+  time: "04:00:00"
+  container_image: nvcr.io/nvidia/nemo:dev
+  hf_home: /lustre/hf
+  hf_token: hf_SECRET
+  wandb_key: ${MY_WANDB}
+  env_vars: {NCCL_DEBUG: WARN}
+  extra_mounts: [/lustre:/lustre]
+  nemo_mount: {source: /code, dest: /opt/code}
+  job_dir: RUN_DIR
+"""
+
+
+def test_their_slurm_section(tmp_path: Path) -> None:
+    """Their SLURM keys in ours; secrets reach sbatch's environment by name, not the script."""
+    from automodel.cli._slurm_script import render_script
+    from automodel.cli._slurm_validate import load_job
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(THEIR_SLURM.replace("RUN_DIR", str(tmp_path / "run")))
+    environ = {"MY_WANDB": "wb_SECRET", "PATH": ""}
+    job = load_job(str(path), [], None, "finetune", "llm", environ=environ)
+    assert job is not None
+    assert (job.nodes, job.gpus_per_node, job.run_dir) == (2, 8, tmp_path / "run")
+    assert job.env == (("NCCL_DEBUG", "WARN"), ("HF_HOME", "/lustre/hf"))
+    assert job.container_mounts == ("/lustre:/lustre", "/code:/opt/code")
+    assert environ["HF_TOKEN"] == "hf_SECRET" and environ["WANDB_API_KEY"] == "wb_SECRET"
+    script = render_script(job, environ)
+    assert "SECRET" not in script
+    assert "--export=ALL,HF_TOKEN,WANDB_API_KEY" in " ".join(job.sbatch_command(environ))
+    path.write_text(THEIR_SLURM.replace("RUN_DIR", str(tmp_path)) + "  command: echo hi\n")
+    with pytest.raises(UsageError, match=r"slurm\.command is not supported here"):
+        load_job(str(path), [], None, "finetune", "llm", environ={"MY_WANDB": "x"})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from automodel.cli._errors import UsageError
+from automodel.cli._nemo_route import looks_like_nemo, translate_slurm
 from automodel.cli._slurm_job import DEFAULT_MASTER_PORT, KEYS, SECRET_ENV, SECTION, SlurmJob
 from automodel.cli._slurm_section import (
     _apply,
@@ -58,6 +59,10 @@ def load_job(
     section = root[SECTION]
     if section is None:
         section = {}
+    if isinstance(section, dict) and looks_like_nemo(data):  # their spelling (docs/migrating.md)
+        section, problems = translate_slurm(section, where, raw, environ)  # type: ignore[arg-type]
+        if problems:
+            raise UsageError(_format(problems))
     if not isinstance(section, dict):
         raise UsageError(
             f"{section_where}: {SECTION}: must be a mapping of SLURM settings such as "
