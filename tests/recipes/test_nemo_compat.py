@@ -217,6 +217,12 @@ def test_typo_in_their_key_names_gets_a_suggestion(tmp_path: Path) -> None:
         load_config(write(tmp_path, text.format(assets=ASSETS, data=tmp_path)), sections=SECTIONS)
 
 
+def test_typo_in_their_argument_names_gets_a_suggestion(tmp_path: Path) -> None:
+    text = THEIRS.replace("  limit_dataset_samples: 8", "  limit_dataset_sample: 8")
+    with pytest.raises(ConfigError, match="did you mean 'limit_dataset_samples'"):
+        load_config(write(tmp_path, text.format(assets=ASSETS, data=tmp_path)), sections=SECTIONS)
+
+
 def test_older_spellings_and_grad_acc_style() -> None:
     data = {
         "recipe": "TrainFinetuneRecipeForNextTokenPrediction",

@@ -462,6 +462,7 @@ class _Translator:
                 self.fail(where, f"give either a split slice or {alias.limit}")
             node["split"] = f"{split}[:{int(limit)}]"
             self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
+        self.arg_typos(node, path, alias)
         if alias.hf_padding:
             self.hf_padding(node, path)
         for ours, value in alias.defaults.items():
@@ -471,6 +472,24 @@ class _Translator:
         for ours, value in alias.section.items():
             node.setdefault(ours, value)
             self.changed.setdefault(f"{path}.{ours}", f"from _target_: {target}")
+
+    def arg_typos(self, node: dict[str, Any], path: str, alias: Alias) -> None:
+        """An argument close to one of their names (and not one of ours): say which."""
+        theirs = {
+            *alias.args,
+            *alias.dropped,
+            *alias.refused,
+            *([alias.limit] if alias.limit else []),
+        }
+        for key in list(node):
+            if key == TARGET_KEY or key in theirs:
+                continue
+            hint = did_you_mean(key, sorted(theirs))
+            # only then look at our signature (importing it): `automodel migrate` stays torch-free
+            if hint and not (alias.ours and key in _parameters(alias.ours)):
+                self.fail(
+                    f"{path}.{key}", f"unknown argument '{key}' (NeMo AutoModel spelling){hint}"
+                )
 
     def hf_padding(self, node: dict[str, Any], path: str) -> None:
         """Their tokenizer-style `padding` / `truncation` (`do_not_pad`, `do_not_truncate`, ...)."""
@@ -737,6 +756,26 @@ _OURS: dict[str, tuple[str, ...]] = {
     ),
     "lr_scheduler": ("warmup_steps", "style", "min_lr", "decay_fraction"),
 }  # fmt: skip
+
+
+def _parameters(target: str) -> set[str]:
+    """The keyword names our target takes (its own module is imported, nothing of theirs)."""
+    import importlib
+    import inspect
+
+    module, _, name = target.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError:  # a classmethod path: module.Class.method
+        module, _, owner = module.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), owner)
+        except (ImportError, AttributeError):
+            return set()
+    try:
+        return set(inspect.signature(getattr(obj, name)).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return set()
 
 
 def _copy(value: Any) -> Any:
