@@ -400,3 +400,44 @@ def test_column_mapped_and_chat_datasets() -> None:
     data["validation_dataset"]["shuffle_seed"] = 42
     with pytest.raises(ConfigError, match=r"shuffle_seed=42 is not supported: shuffle with"):
         translate(data, {}, "cfg.yaml")
+
+
+def test_their_kd_config(theirs: Path, tmp_path: Path, capsys) -> None:
+    """Their KD recipe's spelling: top-level kd_ratio, kd_loss_fn, a teacher_model."""
+    from automodel.cli._app import main
+
+    text = theirs.read_text()
+    text = text.replace(
+        "TrainFinetuneRecipeForNextTokenPrediction",
+        "KnowledgeDistillationRecipeForNextTokenPrediction",
+    )
+    text += "\n".join(
+        [
+            "",
+            "teacher_model:",
+            "  _target_: nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            f"  pretrained_model_name_or_path: {ASSETS}/tiny_llama_base",
+            "kd_ratio: 0.25",
+            "kd_loss_fn:",
+            "  _target_: nemo_automodel.components.loss.kd_loss.KDLoss",
+            "  ignore_index: -100",
+            "  temperature: 2.0",
+            "  fp32_upcast: true",
+            "",
+        ]
+    )
+    path = tmp_path / "kd.yaml"
+    path.write_text(text)
+    translated = translate(*_data_and_where(path), str(path))
+    assert translated.recipe == "kd.llm"
+    assert translated.data["kd"] == {"kd_ratio": 0.25, "temperature": 2.0}
+    assert "loss_fn" not in translated.data and "kd_loss_fn" not in translated.data
+    assert main(["validate", str(path)]) == 0
+    assert f"config OK: {path}" in capsys.readouterr().out
+
+
+def _data_and_where(path: Path) -> tuple[dict, dict]:
+    from automodel.core.config._yaml import load_yaml_file
+
+    data, lines = load_yaml_file(path)
+    return data, {key: f"{path}:{line}" for key, line in lines.items()}

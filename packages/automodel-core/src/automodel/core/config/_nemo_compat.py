@@ -157,6 +157,14 @@ TARGET_ALIASES: dict[str, Alias] = {
     "nemo_automodel.components.distributed.ddp.DDPManager": Alias(
         None, section={"strategy": "ddp"}, dropped={"backend": "chosen from the device"}
     ),
+    "nemo_automodel.components.loss.kd_loss.KDLoss": Alias(
+        None,  # the kd: section (temperature), with the top-level kd_ratio
+        dropped={"chunk_size": "a memory choice for the same sum"},
+        refused={
+            "ignore_index": ((-100,), "labels to skip are -100 here"),
+            "fp32_upcast": ((True,), "the KL is computed in float32 here"),
+        },
+    ),
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
 }
@@ -349,6 +357,7 @@ class _Translator:
         self.sections()
         self.renames()
         self.checkpoint_enabled()
+        self.kd()
         self.loaders()
         self.step_scheduler()
         self.typos()
@@ -639,6 +648,30 @@ class _Translator:
             if sec in self.data and not self.data[sec]:
                 del self.data[sec]
                 self.changed.setdefault("distributed", "dist_env folded in")
+
+    def kd(self) -> None:
+        """Their KD recipe's top-level `kd_ratio` and `kd_loss_fn` are our `kd:` section."""
+        data = self.data
+        if "kd_ratio" not in data and "kd_loss_fn" not in data:
+            return
+        kd = self.section("kd")
+        if "kd_ratio" in data:
+            kd["kd_ratio"] = data.pop("kd_ratio")
+            self.move("kd_ratio", "kd.kd_ratio")
+        loss = data.pop("kd_loss_fn", None)
+        if isinstance(loss, dict):
+            if TARGET_KEY in loss:
+                self.fail("kd_loss_fn._target_", "the KD loss here is the kd: section; use KDLoss")
+            if "temperature" in loss:
+                kd["temperature"] = loss.pop("temperature")
+                self.move("kd_loss_fn.temperature", "kd.temperature")
+        ce = data.get("loss_fn")
+        if (
+            isinstance(ce, dict)
+            and ce.get(TARGET_KEY) == "automodel.core.losses.MaskedCrossEntropy"
+        ):
+            data.pop("loss_fn")
+            self.note("loss_fn", "dropped: the cross-entropy part of kd.llm's loss is this loss")
 
     def checkpoint_enabled(self) -> None:
         """`checkpoint.enabled: false`: no checkpoint during the run or at its end."""
