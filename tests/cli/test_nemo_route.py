@@ -37,7 +37,7 @@ def test_route_without_or_with_an_unknown_recipe(tmp_path: Path) -> None:
     path.write_text("model: {}\n")
     with pytest.raises(UsageError, match=r"has none\. Name the recipe: automodel finetune llm"):
         route(str(path))
-    path.write_text("recipe: FinetuneRecipeForVLM\n")
+    path.write_text("recipe: FinetuneRecipeForVLMX\n")
     with pytest.raises(UsageError, match="has no equivalent here"):
         route(str(path))
 

@@ -441,3 +441,43 @@ def _data_and_where(path: Path) -> tuple[dict, dict]:
 
     data, lines = load_yaml_file(path)
     return data, {key: f"{path}:{line}" for key, line in lines.items()}
+
+
+def test_their_benchmark_config(tmp_path: Path, capsys) -> None:
+    """Their benchmark recipe: synthetic data of seq_len tokens, checkpointing off, no nsys."""
+    from automodel.cli._app import main
+
+    text = "\n".join(
+        [
+            "recipe: BenchmarkingRecipeForNextTokenPrediction",
+            "seed: 1234",
+            "benchmark: {warmup_steps: 1, nsys_start: -1, nsys_end: -1, nsys_ranks: [], num_nodes: 1}",
+            "step_scheduler:",
+            "  global_batch_size: 2",
+            "  local_batch_size: 1",
+            "  ckpt_every_steps: 1000",
+            "  val_every_steps: 1000",
+            "  max_steps: 3",
+            "model:",
+            "  _target_: nemo_automodel.NeMoAutoModelForCausalLM.from_config",
+            f"  config: {ASSETS}/tiny_llama",
+            "checkpoint: {enabled: false}",
+            "loss_fn:",
+            "  _target_: nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy",
+            "  fp32_upcast: false",
+            "dataset:",
+            "  _target_: nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset",
+            "  seq_len: 32",
+            "  num_samples: 1000",
+            "dataloader: {_target_: torch.utils.data.DataLoader, batch_size: null, num_workers: 0}",
+            "optimizer: {_target_: torch.optim.Adam, lr: 1.0e-4}",
+            "ci: {time: '00:30:00', nodes: 8}",
+        ]
+    )
+    path = write(tmp_path, text)
+    t = translate(*_data_and_where(path), str(path))
+    assert t.recipe == "benchmark.llm"
+    assert t.data["benchmark"] == {"warmup_steps": 1, "seq_length": 32}
+    assert "dataset" not in t.data and "dataloader" not in t.data and "checkpoint" not in t.data
+    assert main(["validate", str(path)]) == 0
+    assert f"config OK: {path}" in capsys.readouterr().out

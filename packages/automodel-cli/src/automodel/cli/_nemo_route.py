@@ -19,6 +19,7 @@ RECIPES = {
     "FinetuneRecipeForNextTokenPrediction": "finetune.llm",
     "KnowledgeDistillationRecipeForNextTokenPrediction": "kd.llm",
     "BenchmarkingRecipeForNextTokenPrediction": "benchmark.llm",
+    "FinetuneRecipeForVLM": "finetune.vlm",  # runs once a finetune.vlm recipe is installed
 }
 
 

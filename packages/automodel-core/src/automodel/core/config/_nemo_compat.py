@@ -51,9 +51,14 @@ _MODEL_DROPPED = {
     "backend": "their model-implementation kernel backend (attention/linear kernels)",
     "force_hf": "the Hugging Face implementation is the one used here",
 }
+_LOSS_DROPPED = {
+    "fp32_upcast": "the loss is always summed in float32 here (false there rounds in the "
+    "logits' dtype)"
+}
 _CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
 _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
 _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
+_MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 
 # Their target -> ours. The one table (printed in docs/migrating.md).
@@ -117,13 +122,13 @@ TARGET_ALIASES: dict[str, Alias] = {
         hf_padding=True,
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
-        "automodel.core.losses.MaskedCrossEntropy"
+        "automodel.core.losses.MaskedCrossEntropy", dropped=_LOSS_DROPPED
     ),
     "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy": Alias(
-        "automodel.core.losses.FusedLinearCrossEntropy"
+        "automodel.core.losses.FusedLinearCrossEntropy", dropped=_LOSS_DROPPED
     ),
     "nemo_automodel.components.loss.chunked_ce.ChunkedCrossEntropy": Alias(
-        "automodel.core.losses.ChunkedCrossEntropy"
+        "automodel.core.losses.ChunkedCrossEntropy", dropped=_LOSS_DROPPED
     ),
     "nemo_automodel.components._peft.lora.PeftConfig": Alias(
         "automodel.peft.LoraConfig",
@@ -165,6 +170,7 @@ TARGET_ALIASES: dict[str, Alias] = {
             "fp32_upcast": ((True,), "the KL is computed in float32 here"),
         },
     ),
+    _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
 }
@@ -189,6 +195,7 @@ RECIPES = {
     "FinetuneRecipeForNextTokenPrediction": "finetune.llm",
     "KnowledgeDistillationRecipeForNextTokenPrediction": "kd.llm",
     "BenchmarkingRecipeForNextTokenPrediction": "benchmark.llm",
+    "FinetuneRecipeForVLM": "finetune.vlm",  # runs once a finetune.vlm recipe is installed
 }
 
 # Their section-level keys -> ours: (section, their key) -> (section, our key).
@@ -358,6 +365,7 @@ class _Translator:
         self.renames()
         self.checkpoint_enabled()
         self.kd()
+        self.benchmark()
         self.loaders()
         self.step_scheduler()
         self.typos()
@@ -672,6 +680,43 @@ class _Translator:
         ):
             data.pop("loss_fn")
             self.note("loss_fn", "dropped: the cross-entropy part of kd.llm's loss is this loss")
+
+    def benchmark(self) -> None:
+        """Their benchmark recipe: synthetic data of `seq_len` tokens, no checkpoints, nsys."""
+        data = self.data
+        if self.recipe != "benchmark.llm" and (self.recipe or "benchmark" not in data):
+            return
+        bench = self.section("benchmark")
+        dataset = data.pop("dataset", None)
+        if isinstance(dataset, dict) and "seq_len" in dataset:
+            bench.setdefault("seq_length", dataset["seq_len"])
+            self.move("dataset.seq_len", "benchmark.seq_length")
+        elif dataset is not None:
+            self.fail("dataset", "benchmark.llm makes synthetic rows; give benchmark.seq_length")
+        for name in (
+            "dataloader",
+            "validation_dataset",
+            "validation_dataloader",
+            "packed_sequence",
+        ):
+            if data.pop(name, None) is not None:
+                self.note(name, "dropped (benchmark.llm makes its own synthetic batches)")
+        if data.pop("checkpoint", None) is not None:
+            self.note("checkpoint", "dropped (benchmark.llm writes no checkpoints)")
+        steps = self.section("step_scheduler")
+        for key in ("ckpt_every_steps", "val_every_steps"):
+            if steps.pop(key, None) is not None:
+                self.note(f"step_scheduler.{key}", "dropped (no checkpoints or validation)")
+        start, end = bench.pop("nsys_start", -1), bench.pop("nsys_end", -1)
+        bench.pop("nsys_ranks", None)
+        if start not in (-1, None) or end not in (-1, None):
+            self.fail(
+                "benchmark.nsys_start",
+                "nsys ranges are not supported; profile with benchmark.profile: "
+                "{start_step: ..., end_step: ...} (the torch profiler)",
+            )
+        if bench.pop("num_nodes", None) is not None:
+            self.note("benchmark", "num_nodes dropped (the launch says how many nodes)")
 
     def checkpoint_enabled(self) -> None:
         """`checkpoint.enabled: false`: no checkpoint during the run or at its end."""
