@@ -156,6 +156,13 @@ def test_their_command_line_routes_by_recipe(theirs: Path, capsys) -> None:
     assert f"-m automodel.cli finetune llm -c {theirs}" in capsys.readouterr().out
 
 
+def test_overrides_in_their_spelling(theirs: Path) -> None:
+    """An override may name their argument even where their file does not spell it out."""
+    cfg = load_config(theirs, ["--dataset.limit_dataset_samples", "4"], sections=SECTIONS)
+    assert cfg.dataset.split == "train[:4]"
+    assert cfg.where("dataset.split") == "command line (--dataset.limit_dataset_samples=4)"
+
+
 def test_their_squad_config_validates(theirs: Path) -> None:
     cfg = load_config(theirs, sections=SECTIONS)
     validate_config(cfg, SECTIONS)

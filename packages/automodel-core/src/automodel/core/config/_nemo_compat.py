@@ -305,6 +305,14 @@ def alias_for(path: str, *, key: str = "", where: str = "") -> str:
     raise ConfigError(Problem(key, message, where))
 
 
+def their_arguments(path: str) -> set[str]:
+    """The argument names of their target `path` that ours spells otherwise (for overrides)."""
+    alias = TARGET_ALIASES.get(path)
+    if alias is None:
+        return set()
+    return {*alias.args, *alias.dropped, *alias.refused, *([alias.limit] if alias.limit else [])}
+
+
 def translate(
     data: dict[str, Any], where: Mapping[str, str], file: str = "", world_size: int | None = None
 ) -> Translation:
@@ -479,7 +487,8 @@ class _Translator:
                 self.fail(where, f"give either a split slice or {alias.limit}")
             node["split"] = f"{split}[:{int(limit)}]"
             self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
-        self.arg_typos(node, path, alias)
+            self.where[f"{path}.split"] = self.at(where)  # the slice is what the user set there
+        self.arg_typos(node, path, alias, target)
         if alias.hf_padding:
             self.hf_padding(node, path)
         for ours, value in alias.defaults.items():
@@ -490,14 +499,9 @@ class _Translator:
             node.setdefault(ours, value)
             self.changed.setdefault(f"{path}.{ours}", f"from _target_: {target}")
 
-    def arg_typos(self, node: dict[str, Any], path: str, alias: Alias) -> None:
+    def arg_typos(self, node: dict[str, Any], path: str, alias: Alias, target: str) -> None:
         """An argument close to one of their names (and not one of ours): say which."""
-        theirs = {
-            *alias.args,
-            *alias.dropped,
-            *alias.refused,
-            *([alias.limit] if alias.limit else []),
-        }
+        theirs = their_arguments(target)
         for key in list(node):
             if key == TARGET_KEY or key in theirs:
                 continue

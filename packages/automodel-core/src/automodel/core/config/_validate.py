@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError, Problem, did_you_mean
+from ._nemo_compat import their_arguments
 from ._node import ConfigNode
 from ._overrides import Accepted, Schema
 from ._targets import TARGET_KEY, resolve_target
@@ -206,6 +207,10 @@ def section_schema(sections: Mapping[str, Section], allowed: Iterable[str] = ())
         else:
             return None
         accepted = _accepted(fn)
+        if accepted is not None and TARGET_KEY in node:  # a NeMo AutoModel target: theirs too
+            accepted = Accepted(
+                accepted.names | their_arguments(str(node[TARGET_KEY])), accepted.open
+            )
         if accepted is None or len(parent) > 1:
             return accepted
         return Accepted(accepted.names - set(section.provided), accepted.open)
