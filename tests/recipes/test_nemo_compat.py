@@ -488,3 +488,24 @@ def test_their_benchmark_config(tmp_path: Path, capsys) -> None:
     assert "dataset" not in t.data and "dataloader" not in t.data and "checkpoint" not in t.data
     assert main(["validate", str(path)]) == 0
     assert f"config OK: {path}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_their_command_line_with_two_processes(
+    theirs: Path, tmp_path: Path, run_recipe, jsonl_rows
+) -> None:
+    """`automodel cfg.yaml --nproc-per-node 2` (their command line): FSDP2 over two processes
+    trains on the same samples as one process does, to float tolerance."""
+    runs = {}
+    for name in ("one", "two"):
+        run_dir = tmp_path / name
+        overrides = [f"--logging.run_dir={run_dir}", f"--checkpoint.checkpoint_dir={run_dir}/ck"]
+        overrides.append("--+logging.progress=false")
+        if name == "one":
+            run_recipe(theirs, overrides)
+        else:
+            command = [str(AUTOMODEL), str(theirs), "--nproc-per-node", "2", *overrides]
+            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-4000:]
+        runs[name] = [r["loss"] for r in jsonl_rows(run_dir / "training.jsonl")]
+    assert runs["two"] == pytest.approx(runs["one"], rel=1e-5)
