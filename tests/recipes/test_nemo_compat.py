@@ -509,3 +509,14 @@ def test_their_command_line_with_two_processes(
             assert result.returncode == 0, result.stderr[-4000:]
         runs[name] = [r["loss"] for r in jsonl_rows(run_dir / "training.jsonl")]
     assert runs["two"] == pytest.approx(runs["one"], rel=1e-5)
+
+
+def test_their_lr_scheduler_defaults_are_written_out() -> None:
+    data = {
+        "optimizer": {"_target_": "torch.optim.Adam", "lr": 1.0e-5},
+        "lr_scheduler": {"lr_decay_style": "WSD", "lr_warmup_steps": 5},
+    }
+    lr = translate(data, {}, "cfg.yaml").data["lr_scheduler"]
+    assert lr == {"min_lr": 1.0e-5 * 0.01, "style": "wsd", "warmup_steps": 5}
+    with pytest.raises(ConfigError, match="init_lr is not supported"):
+        translate({"lr_scheduler": {"init_lr": 0.0}}, {}, "cfg.yaml")

@@ -612,6 +612,14 @@ class _Translator:
                 "no lr_warmup_steps: NeMo AutoModel would warm up for min(1000, total_steps // "
                 "10) steps; here there is no warmup unless lr_scheduler.warmup_steps is set",
             )
+        lr_value = (
+            data.get("optimizer", {}).get("lr") if isinstance(data.get("optimizer"), dict) else None
+        )
+        if isinstance(lr, dict) and "min_lr" not in lr and isinstance(lr_value, int | float):
+            lr["min_lr"] = lr_value * 0.01  # their default: 1% of the optimizer's lr
+            self.changed["lr_scheduler.min_lr"] = (
+                "NeMo AutoModel's default (lr x 0.01), written out"
+            )
         for key in ("init_lr", "max_lr", "lr_decay_steps", "start_wd", "end_wd", "wd_incr_steps"):
             if isinstance(lr, dict) and key in lr:
                 self.fail(
