@@ -1,0 +1,241 @@
+"""Their `_target_` paths and ours: the alias table and what it answers.
+
+`TARGET_ALIASES` is the one table of their targets and ours (docs/migrating.md prints it);
+`NOT_SUPPORTED` names their targets we know and do not have; `RECIPES` maps their recipe
+classes to our recipe names. `looks_like_nemo` tells their configs apart from ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import ConfigError, Problem, did_you_mean
+
+NEMO_PREFIX = "nemo_automodel."
+TARGET_KEY = "_target_"
+
+
+@dataclass(frozen=True)
+class Alias:
+    """How one of their targets is spelled here.
+
+    `ours`: our target (None: the section is plain keys here, its `_target_` is dropped).
+    `args`: their argument name -> ours. `dropped`: their arguments we ignore, each with why it
+    cannot change results. `refused`: their arguments (with the values we accept anyway, e.g.
+    the default) we cannot honour, each with what to use instead. `defaults`: their defaults
+    that differ from ours, written out so the meaning stays theirs.
+    """
+
+    ours: str | None
+    args: Mapping[str, str] = field(default_factory=dict)
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    refused: Mapping[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    section: Mapping[str, Any] = field(default_factory=dict)  # keys the section gains
+    note: str = ""  # a difference to say whenever it is used
+    limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
+    hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
+
+
+_MODEL_DROPPED = {
+    "use_liger_kernel": "a fused-kernel choice for the same computation",
+    "use_sdpa_patching": "an attention-kernel choice for the same computation",
+    "backend": "their model-implementation kernel backend (attention/linear kernels)",
+    "force_hf": "the Hugging Face implementation is the one used here",
+}
+_LOSS_DROPPED = {
+    "fp32_upcast": "the loss is always summed in float32 here (false there rounds in the "
+    "logits' dtype)"
+}
+_CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
+_LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
+_COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
+_MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
+_THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
+
+# Their target -> ours. The one table (printed in docs/migrating.md).
+TARGET_ALIASES: dict[str, Alias] = {
+    "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained": Alias(
+        f"{_CAUSAL_LM}.from_pretrained", dropped=_MODEL_DROPPED
+    ),
+    "nemo_automodel.NeMoAutoModelForCausalLM.from_config": Alias(
+        f"{_CAUSAL_LM}.from_config", dropped=_MODEL_DROPPED
+    ),
+    "nemo_automodel.components._transformers.auto_model.NeMoAutoModelForCausalLM.from_pretrained": Alias(
+        f"{_CAUSAL_LM}.from_pretrained", dropped=_MODEL_DROPPED
+    ),
+    "nemo_automodel.NeMoAutoTokenizer.from_pretrained": Alias(
+        "automodel.core.models.load_tokenizer",
+        args={"pretrained_model_name_or_path": "path_or_name"},
+    ),
+    "nemo_automodel._transformers.auto_tokenizer.NeMoAutoTokenizer.from_pretrained": Alias(
+        "automodel.core.models.load_tokenizer",
+        args={"pretrained_model_name_or_path": "path_or_name"},
+    ),
+    "nemo_automodel.components.datasets.llm.squad.make_squad_dataset": Alias(
+        "automodel.core.data.squad_dataset",
+        args={"dataset_name": "path"},  # limit_dataset_samples: a slice of `split`
+        refused={
+            "fp8": ((False,), "fp8 padding of samples is not supported; drop it"),
+            "padding": ((False,), "batches are padded by the dataloader; drop it"),
+            "truncation": ((False,), "use seq_length (with truncation: truncate|drop|error)"),
+            "chat_template": ((None,), "use automodel.core.data.chat_dataset for chat data"),
+        },
+        defaults={"path": "squad"},
+        limit="limit_dataset_samples",
+    ),
+    "nemo_automodel.components.datasets.llm.hellaswag.HellaSwag": Alias(
+        "automodel.core.data.hellaswag_dataset",
+        args={"path_or_dataset": "path"},
+        dropped={"pad_to_max_length": "padding is masked out of attention and loss"},
+        limit="num_samples_limit",
+    ),
+    "nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset": Alias(
+        "automodel.core.data.instruction_dataset",
+        args={"path_or_dataset_id": "path"},
+        refused={
+            "answer_only_loss_mask": ((True,), "loss on the whole text: text_dataset"),
+            "use_hf_chat_template": ((False,), "chat data: automodel.core.data.chat_dataset"),
+        },
+        limit="limit_dataset_samples",
+        hf_padding=True,
+    ),
+    "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset": Alias(
+        "automodel.core.data.chat_dataset",
+        args={"path_or_dataset_id": "path"},
+        refused={
+            "shuffle_seed": ((None,), "shuffle with dataloader.shuffle (seeded by rng.seed)"),
+            "start_of_turn_token": ((None,), "the chat template marks the turns here"),
+            "mask_reasoning_content": ((False,), "drop it"),
+            "mask_history": ((False,), "drop it (earlier assistant turns are trained on)"),
+            "unshifted": ((False,), "drop it"),
+            "skip_invalid_samples": ((False,), "fix or filter the samples"),
+        },
+        hf_padding=True,
+    ),
+    "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
+        "automodel.core.losses.MaskedCrossEntropy", dropped=_LOSS_DROPPED
+    ),
+    "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy": Alias(
+        "automodel.core.losses.FusedLinearCrossEntropy", dropped=_LOSS_DROPPED
+    ),
+    "nemo_automodel.components.loss.chunked_ce.ChunkedCrossEntropy": Alias(
+        "automodel.core.losses.ChunkedCrossEntropy", dropped=_LOSS_DROPPED
+    ),
+    "nemo_automodel.components._peft.lora.PeftConfig": Alias(
+        "automodel.peft.LoraConfig",
+        args={"include_modules": "target_modules"},
+        dropped={
+            "use_memory_efficient_lora": "a memory/speed choice for the same computation",
+            "moe_rank_scaling": "applies to MoE experts only, which need an explicit moe: here",
+        },
+        refused={
+            "lora_A_init": (("xavier",), "set init_a: kaiming or gaussian"),
+        },
+        note=(
+            "lora_A is initialised with kaiming here (NeMo AutoModel: xavier); lora_B starts at "
+            "zero in both, so the starting model is the same, not the random A"
+        ),
+        # their defaults where ours differ (alpha 32, dropout after the adapter input)
+        defaults={"alpha": 32, "dropout_position": "post"},
+    ),
+    "nemo_automodel.components.training.rng.StatefulRNG": Alias(
+        None,
+        dropped={
+            "ranked": (
+                "automodel seeds every rank alike (identical initial weights); with one "
+                "process, rank 0's seed is the same as theirs"
+            )
+        },
+    ),
+    "nemo_automodel.components.distributed.fsdp2.FSDP2Manager": Alias(
+        None, section={"strategy": "fsdp2"}, dropped={"backend": "chosen from the device"}
+    ),
+    "nemo_automodel.components.distributed.ddp.DDPManager": Alias(
+        None, section={"strategy": "ddp"}, dropped={"backend": "chosen from the device"}
+    ),
+    "nemo_automodel.components.loss.kd_loss.KDLoss": Alias(
+        None,  # the kd: section (temperature), with the top-level kd_ratio
+        dropped={"chunk_size": "a memory choice for the same sum"},
+        refused={
+            "ignore_index": ((-100,), "labels to skip are -100 here"),
+            "fp32_upcast": ((True,), "the KL is computed in float32 here"),
+        },
+    ),
+    _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
+    _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
+    _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
+}
+
+# Their targets we know and do not have, with what to use instead.
+NOT_SUPPORTED: dict[str, str] = {
+    "nemo_automodel.components.distributed.megatron_fsdp.MegatronFSDPManager": (
+        "Megatron-FSDP is not supported; use distributed.strategy: fsdp2"
+    ),
+    "nemo_automodel.components.distributed.nvfsdp.NVFSDPManager": (
+        "nvFSDP is not supported; use distributed.strategy: fsdp2"
+    ),
+    "nemo_automodel.components.loss.te_parallel_ce.TEParallelCrossEntropy": (
+        "the Transformer Engine parallel cross-entropy is not shipped; use "
+        "automodel.core.losses.MaskedCrossEntropy (or FusedLinearCrossEntropy)"
+    ),
+}
+
+# Their recipe classes -> our recipe names (`automodel finetune llm`, ...).
+RECIPES = {
+    "TrainFinetuneRecipeForNextTokenPrediction": "finetune.llm",
+    "FinetuneRecipeForNextTokenPrediction": "finetune.llm",
+    "KnowledgeDistillationRecipeForNextTokenPrediction": "kd.llm",
+    "BenchmarkingRecipeForNextTokenPrediction": "benchmark.llm",
+    "FinetuneRecipeForVLM": "finetune.vlm",  # runs once a finetune.vlm recipe is installed
+}
+
+
+def looks_like_nemo(data: Mapping[str, Any]) -> bool:
+    """True for a config in NeMo AutoModel's spelling: a `recipe:` key or a nemo_automodel target."""
+    return "recipe" in data or _names_nemo(data)
+
+
+def _names_nemo(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(
+            (
+                isinstance(v, str)
+                and v.startswith(NEMO_PREFIX)
+                and (k == TARGET_KEY or k.endswith("_fn"))
+            )
+            or _names_nemo(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_names_nemo(v) for v in value)
+    return False
+
+
+def alias_for(path: str, *, key: str = "", where: str = "") -> str:
+    """Our target for their `nemo_automodel.*` path; a ConfigError if there is none."""
+    alias = TARGET_ALIASES.get(path)
+    if alias is not None and alias.ours is not None:
+        return alias.ours
+    if alias is not None:
+        message = f"'{path}' is a section here, not something to build (see docs/migrating.md)"
+    elif path in NOT_SUPPORTED:
+        message = f"'{path}' (NeMo AutoModel) has no equivalent here: {NOT_SUPPORTED[path]}"
+    else:
+        hint = did_you_mean(path, [p for p, a in TARGET_ALIASES.items() if a.ours])
+        message = (
+            f"'{path}' is a NeMo AutoModel target that is not in the alias table{hint}; "
+            "docs/migrating.md lists the ones that map to automodel. Name an automodel (or "
+            "torch/transformers) callable instead; no package named nemo_automodel is imported"
+        )
+    raise ConfigError(Problem(key, message, where))
+
+
+def their_arguments(path: str) -> set[str]:
+    """The argument names of their target `path` that ours spells otherwise (for overrides)."""
+    alias = TARGET_ALIASES.get(path)
+    if alias is None:
+        return set()
+    return {*alias.args, *alias.dropped, *alias.refused, *([alias.limit] if alias.limit else [])}

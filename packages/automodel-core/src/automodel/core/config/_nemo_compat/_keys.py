@@ -1,0 +1,71 @@
+"""Their section-level key names and ours: renames, drops and the names each side knows."""
+
+from __future__ import annotations
+
+# Their section-level keys -> ours: (section, their key) -> (section, our key).
+KEY_RENAMES: dict[tuple[str, str], tuple[str, str]] = {
+    ("step_scheduler", "val_check_interval"): ("step_scheduler", "val_every_steps"),
+    ("step_scheduler", "checkpoint_interval"): ("step_scheduler", "ckpt_every_steps"),
+    ("step_scheduler", "log_interval"): ("step_scheduler", "log_every_steps"),
+    ("step_scheduler", "grad_accumulation_steps"): ("step_scheduler", "grad_acc_steps"),
+    ("checkpoint", "save_every_steps"): ("step_scheduler", "ckpt_every_steps"),
+    ("lr_scheduler", "lr_decay_style"): ("lr_scheduler", "style"),
+    ("lr_scheduler", "lr_warmup_steps"): ("lr_scheduler", "warmup_steps"),
+    ("dist_env", "timeout_minutes"): ("distributed", "timeout_minutes"),
+    ("wandb", "save_dir"): ("wandb", "dir"),
+}
+
+# Their keys we drop, each with why that cannot change results.
+KEY_DROPS: dict[tuple[str, str], str] = {
+    ("dist_env", "backend"): "the process-group backend follows the device (nccl on GPU)",
+    ("step_scheduler", "gc_every_steps"): "Python garbage collection timing",
+    ("step_scheduler", "log_remote_every_steps"): "remote loggers get every logged step",
+    ("step_scheduler", "save_checkpoint_every_epoch"): "when checkpoints are written",
+    ("checkpoint", "save_consolidated"): "checkpoints here always hold the HF safetensors model",
+    ("compile", "backend"): "null is the default backend (inductor)",
+}
+
+_LR_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "WSD": "wsd"}
+
+# Their known key names per section (for "did you mean" on a typo in their spelling).
+_THEIR_KEYS = {
+    "step_scheduler": [
+        "global_batch_size",
+        "local_batch_size",
+        "grad_acc_steps",
+        "ckpt_every_steps",
+        "val_every_steps",
+        "max_steps",
+        "num_epochs",
+        "gc_every_steps",
+        "log_remote_every_steps",
+        "val_check_interval",
+        "checkpoint_interval",
+        "log_interval",
+        "grad_accumulation_steps",
+        "save_checkpoint_every_epoch",
+    ],
+    "checkpoint": [
+        "enabled",
+        "checkpoint_dir",
+        "model_save_format",
+        "save_consolidated",
+        "restore_from",
+        "save_every_steps",
+    ],
+    "dist_env": ["backend", "timeout_minutes"],
+    "lr_scheduler": ["lr_decay_style", "lr_warmup_steps", "min_lr"],
+}
+
+# Our own keys of the sections above (a typo check must not flag them).
+_OURS: dict[str, tuple[str, ...]] = {
+    "step_scheduler": (
+        "global_batch_size", "local_batch_size", "grad_acc_steps", "max_steps", "num_epochs",
+        "val_every_steps", "ckpt_every_steps", "log_every_steps",
+    ),
+    "checkpoint": (
+        "checkpoint_dir", "max_shard_size", "save_final", "restore_from", "keep_last_n",
+        "save_merged_model", "async_save", "preempt_signals",
+    ),
+    "lr_scheduler": ("warmup_steps", "style", "min_lr", "decay_fraction"),
+}  # fmt: skip

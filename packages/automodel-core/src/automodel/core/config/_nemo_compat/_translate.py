@@ -1,0 +1,48 @@
+"""`translate`: their config data rewritten into ours, pass by pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import ConfigError
+from ._translate_sections import _SectionPasses
+from ._translate_targets import _TargetPasses
+
+
+@dataclass
+class Translation:
+    """Our data, where each key came from, what changed (path -> note) and notes to print."""
+
+    data: dict[str, Any]
+    where: dict[str, str]
+    changed: dict[str, str]
+    notes: list[str]
+    recipe: str | None = None  # our recipe name from `recipe:`
+
+
+def translate(
+    data: dict[str, Any], where: Mapping[str, str], file: str = "", world_size: int | None = None
+) -> Translation:
+    """Rewrite their config data into ours (see the package docstring)."""
+    t = _Translator(data, dict(where), file, world_size)
+    t.run()
+    if t.problems:
+        raise ConfigError(t.problems)
+    return Translation(t.data, t.where, t.changed, t.notes, t.recipe)
+
+
+class _Translator(_TargetPasses, _SectionPasses):
+    # -- the passes ----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.top_level()
+        self.targets(self.data, "")
+        self.sections()
+        self.renames()
+        self.checkpoint_enabled()
+        self.kd()
+        self.benchmark()
+        self.loaders()
+        self.step_scheduler()
+        self.typos()

@@ -1,0 +1,356 @@
+"""The translator's key passes: top-level keys and sections (step_scheduler, checkpoint, ...)."""
+
+from __future__ import annotations
+
+import os
+
+from .._errors import did_you_mean
+from ._aliases import _LOADER, RECIPES, TARGET_KEY
+from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES
+from ._translator_base import _TranslatorBase
+
+
+class _SectionPasses(_TranslatorBase):
+    def top_level(self) -> None:
+        data = self.data
+        if "recipe" in data:
+            value = data.pop("recipe")
+            name = value.get(TARGET_KEY) if isinstance(value, dict) else value
+            cls = str(name).rsplit(".", 1)[-1]
+            if cls not in RECIPES:
+                hint = did_you_mean(cls, RECIPES)
+                self.fail(
+                    "recipe",
+                    f"the NeMo AutoModel recipe '{name}' has no equivalent here{hint}; "
+                    f"known: {', '.join(RECIPES)}",
+                )
+            else:
+                self.recipe = RECIPES[cls]
+                self.notes.append(
+                    f"{self.at('recipe')}: recipe: {cls} is `automodel {self.recipe.replace('.', ' ')}`"
+                )
+        if "ci" in data:
+            data.pop("ci")
+            self.notes.append(f"{self.at('ci')}: ci: their CI settings are ignored")
+        if "seed" in data:  # their LLM recipe seeds from a top-level seed (default 42)
+            seed = data.pop("seed")
+            rng = self.section("rng")
+            if rng.get("seed", seed) != seed:
+                self.note("rng.seed", f"the top-level seed: {seed} wins, as in their recipe")
+            rng["seed"] = seed
+            self.move("seed", "rng.seed")
+        restore = data.pop("restore_from", None)
+        if restore is not None:
+            path = restore.get("path") if isinstance(restore, dict) else restore
+            if path is None:
+                self.fail("restore_from", "restore_from needs path: <checkpoint dir>")
+            else:
+                self.section("checkpoint")["restore_from"] = path
+                self.move(
+                    "restore_from.path" if isinstance(restore, dict) else "restore_from",
+                    "checkpoint.restore_from",
+                )
+
+    def sections(self) -> None:
+        data = self.data
+        dist_env = data.get("dist_env")
+        if isinstance(dist_env, dict):
+            for key in list(dist_env):
+                if ("dist_env", key) not in KEY_RENAMES and ("dist_env", key) not in KEY_DROPS:
+                    hint = did_you_mean(key, _THEIR_KEYS["dist_env"])
+                    self.fail(f"dist_env.{key}", f"unknown dist_env key{hint}")
+        dist = data.get("distributed")
+        if isinstance(dist, dict):
+            strategy = dist.get("strategy")
+            if strategy in ("megatron_fsdp", "nvfsdp"):
+                self.fail(
+                    "distributed.strategy",
+                    f"strategy {strategy} is not supported; use fsdp2 (or ddp)",
+                )
+            if "pipeline" in dist and dist.get("pp_size", 1) in (1, None):
+                dist.pop("pipeline")
+                self.note("distributed", "pipeline dropped (pp_size 1: no pipeline)")
+            elif "pipeline" in dist:
+                self.fail(
+                    "distributed.pipeline",
+                    "their distributed.pipeline subsection is not translated; use "
+                    "distributed.pp_schedule (1f1b | gpipe) beside pp_size",
+                )
+            if "moe" in dist:
+                dist.pop("moe")
+                self.note(
+                    "distributed",
+                    "moe dropped (FSDP wrapping and resharding of MoE blocks: memory, not math; "
+                    "MoE settings here are the moe: section)",
+                )
+            if "defer_fsdp_grad_sync" in dist:
+                dist["defer_grad_sync"] = dist.pop("defer_fsdp_grad_sync")
+                self.move("distributed.defer_fsdp_grad_sync", "distributed.defer_grad_sync")
+            if dist.get("dp_size", "auto") in (None, "none", "None"):
+                dist["dp_size"] = "auto"
+                self.changed["distributed.dp_size"] = "was none (every process is data parallel)"
+        compile_ = data.get("compile")
+        if isinstance(compile_, dict) and compile_.get("backend") not in (None, "inductor"):
+            self.fail(
+                "compile.backend",
+                f"compile backend {compile_['backend']!r} is not supported; torch.compile here uses inductor (drop the key)",
+            )
+        elif isinstance(compile_, dict) and "backend" in compile_:
+            del compile_["backend"]
+            self.note("compile", "backend dropped (inductor, the default)")
+        ckpt = data.get("checkpoint")
+        if isinstance(ckpt, dict):
+            fmt = ckpt.pop("model_save_format", None)
+            if fmt not in (None, "safetensors"):
+                self.note(
+                    "checkpoint",
+                    f"model_save_format: {fmt} dropped (checkpoints here are always Hugging Face "
+                    "safetensors; the format of the files does not change the run)",
+                )
+            elif fmt is not None:
+                self.note(
+                    "checkpoint", "model_save_format: safetensors is how models are saved here"
+                )
+        freeze = data.get("freeze")
+        if isinstance(freeze, dict):
+            if "freeze_embeddings" in freeze:
+                freeze["embeddings"] = freeze.pop("freeze_embeddings")
+                self.move("freeze.freeze_embeddings", "freeze.embeddings")
+            for part in ("language_model", "vision_tower", "audio_tower"):
+                key = f"freeze_{part}"
+                if freeze.get(key):
+                    self.fail(
+                        f"freeze.{key}",
+                        f"freeze.{key} is not supported by this recipe; name the parameters "
+                        "with freeze.patterns (fnmatch over parameter names)",
+                    )
+                elif key in freeze:
+                    freeze.pop(key)
+                    self.note("freeze", f"{key}: false dropped (nothing to freeze)")
+        lr = data.get("lr_scheduler")
+        if isinstance(lr, dict) and "lr_warmup_steps" not in lr and "warmup_steps" not in lr:
+            self.note(
+                "lr_scheduler",
+                "no lr_warmup_steps: NeMo AutoModel would warm up for min(1000, total_steps // "
+                "10) steps; here there is no warmup unless lr_scheduler.warmup_steps is set",
+            )
+        lr_value = (
+            data.get("optimizer", {}).get("lr") if isinstance(data.get("optimizer"), dict) else None
+        )
+        if isinstance(lr, dict) and "min_lr" not in lr and isinstance(lr_value, int | float):
+            lr["min_lr"] = lr_value * 0.01  # their default: 1% of the optimizer's lr
+            self.changed["lr_scheduler.min_lr"] = (
+                "NeMo AutoModel's default (lr x 0.01), written out"
+            )
+        for key in ("init_lr", "max_lr", "lr_decay_steps", "start_wd", "end_wd", "wd_incr_steps"):
+            if isinstance(lr, dict) and key in lr:
+                self.fail(
+                    f"lr_scheduler.{key}",
+                    f"lr_scheduler.{key} is not supported: the LR goes from the optimizer's lr to min_lr over the run (warmup_steps, style, min_lr, decay_fraction)",
+                )
+        if isinstance(lr, dict) and "lr_decay_style" in lr:
+            style = lr["lr_decay_style"]
+            if style not in _LR_STYLES:
+                self.fail(
+                    "lr_scheduler.lr_decay_style",
+                    f"lr_decay_style {style!r} is not supported; use one of {', '.join(_LR_STYLES)}",
+                )
+            else:
+                lr["lr_decay_style"] = _LR_STYLES[style]
+        packed = data.get("packed_sequence")
+        if isinstance(packed, dict) and packed.get("split_across_pack"):
+            self.fail(
+                "packed_sequence.split_across_pack",
+                "splitting a sample across packs is not supported; drop it",
+            )
+        elif isinstance(packed, dict) and "split_across_pack" in packed:
+            del packed["split_across_pack"]
+
+    def renames(self) -> None:
+        for (sec, key), (new_sec, new_key) in KEY_RENAMES.items():
+            node = self.data.get(sec)
+            if not isinstance(node, dict) or key not in node:
+                continue
+            value = node.pop(key)
+            target = self.section(new_sec)
+            if new_key in target and target[new_key] != value:
+                self.fail(
+                    f"{sec}.{key}",
+                    f"{sec}.{key} and {new_sec}.{new_key} say different things; keep one",
+                )
+                continue
+            target[new_key] = value
+            self.move(f"{sec}.{key}", f"{new_sec}.{new_key}")
+        for (sec, key), why in KEY_DROPS.items():
+            node = self.data.get(sec)
+            if isinstance(node, dict) and key in node:
+                node.pop(key)
+                self.note(sec, f"{key} dropped ({why})")
+        for sec in ("dist_env",):
+            if sec in self.data and not self.data[sec]:
+                del self.data[sec]
+                self.changed.setdefault("distributed", "dist_env folded in")
+
+    def kd(self) -> None:
+        """Their KD recipe's top-level `kd_ratio` and `kd_loss_fn` are our `kd:` section."""
+        data = self.data
+        if "kd_ratio" not in data and "kd_loss_fn" not in data:
+            return
+        kd = self.section("kd")
+        if "kd_ratio" in data:
+            kd["kd_ratio"] = data.pop("kd_ratio")
+            self.move("kd_ratio", "kd.kd_ratio")
+        loss = data.pop("kd_loss_fn", None)
+        if isinstance(loss, dict):
+            if TARGET_KEY in loss:
+                self.fail("kd_loss_fn._target_", "the KD loss here is the kd: section; use KDLoss")
+            if "temperature" in loss:
+                kd["temperature"] = loss.pop("temperature")
+                self.move("kd_loss_fn.temperature", "kd.temperature")
+        ce = data.get("loss_fn")
+        if (
+            isinstance(ce, dict)
+            and ce.get(TARGET_KEY) == "automodel.core.losses.MaskedCrossEntropy"
+        ):
+            data.pop("loss_fn")
+            self.note("loss_fn", "dropped: the cross-entropy part of kd.llm's loss is this loss")
+
+    def benchmark(self) -> None:
+        """Their benchmark recipe: synthetic data of `seq_len` tokens, no checkpoints, nsys."""
+        data = self.data
+        if self.recipe != "benchmark.llm" and (self.recipe or "benchmark" not in data):
+            return
+        bench = self.section("benchmark")
+        dataset = data.pop("dataset", None)
+        if isinstance(dataset, dict) and "seq_len" in dataset:
+            bench.setdefault("seq_length", dataset["seq_len"])
+            self.move("dataset.seq_len", "benchmark.seq_length")
+        elif dataset is not None:
+            self.fail("dataset", "benchmark.llm makes synthetic rows; give benchmark.seq_length")
+        for name in (
+            "dataloader",
+            "validation_dataset",
+            "validation_dataloader",
+            "packed_sequence",
+        ):
+            if data.pop(name, None) is not None:
+                self.note(name, "dropped (benchmark.llm makes its own synthetic batches)")
+        if data.pop("checkpoint", None) is not None:
+            self.note("checkpoint", "dropped (benchmark.llm writes no checkpoints)")
+        steps = self.section("step_scheduler")
+        for key in ("ckpt_every_steps", "val_every_steps"):
+            if steps.pop(key, None) is not None:
+                self.note(f"step_scheduler.{key}", "dropped (no checkpoints or validation)")
+        start, end = bench.pop("nsys_start", -1), bench.pop("nsys_end", -1)
+        bench.pop("nsys_ranks", None)
+        if start not in (-1, None) or end not in (-1, None):
+            self.fail(
+                "benchmark.nsys_start",
+                "nsys ranges are not supported; profile with benchmark.profile: "
+                "{start_step: ..., end_step: ...} (the torch profiler)",
+            )
+        if bench.pop("num_nodes", None) is not None:
+            self.note("benchmark", "num_nodes dropped (the launch says how many nodes)")
+
+    def checkpoint_enabled(self) -> None:
+        """`checkpoint.enabled: false`: no checkpoint during the run or at its end."""
+        ckpt = self.data.get("checkpoint")
+        if isinstance(ckpt, dict) and ckpt.pop("enabled", True) is False:
+            ckpt["save_final"] = False
+            self.section("step_scheduler")["ckpt_every_steps"] = None
+            self.changed["checkpoint.save_final"] = "was enabled: false"
+            self.changed["step_scheduler.ckpt_every_steps"] = "was checkpoint.enabled: false"
+
+    def loaders(self) -> None:
+        for name in ("dataloader", "validation_dataloader"):
+            node = self.data.get(name)
+            if not isinstance(node, dict):
+                continue
+            target = node.get(TARGET_KEY)
+            if target is not None:
+                if target != _LOADER:
+                    self.fail(
+                        f"{name}.{TARGET_KEY}",
+                        f"{name} is built here from plain keys; '{target}' cannot be used (drop _target_)",
+                    )
+                    continue
+                del node[TARGET_KEY]
+                self.changed[name] = f"was _target_: {_LOADER}"
+                # a StatefulDataLoader neither shuffles nor drops the last batch unless told
+                for key, value in (("shuffle", False), ("drop_last", False)):
+                    if key not in node:
+                        node[key] = value
+                        self.changed[f"{name}.{key}"] = "StatefulDataLoader's default, written out"
+            collate = node.get("collate_fn")
+            if isinstance(collate, dict) and not collate:  # default_collater, its target dropped
+                del node["collate_fn"]
+                self.changed[name] = (
+                    self.changed.get(name, "") + "; default_collater is the default collate"
+                )
+
+    def step_scheduler(self) -> None:
+        steps = self.data.get("step_scheduler")
+        if not isinstance(steps, dict):
+            return
+        loader = (
+            self.data.get("dataloader") if isinstance(self.data.get("dataloader"), dict) else {}
+        )
+        batch = loader.pop("batch_size", None) if loader else None
+        if batch is not None:
+            if steps.get("local_batch_size", batch) != batch:
+                self.fail(
+                    "dataloader.batch_size",
+                    "dataloader.batch_size and step_scheduler.local_batch_size differ; keep local_batch_size",
+                )
+            steps.setdefault("local_batch_size", batch)
+            self.move("dataloader.batch_size", "step_scheduler.local_batch_size")
+        val = self.data.get("validation_dataloader")
+        if isinstance(val, dict) and "batch_size" in val:
+            val.pop("batch_size")
+            self.note(
+                "validation_dataloader", "batch_size dropped (validation uses local_batch_size)"
+            )
+        acc = steps.get("grad_acc_steps")
+        if acc is not None and "global_batch_size" not in steps:
+            local = steps.get("local_batch_size")
+            if local is None:
+                self.fail(
+                    "step_scheduler.grad_acc_steps",
+                    "grad_acc_steps needs local_batch_size (or dataloader.batch_size)",
+                )
+                return
+            steps["global_batch_size"] = int(local) * int(acc) * self.dp_size()
+            self.changed["step_scheduler.global_batch_size"] = (
+                f"local_batch_size x grad_acc_steps x {self.dp_size()} data-parallel processes"
+            )
+            self.where.setdefault(
+                "step_scheduler.global_batch_size", self.at("step_scheduler.grad_acc_steps")
+            )
+
+    def dp_size(self) -> int:
+        dist = (
+            self.data.get("distributed") if isinstance(self.data.get("distributed"), dict) else {}
+        )
+        dp = dist.get("dp_size")
+        if isinstance(dp, int):
+            return dp
+        world = self.world if self.world is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        other = 1
+        for key in ("tp_size", "cp_size", "pp_size"):
+            value = dist.get(key, 1)
+            other *= value if isinstance(value, int) and value > 0 else 1
+        return max(1, world // other)
+
+    def typos(self) -> None:
+        """A key that is neither theirs nor ours but close to one of theirs: say which."""
+        for sec, theirs in _THEIR_KEYS.items():
+            node = self.data.get(sec)
+            if not isinstance(node, dict):
+                continue
+            for key in node:
+                if key in theirs or key in _OURS.get(sec, ()):
+                    continue
+                hint = did_you_mean(key, theirs)
+                if hint:
+                    full = f"{sec}.{key}"
+                    self.fail(full, f"unknown key '{key}' (NeMo AutoModel spelling){hint}")

@@ -1,0 +1,57 @@
+"""The translator's state and the helpers every pass uses (where a key came from, notes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import Problem
+
+
+class _TranslatorBase:
+    def __init__(
+        self, data: dict[str, Any], where: dict[str, str], file: str, world: int | None
+    ) -> None:
+        self.data = _copy(data)
+        self.where = where
+        self.file = file
+        self.world = world
+        self.changed: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.problems: list[Problem] = []
+        self.recipe: str | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def at(self, path: str) -> str:
+        parts = path.split(".")
+        for depth in range(len(parts), 0, -1):
+            found = self.where.get(".".join(parts[:depth]))
+            if found:
+                return found
+        return self.file
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message, self.at(path)))
+
+    def note(self, path: str, message: str) -> None:
+        self.changed.setdefault(path, message)
+        self.notes.append(f"{self.at(path)}: {path}: {message}")
+
+    def move(self, old: str, new: str, message: str | None = None) -> None:
+        """Record that `new` (our key) holds what the user wrote at `old`."""
+        for key in [k for k in self.where if k == old or k.startswith(old + ".")]:
+            self.where.setdefault(new + key[len(old) :], self.where[key])
+        self.changed[new] = message or f"was {old}"
+
+    def section(self, name: str) -> dict[str, Any]:
+        node = self.data.get(name)
+        if not isinstance(node, dict):
+            node = self.data[name] = {}
+        return node
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
