@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .._errors import ConfigError
 from ._aliases import looks_like_nemo
 from ._translate import Translation, translate
-
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
 
 
 def migrated_yaml(translation: Translation, source: str) -> str:
