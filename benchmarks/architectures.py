@@ -632,6 +632,35 @@ def sweep_fsdp(families: list[str], work: Path, timeout: float) -> dict[str, dic
     return results
 
 
+# What the failures of a column have in common, found by a substring of their reason.
+KNOWN_CAUSES = [
+    (
+        "lora",
+        "peft-reloaded logits differ",
+        "upstream in peft: for MoE model types that transformers 5 converts from its v4 "
+        "layout, peft's loader rewrites every `target_modules` entry ending in `gate_proj`, "
+        "`up_proj` or `down_proj` to the fused experts, so the adapters of dense MLPs and "
+        "shared experts land on the experts instead (huggingface/peft#3711, fix in "
+        "peft#3715). Our own `automodel.peft.load_adapter` reloads these adapters exactly "
+        "(checked on afmoe, beam, inkling2_text, laguna, longcat_flash, qwen3_next, "
+        "solar_open; DeepSeek-V3 in `tests/recipes/test_architectures.py`).",
+    ),
+    (
+        "fsdp2",
+        "is shared with a parameter already managed by another FSDP group",
+        "ours to fix: an output head tied to a word embedding in a different submodule "
+        "(BERT-style encoders, Zamba's shared block) needs both in one FSDP2 group.",
+    ),
+    (
+        "checkpoint_reload",
+        "Unrecognized configuration class",
+        "the checkpoint holds the family's text config, which transformers' "
+        "`AutoModelForCausalLM.from_pretrained` does not map; transformers' own "
+        "save/load round trip of that model fails the same way.",
+    ),
+]
+
+
 def cell(column: dict[str, Any] | None) -> str:
     if column is None:
         return "?"
@@ -709,6 +738,18 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for row in trainable:
         cells = [cell(row.get(k)) for k in COLUMNS if k != "transformers"]
         lines.append(f"| {row['family']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Why the ✗", ""]
+    for column, needle, explanation in KNOWN_CAUSES:
+        hit = [
+            r["family"]
+            for r in trainable
+            if (r.get(column) or {}).get("status") == "fail"
+            and needle in ((r.get(column) or {}).get("reason") or "")
+        ]
+        if hit:
+            lines.append(
+                f"- **{COLUMNS[column][0]}** ({len(hit)}: {', '.join(hit)}): {explanation}"
+            )
     lines += [
         "",
         "## Families transformers itself cannot train from a tiny config",
