@@ -332,11 +332,39 @@ def training_checks(rank: int) -> dict[str, object]:
         info["seconds"] = round(time.perf_counter() - started, 3)
         out[key] = info
         gc.collect()
+    out["tied_across_blocks"] = tied_across_blocks(meshes[repr(MeshConfig())])
     del meshes
     if rank == 0:  # the float32 bound: one process, whole batch vs accumulated halves
         full, halves = references[False, False], references[False, True]
         out["halves_vs_full_batch"] = compare(halves[0], halves[1], full)
     return out
+
+
+def tied_across_blocks(mesh) -> dict[str, object]:
+    """FSDP2 on a BERT-style LM whose word embedding (inside a no-split block) is tied to the
+    output head: one training step, and the two stay one parameter."""
+    try:
+        config = transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, is_decoder=True, tie_word_embeddings=True,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = transformers.BertLMHeadModel(config)
+        model = build_strategy("fsdp2").parallelize(model, mesh)
+        ids, _ = global_batch(0)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        head = model.cls.predictions.decoder.weight
+        info = {
+            "loss": float(loss),
+            "tied": head is model.bert.embeddings.word_embeddings.weight,
+            "grad": head.grad is not None,
+        }
+        del model, head, loss
+    except Exception:
+        info = {"error": traceback.format_exc()[-3000:]}
+    gc.collect()
+    return info
 
 
 def main() -> None:

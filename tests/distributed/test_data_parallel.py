@@ -150,6 +150,13 @@ def test_blocks_found_in_a_hugging_face_llama(results) -> None:
     assert results[0]["training"]["blocks"] == ["LlamaDecoderLayer"] * 2
 
 
+def test_fsdp2_keeps_a_head_tied_across_blocks(results) -> None:
+    infos = [results[rank]["training"]["tied_across_blocks"] for rank in (0, 1)]
+    assert all("error" not in info for info in infos), infos
+    assert all(info["tied"] and info["grad"] for info in infos)
+    assert infos[0]["loss"] == infos[1]["loss"]
+
+
 @pytest.mark.parametrize("run", [*FP32_RUNS, *NO_SYNC_RUNS, "fsdp2_bf16"])
 def test_run_completed_on_both_ranks(results, run: str) -> None:
     for rank in (0, 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,6 +20,8 @@ from torch.distributed.fsdp import (
 from ._dtype import parse_dtype
 from ._mesh import HSDP_VIEW, MeshError, _sub, build_mesh, submesh
 from ._strategy import apply_activation_checkpointing, decoder_blocks
+
+log = logging.getLogger("automodel.distributed")
 
 
 def _dtype(name: str | torch.dtype | None, option: str) -> torch.dtype | None:
@@ -104,10 +107,34 @@ class FSDP2Strategy:
             "offload_policy": self.offload_policy(),
             "ignored_params": set(ignored_params) if ignored_params else None,
         }
-        for block in blocks:
+        for block in _without_outside_ties(model, blocks):
             fully_shard(block, reshard_after_forward=self.reshard_after_forward, **common)
         # None: the root keeps its parameters gathered after forward (backward starts there)
         fully_shard(
             model, reshard_after_forward=None if self.reshard_after_forward else False, **common
         )
         return model
+
+
+def _without_outside_ties(model: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
+    """The blocks that share no parameter with a module outside themselves.
+
+    FSDP2 manages each parameter in one group: a block whose weight is tied to a module
+    elsewhere (a BERT-style word embedding tied to the output head, Zamba's block shared by
+    several layers) is left to the root's group instead of its own.
+    """
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    prefixes = {id(module): f"{name}." for name, module in model.named_modules()}
+    kept = []
+    for block in blocks:
+        prefix = prefixes[id(block)]
+        tied = any(not all(n.startswith(prefix) for n in names[id(p)]) for p in block.parameters())
+        if tied:
+            log.info(
+                "FSDP2: %s shares weights outside itself; the root group holds it", prefix[:-1]
+            )
+        else:
+            kept.append(block)
+    return kept
