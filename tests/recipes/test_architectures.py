@@ -26,7 +26,7 @@ PEFT_REMAPS_DENSE_MLP = {"deepseek_v3"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, head_of_asset) -> Path:
-    return head_of_asset("reverse_train.jsonl", tmp_path_factory.mktemp("data") / "t.jsonl", 16)
+    return head_of_asset("reverse_train.jsonl", tmp_path_factory.mktemp("data") / "t.jsonl", 8)
 
 
 def _base(family: str, root: Path) -> Path:
