@@ -168,23 +168,18 @@ def _is_index(part: str, seq: list[Any]) -> bool:
 
 
 def _absent(data: dict[str, Any], parts: list[str]) -> bool:
-    """Whether the last key is missing below dict parents that exist or are missing (not a list
-    or a scalar in the way, which `_missing` reports)."""
+    """Whether the last key is missing below parents that are mappings, missing or null (a
+    list or a scalar in the way is `_missing`'s to report)."""
     node: Any = data
     for part in parts:
         if node is None:
             return True
         if not isinstance(node, dict):
             return False
-        node = node.get(part)
-    return node is None and not _present(data, parts)
-
-
-def _present(data: dict[str, Any], parts: list[str]) -> bool:
-    node: Any = data
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    return isinstance(node, dict) and parts[-1] in node
+        if part not in node:
+            return True
+        node = node[part]
+    return False
 
 
 def _not_accepted(
