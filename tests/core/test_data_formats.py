@@ -105,6 +105,31 @@ def test_loads_parquet_and_csv_by_suffix(tmp_path: Path, cache: str, tokenizer) 
     assert len(sliced) == 1
 
 
+def test_small_local_json_reads_like_datasets(tmp_path: Path, cache: str) -> None:
+    """Read directly (no `datasets`), a small JSONL or JSON list gives the rows, columns (in order
+    of first appearance, absent keys as None) and batches that `datasets` gives."""
+    import datasets
+
+    rows = [{"q": "a", "n": 1}, {"q": "b", "extra": [1, 2]}, {"n": 3, "q": "c"}]
+    lines = write_jsonl(tmp_path / "d.jsonl", rows)
+    document = tmp_path / "d.json"
+    document.write_text(json.dumps(rows))
+    expected = datasets.load_dataset("json", data_files=str(lines), split="train", cache_dir=cache)
+    for path in (lines, document):
+        loaded = load_rows(path, cache_dir=cache)
+        assert type(loaded).__name__ == "JsonRows"
+        assert (len(loaded), loaded.column_names) == (3, ["q", "n", "extra"])
+        assert loaded.column_names == expected.column_names
+        for column in loaded.column_names:
+            assert loaded[column] == expected[column], column
+        assert loaded[1] == expected[1]
+        assert list(loaded.iter(batch_size=2)) == list(expected.iter(batch_size=2))
+        with pytest.raises(KeyError):
+            loaded["nope"]
+    # A slice of the split still goes through `datasets`, which parses it.
+    assert load_rows(lines, split="train[:2]", cache_dir=cache)["q"] == ["a", "b"]
+
+
 def test_missing_column_lists_present_columns(tmp_path: Path, cache: str, tokenizer) -> None:
     path = write_jsonl(tmp_path / "qa.jsonl", [{"context": "c", "query": "q", "answers": "a"}])
     with pytest.raises(DataError) as info:

@@ -12,8 +12,11 @@ import weakref
 
 import pytest
 import torch
+from _shared import REPO
 
 import automodel.recipes as recipes
+
+ASSETS = REPO / "examples/llm_finetune/assets"
 
 
 def test_importing_the_package_imports_no_part_and_no_torch() -> None:
@@ -25,6 +28,25 @@ def test_importing_the_package_imports_no_part_and_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_local_jsonl_run_imports_no_datasets_and_no_distributed_machinery() -> None:
+    """Start-up: the LLM recipe module and a chat dataset from a local JSONL file load neither
+    `datasets` (nor pandas / pyarrow) nor pipelining, which only some runs use."""
+    code = (
+        "import sys\n"
+        "import automodel.recipes.llm.finetune\n"
+        "from automodel.core.data import chat_dataset\n"
+        "from automodel.core.models import load_tokenizer\n"
+        f"tok = load_tokenizer({str(ASSETS / 'tiny_tokenizer')!r})\n"
+        f"ds = chat_dataset(tok, {str(ASSETS / 'reverse_validation.jsonl')!r}, seq_length=64)\n"
+        "assert len(ds) == 200, len(ds)\n"
+        "heavy = ('datasets', 'pandas', 'pyarrow', 'torch.distributed.pipelining')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
 def test_every_public_name_resolves_and_unknown_ones_fail() -> None:

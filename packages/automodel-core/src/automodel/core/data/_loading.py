@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._errors import DataError
 
@@ -24,6 +24,37 @@ _BUILDERS = {
     ".txt": "text",
     ".arrow": "arrow",
 }
+# A local JSON(L) file up to this size is parsed here: importing `datasets` and writing its
+# cache costs about a second at every start. Larger files go through its memory-mapped cache.
+_DIRECT_JSON_BYTES = 64 << 20
+
+
+class JsonRows:
+    """The rows of a small local JSON(L) file, held in memory and read like a `datasets.Dataset`."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        names: dict[str, None] = {}  # every key in order of first appearance; absent reads None
+        for record in records:
+            names.update(dict.fromkeys(record))
+        self.column_names = list(names)
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, key: str | int) -> Any:
+        """A column's values by name, or a row by index."""
+        if isinstance(key, int):
+            return {name: self._records[key].get(name) for name in self.column_names}
+        if key not in self.column_names:
+            raise KeyError(key)
+        return [record.get(key) for record in self._records]
+
+    def iter(self, batch_size: int) -> Iterator[dict[str, list]]:
+        """Batches of rows as {column: values}, like `datasets.Dataset.iter`."""
+        for start in range(0, len(self._records), batch_size):
+            chunk = self._records[start : start + batch_size]
+            yield {name: [record.get(name) for record in chunk] for name in self.column_names}
 
 
 def load_rows(
@@ -32,8 +63,12 @@ def load_rows(
     *,
     name: str | None = None,
     cache_dir: str | None = None,
-) -> datasets.Dataset:
-    """Load a local jsonl/json/parquet/csv/txt file or directory, or a Hub dataset, as one split."""
+) -> datasets.Dataset | JsonRows:
+    """Load a local jsonl/json/parquet/csv/txt file or directory, or a Hub dataset, as one split.
+
+    A local JSON(L) file under 64 MiB read whole (no `[...]` slice in `split`) comes back as
+    `JsonRows`, parsed without `datasets`; everything else as a `datasets.Dataset`.
+    """
     text = str(path)
     local = Path(text).expanduser()
     builder = _BUILDERS.get(local.suffix.lower())
@@ -51,15 +86,26 @@ def load_rows(
             raise DataError(f"{text}: the file is empty")
         # A single local file is one split; keep a slice like "train[:100]" if one was given.
         local_split = "train" + split[split.index("[") :] if "[" in split else "train"
+        if builder == "json" and local_split == "train" and _small(local):
+            try:
+                records = _json_records(local)
+            except DataError:
+                records = None  # not plain rows of objects: `datasets` reads more layouts
+            if records:
+                return JsonRows(records)
         try:
             return _load(
                 builder, local_split, source=text, data_files=str(local), cache_dir=cache_dir
             )
         except DataError:
             if builder == "json":
-                _check_json_file(local)
+                _json_records(local)  # raises naming the first bad line
             raise
     return _load(text, split, source=text, name=name, cache_dir=cache_dir)
+
+
+def _small(path: Path) -> bool:
+    return path.stat().st_size <= _DIRECT_JSON_BYTES
 
 
 def _is_blank(path: Path) -> bool:
@@ -89,15 +135,18 @@ def _load(path: str, split: str, *, source: str, **kwargs) -> datasets.Dataset:
     return rows
 
 
-def _check_json_file(path: Path) -> None:
-    """Raise a DataError naming the first line of a JSON (lines) file that does not parse."""
+def _json_records(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON lines file or of a JSON list; a DataError names the first bad line."""
     text = path.read_text(encoding="utf-8", errors="replace")
     if text.lstrip().startswith("["):  # one JSON document, not JSON lines
         try:
-            json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        return
+        if not all(isinstance(v, dict) for v in value):
+            raise DataError(f"{path}: expected a JSON list of objects, one per row")
+        return value
+    records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -112,9 +161,11 @@ def _check_json_file(path: Path) -> None:
                 f"{path}:{lineno}: line {lineno} is a JSON {type(value).__name__}, "
                 "expected an object with one field per column"
             )
+        records.append(value)
+    return records
 
 
-def require_columns(rows: datasets.Dataset, columns: Iterable[str], source: str) -> None:
+def require_columns(rows: datasets.Dataset | JsonRows, columns: Iterable[str], source: str) -> None:
     """Raise a DataError naming each missing column and the columns that are present."""
     present = list(rows.column_names)
     missing = [c for c in columns if c not in present]
