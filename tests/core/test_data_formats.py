@@ -191,6 +191,30 @@ def test_chat_generation_markers_give_the_same_labels(tokenizer) -> None:
     assert by_markers == by_prefixes
 
 
+def test_chat_dataset_encodes_a_batch_as_each_conversation_alone(
+    tmp_path: Path, cache: str, tokenizer
+) -> None:
+    """Batched encoding (one call per 256 rows with {% generation %} markers) keeps each
+    conversation's tokens and labels, and skips only the ones with no assistant turn."""
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\n' }}"
+        "{% generation %}{{ m['content'] + '<|end|>\n' }}{% endgeneration %}"
+        "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endif %}"
+        "{% endfor %}"
+    )
+    no_answer = [{"role": "user", "content": "hi"}]
+    short = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    rows = [CONVERSATION, no_answer, short, CONVERSATION[1:3], no_answer] * 60  # 300: 2 batches
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": m} for m in rows])
+    dataset = chat_dataset(tokenizer, path, chat_template=template, cache_dir=cache)
+    kept = [m for m in rows if m is not no_answer]
+    assert (len(dataset), dataset.num_dropped) == (len(kept), 120)
+    for index in (0, 1, 2, 179):
+        ids, labels = chat_labels(tokenizer, kept[index], chat_template=template)
+        assert dataset[index]["input_ids"].tolist() == ids
+        assert dataset[index]["labels"].tolist() == labels
+
+
 def test_chat_template_that_rewrites_history_is_rejected(tokenizer) -> None:
     # Renders only the last assistant turn in full: earlier turns change once more are added.
     template = (

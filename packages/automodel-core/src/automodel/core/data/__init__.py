@@ -14,7 +14,7 @@ into consecutive N-token samples instead of cutting them off.
 """
 
 from ..losses import IGNORE_INDEX
-from ._chat import chat_labels
+from ._chat import chat_labels, chat_labels_many
 from ._collate import collate
 from ._dataset import TokenizedDataset
 from ._errors import DataError
@@ -44,6 +44,7 @@ __all__ = [
     "build_dataloader",
     "chat_dataset",
     "chat_labels",
+    "chat_labels_many",
     "collate",
     "document_ids",
     "hellaswag_dataset",

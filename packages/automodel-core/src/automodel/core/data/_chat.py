@@ -15,6 +15,14 @@ def chat_labels(
     tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None
 ) -> tuple[list[int], list[int]]:
     """Tokenize a conversation with the chat template; labels are the tokens of assistant turns."""
+    return chat_labels_many(tokenizer, [messages], chat_template=chat_template)[0]
+
+
+def chat_labels_many(
+    tokenizer: Any, conversations: list[list[dict[str, Any]]], *, chat_template: str | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """`chat_labels` of each conversation; a template with {% generation %} markers renders and
+    tokenizes them all in one call, which is faster than one call each."""
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise DataError(
@@ -22,8 +30,8 @@ def chat_labels(
             "or pass chat_template"
         )
     if isinstance(template, str) and _GENERATION_TAG.search(template):
-        return _labels_from_generation_mask(tokenizer, messages, template)
-    return _labels_from_prefixes(tokenizer, messages, template)
+        return _labels_from_generation_mask(tokenizer, conversations, template)
+    return [_labels_from_prefixes(tokenizer, messages, template) for messages in conversations]
 
 
 def _render(tokenizer: Any, messages: list, template: str, *, generation_prompt: bool) -> str:
@@ -80,17 +88,21 @@ def _text_before(tokenizer: Any, messages: list, i: int, template: str, full: st
 
 
 def _labels_from_generation_mask(
-    tokenizer: Any, messages: list[dict[str, Any]], template: str
-) -> tuple[list[int], list[int]]:
+    tokenizer: Any, conversations: list[list[dict[str, Any]]], template: str
+) -> list[tuple[list[int], list[int]]]:
     """Use the template's {% generation %} markers (`return_assistant_tokens_mask`)."""
+    if not conversations:
+        return []
     encoding = tokenizer.apply_chat_template(
-        messages,
+        conversations,
         chat_template=template,
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,
     )
-    input_ids = list(encoding["input_ids"])
-    mask = encoding["assistant_masks"]
-    labels = [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask, strict=True)]
-    return input_ids, labels
+    out = []
+    for ids, mask in zip(encoding["input_ids"], encoding["assistant_masks"], strict=True):
+        input_ids = list(ids)
+        labels = [t if m else IGNORE_INDEX for t, m in zip(input_ids, mask, strict=True)]
+        out.append((input_ids, labels))
+    return out

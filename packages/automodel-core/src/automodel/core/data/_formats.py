@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..losses import IGNORE_INDEX
-from ._chat import chat_labels
+from ._chat import chat_labels_many
 from ._dataset import SampleBuffer, TokenizedDataset
 from ._errors import DataError
 from ._loading import load_rows, require_columns
@@ -146,15 +146,15 @@ def chat_dataset(
     counter = iter(range(len(rows)))
 
     def encode(batch: Mapping[str, list]) -> list[Encoded]:
-        out: list[Encoded] = []
+        learnable = []  # conversations with an assistant turn; the others give None
         for messages in batch[messages_column]:
-            index = next(counter)
-            _check_messages(messages, index, source)
-            if not any(m["role"] == "assistant" for m in messages):
-                out.append(None)
-                continue
-            out.append(chat_labels(tokenizer, messages, chat_template=chat_template))
-        return out
+            _check_messages(messages, next(counter), source)
+            learnable.append(any(m["role"] == "assistant" for m in messages))
+        conversations = [
+            m for m, keep in zip(batch[messages_column], learnable, strict=True) if keep
+        ]
+        encoded = iter(chat_labels_many(tokenizer, conversations, chat_template=chat_template))
+        return [next(encoded) if keep else None for keep in learnable]
 
     return _build(rows, encode, tokenizer, seq_length, truncation, source)
 
