@@ -152,7 +152,7 @@ def argv(text: str) -> tuple[dict[str, str], list[str]]:
 
     `uv run` is slow to start and runs in this project's environment, which is the one the
     tests run in: `uv run automodel ...` and `automodel ...` become `sys.executable -m
-    automodel.cli ...` (the `automodel` console script calls `automodel.cli:main`), `uv run
+    automodel.cli ...` (the `automodel` console script calls `automodel.cli:entry`), `uv run
     python ...` and `python ...` become `sys.executable ...`; `uv pip ...` runs the uv beside
     this interpreter, or on PATH."""
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)

@@ -187,7 +187,7 @@ def test_meta_wheel_is_the_console_script_and_two_pins(wheels):
     assert not meta.payload, f"the meta-package ships files: {meta.payload}"
     scripts = meta.entry_points
     assert scripts.has_section("console_scripts"), "no [console_scripts] in entry_points.txt"
-    assert scripts["console_scripts"].get("automodel", "").strip() == "automodel.cli:main"
+    assert scripts["console_scripts"].get("automodel", "").strip() == "automodel.cli:entry"
     pins = {_norm(r.name): str(r.specifier) for r in meta.requires}
     assert pins == {
         "automodel-cli": f"=={meta.version}",
