@@ -310,6 +310,7 @@ def test_wandb_offline_run_holds_metrics_and_config(
         "wandb": {
             "project": "tiny",
             "name": "run-1",
+            "group": "sweep-7",
             "tags": ["a", "b"],
             "mode": "offline",
             "dir": str(wandb_dir),
@@ -335,6 +336,7 @@ def test_wandb_offline_run_holds_metrics_and_config(
     assert "exit" in kinds and "run" in kinds, kinds
     run = records[kinds.index("run")].run
     assert (run.project, run.display_name, list(run.tags)) == ("tiny", "run-1", ["a", "b"])
+    assert run.run_group == "sweep-7"
     assert _items(run.config.update)["optimizer"] == {"lr": 1e-4}
     assert _items(run.config.update)["hf_token"] == "<redacted>"
     history = [_items(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]

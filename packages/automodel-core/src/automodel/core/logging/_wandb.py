@@ -14,7 +14,7 @@ from ._rank import global_rank
 logger = logging.getLogger(__name__)
 
 WANDB_INSTALL = "pip install 'automodel-core[wandb]'"
-WANDB_KEYS = ("project", "entity", "name", "tags", "mode", "dir")
+WANDB_KEYS = ("project", "entity", "name", "group", "tags", "mode", "dir")
 
 
 def check_wandb_available() -> None:
@@ -48,6 +48,7 @@ class WandbLogger:
         mode: str | None = None,
         config: dict[str, Any] | None = None,
         dir: str | os.PathLike[str] | None = None,
+        group: str | None = None,
         *,
         rank: int | None = None,
     ):
@@ -63,6 +64,7 @@ class WandbLogger:
             project=project,
             entity=entity,
             name=name,
+            group=group,
             tags=list(tags) if tags else None,
             mode=mode,
             config=dict(config) if config else None,
