@@ -520,3 +520,55 @@ def test_their_lr_scheduler_defaults_are_written_out() -> None:
     assert lr == {"min_lr": 1.0e-5 * 0.01, "style": "wsd", "warmup_steps": 5}
     with pytest.raises(ConfigError, match="init_lr is not supported"):
         translate({"lr_scheduler": {"init_lr": 0.0}}, {}, "cfg.yaml")
+
+
+def test_their_qlora_fp8_and_wandb_sections() -> None:
+    """`quantization:` NF4 under LoRA is our peft.quantize_base; fp8 on and 8-bit or fp4
+    weights are refused naming what to do; switched-off sections are dropped."""
+    peft = {
+        "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
+        "match_all_linear": True,
+        "dim": 8,
+    }
+    qlora = {
+        "load_in_4bit": True,
+        "load_in_8bit": False,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    data = {
+        "peft": peft,
+        "quantization": qlora,
+        "fp8": {"enabled": False, "recipe_name": "tensorwise"},
+        "wandb": {"enable": True, "project": "p", "group": "g", "dir": "logs"},
+    }
+    t = translate(data, {"quantization": "cfg.yaml:7"}, "cfg.yaml")
+    assert t.data["peft"]["quantize_base"] == "nf4"
+    assert t.where["peft.quantize_base"] == "cfg.yaml:7"
+    assert "quantization" not in t.data and "fp8" not in t.data
+    assert t.data["wandb"] == {"project": "p", "group": "g", "dir": "logs"}
+    assert any("NF4 through torchao" in n for n in t.notes)
+    ours = {k: v for k, v in t.data["peft"].items() if k != "_target_"}
+    assert resolve_target(t.data["peft"]["_target_"])(**ours).quantize_base == "nf4"
+
+    off = translate({"wandb": {"enable": False, "project": "p"}}, {}, "cfg.yaml")
+    assert "wandb" not in off.data and any("no W&B logging" in n for n in off.notes)
+
+    refused = {
+        "fp8": ({"fp8": {"enabled": True}}, "remove the section to train in the model's dtype"),
+        "quantization.load_in_8bit": (
+            {"peft": peft, "quantization": {"load_in_8bit": True}},
+            "use load_in_4bit: true",
+        ),
+        "quantization.bnb_4bit_quant_type": (
+            {"peft": peft, "quantization": {"load_in_4bit": True}},  # bitsandbytes' default: fp4
+            "4-bit fp4 weights are not supported; set bnb_4bit_quant_type: nf4",
+        ),
+        "quantization": ({"quantization": qlora}, "add a peft: section"),
+    }
+    for key, (bad, message) in refused.items():
+        with pytest.raises(ConfigError) as info:
+            translate(bad, {}, "cfg.yaml")
+        (problem,) = info.value.problems
+        assert problem.key == key and message in problem.message, problem

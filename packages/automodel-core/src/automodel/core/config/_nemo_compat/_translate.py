@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from ._translate_features import _FeaturePasses
 from ._translate_sections import _SectionPasses
 from ._translate_targets import _TargetPasses
 
@@ -33,12 +34,13 @@ def translate(
     return Translation(t.data, t.where, t.changed, t.notes, t.recipe)
 
 
-class _Translator(_TargetPasses, _SectionPasses):
+class _Translator(_TargetPasses, _SectionPasses, _FeaturePasses):
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:
         self.top_level()
         self.targets(self.data, "")
         self.sections()
+        self.features()
         self.renames()
         self.checkpoint_enabled()
         self.kd()
