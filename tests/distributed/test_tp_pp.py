@@ -16,7 +16,12 @@ import torch
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 
 from automodel.distributed._cp import CPU_ERROR, make_cp_batch_and_ctx
-from automodel.distributed._pp import DecoderStage, _layer_split
+from automodel.distributed._pp import (
+    DecoderStage,
+    _layer_split,
+    is_multi_stage,
+    pipeline_stage_count,
+)
 from automodel.distributed._tp import hf_tp_plan, tp_plan_for
 from automodel.distributed._tp_plans import (
     GatherSequence,
@@ -251,3 +256,22 @@ def test_layer_split() -> None:
     assert _layer_split(4, 2, [1, 3]) == [range(0, 1), range(1, 4)]
     with pytest.raises(ValueError, match="cannot fill"):
         _layer_split(2, 4, None)
+
+
+def test_pipeline_stage_count() -> None:
+    """One stage per rank, two when interleaved; with layers per stage, the ceiling of the
+    layers over it, rounded to a multiple of pp_size only when asked."""
+    assert pipeline_stage_count(8, 2, "1f1b") == 2
+    assert pipeline_stage_count(8, 2, "interleaved_1f1b") == 4
+    assert pipeline_stage_count(8, 2, "interleaved1f1b", layers_per_stage=2) == 4
+    assert pipeline_stage_count(8, 2, "looped_bfs", layers_per_stage=1) == 8
+    assert pipeline_stage_count(8, 2, "gpipe", layers_per_stage=4) == 2
+    assert pipeline_stage_count(10, 4, "interleaved_1f1b", 1, rounding="down") == 8
+    assert pipeline_stage_count(10, 4, "interleaved_1f1b", 1, rounding="up") == 12
+    with pytest.raises(ValueError, match="not a multiple of pp_size 4: change layers_per_stage"):
+        pipeline_stage_count(10, 4, "interleaved_1f1b", 1)
+    with pytest.raises(ValueError, match="use at least 4 layers per stage"):
+        pipeline_stage_count(8, 2, "1f1b", layers_per_stage=2)
+    with pytest.raises(ValueError, match="use at most 2 layers per stage"):
+        pipeline_stage_count(8, 2, "interleaved_1f1b", layers_per_stage=4)
+    assert is_multi_stage("interleaved_1f1b") and not is_multi_stage("1f1b")

@@ -21,11 +21,14 @@ NOT_MERGED = ["--checkpoint.save_merged_model=false"]  # a stage cannot merge th
 STEPS, MIDDLE = 6, 3
 UNTIED = ["--+model.tie_word_embeddings=false"]
 PP = ["--+distributed.pp_size=2"]
+FOUR_LAYERS = ["--+model.num_hidden_layers=4"]  # 2 stages per rank of one layer each
+INTERLEAVED = [*PP, "--+distributed.pp_schedule=interleaved_1f1b", *FOUR_LAYERS]
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
     # the example's tied LM head: the last stage's copy of the embedding, gradients summed
     "1f1b": (2, PP),
     "gpipe_dp2": (4, [*PP, "--+distributed.pp_schedule=gpipe"]),  # 2 × 2 × dp 2
     "1f1b_untied": (2, [*PP, *UNTIED]),
+    "interleaved": (2, INTERLEAVED),  # rank 0: stages 0 and 2, rank 1: 1 and 3 (tied head)
 }
 
 
@@ -53,6 +56,13 @@ def one_process_untied(tmp_path_factory, overrides, run_recipe, monkeypatch_modu
 
 
 @pytest.fixture(scope="module")
+def one_process_four_layers(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> Path:
+    run_dir = tmp_path_factory.mktemp("pp_one_four")
+    run_recipe(SFT, overrides(run_dir, *FOUR_LAYERS))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
 def launched(tmp_path_factory, overrides, cli_per_layout):
     """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
     return cli_per_layout(tmp_path_factory, "pp", SFT, LAYOUTS, overrides)
@@ -60,12 +70,18 @@ def launched(tmp_path_factory, overrides, cli_per_layout):
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_pipeline_matches_one_process(
-    layout, launched, one_process, one_process_untied, assert_same_training
-):
-    """Per-step losses, grad norms (over both stages, a tied embedding counted once),
-    validation and the final weights, which rank 0 merges from the two stages into one
-    Hugging Face file."""
+    layout, launched, one_process, one_process_untied, one_process_four_layers,
+    assert_same_training,
+):  # fmt: skip
+    """Per-step losses, grad norms (over every stage, a tied embedding counted once),
+    validation and the final weights, which rank 0 merges from the stages into one Hugging
+    Face file; interleaved, each rank runs two stages of the four."""
     run_dir, stderr = launched(layout)
+    if layout == "interleaved":
+        for stage in (0, 2):  # rank 0's (the log is rank 0's)
+            assert f"stage {stage} of 4 holds layers {stage}-{stage} (interleaved_1f1b" in stderr
+        assert_same_training(run_dir, one_process_four_layers, range(1, STEPS + 1), MIDDLE)
+        return
     schedule = "gpipe" if "gpipe" in layout else "1f1b"
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
     reference = one_process_untied if "untied" in layout else one_process
@@ -149,7 +165,12 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
     [
         (["--+distributed.strategy=ddp"], 2, "composes with strategy fsdp2 only, not ddp"),
         (["--+distributed.tp_size=2"], 4, "pp_size with tp_size or ep_size is not supported"),
-        (["--+distributed.pp_schedule=zb"], 2, "expected one of 1f1b, gpipe, got 'zb'"),
+        (
+            ["--+distributed.pp_schedule=zb"],
+            2,
+            "1f1b, gpipe, interleaved_1f1b, looped_bfs, got 'zb'",
+        ),
+        (["--+distributed.pp_stage_rounding=sideways"], 2, "expected up, down or null"),
         (["--+packed_sequence.packed_sequence_size=64"], 2, "packed rows with pp_size > 1"),
         (["--~dataset.seq_length"], 2, "pads every micro-batch to one length"),
         (["--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"], 2, "fused loss"),

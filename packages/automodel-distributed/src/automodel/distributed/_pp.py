@@ -17,6 +17,9 @@ embedding's name; call ``sum_tied_embedding_grads`` after each backward to keep 
 
 ``build_pipeline_schedule`` wraps the stages of this rank in ``PipelineStage`` objects and
 returns torch's schedule (``ScheduleGPipe``, ``Schedule1F1B``, or a multi-stage one).
+``pipeline_stage_count`` says how many stages a schedule wants for a model, and
+``RankStages`` shows a rank's several stages (interleaved schedules) as one module under the
+model's own parameter names, for the optimizer and checkpoints.
 """
 
 from __future__ import annotations
@@ -149,6 +152,93 @@ class DecoderStage(nn.Module):
         if self.is_last:
             return self.lm_head(self.model.norm(hidden))
         return hidden
+
+
+def is_multi_stage(schedule: str) -> bool:
+    """Whether ``schedule`` runs several stages per rank (interleaved 1F1B, looped BFS, ...)."""
+    return issubclass(
+        get_schedule_class(SCHEDULES.get(schedule.lower(), schedule)), PipelineScheduleMulti
+    )
+
+
+def pipeline_stage_count(
+    num_layers: int,
+    pp_size: int,
+    schedule: str,
+    layers_per_stage: int | None = None,
+    rounding: str | None = None,
+) -> int:
+    """How many stages to cut a model of ``num_layers`` decoder layers into for ``schedule``.
+
+    Without ``layers_per_stage``: one stage per rank, two for a multi-stage schedule. With it:
+    ``ceil(num_layers / layers_per_stage)`` stages, which must be a multiple of ``pp_size``
+    unless ``rounding`` (``"up"`` or ``"down"``) says which multiple to take; a single-stage
+    schedule needs exactly one stage per rank, a multi-stage one at least two.
+    """
+    multi = is_multi_stage(schedule)
+    if layers_per_stage is None:
+        return pp_size * (2 if multi else 1)
+    if layers_per_stage < 1:
+        raise ValueError(f"layers_per_stage must be at least 1, got {layers_per_stage}")
+    stages = -(-num_layers // layers_per_stage)
+    if stages % pp_size:
+        if rounding == "up":
+            stages += pp_size - stages % pp_size
+        elif rounding == "down":
+            stages -= stages % pp_size
+        else:
+            raise ValueError(
+                f"{num_layers} layers at {layers_per_stage} per stage make {stages} stages, not a "
+                f"multiple of pp_size {pp_size}: change layers_per_stage, or round the stage "
+                "count up or down"
+            )
+    per_rank = stages // pp_size
+    if not multi and per_rank != 1:
+        raise ValueError(
+            f"schedule {schedule!r} runs one stage per rank, but {num_layers} layers at "
+            f"{layers_per_stage} per stage give {per_rank} per rank: use at least "
+            f"{-(-num_layers // pp_size)} layers per stage, or an interleaved schedule"
+        )
+    if multi and per_rank < 2:
+        raise ValueError(
+            f"schedule {schedule!r} runs at least two stages per rank, but {num_layers} layers "
+            f"at {layers_per_stage} per stage give {max(per_rank, 0)}: use at most "
+            f"{num_layers // (2 * pp_size)} layers per stage"
+        )
+    return stages
+
+
+class RankStages(nn.Module):
+    """A rank's stages as one module with the model's parameter names, for optimizers and
+    checkpoints; the schedule runs the stages themselves (``stages``), which own the modules.
+    """
+
+    def __init__(self, stages: Sequence[DecoderStage]) -> None:
+        super().__init__()
+        self.stages = list(stages)  # a plain list: the modules register once, below
+        first = next((s for s in stages if s.is_first), None)
+        last = next((s for s in stages if s.is_last), None)
+        self.config = stages[0].config
+        self.is_first, self.is_last = first is not None, last is not None
+        self.model = nn.Module()
+        embedding = (
+            first
+            if first is not None
+            else last
+            if last is not None and last.ties_embedding
+            else None
+        )
+        self.model.embed_tokens = embedding.model.embed_tokens if embedding is not None else None
+        self.model.layers = nn.ModuleDict(
+            {index: layer for stage in stages for index, layer in stage.model.layers.items()}
+        )
+        self.model.norm = last.model.norm if last is not None else None
+        self.model.rotary_emb = stages[0].model.rotary_emb
+        self.lm_head = last.lm_head if last is not None else None
+        self._no_split_modules = stages[0]._no_split_modules
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("RankStages holds a rank's pipeline stages; run them with the schedule")
 
 
 def _pp_rank_and_size(
@@ -313,4 +403,11 @@ def build_pipeline_schedule(
     return cls(pipeline_stages, **kwargs)
 
 
-__all__ = ["DecoderStage", "build_pipeline_schedule", "split_decoder_into_stages"]
+__all__ = [
+    "DecoderStage",
+    "RankStages",
+    "build_pipeline_schedule",
+    "is_multi_stage",
+    "pipeline_stage_count",
+    "split_decoder_into_stages",
+]

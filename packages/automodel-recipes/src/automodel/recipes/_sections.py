@@ -86,7 +86,9 @@ class Distributed:
     sequence_parallel: bool = False  # with tp_size > 1: norms and residuals sharded on sequence
     cp_size: int = 1
     pp_size: int = 1  # pipeline stages (with fsdp2 over the dp ranks of each stage)
-    pp_schedule: str = "1f1b"  # 1f1b | gpipe
+    pp_schedule: str = "1f1b"  # 1f1b | gpipe (one stage per rank) | interleaved_1f1b | looped_bfs
+    pp_layers_per_stage: int | None = None  # null: one stage per rank (two when interleaved)
+    pp_stage_rounding: str | None = None  # up | down: round the stage count to a pp_size multiple
     ep_size: int = 1  # with a moe: section, experts shared out over this many dp ranks
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
     reshard_after_forward: bool | None = None  # fsdp2

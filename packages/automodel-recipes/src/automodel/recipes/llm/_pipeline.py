@@ -23,7 +23,7 @@ from ._data import real_tokens
 
 log = logging.getLogger("automodel.recipes.llm")
 
-SCHEDULES = ("1f1b", "gpipe")  # one stage per rank
+SCHEDULES = ("1f1b", "gpipe", "interleaved_1f1b", "looped_bfs")  # the last two: several per rank
 # Sections (or loss) the stages do not support yet, and why.
 _REFUSED = {
     "moe": "MoE blocks",
@@ -42,6 +42,11 @@ def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = 
         raise config_problem(
             cfg, "distributed.pp_schedule",
             f"expected one of {', '.join(SCHEDULES)}, got {section.pp_schedule!r}",
+        )  # fmt: skip
+    if section.pp_stage_rounding not in (None, "up", "down"):
+        raise config_problem(
+            cfg, "distributed.pp_stage_rounding",
+            f"expected up, down or null, got {section.pp_stage_rounding!r}",
         )  # fmt: skip
     for name, what in _REFUSED.items():
         if name in cfg:
@@ -85,17 +90,24 @@ class Pipeline:
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
         try:
+            num_stages = distributed.pipeline_stage_count(
+                len(model.model.layers), section.pp_size, section.pp_schedule,
+                section.pp_layers_per_stage, section.pp_stage_rounding,
+            )  # fmt: skip
             stages = distributed.split_decoder_into_stages(
-                model, distributed.submesh(parallel.mesh, "pp")
+                model, distributed.submesh(parallel.mesh, "pp"), num_stages
             )
-        except (NotImplementedError, ValueError) as e:
+        except (NotImplementedError, ValueError, AttributeError) as e:
             raise config_problem(cfg, "distributed.pp_size", str(e)) from e
-        self.stage = parallel.shard(stages[0])
+        self.stages = [parallel.shard(stage) for stage in stages]
+        # The module the recipe trains and saves: the stage, or this rank's stages as one module.
+        self.stage = self.stages[0] if len(stages) == 1 else distributed.RankStages(self.stages)
         # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
-        tied = self.stage.has_tied_head  # every rank: creating the group is a collective
+        tied = stages[0].has_tied_head  # every rank: creating the group is a collective
         self.tied_group = distributed.tied_embedding_group(parallel.mesh) if tied else None
-        tied_copy = self.stage.ties_embedding and self.stage.is_last
-        self.tied_copies = [self.stage.model.embed_tokens.weight] if tied_copy else []
+        self.tied_copies = [
+            s.model.embed_tokens.weight for s in self.stages if s.ties_embedding and s.is_last
+        ]
         self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
         self.loss_fn, self.dp_size = loss_fn, parallel.dp_size
         self.n_micro, self.seq_len = n_micro, seq_len
@@ -103,17 +115,18 @@ class Pipeline:
         self.pad = pad_token_id if pad_token_id is not None else 0
         try:
             self.schedule = distributed.build_pipeline_schedule(
-                self.stage, n_micro, self._loss, section.pp_schedule,
+                self.stages, n_micro, self._loss, section.pp_schedule,
                 device=parallel.device, pp_group=parallel.pp_group, scale_grads=False,
             )  # fmt: skip
         except ValueError as e:  # e.g. 1F1B with fewer micro-batches than stages
             raise config_problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
-        layers = list(self.stage.model.layers)
-        log.info(
-            "pipeline: stage %d of %d holds layers %s-%s (%s schedule, %d micro-batches)",
-            self.stage.stage_index, self.stage.num_stages, layers[0], layers[-1],
-            section.pp_schedule, n_micro,
-        )  # fmt: skip
+        for stage in self.stages:
+            layers = list(stage.model.layers)
+            log.info(
+                "pipeline: stage %d of %d holds layers %s-%s (%s schedule, %d micro-batches)",
+                stage.stage_index, stage.num_stages, layers[0], layers[-1],
+                section.pp_schedule, n_micro,
+            )  # fmt: skip
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.loss_fn(logits, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
@@ -125,7 +138,7 @@ class Pipeline:
 
         `batches` hold next-token labels (already shifted).
         """
-        device = next(self.stage.parameters()).device
+        device = next(self.stages[0].parameters()).device
         inputs, targets = [], []
         for i in range(self.n_micro):
             if i < len(batches):
@@ -171,7 +184,7 @@ class Pipeline:
         kwargs = {"num_label_tokens": num_label_tokens, "scale": self.dp_size}
         loss = self._run(micro_batches, rows, kwargs, train=True) / self.dp_size
         if self.tied_group is not None:
-            distributed.sum_tied_embedding_grads([self.stage], self.tied_group)
+            distributed.sum_tied_embedding_grads(self.stages, self.tied_group)
         tokens = (
             sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.is_last else 0
         )
