@@ -259,7 +259,6 @@ def test_older_spellings_and_grad_acc_style() -> None:
     for bad, match in (
         ({"distributed": {"strategy": "megatron_fsdp"}}, "use fsdp2"),
         ({"compile": {"backend": "eager"}}, "compile backend 'eager'"),
-        ({"distributed": {"pp_size": 2, "pipeline": {}}}, "pp_schedule"),
         ({"recipe": "FinetuneRecipeForVLMX"}, "no equivalent here"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -572,3 +571,44 @@ def test_their_qlora_fp8_and_wandb_sections() -> None:
             translate(bad, {}, "cfg.yaml")
         (problem,) = info.value.problems
         assert problem.key == key and message in problem.message, problem
+
+
+def test_their_pipeline_subsection() -> None:
+    """Their interleaved schedule, stage sizes and micro-batch rows in our keys; the global
+    batch is kept (their grad_acc_steps style is resolved first), so each step is the same."""
+    data = {
+        "step_scheduler": {"local_batch_size": 8, "grad_acc_steps": 2},
+        "distributed": {
+            "strategy": "fsdp2",
+            "pp_size": 2,
+            "pipeline": {
+                "pp_schedule": "Interleaved1F1B",
+                "pp_microbatch_size": 2,
+                "layers_per_stage": 2,
+                "round_virtual_stages_to_pp_multiple": "down",
+                "scale_grads_in_schedule": False,
+                "patch_inner_model": False,
+                "patch_causal_lm_model": False,
+            },
+        },
+    }
+    t = translate(data, {"distributed.pipeline.pp_microbatch_size": "cfg.yaml:9"}, "cfg.yaml", 4)
+    assert t.data["distributed"] == {
+        "strategy": "fsdp2",
+        "pp_size": 2,
+        "pp_schedule": "interleaved_1f1b",
+        "pp_layers_per_stage": 2,
+        "pp_stage_rounding": "down",
+    }
+    # 8 rows x 2 accumulation steps x 2 data-parallel ranks (4 processes / pp 2), now in
+    # micro-batches of 2 rows (8 per step)
+    assert t.data["step_scheduler"] == {"local_batch_size": 2, "global_batch_size": 32}
+    assert t.where["step_scheduler.local_batch_size"] == "cfg.yaml:9"
+    for bad, key in (
+        ({"pp_schedule": "ZBVZeroBubble"}, "pp_schedule"),
+        ({"scale_grads_in_schedule": True}, "scale_grads_in_schedule"),
+        ({"pp_batch_sizes": 4}, "pp_batch_sizes"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            translate({"distributed": {"pp_size": 2, "pipeline": bad}}, {}, "cfg.yaml")
+        assert [p.key for p in info.value.problems] == [f"distributed.pipeline.{key}"]

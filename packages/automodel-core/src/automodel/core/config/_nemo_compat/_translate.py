@@ -47,4 +47,5 @@ class _Translator(_TargetPasses, _SectionPasses, _FeaturePasses):
         self.benchmark()
         self.loaders()
         self.step_scheduler()
+        self.pipeline()
         self.typos()

@@ -70,12 +70,6 @@ class _SectionPasses(_TranslatorBase):
             if "pipeline" in dist and dist.get("pp_size", 1) in (1, None):
                 dist.pop("pipeline")
                 self.note("distributed", "pipeline dropped (pp_size 1: no pipeline)")
-            elif "pipeline" in dist:
-                self.fail(
-                    "distributed.pipeline",
-                    "their distributed.pipeline subsection is not translated; use "
-                    "distributed.pp_schedule (1f1b | gpipe) beside pp_size",
-                )
             if "moe" in dist:
                 dist.pop("moe")
                 self.note(
