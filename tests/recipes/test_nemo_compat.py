@@ -521,7 +521,7 @@ def test_their_lr_scheduler_defaults_are_written_out() -> None:
         translate({"lr_scheduler": {"init_lr": 0.0}}, {}, "cfg.yaml")
 
 
-def test_their_qlora_fp8_and_wandb_sections() -> None:
+def test_their_qlora_fp8_wandb_and_packing_sections() -> None:
     """`quantization:` NF4 under LoRA is our peft.quantize_base; fp8 on and 8-bit or fp4
     weights are refused naming what to do; switched-off sections are dropped."""
     peft = {
@@ -551,6 +551,9 @@ def test_their_qlora_fp8_and_wandb_sections() -> None:
     ours = {k: v for k, v in t.data["peft"].items() if k != "_target_"}
     assert resolve_target(t.data["peft"]["_target_"])(**ours).quantize_base == "nf4"
 
+    packed = {"packed_sequence": {"packed_sequence_size": 64, "packing_strategy": "thd"}}
+    assert translate(packed, {}, "cfg.yaml").data["packed_sequence"] == {"packed_sequence_size": 64}
+
     off = translate({"wandb": {"enable": False, "project": "p"}}, {}, "cfg.yaml")
     assert "wandb" not in off.data and any("no W&B logging" in n for n in off.notes)
 
@@ -565,6 +568,10 @@ def test_their_qlora_fp8_and_wandb_sections() -> None:
             "4-bit fp4 weights are not supported; set bnb_4bit_quant_type: nf4",
         ),
         "quantization": ({"quantization": qlora}, "add a peft: section"),
+        "packed_sequence.packing_strategy": (
+            {"packed_sequence": {"packing_strategy": "neat"}},
+            "packing strategy 'neat' is not supported",
+        ),
     }
     for key, (bad, message) in refused.items():
         with pytest.raises(ConfigError) as info:

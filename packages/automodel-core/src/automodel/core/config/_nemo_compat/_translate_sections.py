@@ -159,6 +159,15 @@ class _SectionPasses(_TranslatorBase):
             )
         elif isinstance(packed, dict) and "split_across_pack" in packed:
             del packed["split_across_pack"]
+        strategy = packed.pop("packing_strategy", None) if isinstance(packed, dict) else None
+        if strategy not in (None, "thd"):
+            self.fail(
+                "packed_sequence.packing_strategy",
+                f"packing strategy {strategy!r} is not supported; packs here keep each sample's "
+                "own positions and attention (thd): drop the key",
+            )
+        elif strategy is not None:
+            self.note("packed_sequence", "packing_strategy: thd dropped (how packs work here)")
 
     def renames(self) -> None:
         for (sec, key), (new_sec, new_key) in KEY_RENAMES.items():
