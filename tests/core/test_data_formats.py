@@ -130,6 +130,31 @@ def test_small_local_json_reads_like_datasets(tmp_path: Path, cache: str) -> Non
     assert load_rows(lines, split="train[:2]", cache_dir=cache)["q"] == ["a", "b"]
 
 
+def test_shuffle_seed_takes_the_rows_datasets_shuffle_gives(tmp_path: Path, cache: str) -> None:
+    """`shuffle_seed` shuffles the whole split, then slices: the rows (and order)
+    `datasets.Dataset.shuffle(seed)` then `select` give, from JSONL and parquet alike."""
+    import datasets
+
+    rows = [{"q": f"q{i}", "n": i} for i in range(50)]
+    lines = write_jsonl(tmp_path / "d.jsonl", rows)
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    full = datasets.load_dataset("json", data_files=str(lines), split="train", cache_dir=cache)
+    expected = full.shuffle(seed=7)
+    for path in (lines, tmp_path / "d.parquet"):
+        assert (
+            load_rows(path, "train[:10]", shuffle_seed=7, cache_dir=cache)["n"]
+            == (expected["n"][:10])
+        )
+        assert (
+            load_rows(path, "train[-5:]", shuffle_seed=7, cache_dir=cache)["n"]
+            == (expected["n"][-5:])
+        )
+        assert load_rows(path, shuffle_seed=7, cache_dir=cache)["n"] == expected["n"]
+    assert load_rows(lines, "train[:10]", cache_dir=cache)["n"] == list(range(10))
+    with pytest.raises(DataError, match="slice the split with row numbers"):
+        load_rows(lines, "train[:10%]", shuffle_seed=7, cache_dir=cache)
+
+
 def test_missing_column_lists_present_columns(tmp_path: Path, cache: str, tokenizer) -> None:
     path = write_jsonl(tmp_path / "qa.jsonl", [{"context": "c", "query": "q", "answers": "a"}])
     with pytest.raises(DataError) as info:

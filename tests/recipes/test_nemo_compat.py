@@ -403,9 +403,13 @@ def test_column_mapped_and_chat_datasets() -> None:
         "split": "train",
         "path": "chat.jsonl",
     }
+    # their shuffle_seed shuffles Hub and parquet data before the slice, never local JSON
     data["validation_dataset"]["shuffle_seed"] = 42
-    with pytest.raises(ConfigError, match=r"shuffle_seed=42 is not supported: shuffle with"):
-        translate(data, {}, "cfg.yaml")
+    t = translate(data, {}, "cfg.yaml")
+    assert "shuffle_seed" not in t.data["validation_dataset"]
+    assert any("shuffle_seed dropped" in n for n in t.notes)
+    data["validation_dataset"]["path_or_dataset_id"] = "allenai/tulu-3-sft-mixture"
+    assert translate(data, {}, "cfg.yaml").data["validation_dataset"]["shuffle_seed"] == 42
 
 
 def test_their_kd_config(theirs: Path, tmp_path: Path, capsys) -> None:

@@ -35,10 +35,11 @@ def squad_dataset(
     truncation: str = "truncate",
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> TokenizedDataset:
     """SQuAD-style QA (`context`, `question`, `answers`): loss on the answer tokens and EOS only."""
     _check_options(seq_length, truncation)
-    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = _source("squad_dataset", path, split)
     require_columns(rows, ["context", "question", "answers"], source)
 
@@ -63,11 +64,12 @@ def hellaswag_dataset(
     truncation: str = "truncate",
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> TokenizedDataset:
     """HellaSwag-style completion (`ctx`, `endings`, `label`): the context as the prompt, loss on
     the correct ending (`endings[label]`) and EOS only."""
     _check_options(seq_length, truncation)
-    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = _source("hellaswag_dataset", path, split)
     require_columns(rows, ["ctx", "endings", "label"], source)
 
@@ -98,6 +100,7 @@ def instruction_dataset(
     truncation: str = "truncate",
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> TokenizedDataset:
     """Instruction data with columns mapped to `question`, `answer` and optional `context`; loss on the answer."""
     _check_options(seq_length, truncation)
@@ -108,7 +111,7 @@ def instruction_dataset(
             f"instruction_dataset: column_mapping must map 'question' and 'answer' (and optionally "
             f"'context') to column names; got keys {sorted(mapping)}"
         )
-    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = _source("instruction_dataset", path, split)
     require_columns(rows, [mapping[k] for k in _MAPPABLE if k in mapping], source)
 
@@ -137,10 +140,11 @@ def chat_dataset(
     chat_template: str | None = None,
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> TokenizedDataset:
     """Conversations in OpenAI format rendered with the chat template; loss on assistant turns only."""
     _check_options(seq_length, truncation)
-    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = _source("chat_dataset", path, split)
     require_columns(rows, [messages_column], source)
     counter = iter(range(len(rows)))
@@ -169,6 +173,7 @@ def text_dataset(
     truncation: str = "truncate",
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> TokenizedDataset:
     """Plain text for pre-training, one document per row (BOS per tokenizer, EOS appended); loss on all tokens.
 
@@ -178,7 +183,7 @@ def text_dataset(
     `"drop"` and `"error"` skip or reject long documents.
     """
     _check_options(seq_length, truncation, TEXT_TRUNCATION_MODES)
-    rows = load_rows(path, split, name=name, cache_dir=cache_dir)
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = _source("text_dataset", path, split)
     require_columns(rows, [text_column], source)
     eos = _eos_id(tokenizer)

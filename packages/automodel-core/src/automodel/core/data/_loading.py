@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._errors import DataError
 
@@ -27,6 +30,7 @@ _BUILDERS = {
 # A local JSON(L) file up to this size is parsed here: importing `datasets` and writing its
 # cache costs about a second at every start. Larger files go through its memory-mapped cache.
 _DIRECT_JSON_BYTES = 64 << 20
+_SLICED_SPLIT = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
 
 class JsonRows:
@@ -41,6 +45,10 @@ class JsonRows:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def select(self, indices: Iterable[int]) -> JsonRows:
+        """The rows at `indices`, in that order, like `datasets.Dataset.select`."""
+        return JsonRows([self._records[i] for i in indices])
 
     def __getitem__(self, key: str | int) -> Any:
         """A column's values by name, or a row by index."""
@@ -63,12 +71,20 @@ def load_rows(
     *,
     name: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
 ) -> datasets.Dataset | JsonRows:
     """Load a local jsonl/json/parquet/csv/txt file or directory, or a Hub dataset, as one split.
 
     A local JSON(L) file under 64 MiB read whole (no `[...]` slice in `split`) comes back as
     `JsonRows`, parsed without `datasets`; everything else as a `datasets.Dataset`.
+    `shuffle_seed` shuffles the whole split before its slice is taken (`train[:1000]`: 1000
+    random rows), in the order `datasets.Dataset.shuffle(seed=shuffle_seed)` gives.
     """
+    if shuffle_seed is not None:
+        base, window = _split_and_slice(split)
+        rows = load_rows(path, base, name=name, cache_dir=cache_dir)
+        order = np.random.default_rng(shuffle_seed).permutation(len(rows))[window]
+        return rows.select(order.tolist())
     text = str(path)
     local = Path(text).expanduser()
     builder = _BUILDERS.get(local.suffix.lower())
@@ -102,6 +118,20 @@ def load_rows(
                 _json_records(local)  # raises naming the first bad line
             raise
     return _load(text, split, source=text, name=name, cache_dir=cache_dir)
+
+
+def _split_and_slice(split: str) -> tuple[str, slice]:
+    """("train", slice(None, 100)) for "train[:100]"; the whole split for a plain name."""
+    if "[" not in split:
+        return split, slice(None)
+    match = _SLICED_SPLIT.match(split)
+    if match is None:
+        raise DataError(
+            f"split {split!r}: with shuffle_seed, slice the split with row numbers, like "
+            "train[:1000] or train[100:200]"
+        )
+    start, stop = (int(v) if v else None for v in (match["start"], match["stop"]))
+    return match["base"], slice(start, stop)
 
 
 def _small(path: Path) -> bool:

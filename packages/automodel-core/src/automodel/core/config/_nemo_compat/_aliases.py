@@ -37,6 +37,7 @@ class Alias:
     note: str = ""  # a difference to say whenever it is used
     limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
     hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
+    json_unshuffled: bool = False  # their `shuffle_seed` leaves local JSON(L) files in order
 
 
 _MODEL_DROPPED = {
@@ -106,7 +107,6 @@ TARGET_ALIASES: dict[str, Alias] = {
         "automodel.core.data.chat_dataset",
         args={"path_or_dataset_id": "path"},
         refused={
-            "shuffle_seed": ((None,), "shuffle with dataloader.shuffle (seeded by rng.seed)"),
             "start_of_turn_token": ((None,), "the chat template marks the turns here"),
             "mask_reasoning_content": ((False,), "drop it"),
             "mask_history": ((False,), "drop it (earlier assistant turns are trained on)"),
@@ -114,6 +114,7 @@ TARGET_ALIASES: dict[str, Alias] = {
             "skip_invalid_samples": ((False,), "fix or filter the samples"),
         },
         hf_padding=True,
+        json_unshuffled=True,
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
         "automodel.core.losses.MaskedCrossEntropy", dropped=_LOSS_DROPPED

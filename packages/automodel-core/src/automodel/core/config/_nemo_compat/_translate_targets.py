@@ -90,6 +90,10 @@ class _TargetPasses(_TranslatorBase):
             self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
             self.where[f"{path}.split"] = self.at(where)  # the slice is what the user set there
         self.arg_typos(node, path, alias, target)
+        local_json = str(node.get("path", "")).lower().endswith((".json", ".jsonl"))
+        if alias.json_unshuffled and local_json and node.get("shuffle_seed") is not None:
+            node.pop("shuffle_seed")
+            self.note(path, "shuffle_seed dropped (they shuffle Hub and parquet data only)")
         if alias.hf_padding:
             self.hf_padding(node, path)
         for ours, value in alias.defaults.items():
