@@ -1,4 +1,5 @@
-"""Model loading: any Hugging Face causal LM from a checkpoint or a config, and its tokenizer.
+"""Model loading: any Hugging Face causal LM or vision-language model from a checkpoint or a
+config, and its tokenizer or processor.
 
 ```yaml
 model:
@@ -8,16 +9,20 @@ model:
 ```
 """
 
-from ._causal_lm import AutoModelForCausalLM
-from ._config import check_causal_lm, load_model_config
+from ._auto_model import AutoModelForCausalLM, AutoModelForImageTextToText, HFAutoModel
+from ._config import check_auto_class, check_causal_lm, load_model_config
 from ._dtype import DTYPE_NAMES, resolve_dtype
-from ._tokenizer import load_tokenizer
+from ._tokenizer import load_processor, load_tokenizer
 
 __all__ = [
     "DTYPE_NAMES",
     "AutoModelForCausalLM",
+    "AutoModelForImageTextToText",
+    "HFAutoModel",
+    "check_auto_class",
     "check_causal_lm",
     "load_model_config",
+    "load_processor",
     "load_tokenizer",
     "resolve_dtype",
 ]

@@ -8,13 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import transformers
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from ..config import UserError
 
 CONFIG_NAME = "config.json"
-_AUTO_CLASS = "AutoModelForCausalLM"
 
 
 def looks_like_local_path(name: str | os.PathLike[str]) -> bool:
@@ -88,12 +87,17 @@ def _from_path(
 
 def check_causal_lm(config: PretrainedConfig) -> None:
     """Raise a UserError unless AutoModelForCausalLM can build a model for this config."""
-    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+    check_auto_class(config, "AutoModelForCausalLM", "causal language model")
+
+
+def check_auto_class(config: PretrainedConfig, auto_class: str, kind: str) -> None:
+    """Raise a UserError unless transformers' `auto_class` can build a model for this config."""
+    if type(config) in getattr(transformers, auto_class)._model_mapping:
         return
-    if _AUTO_CLASS in (getattr(config, "auto_map", None) or {}):
+    if auto_class in (getattr(config, "auto_map", None) or {}):
         return
     model_type = getattr(config, "model_type", None) or type(config).__name__
     raise UserError(
-        f"model_type '{model_type}' is not a causal language model: transformers' "
-        f"{_AUTO_CLASS} does not support it (config class {type(config).__name__})"
+        f"model_type '{model_type}' is not a{'n' if kind[0] in 'aeiou' else ''} {kind}: "
+        f"transformers' {auto_class} does not support it (config class {type(config).__name__})"
     )

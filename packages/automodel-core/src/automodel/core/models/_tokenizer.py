@@ -1,4 +1,4 @@
-"""Load a tokenizer through AutoTokenizer, with a pad token guaranteed when possible."""
+"""Load a tokenizer (AutoTokenizer) or a processor (AutoProcessor), with a pad token when possible."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import UserError
 from ._config import looks_like_local_path
@@ -23,10 +23,34 @@ def load_tokenizer(path_or_name: str | os.PathLike[str], **kwargs: Any) -> PreTr
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except OSError as e:
         raise UserError(f"could not load a tokenizer from '{name}': {e}") from e
+    _ensure_pad_token(tokenizer, name)
+    return tokenizer
+
+
+def load_processor(path_or_name: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """`AutoProcessor.from_pretrained` (a VLM's image processor, tokenizer and chat template),
+    its tokenizer padding with the EOS token when it defines no pad token."""
+    name = os.path.expanduser(os.fspath(path_or_name))
+    if looks_like_local_path(name) and not os.path.exists(name):
+        raise UserError(f"processor not found: '{name}' does not exist")
+    try:
+        processor = AutoProcessor.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a processor from '{name}': {e}") from e
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise UserError(
+            f"'{name}' holds no processor with a tokenizer ({type(processor).__name__}); a VLM's "
+            "processor combines an image processor and a tokenizer"
+        )
+    _ensure_pad_token(tokenizer, name)
+    return processor
+
+
+def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
             logger.info("tokenizer %s has no pad token; using eos %r", name, tokenizer.eos_token)
         else:
             logger.warning("tokenizer %s has neither a pad token nor an eos token", name)
-    return tokenizer

@@ -1,4 +1,5 @@
-"""AutoModelForCausalLM: build any Hugging Face causal LM from a checkpoint or from a config."""
+"""Build any Hugging Face model of a task (causal LM, image-text-to-text) from a checkpoint or a
+config: one set of builders over transformers' auto class of each task."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..config import UserError
-from ._config import check_causal_lm, load_model_config, looks_like_local_path
+from ._config import check_auto_class, load_model_config, looks_like_local_path
 from ._dtype import resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -21,11 +22,16 @@ logger = logging.getLogger(__name__)
 Device = str | torch.device
 
 
-class AutoModelForCausalLM:
-    """Config targets over `transformers.AutoModelForCausalLM` for any causal LM architecture."""
+class HFAutoModel:
+    """Config targets over one of transformers' auto classes (`auto_class`), for any architecture
+    it knows: `from_pretrained` and `from_config`."""
+
+    auto_class: ClassVar[str]  # the name of transformers' auto class
+    kind: ClassVar[str]  # what such a model is, for errors
 
     def __init__(self) -> None:
-        raise TypeError("use AutoModelForCausalLM.from_pretrained(...) or .from_config(...)")
+        name = type(self).__name__
+        raise TypeError(f"use {name}.from_pretrained(...) or .from_config(...)")
 
     @classmethod
     def from_pretrained(
@@ -39,13 +45,13 @@ class AutoModelForCausalLM:
         init_device: Device | None = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
-        """Load a pretrained causal LM; `init_device="meta"` builds its skeleton without weights."""
+        """Load a pretrained model; `init_device="meta"` builds its skeleton without weights."""
         dtype = resolve_dtype(torch_dtype)
         name = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
         if looks_like_local_path(name) and not os.path.exists(name):
             raise UserError(f"model not found: '{name}' does not exist")
         config = load_model_config(name, trust_remote_code=trust_remote_code, revision=revision)
-        check_causal_lm(config)
+        check_auto_class(config, cls.auto_class, cls.kind)
         if init_device is not None and torch.device(init_device).type == "meta":
             # Weights are loaded after sharding (e.g. by the checkpoint package), not here.
             if dtype == "auto":
@@ -63,7 +69,7 @@ class AutoModelForCausalLM:
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
+            model = getattr(transformers, cls.auto_class).from_pretrained(
                 name, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs
             )
         except OSError as e:
@@ -85,7 +91,7 @@ class AutoModelForCausalLM:
         init_device: Device | None = None,
         **config_overrides: Any,
     ) -> PreTrainedModel:
-        """A randomly initialised causal LM for a config (path, dict or PretrainedConfig).
+        """A randomly initialised model for a config (path, dict or PretrainedConfig).
 
         The same `seed` gives bitwise-identical weights without touching the global RNG;
         `init_device="meta"` allocates no memory (for sharding before materialising).
@@ -94,7 +100,7 @@ class AutoModelForCausalLM:
         model_config = load_model_config(
             config, trust_remote_code=trust_remote_code, **config_overrides
         )
-        check_causal_lm(model_config)
+        check_auto_class(model_config, cls.auto_class, cls.kind)
         if dtype == "auto":
             dtype = _config_dtype(model_config)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
@@ -102,7 +108,7 @@ class AutoModelForCausalLM:
             kwargs["attn_implementation"] = attn_implementation
         device = torch.device(init_device) if init_device is not None else None
         with _seeded(seed, device), device if device is not None else contextlib.nullcontext():
-            model = transformers.AutoModelForCausalLM.from_config(model_config, **kwargs)
+            model = getattr(transformers, cls.auto_class).from_config(model_config, **kwargs)
         logger.info(
             "built %s from config (%s, %s%s)",
             type(model).__name__,
@@ -111,6 +117,21 @@ class AutoModelForCausalLM:
             f", seed {seed}" if seed is not None else "",
         )
         return model
+
+
+class AutoModelForCausalLM(HFAutoModel):
+    """Any Hugging Face causal LM (`transformers.AutoModelForCausalLM`)."""
+
+    auto_class = "AutoModelForCausalLM"
+    kind = "causal language model"
+
+
+class AutoModelForImageTextToText(HFAutoModel):
+    """Any Hugging Face vision-language model that writes text about images and text
+    (`transformers.AutoModelForImageTextToText`: LLaVA, Qwen2-VL, SmolVLM, Gemma 3, ...)."""
+
+    auto_class = "AutoModelForImageTextToText"
+    kind = "image-text-to-text model"
 
 
 def _config_dtype(config: PretrainedConfig) -> torch.dtype:
