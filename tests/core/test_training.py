@@ -440,3 +440,21 @@ def test_clip_grad_norm_scales_to_max_norm():
     assert after.item() == pytest.approx(1.0, rel=1e-4)
     assert clip_grad_norm(model.parameters(), max_norm=1e6).item() == pytest.approx(1.0, rel=1e-4)
     assert clip_grad_norm([nn.Parameter(torch.ones(2))], max_norm=1.0).item() == 0.0
+
+
+def test_exact_match_counts_whole_answers_only() -> None:
+    """A row counts when every labeled position's argmax is its label; rows without labels do
+    not count; unlabeled positions may be anything."""
+    from automodel.core.training import exact_match_counts
+
+    labels = torch.tensor(
+        [
+            [-100, 3, 1, -100],  # right at both labeled positions
+            [-100, 3, 1, -100],  # wrong at one
+            [-100, -100, -100, -100],  # no answer: not counted
+        ]
+    )
+    predicted = torch.tensor([[0, 3, 1, 2], [0, 3, 2, 2], [1, 1, 1, 1]])
+    logits = torch.nn.functional.one_hot(predicted, num_classes=5).float()
+    assert exact_match_counts(logits, labels) == (1, 2)
+    assert exact_match_counts(logits[:1], labels[:1]) == (1, 1)

@@ -53,6 +53,9 @@ class Freeze:
 
     patterns: tuple[str, ...] = ()  # fnmatch patterns over parameter names, e.g. "model.layers.0.*"
     embeddings: bool = False  # the input embeddings (and a tied LM head)
+    vision_tower: bool = False  # a VLM's image encoder
+    multimodal_projector: bool = False  # a VLM's projection of image features into the LM
+    language_model: bool = False  # a VLM's language model (its decoder layers and norms)
 
 
 @dataclass(frozen=True)

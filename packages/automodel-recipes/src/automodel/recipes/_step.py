@@ -113,17 +113,28 @@ def validate(
 ) -> float:
     """Mean per-token loss over every rank's shard of `loader`, logged to validation.jsonl.
 
-    `totals(batches)` is the recipe's: (summed loss, counted tokens) over this rank's batches.
-    The model is in eval mode inside and back in train mode after.
+    `totals(batches)` is the recipe's: (summed loss, counted tokens) over this rank's batches,
+    optionally with a third item {metric: (hits, count)} whose ratios over every rank are
+    logged beside the loss (e.g. `answer/accuracy`). The model is in eval mode inside and back
+    in train mode after.
     """
     model.eval()
-    total_loss, total_tokens = totals(telemetry.progress(loader, "validation"))
+    loss, tokens, *rest = totals(telemetry.progress(loader, "validation"))
     model.train()
     if moe is not None:
         moe.forget_load()  # the load counted by forwards that are not training
-    total_loss, total_tokens = parallel.sum(torch.tensor([total_loss, total_tokens])).tolist()
-    total_tokens = int(total_tokens)
+    rates = rest[0] if rest else {}
+    names = sorted(rates)  # the same order on every rank
+    counts = [float(x) for name in names for x in rates[name]]
+    summed = parallel.sum(torch.tensor([loss, tokens, *counts], dtype=torch.float64)).tolist()
+    total_loss, total_tokens = summed[0], int(summed[1])
+    extra = {
+        name: summed[2 + 2 * i] / summed[3 + 2 * i] if summed[3 + 2 * i] else None
+        for i, name in enumerate(names)
+    }
     val_loss = total_loss / max(total_tokens, 1)
-    sample = MetricsSample(steps.step, steps.epoch, val_loss, lr, num_label_tokens=total_tokens)
+    sample = MetricsSample(
+        steps.step, steps.epoch, val_loss, lr, num_label_tokens=total_tokens, extra=extra
+    )
     telemetry.log_validation(sample)
     return val_loss

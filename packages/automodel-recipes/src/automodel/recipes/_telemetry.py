@@ -91,7 +91,10 @@ class Telemetry:
         self.val_log.write(self._row(sample))
         for logger in self.loggers:
             logger.log(sample.to_dict(), split="val")
-        log.info("validation step %d: loss %.4f", sample.step, sample.loss)
+        shown = "".join(
+            f", {name} {value:.4f}" for name, value in sample.extra.items() if value is not None
+        )
+        log.info("validation step %d: loss %.4f%s", sample.step, sample.loss, shown)
 
     def progress(self, items: Iterable[Any], desc: str) -> Iterator[Any]:
         """Iterate `items` behind a progress bar."""

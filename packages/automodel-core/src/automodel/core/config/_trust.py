@@ -51,6 +51,7 @@ DEFAULT_ALLOWED_TARGETS: tuple[str, ...] = (
             "transformers.*Tokenizer*",
             "transformers.*Processor",
             "automodel.core.models.AutoModelForCausalLM",
+            "automodel.core.models.AutoModelForImageTextToText",
         )
         for pattern in (cls, *(f"{cls}.{method}" for method in _FROM_HUB))
     ),

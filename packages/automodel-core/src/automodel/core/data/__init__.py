@@ -9,12 +9,14 @@ loader = build_dataloader(dataset, batch_size=8, seed=0, dp_rank=rank, dp_size=w
 ```
 
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
+For vision-language models, `image_chat_dataset` reads image-text conversations (images decoded
+when read) and `VisionChatCollator(processor)` batches them with the processor.
 For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
 into consecutive N-token samples instead of cutting them off.
 """
 
 from ..losses import IGNORE_INDEX
-from ._chat import chat_labels, chat_labels_many
+from ._chat import assistant_char_spans, chat_labels, chat_labels_many
 from ._collate import collate
 from ._dataset import TokenizedDataset
 from ._errors import DataError
@@ -31,15 +33,20 @@ from ._loader import build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
 from ._sampler import ShardedSampler
+from ._vision import ImageChatDataset, image_chat_dataset
+from ._vision_collate import VisionChatCollator
 
 __all__ = [
     "IGNORE_INDEX",
     "TEXT_TRUNCATION_MODES",
     "TRUNCATION_MODES",
     "DataError",
+    "ImageChatDataset",
     "PackedDataset",
     "ShardedSampler",
     "TokenizedDataset",
+    "VisionChatCollator",
+    "assistant_char_spans",
     "block_causal_mask",
     "build_dataloader",
     "chat_dataset",
@@ -48,6 +55,7 @@ __all__ = [
     "collate",
     "document_ids",
     "hellaswag_dataset",
+    "image_chat_dataset",
     "instruction_dataset",
     "load_rows",
     "pack_dataset",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ..losses import IGNORE_INDEX
@@ -43,22 +44,23 @@ def _render(tokenizer: Any, messages: list, template: str, *, generation_prompt:
     )
 
 
-def _labels_from_prefixes(
-    tokenizer: Any, messages: list[dict[str, Any]], template: str
-) -> tuple[list[int], list[int]]:
-    """Find each assistant turn's characters by rendering the conversation up to it, then map to tokens.
+def assistant_char_spans(
+    render: Callable[[list, bool], str], messages: list[dict[str, Any]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant turn in it.
 
-    The text before assistant turn i is the rendering of messages[:i] with the generation prompt;
-    the turn ends where the rendering of messages[:i+1] ends. Both must be prefixes of the whole
-    rendering, which holds for templates that render each turn independently of later ones.
+    `render(messages, generation_prompt)` is the chat template. The text before assistant turn
+    i is the rendering of messages[:i] with the generation prompt; the turn ends where the
+    rendering of messages[:i+1] ends. Both must be prefixes of the whole rendering, which holds
+    for templates that render each turn independently of later ones.
     """
-    full = _render(tokenizer, messages, template, generation_prompt=False)
+    full = render(messages, False)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        before = _text_before(tokenizer, messages, i, template, full)
-        through = _render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        before = _text_before(render, messages, i, full)
+        through = render(messages[: i + 1], False)
         if not (full.startswith(through) and through.startswith(before)):
             raise DataError(
                 f"the chat template renders assistant message {i} differently depending on the "
@@ -66,21 +68,40 @@ def _labels_from_prefixes(
                 "{% generation %} markers (chat_template=...)"
             )
         spans.append((len(before), len(through)))
-    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoding["input_ids"])
+    return full, spans
+
+
+def labels_in_spans(
+    input_ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
+    """Each token's id where its characters overlap a span, else IGNORE_INDEX."""
     labels = [IGNORE_INDEX] * len(input_ids)
-    for j, (start, end) in enumerate(encoding["offset_mapping"]):
+    for j, (start, end) in enumerate(offsets):
         if end > start and any(start < s_end and end > s_start for s_start, s_end in spans):
             labels[j] = input_ids[j]
-    return input_ids, labels
+    return labels
 
 
-def _text_before(tokenizer: Any, messages: list, i: int, template: str, full: str) -> str:
+def _labels_from_prefixes(
+    tokenizer: Any, messages: list[dict[str, Any]], template: str
+) -> tuple[list[int], list[int]]:
+    """Find each assistant turn's characters (`assistant_char_spans`), then map them to tokens."""
+
+    def render(conversation: list, generation_prompt: bool) -> str:
+        return _render(tokenizer, conversation, template, generation_prompt=generation_prompt)
+
+    full, spans = assistant_char_spans(render, messages)
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = list(encoding["input_ids"])
+    return input_ids, labels_in_spans(input_ids, encoding["offset_mapping"], spans)
+
+
+def _text_before(render: Callable[[list, bool], str], messages: list, i: int, full: str) -> str:
     """The rendering that precedes assistant message i (history plus generation prompt)."""
     if i > 0:
-        return _render(tokenizer, messages[:i], template, generation_prompt=True)
+        return render(messages[:i], True)
     try:  # some templates cannot render an empty conversation
-        return _render(tokenizer, [], template, generation_prompt=True)
+        return render([], True)
     except Exception:
         content = messages[0].get("content")
         index = full.find(content) if isinstance(content, str) and content else -1

@@ -10,6 +10,7 @@ for micro_batches in steps.steps(dataloader):
 ```
 """
 
+from ._accuracy import exact_match_counts
 from ._batch_math import check_batch_math
 from ._flops import (
     PEAK_BF16_FLOPS,
@@ -31,6 +32,7 @@ __all__ = [
     "check_batch_math",
     "clip_grad_norm",
     "dense_decoder_flops_per_token",
+    "exact_match_counts",
     "mfu",
     "peak_flops_for_device",
     "peak_memory_gib",

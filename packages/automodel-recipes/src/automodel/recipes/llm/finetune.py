@@ -92,7 +92,7 @@ class FinetuneRecipeForCausalLM:
             ctx.checkpoint,
         )
         pipeline_len = check_pipeline(cfg, ctx.distributed)  # pp_size > 1: micro-batch length
-        self.tokenizer = build_tokenizer(cfg)
+        self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         moe = read_moe(cfg, ctx.distributed.ep_size)
@@ -168,7 +168,7 @@ class FinetuneRecipeForCausalLM:
             self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
             if self.train_steps() and merge:
                 sharded = self.parallel.mesh is not None
-                save_merged_model(self.unwrapped, merged_dir, self.tokenizer, sharded=sharded)
+                save_merged_model(self.unwrapped, merged_dir, self.preprocessor, sharded=sharded)
 
     def train_steps(self) -> bool:
         """The training loop; False when a preemption signal stopped it early.

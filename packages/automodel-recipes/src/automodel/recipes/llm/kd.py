@@ -148,7 +148,7 @@ class KDRecipeForCausalLM:
         self.run, self.device, self.run_dir = ctx, ctx.device, ctx.run_dir
         self.step_scheduler, self.parallel = ctx.step_scheduler, ctx.parallel
         self.checkpointer, self.checkpoint = ctx.checkpointer, ctx.checkpoint
-        self.tokenizer = build_tokenizer(cfg)
+        self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the student
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)
         student = build_model(cfg)

@@ -1,0 +1,159 @@
+"""Image-text conversations for vision-language models: rows read once, images decoded on access.
+
+A row is a conversation in the OpenAI message format whose user turns mix image and text parts:
+
+    {"messages": [{"role": "user", "content": [{"type": "image", "image": "img/0.png"},
+                                               {"type": "text", "text": "what colour is it?"}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
+
+An image part names a file (relative to a local JSON(L) file's folder, or absolute), or, with no
+`image` key, takes the next image of the row's `images` column (a `datasets` Image feature, as
+in parquet files, or paths). Images are decoded by PIL when an item is read, so the dataloader's
+workers do it and a dataset never holds them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ._errors import DataError
+from ._loading import JsonRows, load_rows, require_columns
+
+VISION_INSTALL = "pip install 'automodel-core[vision]'"
+
+
+class ImageChatDataset(Dataset):
+    """Conversations with images; an item is {"messages": [...], "images": [PIL RGB images]},
+    image parts reduced to {"type": "image"} in the order of `images`."""
+
+    def __init__(
+        self, rows: Any, messages_column: str, images_column: str, base: Path | None, source: str
+    ):
+        self.rows, self.source, self.base = rows, source, base
+        self.messages_column, self.images_column = messages_column, images_column
+        self.has_images_column = images_column in rows.column_names
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        messages, refs = _split_images(row[self.messages_column], index, self.source)
+        supplied = list(row.get(self.images_column) or []) if self.has_images_column else []
+        images = []
+        for ref in refs:
+            if ref is None:  # the next image of the row's images column
+                if not supplied:
+                    raise DataError(
+                        f"{self.source}: sample {index}: an image part names no file and the "
+                        f"row's '{self.images_column}' column has no image left for it"
+                    )
+                ref = supplied.pop(0)
+            images.append(_decode(ref, self.base, index, self.source))
+        return {"messages": messages, "images": images}
+
+
+def image_chat_dataset(
+    path: str | Path,
+    split: str = "train",
+    *,
+    messages_column: str = "messages",
+    images_column: str = "images",
+    name: str | None = None,
+    cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
+) -> ImageChatDataset:
+    """Image-text conversations (OpenAI format) from a local JSON(L) file or any `datasets`
+    source; every image file a local file names is checked to exist before training starts."""
+    _require_pil()
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
+    source = f"image_chat_dataset({path}, split={split})"
+    require_columns(rows, [messages_column], source)
+    base = Path(path).expanduser().parent if Path(path).expanduser().is_file() else None
+    if isinstance(rows, JsonRows):  # cheap to check whole: text only
+        for index, messages in enumerate(rows[messages_column]):
+            _, refs = _split_images(messages, index, source)
+            for ref in refs:
+                if isinstance(ref, str) and not _resolve(ref, base).is_file():
+                    raise DataError(
+                        f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
+                    )
+    return ImageChatDataset(rows, messages_column, images_column, base, source)
+
+
+def _split_images(messages: Any, index: int, source: str) -> tuple[list[dict], list[Any]]:
+    """(messages with image parts reduced to {"type": "image"}, each image's reference)."""
+    if not (
+        isinstance(messages, list)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+    ):
+        raise DataError(
+            f"{source}: sample {index}: expected a list of messages like "
+            f'{{"role": "user", "content": [...]}}; got {str(messages)[:200]}'
+        )
+    out, refs = [], []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "image":
+                    refs.append(part.get("image") or part.get("path"))
+                    parts.append({"type": "image"})
+                elif kind == "text":
+                    parts.append({"type": "text", "text": part.get("text", "")})
+                else:
+                    raise DataError(
+                        f"{source}: sample {index}: a content part must be "
+                        f'{{"type": "image", ...}} or {{"type": "text", ...}}; got {str(part)[:200]}'
+                    )
+            content = parts
+        out.append({**message, "content": content})
+    for ref in refs:
+        if isinstance(ref, str) and ref.startswith(("http://", "https://")):
+            raise DataError(
+                f"{source}: sample {index}: image {ref!r} is a URL; images are read from files "
+                "(download them and name the files)"
+            )
+    return out, refs
+
+
+def _resolve(ref: str, base: Path | None) -> Path:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def _decode(ref: Any, base: Path | None, index: int, source: str) -> Any:
+    """A PIL RGB image from a path, a PIL image, or a `datasets` image dict (bytes or path)."""
+    from PIL import Image
+
+    if isinstance(ref, Image.Image):
+        return ref.convert("RGB")
+    if isinstance(ref, dict) and ref.get("bytes") is not None:
+        import io
+
+        file: Any = io.BytesIO(ref["bytes"])
+        shown = ref.get("path") or "<bytes>"
+    else:
+        path = ref.get("path") if isinstance(ref, dict) else ref
+        if not isinstance(path, str | Path):
+            raise DataError(f"{source}: sample {index}: not an image reference: {str(ref)[:200]}")
+        file = shown = _resolve(str(path), base)
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as e:  # missing, truncated or not an image
+        raise DataError(f"{source}: sample {index}: cannot read image {shown}: {e}") from e
+
+
+def _require_pil() -> None:
+    try:
+        import PIL  # noqa: F401
+    except ImportError as e:
+        raise DataError(
+            f"image datasets need pillow to decode images; install it with `{VISION_INSTALL}`"
+        ) from e

@@ -1,0 +1,246 @@
+"""finetune.vlm: the tiny LLaVA example trains, checkpoints load in transformers, peft and the
+recipe again; freeze keys, LoRA on the language model, and errors that name the row and file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _shared import REPO
+from safetensors.torch import load_file
+
+from automodel.core.data import DataError, image_chat_dataset
+
+VLM = REPO / "examples/vlm_finetune/tiny_vlm.yaml"
+VLM_ASSETS = REPO / "examples/vlm_finetune/assets"
+STEPS, MIDDLE = 6, 3
+
+
+def head_with_absolute_images(name: str, dst: Path, lines: int) -> Path:
+    """The first `lines` rows of an example file, its image paths made absolute."""
+    rows = [json.loads(line) for line in (VLM_ASSETS / name).read_text().splitlines()[:lines]]
+    for row in rows:
+        for part in row["messages"][0]["content"]:
+            if part["type"] == "image":
+                part["image"] = str(VLM_ASSETS / part["image"])
+    dst.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def vlm_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vlm_data")
+    head_with_absolute_images("train.jsonl", root / "train.jsonl", 64)
+    head_with_absolute_images("validation.jsonl", root / "val.jsonl", 8)
+    return root
+
+
+def vlm_overrides(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    """6 steps of global batch 8 (local 2, 4 micro-batches), validation and a checkpoint at
+    steps 3 and 6."""
+    return [
+        "--step_scheduler.global_batch_size=8",
+        "--step_scheduler.local_batch_size=2",
+        f"--step_scheduler.max_steps={STEPS}",
+        f"--step_scheduler.val_every_steps={MIDDLE}",
+        f"--step_scheduler.ckpt_every_steps={MIDDLE}",
+        "--step_scheduler.log_every_steps=1",
+        f"--dataset.path={data / 'train.jsonl'}",
+        f"--validation_dataset.path={data / 'val.jsonl'}",
+        f"--logging.run_dir={run_dir}",
+        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
+        "--logging.progress=false",
+        "--lr_scheduler.warmup_steps=1",
+        *extra,
+    ]
+
+
+def run_vlm(overrides: list[str]) -> Any:
+    """The VLM recipe set up and trained in this process; the recipe."""
+    from automodel.core.config import load_config
+    from automodel.recipes.vlm import SECTIONS, FinetuneRecipeForVLM
+
+    recipe = FinetuneRecipeForVLM(load_config(VLM, overrides, sections=SECTIONS))
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, vlm_data, monkeypatch_module) -> tuple[Path, Any]:
+    run_dir = tmp_path_factory.mktemp("vlm_one")
+    recipe = run_vlm(vlm_overrides(run_dir, vlm_data))
+    return run_dir, recipe
+
+
+def test_the_example_trains_validates_and_saves_a_folder_transformers_loads(one_process):
+    """Rows for every step, validation with the answer accuracy, and a checkpoint that
+    AutoModelForImageTextToText + AutoProcessor load and generate from, with our weights."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from automodel.core.data import VisionChatCollator
+
+    run_dir, recipe = one_process
+    rows = [json.loads(line) for line in (run_dir / "training.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    val = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [0, MIDDLE, STEPS]
+    assert all(0.0 <= r["answer/accuracy"] <= 1.0 for r in val)
+    assert val[-1]["loss"] < val[0]["loss"]
+    folder = run_dir / f"checkpoints/epoch_0_step_{STEPS}/model"
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    ours = {k: v.detach() for k, v in recipe.unwrapped.state_dict().items()}
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, ours[name], msg=name)
+    sample = image_chat_dataset(VLM_ASSETS / "validation.jsonl")[0]
+    prompt = sample["messages"][:1]
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True)
+    inputs = processor(
+        text=text, images=sample["images"], add_special_tokens=False, return_tensors="pt"
+    )
+    out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+    # the saved processor batches exactly as the one trained with
+    batch = VisionChatCollator(processor)([sample])
+    reference = VisionChatCollator(recipe.preprocessor)([sample])
+    assert batch.keys() == reference.keys()
+    for key in batch:
+        torch.testing.assert_close(batch[key], reference[key], msg=key)
+
+
+def test_a_run_resumes_exactly_from_its_middle_checkpoint(
+    one_process, vlm_data, tmp_path, monkeypatch_module, resume_dir_from
+):
+    """Restarted from step 3, the run repeats steps 4-6 and ends with the same weights."""
+    reference, _ = one_process
+    resume_dir_from(reference, tmp_path, MIDDLE)
+    run_vlm(vlm_overrides(tmp_path, vlm_data, "--checkpoint.restore_from=latest"))
+    rows = [json.loads(line) for line in (tmp_path / "training.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (reference / "training.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref]
+    final = f"checkpoints/epoch_0_step_{STEPS}/model/model.safetensors"
+    ours, theirs = load_file(tmp_path / final), load_file(reference / final)
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "key", ["vision_tower", "multimodal_projector", "language_model", "embeddings"]
+)
+def test_each_freeze_key_stops_exactly_its_parameters(key, monkeypatch_module):
+    """freeze.<key> turns off gradients for that part's parameters and no others."""
+    from automodel.core.config import ConfigNode
+    from automodel.core.models import AutoModelForImageTextToText
+    from automodel.recipes import Freeze
+    from automodel.recipes._freeze import apply_freeze
+
+    model = AutoModelForImageTextToText.from_config(VLM_ASSETS / "tiny_llava", seed=0)
+    prefix = {
+        "vision_tower": "model.vision_tower.",
+        "multimodal_projector": "model.multi_modal_projector.",
+        "language_model": "model.language_model.",
+        "embeddings": "model.language_model.embed_tokens.",
+    }[key]
+    apply_freeze(model, Freeze(**{key: True}), ConfigNode({}))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+
+
+def test_freezing_a_part_a_model_lacks_names_the_key(monkeypatch_module, tiny_llama_config):
+    from transformers import AutoModelForCausalLM
+
+    from automodel.core.config import ConfigError, ConfigNode
+    from automodel.recipes import Freeze
+    from automodel.recipes._freeze import apply_freeze
+
+    model = AutoModelForCausalLM.from_config(tiny_llama_config())
+    with pytest.raises(ConfigError, match="has no vision tower to freeze") as info:
+        apply_freeze(model, Freeze(vision_tower=True), ConfigNode({}))
+    assert info.value.problems[0].key == "freeze.vision_tower"
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, vlm_data, monkeypatch_module) -> tuple[Path, Any]:
+    run_dir = tmp_path_factory.mktemp("vlm_lora")
+    peft = [
+        "--+peft._target_=automodel.peft.LoraConfig",
+        "--+peft.match_all_linear=true",
+        "--+peft.dim=4",
+        "--optimizer.lr=3e-2",
+    ]
+    return run_dir, run_vlm(vlm_overrides(run_dir, vlm_data, *peft))
+
+
+def test_lora_trains_the_language_model_only_and_peft_loads_the_adapter(lora_run):
+    """match_all_linear adapts the language model's linear layers, never the vision tower or
+    the projector; peft loads the saved adapter onto the base and gives our logits."""
+    from peft import PeftModel
+
+    from automodel.core.data import VisionChatCollator
+    from automodel.core.models import AutoModelForImageTextToText
+
+    run_dir, recipe = lora_run
+    adapted = {
+        n.rsplit(".lora_", 1)[0] for n, _ in recipe.unwrapped.named_parameters() if ".lora_" in n
+    }
+    assert adapted and all(n.startswith("model.language_model.") for n in adapted), adapted
+    trained = {n for n, p in recipe.unwrapped.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)
+    folder = run_dir / f"checkpoints/epoch_0_step_{STEPS}/model"
+    assert (folder / "adapter_config.json").is_file()
+    base = AutoModelForImageTextToText.from_config(VLM_ASSETS / "tiny_llava", seed=1234)
+    loaded = PeftModel.from_pretrained(base, folder).eval()
+    batch = VisionChatCollator(recipe.preprocessor)(
+        [recipe.val_loader.dataset[i] for i in range(2)]
+    )
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = recipe.unwrapped.eval()(**inputs).logits
+        got = loaded(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_and_unreadable_images_name_the_row_and_file(tmp_path):
+    good = VLM_ASSETS / "images/train/00000.png"
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": str(good)}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "image": "nope.png"}]}]},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"sample 1: image file not found: .*nope\.png"):
+        image_chat_dataset(path)
+    (tmp_path / "nope.png").write_bytes(b"not a png")
+    data = image_chat_dataset(path)
+    assert data[0]["images"][0].size == (32, 32)
+    with pytest.raises(DataError, match=r"sample 1: cannot read image .*nope\.png"):
+        data[1]
+    rows[1]["messages"][0]["content"][0]["image"] = "https://example.com/cat.png"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(
+        DataError, match=r"sample 1: image 'https://example\.com/cat\.png' is a URL"
+    ):
+        image_chat_dataset(path)
+
+
+def test_without_pillow_the_error_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(DataError, match=r"pip install 'automodel-core\[vision\]'"):
+        image_chat_dataset(VLM_ASSETS / "validation.jsonl")
+
+
+def test_layouts_vlms_lack_yet_are_config_errors(monkeypatch_module):
+    from automodel.core.config import ConfigError, load_config
+    from automodel.recipes.vlm import SECTIONS
+    from automodel.recipes.vlm.finetune import check
+
+    cfg = load_config(VLM, ["--+distributed.tp_size=2"], sections=SECTIONS)
+    monkeypatch_module.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="tp_size > 1 is not supported for VLMs yet"):
+        check(cfg)
+    monkeypatch_module.delenv("WORLD_SIZE")
