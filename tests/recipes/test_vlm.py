@@ -244,3 +244,26 @@ def test_layouts_vlms_lack_yet_are_config_errors(monkeypatch_module):
     with pytest.raises(ConfigError, match="tp_size > 1 is not supported for VLMs yet"):
         check(cfg)
     monkeypatch_module.delenv("WORLD_SIZE")
+
+
+LAYOUTS = {"fsdp2": ["--distributed.strategy=fsdp2"], "ddp": ["--distributed.strategy=ddp"]}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, vlm_data, run_cli, run_once_per_layout):
+    """`launched(layout)`: (run dir, stderr) of the example on 2 processes, once per layout."""
+
+    def launch(run_dir: Path, layout: str) -> str:
+        overrides = vlm_overrides(run_dir, vlm_data, *LAYOUTS[layout])
+        return run_cli(VLM, overrides, nproc=2, recipe=("finetune", "vlm"))
+
+    return run_once_per_layout(tmp_path_factory, "vlm", launch)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_ranks_train_as_one_process(layout, launched, one_process, assert_same_training):
+    """2 data-parallel ranks (each half of every global batch) give one process's losses,
+    gradient norms, validation and final weights; DDP lets the vision tower's unused norm be."""
+    run_dir, stderr = launched(layout)
+    assert f"data parallel: {layout} over 2 process(es)" in stderr
+    assert_same_training(run_dir, one_process[0], range(1, STEPS + 1), MIDDLE)

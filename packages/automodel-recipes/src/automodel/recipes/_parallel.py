@@ -173,10 +173,16 @@ class Parallel:
         return all_reduce_sum(values, self.group if self.pp_group is None else None)
 
 
-def setup_parallel(cfg: ConfigNode) -> Parallel:
-    """Initialise the process group from the torchrun environment, the mesh and the strategy."""
+def setup_parallel(cfg: ConfigNode, unused_parameters: bool = False) -> Parallel:
+    """Initialise the process group from the torchrun environment, the mesh and the strategy.
+
+    `unused_parameters`: the recipe's default for DDP's `find_unused_parameters`.
+    """
     section, dp_size = read_distributed(cfg)
     options = {k: getattr(section, k) for k in _OPTIONS if getattr(section, k) is not None}
+    unused = section.find_unused_parameters
+    if unused is not None or (unused_parameters and section.strategy == "ddp"):
+        options["find_unused_parameters"] = unused_parameters if unused is None else unused
     try:
         strategy = build_strategy(section.strategy, **options)
     except (TypeError, ValueError) as e:

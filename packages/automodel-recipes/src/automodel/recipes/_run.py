@@ -77,12 +77,18 @@ def preflight(cfg: ConfigNode) -> Distributed:
 
 
 def start_run(
-    cfg: ConfigNode, *, default_run_dir: str, weights_format: WeightsFormat | None
+    cfg: ConfigNode,
+    *,
+    default_run_dir: str,
+    weights_format: WeightsFormat | None,
+    unused_parameters: bool = False,
 ) -> RunContext:
     """Seed, processes, run directory and checkpointer, in the order they must come.
 
     `weights_format`: how checkpoints hold the model (`HF_WEIGHTS`, `PEFT_ADAPTER`); None for
     a recipe that saves no checkpoint. `default_run_dir` applies without `logging.run_dir`.
+    `unused_parameters`: whether the recipe's models may leave parameters without a gradient
+    in a step (DDP's `find_unused_parameters`, unless `distributed:` says).
     """
     started = time.monotonic()
     seed = read_section(cfg, "rng", Rng).seed
@@ -92,7 +98,7 @@ def start_run(
     section = read_section(cfg, "logging", Logging)
     setup_logging(section.level)  # first, so every set-up step is reported
     run_dir = Path(section.run_dir or default_run_dir)
-    parallel = setup_parallel(cfg)
+    parallel = setup_parallel(cfg, unused_parameters)
     if weights_format is None:
         preemption = PreemptionWatcher(())
         return RunContext(cfg, seed, distributed, step_scheduler, section, run_dir, parallel, preemption, started=started)  # fmt: skip

@@ -98,6 +98,9 @@ class Distributed:
     cpu_offload: bool | None = None  # fsdp2
     activation_checkpointing: bool | None = None  # fsdp2, ddp, none
     defer_grad_sync: bool | None = None  # reduce once per step, not per micro-batch; null: ddp
+    # ddp: let parameters a batch leaves without a gradient be (a VLM's unused vision norm,
+    # text-only rows); null: the recipe's default (true for finetune.vlm, else false)
+    find_unused_parameters: bool | None = None
     timeout_minutes: float = 30
     device: str = "auto"  # auto | cpu | cuda
 

@@ -89,7 +89,9 @@ class FinetuneRecipeForVLM:
         check(cfg)
         self.lora = build_lora_config(cfg)
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
-        self.run = ctx = start_run(cfg, default_run_dir="runs/vlm", weights_format=weights)
+        self.run = ctx = start_run(
+            cfg, default_run_dir="runs/vlm", weights_format=weights, unused_parameters=True
+        )  # an image tower's unused norm, text-only rows: DDP lets such parameters be
         self.step_scheduler, self.parallel, self.device = (
             ctx.step_scheduler,
             ctx.parallel,
