@@ -4,12 +4,15 @@ The assistant turns are found in the text the chat template renders (`assistant_
 by rendering the conversation up to each turn), not from any model's special tokens, so one
 collator serves every processor. Their characters become token labels on the text as the
 tokenizer splits it; the processor then expands each image placeholder into the model's image
-tokens (a run of them, or a grid with separators), and the labels follow the tokens that were
-there before, the inserted ones labeled IGNORE_INDEX.
+tokens (a run of them, a grid with separators, or wrapped in newlines that merge with the
+text around them, as Gemma 3's), and the labels follow the tokens that were there before,
+the inserted ones labeled IGNORE_INDEX. A labeled token the expansion changed is an error,
+never a silently dropped label.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch
@@ -68,8 +71,12 @@ class VisionChatCollator:
 
 
 def _follow(ids: list[int], labels: list[int], expanded: list[int], row: int) -> list[int]:
-    """Labels for `expanded` (ids with image tokens inserted): each token matching the next of
-    `ids` takes its label, every inserted one IGNORE_INDEX."""
+    """Labels for `expanded` (ids with image tokens inserted): each token of `ids` found in
+    order takes its label, every inserted one IGNORE_INDEX.
+
+    Greedy matching covers insertions; when the expansion also re-tokenized text around an
+    image (newlines merged), the longest common blocks of the two sequences decide instead.
+    """
     out, j = [], 0
     for token in expanded:
         if j < len(ids) and token == ids[j]:
@@ -77,10 +84,20 @@ def _follow(ids: list[int], labels: list[int], expanded: list[int], row: int) ->
             j += 1
         else:
             out.append(IGNORE_INDEX)
-    if j != len(ids):
+    if j == len(ids):
+        return out
+    out = [IGNORE_INDEX] * len(expanded)
+    matched = [False] * len(ids)
+    blocks = difflib.SequenceMatcher(None, ids, expanded, autojunk=False).get_matching_blocks()
+    for a, b, size in blocks:
+        out[b : b + size] = labels[a : a + size]
+        matched[a : a + size] = [True] * size
+    lost = [i for i, label in enumerate(labels) if label != IGNORE_INDEX and not matched[i]]
+    if lost:
         raise DataError(
-            f"row {row} of a batch: the processor's tokens do not contain the chat template's "
-            f"text in order ({j} of {len(ids)} tokens found); the processor and its tokenizer "
-            "must tokenize text alike"
+            f"row {row} of a batch: the processor tokenized {len(lost)} answer token(s) "
+            f"differently from the chat template's text (token positions {lost[:5]}), so "
+            "their labels cannot be placed; the processor and its tokenizer must tokenize "
+            "the answers alike"
         )
     return out
