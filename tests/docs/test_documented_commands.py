@@ -57,6 +57,7 @@ MOE = "examples/llm_finetune/tiny_moe.yaml"
 KD = "examples/llm_kd/tiny_kd.yaml"
 BENCH = "examples/llm_benchmark/tiny_cpu.yaml"
 ZLOSS = "examples/recipe_package/tiny_zloss.yaml"
+VLM = "examples/vlm_finetune/tiny_vlm.yaml"
 B = f"{AM} benchmark llm -c {BENCH} --nproc-per-node 2"  # docs/benchmark_recipe.md's $B
 TIMEOUT = 300  # seconds, per command
 
@@ -168,7 +169,9 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         group="benchmark", why=SAME
     ),
     f"{AM} --help": Run(expect=("usage: automodel",)),
-    f"{AM} list": Run(expect=("finetune.llm", "pretrain.llm", "kd.llm", "benchmark.llm")),
+    f"{AM} list": Run(
+        expect=("finetune.llm", "pretrain.llm", "kd.llm", "benchmark.llm", "finetune.vlm")
+    ),
     f"{AM} validate finetune llm -c my.yaml --optimizer.lr 1e-4": Run(
         group="validate", subs=(("my.yaml", SFT),), expect=("config OK",)
     ),
@@ -273,6 +276,22 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     f"{AM} validate finetune llm -c {SFT} --+model.trust_remote_code true --trust-remote-code": Run(
         expect=("config OK",)
     ),
+    # --- README.md and docs/vlm_recipe.md: the VLM example -------------------------------------
+    f"{AM} finetune vlm -c {VLM}": Run(
+        group="vlm",
+        steps=2,
+        files=(
+            "runs/tiny_vlm/checkpoints/epoch_0_step_2/model/model.safetensors",
+            "runs/tiny_vlm/checkpoints/epoch_0_step_2/model/processor_config.json",
+        ),
+        expect=("answer/accuracy",),
+    ),
+    ("docs/vlm_recipe.md", f"{AM} finetune vlm -c {VLM}"): Shared(group="vlm", why=SAME),
+    f"{AM} finetune vlm -c {VLM} --nproc-per-node 2": Shared(
+        test="tests/recipes/test_vlm.py::test_two_ranks_train_as_one_process",
+        why="the example's data on 2 processes, FSDP2 and DDP, against one process",
+    ),
+    f"{AM} validate finetune vlm -c {VLM}": Run(expect=("config OK",)),
     # --- docs/kd_recipe.md: distil, the same with CE alone, compare ---------------------------
     f"{AM} kd llm -c {KD} --nproc-per-node 2": Shared(
         test="tests/recipes/test_llm_kd.py::test_two_fsdp2_ranks_train_as_one_process",

@@ -42,6 +42,8 @@ _PARTS = {
     # builders
     "build_model": "_builders",
     "build_loader": "_builders",
+    "build_dataset_loaders": "_builders",
+    "build_preprocessor": "_builders",
     "build_step_scheduler": "_builders",
     "build_scheduler": "_builders",
     "build_lora_config": "_peft",

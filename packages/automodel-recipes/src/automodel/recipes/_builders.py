@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigNode, instantiate
+from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate
 from automodel.core.data import build_dataloader
 from automodel.core.optim import build_lr_scheduler
 from automodel.core.training import StepScheduler
@@ -20,6 +21,46 @@ log = logging.getLogger("automodel.recipes")
 def build_model(cfg: ConfigNode, section: str = "model") -> torch.nn.Module:
     """The model of section `section` (any `_target_` returning a torch module)."""
     return instantiate(cfg[section])
+
+
+def build_preprocessor(cfg: ConfigNode, section: str, load: Callable[[str], Any]) -> Any:
+    """The tokenizer or processor of `section`, else `load` of the model's pretrained path."""
+    if section in cfg:
+        return instantiate(cfg[section])
+    source = cfg.get("model.pretrained_model_name_or_path")
+    if source is None:
+        raise ConfigError(
+            Problem(section, f"add a {section} section; the model has no pretrained path")
+        )
+    return load(source)
+
+
+def build_dataset_loaders(
+    cfg: ConfigNode,
+    make_dataset: Callable[[str], Any],
+    batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    **defaults: Any,
+) -> tuple[Any, Any, Any]:
+    """(train dataset, train loader, validation loader or None) of `dataset:` and
+    `validation_dataset:`, each made by `make_dataset(section)`; each data-parallel rank reads
+    its shard. `defaults` go to both loaders (a seed, a pad id, a collate function)."""
+    shard = {"dp_rank": dp_rank, "dp_size": dp_size}
+    train_set = make_dataset("dataset")
+    train_loader = build_loader(cfg, "dataloader", train_set, batch_size, **shard, **defaults)
+    if "validation_dataset" not in cfg:
+        return train_set, train_loader, None
+    val_set = make_dataset("validation_dataset")
+    if len(val_set) % dp_size:
+        log.warning(
+            "%d validation samples do not divide over %d ranks: a few count twice",
+            len(val_set), dp_size,
+        )  # fmt: skip
+    val_loader = build_loader(
+        cfg, "validation_dataloader", val_set, batch_size, **shard, validation=True, **defaults
+    )
+    return train_set, train_loader, val_loader
 
 
 def build_loader(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigError, ConfigNode, Problem, Section, instantiate
+from automodel.core.config import ConfigNode, Section, instantiate
 from automodel.core.data import pack_dataset
 from automodel.core.losses import MaskedCrossEntropy
 
-from .._builders import build_loader
+from .._builders import build_dataset_loaders, build_preprocessor
 from .._sections import PackedSequence, read_section
-
-log = logging.getLogger("automodel.recipes")
 
 # What the LLM recipes read beside the standard sections: text data and the loss over it.
 LM_SECTIONS = {
@@ -28,16 +25,9 @@ LM_SECTIONS = {
 
 def build_tokenizer(cfg: ConfigNode) -> Any:
     """The tokenizer from `tokenizer:`, else the one next to `model.pretrained_model_name_or_path`."""
-    if "tokenizer" in cfg:
-        return instantiate(cfg.tokenizer)
-    from transformers import AutoTokenizer
+    from automodel.core.models import load_tokenizer
 
-    source = cfg.get("model.pretrained_model_name_or_path")
-    if source is None:
-        raise ConfigError(
-            Problem("tokenizer", "add a tokenizer section; the model has no pretrained path")
-        )
-    return AutoTokenizer.from_pretrained(source)
+    return build_preprocessor(cfg, "tokenizer", load_tokenizer)
 
 
 def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
@@ -53,22 +43,10 @@ def build_loaders(
     cfg: ConfigNode, tokenizer: Any, batch_size: int, seed: int, dp_rank: int, dp_size: int
 ) -> tuple[Any, Any, Any]:
     """(train dataset, train loader, validation loader or None): each dp rank reads its shard."""
-    shard = {"dp_rank": dp_rank, "dp_size": dp_size}
-    pad = {"seed": seed, "pad_token_id": tokenizer.pad_token_id}
-    train_set = build_dataset(cfg, "dataset", tokenizer)
-    train_loader = build_loader(cfg, "dataloader", train_set, batch_size, **shard, **pad)
-    if "validation_dataset" not in cfg:
-        return train_set, train_loader, None
-    val_set = build_dataset(cfg, "validation_dataset", tokenizer)
-    if len(val_set) % dp_size:
-        log.warning(
-            "%d validation samples do not divide over %d ranks: a few count twice",
-            len(val_set), dp_size,
-        )  # fmt: skip
-    val_loader = build_loader(
-        cfg, "validation_dataloader", val_set, batch_size, **shard, validation=True, **pad
-    )
-    return train_set, train_loader, val_loader
+    return build_dataset_loaders(
+        cfg, lambda name: build_dataset(cfg, name, tokenizer), batch_size, dp_rank, dp_size,
+        seed=seed, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
 
 
 def build_loss(cfg: ConfigNode) -> Any:
