@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..config import UserError
 from ._config import looks_like_local_path
@@ -30,6 +30,8 @@ def load_tokenizer(path_or_name: str | os.PathLike[str], **kwargs: Any) -> PreTr
 def load_processor(path_or_name: str | os.PathLike[str], **kwargs: Any) -> Any:
     """`AutoProcessor.from_pretrained` (a VLM's image processor, tokenizer and chat template),
     its tokenizer padding with the EOS token when it defines no pad token."""
+    from transformers import AutoProcessor  # image and video processing: only for VLMs
+
     name = os.path.expanduser(os.fspath(path_or_name))
     if looks_like_local_path(name) and not os.path.exists(name):
         raise UserError(f"processor not found: '{name}' does not exist")
