@@ -690,3 +690,25 @@ def test_labels_follow_retokenized_text_but_never_drop_an_answer_token() -> None
     assert _follow(ids, labels, expanded, 0) == [IGNORE_INDEX] * 4 + [3, 4]
     with pytest.raises(DataError, match="tokenized 1 answer token"):
         _follow(ids, labels, [1, 7, 7, 2, 9, 4], 0)  # the answer's 3 became 9
+
+
+def test_a_processor_needing_a_missing_library_is_a_clear_error(tmp_path: Path) -> None:
+    """A Qwen2-VL processor folder (with its video processor) where torchvision is missing:
+    a UserError naming the library, not a traceback from transformers."""
+    import importlib.util
+    import json
+
+    from automodel.core.config import UserError
+    from automodel.core.models import load_processor
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: the processor loads")
+    _qwen2_vl().processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    config["processor_class"] = "Qwen2VLProcessor"  # as a real Qwen2-VL folder says
+    (tmp_path / "processor_config.json").write_text(json.dumps(config))
+    video = {"video_processor_type": "Qwen2VLVideoProcessor"}
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(video))
+    with pytest.raises(UserError, match="requires the Torchvision library") as info:
+        load_processor(tmp_path)
+    assert "the build that matches your torch" in str(info.value)

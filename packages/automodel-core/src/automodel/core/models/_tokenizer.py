@@ -37,6 +37,12 @@ def load_processor(path_or_name: str | os.PathLike[str], **kwargs: Any) -> Any:
         raise UserError(f"processor not found: '{name}' does not exist")
     try:
         processor = AutoProcessor.from_pretrained(name, **kwargs)
+    except ImportError as e:  # e.g. Qwen2-VL's video processor needs torchvision
+        message = " ".join(str(e).split())
+        raise UserError(
+            f"could not load the processor of '{name}': {message} Install the missing "
+            "library (for torchvision, the build that matches your torch)."
+        ) from e
     except (OSError, ValueError) as e:
         raise UserError(f"could not load a processor from '{name}': {e}") from e
     tokenizer = getattr(processor, "tokenizer", None)
