@@ -301,11 +301,57 @@ def test_freeze_and_model_spellings() -> None:
         "_target_": "automodel.core.models.AutoModelForCausalLM.from_pretrained",
         "pretrained_model_name_or_path": "x",
     }
-    assert t.data["freeze"] == {"embeddings": True}
+    assert t.data["freeze"] == {"embeddings": True, "vision_tower": False}
     assert t.where["freeze.embeddings"] == "cfg.yaml:9"
     assert t.data["wandb"] == {"project": "p", "dir": "/tmp/wandb"}
-    with pytest.raises(ConfigError, match=r"freeze\.patterns"):
-        translate({"freeze": {"freeze_language_model": True}}, {}, "cfg.yaml")
+    audio = translate({"freeze": {"freeze_audio_tower": True}}, {}, "cfg.yaml")
+    assert audio.data["freeze"] == {} and any("freeze.patterns" in n for n in audio.notes)
+
+
+def test_their_vlm_config() -> None:
+    """Their VLM recipe's spelling: the image-text model, MedPix rows, their default collate
+    function and freeze_config are finetune.vlm's model, image_qa_dataset, VisionChatCollator
+    and freeze keys."""
+    data = {
+        "recipe": "FinetuneRecipeForVLM",
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained",
+            "pretrained_model_name_or_path": "some/vlm",
+            "backend": {"_target_": "nemo_automodel.components.models.common.BackendConfig"},
+        },
+        "freeze_config": {
+            "freeze_embeddings": True,
+            "freeze_vision_tower": True,
+            "freeze_language_model": False,
+        },
+        "dataset": {
+            "_target_": "nemo_automodel.components.datasets.vlm.datasets.make_medpix_dataset",
+            "path_or_dataset": "mmoukouba/MedPix-VQA",
+            "split": "train",
+        },
+        "dataloader": {
+            "_target_": "torchdata.stateful_dataloader.StatefulDataLoader",
+            "collate_fn": {
+                "_target_": "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn",
+                "max_length": 2048,
+            },
+        },
+    }
+    t = translate(data, {}, "cfg.yaml")
+    assert t.recipe == "finetune.vlm"
+    assert t.data["model"] == {
+        "_target_": "automodel.core.models.AutoModelForImageTextToText.from_pretrained",
+        "pretrained_model_name_or_path": "some/vlm",
+    }
+    assert t.data["freeze"] == {"embeddings": True, "vision_tower": True, "language_model": False}
+    assert t.data["dataset"] == {
+        "_target_": "automodel.core.data.image_qa_dataset",
+        "split": "train",
+        "path": "mmoukouba/MedPix-VQA",
+        "image_column": "image_id",
+    }
+    assert t.data["dataloader"] == {"shuffle": False, "drop_last": False}
+    assert any("max_length dropped" in n for n in t.notes)
 
 
 def test_docs_table_lists_every_alias() -> None:

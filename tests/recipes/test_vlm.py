@@ -267,3 +267,37 @@ def test_two_ranks_train_as_one_process(layout, launched, one_process, assert_sa
     run_dir, stderr = launched(layout)
     assert f"data parallel: {layout} over 2 process(es)" in stderr
     assert_same_training(run_dir, one_process[0], range(1, STEPS + 1), MIDDLE)
+
+
+def test_vqa_rows_from_jsonl_and_from_a_parquet_image_feature(tmp_path):
+    """image_qa_dataset: (image, question, answer) rows as one-turn conversations, from a
+    JSONL of paths and from parquet with a `datasets` Image feature, decoded when read."""
+    import datasets
+
+    from automodel.core.data import image_qa_dataset
+
+    files = [VLM_ASSETS / f"images/validation/0000{i}.png" for i in range(2)]
+    rows = [{"img": str(f), "q": f"question {i}", "a": f"answer {i}"} for i, f in enumerate(files)]
+    path = tmp_path / "vqa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet = tmp_path / "vqa.parquet"
+    table = datasets.Dataset.from_list(rows).cast_column("img", datasets.Image())
+    table.to_parquet(str(parquet))
+    for source in (path, parquet):
+        data = image_qa_dataset(source, image_column="img", question_column="q", answer_column="a")
+        item = data[1]
+        assert item["messages"] == [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "question 1"}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "answer 1"}]},
+        ]
+        (image,) = item["images"]
+        assert image.mode == "RGB" and image.size == (32, 32)
+        from PIL import Image
+
+        with Image.open(files[1]) as expected:
+            assert list(image.getdata()) == list(expected.convert("RGB").getdata())
+    with pytest.raises(DataError, match="missing columns 'question', 'answer'; the dataset has"):
+        image_qa_dataset(path, image_column="img")

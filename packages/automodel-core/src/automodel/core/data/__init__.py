@@ -33,7 +33,7 @@ from ._loader import build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
 from ._sampler import ShardedSampler
-from ._vision import ImageChatDataset, image_chat_dataset
+from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "document_ids",
     "hellaswag_dataset",
     "image_chat_dataset",
+    "image_qa_dataset",
     "instruction_dataset",
     "load_rows",
     "pack_dataset",

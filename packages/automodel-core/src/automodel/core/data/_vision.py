@@ -8,8 +8,9 @@ A row is a conversation in the OpenAI message format whose user turns mix image 
 
 An image part names a file (relative to a local JSON(L) file's folder, or absolute), or, with no
 `image` key, takes the next image of the row's `images` column (a `datasets` Image feature, as
-in parquet files, or paths). Images are decoded by PIL when an item is read, so the dataloader's
-workers do it and a dataset never holds them all.
+in parquet files, or paths). `image_qa_dataset` reads visual question answering rows instead
+(an image, a question and an answer column) as one-turn conversations. Images are decoded by PIL
+when an item is read, so the dataloader's workers do it and a dataset never holds them all.
 """
 
 from __future__ import annotations
@@ -30,18 +31,28 @@ class ImageChatDataset(Dataset):
     image parts reduced to {"type": "image"} in the order of `images`."""
 
     def __init__(
-        self, rows: Any, messages_column: str, images_column: str, base: Path | None, source: str
+        self,
+        rows: Any,
+        messages_column: str,
+        images_column: str,
+        base: Path | None,
+        source: str,
+        qa_columns: tuple[str, str, str] | None = None,
     ):
         self.rows, self.source, self.base = rows, source, base
         self.messages_column, self.images_column = messages_column, images_column
         self.has_images_column = images_column in rows.column_names
+        self.qa_columns = qa_columns  # (image, question, answer): rows are VQA, not chats
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        messages, refs = _split_images(row[self.messages_column], index, self.source)
+        if self.qa_columns is not None:
+            messages, refs = _qa_conversation(row, self.qa_columns)
+        else:
+            messages, refs = _split_images(row[self.messages_column], index, self.source)
         supplied = list(row.get(self.images_column) or []) if self.has_images_column else []
         images = []
         for ref in refs:
@@ -82,6 +93,47 @@ def image_chat_dataset(
                         f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
                     )
     return ImageChatDataset(rows, messages_column, images_column, base, source)
+
+
+def image_qa_dataset(
+    path: str | Path,
+    split: str = "train",
+    *,
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    name: str | None = None,
+    cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
+) -> ImageChatDataset:
+    """Visual question answering rows (an image, a question, an answer) as one-turn
+    conversations: the user sends the image and the question, the assistant the answer."""
+    _require_pil()
+    rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
+    source = f"image_qa_dataset({path}, split={split})"
+    columns = (image_column, question_column, answer_column)
+    require_columns(rows, columns, source)
+    if not isinstance(rows, JsonRows) and type(rows.features[image_column]).__name__ == "Image":
+        import datasets
+
+        rows = rows.cast_column(image_column, datasets.Image(decode=False))  # decoded on read
+    base = Path(path).expanduser().parent if Path(path).expanduser().is_file() else None
+    if isinstance(rows, JsonRows):
+        for index, ref in enumerate(rows[image_column]):
+            if isinstance(ref, str) and not _resolve(ref, base).is_file():
+                raise DataError(
+                    f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
+                )
+    return ImageChatDataset(rows, "", "", base, source, qa_columns=columns)
+
+
+def _qa_conversation(row: dict, columns: tuple[str, str, str]) -> tuple[list[dict], list[Any]]:
+    image, question, answer = (row[c] for c in columns)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": str(question)}]},
+        {"role": "assistant", "content": [{"type": "text", "text": str(answer)}]},
+    ]
+    return messages, [image]
 
 
 def _split_images(messages: Any, index: int, source: str) -> tuple[list[dict], list[Any]]:

@@ -55,6 +55,8 @@ _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
 _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
 _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
+_VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
+_VLM = "automodel.core.models.AutoModelForImageTextToText"
 
 # Their target -> ours. The one table (printed in docs/migrating.md).
 TARGET_ALIASES: dict[str, Alias] = {
@@ -168,6 +170,22 @@ TARGET_ALIASES: dict[str, Alias] = {
     _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
+    # finetune.vlm
+    "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained": Alias(
+        f"{_VLM}.from_pretrained", dropped=_MODEL_DROPPED
+    ),
+    "nemo_automodel.NeMoAutoModelForImageTextToText.from_config": Alias(
+        f"{_VLM}.from_config", dropped=_MODEL_DROPPED
+    ),
+    "nemo_automodel.components.datasets.vlm.datasets.make_medpix_dataset": Alias(
+        "automodel.core.data.image_qa_dataset",
+        args={"path_or_dataset": "path"},
+        defaults={"path": "medpix-dataset/medpix-dataset", "image_column": "image_id"},
+    ),
+    _VLM_COLLATER: Alias(
+        None,  # finetune.vlm's VisionChatCollator: the processor's template, labels on answers
+        dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},
+    ),
 }
 
 # Their targets we know and do not have, with what to use instead.

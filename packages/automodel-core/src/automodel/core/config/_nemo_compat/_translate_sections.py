@@ -105,22 +105,22 @@ class _SectionPasses(_TranslatorBase):
                 self.note(
                     "checkpoint", "model_save_format: safetensors is how models are saved here"
                 )
+        if "freeze_config" in data and "freeze" not in data:  # their VLM recipe's spelling
+            data["freeze"] = data.pop("freeze_config")
+            self.move("freeze_config", "freeze")
         freeze = data.get("freeze")
         if isinstance(freeze, dict):
-            if "freeze_embeddings" in freeze:
-                freeze["embeddings"] = freeze.pop("freeze_embeddings")
-                self.move("freeze.freeze_embeddings", "freeze.embeddings")
-            for part in ("language_model", "vision_tower", "audio_tower"):
-                key = f"freeze_{part}"
-                if freeze.get(key):
-                    self.fail(
-                        f"freeze.{key}",
-                        f"freeze.{key} is not supported by this recipe; name the parameters "
-                        "with freeze.patterns (fnmatch over parameter names)",
-                    )
-                elif key in freeze:
-                    freeze.pop(key)
-                    self.note("freeze", f"{key}: false dropped (nothing to freeze)")
+            for part in ("embeddings", "language_model", "vision_tower"):
+                if f"freeze_{part}" in freeze:
+                    freeze[part] = freeze.pop(f"freeze_{part}")
+                    self.move(f"freeze.freeze_{part}", f"freeze.{part}")
+            if "freeze_audio_tower" in freeze:  # their VLM default is true, for any model
+                freeze.pop("freeze_audio_tower")
+                self.note(
+                    "freeze",
+                    "freeze_audio_tower dropped: they freeze an audio tower where the model has "
+                    "one; finetune.vlm has no such key (freeze.patterns names its parameters)",
+                )
         lr = data.get("lr_scheduler")
         if isinstance(lr, dict) and "lr_warmup_steps" not in lr and "warmup_steps" not in lr:
             self.note(

@@ -1,0 +1,92 @@
+"""How many of NeMo AutoModel's example configs validate here, and why the others do not.
+
+    uv run python benchmarks/nemo_configs.py PATH/TO/Automodel/examples/llm_finetune
+    uv run python benchmarks/nemo_configs.py DIR --world-size 8 --top 30
+
+Each `*.yaml` under DIR (recursively) is read as `automodel validate <their.yaml>` reads it:
+routed to our recipe by its `recipe:` key, translated (docs/migrating.md), checked against
+that recipe's sections, then by the recipe's pre-flight checks (layouts, batch arithmetic),
+with `WORLD_SIZE` processes (the batch arithmetic and parallel sizes depend on it). Nothing is built or downloaded; `trust_remote_code` is allowed, since no code
+runs. Prints the count per recipe and the most common problems, their quoted values
+replaced by X so that alike problems count together.
+
+Their configs come from a checkout of https://github.com/NVIDIA-NeMo/Automodel (`examples/`);
+none ship here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import importlib
+import io
+import os
+import re
+from pathlib import Path
+
+from automodel.core.config import ConfigError, UserError, load_config, validate_config
+from automodel.core.config._nemo_compat import RECIPES
+from automodel.core.config._yaml import load_yaml_file
+
+_QUOTED = re.compile(r"'[^']*'")
+# our recipe -> the module whose SECTIONS it validates against
+MODULES = {
+    "finetune.llm": "automodel.recipes.llm.finetune",
+    "kd.llm": "automodel.recipes.llm.kd",
+    "benchmark.llm": "automodel.recipes.llm.benchmark",
+    "finetune.vlm": "automodel.recipes.vlm.finetune",
+}
+
+
+def recipe_of(path: Path) -> str:
+    """Our recipe for their file (by `recipe:`; finetune.llm when it names none)."""
+    data, _ = load_yaml_file(path)
+    value = data.get("recipe") if isinstance(data, dict) else None
+    name = value.get("_target_") if isinstance(value, dict) else value
+    return RECIPES.get(str(name).rsplit(".", 1)[-1], "finetune.llm")
+
+
+def problems_of(path: Path, recipe: str) -> list[str]:
+    """The problems `automodel validate` reports for the file (none: it validates)."""
+    module = importlib.import_module(MODULES[recipe])
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the translation's notes
+            cfg = load_config(path, sections=module.SECTIONS, trust_remote_code=True)
+            validate_config(cfg, module.SECTIONS)
+            module.check(cfg)
+    except ConfigError as e:
+        return [f"{p.key}: " + _QUOTED.sub("'X'", p.message)[:110] for p in e.problems]
+    except UserError as e:  # e.g. a check that reads a Hub model's config (no network here)
+        return [f"(pre-flight) {str(e).splitlines()[0][:110]}"]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="a folder of their YAML configs")
+    parser.add_argument("--world-size", type=int, default=1, help="processes (WORLD_SIZE)")
+    parser.add_argument("--top", type=int, default=20, help="how many problems to list")
+    args = parser.parse_args()
+    os.environ["WORLD_SIZE"] = str(args.world_size)
+    valid, total = collections.Counter(), collections.Counter()
+    problems: collections.Counter[str] = collections.Counter()
+    for path in sorted(args.root.rglob("*.yaml")):
+        recipe = recipe_of(path)
+        if recipe not in MODULES:
+            problems[f"recipe {recipe} is not installed here"] += 1
+            total[recipe] += 1
+            continue
+        found = problems_of(path, recipe)
+        total[recipe] += 1
+        valid[recipe] += not found
+        problems.update(found)
+    for recipe in sorted(total):
+        print(f"{recipe}: {valid[recipe]} of {total[recipe]} validate")
+    print(f"\nmost common problems (of {sum(problems.values())}):")
+    for problem, count in problems.most_common(args.top):
+        print(f"{count:4d}  {problem}")
+
+
+if __name__ == "__main__":
+    main()
