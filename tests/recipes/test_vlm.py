@@ -301,3 +301,42 @@ def test_vqa_rows_from_jsonl_and_from_a_parquet_image_feature(tmp_path):
             assert list(image.getdata()) == list(expected.convert("RGB").getdata())
     with pytest.raises(DataError, match="missing columns 'question', 'answer'; the dataset has"):
         image_qa_dataset(path, image_column="img")
+
+
+def test_chat_rows_from_parquet_take_images_from_the_images_column(tmp_path):
+    """image_chat_dataset on parquet with a `datasets` Image list column: each image part
+    without a file takes the row's next image, in order."""
+    import datasets
+    from PIL import Image
+
+    files = [VLM_ASSETS / f"images/validation/0000{i}.png" for i in range(3)]
+    question = {"type": "text", "text": "same or different?"}
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "image"}, question]},
+                {"role": "assistant", "content": [{"type": "text", "text": "different"}]},
+            ],
+            "images": [str(files[0]), str(files[2])],
+        }
+    ]
+    features = datasets.Features(
+        {
+            "messages": [
+                {
+                    "role": datasets.Value("string"),
+                    "content": [
+                        {"type": datasets.Value("string"), "text": datasets.Value("string")}
+                    ],
+                }
+            ],
+            "images": datasets.Sequence(datasets.Image()),
+        }
+    )
+    parquet = tmp_path / "chat.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(parquet))
+    item = image_chat_dataset(parquet)[0]
+    assert [p["type"] for p in item["messages"][0]["content"]] == ["image", "image", "text"]
+    for image, file in zip(item["images"], [files[0], files[2]], strict=True):
+        with Image.open(file) as expected:
+            assert list(image.getdata()) == list(expected.convert("RGB").getdata())
