@@ -37,6 +37,10 @@ def late_writer():
 
 
 threading.Thread(target=late_writer).start()
+# an idle pool worker (a non-daemon thread, as torch.compile's): stopped by threading's exit hook
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)  # held: a collected pool stops its workers by itself
+pool.submit(int).result()
 print("no newline, still buffered", end="")
 exit_process(3)
 """
@@ -45,9 +49,13 @@ exit_process(3)
 @pytest.mark.parametrize("mode", ["plain", "traced"])
 def test_exit_keeps_status_output_handlers_and_threads(tmp_path: Path, mode: str) -> None:
     """The status, buffered stdout, exit handlers and a non-daemon thread all survive the fast
-    exit; the interpreter's teardown is skipped, except under a tracer (coverage, pdb)."""
+    exit, an idle thread-pool worker does not keep the process alive, and the interpreter's
+    teardown is skipped, except under a tracer (coverage, pdb)."""
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path), mode], capture_output=True, text=True
+        [sys.executable, "-c", SCRIPT, str(tmp_path), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang here is the bug this guards against
     )
     assert result.returncode == 3, result.stderr
     assert result.stdout == "no newline, still buffered"
