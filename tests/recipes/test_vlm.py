@@ -340,3 +340,39 @@ def test_chat_rows_from_parquet_take_images_from_the_images_column(tmp_path):
     for image, file in zip(item["images"], [files[0], files[2]], strict=True):
         with Image.open(file) as expected:
             assert list(image.getdata()) == list(expected.convert("RGB").getdata())
+
+
+@pytest.mark.slow  # two real training processes
+def test_sigterm_saves_after_the_step_and_the_same_command_finishes_the_run(vlm_data, tmp_path):
+    """A real `automodel finetune vlm` process: SIGTERM finishes the step, saves, exits 0; the
+    identical command continues from that step to the end without repeating a row."""
+    import signal
+    import subprocess
+    import time
+
+    from automodel.checkpoint import Checkpointer, read_checkpoint_info
+
+    automodel = Path(sys.executable).with_name("automodel")
+    overrides = vlm_overrides(tmp_path, vlm_data, "--step_scheduler.max_steps=60")
+    command = [str(automodel), "finetune", "vlm", "-c", str(VLM), *overrides]
+    log = tmp_path / "training.jsonl"
+
+    def steps() -> list[int]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [json.loads(line)["step"] for line in lines if line.strip()]
+
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(steps()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    stopped = steps()[-1]
+    assert proc.returncode == 0 and stopped < 60, err[-3000:]
+    assert f"stopped by SIGTERM after step {stopped}" in err
+    latest = Checkpointer(tmp_path / "checkpoints").latest()
+    assert latest is not None and read_checkpoint_info(latest).step == stopped
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at step {stopped}" in again.stderr
+    assert steps() == list(range(1, 61))
