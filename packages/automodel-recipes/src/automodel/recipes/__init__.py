@@ -51,6 +51,7 @@ _PARTS = {
     "read_distributed": "_parallel",
     # run context
     "RunContext": "_run",
+    "RunViews": "_run",
     "start_run": "_run",
     "preflight": "_run",
     "restore_training_state": "_run",

@@ -62,6 +62,23 @@ class RunContext:
         return self.parallel.device
 
 
+def _of_run(name: str) -> property:
+    return property(lambda recipe: getattr(recipe.run, name), doc=f"`self.run.{name}`")
+
+
+class RunViews:
+    """The run's parts a recipe's loop reads (`self.parallel`, `self.step_scheduler`, ...), as
+    views of `self.run`, the RunContext its `setup()` got from `start_run`."""
+
+    run: RunContext
+    step_scheduler = _of_run("step_scheduler")
+    parallel = _of_run("parallel")
+    device = _of_run("device")
+    run_dir = _of_run("run_dir")
+    checkpointer = _of_run("checkpointer")
+    checkpoint = _of_run("checkpoint")
+
+
 def preflight(cfg: ConfigNode) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch

@@ -32,6 +32,7 @@ from .. import (
     MoeStep,
     OptimizerStep,
     PackedSequence,
+    RunViews,
     Telemetry,
     adapter_extras_writer,
     build_lora_config,
@@ -69,7 +70,7 @@ SECTIONS = {
 }
 
 
-class FinetuneRecipeForCausalLM:
+class FinetuneRecipeForCausalLM(RunViews):
     """Next-token-prediction training of a HF causal LM: `setup()`, then the train/validation loop."""
 
     def __init__(self, cfg: ConfigNode):
@@ -81,16 +82,6 @@ class FinetuneRecipeForCausalLM:
         self.lora = build_lora_config(cfg)
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.run = ctx = start_run(cfg, default_run_dir="runs/llm", weights_format=weights)
-        self.step_scheduler, self.parallel, self.device = (
-            ctx.step_scheduler,
-            ctx.parallel,
-            ctx.device,
-        )
-        self.run_dir, self.checkpointer, self.checkpoint = (
-            ctx.run_dir,
-            ctx.checkpointer,
-            ctx.checkpoint,
-        )
         pipeline_len = check_pipeline(cfg, ctx.distributed)  # pp_size > 1: micro-batch length
         self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
         self.loss_fn = build_loss(cfg)

@@ -30,6 +30,7 @@ from .. import (
     ClipGradNorm,
     MoeStep,
     OptimizerStep,
+    RunViews,
     Telemetry,
     adapter_extras_writer,
     build_lora_config,
@@ -116,7 +117,7 @@ class StudentWithKDLoss(FusedLossModel):
         )  # fmt: skip
 
 
-class KDRecipeForCausalLM:
+class KDRecipeForCausalLM(RunViews):
     """Distillation of a frozen teacher into a student causal LM: `setup()`, then the
     train/validation loop. What is the same as fine-tuning the student is finetune.llm's, by
     name below: next-token labels, the loop, validation (the student's CE, comparable with
@@ -144,10 +145,7 @@ class KDRecipeForCausalLM:
         self.lora = build_lora_config(cfg)
         adapter = self.lora is not None
         weights = PEFT_ADAPTER if adapter else HF_WEIGHTS  # the student's weights, or its adapter
-        ctx = start_run(cfg, default_run_dir="runs/kd", weights_format=weights)
-        self.run, self.device, self.run_dir = ctx, ctx.device, ctx.run_dir
-        self.step_scheduler, self.parallel = ctx.step_scheduler, ctx.parallel
-        self.checkpointer, self.checkpoint = ctx.checkpointer, ctx.checkpoint
+        self.run = ctx = start_run(cfg, default_run_dir="runs/kd", weights_format=weights)
         self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the student
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)

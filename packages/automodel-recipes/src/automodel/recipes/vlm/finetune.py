@@ -32,6 +32,7 @@ from .. import (
     ClipGradNorm,
     MoeStep,
     OptimizerStep,
+    RunViews,
     Telemetry,
     adapter_extras_writer,
     build_lora_config,
@@ -67,7 +68,7 @@ SECTIONS = {
 _ONE_DIMENSIONAL = ("tp_size", "cp_size", "pp_size", "ep_size")
 
 
-class FinetuneRecipeForVLM:
+class FinetuneRecipeForVLM(RunViews):
     """Supervised fine-tuning of a HF image-text-to-text model: `setup()`, then the loop."""
 
     prepare = Finetune.prepare
@@ -92,16 +93,6 @@ class FinetuneRecipeForVLM:
         self.run = ctx = start_run(
             cfg, default_run_dir="runs/vlm", weights_format=weights, unused_parameters=True
         )  # an image tower's unused norm, text-only rows: DDP lets such parameters be
-        self.step_scheduler, self.parallel, self.device = (
-            ctx.step_scheduler,
-            ctx.parallel,
-            ctx.device,
-        )
-        self.run_dir, self.checkpointer, self.checkpoint = (
-            ctx.run_dir,
-            ctx.checkpointer,
-            ctx.checkpoint,
-        )
         self.preprocessor = processor = build_processor(cfg)  # saved beside the model
         self.tokenizer = processor.tokenizer
         self.loss_fn = build_loss(cfg)
