@@ -15,6 +15,7 @@ when an item is read, so the dataloader's workers do it and a dataset never hold
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,14 @@ def image_chat_dataset(
     rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = f"image_chat_dataset({path}, split={split})"
     require_columns(rows, [messages_column], source)
-    base = Path(path).expanduser().parent if Path(path).expanduser().is_file() else None
+    base = _folder_of(path)
     if isinstance(rows, JsonRows):  # cheap to check whole: text only
-        for index, messages in enumerate(rows[messages_column]):
-            _, refs = _split_images(messages, index, source)
-            for ref in refs:
-                if isinstance(ref, str) and not _resolve(ref, base).is_file():
-                    raise DataError(
-                        f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
-                    )
+        refs = (
+            (index, ref)
+            for index, messages in enumerate(rows[messages_column])
+            for ref in _split_images(messages, index, source)[1]
+        )
+        _check_files(refs, base, source)
     return ImageChatDataset(rows, messages_column, images_column, base, source)
 
 
@@ -117,13 +117,9 @@ def image_qa_dataset(
         import datasets
 
         rows = rows.cast_column(image_column, datasets.Image(decode=False))  # decoded on read
-    base = Path(path).expanduser().parent if Path(path).expanduser().is_file() else None
+    base = _folder_of(path)
     if isinstance(rows, JsonRows):
-        for index, ref in enumerate(rows[image_column]):
-            if isinstance(ref, str) and not _resolve(ref, base).is_file():
-                raise DataError(
-                    f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
-                )
+        _check_files(enumerate(rows[image_column]), base, source)
     return ImageChatDataset(rows, "", "", base, source, qa_columns=columns)
 
 
@@ -172,6 +168,21 @@ def _split_images(messages: Any, index: int, source: str) -> tuple[list[dict], l
                 "(download them and name the files)"
             )
     return out, refs
+
+
+def _folder_of(path: str | Path) -> Path | None:
+    """The folder relative image paths start from: a local file's own folder."""
+    local = Path(path).expanduser()
+    return local.parent if local.is_file() else None
+
+
+def _check_files(refs: Iterable[tuple[int, Any]], base: Path | None, source: str) -> None:
+    """Raise a DataError naming the first (sample, file) whose image file does not exist."""
+    for index, ref in refs:
+        if isinstance(ref, str) and not _resolve(ref, base).is_file():
+            raise DataError(
+                f"{source}: sample {index}: image file not found: {_resolve(ref, base)}"
+            )
 
 
 def _resolve(ref: str, base: Path | None) -> Path:
