@@ -24,15 +24,21 @@ def chat_labels_many(
 ) -> list[tuple[list[int], list[int]]]:
     """`chat_labels` of each conversation; a template with {% generation %} markers renders and
     tokenizes them all in one call, which is faster than one call each."""
-    template = chat_template or getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise DataError(
-            "the tokenizer has no chat template; use a chat/instruct model's tokenizer "
-            "or pass chat_template"
-        )
+    template = chat_template_of(tokenizer, chat_template, "tokenizer")
     if isinstance(template, str) and _GENERATION_TAG.search(template):
         return _labels_from_generation_mask(tokenizer, conversations, template)
     return [_labels_from_prefixes(tokenizer, messages, template) for messages in conversations]
+
+
+def chat_template_of(owner: Any, chat_template: str | None, kind: str) -> str:
+    """`chat_template`, else the tokenizer's or processor's own; a DataError when neither."""
+    template = chat_template or getattr(owner, "chat_template", None)
+    if not template:
+        raise DataError(
+            f"the {kind} has no chat template; use a chat/instruct model's {kind} "
+            "or pass chat_template"
+        )
+    return template
 
 
 def _render(tokenizer: Any, messages: list, template: str, *, generation_prompt: bool) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..losses import IGNORE_INDEX
-from ._chat import assistant_char_spans, labels_in_spans
+from ._chat import assistant_char_spans, chat_template_of, labels_in_spans
 from ._errors import DataError
 
 
@@ -30,12 +30,7 @@ class VisionChatCollator:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "right"  # training: positions count from each row's start
-        self.chat_template = chat_template or getattr(processor, "chat_template", None)
-        if not self.chat_template:
-            raise DataError(
-                "the processor has no chat template; use a chat/instruct model's processor or "
-                "pass chat_template"
-            )
+        self.chat_template = chat_template_of(processor, chat_template, "processor")
 
     def render(self, messages: list, generation_prompt: bool) -> str:
         """The conversation as the chat template writes it (image parts as placeholders)."""
