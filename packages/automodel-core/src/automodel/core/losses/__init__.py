@@ -1,10 +1,11 @@
-"""Causal-LM losses: masked, chunked, fused-linear cross-entropy and distillation; grad-accum exact.
+"""Causal-LM losses (masked, chunked, fused-linear CE, distillation) and retrieval losses.
 
-All losses sum the float32 cross-entropy of the tokens whose label is not `ignore_index` and
-divide by `num_label_tokens` (the label tokens of the whole optimizer step: every micro-batch
-and every data-parallel rank) or, when it is None, by the count in this batch. Labels must
-already be aligned with the logits: `labels[..., s]` is the target of `logits[..., s, :]`.
-Labels laid out like `input_ids` become next-token targets with `shift_labels`.
+The causal-LM losses sum the float32 cross-entropy of the tokens whose label is not
+`ignore_index` and divide by `num_label_tokens` (the label tokens of the whole optimizer step:
+every micro-batch and every data-parallel rank) or, when it is None, by the count in this batch.
+Labels must already be aligned with the logits: `labels[..., s]` is the target of
+`logits[..., s, :]`. Labels laid out like `input_ids` become next-token targets with
+`shift_labels`.
 
 ```python
 from automodel.core.losses import FusedLinearCrossEntropy, count_label_tokens, shift_labels
@@ -36,9 +37,27 @@ for mb, lab in zip(micro_batches, labels):
     )
     loss.backward()
 ```
+
+Retrieval losses are normalised the same way, by `num_queries` (the queries of the whole step)
+in place of the label tokens. `contrastive_loss` is InfoNCE for a bi-encoder, each query's
+passages laid out as `[positive, hard negatives...]`; with a data-parallel `group` every rank's
+passages become in-batch negatives of every query (gathered with gradients).
+`listwise_cross_entropy` is the cross-encoder's loss over each query's group of scores:
+
+```python
+from automodel.core.losses import contrastive_loss, listwise_cross_entropy
+
+num_queries = sum(len(mb["queries"]) for mb in micro_batches)  # all-reduce across DP too
+for mb in micro_batches:
+    q, p = encode(mb["queries"]), encode(mb["passages"])  # [nq, d], [nq * g, d]
+    loss = contrastive_loss(q, p, temperature=0.02, group=dp_group, num_queries=num_queries)
+    (loss * dp_size).backward()  # DDP averages gradients over the ranks
+    # reranker: listwise_cross_entropy(reranker(mb).view(nq, g), num_queries).backward()
+```
 """
 
 from ._chunked import ChunkedCrossEntropy
+from ._contrastive import contrastive_loss, listwise_cross_entropy
 from ._fused_kd import FusedLinearKDLoss
 from ._fused_linear import FusedLinearCrossEntropy
 from ._labels import IGNORE_INDEX, count_label_tokens, shift_labels
@@ -50,6 +69,8 @@ __all__ = [
     "FusedLinearCrossEntropy",
     "FusedLinearKDLoss",
     "MaskedCrossEntropy",
+    "contrastive_loss",
     "count_label_tokens",
+    "listwise_cross_entropy",
     "shift_labels",
 ]
