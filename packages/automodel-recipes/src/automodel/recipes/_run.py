@@ -27,6 +27,7 @@ from automodel.distributed import destroy_distributed
 
 from ._builders import build_step_scheduler
 from ._checkpointing import build_checkpointer, restoring
+from ._errors import config_problem
 from ._moe import read_moe
 from ._parallel import Parallel, read_distributed, setup_parallel
 from ._peft import build_lora_config
@@ -79,12 +80,25 @@ class RunViews:
     checkpoint = _of_run("checkpoint")
 
 
-def preflight(cfg: ConfigNode) -> Distributed:
+# The layouts that split a sequence, a layer or the experts, for recipes that have only data
+# parallelism: each must be 1.
+_SPLITTING = ("tp_size", "cp_size", "pp_size", "ep_size")
+
+
+def preflight(cfg: ConfigNode, data_parallel_only: str | None = None) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
     arithmetic, `peft:`, `moe:`, the metric loggers' extras and `logging.plot`'s. Returns the
-    layout."""
+    layout.
+
+    `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
+    besides FSDP2/DDP over every process; tp/cp/pp/ep sizes above 1 are then refused.
+    """
     distributed, dp_size = read_distributed(cfg)
+    for key in _SPLITTING if data_parallel_only else ():
+        if getattr(distributed, key) != 1:
+            message = f"{key} > 1 is not supported for {data_parallel_only} yet; use fsdp2 or ddp over every process"  # fmt: skip
+            raise config_problem(cfg, f"distributed.{key}", message)
     build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)

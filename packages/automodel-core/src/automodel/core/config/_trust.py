@@ -52,6 +52,8 @@ DEFAULT_ALLOWED_TARGETS: tuple[str, ...] = (
             "transformers.*Processor",
             "automodel.core.models.AutoModelForCausalLM",
             "automodel.core.models.AutoModelForImageTextToText",
+            "automodel.core.models.AutoModel",
+            "automodel.core.models.AutoModelForSequenceClassification",
         )
         for pattern in (cls, *(f"{cls}.{method}" for method in _FROM_HUB))
     ),

@@ -11,6 +11,9 @@ loader = build_dataloader(dataset, batch_size=8, seed=0, dp_rank=rank, dp_size=w
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
 For vision-language models, `image_chat_dataset` reads image-text conversations (images decoded
 when read) and `VisionChatCollator(processor)` batches them with the processor.
+For retrieval, `retrieval_dataset` reads queries with a positive and hard-negative passages
+(inline or by id in a corpus), `retrieval_eval_set` held-out queries over their own corpus, and
+`BiEncoderCollator` / `CrossEncoderCollator` tokenize them for an embedding model or a reranker.
 For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
 into consecutive N-token samples instead of cutting them off.
 """
@@ -32,6 +35,17 @@ from ._formats import (
 from ._loader import build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
+from ._retrieval import (
+    BiEncoderCollator,
+    CrossEncoderCollator,
+    RetrievalDataset,
+    RetrievalEvalSet,
+    TextCollator,
+    load_corpus,
+    retrieval_dataset,
+    retrieval_eval_set,
+    split_towers,
+)
 from ._sampler import ShardedSampler
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
@@ -40,10 +54,15 @@ __all__ = [
     "IGNORE_INDEX",
     "TEXT_TRUNCATION_MODES",
     "TRUNCATION_MODES",
+    "BiEncoderCollator",
+    "CrossEncoderCollator",
     "DataError",
     "ImageChatDataset",
     "PackedDataset",
+    "RetrievalDataset",
+    "RetrievalEvalSet",
     "ShardedSampler",
+    "TextCollator",
     "TokenizedDataset",
     "VisionChatCollator",
     "assistant_char_spans",
@@ -58,9 +77,13 @@ __all__ = [
     "image_chat_dataset",
     "image_qa_dataset",
     "instruction_dataset",
+    "load_corpus",
     "load_rows",
     "pack_dataset",
     "require_columns",
+    "retrieval_dataset",
+    "retrieval_eval_set",
+    "split_towers",
     "squad_dataset",
     "text_dataset",
 ]

@@ -1,5 +1,6 @@
-"""Build any Hugging Face model of a task (causal LM, image-text-to-text) from a checkpoint or a
-config: one set of builders over transformers' auto class of each task."""
+"""Build any Hugging Face model of a task (causal LM, image-text-to-text, embedding backbone,
+sequence classification) from a checkpoint or a config: one set of builders over transformers'
+auto class of each task."""
 
 from __future__ import annotations
 
@@ -132,6 +133,22 @@ class AutoModelForImageTextToText(HFAutoModel):
 
     auto_class = "AutoModelForImageTextToText"
     kind = "image-text-to-text model"
+
+
+class AutoModel(HFAutoModel):
+    """Any Hugging Face backbone without a task head (`transformers.AutoModel`: BERT, ModernBERT,
+    Llama, Qwen, ...): hidden states for embedding models."""
+
+    auto_class = "AutoModel"
+    kind = "base model (hidden states)"
+
+
+class AutoModelForSequenceClassification(HFAutoModel):
+    """Any Hugging Face model with a sequence-classification head
+    (`transformers.AutoModelForSequenceClassification`), e.g. a reranker with `num_labels=1`."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    kind = "sequence-classification model"
 
 
 def _config_dtype(config: PretrainedConfig) -> torch.dtype:

@@ -165,7 +165,9 @@ class FinetuneRecipeForCausalLM(RunViews):
         """The training loop; False when a preemption signal stopped it early.
 
         Each step calls `self.forward_backward` and `self.optimizer_step`: kd.llm runs this loop
-        with its own two (teacher and student forwards; the CE and KL parts in the metrics).
+        with its own two (teacher and student forwards; the CE and KL parts in the metrics), the
+        retrieval recipes with their own `forward_loss`, `count_targets` (queries, not label
+        tokens) and `real_tokens`.
         """
         steps = self.step_scheduler
         for micro_batches in steps.steps(self.train_loader):
@@ -173,7 +175,7 @@ class FinetuneRecipeForCausalLM(RunViews):
             micro_batches = [self.prepare(batch) for batch in micro_batches]
             # Exact normalisation: every token of the global batch (all micro-batches, all dp and
             # cp ranks) weighs the same; × their number undoes the averaging of FSDP2/DDP.
-            local_tokens = sum(int(count_label_tokens(b["labels"])) for b in micro_batches)
+            local_tokens = sum(self.count_targets(b) for b in micro_batches)
             num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
             if self.pipeline is not None:  # the schedule runs every micro-batch of the step
                 local = steps.local_batch_size
@@ -200,8 +202,16 @@ class FinetuneRecipeForCausalLM(RunViews):
                 aux = self.moe.aux_loss(len(micro_batches))  # MoE load balancing, if any
                 ((loss if aux is None else loss + aux) * self.parallel.averaged_over).backward()
             loss_sum += loss.detach()
-            tokens += real_tokens(batch, self.tokenizer.pad_token_id)
+            tokens += self.real_tokens(batch)
         return loss_sum, tokens
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """What the step's loss is normalised by, in one micro-batch: its label tokens."""
+        return int(count_label_tokens(batch["labels"]))
+
+    def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """The micro-batch's tokens that are not padding, for throughput."""
+        return real_tokens(batch, self.tokenizer.pad_token_id)
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Next-token targets, then this rank's part of the sequence (context parallel)."""

@@ -64,8 +64,6 @@ SECTIONS = {
     **OPTIMIZER_SECTIONS,
     **CHECKPOINT_SECTIONS,
 }
-# Layouts that need per-architecture work for a VLM (the image tokens, the towers): not yet.
-_ONE_DIMENSIONAL = ("tp_size", "cp_size", "pp_size", "ep_size")
 
 
 class FinetuneRecipeForVLM(RunViews):
@@ -170,13 +168,7 @@ def run(cfg: ConfigNode) -> None:
 
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones and the layouts VLMs lack yet."""
-    distributed = preflight(cfg)
-    for key in _ONE_DIMENSIONAL:
-        if getattr(distributed, key) != 1:
-            raise config_problem(
-                cfg, f"distributed.{key}",
-                f"{key} > 1 is not supported for VLMs yet; use fsdp2 or ddp over every process",
-            )  # fmt: skip
+    preflight(cfg, data_parallel_only="VLMs")  # their image tokens and towers: not split yet
     if is_fused(build_loss(cfg)):
         raise config_problem(
             cfg, "loss_fn", "the fused loss is for causal LMs; use MaskedCrossEntropy"

@@ -1,0 +1,330 @@
+"""Retrieval data: queries with a positive and hard-negative passages, held-out queries over a
+corpus, and the collators that tokenize them for bi-encoders and cross-encoders.
+
+A training row names its passages inline or by id in a corpus:
+
+    {"query": "who leads zorvia?", "pos_doc": "kelmar ruste is ...", "neg_doc": ["...", "..."]}
+    {"query": "who leads zorvia?", "pos_ids": ["d17"], "neg_ids": ["d3", "d40"]}  # + a corpus
+
+(`question` is read for `query`; `pos_doc`/`neg_doc` may be one text or a list, and with a corpus
+they may hold ids, bare or as {"id": ...}.) A corpus is rows of {"id", "text"}. Every id is
+checked against the corpus before training starts, and a missing one is named with its row.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ._errors import DataError
+from ._loading import load_rows
+
+_QUERY_COLUMNS = ("query", "question")
+_POSITIVE_COLUMNS = ("pos_ids", "pos_doc")
+_NEGATIVE_COLUMNS = ("neg_ids", "neg_doc")
+
+
+def load_corpus(
+    path: str | Path, split: str = "train", *, id_column: str = "id", text_column: str = "text"
+) -> dict[str, str]:
+    """{document id: text} of a corpus file or `datasets` source; ids are compared as strings."""
+    rows = load_rows(path, split)
+    for column in (id_column, text_column):
+        if column not in rows.column_names:
+            raise DataError(
+                f"corpus {path}: missing column {column!r}; it has {', '.join(rows.column_names)}"
+            )
+    corpus: dict[str, str] = {}
+    for index, (doc_id, text) in enumerate(zip(rows[id_column], rows[text_column], strict=True)):
+        if not isinstance(text, str):
+            raise DataError(f"corpus {path}: row {index}: {text_column!r} is not text")
+        if str(doc_id) in corpus:
+            raise DataError(f"corpus {path}: row {index}: the id {doc_id!r} appears twice")
+        corpus[str(doc_id)] = text
+    if not corpus:
+        raise DataError(f"corpus {path}: no documents")
+    return corpus
+
+
+class RetrievalDataset(Dataset):
+    """Items {"query": str, "passages": [positive, negative_1, ..., negative_n]}, n =
+    `num_negatives`: a row's negatives are sampled (without replacement while it has enough,
+    then cycling), seeded per row so that every epoch and every resume sees the same ones."""
+
+    def __init__(
+        self,
+        queries: list[str],
+        positives: list[list[str]],
+        negatives: list[list[str]],
+        num_negatives: int,
+        seed: int = 0,
+    ):
+        self.queries, self.positives, self.negatives = queries, positives, negatives
+        self.num_negatives, self.seed = num_negatives, seed
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        negatives = self.negatives[index]
+        rng = random.Random(self.seed * 1_000_003 + index)
+        picked = rng.sample(negatives, min(len(negatives), self.num_negatives))
+        while len(picked) < self.num_negatives:  # fewer than asked: cycle through them again
+            picked.append(negatives[len(picked) % len(negatives)])
+        return {"query": self.queries[index], "passages": [self.positives[index][0], *picked]}
+
+
+def retrieval_dataset(
+    path: str | Path,
+    split: str = "train",
+    *,
+    corpus: str | Path | None = None,
+    num_negatives: int = 1,
+    seed: int = 0,
+    name: str | None = None,
+    shuffle_seed: int | None = None,
+) -> RetrievalDataset:
+    """Training rows (query, positive, hard negatives) from JSON(L), parquet or any `datasets`
+    source, with passages inline or as ids of `corpus`; `num_negatives` per query."""
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 0:
+        raise DataError(f"num_negatives must be an integer >= 0, got {num_negatives!r}")
+    source = f"retrieval_dataset({path}, split={split})"
+    rows = load_rows(path, split, name=name, shuffle_seed=shuffle_seed)
+    texts = load_corpus(corpus) if corpus is not None else None
+    query_column = _pick(rows, _QUERY_COLUMNS, source)
+    positive_column = _pick(rows, _POSITIVE_COLUMNS, source)
+    negative_column = next((c for c in _NEGATIVE_COLUMNS if c in rows.column_names), None)
+    if negative_column is None and num_negatives:
+        raise DataError(
+            f"{source}: num_negatives is {num_negatives} but the rows have no 'neg_doc' or "
+            "'neg_ids' column; set num_negatives: 0 (in-batch negatives only) or mine hard "
+            "negatives first (automodel mine hard_negatives)"
+        )
+    queries, positives, negatives = [], [], []
+    all_negatives = rows[negative_column] if negative_column else [None] * len(rows)
+    for index, (query, positive, negative) in enumerate(
+        zip(rows[query_column], rows[positive_column], all_negatives, strict=True)
+    ):
+        if not isinstance(query, str) or not query:
+            raise DataError(f"{source}: row {index}: {query_column!r} must be non-empty text")
+        pos = _passages(positive, texts, index, positive_column, source, corpus)
+        if not pos:
+            raise DataError(f"{source}: row {index}: {positive_column!r} has no positive passage")
+        neg = _passages(negative, texts, index, negative_column, source, corpus)
+        if num_negatives and not neg:
+            raise DataError(
+                f"{source}: row {index} has no negatives but num_negatives is {num_negatives}; "
+                "set num_negatives: 0 (in-batch negatives only) or mine hard negatives first "
+                "(automodel mine hard_negatives)"
+            )
+        queries.append(query)
+        positives.append(pos)
+        negatives.append(neg)
+    if not queries:
+        raise DataError(f"{source}: no rows")
+    return RetrievalDataset(queries, positives, negatives, num_negatives, seed)
+
+
+@dataclass
+class RetrievalEvalSet:
+    """Held-out queries over their own corpus: `relevant[i]` holds the corpus positions of query
+    i's positives; `candidates[i]` (reranking) the positions it is scored against, if given."""
+
+    queries: list[str]
+    relevant: list[set[int]]
+    corpus_ids: list[str]
+    corpus: list[str]
+    candidates: list[list[int]] | None = None
+
+
+def retrieval_eval_set(
+    path: str | Path, corpus: str | Path, split: str = "train", *, name: str | None = None
+) -> RetrievalEvalSet:
+    """Queries with their positive ids (`pos_ids`) over `corpus`; with `neg_ids` too, each query's
+    candidates for reranking are its positives and those negatives."""
+    source = f"retrieval_eval_set({path}, split={split})"
+    rows = load_rows(path, split, name=name)
+    texts = load_corpus(corpus)
+    ids = list(texts)
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    query_column = _pick(rows, _QUERY_COLUMNS, source)
+    positive_column = _pick(rows, _POSITIVE_COLUMNS, source)
+    negative_column = next((c for c in _NEGATIVE_COLUMNS if c in rows.column_names), None)
+    queries, relevant, candidates = [], [], []
+    all_negatives = rows[negative_column] if negative_column else [None] * len(rows)
+    for index, (query, positive, negative) in enumerate(
+        zip(rows[query_column], rows[positive_column], all_negatives, strict=True)
+    ):
+        if not isinstance(query, str) or not query:
+            raise DataError(f"{source}: row {index}: {query_column!r} must be non-empty text")
+        pos = [
+            position[i] for i in _ids(positive, position, index, positive_column, source, corpus)
+        ]
+        if not pos:
+            raise DataError(f"{source}: row {index}: {positive_column!r} names no document")
+        neg = [
+            position[i] for i in _ids(negative, position, index, negative_column, source, corpus)
+        ]
+        queries.append(query)
+        relevant.append(set(pos))
+        candidates.append(list(dict.fromkeys([*pos, *neg])))
+    if not queries:
+        raise DataError(f"{source}: no rows")
+    reranking = negative_column is not None
+    return RetrievalEvalSet(
+        queries, relevant, ids, list(texts.values()), candidates if reranking else None
+    )
+
+
+class TextCollator:
+    """Tokenize a batch of texts (`prefix` before each) into `input_ids` and `attention_mask`
+    (and whatever else the tokenizer returns), padded to the longest, cut at `max_length`."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int = 512,
+        prefix: str = "",
+        pad_to_multiple_of: int | None = None,
+    ):
+        self.tokenizer, self.max_length, self.prefix = tokenizer, max_length, prefix
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            [self.prefix + text for text in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
+        )
+        return dict(encoded)
+
+
+class BiEncoderCollator:
+    """Batch retrieval items for a bi-encoder: the queries under `query_*` keys and every item's
+    passages (positive first, then its negatives) under `passage_*` keys."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        query_max_length: int = 64,
+        passage_max_length: int = 256,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+        pad_to_multiple_of: int | None = None,
+    ):
+        self.queries = TextCollator(tokenizer, query_max_length, query_prefix, pad_to_multiple_of)
+        self.passages = TextCollator(
+            tokenizer, passage_max_length, passage_prefix, pad_to_multiple_of
+        )
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        queries = self.queries([item["query"] for item in items])
+        passages = self.passages([p for item in items for p in item["passages"]])
+        return {
+            **{f"query_{key}": value for key, value in queries.items()},
+            **{f"passage_{key}": value for key, value in passages.items()},
+        }
+
+
+class CrossEncoderCollator:
+    """Batch retrieval items for a cross-encoder: one (query, passage) pair per passage, the
+    query first, each item's group in order (positive first), cut at `max_length`."""
+
+    def __init__(
+        self, tokenizer: Any, max_length: int = 512, pad_to_multiple_of: int | None = None
+    ):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        queries = [item["query"] for item in items for _ in item["passages"]]
+        passages = [p for item in items for p in item["passages"]]
+        return self.pairs(queries, passages)
+
+    def pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenized (query, passage) pairs, as a reranker scores them."""
+        encoded = self.tokenizer(
+            list(queries),
+            list(passages),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
+        )
+        return dict(encoded)
+
+
+def split_towers(batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """The query and passage halves of a `BiEncoderCollator` batch, under their model keys."""
+    query = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
+    passage = {k[len("passage_") :]: v for k, v in batch.items() if k.startswith("passage_")}
+    return query, passage
+
+
+def _pick(rows: Any, names: Iterable[str], source: str) -> str:
+    names = tuple(names)
+    for name in names:
+        if name in rows.column_names:
+            return name
+    raise DataError(
+        f"{source}: no {' or '.join(repr(n) for n in names)} column; the rows have "
+        f"{', '.join(rows.column_names) or '(none)'}"
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _passages(
+    value: Any,
+    texts: dict[str, str] | None,
+    index: int,
+    column: str | None,
+    source: str,
+    corpus: Any,
+) -> list[str]:
+    """A row's passages as text: inline texts, or ids looked up in the corpus."""
+    if texts is None:
+        if column is not None and column.endswith("_ids"):
+            raise DataError(
+                f"{source}: row {index}: {column!r} holds document ids but no corpus is given; "
+                "add `corpus: <file with id and text columns>`"
+            )
+        passages = _as_list(value)
+        for passage in passages:
+            if not isinstance(passage, str):
+                raise DataError(
+                    f"{source}: row {index}: {column!r} must hold text, got "
+                    f"{type(passage).__name__} (ids need a `corpus:`)"
+                )
+        return passages
+    return [texts[i] for i in _ids(value, texts, index, column, source, corpus)]
+
+
+def _ids(
+    value: Any, known: dict[str, Any], index: int, column: str | None, source: str, corpus: Any
+) -> list[str]:
+    """A row's document ids (bare or {"id": ...}), each checked to be in the corpus."""
+    ids = []
+    for entry in _as_list(value):
+        doc_id = str(entry["id"]) if isinstance(entry, dict) and "id" in entry else str(entry)
+        if doc_id not in known:
+            raise DataError(
+                f"{source}: row {index}: {column!r} names the id {doc_id!r}, which is not in "
+                f"the corpus {corpus}"
+            )
+        ids.append(doc_id)
+    return ids

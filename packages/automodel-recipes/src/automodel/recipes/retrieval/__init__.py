@@ -1,0 +1,1 @@
+"""The retrieval recipes (embedding models, rerankers, hard-negative mining) and their parts."""

@@ -1,0 +1,234 @@
+"""Train an embedding model (bi-encoder) from one YAML file: contrastive loss over each query's
+positive, its hard negatives and the batch's other passages.
+
+automodel finetune bi_encoder -c examples/retrieval/tiny_bi_encoder.yaml
+
+The backbone is any Hugging Face model that returns hidden states (`automodel.core.models.
+AutoModel`: BERT, ModernBERT, or a Llama/Qwen decoder made bidirectional); `bi_encoder:` says
+how they become embeddings. What is the same as fine-tuning an LLM is finetune.llm's, by name
+below: the loop with gradient accumulation (normalised by the step's queries), checkpoints,
+exact resume and preemption. Validation searches a held-out corpus: recall@k, MRR@10, nDCG@10.
+Checkpoints are Hugging Face model folders that sentence-transformers loads as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
+from automodel.core.config import ConfigNode, Section, recipe_main
+from automodel.core.data import BiEncoderCollator, TextCollator, split_towers
+from automodel.core.losses import contrastive_loss
+from automodel.core.models import POOLINGS, BiEncoder, bidirectional
+from automodel.core.optim import build_optimizer
+from automodel.core.training import retrieval_metric_sums
+
+from .. import (
+    CHECKPOINT_SECTIONS,
+    LOADER_SECTIONS,
+    MODEL_SECTIONS,
+    OPTIMIZER_SECTIONS,
+    RUN_SECTIONS,
+    ClipGradNorm,
+    MoeStep,
+    OptimizerStep,
+    RunViews,
+    Telemetry,
+    adapter_extras_writer,
+    build_lora_config,
+    build_model,
+    build_scheduler,
+    hf_extras_writer,
+    preflight,
+    prepare_model,
+    read_section,
+    restore_training_state,
+    run_then_shutdown,
+    shard_model,
+    start_run,
+)
+from .._errors import config_problem
+from ..llm._data import build_tokenizer
+from ..llm.finetune import FinetuneRecipeForCausalLM as Finetune
+from ._data import RETRIEVAL_SECTIONS, Evaluation, IndexedCollator, build_retrieval_loaders
+from ._search import search_corpus
+from ._sentence_transformers import SentenceTransformerFiles
+
+log = logging.getLogger("automodel.recipes.retrieval")
+
+
+@dataclass(frozen=True)
+class BiEncoderOptions:
+    """`bi_encoder:` how hidden states become embeddings, how texts are cut, and the loss."""
+
+    pooling: str = "mean"  # mean | cls | last (the last real token: decoder LMs)
+    normalize: bool = True  # L2-normalise: scores are cosine similarities
+    bidirectional: bool = False  # a decoder LM's causal masking off
+    query_prefix: str = ""  # e.g. "query: ", saved as the sentence-transformers prompt
+    passage_prefix: str = ""  # e.g. "passage: "
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    temperature: float = 0.05  # scores are divided by it in the contrastive loss
+    in_batch_negatives: bool = True  # the batch's other passages are negatives too
+    gather_across_ranks: bool = True  # ... and every data-parallel rank's (with gradients)
+
+
+SECTIONS = {
+    **RUN_SECTIONS,
+    **{name: section for name, section in MODEL_SECTIONS.items() if name != "moe"},
+    **RETRIEVAL_SECTIONS,
+    "bi_encoder": Section(keys_of=BiEncoderOptions),
+    **LOADER_SECTIONS,
+    **OPTIMIZER_SECTIONS,
+    **CHECKPOINT_SECTIONS,
+}
+
+
+class BiEncoderRecipe(RunViews):
+    """Contrastive training of an embedding model: `setup()`, then the train/validation loop."""
+
+    run_train_validation_loop = Finetune.run_train_validation_loop
+    train_steps = Finetune.train_steps  # calls forward_loss, count_targets, real_tokens below
+    forward_backward = Finetune.forward_backward
+    training_state = Finetune.training_state
+    validate = Finetune.validate  # calls self.validation_totals below
+    save = Finetune.save
+
+    def __init__(self, cfg: ConfigNode):
+        self.cfg = cfg
+        self.pipeline = None  # check() refuses pp_size > 1
+
+    def setup(self) -> None:
+        """Build every piece from the config, in the order infrastructure must be applied."""
+        cfg = self.cfg
+        options = check(cfg)
+        self.options = options
+        self.evaluation = read_section(cfg, "evaluation", Evaluation)
+        self.lora = build_lora_config(cfg)
+        weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
+        self.run = ctx = start_run(
+            cfg, default_run_dir="runs/bi_encoder", weights_format=weights, unused_parameters=True
+        )  # an encoder's pooler layer gets no gradient: DDP lets such parameters be
+        self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
+        backbone = build_model(cfg)
+        if options.bidirectional:
+            bidirectional(backbone)
+        self.unwrapped = prepare_model(backbone, ctx, lora=self.lora)  # what checkpoints hold
+        st_files = SentenceTransformerFiles(
+            backbone.config.hidden_size, options.pooling, options.normalize,
+            options.passage_max_length, options.query_prefix, options.passage_prefix,
+        )  # fmt: skip
+        write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
+        self.write_hf_extras = write_extras(backbone, cfg, self.tokenizer, st_files)
+        self.moe = MoeStep(backbone, None, self.parallel)
+        encoder = BiEncoder(backbone, pooling=options.pooling, normalize=options.normalize)
+        self.model = shard_model(encoder, ctx)  # one forward per micro-batch: queries, passages
+
+        local = self.step_scheduler.local_batch_size
+        collate = BiEncoderCollator(
+            self.tokenizer, options.query_max_length, options.passage_max_length,
+            options.query_prefix, options.passage_prefix,
+        )  # fmt: skip
+        queries = TextCollator(self.tokenizer, options.query_max_length, options.query_prefix)
+        self.passages = TextCollator(
+            self.tokenizer, options.passage_max_length, options.passage_prefix
+        )
+        shard = (ctx.seed, self.parallel.dp_rank, self.parallel.dp_size)
+        self.train_set, self.train_loader, self.eval_set, self.val_loader = build_retrieval_loaders(
+            cfg, collate, IndexedCollator(queries), local, *shard
+        )
+        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
+        total = self.step_scheduler.total_steps(len(self.train_loader))
+        self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
+        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
+        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
+        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
+        self.optimizer_step = OptimizerStep(
+            self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
+        )
+        params = sum(p.numel() for p in self.unwrapped.parameters()) / 1e6
+        log.info(
+            "model: %s, %.2fM parameters on %s, %s pooling%s; %d training steps",
+            type(self.unwrapped).__name__, params, self.device, options.pooling,
+            ", normalised" if options.normalize else "", total,
+        )  # fmt: skip
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A training batch as it comes: no labels to shift, no sequence to split."""
+        return batch
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """What the step's loss is normalised by, in one micro-batch: its queries."""
+        return batch["query_input_ids"].shape[0]
+
+    def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Query and passage tokens that are not padding, for throughput."""
+        return int(batch["query_attention_mask"].sum() + batch["passage_attention_mask"].sum())
+
+    def forward_loss(self, batch: dict[str, torch.Tensor], num_queries: int) -> torch.Tensor:
+        """InfoNCE of one micro-batch, normalised by the step's queries on every rank."""
+        query, passage = split_towers({k: v.to(self.device) for k, v in batch.items()})
+        queries, passages = self.model(query, passage)
+        options = self.options
+        return contrastive_loss(
+            queries, passages, temperature=options.temperature,
+            in_batch_negatives=options.in_batch_negatives,
+            group=self.parallel.group if options.gather_across_ranks else None,
+            num_queries=num_queries,
+        )  # fmt: skip
+
+    def validation_totals(self, batches: Any) -> tuple[float, int, dict[str, tuple[float, int]]]:
+        """(summed loss, queries, {metric: (sum, queries)}) of this rank's held-out queries,
+        searched over the whole held-out corpus; the loss is each query's contrastive loss
+        against every passage of the corpus."""
+        rows, embedded = [], []
+        for batch in batches:
+            rows.append(batch.pop("index"))
+            embedded.append(self.model({k: v.to(self.device) for k, v in batch.items()})[0])
+        rows = torch.cat(rows).tolist()
+        queries = torch.cat(embedded)
+        relevant = [self.eval_set.relevant[row] for row in rows]
+        k = max(10, *self.evaluation.recall_at)
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            batch = {key: v.to(self.device) for key, v in self.passages(texts).items()}
+            return self.model(None, batch)[1]
+
+        found = search_corpus(
+            queries, self.eval_set.corpus, encode, k=k, relevant=relevant,
+            temperature=self.options.temperature, chunk_size=self.evaluation.corpus_chunk_size,
+            group=self.parallel.group,
+        )  # fmt: skip
+        losses = found.log_sum_all - found.log_sum_relevant  # -log P(relevant | whole corpus)
+        sums = retrieval_metric_sums(found.top.indices, relevant, self.evaluation.recall_at)
+        return float(losses.sum()), len(rows), sums
+
+
+def run(cfg: ConfigNode) -> None:
+    """Set up the recipe and train; then free sharded modules and end the process group."""
+    recipe = BiEncoderRecipe(cfg)
+    run_then_shutdown(recipe, recipe.setup, recipe.run_train_validation_loop)
+
+
+def check(cfg: ConfigNode) -> BiEncoderOptions:
+    """Pre-flight checks that need no model: the shared ones and the `bi_encoder:` options."""
+    preflight(cfg, data_parallel_only="retrieval models")
+    options = read_section(cfg, "bi_encoder", BiEncoderOptions)
+    if options.pooling not in POOLINGS:
+        message = f"expected one of {', '.join(POOLINGS)}, got {options.pooling!r}"
+        raise config_problem(cfg, "bi_encoder.pooling", message)
+    if options.temperature <= 0:
+        raise config_problem(cfg, "bi_encoder.temperature", "must be > 0")
+    for key in ("query_max_length", "passage_max_length"):
+        if getattr(options, key) < 1:
+            raise config_problem(cfg, f"bi_encoder.{key}", "must be >= 1")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train an embedding model (bi-encoder) on queries with positive and negative passages."""
+    return recipe_main(argv, sections=SECTIONS, run=run, check=check)
