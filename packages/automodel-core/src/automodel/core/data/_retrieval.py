@@ -28,6 +28,7 @@ from ._loading import load_rows
 _QUERY_COLUMNS = ("query", "question")
 _POSITIVE_COLUMNS = ("pos_ids", "pos_doc")
 _NEGATIVE_COLUMNS = ("neg_ids", "neg_doc")
+_COLUMNS = (_QUERY_COLUMNS, _POSITIVE_COLUMNS, _NEGATIVE_COLUMNS)
 
 
 def load_corpus(
@@ -97,26 +98,24 @@ def retrieval_dataset(
     source = f"retrieval_dataset({path}, split={split})"
     rows = load_rows(path, split, name=name, shuffle_seed=shuffle_seed)
     texts = load_corpus(corpus) if corpus is not None else None
-    query_column = _pick(rows, _QUERY_COLUMNS, source)
-    positive_column = _pick(rows, _POSITIVE_COLUMNS, source)
-    negative_column = next((c for c in _NEGATIVE_COLUMNS if c in rows.column_names), None)
-    if negative_column is None and num_negatives:
+    _require_any(rows, _QUERY_COLUMNS, source)
+    _require_any(rows, _POSITIVE_COLUMNS, source)
+    if num_negatives and not any(c in rows.column_names for c in _NEGATIVE_COLUMNS):
         raise DataError(
             f"{source}: num_negatives is {num_negatives} but the rows have no 'neg_doc' or "
             "'neg_ids' column; set num_negatives: 0 (in-batch negatives only) or mine hard "
             "negatives first (automodel mine hard_negatives)"
         )
     queries, positives, negatives = [], [], []
-    all_negatives = rows[negative_column] if negative_column else [None] * len(rows)
-    for index, (query, positive, negative) in enumerate(
-        zip(rows[query_column], rows[positive_column], all_negatives, strict=True)
+    for index, ((_, query), (pos_column, positive), (neg_column, negative)) in enumerate(
+        zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
     ):
         if not isinstance(query, str) or not query:
-            raise DataError(f"{source}: row {index}: {query_column!r} must be non-empty text")
-        pos = _passages(positive, texts, index, positive_column, source, corpus)
+            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
+        pos = _passages(positive, texts, index, pos_column, source, corpus)
         if not pos:
-            raise DataError(f"{source}: row {index}: {positive_column!r} has no positive passage")
-        neg = _passages(negative, texts, index, negative_column, source, corpus)
+            raise DataError(f"{source}: row {index}: {pos_column!r} has no positive passage")
+        neg = _passages(negative, texts, index, neg_column, source, corpus)
         if num_negatives and not neg:
             raise DataError(
                 f"{source}: row {index} has no negatives but num_negatives is {num_negatives}; "
@@ -153,30 +152,24 @@ def retrieval_eval_set(
     texts = load_corpus(corpus)
     ids = list(texts)
     position = {doc_id: i for i, doc_id in enumerate(ids)}
-    query_column = _pick(rows, _QUERY_COLUMNS, source)
-    positive_column = _pick(rows, _POSITIVE_COLUMNS, source)
-    negative_column = next((c for c in _NEGATIVE_COLUMNS if c in rows.column_names), None)
+    _require_any(rows, _QUERY_COLUMNS, source)
+    _require_any(rows, _POSITIVE_COLUMNS, source)
     queries, relevant, candidates = [], [], []
-    all_negatives = rows[negative_column] if negative_column else [None] * len(rows)
-    for index, (query, positive, negative) in enumerate(
-        zip(rows[query_column], rows[positive_column], all_negatives, strict=True)
+    for index, ((_, query), (pos_column, positive), (neg_column, negative)) in enumerate(
+        zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
     ):
         if not isinstance(query, str) or not query:
-            raise DataError(f"{source}: row {index}: {query_column!r} must be non-empty text")
-        pos = [
-            position[i] for i in _ids(positive, position, index, positive_column, source, corpus)
-        ]
+            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
+        pos = [position[i] for i in _ids(positive, position, index, pos_column, source, corpus)]
         if not pos:
-            raise DataError(f"{source}: row {index}: {positive_column!r} names no document")
-        neg = [
-            position[i] for i in _ids(negative, position, index, negative_column, source, corpus)
-        ]
+            raise DataError(f"{source}: row {index}: {pos_column!r} names no document")
+        neg = [position[i] for i in _ids(negative, position, index, neg_column, source, corpus)]
         queries.append(query)
         relevant.append(set(pos))
         candidates.append(list(dict.fromkeys([*pos, *neg])))
     if not queries:
         raise DataError(f"{source}: no rows")
-    reranking = negative_column is not None
+    reranking = any(c in rows.column_names for c in _NEGATIVE_COLUMNS)
     return RetrievalEvalSet(
         queries, relevant, ids, list(texts.values()), candidates if reranking else None
     )
@@ -271,7 +264,8 @@ def split_towers(batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     return query, passage
 
 
-def _pick(rows: Any, names: Iterable[str], source: str) -> str:
+def _require_any(rows: Any, names: Iterable[str], source: str) -> str:
+    """The first of `names` that is a column of `rows`; a DataError naming them if none is."""
     names = tuple(names)
     for name in names:
         if name in rows.column_names:
@@ -280,6 +274,15 @@ def _pick(rows: Any, names: Iterable[str], source: str) -> str:
         f"{source}: no {' or '.join(repr(n) for n in names)} column; the rows have "
         f"{', '.join(rows.column_names) or '(none)'}"
     )
+
+
+def _per_row(rows: Any, names: tuple[str, ...]) -> list[tuple[str | None, Any]]:
+    """Each row's (column, value) of the first of `names` it has a value in; (None, None)."""
+    present = [(name, rows[name]) for name in names if name in rows.column_names]
+    return [
+        next(((name, values[i]) for name, values in present if values[i] is not None), (None, None))
+        for i in range(len(rows))
+    ]
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -8,8 +8,9 @@ The corpus is embedded `chunk_size` passages at a time into a cache file beside 
 corpus reuses it); then each query's top `top_k` passages are found by exact search (or faiss,
 with the `faiss` extra). Positives are dropped, and so is every candidate scoring too close to
 the query's positives (a likely unlabelled positive): above `margin` x the lowest positive score
-(`margin_type: relative`) or above it minus `margin` (`absolute`). The `num_negatives` best that
-remain are written as `{"query", "pos_ids", "neg_ids", "neg_scores"}` rows, in the corpus-id
+(`margin_type: relative`, for cosine scores) or above it minus `margin` (`absolute`). The
+`num_negatives` best that remain are written (queries left with fewer than `min_negatives` are
+not) as `{"query", "pos_ids", "neg_ids", "neg_scores"}` rows, in the corpus-id
 form that `retrieval_dataset(..., corpus=...)` reads.
 """
 
@@ -49,6 +50,7 @@ class Mining:
     output: str  # the training JSONL to write
     top_k: int = 50  # candidates searched per query
     num_negatives: int = 5  # negatives kept per query
+    min_negatives: int = 1  # a query left with fewer is not written (0: write every query)
     margin: float = 0.95
     margin_type: str = "relative"  # relative | absolute
     search: str = "exact"  # exact | faiss
@@ -78,7 +80,7 @@ def run(cfg: ConfigNode) -> Path:
     query_vectors = _embed(model, queries, model.query_prefix, options, device, "queries")
     positive_scores = _positive_scores(query_vectors, cache, positives)
     top = _search(query_vectors, cache, min(options.top_k, len(ids)), options)
-    rows, short = [], 0
+    rows, short, dropped = [], 0, 0
     for row, (candidates, scores) in enumerate(zip(top[0].tolist(), top[1].tolist(), strict=True)):
         limit = _threshold(positive_scores[row], options)
         kept = [
@@ -86,6 +88,9 @@ def run(cfg: ConfigNode) -> Path:
             if c not in positives[row] and s < limit
         ][: options.num_negatives]  # fmt: skip
         short += len(kept) < options.num_negatives
+        if len(kept) < options.min_negatives:
+            dropped += 1
+            continue
         rows.append({
             "query": queries[row],
             "pos_ids": [ids[p] for p in sorted(positives[row])],
@@ -96,8 +101,9 @@ def run(cfg: ConfigNode) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     log.info(
-        "wrote %d rows with up to %d hard negatives each to %s (%d with fewer: raise top_k or "
-        "loosen margin)", len(rows), options.num_negatives, output, short,
+        "wrote %d rows with up to %d hard negatives each to %s; %d queries had fewer, %d of them "
+        "fewer than min_negatives (%d) and were left out: raise top_k or loosen the margin for "
+        "more", len(rows), options.num_negatives, output, short, dropped, options.min_negatives,
     )  # fmt: skip
     return output
 
@@ -183,7 +189,7 @@ def _positive_scores(
 ) -> list[float]:
     """Each query's lowest score over its positives."""
     return [
-        float((torch.from_numpy(np.asarray(corpus[sorted(p)])) @ q).min())
+        float((torch.from_numpy(np.array(corpus[sorted(p)])) @ q).min())
         for q, p in zip(queries, positives, strict=True)
     ]
 
@@ -202,7 +208,7 @@ def _search(
     top = TopK(queries.shape[0], k)
     with ProgressBar(total=corpus.shape[0], desc="searching") as bar:
         for start in range(0, corpus.shape[0], options.chunk_size):
-            chunk = torch.from_numpy(np.asarray(corpus[start : start + options.chunk_size]))
+            chunk = torch.from_numpy(np.array(corpus[start : start + options.chunk_size]))
             top.add(queries @ chunk.T, start)
             bar.update(len(chunk))
     return top.indices, top.scores
@@ -235,6 +241,8 @@ def check(cfg: ConfigNode) -> Mining:
     for key in ("top_k", "num_negatives", "batch_size", "chunk_size"):
         if getattr(options, key) < 1:
             raise config_problem(cfg, f"mining.{key}", "must be >= 1")
+    if not 0 <= options.min_negatives <= options.num_negatives:
+        raise config_problem(cfg, "mining.min_negatives", "must be between 0 and num_negatives")
     if Path(options.output).exists() and not options.overwrite:
         message = f"{options.output} exists; set mining.overwrite: true to replace it, or choose another output"  # fmt: skip
         raise config_problem(cfg, "mining.output", message)
