@@ -163,6 +163,30 @@ class TrainerRun:
         return child_result(spec, measure, {**self.head, **(head or {})}, per_step, self.ends)
 
 
+def step_timer(run: TrainerRun):
+    """A `TrainerCallback` (for the transformers `Trainer` or a subclass) that appends each step's
+    end and step-only seconds (`on_step_begin` -> `on_step_end`) and each logged loss to `run`."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.begin: float | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            run.ends.append(now)
+            run.secs.append(now - self.begin)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                run.losses.append(float(logs["loss"]))
+
+    return Timer()
+
+
 def train_with_trainer(
     spec: dict,
     model,
@@ -176,7 +200,7 @@ def train_with_trainer(
     `counter`, with the optimizer and LR schedule built by automodel (`spec["hp"]`); `started`
     is when the child began building (its setup time runs from there)."""
     import transformers
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from automodel.core.optim import WarmupDecayLR, build_optimizer
 
@@ -198,23 +222,6 @@ def train_with_trainer(
         min_lr=hp["min_lr"],
     )
     run = TrainerRun(trainer=None, grad_acc=spec["grad_acc"], head={})
-
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.begin: float | None = None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now = time.perf_counter()
-            run.ends.append(now)
-            run.secs.append(now - self.begin)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                run.losses.append(float(logs["loss"]))
-
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix=prefix),
         use_cpu=True,
@@ -246,7 +253,7 @@ def train_with_trainer(
         train_dataset=dataset,
         data_collator=counter,
         optimizers=(optimizer, scheduler),
-        callbacks=[Timer()],
+        callbacks=[step_timer(run)],
     )
     setup_s = time.perf_counter() - started
     start = time.perf_counter()
@@ -540,10 +547,11 @@ def best_repeats(
     return results
 
 
-def fmt_table(results: dict, measure: Measure, width: int) -> str:
-    base = results.get("hf")
+def fmt_table(results: dict, measure: Measure, width: int, base_run: str = "hf") -> str:
+    base = results.get(base_run)
     titles = [f"{measure.short}/s {t}" for t in ("e2e", "step", "med")]
-    head = f"{'run':<{width}} {'steps':>5} " + " ".join(f"{t:>10} {'x hf':>5}" for t in titles)
+    ratio_head = f"x {base_run}"
+    head = f"{'run':<{width}} {'steps':>5} " + " ".join(f"{t:>10} {ratio_head:>5}" for t in titles)
     head += f" {'ms/step':>8} {'peak RSS MiB':>12} {'first loss':>10} {'last loss':>9}"
     lines = [head, "-" * len(head)]
     for name, r in results.items():
@@ -560,13 +568,15 @@ def fmt_table(results: dict, measure: Measure, width: int) -> str:
     return "\n".join(lines)
 
 
-def fmt_repeats(results: dict, measure: Measure, width: int, step_only: bool) -> str:
+def fmt_repeats(
+    results: dict, measure: Measure, width: int, step_only: bool, base_run: str = "hf"
+) -> str:
     """Every repeat's end-to-end rate (and step-only rate if `step_only`): on a shared machine
     the spread says how far to trust the best."""
-    base = results.get("hf")
+    base = results.get(base_run)
     e2e, step, _ = measure.rates
     d = measure.digits
-    title = "median, median x hf" + ("; step-only per repeat" if step_only else "")
+    title = f"median, median x {base_run}" + ("; step-only per repeat" if step_only else "")
     lines = [f"end-to-end {measure.label}/s of every repeat ({title}):"]
     for name, r in results.items():
         reps = ", ".join(f"{v:.{d}f}" for v in r[f"all_repeats_{e2e}"])
@@ -611,11 +621,11 @@ def print_results(
     print(fmt_losses(results, every, loss_diff))
 
 
-def ratios_vs_hf(results: dict, keys: tuple[str, ...]) -> dict:
-    """Each run's `keys` over hf's (empty without an hf run)."""
-    if "hf" not in results:
+def ratios_vs_hf(results: dict, keys: tuple[str, ...], base_run: str = "hf") -> dict:
+    """Each run's `keys` over `base_run`'s (empty without a `base_run` run)."""
+    if base_run not in results:
         return {}
-    base = results["hf"]
+    base = results[base_run]
     return {name: {key: r[key] / base[key] for key in keys} for name, r in results.items()}
 
 
