@@ -128,6 +128,8 @@ class KDRecipeForCausalLM(RunViews):
     training_state = Finetune.training_state
     run_train_validation_loop = Finetune.run_train_validation_loop
     train_steps = Finetune.train_steps  # calls self.forward_backward and self.optimizer_step below
+    count_targets = Finetune.count_targets  # label tokens
+    real_tokens = Finetune.real_tokens
     validate = Finetune.validate
     validation_totals = Finetune.validation_totals
     save = Finetune.save

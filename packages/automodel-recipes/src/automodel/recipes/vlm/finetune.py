@@ -75,6 +75,8 @@ class FinetuneRecipeForVLM(RunViews):
     training_state = Finetune.training_state
     run_train_validation_loop = Finetune.run_train_validation_loop
     train_steps = Finetune.train_steps
+    count_targets = Finetune.count_targets  # label tokens
+    real_tokens = Finetune.real_tokens
     validate = Finetune.validate  # calls self.validation_totals below
     save = Finetune.save
 
