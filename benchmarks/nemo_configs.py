@@ -36,14 +36,28 @@ MODULES = {
     "kd.llm": "automodel.recipes.llm.kd",
     "benchmark.llm": "automodel.recipes.llm.benchmark",
     "finetune.vlm": "automodel.recipes.vlm.finetune",
+    "finetune.bi_encoder": "automodel.recipes.retrieval.bi_encoder",
+    "finetune.cross_encoder": "automodel.recipes.retrieval.cross_encoder",
+    "mine.hard_negatives": "automodel.recipes.retrieval.mine",
 }
 
 
 def recipe_of(path: Path) -> str:
-    """Our recipe for their file (by `recipe:`; finetune.llm when it names none)."""
+    """Our recipe for their file: by `recipe:`; when it names none, by their retrieval model
+    class or `mining:` section (their mining config has no `recipe:`), else finetune.llm."""
     data, _ = load_yaml_file(path)
-    value = data.get("recipe") if isinstance(data, dict) else None
+    data = data if isinstance(data, dict) else {}
+    value = data.get("recipe")
     name = value.get("_target_") if isinstance(value, dict) else value
+    if name is None:
+        model = data.get("model")
+        target = str(model.get("_target_", "")) if isinstance(model, dict) else ""
+        if "BiEncoder" in target:
+            return "finetune.bi_encoder"
+        if "CrossEncoder" in target:
+            return "finetune.cross_encoder"
+        if "mining" in data:
+            return "mine.hard_negatives"
     return RECIPES.get(str(name).rsplit(".", 1)[-1], "finetune.llm")
 
 

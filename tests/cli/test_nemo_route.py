@@ -24,6 +24,12 @@ def test_the_cli_copy_of_the_recipe_table_matches_core() -> None:
             "{_target_: nemo_automodel.recipes.llm.kd.KnowledgeDistillationRecipeForNextTokenPrediction}",
             ("kd", "llm"),
         ),
+        ("TrainBiEncoderRecipe", ("finetune", "bi_encoder")),
+        (
+            "{_target_: nemo_automodel.recipes.retrieval.train_cross_encoder.TrainCrossEncoderRecipe}",
+            ("finetune", "cross_encoder"),
+        ),
+        ("MineHardNegativesRecipe", ("mine", "hard_negatives")),
     ],
 )
 def test_route(tmp_path: Path, recipe: str, expected: tuple[str, str]) -> None:

@@ -20,6 +20,9 @@ RECIPES = {
     "KnowledgeDistillationRecipeForNextTokenPrediction": "kd.llm",
     "BenchmarkingRecipeForNextTokenPrediction": "benchmark.llm",
     "FinetuneRecipeForVLM": "finetune.vlm",  # runs once a finetune.vlm recipe is installed
+    "TrainBiEncoderRecipe": "finetune.bi_encoder",
+    "TrainCrossEncoderRecipe": "finetune.cross_encoder",
+    "MineHardNegativesRecipe": "mine.hard_negatives",
 }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, Problem, did_you_mean
+from ._keys import MINING_KEYS
 
 NEMO_PREFIX = "nemo_automodel."
 TARGET_KEY = "_target_"
@@ -25,7 +26,9 @@ class Alias:
     `args`: their argument name -> ours. `dropped`: their arguments we ignore, each with why it
     cannot change results. `refused`: their arguments (with the values we accept anyway, e.g.
     the default) we cannot honour, each with what to use instead. `defaults`: their defaults
-    that differ from ours, written out so the meaning stays theirs.
+    that differ from ours, written out so the meaning stays theirs. `moved`: their arguments
+    that are keys of another section here (their name -> where it goes), moved by the
+    retrieval pass (`_translate_retrieval`) with their values converted.
     """
 
     ours: str | None
@@ -38,6 +41,7 @@ class Alias:
     limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
     hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
     json_unshuffled: bool = False  # their `shuffle_seed` leaves local JSON(L) files in order
+    moved: Mapping[str, str] = field(default_factory=dict)
 
 
 _MODEL_DROPPED = {
@@ -57,6 +61,81 @@ _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockI
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 _VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
 _VLM = "automodel.core.models.AutoModelForImageTextToText"
+# retrieval (finetune.bi_encoder, finetune.cross_encoder): their model classes, collators and
+# dataset configs; `_translate_retrieval` moves what they carry into our sections
+BI_ENCODERS = (
+    "nemo_automodel.NeMoAutoModelBiEncoder.from_pretrained",
+    "nemo_automodel._transformers.NeMoAutoModelBiEncoder.from_pretrained",
+    "nemo_automodel._transformers.auto_model.NeMoAutoModelBiEncoder.from_pretrained",
+)
+CROSS_ENCODERS = (
+    "nemo_automodel.NeMoAutoModelCrossEncoder.from_pretrained",
+    "nemo_automodel._transformers.NeMoAutoModelCrossEncoder.from_pretrained",
+    "nemo_automodel._transformers.auto_model.NeMoAutoModelCrossEncoder.from_pretrained",
+)
+BI_COLLATORS = (
+    "nemo_automodel.components.datasets.llm.BiEncoderCollator",
+    "nemo_automodel.components.datasets.llm.retrieval_collator.BiEncoderCollator",
+)
+CROSS_COLLATORS = (
+    "nemo_automodel.components.datasets.llm.CrossEncoderCollator",
+    "nemo_automodel.components.datasets.llm.retrieval_collator.CrossEncoderCollator",
+)
+RETRIEVAL_DATASETS = (  # RetrievalDatasetConfig / make_retrieval_dataset: .jsonl is inline rows
+    "nemo_automodel.components.datasets.llm.retrieval_dataset.RetrievalDatasetConfig",
+    "nemo_automodel.components.datasets.llm.retrieval_dataset.make_retrieval_dataset",
+    "nemo_automodel.components.datasets.llm.make_retrieval_dataset",
+)
+INLINE_DATASETS = (  # their inline-only loader: every file is inline rows
+    "nemo_automodel.components.datasets.llm.retrieval_dataset_inline.InlineRetrievalDatasetConfig",
+    "nemo_automodel.components.datasets.llm.retrieval_dataset_inline.make_retrieval_dataset",
+)
+_EMBEDDER_MOVED = {
+    "pooling": "bi_encoder.pooling (avg -> mean)",
+    "l2_normalize": "bi_encoder.normalize",
+    "do_distributed_inbatch_negative": "bi_encoder.in_batch_negatives, gather_across_ranks",
+    "detach_distributed_inbatch_negatives": "only false (gradients flow through every rank)",
+    "extract_submodel": "not supported",
+}
+_RERANKER_MOVED = {
+    "pooling": "their bidirectional Llama's score head only",
+    "temperature": "their bidirectional Llama's score head only",
+}
+_RETRIEVAL_MODEL_DROPPED = {
+    **_MODEL_DROPPED,
+    "sdpa_method": "an attention-kernel choice for the same computation",
+}
+_DATASET_MOVED = {
+    "n_passages": "num_negatives (n_passages - 1)",
+    "data_type": "train only (eval: validation_dataset is retrieval_eval_set here)",
+    "model_type": "the recipe (bi_encoder or cross_encoder)",
+    "max_train_samples": "a split slice",
+    "train_data_select_offset": "a split slice",
+    "do_shuffle": "shuffle_seed (the run's seed)",
+}
+_DATASET_REFUSED = {
+    "use_dataset_instruction": ((False,), "instructions come from their corpus metadata; put "
+                                "them into the texts or use bi_encoder.query_prefix"),
+    "cycle_positive_docs": ((False,), "each row's first positive is trained on; write one "
+                            "row per positive instead"),
+    "use_text_in_document": ((False,), "retrieval here is text only"),
+}  # fmt: skip
+_DATASET_DROPPED = {"eval_negative_size": "used by data_type: eval only"}
+_COLLATOR_DROPPED = {
+    "padding": "how far batches are padded; padding is masked out",
+    "pad_to_multiple_of": "how far batches are padded; padding is masked out",
+}
+_BI_COLLATOR_MOVED = {
+    "q_max_len": "bi_encoder.query_max_length",
+    "p_max_len": "bi_encoder.passage_max_length",
+    "query_prefix": "bi_encoder.query_prefix (+ the space their collator adds)",
+    "passage_prefix": "bi_encoder.passage_prefix (+ the space their collator adds)",
+    "use_dataset_instruction": "only false",
+}
+_CROSS_COLLATOR_MOVED = {
+    "rerank_max_length": "cross_encoder.max_length",
+    "prompt_template": "only their default (see docs/migrating.md)",
+}
 
 # Their target -> ours. The one table (printed in docs/migrating.md).
 TARGET_ALIASES: dict[str, Alias] = {
@@ -186,6 +265,45 @@ TARGET_ALIASES: dict[str, Alias] = {
         None,  # finetune.vlm's VisionChatCollator: the processor's template, labels on answers
         dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},
     ),
+    # finetune.bi_encoder / finetune.cross_encoder (what they carry: see _translate_retrieval)
+    **{
+        path: Alias(
+            "automodel.core.models.AutoModel.from_pretrained",
+            dropped=_RETRIEVAL_MODEL_DROPPED,
+            moved=_EMBEDDER_MOVED,
+        )
+        for path in BI_ENCODERS
+    },
+    **{
+        path: Alias(
+            "automodel.core.models.AutoModelForSequenceClassification.from_pretrained",
+            dropped=_RETRIEVAL_MODEL_DROPPED,
+            moved=_RERANKER_MOVED,
+        )
+        for path in CROSS_ENCODERS
+    },
+    **{
+        path: Alias(None, dropped=_COLLATOR_DROPPED, moved=_BI_COLLATOR_MOVED)
+        for path in BI_COLLATORS
+    },
+    **{
+        path: Alias(
+            None,
+            dropped={**_COLLATOR_DROPPED, "return_tensors": "tensors are what batches hold"},
+            moved=_CROSS_COLLATOR_MOVED,
+        )
+        for path in CROSS_COLLATORS
+    },
+    **{
+        path: Alias(
+            "automodel.core.data.retrieval_dataset",
+            args={"data_dir_list": "path"},
+            dropped=_DATASET_DROPPED,
+            refused=_DATASET_REFUSED,
+            moved=_DATASET_MOVED,
+        )
+        for path in (*RETRIEVAL_DATASETS, *INLINE_DATASETS)
+    },
 }
 
 # Their targets we know and do not have, with what to use instead.
@@ -209,12 +327,18 @@ RECIPES = {
     "KnowledgeDistillationRecipeForNextTokenPrediction": "kd.llm",
     "BenchmarkingRecipeForNextTokenPrediction": "benchmark.llm",
     "FinetuneRecipeForVLM": "finetune.vlm",  # runs once a finetune.vlm recipe is installed
+    "TrainBiEncoderRecipe": "finetune.bi_encoder",
+    "TrainCrossEncoderRecipe": "finetune.cross_encoder",
+    "MineHardNegativesRecipe": "mine.hard_negatives",
 }
 
 
 def looks_like_nemo(data: Mapping[str, Any]) -> bool:
-    """True for a config in NeMo AutoModel's spelling: a `recipe:` key or a nemo_automodel target."""
-    return "recipe" in data or _names_nemo(data)
+    """True for a config in NeMo AutoModel's spelling: a `recipe:` key, a nemo_automodel target,
+    or their hard-negative mining keys (their mining config names no recipe)."""
+    mining = data.get("mining")
+    theirs = isinstance(mining, Mapping) and any(key in MINING_KEYS for key in mining)
+    return "recipe" in data or theirs or _names_nemo(data)
 
 
 def _names_nemo(value: Any) -> bool:
@@ -257,4 +381,10 @@ def their_arguments(path: str) -> set[str]:
     alias = TARGET_ALIASES.get(path)
     if alias is None:
         return set()
-    return {*alias.args, *alias.dropped, *alias.refused, *([alias.limit] if alias.limit else [])}
+    return {
+        *alias.args,
+        *alias.dropped,
+        *alias.refused,
+        *alias.moved,
+        *([alias.limit] if alias.limit else []),
+    }

@@ -69,3 +69,41 @@ _OURS: dict[str, tuple[str, ...]] = {
     ),
     "lr_scheduler": ("warmup_steps", "style", "min_lr", "decay_fraction"),
 }  # fmt: skip
+
+# Their hard-negative mining keys (`mining:` of their MineHardNegativesRecipe) -> ours, for the
+# keys that mean the same here; the others are handled one by one in `_translate_retrieval`.
+MINING_RENAMES = {
+    "model_name_or_path": "model",
+    "train_file_output_path": "output",
+    "hard_negatives_to_mine": "num_negatives",
+    "hard_neg_margin": "margin",
+    "hard_neg_margin_type": "margin_type",
+    "corpus_chunk_size": "chunk_size",
+    "cache_embeddings_dir": "cache_dir",
+}
+# Their mining keys that only say how fast or in what memory the same result is computed.
+MINING_DROPS = {
+    "mining_batch_size": "how many queries are scored at once",
+    "query_embedding_batch_size": "how many texts are embedded at once (here mining.batch_size)",
+    "document_embedding_batch_size": "how many texts are embedded at once (here mining.batch_size)",
+    "load_embeddings_from_cache": "corpus embeddings are reused whenever the model and corpus match",
+    "attn_implementation": "an attention-kernel choice for the same computation",
+}
+MINING_KEYS = (
+    *MINING_RENAMES,
+    *MINING_DROPS,
+    "train_qa_file_path",
+    "tokenizer_name_or_path",
+    "add_bos_token",
+    "add_eos_token",
+    "use_negatives_from_file",
+    "query_prefix",
+    "passage_prefix",
+    "query_max_length",
+    "passage_max_length",
+)
+_THEIR_KEYS["mining"] = list(MINING_KEYS)
+_OURS["mining"] = (
+    "model", "queries", "corpus", "output", "top_k", "num_negatives", "min_negatives", "margin",
+    "margin_type", "search", "batch_size", "chunk_size", "cache_dir", "overwrite", "device",
+)  # fmt: skip

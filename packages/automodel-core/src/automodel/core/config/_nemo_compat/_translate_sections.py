@@ -287,9 +287,10 @@ class _SectionPasses(_TranslatorBase):
             collate = node.get("collate_fn")
             if isinstance(collate, dict) and not collate:  # default_collater, its target dropped
                 del node["collate_fn"]
-                self.changed[name] = (
-                    self.changed.get(name, "") + "; default_collater is the default collate"
-                )
+                if name not in self.moved_collators:  # a retrieval collator says so itself
+                    said = self.changed.get(name)
+                    default = "default_collater is the default collate"
+                    self.changed[name] = f"{said}; {default}" if said else default
 
     def step_scheduler(self) -> None:
         steps = self.data.get("step_scheduler")

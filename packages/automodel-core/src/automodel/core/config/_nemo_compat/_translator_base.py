@@ -19,6 +19,7 @@ class _TranslatorBase:
         self.notes: list[str] = []
         self.problems: list[Problem] = []
         self.recipe: str | None = None
+        self.moved_collators: set[str] = set()  # loaders whose collate_fn is a section here
 
     # -- helpers -------------------------------------------------------------------------------
     def at(self, path: str) -> str:
