@@ -366,6 +366,10 @@ def test_inline_and_corpus_id_rows_give_the_same_items(tmp_path):
     assert [a[i] for i in range(2)] == [b[i] for i in range(2)]
     assert a[1]["passages"] == ["delta text", "beta text", "beta text"]  # one negative, cycled
     assert sorted(a[0]["passages"][1:]) == ["beta text", "gamma text"]
+    firsts = retrieval_dataset(by_id, corpus=corpus, num_negatives=1, sample_negatives=False)
+    assert [firsts[i]["passages"] for i in range(2)] == [["alpha text", "beta text"], ["delta text", "beta text"]]  # fmt: skip
+    sampled = {tuple(retrieval_dataset(inline, num_negatives=1, seed=s)[0]["passages"]) for s in range(8)}  # fmt: skip
+    assert len(sampled) == 2  # the seed picks among the row's negatives
     evaluation = retrieval_eval_set(by_id, corpus)
     assert evaluation.relevant == [{0}, {3}] and evaluation.candidates == [[0, 1, 2], [3, 1]]
 

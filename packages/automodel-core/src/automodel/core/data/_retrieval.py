@@ -56,7 +56,8 @@ def load_corpus(
 class RetrievalDataset(Dataset):
     """Items {"query": str, "passages": [positive, negative_1, ..., negative_n]}, n =
     `num_negatives`: a row's negatives are sampled (without replacement while it has enough,
-    then cycling), seeded per row so that every epoch and every resume sees the same ones."""
+    then cycling), seeded per row so that every epoch and every resume sees the same ones; or,
+    with `sample_negatives=False`, its first n in order (mined rows list the hardest first)."""
 
     def __init__(
         self,
@@ -65,17 +66,22 @@ class RetrievalDataset(Dataset):
         negatives: list[list[str]],
         num_negatives: int,
         seed: int = 0,
+        sample_negatives: bool = True,
     ):
         self.queries, self.positives, self.negatives = queries, positives, negatives
         self.num_negatives, self.seed = num_negatives, seed
+        self.sample_negatives = sample_negatives
 
     def __len__(self) -> int:
         return len(self.queries)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         negatives = self.negatives[index]
-        rng = random.Random(self.seed * 1_000_003 + index)
-        picked = rng.sample(negatives, min(len(negatives), self.num_negatives))
+        count = min(len(negatives), self.num_negatives)
+        if self.sample_negatives:
+            picked = random.Random(self.seed * 1_000_003 + index).sample(negatives, count)
+        else:
+            picked = negatives[:count]
         while len(picked) < self.num_negatives:  # fewer than asked: cycle through them again
             picked.append(negatives[len(picked) % len(negatives)])
         return {"query": self.queries[index], "passages": [self.positives[index][0], *picked]}
@@ -88,11 +94,13 @@ def retrieval_dataset(
     corpus: str | Path | None = None,
     num_negatives: int = 1,
     seed: int = 0,
+    sample_negatives: bool = True,
     name: str | None = None,
     shuffle_seed: int | None = None,
 ) -> RetrievalDataset:
     """Training rows (query, positive, hard negatives) from JSON(L), parquet or any `datasets`
-    source, with passages inline or as ids of `corpus`; `num_negatives` per query."""
+    source, with passages inline or as ids of `corpus`; `num_negatives` per query, sampled
+    from the row's with `seed`, or its first ones when `sample_negatives` is False."""
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 0:
         raise DataError(f"num_negatives must be an integer >= 0, got {num_negatives!r}")
     source = f"retrieval_dataset({path}, split={split})"
@@ -127,7 +135,7 @@ def retrieval_dataset(
         negatives.append(neg)
     if not queries:
         raise DataError(f"{source}: no rows")
-    return RetrievalDataset(queries, positives, negatives, num_negatives, seed)
+    return RetrievalDataset(queries, positives, negatives, num_negatives, seed, sample_negatives)
 
 
 @dataclass
