@@ -303,7 +303,14 @@ def main() -> None:
     docs, ids = corpus("validation", validation_facts, rng)
     pairs = queries(validation_facts, ids, rng, VALIDATION_QUERIES_PER_TOWN)
     write(HERE / "validation_corpus.jsonl", docs)
-    write(HERE / "validation.jsonl", [{"query": q, "pos_ids": [pos]} for q, pos in pairs])
+    # A reranker's candidates: every other document of the positive's town (facts, twins and
+    # loose distractors), the hard part of the list a first-stage retriever returns.
+    town_of = {doc_id: town for (town, _), doc_id in ids.items()}
+    same_town = {
+        pos: [i for i in ids.values() if town_of[i] == town_of[pos] and i != pos] for _, pos in pairs
+    }
+    rows = [{"query": q, "pos_ids": [pos], "neg_ids": sorted(same_town[pos])} for q, pos in pairs]
+    write(HERE / "validation.jsonl", rows)
 
 
 if __name__ == "__main__":
