@@ -58,6 +58,9 @@ KD = "examples/llm_kd/tiny_kd.yaml"
 BENCH = "examples/llm_benchmark/tiny_cpu.yaml"
 ZLOSS = "examples/recipe_package/tiny_zloss.yaml"
 VLM = "examples/vlm_finetune/tiny_vlm.yaml"
+BI = "examples/retrieval/tiny_bi_encoder.yaml"
+CROSS = "examples/retrieval/tiny_cross_encoder.yaml"
+MINE = "examples/retrieval/mine_hard_negatives.yaml"
 B = f"{AM} benchmark llm -c {BENCH} --nproc-per-node 2"  # docs/benchmark_recipe.md's $B
 TIMEOUT = 300  # seconds, per command
 
@@ -292,6 +295,46 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         why="the example's data on 2 processes, FSDP2 and DDP, against one process",
     ),
     f"{AM} validate finetune vlm -c {VLM}": Run(expect=("config OK",)),
+    # --- README.md and docs/retrieval_recipe.md: train, mine, train on the mined rows, rerank ---
+    f"{AM} finetune bi_encoder -c {BI}": Run(
+        group="retrieval",
+        steps=4,
+        files=(
+            "runs/tiny_bi_encoder/checkpoints/epoch_0_step_4/model/model.safetensors",
+            "runs/tiny_bi_encoder/checkpoints/epoch_0_step_4/model/modules.json",
+        ),
+        expect=("mrr@10",),
+    ),
+    f"{AM} mine hard_negatives -c {MINE}": Run(
+        group="retrieval",
+        files=("runs/mined/train_hard_negatives.jsonl",),
+        expect=("hard negatives each to runs/mined/train_hard_negatives.jsonl",),
+    ),
+    f"{AM} finetune cross_encoder -c {CROSS}": Run(group="retrieval", steps=4, expect=("mrr@10",)),
+    ("docs/retrieval_recipe.md", f"{AM} finetune bi_encoder -c {BI}"): Shared(
+        group="retrieval", why=SAME
+    ),
+    ("docs/retrieval_recipe.md", f"{AM} mine hard_negatives -c {MINE}"): Shared(
+        group="retrieval", why=SAME
+    ),
+    ("docs/retrieval_recipe.md", f"{AM} finetune cross_encoder -c {CROSS}"): Shared(
+        group="retrieval", why=SAME
+    ),
+    f"{AM} finetune bi_encoder -c {BI} --nproc-per-node 2 --step_scheduler.local_batch_size 16": Shared(
+        test="tests/recipes/test_retrieval.py::test_two_ranks_with_gathered_negatives_train_as_one_process",
+        why="the example's data on 2 processes, FSDP2 and DDP, against one process",
+    ),
+    (
+        f"{AM} finetune bi_encoder -c {BI} --dataset.path runs/mined/train_hard_negatives.jsonl "
+        "--+dataset.corpus examples/retrieval/assets/corpus.jsonl --dataset.num_negatives 3 "
+        "--logging.run_dir runs/tiny_bi_encoder_mined "
+        "--checkpoint.checkpoint_dir runs/tiny_bi_encoder_mined/checkpoints"
+    ): Run(
+        group="retrieval",
+        steps=4,
+        later=True,  # trains on what the mining command wrote
+        files=("runs/tiny_bi_encoder_mined/checkpoints/epoch_0_step_4/model/modules.json",),
+    ),
     # --- docs/kd_recipe.md: distil, the same with CE alone, compare ---------------------------
     f"{AM} kd llm -c {KD} --nproc-per-node 2": Shared(
         test="tests/recipes/test_llm_kd.py::test_two_fsdp2_ranks_train_as_one_process",

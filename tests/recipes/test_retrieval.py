@@ -27,7 +27,7 @@ CROSS = REPO / "examples/retrieval/tiny_cross_encoder.yaml"
 MINE = REPO / "examples/retrieval/mine_hard_negatives.yaml"
 STEPS, MIDDLE = 6, 3
 NO_DROPOUT = ["--+model.hidden_dropout_prob=0.0", "--+model.attention_probs_dropout_prob=0.0"]
-TEXTS = ["Who leads Rosavel?", "which town sells copper abroad, and to whom does it sell it?"]
+TEXTS = ["Who leads Halenth today?", "which town sells copper abroad, and to whom does it sell it?"]
 
 
 def head(name: str, dst: Path, lines: int) -> Path:

@@ -97,6 +97,12 @@ def run(cfg: ConfigNode) -> Path:
             "neg_ids": [ids[c] for c, _ in kept],
             "neg_scores": [round(s, 6) for _, s in kept],
         })  # fmt: skip
+    if not rows:
+        raise UserError(
+            f"no query kept {options.min_negatives} hard negative(s): every candidate in each "
+            f"query's top {options.top_k} is a positive or within the margin of one; raise "
+            "mining.top_k, loosen mining.margin, or lower mining.min_negatives"
+        )
     output = Path(options.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
