@@ -28,7 +28,8 @@ def test_unknown_recipe_names_it_lists_installed_and_suggests(run_cli, write_con
         result,
         "no recipe named 'tset.echo' is installed",
         "Did you mean 'test.echo'?",
-        "Installed recipes: benchmark.llm, finetune.llm, finetune.vlm, kd.llm, pretrain.llm, "
+        "Installed recipes: benchmark.llm, finetune.bi_encoder, finetune.cross_encoder, "
+        "finetune.llm, finetune.vlm, kd.llm, mine.hard_negatives, pretrain.llm, "
         "test.argv, test.broken, test.dist, test.echo, test.nodoc, test.wait.",
         "pip install automodel-recipes",
         "'automodel.recipes'",
