@@ -69,6 +69,7 @@ _PARTS = {
     "MoeStep": "_moe",
     # the step, validation and saving
     "OptimizerStep": "_step",
+    "build_training": "_step",
     "model_flops_per_token": "_step",
     "validate": "_step",
     "hf_extras_writer": "_checkpointing",

@@ -6,11 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from automodel.core.optim import build_optimizer
 from automodel.core.training import (
     MetricsSample,
     StepScheduler,
@@ -20,9 +21,14 @@ from automodel.core.training import (
     training_flops_per_token,
 )
 
+from ._builders import build_scheduler
 from ._moe import MoeStep
 from ._parallel import Parallel
+from ._sections import ClipGradNorm, read_section
 from ._telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from ._run import RunContext
 
 log = logging.getLogger("automodel.recipes")
 
@@ -98,6 +104,33 @@ class OptimizerStep:
             num_real_tokens=int(real_total),
             extra=extra,
         )
+
+
+def build_training(
+    run: RunContext,
+    model: nn.Module,
+    train_loader: Any,
+    moe: MoeStep | None = None,
+    **step_options: Any,
+) -> tuple[torch.optim.Optimizer, Any, Telemetry, OptimizerStep, int]:
+    """(optimizer, LR scheduler, telemetry, optimizer step, total steps) of a training run.
+
+    The optimizer of `optimizer:` over `model`'s trainable parameters, the LR schedule of
+    `lr_scheduler:` over the run's total steps (`step_scheduler:` over `train_loader`), the
+    metrics files and loggers, and the step's clipping per `clip_grad_norm:`. `step_options`
+    go to OptimizerStep (FLOPs per token, peak FLOPs, tied copies). Restore the training
+    state after: it reads these.
+    """
+    cfg = run.cfg
+    optimizer = build_optimizer(model, cfg.optimizer)
+    total = run.step_scheduler.total_steps(len(train_loader))
+    lr_scheduler = build_scheduler(cfg, optimizer, total)
+    telemetry = Telemetry(run.run_dir, run.logging, cfg, total, started=run.started)
+    max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
+    step = OptimizerStep(
+        model, optimizer, lr_scheduler, run.parallel, max_norm, moe, **step_options
+    )
+    return optimizer, lr_scheduler, telemetry, step, total
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ import torch
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, recipe_main
 from automodel.core.losses import count_label_tokens, shift_labels
-from automodel.core.optim import build_optimizer
 from automodel.core.training import (
     GlobalRngState,
     peak_flops_for_device,
@@ -28,16 +27,13 @@ from .. import (
     MODEL_SECTIONS,
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
-    ClipGradNorm,
     MoeStep,
-    OptimizerStep,
     PackedSequence,
     RunViews,
-    Telemetry,
     adapter_extras_writer,
     build_lora_config,
     build_model,
-    build_scheduler,
+    build_training,
     checkpoint_if_due,
     hf_extras_writer,
     is_complete,
@@ -113,18 +109,15 @@ class FinetuneRecipeForCausalLM(RunViews):
         self.train_set, self.train_loader, self.val_loader = build_loaders(
             cfg, self.tokenizer, local, ctx.seed, *shard
         )
-        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
-        total = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
-        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
-        self.optimizer_step = OptimizerStep(
-            self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel,
-            read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm, self.moe,
-            self.flops_per_token,
-            peak_flops_for_device() if self.device.type == "cuda" else None,
-            self.pipeline.tied_copies if self.pipeline is not None else [],
+        self.optimizer, self.lr_scheduler, self.telemetry, self.optimizer_step, total = (
+            build_training(
+                ctx, self.unwrapped, self.train_loader, self.moe,
+                flops_per_token=self.flops_per_token,
+                peak_flops=peak_flops_for_device() if self.device.type == "cuda" else None,
+                tied_copies=self.pipeline.tied_copies if self.pipeline is not None else [],
+            )
         )  # fmt: skip
+        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
         efficiency = getattr(self.train_set, "efficiency", None)
         if efficiency is not None:
             log.info("packing efficiency: %.1f%% real tokens per slot", 100 * efficiency)

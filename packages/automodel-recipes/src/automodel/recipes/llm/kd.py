@@ -23,19 +23,15 @@ from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss
 from automodel.core.models import load_model_config
-from automodel.core.optim import build_optimizer
 from automodel.core.training import MetricsSample
 
 from .. import (
-    ClipGradNorm,
     MoeStep,
-    OptimizerStep,
     RunViews,
-    Telemetry,
     adapter_extras_writer,
     build_lora_config,
     build_model,
-    build_scheduler,
+    build_training,
     hf_extras_writer,
     preflight,
     prepare_model,
@@ -165,15 +161,10 @@ class KDRecipeForCausalLM(RunViews):
         self.train_set, self.train_loader, self.val_loader = build_loaders(
             cfg, self.tokenizer, batch_size, ctx.seed, shard, self.parallel.dp_size
         )
-        self.optimizer = build_optimizer(student, cfg.optimizer)  # never the teacher's weights
-        steps = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build_scheduler(cfg, self.optimizer, steps)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, steps, started=ctx.started)
+        self.optimizer, self.lr_scheduler, self.telemetry, self.apply_step, steps = build_training(
+            ctx, student, self.train_loader, self.moe
+        )  # never the teacher's
         restore_training_state(ctx, student, self.telemetry, **self.training_state())
-        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.apply_step = OptimizerStep(
-            student, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
-        )
         sizes = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (student, self.teacher)]
         log.info(
             "student %.2fM parameters, teacher %.2fM (%s) on %s; %d training steps", *sizes,

@@ -24,7 +24,6 @@ from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import BiEncoderCollator, TextCollator, split_towers
 from automodel.core.losses import contrastive_loss
 from automodel.core.models import POOLINGS, BiEncoder, bidirectional
-from automodel.core.optim import build_optimizer
 from automodel.core.training import retrieval_metric_sums
 
 from .. import (
@@ -33,15 +32,12 @@ from .. import (
     MODEL_SECTIONS,
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
-    ClipGradNorm,
     MoeStep,
-    OptimizerStep,
     RunViews,
-    Telemetry,
     adapter_extras_writer,
     build_lora_config,
     build_model,
-    build_scheduler,
+    build_training,
     hf_extras_writer,
     preflight,
     prepare_model,
@@ -141,15 +137,10 @@ class BiEncoderRecipe(RunViews):
         self.train_set, self.train_loader, self.eval_set, self.val_loader = build_retrieval_loaders(
             cfg, collate, IndexedCollator(queries), local, *shard
         )
-        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
-        total = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
-        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
-        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.optimizer_step = OptimizerStep(
-            self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
+        self.optimizer, self.lr_scheduler, self.telemetry, self.optimizer_step, total = (
+            build_training(ctx, self.unwrapped, self.train_loader, self.moe)
         )
+        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
         params = sum(p.numel() for p in self.unwrapped.parameters()) / 1e6
         log.info(
             "model: %s, %.2fM parameters on %s, %s pooling%s; %d training steps",

@@ -22,7 +22,6 @@ from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import CrossEncoderCollator, RetrievalEvalSet
 from automodel.core.losses import listwise_cross_entropy
-from automodel.core.optim import build_optimizer
 from automodel.core.training import retrieval_metric_sums
 
 from .. import (
@@ -31,15 +30,12 @@ from .. import (
     MODEL_SECTIONS,
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
-    ClipGradNorm,
     MoeStep,
-    OptimizerStep,
     RunViews,
-    Telemetry,
     adapter_extras_writer,
     build_lora_config,
     build_model,
-    build_scheduler,
+    build_training,
     hf_extras_writer,
     preflight,
     prepare_model,
@@ -124,15 +120,10 @@ class CrossEncoderRecipe(RunViews):
             message = "a reranker is validated on candidates: give each row `neg_ids` beside `pos_ids`"  # fmt: skip
             raise config_problem(cfg, "validation_dataset", message)
         self.group = 1 + self.train_set.num_negatives  # passages per query
-        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
-        total = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
-        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
-        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.optimizer_step = OptimizerStep(
-            self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
+        self.optimizer, self.lr_scheduler, self.telemetry, self.optimizer_step, total = (
+            build_training(ctx, self.unwrapped, self.train_loader, self.moe)
         )
+        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
         params = sum(p.numel() for p in self.unwrapped.parameters()) / 1e6
         log.info(
             "model: %s, %.2fM parameters on %s; %d passages per query; %d training steps",

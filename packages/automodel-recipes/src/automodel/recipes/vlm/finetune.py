@@ -20,7 +20,6 @@ import torch
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, recipe_main
 from automodel.core.losses import count_label_tokens
-from automodel.core.optim import build_optimizer
 from automodel.core.training import exact_match_counts
 
 from .. import (
@@ -29,19 +28,15 @@ from .. import (
     MODEL_SECTIONS,
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
-    ClipGradNorm,
     MoeStep,
-    OptimizerStep,
     RunViews,
-    Telemetry,
     adapter_extras_writer,
     build_lora_config,
     build_model,
-    build_scheduler,
+    build_training,
     hf_extras_writer,
     preflight,
     prepare_model,
-    read_section,
     restore_training_state,
     run_then_shutdown,
     shard_model,
@@ -112,15 +107,10 @@ class FinetuneRecipeForVLM(RunViews):
         self.train_set, self.train_loader, self.val_loader = build_vlm_loaders(
             cfg, processor, local, ctx.seed, *shard
         )
-        self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
-        total = self.step_scheduler.total_steps(len(self.train_loader))
-        self.lr_scheduler = build_scheduler(cfg, self.optimizer, total)
-        self.telemetry = Telemetry(self.run_dir, ctx.logging, cfg, total, started=ctx.started)
-        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
-        max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm
-        self.optimizer_step = OptimizerStep(
-            self.unwrapped, self.optimizer, self.lr_scheduler, self.parallel, max_norm, self.moe
+        self.optimizer, self.lr_scheduler, self.telemetry, self.optimizer_step, total = (
+            build_training(ctx, self.unwrapped, self.train_loader, self.moe)
         )
+        restore_training_state(ctx, self.unwrapped, self.telemetry, **self.training_state())
         trainable = sum(p.numel() for p in self.unwrapped.parameters() if p.requires_grad)
         params = sum(p.numel() for p in self.unwrapped.parameters())
         log.info(
