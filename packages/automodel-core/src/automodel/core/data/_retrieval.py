@@ -198,15 +198,8 @@ class TextCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            [self.prefix + text for text in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            return_tensors="pt",
-        )
-        return dict(encoded)
+        texts = [self.prefix + text for text in texts]
+        return _tokenize(self.tokenizer, self.max_length, self.pad_to_multiple_of, texts)
 
 
 class BiEncoderCollator:
@@ -253,16 +246,24 @@ class CrossEncoderCollator:
 
     def pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenized (query, passage) pairs, as a reranker scores them."""
-        encoded = self.tokenizer(
-            list(queries),
-            list(passages),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            return_tensors="pt",
-        )
-        return dict(encoded)
+        pairs = (list(queries), list(passages))
+        return _tokenize(self.tokenizer, self.max_length, self.pad_to_multiple_of, *pairs)
+
+
+def _tokenize(
+    tokenizer: Any, max_length: int, pad_to_multiple_of: int | None, *texts: list[str]
+) -> dict[str, torch.Tensor]:
+    """Texts (or text pairs) as padded tensors, cut at `max_length`, as sentence-transformers
+    tokenizes them."""
+    encoded = tokenizer(
+        *texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        pad_to_multiple_of=pad_to_multiple_of,
+        return_tensors="pt",
+    )
+    return dict(encoded)
 
 
 def split_towers(batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
