@@ -307,7 +307,8 @@ def main() -> None:
     # loose distractors), the hard part of the list a first-stage retriever returns.
     town_of = {doc_id: town for (town, _), doc_id in ids.items()}
     same_town = {
-        pos: [i for i in ids.values() if town_of[i] == town_of[pos] and i != pos] for _, pos in pairs
+        pos: [i for i in ids.values() if town_of[i] == town_of[pos] and i != pos]
+        for _, pos in pairs
     }
     rows = [{"query": q, "pos_ids": [pos], "neg_ids": sorted(same_town[pos])} for q, pos in pairs]
     write(HERE / "validation.jsonl", rows)
