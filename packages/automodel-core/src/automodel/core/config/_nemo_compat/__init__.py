@@ -10,9 +10,9 @@ use instead; what we drop is a note, and only where dropping it cannot change th
 
 The pieces: `_aliases` (the target table, `alias_for`, `their_arguments`, `looks_like_nemo`),
 `_keys` (their section keys: renames, drops, known names), `_translate` (`translate`, run as
-passes: `_translate_retrieval` first, for their retrieval model classes, collators, datasets,
-`temperature` and `mining:` keys, whose settings are our `bi_encoder:` / `cross_encoder:` /
-`mining:` sections; `_translate_targets` for targets and their arguments,
+passes: `_translate_retrieval` (with `_translate_retrieval_data`) first, for their retrieval
+model classes, collators, datasets, `temperature` and `mining:` keys, whose settings are our
+`bi_encoder:` / `cross_encoder:` / `mining:` sections; `_translate_targets` for targets and their arguments,
 `_translate_sections` for top-level keys and sections, `_translate_features` for `fp8:`,
 `quantization:` and `wandb.enable`, over the state in `_translator_base`) and `_migrate`
 (`automodel migrate`).
