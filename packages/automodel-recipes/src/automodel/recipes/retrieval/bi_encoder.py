@@ -5,8 +5,8 @@ automodel finetune bi_encoder -c examples/retrieval/tiny_bi_encoder.yaml
 
 The backbone is any Hugging Face model that returns hidden states (`automodel.core.models.
 AutoModel`: BERT, ModernBERT, or a Llama/Qwen decoder made bidirectional); `bi_encoder:` says
-how they become embeddings. What is the same as fine-tuning an LLM is finetune.llm's, by name
-below: the loop with gradient accumulation (normalised by the step's queries), checkpoints,
+how they become embeddings. What is the same as fine-tuning an LLM is finetune.llm's, taken by
+name in `RetrievalLoop`: the loop with gradient accumulation (normalised by the step's queries), checkpoints,
 exact resume and preemption. Validation searches a held-out corpus: recall@k, MRR@10, nDCG@10.
 Checkpoints are Hugging Face model folders that sentence-transformers loads as they are.
 """
@@ -33,7 +33,6 @@ from .. import (
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
     MoeStep,
-    RunViews,
     adapter_extras_writer,
     build_lora_config,
     build_model,
@@ -49,8 +48,8 @@ from .. import (
 )
 from .._errors import config_problem
 from ..llm._data import build_tokenizer
-from ..llm.finetune import FinetuneRecipeForCausalLM as Finetune
 from ._data import RETRIEVAL_SECTIONS, Evaluation, IndexedCollator, build_retrieval_loaders
+from ._loop import RetrievalLoop
 from ._search import search_corpus
 from ._sentence_transformers import SentenceTransformerFiles
 
@@ -84,19 +83,8 @@ SECTIONS = {
 }
 
 
-class BiEncoderRecipe(RunViews):
+class BiEncoderRecipe(RetrievalLoop):
     """Contrastive training of an embedding model: `setup()`, then the train/validation loop."""
-
-    run_train_validation_loop = Finetune.run_train_validation_loop
-    train_steps = Finetune.train_steps  # calls forward_loss, count_targets, real_tokens below
-    forward_backward = Finetune.forward_backward
-    training_state = Finetune.training_state
-    validate = Finetune.validate  # calls self.validation_totals below
-    save = Finetune.save
-
-    def __init__(self, cfg: ConfigNode):
-        self.cfg = cfg
-        self.pipeline = None  # check() refuses pp_size > 1
 
     def setup(self) -> None:
         """Build every piece from the config, in the order infrastructure must be applied."""
@@ -147,10 +135,6 @@ class BiEncoderRecipe(RunViews):
             type(self.unwrapped).__name__, params, self.device, options.pooling,
             ", normalised" if options.normalize else "", total,
         )  # fmt: skip
-
-    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A training batch as it comes: no labels to shift, no sequence to split."""
-        return batch
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
         """What the step's loss is normalised by, in one micro-batch: its queries."""

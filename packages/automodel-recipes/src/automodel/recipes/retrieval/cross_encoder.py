@@ -5,7 +5,7 @@ automodel finetune cross_encoder -c examples/retrieval/tiny_cross_encoder.yaml
 
 The model is any Hugging Face sequence classifier with one output (`automodel.core.models.
 AutoModelForSequenceClassification`, `num_labels: 1`). The loop, checkpoints, exact resume and
-preemption are finetune.llm's, by name below. Validation reranks each held-out query's
+preemption are finetune.llm's, taken by name in `RetrievalLoop`. Validation reranks each held-out query's
 candidates (its positives and `neg_ids`): MRR@10, nDCG@10, recall@k. Checkpoints are Hugging
 Face model folders that `sentence_transformers.CrossEncoder` loads as they are.
 """
@@ -31,7 +31,6 @@ from .. import (
     OPTIMIZER_SECTIONS,
     RUN_SECTIONS,
     MoeStep,
-    RunViews,
     adapter_extras_writer,
     build_lora_config,
     build_model,
@@ -47,8 +46,8 @@ from .. import (
 )
 from .._errors import config_problem
 from ..llm._data import build_tokenizer
-from ..llm.finetune import FinetuneRecipeForCausalLM as Finetune
 from ._data import RETRIEVAL_SECTIONS, Evaluation, build_retrieval_loaders
+from ._loop import RetrievalLoop
 
 log = logging.getLogger("automodel.recipes.retrieval")
 
@@ -71,19 +70,8 @@ SECTIONS = {
 }
 
 
-class CrossEncoderRecipe(RunViews):
+class CrossEncoderRecipe(RetrievalLoop):
     """Group-wise training of a reranker: `setup()`, then the train/validation loop."""
-
-    run_train_validation_loop = Finetune.run_train_validation_loop
-    train_steps = Finetune.train_steps  # calls forward_loss, count_targets, real_tokens below
-    forward_backward = Finetune.forward_backward
-    training_state = Finetune.training_state
-    validate = Finetune.validate  # calls self.validation_totals below
-    save = Finetune.save
-
-    def __init__(self, cfg: ConfigNode):
-        self.cfg = cfg
-        self.pipeline = None  # check() refuses pp_size > 1
 
     def setup(self) -> None:
         """Build every piece from the config, in the order infrastructure must be applied."""
@@ -129,10 +117,6 @@ class CrossEncoderRecipe(RunViews):
             "model: %s, %.2fM parameters on %s; %d passages per query; %d training steps",
             type(model).__name__, params, self.device, self.group, total,
         )  # fmt: skip
-
-    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A training batch as it comes: no labels to shift, no sequence to split."""
-        return batch
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
         """What the step's loss is normalised by, in one micro-batch: its queries."""
