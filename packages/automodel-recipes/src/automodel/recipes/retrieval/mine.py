@@ -3,10 +3,10 @@ positives, written as training rows for the next run.
 
 automodel mine hard_negatives -c examples/retrieval/mine_hard_negatives.yaml
 
-The corpus is embedded `chunk_size` passages at a time into a cache file beside the output
-(memory-mapped, so a corpus larger than memory is fine, and a rerun with the same model and
+The corpus is embedded `batch_size` passages at a time straight into a cache file beside the
+output (memory-mapped, so a corpus larger than memory is fine, and a rerun with the same model and
 corpus reuses it); then each query's top `top_k` passages are found by exact search (or faiss,
-with the `faiss` extra). Positives are dropped, and so is every candidate scoring too close to
+with the `faiss` extra) over `chunk_size` cached passages at a time. Positives are dropped, and so is every candidate scoring too close to
 the query's positives (a likely unlabelled positive): above `margin` x the lowest positive score
 (`margin_type: relative`, for cosine scores) or above it minus `margin` (`absolute`). The
 `num_negatives` best that remain are written (queries left with fewer than `min_negatives` are
@@ -29,11 +29,12 @@ import torch
 
 from automodel.checkpoint import atomic_write_text
 from automodel.core.config import ConfigNode, Section, UserError, recipe_main
-from automodel.core.data import TextCollator, load_corpus, load_rows
+from automodel.core.data import TextCollator, retrieval_eval_set
 from automodel.core.logging import ProgressBar, setup_logging
 from automodel.core.training import TopK
 
 from .._errors import config_problem
+from .._sections import read_section
 from ._embedding_model import EmbeddingModel, load_embedding_model
 
 log = logging.getLogger("automodel.recipes.retrieval")
@@ -55,7 +56,7 @@ class Mining:
     margin_type: str = "relative"  # relative | absolute
     search: str = "exact"  # exact | faiss
     batch_size: int = 64  # texts embedded at once
-    chunk_size: int = 4096  # passages embedded and searched at a time
+    chunk_size: int = 4096  # cached passages searched at a time
     cache_dir: str | None = None  # default: <output>.cache/
     overwrite: bool = False  # replace an existing output file
     device: str = "auto"  # auto (cuda if present) | cpu | cuda
@@ -73,10 +74,10 @@ def run(cfg: ConfigNode) -> Path:
     )  # fmt: skip
     model = load_embedding_model(options.model)
     model.encoder.to(device).eval()
-    texts = load_corpus(options.corpus)
-    ids = list(texts)
-    queries, positives = _queries(options.queries, {doc_id: i for i, doc_id in enumerate(ids)})
-    cache = _corpus_embeddings(model, list(texts.values()), options, device)
+    # Queries with their positives' corpus positions; an unknown id is named with its row.
+    wanted = retrieval_eval_set(options.queries, options.corpus)
+    queries, positives, ids = wanted.queries, wanted.relevant, wanted.corpus_ids
+    cache = _corpus_embeddings(model, wanted.corpus, options, device)
     query_vectors = _embed(model, queries, model.query_prefix, options, device, "queries")
     positive_scores = _positive_scores(query_vectors, cache, positives)
     top = _search(query_vectors, cache, min(options.top_k, len(ids)), options)
@@ -112,23 +113,6 @@ def run(cfg: ConfigNode) -> Path:
         "more", len(rows), options.num_negatives, output, short, dropped, options.min_negatives,
     )  # fmt: skip
     return output
-
-
-def _queries(path: str, position: dict[str, int]) -> tuple[list[str], list[set[int]]]:
-    """The queries and their positives' corpus positions; an unknown id is named with its row."""
-    rows = load_rows(path)
-    column = next((c for c in ("query", "question") if c in rows.column_names), None)
-    if column is None or "pos_ids" not in rows.column_names:
-        raise UserError(f"{path}: rows need 'query' (or 'question') and 'pos_ids'; it has {', '.join(rows.column_names)}")  # fmt: skip
-    queries, positives = [], []
-    for index, (query, ids) in enumerate(zip(rows[column], rows["pos_ids"], strict=True)):
-        ids = ids if isinstance(ids, list) else [ids]
-        missing = [str(i) for i in ids if str(i) not in position]
-        if missing or not ids:
-            raise UserError(f"{path}: row {index}: pos_ids {missing or ids} not in the corpus")
-        queries.append(query)
-        positives.append({position[str(i)] for i in ids})
-    return queries, positives
 
 
 @torch.no_grad()
@@ -172,9 +156,7 @@ def _corpus_embeddings(
     array = np.lib.format.open_memmap(
         staging, mode="w+", dtype=np.float32, shape=(len(passages), dim)
     )
-    for start in range(0, len(passages), options.chunk_size):
-        chunk = passages[start : start + options.chunk_size]
-        _embed(model, chunk, model.passage_prefix, options, device, "corpus", array[start : start + len(chunk)])  # fmt: skip
+    _embed(model, passages, model.passage_prefix, options, device, "corpus", out=array)
     array.flush()
     del array
     os.replace(staging, path)  # complete files only: a killed run leaves a staging file
@@ -237,7 +219,7 @@ def _faiss() -> Any:
 
 def check(cfg: ConfigNode) -> Mining:
     """The `mining:` options, checked before any model is loaded."""
-    options = Mining(**{k: v for k, v in cfg.mining.to_dict().items()})
+    options = read_section(cfg, "mining", Mining)
     if options.margin_type not in ("relative", "absolute"):
         raise config_problem(cfg, "mining.margin_type", f"expected relative or absolute, got {options.margin_type!r}")  # fmt: skip
     if options.search not in ("exact", "faiss"):
