@@ -14,7 +14,7 @@ checked against the corpus before training starts, and a missing one is named wi
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,6 @@ def retrieval_dataset(
     source = f"retrieval_dataset({path}, split={split})"
     rows = load_rows(path, split, name=name, shuffle_seed=shuffle_seed)
     texts = load_corpus(corpus) if corpus is not None else None
-    _require_any(rows, _QUERY_COLUMNS, source)
-    _require_any(rows, _POSITIVE_COLUMNS, source)
     if num_negatives and not any(c in rows.column_names for c in _NEGATIVE_COLUMNS):
         raise DataError(
             f"{source}: num_negatives is {num_negatives} but the rows have no 'neg_doc' or "
@@ -115,11 +113,7 @@ def retrieval_dataset(
             "negatives first (automodel mine hard_negatives)"
         )
     queries, positives, negatives = [], [], []
-    for index, ((_, query), (pos_column, positive), (neg_column, negative)) in enumerate(
-        zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
-    ):
-        if not isinstance(query, str) or not query:
-            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
+    for index, query, (pos_column, positive), (neg_column, negative) in _query_rows(rows, source):
         pos = _passages(positive, texts, index, pos_column, source, corpus)
         if not pos:
             raise DataError(f"{source}: row {index}: {pos_column!r} has no positive passage")
@@ -133,8 +127,6 @@ def retrieval_dataset(
         queries.append(query)
         positives.append(pos)
         negatives.append(neg)
-    if not queries:
-        raise DataError(f"{source}: no rows")
     return RetrievalDataset(queries, positives, negatives, num_negatives, seed, sample_negatives)
 
 
@@ -160,14 +152,8 @@ def retrieval_eval_set(
     texts = load_corpus(corpus)
     ids = list(texts)
     position = {doc_id: i for i, doc_id in enumerate(ids)}
-    _require_any(rows, _QUERY_COLUMNS, source)
-    _require_any(rows, _POSITIVE_COLUMNS, source)
     queries, relevant, candidates = [], [], []
-    for index, ((_, query), (pos_column, positive), (neg_column, negative)) in enumerate(
-        zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
-    ):
-        if not isinstance(query, str) or not query:
-            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
+    for index, query, (pos_column, positive), (neg_column, negative) in _query_rows(rows, source):
         pos = [position[i] for i in _ids(positive, position, index, pos_column, source, corpus)]
         if not pos:
             raise DataError(f"{source}: row {index}: {pos_column!r} names no document")
@@ -175,8 +161,6 @@ def retrieval_eval_set(
         queries.append(query)
         relevant.append(set(pos))
         candidates.append(list(dict.fromkeys([*pos, *neg])))
-    if not queries:
-        raise DataError(f"{source}: no rows")
     reranking = any(c in rows.column_names for c in _NEGATIVE_COLUMNS)
     return RetrievalEvalSet(
         queries, relevant, ids, list(texts.values()), candidates if reranking else None
@@ -283,6 +267,20 @@ def _require_any(rows: Any, names: Iterable[str], source: str) -> str:
         f"{source}: no {' or '.join(repr(n) for n in names)} column; the rows have "
         f"{', '.join(rows.column_names) or '(none)'}"
     )
+
+
+def _query_rows(rows: Any, source: str) -> Iterator[tuple[int, str, tuple, tuple]]:
+    """(row number, query, (positive column, value), (negative column, value)) of each row, the
+    query checked to be text; a DataError for a missing query or positive column, or no rows."""
+    _require_any(rows, _QUERY_COLUMNS, source)
+    _require_any(rows, _POSITIVE_COLUMNS, source)
+    columns = zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
+    for index, ((_, query), positive, negative) in enumerate(columns):
+        if not isinstance(query, str) or not query:
+            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
+        yield index, query, positive, negative
+    if not len(rows):
+        raise DataError(f"{source}: no rows")
 
 
 def _per_row(rows: Any, names: tuple[str, ...]) -> list[tuple[str | None, Any]]:
