@@ -27,16 +27,18 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
         yield mp
 
 
-def head_of_asset(name: str, dst: Path, lines: int) -> Path:
-    """The first `lines` rows of an example dataset, written to `dst`: a quicker start-up."""
-    rows = (ASSETS / name).read_text().splitlines(keepends=True)
+def head_of_asset(name: str, dst: Path, lines: int, assets: Path = ASSETS) -> Path:
+    """The first `lines` rows of an example dataset (in `assets`, default the LLM examples'),
+    written to `dst`: a quicker start-up."""
+    rows = (assets / name).read_text().splitlines(keepends=True)
     dst.write_text("".join(rows[:lines]))
     return dst
 
 
 @pytest.fixture(name="head_of_asset", scope="session")
-def head_of_asset_fixture() -> Callable[[str, Path, int], Path]:
-    """`head_of_asset(name, dst, lines)`, for test modules (conftest cannot be imported)."""
+def head_of_asset_fixture() -> Callable[..., Path]:
+    """`head_of_asset(name, dst, lines, assets=...)`, for test modules (conftest cannot be
+    imported)."""
     return head_of_asset
 
 

@@ -30,17 +30,12 @@ NO_DROPOUT = ["--+model.hidden_dropout_prob=0.0", "--+model.attention_probs_drop
 TEXTS = ["Who leads Halenth today?", "which town sells copper abroad, and to whom does it sell it?"]
 
 
-def head(name: str, dst: Path, lines: int) -> Path:
-    dst.write_text("".join((ASSETS / name).read_text().splitlines(keepends=True)[:lines]))
-    return dst
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, head_of_asset) -> Path:
     """96 training rows; 24 held-out queries over the whole held-out corpus, with candidates."""
     root = tmp_path_factory.mktemp("retrieval_data")
-    head("train.jsonl", root / "train.jsonl", 96)
-    head("validation.jsonl", root / "validation.jsonl", 24)
+    head_of_asset("train.jsonl", root / "train.jsonl", 96, ASSETS)
+    head_of_asset("validation.jsonl", root / "validation.jsonl", 24, ASSETS)
     return root
 
 
