@@ -9,18 +9,14 @@ from typing import Any
 
 from automodel.checkpoint import LATEST_FILE, MODEL_DIR, find_latest
 from automodel.core.config import UserError
-from automodel.core.models import AutoModel, BiEncoder, load_tokenizer
+from automodel.core.models import POOLINGS, AutoModel, BiEncoder, load_tokenizer
 
-# sentence-transformers' pooling flags -> our pooling modes
-_POOLING_FLAGS = {
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_lasttoken": "last",
-}
-_UNSUPPORTED_FLAGS = (
-    "pooling_mode_max_tokens",
-    "pooling_mode_mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens",
+from ._sentence_transformers import (
+    MODULES_FILE,
+    OTHER_POOLING_FLAGS,
+    POOLING_FLAGS,
+    PROMPTS_FILE,
+    SETTINGS_FILE,
 )
 
 
@@ -56,7 +52,7 @@ def load_embedding_model(path: str | Path) -> EmbeddingModel:
     """The embedding model of a folder: modules.json says where the transformer is and how it is
     pooled and normalised (mean pooling, normalised, without one: a plain HF model folder)."""
     folder = model_folder(path)
-    modules = _read(folder / "modules.json", [])
+    modules = _read(folder / MODULES_FILE, [])
     transformer, pooling, normalize = folder, "mean", not modules
     for module in modules:
         kind, where = module.get("type", ""), folder / module.get("path", "")
@@ -71,8 +67,8 @@ def load_embedding_model(path: str | Path) -> EmbeddingModel:
                 f"{folder}: the sentence-transformers module {kind!r} is not supported for "
                 "mining (a Transformer, a Pooling and a Normalize module are)"
             )
-    settings = _read(transformer / "sentence_bert_config.json", {})
-    prompts = _read(folder / "config_sentence_transformers.json", {}).get("prompts") or {}
+    settings = _read(transformer / SETTINGS_FILE, {})
+    prompts = _read(folder / PROMPTS_FILE, {}).get("prompts") or {}
     tokenizer = load_tokenizer(transformer)
     backbone = AutoModel.from_pretrained(transformer)
     return EmbeddingModel(
@@ -89,12 +85,12 @@ def _pooling(config: dict[str, Any], where: Path) -> str:
     mode = config.get("pooling_mode")  # sentence-transformers >= 6 writes one name
     if isinstance(mode, str):
         mode = {"lasttoken": "last"}.get(mode, mode)
-        if mode in ("mean", "cls", "last"):
+        if mode in POOLINGS:
             return mode
         raise UserError(f"{where}: pooling mode {mode!r} is not supported (mean, cls, lasttoken)")
-    if any(config.get(flag) for flag in _UNSUPPORTED_FLAGS):
+    if any(config.get(flag) for flag in OTHER_POOLING_FLAGS):
         raise UserError(f"{where}: only mean, cls and last-token pooling are supported")
-    modes = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)]
+    modes = [mode for mode, flag in POOLING_FLAGS.items() if config.get(flag)]
     if len(modes) != 1:
         raise UserError(f"{where}/config.json: expected exactly one pooling mode, found {modes}")
     return modes[0]

@@ -12,7 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-_POOLING_MODES = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}  # fmt: skip
+# The files of a sentence-transformers folder, read back by `_embedding_model`.
+MODULES_FILE = "modules.json"
+SETTINGS_FILE = "sentence_bert_config.json"
+PROMPTS_FILE = "config_sentence_transformers.json"
+# Our pooling modes -> sentence-transformers' pooling flags; the others it has, which we lack.
+POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}  # fmt: skip
+OTHER_POOLING_FLAGS = (
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+)
 
 
 class SentenceTransformerFiles:
@@ -47,18 +57,14 @@ class SentenceTransformerFiles:
             )  # fmt: skip
             (folder / "2_Normalize").mkdir(parents=True, exist_ok=True)
         pooling: dict[str, Any] = {"word_embedding_dimension": self.dimension}
-        pooling |= {flag: mode == self.pooling for mode, flag in _POOLING_MODES.items()}
-        pooling |= {
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "include_prompt": True,  # the prefixes are part of what is pooled, as in training
-        }
-        _write(folder / "modules.json", modules)
+        pooling |= {flag: mode == self.pooling for mode, flag in POOLING_FLAGS.items()}
+        pooling |= dict.fromkeys(OTHER_POOLING_FLAGS, False)
+        pooling["include_prompt"] = True  # the prefixes are part of what is pooled, as in training
+        _write(folder / MODULES_FILE, modules)
         _write(folder / "1_Pooling" / "config.json", pooling)
-        _write(folder / "sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False})  # fmt: skip
+        _write(folder / SETTINGS_FILE, {"max_seq_length": self.max_seq_length, "do_lower_case": False})  # fmt: skip
         _write(
-            folder / "config_sentence_transformers.json",
+            folder / PROMPTS_FILE,
             {
                 "prompts": {name: text for name, text in self.prompts.items() if text},
                 "default_prompt_name": None,
