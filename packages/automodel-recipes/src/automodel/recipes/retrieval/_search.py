@@ -55,7 +55,6 @@ def search_corpus(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     group: dist.ProcessGroup | None = None,
-    progress: Callable[[range], range] = lambda chunks: chunks,
 ) -> CorpusScores:
     """Score `queries` [nq, dim] against every passage of `corpus`, embedded `chunk_size` at a
     time by `encode`; with a `group` of several ranks, every rank passes its own queries and
@@ -71,7 +70,7 @@ def search_corpus(
         relevant_pairs=torch.tensor(pairs, dtype=torch.long, device=device).reshape(-1, 2),
     )
     starts = list(range(0, len(corpus), chunk_size))
-    for round_start in progress(range(0, len(starts), world)):
+    for round_start in range(0, len(starts), world):
         mine = round_start + rank
         # A rank without a chunk this round still embeds one (sharded models' forwards are
         # collective) and marks it empty.
