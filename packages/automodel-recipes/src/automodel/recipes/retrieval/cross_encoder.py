@@ -156,10 +156,13 @@ class CrossEncoderRecipe(RetrievalLoop):
         for batch in batches:
             rows, sizes = batch.pop("index").tolist(), batch.pop("group_size").tolist()
             for row, scores in zip(rows, self.scores(batch).split(sizes), strict=True):
-                candidates = torch.tensor(eval_set.candidates[row], device=scores.device)
-                hits = torch.tensor([c in eval_set.relevant[row] for c in candidates.tolist()])
+                ids = eval_set.candidates[row]
+                candidates = torch.tensor(ids, device=scores.device)
+                hits = torch.tensor(
+                    [c in eval_set.relevant[row] for c in ids], device=scores.device
+                )
                 log_all = torch.logsumexp(scores, 0)
-                total_loss += float(log_all - torch.logsumexp(scores[hits.to(scores.device)], 0))
+                total_loss += float(log_all - torch.logsumexp(scores[hits], 0))
                 order = candidates[scores.argsort(descending=True, stable=True)][:width]
                 ranked.append(torch.nn.functional.pad(order, (0, width - len(order)), value=-1))
                 relevant.append(eval_set.relevant[row])
