@@ -14,6 +14,13 @@ from automodel.core.data import RetrievalDataset, RetrievalEvalSet, TextCollator
 
 from .._builders import build_loader
 from .._errors import config_problem
+from .._sections import (
+    CHECKPOINT_SECTIONS,
+    LOADER_SECTIONS,
+    MODEL_SECTIONS,
+    OPTIMIZER_SECTIONS,
+    RUN_SECTIONS,
+)
 
 
 @dataclass(frozen=True)
@@ -25,12 +32,18 @@ class Evaluation:
     corpus_chunk_size: int = 1024
 
 
-# What the retrieval recipes read beside the standard sections (each adds its own model section).
+# What the retrieval recipes read: the standard sections (no `moe:`), the data and evaluation;
+# each recipe adds its own section (`bi_encoder:`, `cross_encoder:`).
 RETRIEVAL_SECTIONS = {
+    **RUN_SECTIONS,
+    **{name: section for name, section in MODEL_SECTIONS.items() if name != "moe"},
     "tokenizer": Section(needs_target=True),
     "dataset": Section(required=True, needs_target=True),
     "validation_dataset": Section(needs_target=True),
     "evaluation": Section(keys_of=Evaluation),
+    **LOADER_SECTIONS,
+    **OPTIMIZER_SECTIONS,
+    **CHECKPOINT_SECTIONS,
 }
 
 

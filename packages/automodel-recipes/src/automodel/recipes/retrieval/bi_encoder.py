@@ -27,11 +27,6 @@ from automodel.core.models import POOLINGS, BiEncoder, bidirectional
 from automodel.core.training import retrieval_metric_sums
 
 from .. import (
-    CHECKPOINT_SECTIONS,
-    LOADER_SECTIONS,
-    MODEL_SECTIONS,
-    OPTIMIZER_SECTIONS,
-    RUN_SECTIONS,
     MoeStep,
     adapter_extras_writer,
     build_lora_config,
@@ -72,15 +67,7 @@ class BiEncoderOptions:
     gather_across_ranks: bool = True  # ... and every data-parallel rank's (with gradients)
 
 
-SECTIONS = {
-    **RUN_SECTIONS,
-    **{name: section for name, section in MODEL_SECTIONS.items() if name != "moe"},
-    **RETRIEVAL_SECTIONS,
-    "bi_encoder": Section(keys_of=BiEncoderOptions),
-    **LOADER_SECTIONS,
-    **OPTIMIZER_SECTIONS,
-    **CHECKPOINT_SECTIONS,
-}
+SECTIONS = {**RETRIEVAL_SECTIONS, "bi_encoder": Section(keys_of=BiEncoderOptions)}
 
 
 class BiEncoderRecipe(RetrievalLoop):

@@ -25,11 +25,6 @@ from automodel.core.losses import listwise_cross_entropy
 from automodel.core.training import retrieval_metric_sums
 
 from .. import (
-    CHECKPOINT_SECTIONS,
-    LOADER_SECTIONS,
-    MODEL_SECTIONS,
-    OPTIMIZER_SECTIONS,
-    RUN_SECTIONS,
     MoeStep,
     adapter_extras_writer,
     build_lora_config,
@@ -59,15 +54,7 @@ class CrossEncoderOptions:
     max_length: int = 512
 
 
-SECTIONS = {
-    **RUN_SECTIONS,
-    **{name: section for name, section in MODEL_SECTIONS.items() if name != "moe"},
-    **RETRIEVAL_SECTIONS,
-    "cross_encoder": Section(keys_of=CrossEncoderOptions),
-    **LOADER_SECTIONS,
-    **OPTIMIZER_SECTIONS,
-    **CHECKPOINT_SECTIONS,
-}
+SECTIONS = {**RETRIEVAL_SECTIONS, "cross_encoder": Section(keys_of=CrossEncoderOptions)}
 
 
 class CrossEncoderRecipe(RetrievalLoop):
