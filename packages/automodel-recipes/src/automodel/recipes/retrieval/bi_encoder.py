@@ -21,7 +21,7 @@ import torch
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
-from automodel.core.data import BiEncoderCollator, TextCollator, split_towers
+from automodel.core.data import BiEncoderCollator, split_towers
 from automodel.core.losses import contrastive_loss
 from automodel.core.models import POOLINGS, BiEncoder, bidirectional
 from automodel.core.training import retrieval_metric_sums
@@ -104,13 +104,10 @@ class BiEncoderRecipe(RetrievalLoop):
             self.tokenizer, options.query_max_length, options.passage_max_length,
             options.query_prefix, options.passage_prefix,
         )  # fmt: skip
-        queries = TextCollator(self.tokenizer, options.query_max_length, options.query_prefix)
-        self.passages = TextCollator(
-            self.tokenizer, options.passage_max_length, options.passage_prefix
-        )
+        self.passages = collate.passages  # validation embeds the corpus as training does
         shard = (ctx.seed, self.parallel.dp_rank, self.parallel.dp_size)
         self.train_set, self.train_loader, self.eval_set, self.val_loader = build_retrieval_loaders(
-            cfg, collate, IndexedCollator(queries), local, *shard
+            cfg, collate, IndexedCollator(collate.queries), local, *shard
         )
         self.optimizer, self.lr_scheduler, self.telemetry, self.optimizer_step, total = (
             build_training(ctx, self.unwrapped, self.train_loader, self.moe)
