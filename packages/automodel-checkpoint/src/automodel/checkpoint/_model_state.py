@@ -97,6 +97,19 @@ def read_model_header(model_dir: Path, file_stem: str = MODEL_FILE_STEM) -> dict
     return {name: out[name] for name in weight_map}
 
 
+def saved_model_header(
+    model_dir: Path, weights_format: WeightsFormat = HF_WEIGHTS
+) -> dict[str, TensorHeader]:
+    """Every saved tensor under the model's names (key prefix stripped, parts joined)."""
+    out: dict[str, TensorHeader] = {}
+    for folder in weights_format.folders:
+        where = model_dir / folder
+        header = read_model_header(where, weights_format.file_stem)
+        header = strip_key_prefix(header, weights_format.key_prefix, where)
+        out |= {weights_format.model_name(folder, n): h for n, h in header.items()}
+    return out
+
+
 def few_names(names: list[str], n: int = 5) -> str:
     """The first ``n`` names and how many there are in all."""
     shown = ", ".join(names[:n])
@@ -292,7 +305,7 @@ def restore_model(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     stem, prefix = weights_format.file_stem, weights_format.key_prefix
-    saved = strip_key_prefix(read_model_header(model_dir, stem), prefix, model_dir)
+    saved = saved_model_header(model_dir, weights_format)
     _, aliases = check_model_compatible(
         model, saved, model_dir, trainable_only=weights_format.trainable_only
     )
@@ -301,8 +314,10 @@ def restore_model(
     error: BaseException | None = None
     if ctx.is_main or not broadcast:
         try:
-            loaded = load_consolidated(model_dir, file_stem=stem)
-            state = {name[len(prefix) :]: tensor for name, tensor in loaded.items()}
+            for folder in weights_format.folders:
+                loaded = load_consolidated(model_dir / folder, file_stem=stem)
+                model_name = weights_format.model_name
+                state |= {model_name(folder, n[len(prefix) :]): t for n, t in loaded.items()}
             for alias, source in aliases.items():
                 state[alias] = state[source]
         except CheckpointError as exc:

@@ -46,7 +46,8 @@ class SaveJob:
     weights_format: WeightsFormat
     has_model: bool
     has_optimizer: bool
-    model_state: dict[str, torch.Tensor] | None  # rank 0 only, keys as saved (prefixed)
+    # rank 0 only: {folder under model/: {name as saved (prefixed): tensor}}
+    model_state: dict[str, dict[str, torch.Tensor]] | None
     optim_tensors: dict[str, torch.Tensor] | None  # every rank, None without an optimizer
     optimizer_meta: bytes | None  # rank 0 only
     optim_states: bytes | None  # rank 0 only
@@ -57,10 +58,10 @@ class SaveJob:
     def _write_local(self) -> None:
         """The files this rank writes alone."""
         layout = CheckpointLayout(self.staging)
-        if self.model_state is not None:
+        for folder, state in (self.model_state or {}).items():
             save_consolidated(
-                self.model_state,
-                layout.model_dir,
+                state,
+                layout.model_dir / folder,
                 max_shard_size=self.max_shard_size,
                 write=True,
                 file_stem=self.weights_format.file_stem,
@@ -155,8 +156,7 @@ def capture(
             for name, tensor in model_state.items():
                 if tensor.numel() and tensor.untyped_storage().data_ptr() in live:
                     model_state[name] = buffers.copy(f"model.{name}", tensor)
-        prefix = weights_format.key_prefix
-        model_state = {prefix + name: tensor for name, tensor in model_state.items()}
+        model_state = weights_format.split(model_state)
     optim_tensors = optimizer_meta = None
     if optimizer is not None and model is not None:
         optim_tensors, meta = split_optimizer_state(model, optimizer, saving=True)

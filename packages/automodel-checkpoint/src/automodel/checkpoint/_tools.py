@@ -20,7 +20,7 @@ from ._retention import find_latest, publish_folder
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
 from ._train_state import rank_file_name
-from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER
+from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER, WeightsFormat
 
 _KNOWN_STEMS = (HF_WEIGHTS.file_stem, PEFT_ADAPTER.file_stem)  # for folders without a manifest
 
@@ -34,9 +34,9 @@ def _bare_stem(model_dir: Path) -> str | None:
     return next((s for s in _KNOWN_STEMS if model_dir_has_weights(model_dir, s)), None)
 
 
-def _resolve(path: str) -> tuple[Path | None, Path, str]:
-    """(checkpoint folder or None, model folder, weight file stem) for a checkpoint, its
-    model/ or a root; the stem is the manifest's, or for a bare folder the one found there."""
+def _resolve(path: str) -> tuple[Path | None, Path, WeightsFormat]:
+    """(checkpoint folder or None, model folder, how weights are stored) for a checkpoint, its
+    model/ or a root: the manifest's format, or for a bare folder the file stem found there."""
     p = Path(path)
     if not p.exists():
         raise _UsageError(f"{p} does not exist")
@@ -48,11 +48,11 @@ def _resolve(path: str) -> tuple[Path | None, Path, str]:
     else:
         stem = _bare_stem(p)
         if stem is not None:
-            return None, p, stem
+            return None, p, WeightsFormat(file_stem=stem)
         checkpoint = find_latest(p) if p.is_dir() else None
     if checkpoint is not None:
         info = read_checkpoint_info(checkpoint)
-        return checkpoint, checkpoint / MODEL_DIR, info.weights_format.file_stem
+        return checkpoint, checkpoint / MODEL_DIR, info.weights_format
     raise _UsageError(
         f"{p} is not a complete checkpoint (no {MANIFEST_FILE}), a model folder with "
         f"safetensors weights, or a checkpoint directory holding complete checkpoints"
@@ -74,27 +74,31 @@ def consolidate(src: str, dst: str, max_shard_size: str) -> Path:
     and key names; nothing is merged into a base model).
     """
     limit = parse_size(max_shard_size)
-    checkpoint, model_dir, stem = _resolve(src)
+    checkpoint, model_dir, fmt = _resolve(src)
+    stem = fmt.file_stem
     if checkpoint is not None:
         verify_files(read_checkpoint_info(checkpoint), under=MODEL_DIR)
-    if not model_dir_has_weights(model_dir, stem):
-        raise CheckpointError(f"{model_dir} holds no model weights")
+    for folder in fmt.folders:
+        if not model_dir_has_weights(model_dir / folder, stem):
+            raise CheckpointError(f"{model_dir / folder} holds no model weights")
     out = Path(dst)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _UsageError(f"refusing to overwrite {out}: it exists and is not an empty folder")
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_consolidated(
-            load_consolidated(model_dir, file_stem=stem),
-            staging,
-            max_shard_size=limit,
-            write=True,
-            file_stem=stem,
-        )
+        for folder in fmt.folders:
+            save_consolidated(
+                load_consolidated(model_dir / folder, file_stem=stem),
+                staging / folder,
+                max_shard_size=limit,
+                write=True,
+                file_stem=stem,
+            )
+        weight_dirs = {Path(folder) for folder in fmt.folders}
         for path in sorted(model_dir.rglob("*")):
             rel = path.relative_to(model_dir)
-            weights = len(rel.parts) == 1 and is_weight_file_name(path.name, stem)
+            weights = rel.parent in weight_dirs and is_weight_file_name(path.name, stem)
             if path.is_file() and not weights:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, staging / rel)
@@ -119,7 +123,8 @@ def _part_sizes(files: dict[str, int]) -> dict[str, tuple[int, int]]:
 
 def inspect(path: str, *, tensors: bool) -> dict[str, Any]:
     """Everything ``inspect`` reports, as a JSON-able dict (``problems`` lists what is wrong)."""
-    checkpoint, model_dir, stem = _resolve(path)
+    checkpoint, model_dir, fmt = _resolve(path)
+    stem = fmt.file_stem
     report: dict[str, Any] = {"path": str(checkpoint or model_dir), "problems": []}
     if checkpoint is not None:
         info = read_checkpoint_info(checkpoint)
@@ -152,9 +157,13 @@ def inspect(path: str, *, tensors: bool) -> dict[str, Any]:
                 "train_states": ranks,
             },
         )
-    if model_dir_has_weights(model_dir, stem):
+    if all(model_dir_has_weights(model_dir / folder, stem) for folder in fmt.folders):
         try:
-            header = read_model_header(model_dir, stem)
+            header = {  # names as saved (key prefix kept), each part's under its folder
+                fmt.model_name(folder, name): h
+                for folder in fmt.folders
+                for name, h in read_model_header(model_dir / folder, stem).items()
+            }
         except CheckpointError as exc:
             report["problems"].append(str(exc))
         else:
