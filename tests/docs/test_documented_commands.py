@@ -300,8 +300,8 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         group="retrieval",
         steps=100,  # a model that ranks the positives first: mining keeps its negatives
         files=(
-            "runs/tiny_bi_encoder/checkpoints/epoch_1_step_100/model/model.safetensors",
-            "runs/tiny_bi_encoder/checkpoints/epoch_1_step_100/model/modules.json",
+            "runs/tiny_bi_encoder/checkpoints/epoch_0_step_100/model/model.safetensors",
+            "runs/tiny_bi_encoder/checkpoints/epoch_0_step_100/model/modules.json",
         ),
         expect=("mrr@10",),
     ),
@@ -319,6 +319,13 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     ),
     ("docs/retrieval_recipe.md", f"{AM} finetune cross_encoder -c {CROSS}"): Shared(
         group="retrieval", why=SAME
+    ),
+    (
+        f"{AM} finetune bi_encoder -c {BI} --+bi_encoder.separate_towers true "
+        "--logging.run_dir runs/tiny_two_towers --checkpoint.checkpoint_dir runs/tiny_two_towers/checkpoints"
+    ): Shared(
+        test="tests/recipes/test_retrieval.py::test_separate_towers_train_apart_resume_and_load_as_a_sentence_transformers_router",
+        why="the example with two towers: trained, resumed, loaded by sentence-transformers",
     ),
     f"{AM} finetune bi_encoder -c {BI} --nproc-per-node 2 --step_scheduler.local_batch_size 16": Shared(
         test="tests/recipes/test_retrieval.py::test_two_ranks_with_gathered_negatives_train_as_one_process",

@@ -135,6 +135,60 @@ def test_bi_encoder_resumes_exactly_from_its_middle_checkpoint(
         torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=0, msg=name)
 
 
+def test_separate_towers_train_apart_resume_and_load_as_a_sentence_transformers_router(
+    data, tmp_path, monkeypatch_module, resume_dir_from
+):
+    """Two towers from the same start drift apart; the checkpoint is one HF folder per tower
+    under a Router that sentence-transformers loads (encode_query: the query tower,
+    encode_document: the passage tower), that mining loads alike, and that resumes exactly."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from automodel.recipes.retrieval._embedding_model import load_embedding_model
+
+    towers = "--+bi_encoder.separate_towers=true"
+    run_dir = tmp_path / "one"
+    recipe = run_in_process(BI, overrides(run_dir, data, towers))
+    query_tower, passage_tower = recipe.unwrapped.query_model, recipe.unwrapped.passage_model
+    assert not torch.equal(
+        query_tower.embeddings.word_embeddings.weight,
+        passage_tower.embeddings.word_embeddings.weight,
+    )
+    folder = run_dir / f"checkpoints/epoch_0_step_{STEPS}/model"
+    model = SentenceTransformer(str(folder), device="cpu")
+    queries = model.encode_query(TEXTS, convert_to_tensor=True)
+    passages = model.encode_document(TEXTS, convert_to_tensor=True)
+    torch.testing.assert_close(queries, our_embeddings(recipe, TEXTS, passage=False))
+    torch.testing.assert_close(passages, our_embeddings(recipe, TEXTS, passage=True))
+    for name, tower in (("query_model", query_tower), ("passage_model", passage_tower)):
+        plain = AutoModel.from_pretrained(folder / name).state_dict()
+        for key, tensor in tower.state_dict().items():
+            torch.testing.assert_close(plain[key], tensor, msg=f"{name}.{key}")
+    mined = load_embedding_model(run_dir / "checkpoints").encoder.eval()
+    batch = TextCollator(recipe.tokenizer, 64, recipe.options.passage_prefix)(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(mined(None, batch)[1], passages)
+
+    resume_dir_from(run_dir, tmp_path / "two", MIDDLE)
+    run_in_process(BI, overrides(tmp_path / "two", data, towers, "--checkpoint.restore_from=latest"))
+    losses = [
+        [json.loads(line)["loss"] for line in (d / "training.jsonl").read_text().splitlines()]
+        for d in (run_dir, tmp_path / "two")
+    ]
+    assert losses[0] == losses[1]
+
+
+def test_separate_towers_refuse_lora(data, tmp_path):
+    from automodel.core.config import load_config
+    from automodel.recipes.retrieval import bi_encoder
+
+    peft = ["--+peft._target_=automodel.peft.LoraConfig", "--+peft.match_all_linear=true"]
+    args = overrides(tmp_path, data, "--+bi_encoder.separate_towers=true", *peft)
+    cfg = load_config(BI, args, sections=bi_encoder.SECTIONS)
+    with pytest.raises(Exception, match="bi_encoder.separate_towers.*LoRA adapters are saved"):
+        bi_encoder.check(cfg)
+
+
 LAYOUTS = {"fsdp2": ["--distributed.strategy=fsdp2"], "ddp": ["--distributed.strategy=ddp"]}
 
 

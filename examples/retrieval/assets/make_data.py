@@ -8,7 +8,7 @@ Made-up towns ("Zorvia", "Belmora", ...) each get five fact documents, in one of
     festival + season    Every winter, Zorvia holds a festival of lanterns.
     landmark + banner    Zorvia is famous for its old bridge, and its banner shows a red fox.
 
-six "twin" distractors, each sharing a fact document's key words but stating a past or wrong
+six "twin" documents, each sharing a fact document's key words but stating a past or wrong
 fact ("The former mayor of Zorvia, Edda Voss, now lives quietly in Belmora.", "Zorvia used to
 export salt, but that trade ended long ago.", "Long ago, the banner of Zorvia showed a grey
 owl, before the town changed it."), and two loose distractors with its name and some of its
@@ -17,8 +17,12 @@ queries' words ("The old road that leads from Zorvia to Belmora is dusty and lon
 Queries paraphrase one fact without its document's key word ("Who leads Zorvia today?" for the
 mayor, "What does Zorvia sell abroad?" for the export, "Which town does Kelmar Ruste lead?"),
 so word overlap finds the town's documents but not which of them answers, and often prefers a
-distractor. No query asks for a distractor. Training and validation towns are disjoint (new
-combinations of the same name parts), and so are their people.
+distractor. Twins are asked about too, in nearly the same words ("Who used to lead Zorvia?"),
+so a twin is a hard negative of its fact's queries and the other way round: telling the two
+apart takes contrasting them, which random and in-batch negatives (other towns) rarely do and
+mined negatives do (docs/retrieval_recipe.md measures it). No query asks for a loose
+distractor. Training and validation towns are disjoint (new combinations of the same name
+parts), and so are their people.
 
     python examples/retrieval/assets/make_data.py
 
@@ -38,7 +42,7 @@ HERE = Path(__file__).parent
 SEED = 1234
 TRAIN_TOWNS, VALIDATION_TOWNS = 150, 40
 SECOND_WORDING = 0.5  # chance that a training fact is asked in a second wording too
-VALIDATION_QUERIES_PER_TOWN = 4  # distinct facts, one wording each
+VALIDATION_QUERIES_PER_TOWN = 6  # distinct facts, one wording each
 
 # Town names: an onset and an ending, so held-out towns are new combinations of the same parts.
 ONSETS = ["zor", "bel", "kar", "mir", "tal", "ven", "dor", "sel", "quen", "var", "lum", "ost"]
@@ -99,7 +103,7 @@ DOCS = {
     ],
 }
 # Twins: the key words of a fact document (export, mayor, founder, festival, famous, banner) and
-# its town, but a fact of the past or a wrong one. No query asks for them.
+# its town, but a fact of the past or a wrong one; TWIN_QUERIES ask for them.
 TWINS = {
     "old_trade": [
         "{T} used to export {old_export}, but that trade ended long ago.",
@@ -169,6 +173,16 @@ QUERIES = [
         "sights",
         ["What animal is on the flag of {T}?", "Which beast marks the flag of {T}?"],
     ),
+]
+# Queries for the twins, worded like their fact's queries: only the cue of time tells them apart.
+TWIN_QUERIES = [
+    ("old_export", "old_trade", ["What did {T} sell abroad in the past?", "Which goods did {T} once send to other lands?"]),
+    ("old_mayor", "old_mayor", ["Who used to lead {T}?", "Who was in charge of {T} before?"]),
+    ("old_mayor_of", "old_mayor", ["Which town did {old_mayor} once lead?"]),
+    ("rebuilder", "false_founder", ["Who is wrongly said to have started {T}?", "Who restored {T} after it was first settled?"]),
+    ("old_festival", "old_festival", ["What did the people of {T} celebrate in the past?", "What was the big party in {T} about long ago?"]),
+    ("old_landmark", "old_landmark", ["What sight did {T} lose?", "What did a traveler see in {T} long ago?"]),
+    ("old_animal", "old_banner", ["What animal was once on the flag of {T}?", "Which beast marked the old flag of {T}?"]),
 ]
 
 
@@ -258,10 +272,11 @@ def queries(
     them in two), for validation `per_town` distinct facts of each town in one wording."""
     out = []
     for town in facts:
-        asked = QUERIES if per_town is None else rng.sample(QUERIES, per_town)
+        asked = QUERIES + TWIN_QUERIES
+        asked = asked if per_town is None else rng.sample(asked, per_town)
         for _, kind, wordings in asked:
             n = 1 if per_town is not None else 1 + (rng.random() < SECOND_WORDING)
-            for wording in rng.sample(wordings, n):
+            for wording in rng.sample(wordings, min(n, len(wordings))):
                 out.append((fill(wording, town), ids[town["T"], kind]))
     rng.shuffle(out)
     return out

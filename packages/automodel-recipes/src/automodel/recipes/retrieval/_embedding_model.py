@@ -16,6 +16,8 @@ from ._sentence_transformers import (
     OTHER_POOLING_FLAGS,
     POOLING_FLAGS,
     PROMPTS_FILE,
+    ROUTER_FILE,
+    ROUTES,
     SETTINGS_FILE,
 )
 
@@ -43,42 +45,67 @@ def model_folder(path: str | Path) -> Path:
         if latest is None:
             raise UserError(f"{path} holds no complete checkpoint")
         path = latest
-    if (path / MODEL_DIR / "config.json").exists():
+    if any((path / MODEL_DIR / name).exists() for name in ("config.json", MODULES_FILE)):
         path = path / MODEL_DIR
     return path
 
 
 def load_embedding_model(path: str | Path) -> EmbeddingModel:
     """The embedding model of a folder: modules.json says where the transformer is and how it is
-    pooled and normalised (mean pooling, normalised, without one: a plain HF model folder)."""
+    pooled and normalised (mean pooling, normalised, without one: a plain HF model folder); a
+    Router there, where the query and the passage towers are."""
     folder = model_folder(path)
     modules = _read(folder / MODULES_FILE, [])
-    transformer, pooling, normalize = folder, "mean", not modules
-    for module in modules:
-        kind, where = module.get("type", ""), folder / module.get("path", "")
-        if kind.endswith("Transformer"):
-            transformer = where
-        elif kind.endswith("Pooling"):
-            pooling = _pooling(_read(where / "config.json", {}), where)
-        elif kind.endswith("Normalize"):
-            normalize = True
-        else:
-            raise UserError(
-                f"{folder}: the sentence-transformers module {kind!r} is not supported for "
-                "mining (a Transformer, a Pooling and a Normalize module are)"
-            )
+    if [m.get("type", "").rsplit(".", 1)[-1] for m in modules] == ["Router"]:
+        chains = _routes(folder / modules[0].get("path", ""))
+    else:
+        chains = [[(m.get("type", ""), folder / m.get("path", "")) for m in modules]]
+    towers, heads = [], set()
+    for chain in chains:
+        transformer, pooling, normalize = folder, "mean", not modules
+        for kind, where in chain:
+            if kind.endswith("Transformer"):
+                transformer = where
+            elif kind.endswith("Pooling"):
+                pooling = _pooling(_read(where / "config.json", {}), where)
+            elif kind.endswith("Normalize"):
+                normalize = True
+            else:
+                raise UserError(
+                    f"{folder}: the sentence-transformers module {kind!r} is not supported for "
+                    "mining (a Transformer, a Pooling and a Normalize module, or a Router over "
+                    "them, are)"
+                )
+        towers.append(transformer)
+        heads.add((pooling, normalize))
+    if len(heads) > 1:
+        raise UserError(f"{folder}: the query and passage routes pool differently ({heads})")
+    (pooling, normalize), transformer = heads.pop(), towers[0]
     settings = _read(transformer / SETTINGS_FILE, {})
     prompts = _read(folder / PROMPTS_FILE, {}).get("prompts") or {}
-    tokenizer = load_tokenizer(transformer)
+    tokenizer = load_tokenizer(transformer)  # the query tower's; the towers share one
     backbone = AutoModel.from_pretrained(transformer)
+    passage = AutoModel.from_pretrained(towers[1]) if len(towers) > 1 else None
     return EmbeddingModel(
-        BiEncoder(backbone, pooling=pooling, normalize=normalize),
+        BiEncoder(backbone, passage, pooling=pooling, normalize=normalize),
         tokenizer,
         prompts.get("query", ""),
         prompts.get("document", prompts.get("passage", "")),
         int(settings.get("max_seq_length") or tokenizer.model_max_length or 512),
         folder,
     )
+
+
+def _routes(folder: Path) -> list[list[tuple[str, Path]]]:
+    """The query and the document route of a Router folder, as (module type, folder) chains."""
+    config = _read(folder / ROUTER_FILE, {})
+    types, structure = config.get("types", {}), config.get("structure", {})
+    if set(structure) != set(ROUTES):
+        raise UserError(
+            f"{folder / ROUTER_FILE}: a Router with the routes {sorted(structure)} is not "
+            f"supported for mining (one with the routes {' and '.join(ROUTES)} is)"
+        )
+    return [[(types.get(i, ""), folder / i) for i in structure[route]] for route in ROUTES]
 
 
 def _pooling(config: dict[str, Any], where: Path) -> str:

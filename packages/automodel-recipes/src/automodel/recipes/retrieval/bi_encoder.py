@@ -13,13 +13,16 @@ Checkpoints are Hugging Face model folders that sentence-transformers loads as t
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
+from automodel.checkpoint import HF_WEIGHTS, MODEL_DIR, PEFT_ADAPTER, WeightsFormat
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.data import BiEncoderCollator, split_towers
 from automodel.core.losses import contrastive_loss
@@ -65,6 +68,11 @@ class BiEncoderOptions:
     temperature: float = 0.05  # scores are divided by it in the contrastive loss
     in_batch_negatives: bool = True  # the batch's other passages are negatives too
     gather_across_ranks: bool = True  # ... and every data-parallel rank's (with gradients)
+    separate_towers: bool = False  # a passage tower of its own, starting as a copy of `model:`
+
+
+# Separate towers: the BiEncoder's two models, each saved as a model folder of its own.
+TOWERS = ("query_model", "passage_model")
 
 
 SECTIONS = {**RETRIEVAL_SECTIONS, "bi_encoder": Section(keys_of=BiEncoderOptions)}
@@ -81,6 +89,8 @@ class BiEncoderRecipe(RetrievalLoop):
         self.evaluation = read_section(cfg, "evaluation", Evaluation)
         self.lora = build_lora_config(cfg)
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
+        if options.separate_towers:
+            weights = WeightsFormat(parts=TOWERS)
         self.run = ctx = start_run(
             cfg, default_run_dir="runs/bi_encoder", weights_format=weights, unused_parameters=True
         )  # an encoder's pooler layer gets no gradient: DDP lets such parameters be
@@ -88,15 +98,23 @@ class BiEncoderRecipe(RetrievalLoop):
         backbone = build_model(cfg)
         if options.bidirectional:
             bidirectional(backbone)
-        self.unwrapped = prepare_model(backbone, ctx, lora=self.lora)  # what checkpoints hold
+        passage_tower = copy.deepcopy(backbone) if options.separate_towers else None
+        encoder = BiEncoder(
+            backbone, passage_tower, pooling=options.pooling, normalize=options.normalize
+        )
         st_files = SentenceTransformerFiles(
             backbone.config.hidden_size, options.pooling, options.normalize,
             options.passage_max_length, options.query_prefix, options.passage_prefix,
+            TOWERS if options.separate_towers else None,
         )  # fmt: skip
-        write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
-        self.write_hf_extras = write_extras(backbone, cfg, self.tokenizer, st_files)
+        if options.separate_towers:  # checkpoints hold both towers, each a model folder
+            self.unwrapped = prepare_model(encoder, ctx)
+            self.write_hf_extras = towers_extras_writer(encoder, cfg, self.tokenizer, st_files)
+        else:  # checkpoints hold the one tower
+            self.unwrapped = prepare_model(backbone, ctx, lora=self.lora)
+            write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
+            self.write_hf_extras = write_extras(backbone, cfg, self.tokenizer, st_files)
         self.moe = MoeStep(backbone, None, self.parallel)
-        encoder = BiEncoder(backbone, pooling=options.pooling, normalize=options.normalize)
         self.model = shard_model(encoder, ctx)  # one forward per micro-batch: queries, passages
 
         local = self.step_scheduler.local_batch_size
@@ -167,6 +185,24 @@ class BiEncoderRecipe(RetrievalLoop):
         return float(losses.sum()), len(rows), sums
 
 
+def towers_extras_writer(
+    encoder: BiEncoder, cfg: ConfigNode, tokenizer: Any, st_files: SentenceTransformerFiles
+) -> Callable[[Path], None]:
+    """A two-tower checkpoint's files beside the weights: each tower's HF config and tokenizer
+    in its folder, the sentence-transformers router over both at the model folder's root."""
+    writers = [
+        hf_extras_writer(getattr(encoder, name), cfg, tokenizer, subfolder=f"{MODEL_DIR}/{name}")
+        for name in TOWERS
+    ]
+
+    def write(path: Path) -> None:
+        for tower in writers:
+            tower(path)
+        st_files.save_pretrained(path / MODEL_DIR)
+
+    return write
+
+
 def run(cfg: ConfigNode) -> None:
     """Set up the recipe and train; then free sharded modules and end the process group."""
     recipe = BiEncoderRecipe(cfg)
@@ -185,6 +221,12 @@ def check(cfg: ConfigNode) -> BiEncoderOptions:
     for key in ("query_max_length", "passage_max_length"):
         if getattr(options, key) < 1:
             raise config_problem(cfg, f"bi_encoder.{key}", "must be >= 1")
+    if options.separate_towers and "peft" in cfg:
+        message = (
+            "LoRA adapters are saved for one tower; train separate towers in full "
+            "(drop peft:), or LoRA on one shared tower (separate_towers: false)"
+        )
+        raise config_problem(cfg, "bi_encoder.separate_towers", message)
     return options
 
 
