@@ -170,7 +170,9 @@ def test_separate_towers_train_apart_resume_and_load_as_a_sentence_transformers_
         torch.testing.assert_close(mined(None, batch)[1], passages)
 
     resume_dir_from(run_dir, tmp_path / "two", MIDDLE)
-    run_in_process(BI, overrides(tmp_path / "two", data, towers, "--checkpoint.restore_from=latest"))
+    run_in_process(
+        BI, overrides(tmp_path / "two", data, towers, "--checkpoint.restore_from=latest")
+    )
     losses = [
         [json.loads(line)["loss"] for line in (d / "training.jsonl").read_text().splitlines()]
         for d in (run_dir, tmp_path / "two")
@@ -185,7 +187,7 @@ def test_separate_towers_refuse_lora(data, tmp_path):
     peft = ["--+peft._target_=automodel.peft.LoraConfig", "--+peft.match_all_linear=true"]
     args = overrides(tmp_path, data, "--+bi_encoder.separate_towers=true", *peft)
     cfg = load_config(BI, args, sections=bi_encoder.SECTIONS)
-    with pytest.raises(Exception, match="bi_encoder.separate_towers.*LoRA adapters are saved"):
+    with pytest.raises(Exception, match=r"bi_encoder\.separate_towers.*LoRA adapters are saved"):
         bi_encoder.check(cfg)
 
 

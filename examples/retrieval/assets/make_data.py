@@ -176,13 +176,39 @@ QUERIES = [
 ]
 # Queries for the twins, worded like their fact's queries: only the cue of time tells them apart.
 TWIN_QUERIES = [
-    ("old_export", "old_trade", ["What did {T} sell abroad in the past?", "Which goods did {T} once send to other lands?"]),
+    (
+        "old_export",
+        "old_trade",
+        ["What did {T} sell abroad in the past?", "Which goods did {T} once send to other lands?"],
+    ),
     ("old_mayor", "old_mayor", ["Who used to lead {T}?", "Who was in charge of {T} before?"]),
     ("old_mayor_of", "old_mayor", ["Which town did {old_mayor} once lead?"]),
-    ("rebuilder", "false_founder", ["Who is wrongly said to have started {T}?", "Who restored {T} after it was first settled?"]),
-    ("old_festival", "old_festival", ["What did the people of {T} celebrate in the past?", "What was the big party in {T} about long ago?"]),
-    ("old_landmark", "old_landmark", ["What sight did {T} lose?", "What did a traveler see in {T} long ago?"]),
-    ("old_animal", "old_banner", ["What animal was once on the flag of {T}?", "Which beast marked the old flag of {T}?"]),
+    (
+        "rebuilder",
+        "false_founder",
+        [
+            "Who is wrongly said to have started {T}?",
+            "Who restored {T} after it was first settled?",
+        ],
+    ),
+    (
+        "old_festival",
+        "old_festival",
+        [
+            "What did the people of {T} celebrate in the past?",
+            "What was the big party in {T} about long ago?",
+        ],
+    ),
+    (
+        "old_landmark",
+        "old_landmark",
+        ["What sight did {T} lose?", "What did a traveler see in {T} long ago?"],
+    ),
+    (
+        "old_animal",
+        "old_banner",
+        ["What animal was once on the flag of {T}?", "Which beast marked the old flag of {T}?"],
+    ),
 ]
 
 
