@@ -334,7 +334,7 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     (
         f"{AM} finetune bi_encoder -c {BI} --dataset.path runs/mined/train_hard_negatives.jsonl "
         "--+dataset.corpus examples/retrieval/assets/corpus.jsonl --dataset.num_negatives 3 "
-        "--logging.run_dir runs/tiny_bi_encoder_mined "
+        "--step_scheduler.max_steps 1200 --logging.run_dir runs/tiny_bi_encoder_mined "
         "--checkpoint.checkpoint_dir runs/tiny_bi_encoder_mined/checkpoints"
     ): Run(
         group="retrieval",

@@ -302,7 +302,8 @@ def test_mining_keeps_the_top_scored_non_positives_below_the_margin(bi_run, tmp_
     from automodel.recipes.retrieval._embedding_model import load_embedding_model
 
     checkpoints = bi_run[0] / "checkpoints"
-    output, rows = mine(tmp_path, checkpoints, "--mining.num_negatives=3", "--mining.top_k=20")
+    margin = ["--mining.num_negatives=3", "--mining.top_k=20", "--mining.margin=0.95"]
+    output, rows = mine(tmp_path, checkpoints, *margin)
     queries = [json.loads(line) for line in (ASSETS / "train_queries.jsonl").read_text().splitlines()]  # fmt: skip
     assert len(rows) <= len(queries) and rows
     corpus = [json.loads(line) for line in (ASSETS / "corpus.jsonl").read_text().splitlines()]
@@ -324,10 +325,21 @@ def test_mining_keeps_the_top_scored_non_positives_below_the_margin(bi_run, tmp_
     cache = next((tmp_path / "mined.jsonl.cache").glob("corpus-*.npy"))
     stamp = cache.stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        _, again = mine(tmp_path, checkpoints, "--mining.num_negatives=3", "--mining.top_k=20",
-                        "--mining.overwrite=true", "--mining.search=faiss")  # fmt: skip
+        _, again = mine(tmp_path, checkpoints, *margin, "--mining.overwrite=true",
+                        "--mining.search=faiss")  # fmt: skip
     assert "corpus embeddings from the cache" in caplog.text and cache.stat().st_mtime_ns == stamp
     assert [r["neg_ids"] for r in again] == [r["neg_ids"] for r in rows]
+    # without a margin: the best-scored non-positives, however close to the positive
+    _, unfiltered = mine(tmp_path, checkpoints, *margin, "--mining.overwrite=true",
+                         "--mining.margin=null")  # fmt: skip
+    assert len(unfiltered) == len(queries)
+    kept = {r["query"]: r["neg_scores"] for r in rows}
+    closer = 0
+    for row in unfiltered:
+        if row["query"] in kept:
+            assert all(a >= b for a, b in zip(row["neg_scores"], kept[row["query"]], strict=False))
+            closer += row["neg_scores"] != kept[row["query"]]
+    assert closer  # some candidates were within the margin and are negatives now
     mined = retrieval_dataset(output, corpus=ASSETS / "corpus.jsonl", num_negatives=3)
     assert len(mined[0]["passages"]) == 4  # what the next run trains on
 

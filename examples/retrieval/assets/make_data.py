@@ -1,12 +1,16 @@
 """Write the tiny synthetic retrieval task of the offline retrieval example (seeded, reproducible).
 
-Made-up towns ("Zorvia", "Belmora", ...) each get five fact documents, in one of three wordings:
+Made-up towns ("Zorvia", "Belmora", ...) each get six fact documents, in one of three wordings:
 
     setting + export     Zorvia is a river town whose main export is copper.
     mayor                The mayor of Zorvia is Kelmar Ruste, who was elected by the council.
     founder + century    Zorvia was founded by Orla Venn in the fifth century.
     festival + season    Every winter, Zorvia holds a festival of lanterns.
     landmark + banner    Zorvia is famous for its old bridge, and its banner shows a red fox.
+    route                Every year, Zorvia sends wool to Belmora.
+
+(towns come in pairs, each sending something to the other: "Every year, Belmora sends honey to
+Zorvia." has the same words as Zorvia's route but the two towns' places swapped),
 
 six "twin" documents, each sharing a fact document's key words but stating a past or wrong
 fact ("The former mayor of Zorvia, Edda Voss, now lives quietly in Belmora.", "Zorvia used to
@@ -20,8 +24,10 @@ so word overlap finds the town's documents but not which of them answers, and of
 distractor. Twins are asked about too, in nearly the same words ("Who used to lead Zorvia?"),
 so a twin is a hard negative of its fact's queries and the other way round: telling the two
 apart takes contrasting them, which random and in-batch negatives (other towns) rarely do and
-mined negatives do (docs/retrieval_recipe.md measures it). No query asks for a loose
-distractor. Training and validation towns are disjoint (new combinations of the same name
+mined negatives do (docs/retrieval_recipe.md measures it). The route queries ("What does Zorvia
+send to Belmora?") name both towns and no good, so only word order tells Zorvia's route from
+Belmora's, which random and in-batch negatives almost never put side by side. No query asks for
+a loose distractor. Training and validation towns are disjoint (new combinations of the same name
 parts), and so are their people.
 
     python examples/retrieval/assets/make_data.py
@@ -101,6 +107,11 @@ DOCS = {
         "The banner of {T} shows a {colour} {animal}; the town is famous for its {adjective} {landmark}.",
         "A {colour} {animal} is on the banner of {T}, a town famous for its {adjective} {landmark}.",
     ],
+    "route": [
+        "Every year, {T} sends {sent} to {P}.",
+        "{T} sends {sent} to {P} every year.",
+        "Each year, carts of {sent} go from {T} to {P}.",
+    ],
 }
 # Twins: the key words of a fact document (export, mayor, founder, festival, famous, banner) and
 # its town, but a fact of the past or a wrong one; TWIN_QUERIES ask for them.
@@ -147,6 +158,7 @@ DISTRACTORS_PER_TOWN = 2
 # Queries: (fact, the document that states it, wordings). None uses its document's key word.
 QUERIES = [
     ("setting", "trade", ["What kind of land surrounds {T}?", "What sort of place is {T} in?"]),
+    ("route", "route", ["What does {T} send to {P}?", "What goes from {T} to {P}?"]),
     ("export", "trade", ["What does {T} sell abroad?", "Which goods leave {T} for other lands?"]),
     ("mayor", "mayor", ["Who leads {T} today?", "Who is in charge of {T} now?", "Who heads {T}?"]),
     ("mayor_of", "mayor", ["Which town does {mayor} lead?", "{mayor} is in charge of which town?"]),
@@ -241,6 +253,8 @@ def towns(names: list[str], people: list[str], rng: random.Random) -> list[dict[
             {
                 "T": name,
                 "B": rng.choice([n for n in names if n != name]),
+                "P": names[i ^ 1],  # the town it trades with: 0 with 1, 2 with 3, ...
+                "sent": rng.choice(GOODS),
                 "setting": rng.choice(SETTINGS),
                 "export": export,
                 "old_export": old_export,
@@ -295,11 +309,14 @@ def queries(
     per_town: int | None = None,
 ) -> list[tuple[str, str]]:
     """(query, positive id) pairs: for training every fact of every town in one wording (half of
-    them in two), for validation `per_town` distinct facts of each town in one wording."""
+    them in two), for validation `per_town` distinct facts of each town in one wording, its
+    route among them."""
     out = []
     for town in facts:
         asked = QUERIES + TWIN_QUERIES
-        asked = asked if per_town is None else rng.sample(asked, per_town)
+        if per_town is not None:
+            route, others = asked[1], asked[:1] + asked[2:]
+            asked = [route, *rng.sample(others, per_town - 1)]
         for _, kind, wordings in asked:
             n = 1 if per_town is not None else 1 + (rng.random() < SECOND_WORDING)
             for wording in rng.sample(wordings, min(n, len(wordings))):
@@ -345,13 +362,16 @@ def main() -> None:
     pairs = queries(validation_facts, ids, rng, VALIDATION_QUERIES_PER_TOWN)
     write(HERE / "validation_corpus.jsonl", docs)
     # A reranker's candidates: every other document of the positive's town (facts, twins and
-    # loose distractors), the hard part of the list a first-stage retriever returns.
-    town_of = {doc_id: town for (town, _), doc_id in ids.items()}
-    same_town = {
-        pos: [i for i in ids.values() if town_of[i] == town_of[pos] and i != pos]
-        for _, pos in pairs
-    }
-    rows = [{"query": q, "pos_ids": [pos], "neg_ids": sorted(same_town[pos])} for q, pos in pairs]
+    # loose distractors) and, for a route, the partner's route (the same words, the towns
+    # swapped): the hard part of the list a first-stage retriever returns.
+    key_of = {doc_id: key for key, doc_id in ids.items()}
+    partner = {town["T"]: town["P"] for town in validation_facts}
+    candidates = {}
+    for _, pos in pairs:
+        town, kind = key_of[pos]
+        others = [i for (t, _), i in ids.items() if t == town and i != pos]
+        candidates[pos] = others + ([ids[partner[town], "route"]] if kind == "route" else [])
+    rows = [{"query": q, "pos_ids": [pos], "neg_ids": sorted(candidates[pos])} for q, pos in pairs]
     write(HERE / "validation.jsonl", rows)
 
 

@@ -8,7 +8,8 @@ output (memory-mapped, so a corpus larger than memory is fine, and a rerun with 
 corpus reuses it); then each query's top `top_k` passages are found by exact search (or faiss,
 with the `faiss` extra) over `chunk_size` cached passages at a time. Positives are dropped, and so is every candidate scoring too close to
 the query's positives (a likely unlabelled positive): above `margin` x the lowest positive score
-(`margin_type: relative`, for cosine scores) or above it minus `margin` (`absolute`). The
+(`margin_type: relative`, for cosine scores) or above it minus `margin` (`absolute`); with
+`margin: null` no candidate is (for a corpus whose relevant passages are all labelled). The
 `num_negatives` best that remain are written (queries left with fewer than `min_negatives` are
 not) as `{"query", "pos_ids", "neg_ids", "neg_scores"}` rows, in the corpus-id
 form that `retrieval_dataset(..., corpus=...)` reads.
@@ -52,7 +53,7 @@ class Mining:
     top_k: int = 50  # candidates searched per query
     num_negatives: int = 5  # negatives kept per query
     min_negatives: int = 1  # a query left with fewer is not written (0: write every query)
-    margin: float = 0.95
+    margin: float | None = 0.95  # null: keep candidates however close to the positives
     margin_type: str = "relative"  # relative | absolute
     search: str = "exact"  # exact | faiss
     batch_size: int = 64  # texts embedded at once
@@ -204,6 +205,8 @@ def _search(
 
 def _threshold(positive: float, options: Mining) -> float:
     """Candidates scoring at or above this are too close to the positives to be negatives."""
+    if options.margin is None:
+        return float("inf")
     if options.margin_type == "relative":
         return positive * options.margin
     return positive - options.margin
