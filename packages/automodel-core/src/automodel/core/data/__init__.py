@@ -15,7 +15,9 @@ For retrieval, `retrieval_dataset` reads queries with a positive and hard-negati
 (inline or by id in a corpus), `retrieval_eval_set` held-out queries over their own corpus, and
 `BiEncoderCollator` / `CrossEncoderCollator` tokenize them for an embedding model or a reranker.
 For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
-into consecutive N-token samples instead of cutting them off.
+into consecutive N-token samples instead of cutting them off, and `indexed_dataset` reads
+Megatron indexed datasets (`.bin` + `.idx`, memory-mapped; `write_indexed` writes them) as
+N-token windows, one dataset or a weighted blend.
 """
 
 from ..losses import IGNORE_INDEX
@@ -32,6 +34,7 @@ from ._formats import (
     squad_dataset,
     text_dataset,
 )
+from ._indexed import IndexedTokens, token_dtype, write_indexed
 from ._loader import build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
@@ -47,6 +50,7 @@ from ._retrieval import (
     split_towers,
 )
 from ._sampler import ShardedSampler
+from ._token_windows import BlendedWindows, TokenWindows, indexed_dataset
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
 
@@ -55,14 +59,17 @@ __all__ = [
     "TEXT_TRUNCATION_MODES",
     "TRUNCATION_MODES",
     "BiEncoderCollator",
+    "BlendedWindows",
     "CrossEncoderCollator",
     "DataError",
     "ImageChatDataset",
+    "IndexedTokens",
     "PackedDataset",
     "RetrievalDataset",
     "RetrievalEvalSet",
     "ShardedSampler",
     "TextCollator",
+    "TokenWindows",
     "TokenizedDataset",
     "VisionChatCollator",
     "assistant_char_spans",
@@ -76,6 +83,7 @@ __all__ = [
     "hellaswag_dataset",
     "image_chat_dataset",
     "image_qa_dataset",
+    "indexed_dataset",
     "instruction_dataset",
     "load_corpus",
     "load_rows",
@@ -86,4 +94,6 @@ __all__ = [
     "split_towers",
     "squad_dataset",
     "text_dataset",
+    "token_dtype",
+    "write_indexed",
 ]
