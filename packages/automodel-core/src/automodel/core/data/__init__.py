@@ -38,6 +38,7 @@ from ._indexed import IndexedTokens, token_dtype, write_indexed
 from ._loader import build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
+from ._preprocess import PreprocessSummary, preprocess_text
 from ._retrieval import (
     BiEncoderCollator,
     CrossEncoderCollator,
@@ -65,6 +66,7 @@ __all__ = [
     "ImageChatDataset",
     "IndexedTokens",
     "PackedDataset",
+    "PreprocessSummary",
     "RetrievalDataset",
     "RetrievalEvalSet",
     "ShardedSampler",
@@ -88,6 +90,7 @@ __all__ = [
     "load_corpus",
     "load_rows",
     "pack_dataset",
+    "preprocess_text",
     "require_columns",
     "retrieval_dataset",
     "retrieval_eval_set",

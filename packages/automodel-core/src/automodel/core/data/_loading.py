@@ -205,3 +205,46 @@ def require_columns(rows: datasets.Dataset | JsonRows, columns: Iterable[str], s
             f"{source}: missing column{'s' if len(missing) > 1 else ''} {names}; "
             f"the dataset has columns: {', '.join(present) or '(none)'}"
         )
+
+
+def stream_column(
+    path: str | Path,
+    column: str,
+    split: str = "train",
+    *,
+    name: str | None = None,
+    batch_size: int = 1000,
+) -> Iterator[list[Any]]:
+    """Batches of one column of a local file or Hub dataset, read as a `datasets` stream: memory
+    stays flat however large the data (for preprocessing corpora, not for training)."""
+    import datasets
+
+    text = str(path)
+    local = Path(text).expanduser()
+    builder = _BUILDERS.get(local.suffix.lower())
+    if builder is not None or local.exists() or text.startswith((".", "/", "~")):
+        if not local.exists():
+            raise DataError(f"dataset file not found: {text}")
+        if local.is_file() and builder is None:
+            raise DataError(f"{text}: unknown data file type {local.suffix!r} (supported: {', '.join(sorted(_BUILDERS))})")  # fmt: skip
+        kwargs: dict[str, Any] = (
+            {"path": builder, "data_files": str(local), "split": "train"}
+            if local.is_file()
+            else {"path": text, "split": split}
+        )
+    else:
+        kwargs = {"path": text, "name": name, "split": split}
+    try:
+        stream = datasets.load_dataset(**kwargs, streaming=True)
+        first = True
+        for batch in stream.iter(batch_size=batch_size):
+            if first and column not in batch:
+                raise DataError(f"{text}: no column {column!r} (columns: {', '.join(batch)})")
+            first = False
+            yield batch[column]
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many kinds for unreadable or missing data
+        raise DataError(
+            f"{text}: could not be read as a dataset stream: {type(e).__name__}: {e}"
+        ) from e

@@ -203,7 +203,7 @@ def _part_range(split: str | None, part: str, documents: int, prefix: Any) -> tu
     if split is None:
         if part != "train":
             raise DataError(
-                f"indexed dataset {prefix}: part {part!r} needs a split (e.g. split: \"969,30,1\"), "
+                f'indexed dataset {prefix}: part {part!r} needs a split (e.g. split: "969,30,1"), '
                 "or give the validation data its own paths"
             )
         return 0, documents
@@ -289,4 +289,3 @@ class _Cache:
 def _save(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, array)
-
