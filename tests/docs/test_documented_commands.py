@@ -359,6 +359,22 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     ),
     # --- docs/llm_recipe.md: train, rerun (complete), extend, resume from a path, fresh ------
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain.yaml": Run(steps=2),
+    # --- docs/pretrain_data.md: preprocess two corpora, pre-train on the shipped blend --------
+    (
+        f"{AM} preprocess -i examples/llm_finetune/assets/reverse_text_train.jsonl "
+        "-o runs/pretrain_data/reverse --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
+    ): Run(
+        group="indexed",
+        files=("runs/pretrain_data/reverse.bin", "runs/pretrain_data/reverse.idx"),
+        expect=("4,000 documents, 52,176 tokens (uint16)",),
+    ),
+    (
+        f"{AM} preprocess -i examples/llm_pretrain/assets/copy_text.jsonl "
+        "-o runs/pretrain_data/copy --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
+    ): Run(group="indexed", files=("runs/pretrain_data/copy.idx",)),
+    f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_indexed.yaml": Run(
+        group="indexed", steps=2, files=("runs/tiny_pretrain_indexed/checkpoints/LATEST",)
+    ),
     "automodel finetune llm -c examples/llm_finetune/qwen3/qwen3_0_6b_chat.yaml": Skip(
         "downloads Qwen3-0.6B from the Hugging Face Hub; a GPU"
     ),
