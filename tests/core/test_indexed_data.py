@@ -3,8 +3,6 @@ windows, the cached orders, splits, blends with exact proportions, preprocessing
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -47,7 +45,9 @@ def test_megatron_reads_ours_and_we_read_megatrons_byte_for_byte(tmp_path, dtype
         builder.end_document()
     builder.finalize(str(tmp_path / "theirs.idx"))
     for suffix in (".bin", ".idx"):
-        assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"theirs{suffix}").read_bytes()
+        assert (tmp_path / f"ours{suffix}").read_bytes() == (
+            tmp_path / f"theirs{suffix}"
+        ).read_bytes()
 
 
 def test_documents_of_several_sequences_are_read_as_megatron_groups_them(tmp_path) -> None:
@@ -159,7 +159,9 @@ def test_a_list_of_prefixes_blends_them_by_size_and_resumes_on_another_dp_size(t
     assert all(torch.equal(a, b) for a, b in zip(rest, whole[3:], strict=True))
 
 
-def test_preprocessing_writes_what_text_dataset_tokenizes_the_same_for_any_workers(tmp_path) -> None:
+def test_preprocessing_writes_what_text_dataset_tokenizes_the_same_for_any_workers(
+    tmp_path,
+) -> None:
     from automodel.core.models import load_tokenizer
 
     lines = REVERSE_TEXT.read_text().splitlines()[:300]
@@ -168,6 +170,7 @@ def test_preprocessing_writes_what_text_dataset_tokenizes_the_same_for_any_worke
     one = preprocess_text([source], tmp_path / "one", TOKENIZER, workers=1, batch_size=64, progress=False)  # fmt: skip
     two = preprocess_text([source], tmp_path / "two", TOKENIZER, workers=2, batch_size=16, progress=False)  # fmt: skip
     assert (one.documents, one.skipped, one.dtype) == (300, 1, "uint16")
+    assert (two.documents, two.tokens, two.skipped) == (one.documents, one.tokens, one.skipped)
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"one{suffix}").read_bytes() == (tmp_path / f"two{suffix}").read_bytes()
     expected = text_dataset(load_tokenizer(TOKENIZER), source)
