@@ -214,3 +214,18 @@ def test_bad_files_and_paths_are_named(tmp_path) -> None:
     with pytest.raises(DataError, match="do not fit uint16"):
         write_indexed(tmp_path / "wide", [np.array([70000])], np.uint16)
     assert not (tmp_path / "wide.bin").exists()  # nothing half-written
+
+
+def test_datasets_pickle_small_and_read_alike_in_dataloader_workers(tmp_path) -> None:
+    import pickle
+
+    write_indexed(tmp_path / "a", documents(seed=1), np.uint16)
+    write_indexed(tmp_path / "b", documents(seed=2), np.uint16)
+    blend = indexed_dataset([0.6, str(tmp_path / "a"), 0.4, str(tmp_path / "b")], 8, num_samples=50)
+    data = pickle.dumps(blend)
+    assert len(data) < 4096  # rebuilt from the cache, not its arrays copied
+    copy = pickle.loads(data)
+    assert all(torch.equal(copy[i]["input_ids"], blend[i]["input_ids"]) for i in range(50))
+    ours = [b["input_ids"] for b in build_dataloader(blend, 5, shuffle=False)]
+    workers = [b["input_ids"] for b in build_dataloader(blend, 5, shuffle=False, num_workers=2)]
+    assert len(ours) == 10 and all(torch.equal(a, b) for a, b in zip(ours, workers, strict=True))

@@ -14,7 +14,8 @@ little-endian:
     document indices     int64[D + 1], the first sequence of each document, then S
     sequence modes       int8[S], only in multimodal datasets (read past, unused here)
 
-Both files are memory-mapped: nothing is read until a sequence is asked for. Writing streams
+The index is memory-mapped and token ids are read with `pread` when a sequence is asked for,
+so a process holds the tokens it asked for and no mapped page of the corpus. Writing streams
 documents to `.bin` and their lengths to a temporary file, so memory stays flat in the corpus
 size; both files appear under their final names only when complete.
 """
@@ -26,6 +27,7 @@ import struct
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,10 +65,11 @@ def token_dtype(vocab_size: int) -> type[np.generic]:
 
 
 class IndexedTokens:
-    """A Megatron indexed dataset opened read-only: `tokens[i]` is sequence i's token ids (a
-    view into the memory-mapped `.bin`), `document_indices` groups sequences into documents."""
+    """A Megatron indexed dataset opened read-only: `tokens[i]` is sequence i's token ids,
+    `document_indices` groups sequences into documents."""
 
     def __init__(self, prefix: str | os.PathLike[str]):
+        self.prefix = prefix
         self.bin_path, self.idx_path = paths_of(prefix)
         for path in (self.bin_path, self.idx_path):
             if not path.is_file():
@@ -99,7 +102,7 @@ class IndexedTokens:
         offset += 8 * sequences
         self.document_indices = index[offset : offset + 8 * documents].view(np.int64)
         self.num_tokens = int(self.bin_path.stat().st_size // self.dtype.itemsize)
-        self._bin = np.memmap(self.bin_path, mode="r", dtype=self.dtype)
+        self._fd: int | None = None  # opened on first read, in the process that reads
         if sequences and (
             int(self.sequence_pointers[-1]) // self.dtype.itemsize + int(self.sequence_lengths[-1])
             > self.num_tokens
@@ -118,14 +121,23 @@ class IndexedTokens:
         return max(len(self.document_indices) - 1, 0)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        start = int(self.sequence_pointers[index]) // self.dtype.itemsize
-        return self._bin[start : start + int(self.sequence_lengths[index])]
+        return self.tokens(index, 0, int(self.sequence_lengths[index]))
 
     def tokens(self, index: int, offset: int, length: int) -> np.ndarray:
-        """Up to `length` tokens of sequence `index` from `offset`, never past its end (a view)."""
-        start = int(self.sequence_pointers[index]) // self.dtype.itemsize + offset
+        """Up to `length` tokens of sequence `index` from `offset`, never past its end."""
         length = min(length, int(self.sequence_lengths[index]) - offset)
-        return self._bin[start : start + length]
+        if self._fd is None:
+            self._fd = os.open(self.bin_path, os.O_RDONLY)
+        start = int(self.sequence_pointers[index]) + offset * self.dtype.itemsize
+        data = os.pread(self._fd, length * self.dtype.itemsize, start)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return type(self), (self.prefix,)  # reopened where unpickled (a dataloader worker)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
 
 def write_indexed(

@@ -12,6 +12,7 @@ a restart memory-maps them instead of building them again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,6 +47,13 @@ class TokenWindows(Dataset):
         seed: int = 0,
         index_cache_dir: str | os.PathLike[str] | None = None,
     ):
+        self._args = (prefix, seq_length)
+        self._kwargs = {
+            "split": split,
+            "part": part,
+            "seed": seed,
+            "index_cache_dir": index_cache_dir,
+        }
         if seq_length < 2:
             raise DataError(f"seq_length must be at least 2 (a token and its target), got {seq_length}")  # fmt: skip
         self.source = IndexedTokens(prefix)
@@ -79,6 +87,10 @@ class TokenWindows(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # rebuilt from the cache where unpickled (a dataloader worker), not copied array by array
+        return functools.partial(TokenWindows, **self._kwargs), self._args
+
     def window(self, index: int) -> np.ndarray:
         """The token ids of sample `index`."""
         start = int(self.samples[index]) * (self.seq_length - 1)
@@ -111,6 +123,8 @@ class BlendedWindows(Dataset):
         *,
         index_cache_dir: str | os.PathLike[str] | None = None,
     ):
+        self._args = (list(datasets), list(weights), size)
+        self._kwargs = {"index_cache_dir": index_cache_dir}
         weights = np.asarray(weights, dtype=np.float64)
         weights = weights / weights.sum()
         self.datasets = list(datasets)
@@ -129,6 +143,9 @@ class BlendedWindows(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset_index)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return functools.partial(BlendedWindows, **self._kwargs), self._args
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         dataset = self.datasets[int(self.dataset_index[index])]
