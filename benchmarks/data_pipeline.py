@@ -46,8 +46,7 @@ def make_corpus(prefix: Path, tokens: int, seed: int) -> None:
         while written < tokens:
             lengths = np.clip(rng.lognormal(6.5, 1.0, 4096).astype(np.int64), 16, 65536)
             block = rng.integers(0, 32000, int(lengths.sum()), dtype=np.uint16)
-            for piece in np.split(block, np.cumsum(lengths)[:-1]):
-                yield piece
+            yield from np.split(block, np.cumsum(lengths)[:-1])
             written += int(lengths.sum())
 
     write_indexed(prefix, documents(), np.uint16)
@@ -106,7 +105,11 @@ def preprocess_rates(workdir: Path, documents: int) -> dict[int, dict[str, float
     out = {}
     for workers in (1, 2):
         summary = preprocess_text(
-            [source], workdir / f"text_w{workers}", TOKENIZER, workers=workers, progress=False,
+            [source],
+            workdir / f"text_w{workers}",
+            TOKENIZER,
+            workers=workers,
+            progress=False,
             append_eos=False,  # a BERT tokenizer has no EOS
         )
         out[workers] = {
@@ -128,7 +131,11 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sizes = {"20MB": 10_000_000, f"{args.big_gb:g}GB": int(args.big_gb * 2**30 / 2)}
-    results: dict = {"machine": platform.processor() or platform.machine(), "seq": SEQ, "batch": BATCH}
+    results: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "seq": SEQ,
+        "batch": BATCH,
+    }
     for name, tokens in sizes.items():
         prefixes = [args.workdir / f"{name}_a", args.workdir / f"{name}_b"]
         for i, prefix in enumerate(prefixes):
