@@ -375,6 +375,9 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_indexed.yaml": Run(
         group="indexed", steps=2, files=("runs/tiny_pretrain_indexed/checkpoints/LATEST",)
     ),
+    f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_streaming.yaml": Run(
+        group="indexed", steps=2, files=("runs/tiny_pretrain_streaming/checkpoints/LATEST",)
+    ),
     "automodel finetune llm -c examples/llm_finetune/qwen3/qwen3_0_6b_chat.yaml": Skip(
         "downloads Qwen3-0.6B from the Hugging Face Hub; a GPU"
     ),

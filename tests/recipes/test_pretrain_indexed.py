@@ -1,5 +1,5 @@
-"""pretrain.llm on Megatron indexed data: the example's blend trains, validates on its split's
-validation part and resumes exactly; `automodel preprocess` reproduces the example's corpora."""
+"""pretrain.llm on Megatron indexed data and on a `datasets` stream: the examples train,
+validate and resume exactly; `automodel preprocess` reproduces the example's corpora."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from _shared import REPO
 
 CONFIG = REPO / "examples/llm_pretrain/tiny_pretrain_indexed.yaml"
+STREAMING = REPO / "examples/llm_pretrain/tiny_pretrain_streaming.yaml"
 ASSETS = REPO / "examples/llm_pretrain/assets"
 STEPS, MIDDLE = 6, 3
 
@@ -66,3 +67,32 @@ def test_automodel_preprocess_reproduces_the_example_corpora(tmp_path) -> None:
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "pass --overwrite" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_the_stream_trains_and_resumes_exactly(
+    tmp_path, run_recipe, jsonl_rows, resume_dir_from
+) -> None:
+    common = [
+        f"--step_scheduler.max_steps={STEPS}",
+        f"--step_scheduler.ckpt_every_steps={MIDDLE}",
+        f"--step_scheduler.val_every_steps={MIDDLE}",
+        "--step_scheduler.log_every_steps=1",
+        "--logging.progress=false",
+        "--lr_scheduler.warmup_steps=1",
+    ]
+
+    def where(run_dir: Path) -> list[str]:
+        return [
+            f"--logging.run_dir={run_dir}",
+            f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
+        ]
+
+    first = tmp_path / "first"
+    run_recipe(STREAMING, [*common, *where(first)])
+    rows = jsonl_rows(first / "training.jsonl")
+    assert all(r["num_label_tokens"] == 16 * 63 for r in rows)
+    assert [r["step"] for r in jsonl_rows(first / "validation.jsonl")] == [0, MIDDLE, STEPS]
+    second = tmp_path / "second"
+    resume_dir_from(first, second, MIDDLE)
+    run_recipe(STREAMING, [*common, *where(second), "--checkpoint.restore_from=latest"])
+    assert [r["loss"] for r in jsonl_rows(second / "training.jsonl")] == [r["loss"] for r in rows]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from automodel.core.config import ConfigError, ConfigNode, Problem, instantiate
 from automodel.core.data import build_dataloader
@@ -52,7 +53,7 @@ def build_dataset_loaders(
     if "validation_dataset" not in cfg:
         return train_set, train_loader, None
     val_set = make_dataset("validation_dataset")
-    if len(val_set) % dp_size:
+    if hasattr(val_set, "__len__") and len(val_set) % dp_size:  # (a stream has no length)
         log.warning(
             "%d validation samples do not divide over %d ranks: a few count twice",
             len(val_set), dp_size,
@@ -87,6 +88,11 @@ def build_loader(
         )
     if validation:
         defaults = {"shuffle": False, "drop_last": False, **defaults}
+        if isinstance(dataset, IterableDataset):
+            # every rank reads the whole validation stream: ranks' shards of a stream can differ
+            # in length, and every rank must run the same batches (the sums count each row
+            # dp_size times, which leaves the mean loss as it is)
+            dp_rank, dp_size = 0, 1
     options = {**defaults, **(cfg[name].to_dict() if name in cfg else {})}
     return build_dataloader(dataset, batch_size, dp_rank=dp_rank, dp_size=dp_size, **options)
 

@@ -22,6 +22,7 @@ from automodel.core.training import (
 )
 
 from ._builders import build_scheduler
+from ._errors import config_problem
 from ._moe import MoeStep
 from ._parallel import Parallel
 from ._sections import ClipGradNorm, read_section
@@ -123,7 +124,15 @@ def build_training(
     """
     cfg = run.cfg
     optimizer = build_optimizer(model, cfg.optimizer)
-    total = run.step_scheduler.total_steps(len(train_loader))
+    try:
+        per_epoch = len(train_loader)
+    except TypeError:  # a stream has no length: the run is as long as max_steps
+        per_epoch = None
+    try:
+        total = run.step_scheduler.total_steps(per_epoch)
+    except ValueError as e:
+        message = "a streamed dataset has no length: set step_scheduler.max_steps"
+        raise config_problem(cfg, "step_scheduler.max_steps", message) from e
     lr_scheduler = build_scheduler(cfg, optimizer, total)
     telemetry = Telemetry(run.run_dir, run.logging, cfg, total, started=run.started)
     max_norm = read_section(cfg, "clip_grad_norm", ClipGradNorm).max_norm

@@ -98,7 +98,10 @@ class Telemetry:
 
     def progress(self, items: Iterable[Any], desc: str) -> Iterator[Any]:
         """Iterate `items` behind a progress bar."""
-        total = len(items) if hasattr(items, "__len__") else None
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:  # a stream (or its loader) has no length
+            total = None
         with ProgressBar(total=total, desc=desc, enabled=self.section.progress) as bar:
             for item in items:
                 yield item

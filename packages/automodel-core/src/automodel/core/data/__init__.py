@@ -17,7 +17,8 @@ For retrieval, `retrieval_dataset` reads queries with a positive and hard-negati
 For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
 into consecutive N-token samples instead of cutting them off, and `indexed_dataset` reads
 Megatron indexed datasets (`.bin` + `.idx`, memory-mapped; `write_indexed` writes them) as
-N-token windows, one dataset or a weighted blend.
+N-token windows, one dataset or a weighted blend; `streaming_text_dataset` tokenizes a
+`datasets` stream on the fly into the same windows, with its position in the checkpoint.
 """
 
 from ..losses import IGNORE_INDEX
@@ -51,6 +52,7 @@ from ._retrieval import (
     split_towers,
 )
 from ._sampler import ShardedSampler
+from ._stream import TextStream, streaming_text_dataset
 from ._token_windows import BlendedWindows, TokenWindows, indexed_dataset
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
@@ -71,6 +73,7 @@ __all__ = [
     "RetrievalEvalSet",
     "ShardedSampler",
     "TextCollator",
+    "TextStream",
     "TokenWindows",
     "TokenizedDataset",
     "VisionChatCollator",
@@ -96,6 +99,7 @@ __all__ = [
     "retrieval_eval_set",
     "split_towers",
     "squad_dataset",
+    "streaming_text_dataset",
     "text_dataset",
     "token_dtype",
     "write_indexed",
