@@ -86,11 +86,9 @@ def load_rows(
         order = np.random.default_rng(shuffle_seed).permutation(len(rows))[window]
         return rows.select(order.tolist())
     text = str(path)
-    local = Path(text).expanduser()
-    builder = _BUILDERS.get(local.suffix.lower())
-    if builder is not None or local.exists() or text.startswith((".", "/", "~")):
-        if not local.exists():
-            raise DataError(f"dataset file not found: {text}")
+    local = _local_path(text)
+    if local is not None:
+        builder = _BUILDERS.get(local.suffix.lower())
         if local.is_dir():
             return _load(text, split, source=text, name=name, cache_dir=cache_dir)
         if builder is None:
@@ -207,6 +205,34 @@ def require_columns(rows: datasets.Dataset | JsonRows, columns: Iterable[str], s
         )
 
 
+def _local_path(text: str) -> Path | None:
+    """The local file or folder `text` names (DataError if it does not exist), or None for a
+    Hub dataset name."""
+    local = Path(text).expanduser()
+    if local.suffix.lower() in _BUILDERS or local.exists() or text.startswith((".", "/", "~")):
+        if not local.exists():
+            raise DataError(f"dataset file not found: {text}")
+        return local
+    return None
+
+
+def stream_source(
+    path: str | Path, split: str = "train", name: str | None = None
+) -> dict[str, Any]:
+    """The `datasets.load_dataset` arguments that read `path` (a local file by its suffix, a
+    folder, or a Hub name) as one split; add `streaming=True` to stream it."""
+    text = str(path)
+    local = _local_path(text)
+    if local is None:
+        return {"path": text, "name": name, "split": split}
+    if local.is_dir():
+        return {"path": text, "split": split}
+    builder = _BUILDERS.get(local.suffix.lower())
+    if builder is None:
+        raise DataError(f"{text}: unknown data file type {local.suffix!r} (supported: {', '.join(sorted(_BUILDERS))})")  # fmt: skip
+    return {"path": builder, "data_files": str(local), "split": "train"}
+
+
 def stream_column(
     path: str | Path,
     column: str,
@@ -219,32 +245,18 @@ def stream_column(
     stays flat however large the data (for preprocessing corpora, not for training)."""
     import datasets
 
-    text = str(path)
-    local = Path(text).expanduser()
-    builder = _BUILDERS.get(local.suffix.lower())
-    if builder is not None or local.exists() or text.startswith((".", "/", "~")):
-        if not local.exists():
-            raise DataError(f"dataset file not found: {text}")
-        if local.is_file() and builder is None:
-            raise DataError(f"{text}: unknown data file type {local.suffix!r} (supported: {', '.join(sorted(_BUILDERS))})")  # fmt: skip
-        kwargs: dict[str, Any] = (
-            {"path": builder, "data_files": str(local), "split": "train"}
-            if local.is_file()
-            else {"path": text, "split": split}
-        )
-    else:
-        kwargs = {"path": text, "name": name, "split": split}
+    source = stream_source(path, split, name)
     try:
-        stream = datasets.load_dataset(**kwargs, streaming=True)
+        stream = datasets.load_dataset(**source, streaming=True)
         first = True
         for batch in stream.iter(batch_size=batch_size):
             if first and column not in batch:
-                raise DataError(f"{text}: no column {column!r} (columns: {', '.join(batch)})")
+                raise DataError(f"{path}: no column {column!r} (columns: {', '.join(batch)})")
             first = False
             yield batch[column]
     except DataError:
         raise
     except Exception as e:  # datasets raises many kinds for unreadable or missing data
         raise DataError(
-            f"{text}: could not be read as a dataset stream: {type(e).__name__}: {e}"
+            f"{path}: could not be read as a dataset stream: {type(e).__name__}: {e}"
         ) from e

@@ -18,31 +18,22 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ._errors import DataError
+from ._loading import stream_source
 
 
 class TextStream(IterableDataset):
     """`seq_length`-token windows (consecutive ones share a token, as `indexed_dataset`'s) of
-    the documents of a `datasets` stream, tokenized with EOS appended as `text_dataset` does."""
+    the documents of a `datasets` stream (`source`: `load_dataset` arguments), tokenized with
+    EOS appended as `text_dataset` does."""
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        path: str,
-        seq_length: int,
-        *,
-        text_column: str = "text",
-        split: str = "train",
-        name: str | None = None,
-        data_files: Any = None,
-    ):
+    def __init__(self, tokenizer: Any, source: dict[str, Any], seq_length: int, text_column: str):
         if seq_length < 2:
             raise DataError(f"seq_length must be at least 2 (a token and its target), got {seq_length}")  # fmt: skip
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
             raise DataError("streaming_text_dataset: the tokenizer has no EOS token")
         self.tokenizer, self.eos = tokenizer, int(eos)
-        self.path, self.name, self.split, self.data_files = path, name, split, data_files
-        self.text_column, self.seq_length = text_column, seq_length
+        self.source, self.seq_length, self.text_column = source, seq_length, text_column
         self.dp_rank, self.dp_size = 0, 1
         self._stream: Any = None  # the `datasets` stream of the iteration in progress
         self._buffer: list[int] = []
@@ -56,12 +47,11 @@ class TextStream(IterableDataset):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
+        where = self.source.get("data_files") or self.source["path"]
         try:
-            stream = datasets.load_dataset(
-                self.path, self.name, split=self.split, data_files=self.data_files, streaming=True
-            )
+            stream = datasets.load_dataset(**self.source, streaming=True)
         except Exception as e:  # datasets raises many kinds for missing or unreadable data
-            raise DataError(f"{self.path}: could not be opened as a stream: {type(e).__name__}: {e}") from e  # fmt: skip
+            raise DataError(f"{where}: could not be opened as a stream: {type(e).__name__}: {e}") from e  # fmt: skip
         if self.dp_size > 1:
             stream = split_dataset_by_node(stream, rank=self.dp_rank, world_size=self.dp_size)
         return stream
@@ -76,7 +66,8 @@ class TextStream(IterableDataset):
         length = self.seq_length
         for example in self._stream:
             if self.text_column not in example:
-                raise DataError(f"{self.path}: no column {self.text_column!r} (columns: {', '.join(example)})")  # fmt: skip
+                where = self.source.get("data_files") or self.source["path"]
+                raise DataError(f"{where}: no column {self.text_column!r} (columns: {', '.join(example)})")  # fmt: skip
             text = example[self.text_column]
             if text:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -88,14 +79,8 @@ class TextStream(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank's stream is: `datasets`' position and the tokens not yet in a window."""
-        if self._stream is None:
-            return {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "stream": None, "buffer": []}
-        return {
-            "dp_rank": self.dp_rank,
-            "dp_size": self.dp_size,
-            "stream": self._stream.state_dict(),
-            "buffer": list(self._buffer),
-        }
+        stream = self._stream.state_dict() if self._stream is not None else None
+        return {"dp_rank": self.dp_rank, "dp_size": self.dp_size, "stream": stream, "buffer": list(self._buffer)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()` at the next iteration (same data-parallel layout)."""
@@ -120,17 +105,4 @@ def streaming_text_dataset(
 ) -> TextStream:
     """Pre-training windows of a `datasets` stream: a Hub name, a local folder, or a JSONL /
     parquet / text file (read with the matching builder), tokenized as it is read."""
-    from pathlib import Path
-
-    from ._loading import _BUILDERS
-
-    local = Path(str(path)).expanduser()
-    builder = _BUILDERS.get(local.suffix.lower())
-    if builder is not None:
-        if not local.is_file():
-            raise DataError(f"dataset file not found: {path}")
-        return TextStream(
-            tokenizer, builder, seq_length, text_column=text_column, split="train",
-            data_files=str(local),
-        )  # fmt: skip
-    return TextStream(tokenizer, path, seq_length, text_column=text_column, split=split, name=name)
+    return TextStream(tokenizer, stream_source(path, split, name), seq_length, text_column)
