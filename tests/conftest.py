@@ -39,8 +39,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300) -> None:
-    """Run `worker` under torchrun on this machine (gloo on CPU); fail with its output tail."""
+def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300) -> str:
+    """Run `worker` under torchrun on this machine (gloo on CPU); fail with its output tail;
+    return its stdout."""
     cmd = [
         sys.executable,
         "-m",
@@ -59,10 +60,11 @@ def run_torchrun(worker: Path, *args: str, nproc: int = 2, timeout: float = 300)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
 
 
 @pytest.fixture(name="run_torchrun", scope="session")
-def run_torchrun_fixture() -> Callable[..., None]:
+def run_torchrun_fixture() -> Callable[..., str]:
     """`run_torchrun(worker, *args, nproc=2, timeout=300)`, for test modules."""
     return run_torchrun
 

@@ -60,6 +60,7 @@ from ._chunked import ChunkedCrossEntropy
 from ._contrastive import contrastive_loss, listwise_cross_entropy
 from ._fused_kd import FusedLinearKDLoss
 from ._fused_linear import FusedLinearCrossEntropy
+from ._fused_model import FusedLossModel
 from ._labels import IGNORE_INDEX, count_label_tokens, shift_labels
 from ._masked import MaskedCrossEntropy
 
@@ -68,6 +69,7 @@ __all__ = [
     "ChunkedCrossEntropy",
     "FusedLinearCrossEntropy",
     "FusedLinearKDLoss",
+    "FusedLossModel",
     "MaskedCrossEntropy",
     "contrastive_loss",
     "count_label_tokens",

@@ -131,7 +131,8 @@ class _FusedLinearFn(torch.autograd.Function):
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         parts = sums[1:]
         ctx.mark_non_differentiable(parts)
-        return sums[0], parts
+        # a copy, not a view of `sums`: FSDP2 hooks the output of the module that returns it
+        return sums[0].clone(), parts
 
     @staticmethod
     def backward(

@@ -21,7 +21,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
-from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss
+from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss, FusedLossModel
 from automodel.core.models import load_model_config
 from automodel.core.training import MetricsSample
 
@@ -44,7 +44,6 @@ from .. import (
 )
 from .._errors import config_problem
 from ._data import build_loaders, build_tokenizer, real_tokens
-from ._fused_loss import FusedLossModel
 from .finetune import SECTIONS as FINETUNE_SECTIONS
 from .finetune import FinetuneRecipeForCausalLM as Finetune
 

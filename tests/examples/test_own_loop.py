@@ -1,0 +1,40 @@
+"""examples/own_loop/train.py: two ranks, stopped mid-run and rerun, train bitwise as an
+uninterrupted run, and transformers loads the final model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from _shared import REPO
+
+SCRIPT = REPO / "examples/own_loop/train.py"
+STEPS = ["--steps", "8", "--save-every", "3"]
+
+
+def losses(stdout: str) -> dict[int, str]:
+    """{step: the loss as printed (repr of the float: every bit)}."""
+    return {int(s): loss for s, loss in re.findall(r"^step (\d+) loss (\S+)", stdout, re.M)}
+
+
+def test_interrupted_two_rank_run_resumes_bitwise_and_saves_a_transformers_model(
+    tmp_path: Path, run_torchrun
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    whole = losses(run_torchrun(SCRIPT, "--run-dir", str(tmp_path / "whole"), *STEPS))
+    assert sorted(whole) == list(range(1, 9))
+    cut = tmp_path / "cut"
+    first = run_torchrun(SCRIPT, "--run-dir", str(cut), *STEPS, "--stop-after", "5")
+    assert sorted(losses(first)) == [1, 2, 3, 4, 5]  # the last checkpoint is step 3's
+    second = run_torchrun(SCRIPT, "--run-dir", str(cut), *STEPS)
+    assert "resumed from" in second and "epoch_0_step_3" in second
+    assert sorted(losses(second)) == [4, 5, 6, 7, 8]
+    assert {**losses(first), **losses(second)} == whole  # steps 4 and 5 twice, alike
+
+    final = [AutoModelForCausalLM.from_pretrained(d / "checkpoints/epoch_0_step_8/model") for d in (tmp_path / "whole", cut)]  # fmt: skip
+    for (name, a), b in zip(final[0].state_dict().items(), final[1].state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+    ids = torch.tensor([[2, 7, 9, 10, 5]])
+    assert final[0](ids).logits.shape == (1, 5, final[0].config.vocab_size)
