@@ -13,71 +13,22 @@ through :func:`readme_examples`.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import _readme
 import pytest
+from _readme import finish, run_example, start_example  # noqa: F401  (run_example: test_wheels)
 
 README = Path(__file__).resolve().parents[2] / "packages" / "automodel-peft" / "README.md"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
-TIMEOUT_S = 300
-
-_BLOCK = re.compile(
-    r"<!--\s*test:\s*(?P<name>[\w-]+)(?P<continued>\s+\(continued\))?\s*-->\s*\n"
-    r"```python\n(?P<code>.*?)^```",
-    re.DOTALL | re.MULTILINE,
-)
 
 
 def readme_examples(text: str | None = None) -> dict[str, str]:
-    """The marked python blocks of the README by name, continuations appended in order."""
-    examples: dict[str, str] = {}
-    for match in _BLOCK.finditer(README.read_text() if text is None else text):
-        name, code = match["name"], match["code"]
-        if match["continued"]:
-            if name not in examples:
-                raise ValueError(f"README block '{name} (continued)' comes before '{name}'")
-            examples[name] += "\n" + code
-        elif name in examples:
-            raise ValueError(f"two README blocks are marked '{name}'")
-        else:
-            examples[name] = code
-    return examples
-
-
-def start_example(code: str, tmp: Path, python: str = sys.executable) -> subprocess.Popen:
-    """Start one example in a fresh interpreter, offline, with its temporary files under ``tmp``."""
-    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    script = tmp / "example.py"
-    script.write_text(code)
-    return subprocess.Popen(
-        [python, "-I", str(script)],  # -I: no user site-packages, no PYTHON* variables
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
-    """Wait for a started example: exit code, stdout, stderr (killed after ``timeout``)."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        err += f"\n(killed after {timeout} s)"
-    return proc.returncode, out, err
-
-
-def run_example(code: str, tmp: Path, python: str = sys.executable) -> tuple[int, str, str]:
-    """Run one example to the end: exit code, stdout, stderr."""
-    return finish(start_example(code, tmp, python))
+    """The marked python blocks of this README (or of ``text``) by name."""
+    return _readme.readme_examples(README.read_text() if text is None else text)
 
 
 # Which example each test checks; the fixture below starts those of the selected tests at
@@ -85,8 +36,10 @@ def run_example(code: str, tmp: Path, python: str = sys.executable) -> tuple[int
 EXAMPLE_OF_TEST = {
     "test_readme_plain_loop": "plain-loop",
     "test_readme_trainer_peft_and_export": "trainer",
+    "test_readme_qlora": "qlora",
 }
 HAS_TRAINER_DEPS = all(importlib.util.find_spec(m) for m in ("transformers", "accelerate", "peft"))
+HAS_QLORA_DEPS = all(importlib.util.find_spec(m) for m in ("transformers", "torchao"))
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +52,8 @@ def started(request, tmp_path_factory) -> Iterator[dict[str, tuple[subprocess.Po
     }
     if not HAS_TRAINER_DEPS:
         names.discard("trainer")
+    if not HAS_QLORA_DEPS:
+        names.discard("qlora")
     examples = readme_examples()
     runs = {}
     for name in sorted(names):
@@ -128,7 +83,8 @@ def _folders_with(tmp: Path, names: set[str]) -> list[Path]:
 
 def test_readme_marks_the_examples():
     examples = readme_examples()
-    assert set(examples) == {"plain-loop", "trainer"}, sorted(examples)
+    assert set(examples) == {"plain-loop", "trainer", "qlora"}, sorted(examples)
+    assert _readme.unmarked_blocks(README.read_text()) == []
     assert "merge_lora" in examples["trainer"], "the export block is not appended to 'trainer'"
     # The first example must run with the wheel alone: torch, safetensors and the stdlib.
     imports = re.findall(r"^(?:from|import) (\w+)", examples["plain-loop"], re.MULTILINE)
@@ -154,3 +110,9 @@ def test_readme_trainer_peft_and_export(started):
     assert [p.name for p in adapters] == ["adapter"], adapters
     merged = _folders_with(tmp_path, {"config.json", "model.safetensors"})
     assert {p.name for p in merged} == {"base", "merged", "merged-in-place"}, merged
+
+
+@pytest.mark.skipif(not HAS_QLORA_DEPS, reason="the QLoRA example needs transformers and torchao")
+def test_readme_qlora(started):
+    out, _ = _succeeded(started, "qlora")
+    assert "LoRA on 14 modules, 14 base weights in NF4" in out, out
