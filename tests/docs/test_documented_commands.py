@@ -359,6 +359,17 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     ),
     # --- docs/llm_recipe.md: train, rerun (complete), extend, resume from a path, fresh ------
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain.yaml": Run(steps=2),
+    # --- README.md: the own training loop, one process here; 2 ranks in its own test ----------
+    "uv run python examples/own_loop/train.py": Run(
+        group="own_loop",
+        subs=(("train.py", "train.py --steps 2 --save-every 2"),),
+        files=("runs/own_loop/checkpoints/LATEST",),
+        expect=("final model: runs/own_loop/checkpoints/epoch_0_step_2/model",),
+    ),
+    "uv run torchrun --nproc-per-node 2 examples/own_loop/train.py": Shared(
+        group="own_loop",
+        why="the same program; tests/examples/test_own_loop.py runs it on 2 ranks, stopped and resumed",
+    ),
     # --- docs/pretrain_data.md: preprocess two corpora, pre-train on the shipped blend --------
     (
         f"{AM} preprocess -i examples/llm_finetune/assets/reverse_text_train.jsonl "
