@@ -75,6 +75,8 @@ class Run:
     env: tuple[tuple[str, str], ...] = ()  # extra environment; `{cwd}`: the working directory
     expect: tuple[str, ...] = ()  # texts its output (stdout and stderr) must contain
     files: tuple[str, ...] = ()  # files it must have written, relative to the working directory
+    # (written, repository file): files it writes that must equal the repository's byte for byte
+    identical: tuple[tuple[str, str], ...] = ()
     fails: bool = False  # documented to fail (an error the docs show): a non-zero exit
     setup: Callable[[Path], None] | None = field(default=None, compare=False)
     broken: str = ""  # a documented command that does not work: a strict xfail with the reason
@@ -376,13 +378,22 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         "-o runs/pretrain_data/reverse --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
     ): Run(
         group="indexed",
-        files=("runs/pretrain_data/reverse.bin", "runs/pretrain_data/reverse.idx"),
+        identical=tuple(
+            (f"runs/pretrain_data/reverse{s}", f"examples/llm_pretrain/assets/indexed/reverse{s}")
+            for s in (".bin", ".idx")
+        ),
         expect=("4,000 documents, 52,176 tokens (uint16)",),
     ),
     (
         f"{AM} preprocess -i examples/llm_pretrain/assets/copy_text.jsonl "
         "-o runs/pretrain_data/copy --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
-    ): Run(group="indexed", files=("runs/pretrain_data/copy.idx",)),
+    ): Run(
+        group="indexed",
+        identical=tuple(
+            (f"runs/pretrain_data/copy{s}", f"examples/llm_pretrain/assets/indexed/copy{s}")
+            for s in (".bin", ".idx")
+        ),  # the example's shipped corpus is what the documented command writes
+    ),
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_indexed.yaml": Run(
         group="indexed", steps=2, files=("runs/tiny_pretrain_indexed/checkpoints/LATEST",)
     ),
@@ -709,20 +720,25 @@ def run_group(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcom
             problems.append(f"exit code {code}" + (", a failure expected" if entry.fails else ""))
         problems += [f"no {text!r} in the output" for text in entry.expect if text not in output]
         problems += [f"{name} was not written" for name in entry.files if not (cwd / name).exists()]
+        problems += [
+            f"{written} differs from {shipped}"
+            for written, shipped in entry.identical
+            if not (cwd / written).is_file()
+            or (cwd / written).read_bytes() != (REPO / shipped).read_bytes()
+        ]
         outcomes[command.id] = Outcome(text, code, output, seconds, problems)
     return outcomes
 
 
 class Launches:
-    """The groups the selected tests need, two at a time: a launch spends much of its time in
-    one process's imports, so two keep a 2-core machine busy. The largest groups start first."""
+    """The groups the selected tests need, three at a time: a launch spends much of its time
+    in one process's imports or waiting, so three keep a 2-core machine busy. The largest
+    groups start first."""
 
     def __init__(self, needed: list[str], root: Path) -> None:
         self.examples_before = tree_state(REPO / "examples")
         launched = groups()
         order = sorted(dict.fromkeys(needed), key=lambda name: -len(launched[name]))
-        # three groups at a time on two cores: a launch spends part of its time waiting
-        # (process start, file writes, rendezvous), so a third keeps the cores busy
         self.pool = ThreadPoolExecutor(max_workers=3)
         self.futures: dict[str, Future[dict[str, Outcome]]] = {
             name: self.pool.submit(run_group, launched[name], workdir(root / f"{i:02d}"))

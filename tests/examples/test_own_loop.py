@@ -4,6 +4,7 @@ uninterrupted run, and transformers loads the final model."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -23,10 +24,12 @@ def test_interrupted_two_rank_run_resumes_bitwise_and_saves_a_transformers_model
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    whole = losses(run_torchrun(SCRIPT, "--run-dir", str(tmp_path / "whole"), *STEPS))
-    assert sorted(whole) == list(range(1, 7))
     cut = tmp_path / "cut"
-    first = run_torchrun(SCRIPT, "--run-dir", str(cut), *STEPS, "--stop-after", "4")
+    with ThreadPoolExecutor(2) as pool:  # the uninterrupted run and the interrupted one, together
+        whole_run = pool.submit(run_torchrun, SCRIPT, "--run-dir", str(tmp_path / "whole"), *STEPS)
+        first = run_torchrun(SCRIPT, "--run-dir", str(cut), *STEPS, "--stop-after", "4")
+        whole = losses(whole_run.result())
+    assert sorted(whole) == list(range(1, 7))
     assert sorted(losses(first)) == [1, 2, 3, 4]  # the last checkpoint is step 3's
     second = run_torchrun(SCRIPT, "--run-dir", str(cut), *STEPS)
     assert "resumed from" in second and "epoch_0_step_3" in second
