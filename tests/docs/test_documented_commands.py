@@ -101,6 +101,15 @@ class Skip:
     reason: str
 
 
+def shipped_corpus(name: str) -> tuple[tuple[str, str], ...]:
+    """(written, shipped) pairs: `automodel preprocess -o runs/pretrain_data/NAME` writes the
+    example's shipped corpus, byte for byte."""
+    return tuple(
+        (f"runs/pretrain_data/{name}{s}", f"examples/llm_pretrain/assets/indexed/{name}{s}")
+        for s in (".bin", ".idx")
+    )
+
+
 def yaml_block(doc: str, containing: str) -> str:
     """The first ```yaml block of `doc` (relative to the repository) that contains `containing`."""
     blocks = re.findall(r"^```yaml\n(.*?)^```", (REPO / doc).read_text(), flags=re.S | re.M)
@@ -370,7 +379,7 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     ),
     "uv run torchrun --nproc-per-node 2 examples/own_loop/train.py": Shared(
         group="own_loop",
-        why="the same program; tests/examples/test_own_loop.py runs it on 2 ranks, stopped and resumed",
+        why="the same program; tests/examples/test_own_loop.py runs it on 2 ranks and resumes it mid-run",
     ),
     # --- docs/pretrain_data.md: preprocess two corpora, pre-train on the shipped blend --------
     (
@@ -378,10 +387,7 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         "-o runs/pretrain_data/reverse --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
     ): Run(
         group="indexed",
-        identical=tuple(
-            (f"runs/pretrain_data/reverse{s}", f"examples/llm_pretrain/assets/indexed/reverse{s}")
-            for s in (".bin", ".idx")
-        ),
+        identical=shipped_corpus("reverse"),
         expect=("4,000 documents, 52,176 tokens (uint16)",),
     ),
     (
@@ -389,10 +395,7 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         "-o runs/pretrain_data/copy --tokenizer examples/llm_finetune/assets/tiny_tokenizer --workers 2"
     ): Run(
         group="indexed",
-        identical=tuple(
-            (f"runs/pretrain_data/copy{s}", f"examples/llm_pretrain/assets/indexed/copy{s}")
-            for s in (".bin", ".idx")
-        ),  # the example's shipped corpus is what the documented command writes
+        identical=shipped_corpus("copy"),
     ),
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_indexed.yaml": Run(
         group="indexed", steps=2, files=("runs/tiny_pretrain_indexed/checkpoints/LATEST",)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..logging import ProgressBar
+from ._errors import DataError
 from ._indexed import token_dtype, write_indexed
 from ._loading import stream_column
 
@@ -59,8 +60,6 @@ def preprocess_text(
     meta = load_tokenizer(tokenizer)
     eos = meta.eos_token_id if append_eos else None
     if append_eos and eos is None:
-        from ._errors import DataError
-
         raise DataError(f"{tokenizer}: the tokenizer has no EOS token; pass append_eos=False")
     dtype = token_dtype(len(meta))
     counts = {"skipped": 0}

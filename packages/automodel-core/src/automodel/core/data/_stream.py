@@ -39,6 +39,11 @@ class TextStream(IterableDataset):
         self._buffer: list[int] = []
         self._resume: dict[str, Any] | None = None
 
+    @property
+    def where(self) -> str:
+        """The file or dataset name the stream reads, for messages."""
+        return str(self.source.get("data_files") or self.source["path"])
+
     def shard(self, dp_rank: int, dp_size: int) -> None:
         """Read data-parallel rank `dp_rank`'s part of the stream (before iterating)."""
         self.dp_rank, self.dp_size = dp_rank, dp_size
@@ -47,11 +52,10 @@ class TextStream(IterableDataset):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
-        where = self.source.get("data_files") or self.source["path"]
         try:
             stream = datasets.load_dataset(**self.source, streaming=True)
         except Exception as e:  # datasets raises many kinds for missing or unreadable data
-            raise DataError(f"{where}: could not be opened as a stream: {type(e).__name__}: {e}") from e  # fmt: skip
+            raise DataError(f"{self.where}: could not be opened as a stream: {type(e).__name__}: {e}") from e  # fmt: skip
         if self.dp_size > 1:
             stream = split_dataset_by_node(stream, rank=self.dp_rank, world_size=self.dp_size)
         return stream
@@ -66,8 +70,7 @@ class TextStream(IterableDataset):
         length = self.seq_length
         for example in self._stream:
             if self.text_column not in example:
-                where = self.source.get("data_files") or self.source["path"]
-                raise DataError(f"{where}: no column {self.text_column!r} (columns: {', '.join(example)})")  # fmt: skip
+                raise DataError(f"{self.where}: no column {self.text_column!r} (columns: {', '.join(example)})")  # fmt: skip
             text = example[self.text_column]
             if text:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
