@@ -69,6 +69,9 @@ _PARTS = {
     "MoeStep": "_moe",
     # the step, validation and saving
     "OptimizerStep": "_step",
+    "PendingStep": "_pending",
+    "read_back": "_pending",
+    "Nonfinite": "_sections",
     "build_training": "_step",
     "model_flops_per_token": "_step",
     "validate": "_step",

@@ -93,6 +93,7 @@ def build_loader(
             # in length, and every rank must run the same batches (the sums count each row
             # dp_size times, which leaves the mean loss as it is)
             dp_rank, dp_size = 0, 1
+    defaults = {"pin_memory": torch.cuda.is_available(), **defaults}  # copies need not wait
     options = {**defaults, **(cfg[name].to_dict() if name in cfg else {})}
     return build_dataloader(dataset, batch_size, dp_rank=dp_rank, dp_size=dp_size, **options)
 

@@ -22,6 +22,7 @@ from automodel.moe import (
 )
 
 from ._errors import config_problem
+from ._moe_nemo import NEMO_BALANCING, applied_section, resolve_nemo_balancing
 from ._parallel import Parallel
 from ._sections import Moe, read_section
 
@@ -50,6 +51,8 @@ def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
 def apply_moe(model: nn.Module, section: Moe, cfg: ConfigNode) -> None:
     """Swap the MoE blocks in place; before LoRA, the restore, sharding and the optimizer."""
     block_options = {k: v for k, v in section.__dict__.items() if k != "dispatcher"}
+    if section.balancing == NEMO_BALANCING:  # their model class's balancing for this family
+        block_options.update(resolve_nemo_balancing(model, cfg))
     try:
         replaced = patch_hf_moe(model, **block_options)
     except (TypeError, ValueError) as e:
@@ -64,7 +67,8 @@ class MoeStep:
     """What MoE adds to training: expert parallelism, the aux loss, the bias update, load metrics."""
 
     def __init__(self, model: nn.Module, section: Moe | None, parallel: Parallel):
-        self.model, self.section, self.parallel = model, section, parallel
+        self.model, self.parallel = model, parallel
+        self.section = applied_section(model, section)  # `nemo_automodel`: as the blocks were set
         self.experts: list[nn.Parameter] = []  # expert-parallel weights (DTensors on "ep")
 
     def shard_experts(self, cfg: ConfigNode) -> set[nn.Parameter] | None:
@@ -119,12 +123,16 @@ class MoeStep:
         mask = batch.get("attention_mask")  # packed rows have none: every position counts
         return routing_mask(self.model, None if mask is None else mask.to(self.parallel.device))
 
-    def after_optimizer_step(self) -> dict[str, float]:
-        """Nudge the routing biases (bias balancing); the step's load metrics over every dp rank."""
+    def after_optimizer_step(self) -> None:
+        """Nudge the routing biases (bias balancing), on the device."""
+        if self.section is not None and self.section.balancing == "bias":
+            update_moe_bias(self.model, self.parallel.group)  # counts summed over the dp ranks
+
+    def window_metrics(self) -> dict[str, float]:
+        """The load metrics of the steps since the last call, over every dp rank (a collective
+        that reads the counts back: call it where the host waits anyway, at a log step)."""
         if self.section is None:
             return {}
-        if self.section.balancing == "bias":
-            update_moe_bias(self.model, self.parallel.group)  # counts summed over the dp ranks
         return moe_metrics(self.model, reset=True, sum_over=self.parallel.group)
 
     def forget_load(self) -> None:

@@ -23,6 +23,7 @@ from automodel.distributed import (
     build_strategy,
     dp_group,
     dp_rank_and_size,
+    global_label_tokens,
     init_distributed,
     no_sync,
     resolve_sizes,
@@ -164,6 +165,14 @@ class Parallel:
         if self.defer_grad_sync and not last:
             return no_sync(model)
         return contextlib.nullcontext()
+
+    def label_tokens(self, count: int) -> int | torch.Tensor:
+        """The step's label tokens: this rank's `count` summed over the ranks gradients are
+        averaged over; with several, a tensor on the device that the host does not wait for."""
+        if self.group is None:
+            return count
+        on_device = torch.full((), count, dtype=torch.int64, device=self.device)  # no host copy
+        return global_label_tokens(on_device, self.group)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """`values` summed over the data-parallel ranks (itself with one process).

@@ -34,6 +34,14 @@ class ClipGradNorm:
 
 
 @dataclass(frozen=True)
+class Nonfinite:
+    """`nonfinite:` a step whose loss or gradient norm is NaN or inf is skipped (the weights and
+    optimizer state stay as they were); `patience` such steps in a row stop the run (null: never)."""
+
+    patience: int | None = 10
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """`checkpoint:` where and how the training state is saved, and what to resume from."""
 
@@ -173,6 +181,7 @@ OPTIMIZER_SECTIONS = {
     "optimizer": Section(required=True, needs_target=True, provided=("params",)),
     "lr_scheduler": Section(keys_of=build_lr_scheduler, provided=("optimizer", "total_steps")),
     "clip_grad_norm": Section(keys_of=ClipGradNorm),
+    "nonfinite": Section(keys_of=Nonfinite),
 }
 # Loaders of the recipe's datasets (built by build_loader).
 LOADER_SECTIONS = {

@@ -12,6 +12,7 @@ from automodel.core.config import ConfigNode, redacted_data
 from automodel.core.logging import JsonlWriter, ProgressBar, build_metric_loggers
 from automodel.core.training import MetricsSample
 
+from ._pending import PendingStep, read_back
 from ._sections import Logging
 
 log = logging.getLogger("automodel.recipes")
@@ -34,8 +35,10 @@ class Telemetry:
         self.started = time.monotonic() if started is None else started
         self.elapsed_before = 0.0  # the run's time before this process (a resumed run)
         self.resumed_at: int | None = None  # the step this process resumed the run at
-        # Called with every training step's sample on every rank (benchmarks, early stopping).
+        # Called with every training step's sample on every rank (benchmarks, early stopping),
+        # in order, at the log step that reads them back.
         self.listeners = list(listeners)
+        self.pending: list[PendingStep | MetricsSample] = []  # steps not yet written
         self.train_log = JsonlWriter(run_dir / "training.jsonl")
         self.val_log = JsonlWriter(run_dir / "validation.jsonl")
         self.loggers = build_metric_loggers(cfg, run_config=redacted_data(cfg))
@@ -50,7 +53,8 @@ class Telemetry:
 
     def state_dict(self) -> dict[str, Any]:
         """The JSONL offsets, so a resumed run neither repeats nor loses rows, and the run's
-        time so far, so `elapsed_s` goes on counting from it."""
+        time so far, so `elapsed_s` goes on counting from it; pending steps are written first."""
+        self.flush()
         return {
             "training": self.train_log.state_dict(),
             "validation": self.val_log.state_dict(),
@@ -75,16 +79,36 @@ class Telemetry:
             "elapsed_s": round(self.elapsed(), 3),
         }
 
-    def log_train(self, sample: MetricsSample, show: bool) -> None:
-        """Record one optimizer step; `show` also prints a log line."""
-        for listener in self.listeners:
-            listener(sample)
-        self.train_log.write(self._row(sample))
-        for logger in self.loggers:
-            logger.log(sample.to_dict(), split="train")
-        self.bar.update(1, loss=f"{sample.loss:.4f}")
+    def log_train(self, step: PendingStep | MetricsSample, show: bool) -> None:
+        """Record one optimizer step; at `show` (a log step) write every step recorded since
+        the last one and print this one's log line.
+
+        A PendingStep's numbers are still on the device: they are read back here, every
+        pending step's at once, only at `show` (or `flush`), so the steps between never wait.
+        """
+        self.pending.append(step)
+        self.bar.update(1)
         if show:
-            log.info("train %s", sample.format())
+            self.flush(show=True)
+
+    def flush(self, show: bool = False) -> None:
+        """Write the rows of the pending steps (reading them back from the device); `show`
+        prints the last one's log line. Every rank calls it at the same steps (a collective
+        with MoE load metrics)."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        samples = pending if isinstance(pending[0], MetricsSample) else read_back(pending)
+        for sample in samples:
+            self.train_log.write(self._row(sample))
+            for logger in self.loggers:
+                logger.log(sample.to_dict(), split="train")
+        self.bar.update(0, loss=f"{samples[-1].loss:.4f}")
+        if show:
+            log.info("train %s", samples[-1].format())
+        for sample in samples:  # last: one may stop the run, after its rows are written
+            for listener in self.listeners:
+                listener(sample)
 
     def log_validation(self, sample: MetricsSample) -> None:
         """Record one validation pass and print it."""
@@ -108,7 +132,13 @@ class Telemetry:
                 bar.update(1)
 
     def close(self) -> None:
-        """Flush and close every sink."""
+        """Write the pending steps, then flush and close every sink."""
+        try:
+            self.flush()
+        finally:
+            self._close_sinks()
+
+    def _close_sinks(self) -> None:
         self.bar.close()
         self.train_log.close()
         self.val_log.close()

@@ -26,8 +26,10 @@ def normaliser(
     """Float32 divisor of the summed loss; at least 1, so a step without label tokens gives 0."""
     if num_label_tokens is None:
         num = count_label_tokens(labels, ignore_index)
-    else:
-        num = torch.as_tensor(num_label_tokens, device=labels.device)
+    elif isinstance(num_label_tokens, torch.Tensor):
+        num = num_label_tokens.to(labels.device)
+    else:  # filled in on the device: a copy from host memory would wait for it
+        num = torch.full((), float(num_label_tokens), device=labels.device)
     return num.to(torch.float32).clamp_min(1.0)
 
 

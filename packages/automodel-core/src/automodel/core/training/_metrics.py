@@ -42,6 +42,7 @@ class MetricsSample:
     mfu: float | None = None
     num_label_tokens: int | None = None
     num_real_tokens: int | None = None  # tokens that are not padding, over every rank
+    skipped: bool = False  # the loss or gradient norm was not finite: the weights did not change
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +66,8 @@ class MetricsSample:
         parts = [f"step {self.step}", f"epoch {self.epoch}", f"loss {_num(self.loss, '.4f')}"]
         if self.grad_norm is not None:
             parts.append(f"grad_norm {_num(self.grad_norm, '.3f')}")
+        if self.skipped:
+            parts.append("SKIPPED (not finite)")
         parts.append(f"lr {self.lr:.3e}")
         if self.mem is not None:
             parts.append(f"mem {self.mem:.2f} GiB")

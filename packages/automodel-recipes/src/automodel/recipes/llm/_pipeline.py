@@ -109,7 +109,7 @@ class Pipeline:
             s.model.embed_tokens.weight for s in self.stages if s.ties_embedding and s.is_last
         ]
         self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
-        self.loss_fn, self.dp_size = loss_fn, parallel.dp_size
+        self.loss_fn, self.dp_size, self.device = loss_fn, parallel.dp_size, parallel.device
         self.n_micro, self.seq_len = n_micro, seq_len
         self.pad_token_id = pad_token_id
         self.pad = pad_token_id if pad_token_id is not None else 0
@@ -170,8 +170,8 @@ class Pipeline:
         run = self.schedule.step if train else self.schedule.eval
         run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
         if not losses:
-            return torch.zeros(())
-        return torch.stack([loss.detach().float().cpu() for loss in losses]).sum()
+            return torch.zeros((), device=self.device)
+        return torch.stack([loss.detach().float() for loss in losses]).sum()
 
     def train_step(
         self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int, rows: int

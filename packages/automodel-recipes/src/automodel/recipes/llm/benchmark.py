@@ -40,6 +40,7 @@ from .. import (
     model_flops_per_token,
     preflight,
     prepare_model,
+    read_back,
     read_moe,
     read_section,
     run_then_shutdown,
@@ -150,11 +151,11 @@ class BenchmarkRecipeForCausalLM:
                     loss, tokens = self.pipeline.train_step(micro_batches, label_tokens, rows)
                 else:
                     loss, tokens = self.forward_backward(micro_batches, label_tokens)
-                sample = self.optimizer_step(self.steps, loss, tokens, label_tokens, started)
+                pending = self.optimizer_step(self.steps, loss, tokens, label_tokens, started)
                 self.synchronize()
                 seconds[step] = time.perf_counter() - started
                 self.profile.after(step)
-                sample = self.measured(sample, seconds[step])
+                sample = self.measured(read_back([pending])[0], seconds[step])  # after the timing
                 self.telemetry.log_train(sample, show=self.steps.is_log_step)
         return self.write_summary(seconds)
 

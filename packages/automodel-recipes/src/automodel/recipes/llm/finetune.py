@@ -19,7 +19,6 @@ from automodel.core.training import (
     GlobalRngState,
     peak_flops_for_device,
 )
-from automodel.distributed import global_label_tokens
 
 from .. import (
     CHECKPOINT_SECTIONS,
@@ -168,15 +167,16 @@ class FinetuneRecipeForCausalLM(RunViews):
             micro_batches = [self.prepare(batch) for batch in micro_batches]
             # Exact normalisation: every token of the global batch (all micro-batches, all dp and
             # cp ranks) weighs the same; × their number undoes the averaging of FSDP2/DDP.
+            # The counts are of host batches; their sum over the ranks stays on the device.
             local_tokens = sum(self.count_targets(b) for b in micro_batches)
-            num_label_tokens = global_label_tokens(local_tokens, self.parallel.group)
+            num_label_tokens = self.parallel.label_tokens(local_tokens)
             if self.pipeline is not None:  # the schedule runs every micro-batch of the step
                 local = steps.local_batch_size
                 loss_sum, tokens = self.pipeline.train_step(micro_batches, num_label_tokens, local)
             else:
                 loss_sum, tokens = self.forward_backward(micro_batches, num_label_tokens)
-            sample = self.optimizer_step(steps, loss_sum, tokens, num_label_tokens, start)
-            self.telemetry.log_train(sample, show=steps.is_log_step)
+            pending = self.optimizer_step(steps, loss_sum, tokens, num_label_tokens, start)
+            self.telemetry.log_train(pending, show=steps.is_log_step)  # reads back at log steps
             if steps.is_val_step and self.val_loader is not None:
                 self.validate()
             if checkpoint_if_due(self.run, self.save):
@@ -184,7 +184,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         return True
 
     def forward_backward(
-        self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int
+        self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int | torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """Forward and backward of every micro-batch of a step: (loss sum, real tokens)."""
         loss_sum, tokens = torch.zeros((), device=self.device), 0
@@ -213,7 +213,7 @@ class FinetuneRecipeForCausalLM(RunViews):
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
         if is_fused(self.loss_fn):  # self.model is (the parallelized) FusedLossModel
             return self.model(batch, labels, num_label_tokens)

@@ -23,10 +23,10 @@ from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss, FusedLossModel
 from automodel.core.models import load_model_config
-from automodel.core.training import MetricsSample
 
 from .. import (
     MoeStep,
+    PendingStep,
     RunViews,
     adapter_extras_writer,
     build_lora_config,
@@ -216,12 +216,9 @@ class KDRecipeForCausalLM(RunViews):
             tokens += real_tokens(batch, self.tokenizer.pad_token_id)
         return loss_sum, tokens
 
-    def optimizer_step(self, *step: Any) -> MetricsSample:
-        """The shared optimizer step; its sample adds the step's CE and KL (over every rank)."""
-        sample = self.apply_step(*step)
-        ce, kl = self.parallel.sum(self.parts.double().cpu()).tolist()
-        sample.extra.update(ce_loss=ce, kl_loss=kl)
-        return sample
+    def optimizer_step(self, *step: Any) -> PendingStep:
+        """The shared optimizer step; its metrics add the step's CE and KL (over every rank)."""
+        return self.apply_step(*step, sums={"ce_loss": self.parts[0], "kl_loss": self.parts[1]})
 
 
 def build_teacher(cfg: ConfigNode) -> nn.Module:
