@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _shared import REPO
 
 from automodel.core.config import ConfigError, load_config, resolve_target, validate_config
@@ -669,3 +670,137 @@ def test_their_pipeline_subsection() -> None:
         with pytest.raises(ConfigError) as info:
             translate({"distributed": {"pp_size": 2, "pipeline": bad}}, {}, "cfg.yaml")
         assert [p.key for p in info.value.problems] == [f"distributed.pipeline.{key}"]
+
+
+def their_moe(name: str, ep_size: int, **backend) -> dict:
+    """Their MoE layout: the model's BackendConfig names the experts and the dispatcher."""
+    return {
+        "recipe": "TrainFinetuneRecipeForNextTokenPrediction",
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            "pretrained_model_name_or_path": name,
+            "backend": {
+                "_target_": "nemo_automodel.components.models.common.BackendConfig",
+                "attn": "te",
+                "rms_norm": "torch_fp32",
+                "fake_balanced_gate": False,
+                **backend,
+            },
+        },
+        "distributed": {"strategy": "fsdp2", "ep_size": ep_size},
+    }
+
+
+def test_their_moe_configs_get_a_moe_section() -> None:
+    """Their MoE balancing lives in their model classes: the translation says so with
+    `balancing: nemo_automodel`; their experts/dispatcher backends are ours."""
+    qwen = their_moe("Qwen/Qwen3-30B-A3B", 8, experts="torch_mm", dispatcher="deepep")
+    t = translate(qwen, {"distributed.ep_size": "cfg.yaml:9"}, "cfg.yaml", 8)
+    assert t.data["moe"] == {
+        "balancing": "nemo_automodel",
+        "backend": "grouped_mm",
+        "dispatcher": "deepep",
+    }
+    assert "backend" not in t.data["model"] and t.where["moe"] == "cfg.yaml:9"
+    moonlight = their_moe("moonshotai/Moonlight-16B-A3B", 8, experts="te", dispatcher="hybridep")
+    moe = translate(moonlight, {}, "cfg.yaml", 8).data["moe"]
+    assert moe == {"balancing": "nemo_automodel", "backend": "auto", "dispatcher": "all_to_all"}
+    # a Qwen3-MoE model balances there without expert parallelism too; a dense one gets no moe:
+    single = translate(their_moe("Qwen/Qwen3-30B-A3B", 1, dispatcher="deepep"), {}, "cfg.yaml")
+    assert single.data["moe"] == {"balancing": "nemo_automodel"}
+    assert "moe" not in translate(their_moe("Qwen/Qwen3-0.6B", 1), {}, "cfg.yaml").data
+
+    refused = {
+        # families whose blocks automodel.moe does not swap
+        "model.pretrained_model_name_or_path": (
+            their_moe("openai/gpt-oss-20b", 1), "adds an aux loss weighted by router_aux_loss_coef"
+        ),
+        "distributed.ep_size": (
+            their_moe("inclusionAI/Ling-mini-2.0", 8), "set distributed.ep_size: 1"
+        ),
+        # what changes the numbers, not only the kernels
+        "model.backend.fake_balanced_gate": (
+            their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True), "set it false"
+        ),
+        "model.backend.te_fp8": (
+            their_moe("Qwen/Qwen3-30B-A3B", 8, te_fp8={"recipe": "mxfp8"}), "te_fp8"
+        ),
+        "model.backend.experts": (
+            their_moe("Qwen/Qwen3-30B-A3B", 8, experts="torch_mm_mxfp8"), "use torch_mm"
+        ),
+        # their LoRA adapts the experts a pattern matches; ours adapts linear layers only
+        "peft.target_modules": (
+            {
+                **their_moe("Qwen/Qwen3-30B-A3B", 8),
+                "peft": {
+                    "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
+                    "target_modules": ["*"],
+                },
+            },
+            "matches the MoE experts",
+        ),
+    }  # fmt: skip
+    for key, (bad, message) in refused.items():
+        with pytest.raises(ConfigError) as info:
+            translate(bad, {}, "cfg.yaml", 8)
+        assert [p.key for p in info.value.problems] == [key]
+        assert message in info.value.problems[0].message, info.value.problems[0].message
+
+
+def tiny_moe(kind: str, **options):
+    """A tiny real transformers MoE model of their DeepSeek-V3 or Qwen3-MoE family."""
+    import transformers
+
+    common = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48}
+    common |= {"num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4}
+    if kind == "qwen3_moe":
+        config = transformers.Qwen3MoeConfig(
+            **common, head_dim=8, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
+            **options,
+        )  # fmt: skip
+        return transformers.Qwen3MoeForCausalLM(config)
+    config = transformers.DeepseekV3Config(
+        **common, moe_intermediate_size=16, n_routed_experts=8, num_experts_per_tok=2, n_group=2,
+        topk_group=1, first_k_dense_replace=0, q_lora_rank=16, kv_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8,
+    )  # fmt: skip
+    return transformers.DeepseekV3ForCausalLM(config)
+
+
+def test_nemo_balancing_is_their_model_class_balancing() -> None:
+    """`moe.balancing: nemo_automodel` on a DeepSeek-V3 model is their bias update (1e-3, no aux
+    loss); on a Qwen3-MoE model their aux loss, whose token fractions they divide by top-k:
+    the loss here is router_aux_loss_coef x theirs, however our formula normalises."""
+    from automodel.core.config import ConfigNode
+    from automodel.moe import MoE
+    from automodel.recipes._moe import MoeStep, apply_moe
+    from automodel.recipes._moe_nemo import applied_section
+    from automodel.recipes._sections import Moe
+
+    section, cfg = Moe(balancing="nemo_automodel"), ConfigNode({"moe": {}})
+    torch.manual_seed(0)
+    deepseek = tiny_moe("deepseek_v3")
+    apply_moe(deepseek, section, cfg)
+    (block,) = [m for m in deepseek.modules() if isinstance(m, MoE)]
+    assert (block.config.balancing, block.config.bias_update_rate) == ("bias", 1e-3)
+    assert applied_section(deepseek, section).balancing == "bias"  # MoeStep's bias update
+
+    coef, top_k, experts = 0.01, 2, 8
+    qwen = tiny_moe("qwen3_moe", router_aux_loss_coef=coef)
+    apply_moe(qwen, section, cfg)
+    (block,) = [m for m in qwen.modules() if isinstance(m, MoE)]
+    assert block.config.balancing == "aux_loss"
+    assert block.config.aux_loss_coeff == pytest.approx(coef / top_k)
+    x = torch.randn(1, 24, 32)
+    block.train()
+    block(x)
+    scores = torch.softmax(x.reshape(-1, 32) @ block.gate.weight.float().T, dim=-1)
+    load = torch.bincount(scores.topk(top_k, dim=-1).indices.reshape(-1), minlength=experts)
+    tokens = scores.shape[0]
+    theirs = (load * experts / (top_k * tokens) * scores.sum(0) / tokens).sum()
+    assert block.gate.aux_loss.item() == pytest.approx(coef * theirs.item(), rel=1e-5)
+    assert MoeStep(qwen, section, None).section.balancing == "aux_loss"
+
+    no_aux = tiny_moe("qwen3_moe", router_aux_loss_coef=0.0)
+    apply_moe(no_aux, section, cfg)
+    assert next(m for m in no_aux.modules() if isinstance(m, MoE)).config.balancing == "none"

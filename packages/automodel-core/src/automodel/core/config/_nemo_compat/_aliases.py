@@ -318,6 +318,10 @@ NOT_SUPPORTED: dict[str, str] = {
         "the Transformer Engine parallel cross-entropy is not shipped; use "
         "automodel.core.losses.MaskedCrossEntropy (or FusedLinearCrossEntropy)"
     ),
+    "nemo_automodel.components.moe.parallelizer.parallelize_model": (
+        "their parallelizer shards their own MoE model classes; drop the parallelizer: section "
+        "(sharding is distributed:, MoE blocks the moe: section)"
+    ),
 }
 
 # Their recipe classes -> our recipe names (`automodel finetune llm`, ...).

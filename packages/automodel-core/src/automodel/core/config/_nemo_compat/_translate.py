@@ -8,6 +8,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from ._translate_features import _FeaturePasses
+from ._translate_moe import _MoePasses
 from ._translate_retrieval import _RetrievalPasses
 from ._translate_sections import _SectionPasses
 from ._translate_targets import _TargetPasses
@@ -35,11 +36,12 @@ def translate(
     return Translation(t.data, t.where, t.changed, t.notes, t.recipe)
 
 
-class _Translator(_RetrievalPasses, _TargetPasses, _SectionPasses, _FeaturePasses):
+class _Translator(_RetrievalPasses, _MoePasses, _TargetPasses, _SectionPasses, _FeaturePasses):
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:
         self.top_level()
         self.retrieval()  # first: it moves their retrieval arguments out of their targets
+        self.moe()  # before the targets: it reads their model's backend, which they drop
         self.targets(self.data, "")
         self.sections()
         self.features()

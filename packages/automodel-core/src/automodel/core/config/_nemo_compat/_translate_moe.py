@@ -1,0 +1,156 @@
+"""The translator's MoE pass: their MoE settings (the model's `backend:` and
+`distributed.ep_size`, the balancing their model class implies) as our `moe:` section.
+
+Their MoE models run through their own model classes: expert parallelism is
+`distributed.ep_size`, the token dispatcher and the expert matmuls are keys of the model's
+`backend:` (a BackendConfig), and the load balancing is not in the YAML at all but in each
+family's class (`_moe_families`). Here a model's Hugging Face MoE blocks are swapped for
+automodel.moe's only with a `moe:` section, so this pass writes one for a family automodel.moe
+swaps (or any model with `ep_size` > 1), with `balancing: nemo_automodel`: the recipe then sets
+the balancing their class would, from the loaded model's config. A family it does not swap is an
+error where its implementation balances the experts (or where `ep_size` > 1 asks for expert
+parallelism); otherwise the plain Hugging Face model trains as theirs does. Run before the
+target pass, which drops what is left of `backend:` (attention, linear and norm kernels).
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any
+
+from ._aliases import NEMO_PREFIX, TARGET_KEY
+from ._moe_families import SWAPPED, moe_family
+from ._translator_base import _TranslatorBase
+
+NEMO_BALANCING = "nemo_automodel"  # moe.balancing: their family's balancing, read at model build
+# their BackendConfig.experts -> our moe.backend (the same expert products)
+_EXPERTS = {"torch": "loop", "torch_mm": "grouped_mm", "gmm": "auto", "te": "auto"}
+# their BackendConfig.dispatcher -> our moe.dispatcher (how tokens reach their experts' ranks)
+_DISPATCHERS = {
+    "deepep": "deepep",
+    "torch": "all_to_all",
+    "hybridep": "all_to_all",
+    "uccl_ep": "all_to_all",
+    "mok": "all_to_all",
+}
+_EXPERTS_PATH = "model.layers.0.mlp.experts"  # where their MoE classes keep a layer's experts
+_BALANCED_BY = {
+    "aux_loss": "adds an aux loss weighted by router_aux_loss_coef",
+    "bias": "moves a routing bias after each step (auxiliary-loss-free balancing)",
+}
+
+
+class _MoePasses(_TranslatorBase):
+    def moe(self) -> None:
+        """`moe:` from their model's family, `backend:` and `distributed.ep_size`."""
+        model = self.data.get("model")
+        if not (isinstance(model, dict) and str(model.get(TARGET_KEY, "")).startswith(NEMO_PREFIX)):
+            return
+        backend = model.get("backend") if isinstance(model.get("backend"), dict) else {}
+        self.backend_numerics(backend)
+        dist = self.data.get("distributed")
+        ep = dist.get("ep_size", 1) if isinstance(dist, dict) else 1
+        ep = ep if isinstance(ep, int) else 1
+        name_key, name = _model_name(model, "model")
+        family = moe_family(name) if name else None
+        if "moe" in self.data:  # our own moe: section, written out: it says what to do
+            return
+        if family is not None and not family.swapped:
+            if family.balancing is not None:
+                self.fail(
+                    name_key,
+                    f"{name}: NeMo AutoModel trains it with its own {family.name} model class, "
+                    f"which {_BALANCED_BY[family.balancing]}; automodel.moe does not swap this "
+                    f"family's MoE blocks (it swaps {SWAPPED}), so the run cannot be the same here",
+                )
+            elif ep > 1:
+                self.fail(
+                    "distributed.ep_size",
+                    f"{name}: automodel.moe does not swap the MoE blocks of the {family.name} "
+                    f"family (it swaps {SWAPPED}), so its experts cannot be expert-parallel; set "
+                    "distributed.ep_size: 1 to shard its experts with FSDP2 like the other "
+                    "weights (their implementation does no load balancing for this family, so "
+                    "the training is the same)",
+                )
+            return
+        if family is None and ep <= 1:
+            return  # a dense model, or one their code runs as Hugging Face's (no balancing)
+        section: dict[str, Any] = {"balancing": NEMO_BALANCING}
+        experts = backend.pop("experts", None)
+        if experts is not None:
+            section["backend"] = _EXPERTS[experts]
+            self.move(
+                "model.backend.experts", "moe.backend", f"was model.backend.experts: {experts}"
+            )
+        dispatcher = backend.pop("dispatcher", None)
+        if dispatcher is not None and ep > 1:
+            section["dispatcher"] = _DISPATCHERS.get(dispatcher, "all_to_all")
+            self.move("model.backend.dispatcher", "moe.dispatcher", f"was model.backend.dispatcher: {dispatcher}")  # fmt: skip
+        self.data["moe"] = section
+        self.expert_lora()
+        self.where.setdefault("moe", self.at("distributed.ep_size" if ep > 1 else name_key))
+        self.changed["moe"] = f"their {family.name if family else 'MoE'} model class" + (
+            f", distributed.ep_size: {ep}" if ep > 1 else ""
+        )
+        self.changed["moe.balancing"] = (
+            "the balancing their model class uses for this family, read from the model's config"
+        )
+        if dispatcher not in (None, "deepep", "torch") and ep > 1:
+            self.note("moe.dispatcher", f"{dispatcher} is all_to_all here (the same tokens reach the same experts)")  # fmt: skip
+        if experts in ("gmm", "te"):
+            self.note("moe.backend", f"{experts} grouped GEMMs are auto here (torch._grouped_mm where it runs)")  # fmt: skip
+
+    def expert_lora(self) -> None:
+        """Their LoRA adapts the MoE experts a `target_modules` pattern matches; ours does not."""
+        peft = self.data.get("peft")
+        targets = peft.get("target_modules") if isinstance(peft, dict) else None
+        targets = [targets] if isinstance(targets, str) else targets or []
+        # their wildcard: `*` matches any characters, dots included (as fnmatch's does)
+        hits = [p for p in targets if isinstance(p, str) and fnmatchcase(_EXPERTS_PATH, p)]
+        if hits:
+            self.fail(
+                "peft.target_modules",
+                f"{hits[0]!r} matches the MoE experts ({_EXPERTS_PATH}), which NeMo AutoModel "
+                "adapts with LoRA too; LoRA here adapts linear layers, not automodel.moe's grouped "
+                "experts, so the run would differ. List the linear layers instead (e.g. "
+                "['*.q_proj', '*.k_proj', '*.v_proj', '*.o_proj']), knowing the experts then "
+                "stay frozen",
+            )
+
+    def backend_numerics(self, backend: dict[str, Any]) -> None:
+        """`backend:` keys that change the numbers (not only the kernels): refused."""
+        if backend.get("fake_balanced_gate"):
+            self.fail(
+                "model.backend.fake_balanced_gate",
+                "fake_balanced_gate: true (tokens spread evenly, not by the learned router, for "
+                "benchmarks) is not supported; set it false to route with the model's gate",
+            )
+        if backend.get("te_fp8") is not None:
+            self.fail(
+                "model.backend.te_fp8",
+                "Transformer Engine FP8 (te_fp8) is not supported; drop it to train in the "
+                "model's dtype (bfloat16)",
+            )
+        experts = backend.get("experts")
+        if experts is not None and experts not in _EXPERTS:
+            instead = "torch_mm (bfloat16 grouped matmuls)"
+            self.fail(
+                "model.backend.experts",
+                f"experts backend {experts!r} is not supported here"
+                + ("; MXFP8 expert matmuls round differently: use " if "mxfp8" in str(experts) else "; use ")
+                + instead,
+            )  # fmt: skip
+            backend.pop("experts")
+
+
+def _model_name(node: Any, path: str) -> tuple[str, str | None]:
+    """(where, value) of the first `pretrained_model_name_or_path` under their model node."""
+    if isinstance(node, dict):
+        value = node.get("pretrained_model_name_or_path")
+        if isinstance(value, str):
+            return f"{path}.pretrained_model_name_or_path", value
+        for key, child in node.items():
+            found = _model_name(child, f"{path}.{key}")
+            if found[1] is not None:
+                return found
+    return path, None
