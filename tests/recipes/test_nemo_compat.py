@@ -12,7 +12,13 @@ import pytest
 import torch
 from _shared import REPO
 
-from automodel.core.config import ConfigError, load_config, resolve_target, validate_config
+from automodel.core.config import (
+    ConfigError,
+    UserError,
+    load_config,
+    resolve_target,
+    validate_config,
+)
 from automodel.core.config._nemo_compat import migrate, translate
 from automodel.recipes.llm.finetune import SECTIONS
 
@@ -804,3 +810,64 @@ def test_nemo_balancing_is_their_model_class_balancing() -> None:
     no_aux = tiny_moe("qwen3_moe", router_aux_loss_coef=0.0)
     apply_moe(no_aux, section, cfg)
     assert next(m for m in no_aux.modules() if isinstance(m, MoE)).config.balancing == "none"
+
+
+def test_their_lora_selection_rules() -> None:
+    """Their PeftConfig: match_all_linear and exclude_modules alone adapt the LM head too (ours
+    leave output heads out, so it is named); no selection at all is their `*_proj`."""
+    peft = {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "dim": 8}
+    cases = {
+        "match_all_linear": ({"match_all_linear": True}, ["lm_head"], True),
+        "exclude_modules": ({"exclude_modules": ["*.out_proj"]}, ["lm_head"], True),
+        "exclude the head": ({"exclude_modules": ["lm_head"]}, None, True),
+        "nothing": ({}, ["*_proj"], None),
+        "target_modules": ({"target_modules": ["*.q_proj"]}, ["*.q_proj"], None),
+    }
+    for name, (theirs, targets, all_linear) in cases.items():
+        ours = translate({"peft": {**peft, **theirs}}, {}, "cfg.yaml").data["peft"]
+        assert ours.get("target_modules") == targets, name
+        assert ours.get("match_all_linear") == all_linear, name
+    fused = {"_target_": "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy"}
+    with pytest.raises(ConfigError, match="FusedLinearCrossEntropy reads"):
+        translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "cfg.yaml")
+    # the selection builds and adapts the head of a real (tied) model
+    from automodel.core.models import AutoModelForCausalLM
+    from automodel.peft import apply_lora
+
+    ours = translate({"peft": {**peft, "match_all_linear": True}}, {}, "cfg.yaml").data["peft"]
+    config = resolve_target(ours["_target_"])(**{k: v for k, v in ours.items() if k != "_target_"})
+    model = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny_llama_base")
+    apply_lora(model, config)
+    assert type(model.lm_head).__name__ == "LoraLinear"
+
+
+def test_their_null_sizes_and_dequantized_checkpoints() -> None:
+    """Their null (or `none`) parallel sizes are 1; `dequantize_base_checkpoint: true` is the
+    loader's `dequantize` (a quantized checkpoint's own config, set to dequantize)."""
+    import transformers
+
+    from automodel.core.models._auto_model import dequantizing_config
+
+    data = {
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            "pretrained_model_name_or_path": "x",
+        },
+        "distributed": {"ep_size": None, "dp_replicate_size": "none", "tp_size": 2},
+        "checkpoint": {"dequantize_base_checkpoint": True, "checkpoint_dir": "c"},
+    }
+    t = translate(data, {"checkpoint.dequantize_base_checkpoint": "cfg.yaml:4"}, "cfg.yaml")
+    assert t.data["distributed"] == {"ep_size": 1, "dp_replicate_size": 1, "tp_size": 2}
+    assert t.data["model"]["dequantize"] is True and t.where["model.dequantize"] == "cfg.yaml:4"
+    assert t.data["checkpoint"] == {"checkpoint_dir": "c"}
+    off = {**data, "checkpoint": {"dequantize_base_checkpoint": False}}
+    assert "dequantize" not in translate(off, {}, "cfg.yaml").data["model"]
+
+    config = transformers.LlamaConfig()
+    assert dequantizing_config(config) is None  # not quantized: loaded as it is
+    config.quantization_config = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    fp8 = dequantizing_config(config)
+    assert type(fp8).__name__ == "FineGrainedFP8Config" and fp8.dequantize is True
+    config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    with pytest.raises(UserError, match="bitsandbytes, which transformers cannot dequantize"):
+        dequantizing_config(config)

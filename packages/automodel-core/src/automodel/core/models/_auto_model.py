@@ -44,15 +44,24 @@ class HFAutoModel:
         trust_remote_code: bool = False,
         revision: str | None = None,
         init_device: Device | None = None,
+        dequantize: bool = False,
         **kwargs: Any,
     ) -> PreTrainedModel:
-        """Load a pretrained model; `init_device="meta"` builds its skeleton without weights."""
+        """Load a pretrained model; `init_device="meta"` builds its skeleton without weights.
+
+        `dequantize`: a checkpoint saved quantized (its config has a `quantization_config`, e.g.
+        fine-grained FP8 or MXFP4) loads with its weights dequantized to `torch_dtype`, to train
+        as any other; a checkpoint that is not quantized loads as it is.
+        """
         dtype = resolve_dtype(torch_dtype)
         name = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
         if looks_like_local_path(name) and not os.path.exists(name):
             raise UserError(f"model not found: '{name}' does not exist")
         config = load_model_config(name, trust_remote_code=trust_remote_code, revision=revision)
         check_auto_class(config, cls.auto_class, cls.kind)
+        quantization = dequantizing_config(config) if dequantize else None
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
         if init_device is not None and torch.device(init_device).type == "meta":
             # Weights are loaded after sharding (e.g. by the checkpoint package), not here.
             if dtype == "auto":
@@ -149,6 +158,28 @@ class AutoModelForSequenceClassification(HFAutoModel):
 
     auto_class = "AutoModelForSequenceClassification"
     kind = "sequence-classification model"
+
+
+def dequantizing_config(config: PretrainedConfig) -> Any:
+    """The checkpoint's own quantization config set to dequantize while loading (None when the
+    checkpoint is not quantized); a UserError for a method transformers cannot dequantize."""
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
+        return None
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    quant = AutoQuantizationConfig.from_dict(
+        dict(quant) if isinstance(quant, Mapping) else quant.to_dict()
+    )
+    if not hasattr(quant, "dequantize"):
+        method = getattr(quant, "quant_method", type(quant).__name__)
+        method = getattr(method, "value", method)  # transformers' QuantizationMethod enum
+        raise UserError(
+            f"dequantize: the checkpoint is quantized with {method}, which transformers cannot "
+            "dequantize while loading; load a checkpoint saved in bfloat16 instead"
+        )
+    quant.dequantize = True
+    return quant
 
 
 def _config_dtype(config: PretrainedConfig) -> torch.dtype:

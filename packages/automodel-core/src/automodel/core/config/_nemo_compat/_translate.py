@@ -42,6 +42,7 @@ class _Translator(_RetrievalPasses, _MoePasses, _TargetPasses, _SectionPasses, _
         self.top_level()
         self.retrieval()  # first: it moves their retrieval arguments out of their targets
         self.moe()  # before the targets: it reads their model's backend, which they drop
+        self.lora_selection()  # before the targets: their PeftConfig's selection rules
         self.targets(self.data, "")
         self.sections()
         self.features()

@@ -1,15 +1,19 @@
 """The translator's passes over their feature sections: `fp8:`, `quantization:`,
-`wandb.enable` and the pipeline's `distributed.pipeline:`."""
+`wandb.enable`, `checkpoint.dequantize_base_checkpoint` and the pipeline's
+`distributed.pipeline:`."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
 
+from ._aliases import TARGET_KEY
 from ._translator_base import _TranslatorBase
 
 # Their `quantization:` keys (bitsandbytes' BitsAndBytesConfig) that only say how the 4-bit
 # weights are stored or computed with, not what they are.
 _BNB_LAYOUT = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", "bnb_4bit_use_double_quant")
+_PEFT = "nemo_automodel.components._peft.lora.PeftConfig"
 # Their pipeline schedule names (torch's, any case) -> ours.
 _SCHEDULES = {
     "1f1b": "1f1b",
@@ -28,6 +32,62 @@ class _FeaturePasses(_TranslatorBase):
         self.fp8()
         self.quantization()
         self.wandb_enable()
+        self.dequantize()
+
+    def lora_selection(self) -> None:
+        """Which linear layers their `PeftConfig` adapts, in our keys (run before the targets).
+
+        Theirs: `match_all_linear` adapts every linear layer, the LM head included (ours leaves
+        output heads out, so `lm_head` is named too); `exclude_modules` alone means every linear
+        layer but those (the head included); with no selection at all, `target_modules: *_proj`.
+        """
+        peft = self.data.get("peft")
+        if not isinstance(peft, dict) or peft.get(TARGET_KEY) != _PEFT:
+            return
+        targets = peft.get("target_modules") or peft.get("include_modules")
+        excluded = peft.get("exclude_modules")
+        excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
+        if targets:
+            return
+        if peft.get("match_all_linear") or excluded:
+            peft["match_all_linear"] = True
+            loss = self.data.get("loss_fn")
+            fused = isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy")  # fmt: skip
+            if any(fnmatchcase("lm_head", p) for p in excluded if isinstance(p, str)):
+                pass
+            elif fused:
+                self.fail(
+                    "peft",
+                    "their LoRA here adapts the LM head too, which FusedLinearCrossEntropy reads "
+                    "by its weight (the adapter would be left out): use MaskedCrossEntropy, or "
+                    "exclude the head (exclude_modules: ['lm_head'])",
+                )
+            else:
+                peft["target_modules"] = ["lm_head"]
+                self.changed["peft.target_modules"] = (
+                    "their match_all_linear adapts the LM head too; ours leaves output heads out"
+                )
+            if excluded:
+                self.changed["peft.match_all_linear"] = "their exclude_modules alone: every linear layer but those"  # fmt: skip
+        else:
+            peft["target_modules"] = ["*_proj"]
+            self.changed["peft.target_modules"] = "NeMo AutoModel's default, written out"
+
+    def dequantize(self) -> None:
+        """`checkpoint.dequantize_base_checkpoint`: a quantized base checkpoint (FP8, MXFP4) is
+        loaded dequantized, to train in the model's dtype; here that is `model.dequantize`."""
+        ckpt, model = self.data.get("checkpoint"), self.data.get("model")
+        if not isinstance(ckpt, dict) or "dequantize_base_checkpoint" not in ckpt:
+            return
+        value = ckpt.pop("dequantize_base_checkpoint")
+        target = str(model.get(TARGET_KEY, "")) if isinstance(model, dict) else ""
+        if not value:
+            self.note("checkpoint", f"dequantize_base_checkpoint: {value} dropped (a quantized checkpoint loads as saved, as here by default)")  # fmt: skip
+        elif not target.endswith(".from_pretrained"):
+            self.note("checkpoint", "dequantize_base_checkpoint dropped (no checkpoint is loaded)")
+        else:
+            model["dequantize"] = True
+            self.move("checkpoint.dequantize_base_checkpoint", "model.dequantize")
 
     def fp8(self) -> None:
         """`fp8:` trains linear layers in float8: refused when enabled, dropped when off."""

@@ -80,6 +80,10 @@ class _SectionPasses(_TranslatorBase):
             if "defer_fsdp_grad_sync" in dist:
                 dist["defer_grad_sync"] = dist.pop("defer_fsdp_grad_sync")
                 self.move("distributed.defer_fsdp_grad_sync", "distributed.defer_grad_sync")
+            for key in ("tp_size", "cp_size", "pp_size", "ep_size", "dp_replicate_size"):
+                if key in dist and dist[key] in (None, "none", "None"):  # 1 there
+                    self.changed[f"distributed.{key}"] = f"was {dist[key]} (1 there)"
+                    dist[key] = 1
             if dist.get("dp_size", "auto") in (None, "none", "None"):
                 dist["dp_size"] = "auto"
                 self.changed["distributed.dp_size"] = "was none (every process is data parallel)"
