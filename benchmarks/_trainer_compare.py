@@ -163,19 +163,25 @@ class TrainerRun:
         return child_result(spec, measure, {**self.head, **(head or {})}, per_step, self.ends)
 
 
-def step_timer(run: TrainerRun):
+def step_timer(run: TrainerRun, sync: Callable[[], None] | None = None):
     """A `TrainerCallback` (for the transformers `Trainer` or a subclass) that appends each step's
-    end and step-only seconds (`on_step_begin` -> `on_step_end`) and each logged loss to `run`."""
+    end and step-only seconds (`on_step_begin` -> `on_step_end`) and each logged loss to `run`;
+    `sync` (e.g. `torch.cuda.synchronize`) runs before each clock reading, so that on a GPU a
+    step's time is its own, as the benchmark recipe times its steps."""
     from transformers import TrainerCallback
+
+    wait = sync or (lambda: None)
 
     class Timer(TrainerCallback):
         def __init__(self):
             self.begin: float | None = None
 
         def on_step_begin(self, args, state, control, **kwargs):
+            wait()
             self.begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            wait()
             now = time.perf_counter()
             run.ends.append(now)
             run.secs.append(now - self.begin)
@@ -194,11 +200,14 @@ def train_with_trainer(
     counter: CountingCollate,
     started: float,
     prefix: str,
+    sync: Callable[[], None] | None = None,
     **training_args,
 ) -> TrainerRun:
     """Train `model` with the transformers `Trainer` on `dataset` in order, batches made by
     `counter`, with the optimizer and LR schedule built by automodel (`spec["hp"]`); `started`
-    is when the child began building (its setup time runs from there)."""
+    is when the child began building (its setup time runs from there). `training_args` add to
+    or replace the `TrainingArguments` below (CPU, float32 by default); `sync`: see
+    `step_timer`."""
     import transformers
     from transformers import Trainer, TrainingArguments
 
@@ -222,7 +231,7 @@ def train_with_trainer(
         min_lr=hp["min_lr"],
     )
     run = TrainerRun(trainer=None, grad_acc=spec["grad_acc"], head={})
-    args = TrainingArguments(
+    defaults = dict(
         output_dir=tempfile.mkdtemp(prefix=prefix),
         use_cpu=True,
         report_to=[],
@@ -245,15 +254,14 @@ def train_with_trainer(
         seed=spec["seed"],
         bf16=False,
         fp16=False,
-        **training_args,
     )
     run.trainer = Trainer(
         model=model,
-        args=args,
+        args=TrainingArguments(**{**defaults, **training_args}),
         train_dataset=dataset,
         data_collator=counter,
         optimizers=(optimizer, scheduler),
-        callbacks=[step_timer(run)],
+        callbacks=[step_timer(run, sync)],
     )
     setup_s = time.perf_counter() - started
     start = time.perf_counter()

@@ -10,10 +10,11 @@ Run by hand on CUDA machines (not part of the tests):
 A thin caller of the benchmark recipe with examples/llm_benchmark/llama3_2_1b.yaml (a randomly
 initialised Llama-3.2-1B shape, FSDP2 with bf16 compute and float32 gradient reduction, the fused
 linear cross-entropy, synthetic tokens; nothing is downloaded or saved). The flags become
-overrides: one row of `--seq-len` tokens per micro-batch and `--local-batch-size` rows per GPU,
-with no gradient accumulation (global batch = local batch x GPUs). The recipe measures (warm-up
-left out, synchronised step times, dense bf16 peak of the GPU by name) and writes its summary;
-this script prints the main figures, and with `--out` writes the whole summary.
+overrides: rows of `--seq-len` tokens, `--local-batch-size` rows per GPU per micro-batch and
+`--grad-acc` micro-batches per step (default 1: global batch = local batch x GPUs). The recipe
+measures (warm-up left out, synchronised step times, dense bf16 peak of the GPU by name) and
+writes its summary; this script prints the main figures, and with `--out` writes the whole
+summary.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ SMOKE = {  # a few seconds on a CPU: checks the wiring, measures nothing
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc-per-node", type=int, help="GPUs to use (default: all visible)")
-    parser.add_argument("--local-batch-size", type=int, default=4, help="rows per GPU per step")
+    parser.add_argument("--local-batch-size", type=int, default=4, help="rows per GPU at a time")
+    parser.add_argument("--grad-acc", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the summary")
@@ -57,16 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def command(args: argparse.Namespace, run_dir: Path, nproc: int) -> list[str]:
-    """`automodel benchmark llm -c llama3_2_1b.yaml` with the flags as overrides."""
+def overrides(args: argparse.Namespace, run_dir: Path, nproc: int) -> list[str]:
+    """The flags as overrides of the benchmark recipe's config (also used by gpu_suite.py)."""
     profile = "null"
     if args.profile:
         profile = f"{{start_step: {args.profile[0]}, end_step: {args.profile[1]}}}"
-    overrides = [
+    out = [
         f"--benchmark.seq_length={args.seq_len}",
         f"--benchmark.warmup_steps={args.warmup}",
         f"--benchmark.profile={profile}",
-        f"--step_scheduler.global_batch_size={args.local_batch_size * nproc}",
+        f"--step_scheduler.global_batch_size={args.local_batch_size * nproc * args.grad_acc}",
         f"--step_scheduler.local_batch_size={args.local_batch_size}",
         f"--step_scheduler.max_steps={args.steps}",
         "--step_scheduler.log_every_steps=1",
@@ -76,11 +78,17 @@ def command(args: argparse.Namespace, run_dir: Path, nproc: int) -> list[str]:
         f"--+distributed.activation_checkpointing={str(args.activation_checkpointing).lower()}",
     ]
     if args.smoke:
-        overrides += [f"--+model.{key}={value}" for key, value in SMOKE.items()]
-        overrides.append("--+distributed.device=cpu")
+        out += [f"--+model.{key}={value}" for key, value in SMOKE.items()]
+        out.append("--+distributed.device=cpu")
+    return out
+
+
+def command(args: argparse.Namespace, run_dir: Path, nproc: int) -> list[str]:
+    """`automodel benchmark llm -c llama3_2_1b.yaml` with the flags as overrides."""
     automodel = Path(sys.executable).with_name("automodel")
     launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
-    return [str(automodel), "benchmark", "llm", "-c", str(CONFIG), *launch, *overrides]
+    config = ["-c", str(CONFIG), *launch, *overrides(args, run_dir, nproc)]
+    return [str(automodel), "benchmark", "llm", *config]
 
 
 def main(argv: list[str] | None = None) -> int:
