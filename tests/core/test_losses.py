@@ -168,6 +168,39 @@ def test_bf16_inputs_match_float32_reference():
     torch.testing.assert_close(b.grad.float(), ref_b, **bf16)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_matches_masked_on_cuda():
+    """On CUDA: the fused loss and its grads against the float32 reference (float32 and bf16),
+    and against the masked loss on the full logits at a size with many chunks."""
+    bf16 = {"rtol": 2e-2, "atol": 2e-3}
+    for dtype, tol in ((torch.float32, TOL), (torch.bfloat16, bf16)):
+        hidden, weight, bias, labels = make_batch(dtype=dtype)
+        ref_loss, *ref_grads = reference(hidden, weight, bias, labels)
+        h, w, b = leaves(*(t.cuda() for t in (hidden, weight, bias)))
+        loss = FusedLinearCrossEntropy(6)(h, w, labels.cuda(), lm_head_bias=b)
+        loss.backward()
+        assert loss.dtype == torch.float32 and h.grad.dtype == dtype
+        torch.testing.assert_close(loss.cpu(), ref_loss, **tol)
+        for got, ref in zip((h.grad, w.grad, b.grad), ref_grads, strict=True):
+            torch.testing.assert_close(got.float().cpu(), ref, **tol)
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    hidden = torch.randn(1024, 256, device="cuda", generator=gen)
+    weight = torch.randn(32000, 256, device="cuda", generator=gen) / 16
+    labels = torch.randint(0, 32000, (1024,), device="cuda", generator=gen)
+    labels[::3] = IGNORE_INDEX
+    h, w = leaves(hidden, weight)
+    fused = FusedLinearCrossEntropy(256)(h, w, labels)
+    fused.backward()
+    mh, mw = leaves(hidden, weight)
+    masked = MaskedCrossEntropy()(mh @ mw.T, labels)
+    masked.backward()
+    close = {"rtol": 1e-4, "atol": 1e-6}
+    torch.testing.assert_close(fused, masked, **close)
+    torch.testing.assert_close(h.grad, mh.grad, **close)
+    torch.testing.assert_close(w.grad, mw.grad, **close)
+
+
 @pytest.mark.parametrize("num_label_tokens", [None, 0, 10])
 def test_all_ignored_batch_gives_zero_and_zero_grads(num_label_tokens):
     hidden, weight, bias, _ = make_batch()

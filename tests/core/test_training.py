@@ -412,6 +412,25 @@ def test_rng_state_round_trip_through_torch_save_weights_only():
     assert _draw() == expected
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_state_round_trip():
+    """The CUDA generator's state survives a save: the same random numbers and dropout masks."""
+    set_seed(7)
+    torch.rand(3, device="cuda")  # move the CUDA generator off its seed
+    state = rng_state()
+    assert "cuda" in state and state["cuda"].device.type == "cpu"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    ones = torch.ones(4096, device="cuda")
+    expected = (torch.rand(5, device="cuda"), nn.functional.dropout(ones, 0.5))
+    set_seed(99)  # scramble every generator
+    torch.rand(7, device="cuda")
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True))
+    assert torch.equal(torch.rand(5, device="cuda"), expected[0])
+    assert torch.equal(nn.functional.dropout(ones, 0.5), expected[1])
+
+
 # -- gradient clipping ---------------------------------------------------------------------
 def _model_with_grads() -> nn.Module:
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
