@@ -583,7 +583,7 @@ def test_their_qlora_fp8_wandb_and_packing_sections() -> None:
     weights are refused naming what to do; switched-off sections are dropped."""
     peft = {
         "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
-        "match_all_linear": True,
+        "target_modules": ["*_proj"],
         "dim": 8,
     }
     qlora = {
@@ -830,6 +830,9 @@ def test_their_lora_selection_rules() -> None:
     fused = {"_target_": "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy"}
     with pytest.raises(ConfigError, match="FusedLinearCrossEntropy reads"):
         translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "cfg.yaml")
+    nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}  # bitsandbytes keeps the head
+    with pytest.raises(ConfigError, match="keeps its weight unquantized"):
+        translate({"peft": {**peft, "match_all_linear": True}, "quantization": nf4}, {}, "cfg.yaml")
     # the selection builds and adapts the head of a real (tied) model
     from automodel.core.models import AutoModelForCausalLM
     from automodel.peft import apply_lora

@@ -53,8 +53,17 @@ class _FeaturePasses(_TranslatorBase):
             peft["match_all_linear"] = True
             loss = self.data.get("loss_fn")
             fused = isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy")  # fmt: skip
+            quant = self.data.get("quantization")
+            qlora = isinstance(quant, dict) and quant.get("load_in_4bit")
             if any(fnmatchcase("lm_head", p) for p in excluded if isinstance(p, str)):
                 pass
+            elif qlora:
+                self.fail(
+                    "peft",
+                    "their QLoRA adapts the LM head too but keeps its weight unquantized "
+                    "(bitsandbytes skips it); here the base of every adapted layer is NF4: "
+                    "exclude the head (exclude_modules: ['lm_head']) or name target_modules",
+                )
             elif fused:
                 self.fail(
                     "peft",
