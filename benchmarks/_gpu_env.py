@@ -114,7 +114,9 @@ def print_requirements(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit, where the .git folder travelled with it."""
+    """The checkout's commit: GPU_SUITE_COMMIT if set (a copy of the tree without its .git)."""
+    if os.environ.get("GPU_SUITE_COMMIT"):
+        return os.environ["GPU_SUITE_COMMIT"]
     try:
         proc = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
