@@ -199,3 +199,19 @@ def test_set_aside_after_a_step_keeps_the_branch_point_and_both_latests(tmp_path
     assert not (tmp_path / "none").exists()
     save_steps(ckpt, 20)  # the new line saves step 20 where the old one was moved away from
     assert Checkpointer(tmp_path / "later").latest() == tmp_path / "later" / third.name
+
+
+def test_weights_with_nan_are_never_published_nor_counted(tmp_path: Path) -> None:
+    """A model holding NaN is refused before anything is written: LATEST, the kept checkpoints
+    and the folder stay as they were, so retention cannot push a good checkpoint out."""
+    from automodel.checkpoint import NonFiniteWeightsError
+
+    model = torch.nn.Linear(4, 2)
+    ckpt = Checkpointer(tmp_path, keep_last_n=1)
+    good = ckpt.save(0, 1, model=model)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match=r"1 parameters hold NaN or inf \(bias\)"):
+        ckpt.save(0, 2, model=model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_FILE, good.name]
+    assert ckpt.latest() == good

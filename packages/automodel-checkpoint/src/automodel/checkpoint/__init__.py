@@ -4,6 +4,7 @@ adapters), layout."""
 from ._atomic import atomic_write_text
 from ._checkpointer import Checkpointer
 from ._errors import CheckpointError
+from ._finite import NonFiniteWeightsError
 from ._layout import (
     CONFIG_FILE,
     LATEST_FILE,
@@ -20,6 +21,7 @@ from ._manifest import MANIFEST_FILE, CheckpointInfo, read_checkpoint_info
 from ._retention import find_latest, publish_folder
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
+from ._space import DiskFullError
 from ._weights_format import HF_WEIGHTS, PEFT_ADAPTER, WeightsFormat
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointLayout",
     "Checkpointer",
+    "DiskFullError",
+    "NonFiniteWeightsError",
     "WeightsFormat",
     "atomic_write_text",
     "checkpoint_dir_name",

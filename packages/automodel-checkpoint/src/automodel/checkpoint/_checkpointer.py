@@ -15,13 +15,22 @@ import torch.distributed as dist
 from ._async import BackgroundWriter, SnapshotBuffers
 from ._dist import DistContext, make_context
 from ._errors import CheckpointError
+from ._finite import nonfinite_error
 from ._layout import CheckpointLayout
 from ._manifest import CheckpointInfo, read_checkpoint_info, verify_files
 from ._model_state import restore_model
 from ._optim_state import OPTIM_STATES_FILE, restore_optimizer
-from ._retention import STAGING_PREFIX, clean_leftovers, find_latest, list_checkpoints, set_aside
+from ._retention import (
+    STAGING_PREFIX,
+    clean_leftovers,
+    find_latest,
+    list_checkpoints,
+    prune,
+    set_aside,
+)
 from ._save import SaveJob, capture
 from ._sizes import parse_size
+from ._space import room_for_next
 from ._train_state import (
     apply_states,
     check_stateful,
@@ -125,7 +134,11 @@ class Checkpointer:
         train_states: Mapping[str, Any] = _EMPTY,
         write_extras: Callable[[Path], None] | None = None,
     ) -> Path:
-        """Save a checkpoint; return its final path (async: the path it has once published)."""
+        """Save a checkpoint; return its final path (async: the path it has once published).
+
+        A model holding NaN or inf is not saved (NonFiniteWeightsError, nothing written); a
+        save that runs out of disk space raises DiskFullError, the earlier checkpoints intact.
+        """
         self._writer.wait()  # at most one save in flight; re-raises its error
         check_stateful(optim_states, "optim_states")
         check_stateful(train_states, "train_states")
@@ -134,10 +147,14 @@ class Checkpointer:
         final = CheckpointLayout.for_step(self.checkpoint_dir, epoch, step).path
         staging = final.with_name(STAGING_PREFIX + final.name)
         ctx = self._context()
+        ctx.agree(nonfinite_error(model, final.name), f"checking the weights of {final.name}")
 
         error: BaseException | None = None
         if ctx.is_main:
             try:
+                room = room_for_next(self.checkpoint_dir, self.latest(), self.keep_last_n)
+                if not room and self.keep_last_n is not None:  # never the newest: it is LATEST
+                    prune(self.checkpoint_dir, max(self.keep_last_n - 1, 1))
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 clean_leftovers(self.checkpoint_dir)
                 staging.mkdir()

@@ -82,12 +82,16 @@ def merge_optimizer_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
 def write_optimizer(tensors: dict[str, torch.Tensor], optim_dir: Path, ctx: DistContext) -> None:
     """Save the tensors with DCP into ``optim_dir/optimizer`` (a collective for world > 1)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     _quiet_dcp()
     writer = dcp.FileSystemWriter(
         optim_dir / OPTIMIZER_DIR, single_file_per_rank=True, sync_files=True
     )
-    dcp.save(tensors, storage_writer=writer, process_group=ctx.group, no_dist=ctx.no_dist)
+    try:
+        dcp.save(tensors, storage_writer=writer, process_group=ctx.group, no_dist=ctx.no_dist)
+    except CheckpointException as exc:  # a BaseException: `except Exception` would miss it
+        raise CheckpointError(f"writing optimizer state to {optim_dir} failed: {exc}") from exc
 
 
 def _fqn(key: str) -> str:
@@ -144,6 +148,7 @@ def restore_optimizer(
     ``part``: ``model`` is one pipeline stage; only its parameters' state is loaded.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     meta = read_states_file(optim_dir / OPTIMIZER_META_FILE, "optimizer meta")
@@ -175,7 +180,7 @@ def restore_optimizer(
     _quiet_dcp()
     try:
         dcp.load(target, storage_reader=reader, process_group=ctx.group, no_dist=ctx.no_dist)
-    except Exception as exc:  # DCP wraps per-rank failures in CheckpointException
+    except (Exception, CheckpointException) as exc:  # a BaseException, per-rank failures
         raise CheckpointError(f"loading optimizer state from {optim_dir} failed: {exc}") from exc
     state: dict[str, dict[str, Any]] = {}
     for fqn, entries in saved_meta.get("state", {}).items():

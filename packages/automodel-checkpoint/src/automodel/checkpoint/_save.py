@@ -24,8 +24,9 @@ from ._optim_state import (
     split_optimizer_state,
     write_optimizer,
 )
-from ._retention import fsync_tree, prune, publish
+from ._retention import find_latest, fsync_tree, prune, publish
 from ._safetensors_io import save_consolidated
+from ._space import disk_full_error
 from ._train_state import rank_file_name, serialize, serialize_states, write_bytes
 from ._weights_format import WeightsFormat
 
@@ -99,6 +100,18 @@ class SaveJob:
         publish(self.staging, self.final)
         prune(self.final.parent, self.keep_last_n)
 
+    def _agree(self, error: BaseException | None, what: str) -> None:
+        """ctx.agree, with a write that ran out of space reported as a DiskFullError (rank 0
+        then removes the partial folder: every rank has stopped writing)."""
+        try:
+            self.ctx.agree(error, what)
+        except Exception as exc:
+            latest = find_latest(self.final.parent)
+            full = disk_full_error(exc, self.staging, self.final, latest, self.ctx.is_main)
+            if full is None:
+                raise
+            raise full from exc
+
     def run(self) -> Path:
         """Write this rank's share, then (rank 0) publish; raises on every rank if any failed."""
         start = time.perf_counter()
@@ -114,13 +127,13 @@ class SaveJob:
             except Exception as exc:
                 error = error or exc
         self.model_state = self.optim_tensors = None  # free the snapshot early
-        self.ctx.agree(error, f"writing checkpoint {self.final.name}")
+        self._agree(error, f"writing checkpoint {self.final.name}")
         if self.ctx.is_main:
             try:
                 self._publish()
             except Exception as exc:
                 error = exc
-        self.ctx.agree(error, f"publishing checkpoint {self.final.name}")
+        self._agree(error, f"publishing checkpoint {self.final.name}")
         if self.ctx.is_main:
             logger.info("saved checkpoint %s in %.1f s", self.final, time.perf_counter() - start)
         return self.final

@@ -16,6 +16,8 @@ from automodel.checkpoint import (
     MODEL_DIR,
     Checkpointer,
     CheckpointError,
+    DiskFullError,
+    NonFiniteWeightsError,
     WeightsFormat,
 )
 from automodel.core.config import ConfigError, ConfigNode, Problem, UserError, save_config
@@ -56,6 +58,22 @@ def restoring(path: Path) -> Iterator[None]:
         yield
     except CheckpointError as e:
         raise UserError(f"cannot resume from {path}: {e}") from e
+
+
+@contextlib.contextmanager
+def reported_saves() -> Iterator[None]:
+    """A save that ran out of disk space, or would have written NaN or inf weights, is reported
+    as what it is (exit 2, no traceback); the checkpoints saved before are intact."""
+    try:
+        yield
+    except DiskFullError as e:
+        raise UserError(str(e)) from e
+    except NonFiniteWeightsError as e:
+        raise UserError(
+            f"{e}. The weights became NaN or inf without a non-finite loss or gradient first (a "
+            "step too large for the dtype): lower optimizer.lr or set clip_grad_norm.max_norm, "
+            "then rerun: it resumes from the last checkpoint"
+        ) from e
 
 
 def hf_extras_writer(

@@ -26,7 +26,7 @@ from automodel.core.training import StepScheduler, set_seed
 from automodel.distributed import destroy_distributed
 
 from ._builders import build_step_scheduler
-from ._checkpointing import build_checkpointer, restoring
+from ._checkpointing import build_checkpointer, reported_saves, restoring
 from ._errors import config_problem
 from ._moe import read_moe
 from ._parallel import Parallel, read_distributed, setup_parallel
@@ -203,7 +203,8 @@ def training_session(
     finally:
         run.preemption.uninstall()
         if run.checkpointer is not None:
-            run.checkpointer.close()
+            with reported_saves():  # an async save's error comes out here
+                run.checkpointer.close()
         telemetry.close()
     if global_rank() == 0:
         plot = _draw_plot(run.run_dir) if run.logging.plot else None
@@ -248,7 +249,8 @@ def checkpoint_if_due(run: RunContext, save: Callable[[], Any]) -> bool:
     preempted = run.preemption.agreed()
     final = steps.is_last_step and run.checkpoint.save_final
     if preempted or steps.is_ckpt_step or final:
-        save()
+        with reported_saves():
+            save()
     if preempted:
         log.warning(
             "stopped by %s after step %d",

@@ -79,17 +79,17 @@ class Telemetry:
             "elapsed_s": round(self.elapsed(), 3),
         }
 
-    def log_train(self, step: PendingStep | MetricsSample, show: bool) -> None:
-        """Record one optimizer step; at `show` (a log step) write every step recorded since
-        the last one and print this one's log line.
+    def log_train(self, step: PendingStep | MetricsSample, show: bool, write: bool = False) -> None:
+        """Record one optimizer step; at `show` (a log step) or `write` (e.g. before a save)
+        write every step recorded since the last time; `show` prints this one's log line.
 
         A PendingStep's numbers are still on the device: they are read back here, every
-        pending step's at once, only at `show` (or `flush`), so the steps between never wait.
+        pending step's at once, only then, so the steps between never wait.
         """
         self.pending.append(step)
         self.bar.update(1)
-        if show:
-            self.flush(show=True)
+        if show or write:
+            self.flush(show=show)
 
     def flush(self, show: bool = False) -> None:
         """Write the rows of the pending steps (reading them back from the device); `show`

@@ -36,7 +36,7 @@ from ._formats import (
     text_dataset,
 )
 from ._indexed import IndexedTokens, token_dtype, write_indexed
-from ._loader import build_dataloader
+from ._loader import DataChangedError, build_dataloader
 from ._loading import load_rows, require_columns
 from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
 from ._preprocess import PreprocessSummary, preprocess_text
@@ -64,6 +64,7 @@ __all__ = [
     "BiEncoderCollator",
     "BlendedWindows",
     "CrossEncoderCollator",
+    "DataChangedError",
     "DataError",
     "ImageChatDataset",
     "IndexedTokens",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -12,7 +13,61 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ._collate import collate
 from ._errors import DataError
+from ._fingerprint import data_fingerprint, describe_change
 from ._sampler import ShardedSampler
+
+log = logging.getLogger("automodel.core.data")
+_FINGERPRINT = "data_fingerprint"
+
+
+class DataChangedError(DataError):
+    """The data of a resumed run is not the data its checkpoint was trained on."""
+
+
+class ResumableLoader(StatefulDataLoader):
+    """A StatefulDataLoader whose state holds its dataset's fingerprint, checked on resume.
+
+    With `on_data_change="restart_epoch"` other data is accepted on purpose: the run goes on
+    from the start of the saved epoch of the new data.
+    """
+
+    def __init__(self, *args: Any, on_data_change: str = "error", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.on_data_change = on_data_change
+        self._fingerprint: dict[str, Any] | None = None
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The dataset's fingerprint, taken once."""
+        if self._fingerprint is None:
+            self._fingerprint = data_fingerprint(self.dataset)
+        return self._fingerprint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), _FINGERPRINT: self.fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        saved = state.pop(_FINGERPRINT, None)  # older checkpoints have none
+        change = describe_change(saved, self.fingerprint) if saved is not None else None
+        if change is None:
+            super().load_state_dict(state)
+            return
+        if self.on_data_change != "restart_epoch":
+            raise DataChangedError(
+                f"the training data is not the data this checkpoint was trained on ({change}), "
+                "so its position in the data means nothing here. Resume with the data it was "
+                "trained on, or set dataloader.on_data_change: restart_epoch to go on with this "
+                "data on purpose from the start of the saved epoch"
+            )
+        sampler_state = (state.get("_sampler_iter_state") or {}).get("sampler_state") or {}
+        epoch = int(sampler_state.get("epoch", 0))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        log.warning(
+            "the training data changed since the checkpoint (%s); dataloader.on_data_change: "
+            "restart_epoch, so the new data is read from the start of epoch %d", change, epoch,
+        )  # fmt: skip
 
 
 def build_dataloader(
@@ -29,8 +84,12 @@ def build_dataloader(
     pad_token_id: int | None = None,
     pad_to_multiple_of: int | None = None,
     pin_memory: bool = False,
+    on_data_change: Literal["error", "restart_epoch"] = "error",
 ) -> StatefulDataLoader:
     """A StatefulDataLoader over this rank's shard; `state_dict()` mid-epoch resumes at the next batch.
+
+    Its state holds the dataset's fingerprint: resuming over other data is a DataChangedError,
+    or with `on_data_change="restart_epoch"` starts the saved epoch of the new data.
 
     Shuffling is deterministic from (seed, epoch) and each full pass moves to the next epoch.
     An `IterableDataset` (a stream) is read in its own order, told its shard through
@@ -38,6 +97,8 @@ def build_dataloader(
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if on_data_change not in ("error", "restart_epoch"):
+        raise DataError(f"on_data_change must be error or restart_epoch; got {on_data_change!r}")
     if collate_fn is None:
         pad = getattr(dataset, "pad_token_id", 0) if pad_token_id is None else pad_token_id
         collate_fn = functools.partial(
@@ -46,8 +107,9 @@ def build_dataloader(
     if isinstance(dataset, IterableDataset):  # a stream: it shards itself, in its own order
         if hasattr(dataset, "shard"):
             dataset.shard(dp_rank, dp_size)
-        return StatefulDataLoader(
+        return ResumableLoader(
             dataset,
+            on_data_change=on_data_change,
             batch_size=batch_size,
             drop_last=drop_last,
             num_workers=num_workers,
@@ -68,8 +130,9 @@ def build_dataloader(
         dp_size=dp_size,
         drop_last=drop_last,
     )
-    return StatefulDataLoader(
+    return ResumableLoader(
         dataset,
+        on_data_change=on_data_change,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,

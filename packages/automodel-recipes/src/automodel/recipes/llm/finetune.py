@@ -176,7 +176,8 @@ class FinetuneRecipeForCausalLM(RunViews):
             else:
                 loss_sum, tokens = self.forward_backward(micro_batches, num_label_tokens)
             pending = self.optimizer_step(steps, loss_sum, tokens, num_label_tokens, start)
-            self.telemetry.log_train(pending, show=steps.is_log_step)  # reads back at log steps
+            saving = steps.is_ckpt_step or steps.is_last_step  # rows (and their checks) first
+            self.telemetry.log_train(pending, show=steps.is_log_step, write=saving)
             if steps.is_val_step and self.val_loader is not None:
                 self.validate()
             if checkpoint_if_due(self.run, self.save):
