@@ -3,8 +3,8 @@
 Our requirements are read from the checkout (packages/*/pyproject.toml: every dependency of the
 seven packages, the `triton` extra, and the tools of the dev group that the suite uses), those of
 the wheels carried to the GPU machine from their installed metadata. Each is checked against the
-installed version: `ok`, `too old` (or outside the range), or `missing`. Nothing is installed or
-changed here.
+installed version: `ok`, `too old`, `too new`, `outside` (another kind of range) or `missing`.
+Nothing is installed or changed here.
 """
 
 from __future__ import annotations
@@ -64,16 +64,18 @@ def requirements() -> list[tuple[Requirement, str, bool]]:
 
 
 def check(req: Requirement) -> tuple[str | None, str]:
-    """The installed version of `req`'s distribution and `ok`, `too old` or `missing`."""
+    """The installed version of `req`'s distribution and `ok`, `too old`, `too new`, `outside`
+    (another kind of range) or `missing`."""
     try:
         version = importlib.metadata.version(req.name)
     except importlib.metadata.PackageNotFoundError:
         return None, "missing"
-    if req.specifier.contains(version, prereleases=True):
+    failed = {s.operator for s in req.specifier if not s.contains(version, prereleases=True)}
+    if not failed:
         return version, "ok"
-    return version, "too old" if all(
-        s.operator in (">=", ">") for s in req.specifier
-    ) else "outside"
+    if failed <= {">=", ">"}:
+        return version, "too old"
+    return version, "too new" if failed <= {"<", "<="} else "outside"
 
 
 def check_requirements() -> list[dict[str, Any]]:
@@ -109,7 +111,8 @@ def print_requirements(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['installed'] or 'none'}; {need}; asked by {', '.join(row['by'])})"
         )
     met = [f"{r['requirement']} ({r['installed']})" for r in rows if r["status"] == "ok"]
-    print("  met: " + ", ".join(met))
+    if met:
+        print("  met: " + ", ".join(met))
     return [f"{r['requirement']}: {r['status']} ({r['installed'] or '-'})" for r in problems]
 
 

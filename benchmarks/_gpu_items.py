@@ -4,6 +4,7 @@ sizes below; under --smoke at tiny ones on CPU)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,13 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 # Skipped without CUDA, or run on CPU there: here they run on the GPU (the recipe's device is
 # "auto"). The resume test trains with attention dropout, so it draws from the CUDA generator
 # and checks that a run resumed from a checkpoint continues bitwise (CUDA RNG state included).
+# The Triton test comes last: it compiles and autotunes many kernels, and a per-test time limit
+# (pytest-timeout, preinstalled there) keeps it from costing the others' results.
 CUDA_TESTS = (
-    "tests/peft/test_triton_lora.py::test_fused_matches_plain_on_cuda",
     "tests/core/test_losses.py::test_fused_matches_masked_on_cuda",
     "tests/core/test_training.py::test_cuda_rng_state_round_trip",
     "tests/core/test_training.py::test_mfu_and_peak_flops",
     "tests/recipes/test_llm_resume.py::test_stop_at_step_3_and_resume_is_bitwise_identical",
+    "tests/peft/test_triton_lora.py::test_fused_matches_plain_on_cuda",
 )
+TEST_LIMIT_S = 90  # per test
 
 
 def _defined(node: str) -> bool:
@@ -62,6 +66,8 @@ def cuda_tests(ctx: Context) -> dict[str, Any]:
         return {"rows": [row(figure, len(CUDA_TESTS), "tests")], "details": {"tests": CUDA_TESTS}}
     junit = ctx.work / "cuda_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    if importlib.util.find_spec("pytest_timeout"):  # a test over its limit fails, the rest run
+        cmd += [f"--timeout={TEST_LIMIT_S}", "-o", "timeout_method=signal"]
     proc = subprocess.run(
         [*cmd, f"--junitxml={junit}", *CUDA_TESTS],
         cwd=REPO,

@@ -52,12 +52,12 @@ class Item:
 
 
 ITEMS = (
-    Item("cuda_tests", 120, _gpu_items.cuda_tests, "the CUDA-only tests, resume bitwise on CUDA"),
+    Item("cuda_tests", 150, _gpu_items.cuda_tests, "the CUDA-only tests, resume bitwise on CUDA"),
     Item("llm_1b", 120, _gpu_llm.llm_1b, "1B full FT: ours vs transformers.Trainer"),
-    Item("lora_8b", 80, _gpu_llm.lora_8b, "8B LoRA: tokens/s, TFLOP/s"),
-    Item("loss_memory", 40, _gpu_items.loss_memory_item, "fused vs masked CE peak memory"),
-    Item("moe_layer", 40, _gpu_items.moe_layer_item, "MoE layer vs transformers' experts"),
-    Item("lora_triton", 40, _gpu_items.lora_triton_item, "Triton LoRA kernel vs plain LoRA"),
+    Item("lora_8b", 75, _gpu_llm.lora_8b, "8B LoRA: tokens/s, TFLOP/s"),
+    Item("loss_memory", 30, _gpu_items.loss_memory_item, "fused vs masked CE peak memory"),
+    Item("moe_layer", 30, _gpu_items.moe_layer_item, "MoE layer vs transformers' experts"),
+    Item("lora_triton", 35, _gpu_items.lora_triton_item, "Triton LoRA kernel vs plain LoRA"),
 )
 BY_NAME = {item.name: item for item in ITEMS}
 TOTAL_BUDGET_S = 450  # the items' limits add up to 440; with the install, under 8 minutes
