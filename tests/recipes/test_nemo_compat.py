@@ -814,34 +814,36 @@ def test_nemo_balancing_is_their_model_class_balancing() -> None:
 
 def test_their_lora_selection_rules() -> None:
     """Their PeftConfig: match_all_linear and exclude_modules alone adapt the LM head too (ours
-    leave output heads out, so it is named); no selection at all is their `*_proj`."""
+    leave output heads out, so it is named), an exclude pattern may match nothing; no selection
+    at all is their `*_proj`. Checked on the modules each selection adapts in a real model."""
+    from automodel.core.models import AutoModelForCausalLM
+    from automodel.peft import apply_lora
+
+    def adapted(theirs: dict) -> set[str]:
+        data = {"peft": {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", **theirs}}
+        ours = translate(data, {}, "cfg.yaml").data["peft"]
+        config = resolve_target(ours.pop("_target_"))(**ours)
+        model = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny_llama_base")
+        apply_lora(model, config)
+        paths = {p for p, m in model.named_modules() if type(m).__name__ == "LoraLinear"}
+        return {p.rsplit(".", 1)[-1] for p in paths}
+
+    linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted({"match_all_linear": True}) == linear | {"lm_head"}
+    # their wildcard: `*` any characters; a pattern matching nothing is fine there
+    excluded = ["*.q_proj", "*vision_tower*", "*mlp*"]
+    assert adapted({"exclude_modules": excluded}) == {"k_proj", "v_proj", "o_proj", "lm_head"}
+    assert adapted({"exclude_modules": ["*lm_head*"]}) == linear
+    assert adapted({}) == linear  # their default: *_proj
+    assert adapted({"target_modules": ["*.q_proj"]}) == {"q_proj"}
+
     peft = {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "dim": 8}
-    cases = {
-        "match_all_linear": ({"match_all_linear": True}, ["lm_head"], True),
-        "exclude_modules": ({"exclude_modules": ["*.out_proj"]}, ["lm_head"], True),
-        "exclude the head": ({"exclude_modules": ["lm_head"]}, None, True),
-        "nothing": ({}, ["*_proj"], None),
-        "target_modules": ({"target_modules": ["*.q_proj"]}, ["*.q_proj"], None),
-    }
-    for name, (theirs, targets, all_linear) in cases.items():
-        ours = translate({"peft": {**peft, **theirs}}, {}, "cfg.yaml").data["peft"]
-        assert ours.get("target_modules") == targets, name
-        assert ours.get("match_all_linear") == all_linear, name
     fused = {"_target_": "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy"}
     with pytest.raises(ConfigError, match="FusedLinearCrossEntropy reads"):
         translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "cfg.yaml")
     nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}  # bitsandbytes keeps the head
     with pytest.raises(ConfigError, match="keeps its weight unquantized"):
         translate({"peft": {**peft, "match_all_linear": True}, "quantization": nf4}, {}, "cfg.yaml")
-    # the selection builds and adapts the head of a real (tied) model
-    from automodel.core.models import AutoModelForCausalLM
-    from automodel.peft import apply_lora
-
-    ours = translate({"peft": {**peft, "match_all_linear": True}}, {}, "cfg.yaml").data["peft"]
-    config = resolve_target(ours["_target_"])(**{k: v for k, v in ours.items() if k != "_target_"})
-    model = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny_llama_base")
-    apply_lora(model, config)
-    assert type(model.lm_head).__name__ == "LoraLinear"
 
 
 def test_their_null_sizes_and_dequantized_checkpoints() -> None:
@@ -874,3 +876,51 @@ def test_their_null_sizes_and_dequantized_checkpoints() -> None:
     config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     with pytest.raises(UserError, match="bitsandbytes, which transformers cannot dequantize"):
         dequantizing_config(config)
+
+
+def test_their_fused_adam_is_adamw_over_float32_master_weights() -> None:
+    """Transformer Engine's FusedAdam with master weights on a bfloat16 model: AdamW updating
+    float32 parameters that FSDP2 computes with in bfloat16; compressed optimizers refused."""
+    data = {
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+            "pretrained_model_name_or_path": "x",
+            "torch_dtype": "bf16",
+        },
+        "distributed": {"strategy": "fsdp2"},
+        "optimizer": {
+            "_target_": "transformer_engine.pytorch.optimizers.fused_adam.FusedAdam",
+            "lr": 1.0e-5,
+            "betas": [0.9, 0.95],
+            "weight_decay": 0.1,
+            "adam_w_mode": True,
+            "bias_correction": True,
+            "master_weights": True,
+            "store_param_remainders": True,
+            "exp_avg_dtype": "torch.float32",
+        },
+    }
+    t = translate(data, {"optimizer.master_weights": "cfg.yaml:9"}, "cfg.yaml")
+    assert t.data["optimizer"] == {
+        "_target_": "torch.optim.AdamW",
+        "lr": 1.0e-5,
+        "betas": [0.9, 0.95],
+        "weight_decay": 0.1,
+    }
+    assert t.data["model"]["torch_dtype"] == "float32"
+    assert t.data["distributed"] == {"strategy": "fsdp2", "mp_param_dtype": "bf16"}
+    assert t.where["distributed.mp_param_dtype"] == "cfg.yaml:9"
+    adam = {**data["optimizer"], "adam_w_mode": False, "master_weights": False}
+    plain = translate({**data, "optimizer": adam}, {}, "cfg.yaml").data
+    assert plain["optimizer"]["_target_"] == "torch.optim.Adam"
+    assert plain["model"]["torch_dtype"] == "bf16" and "mp_param_dtype" not in plain["distributed"]
+    refused = {
+        "optimizer.exp_avg_dtype": {**data["optimizer"], "exp_avg_dtype": "torch.bfloat16"},
+        "optimizer.master_weights": data["optimizer"],  # with ddp: no float32 master weights
+        "optimizer._target_": {"_target_": "flashoptim.FlashAdamW", "master_weight_bits": 24},
+    }
+    for key, optimizer in refused.items():
+        ddp = {"strategy": "ddp"} if key == "optimizer.master_weights" else {"strategy": "fsdp2"}
+        with pytest.raises(ConfigError) as info:
+            translate({**data, "distributed": ddp, "optimizer": optimizer}, {}, "cfg.yaml")
+        assert [p.key for p in info.value.problems] == [key]

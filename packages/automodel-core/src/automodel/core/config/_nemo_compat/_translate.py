@@ -9,6 +9,7 @@ from typing import Any
 from .._errors import ConfigError
 from ._translate_features import _FeaturePasses
 from ._translate_moe import _MoePasses
+from ._translate_optim import _OptimizerPasses
 from ._translate_retrieval import _RetrievalPasses
 from ._translate_sections import _SectionPasses
 from ._translate_targets import _TargetPasses
@@ -36,13 +37,16 @@ def translate(
     return Translation(t.data, t.where, t.changed, t.notes, t.recipe)
 
 
-class _Translator(_RetrievalPasses, _MoePasses, _TargetPasses, _SectionPasses, _FeaturePasses):
+class _Translator(
+    _RetrievalPasses, _MoePasses, _OptimizerPasses, _TargetPasses, _SectionPasses, _FeaturePasses
+):
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:
         self.top_level()
         self.retrieval()  # first: it moves their retrieval arguments out of their targets
         self.moe()  # before the targets: it reads their model's backend, which they drop
         self.lora_selection()  # before the targets: their PeftConfig's selection rules
+        self.optimizer()
         self.targets(self.data, "")
         self.sections()
         self.features()

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
+import re
 from typing import Any
 
 from ._aliases import TARGET_KEY
@@ -39,48 +39,53 @@ class _FeaturePasses(_TranslatorBase):
 
         Theirs: `match_all_linear` adapts every linear layer, the LM head included (ours leaves
         output heads out, so `lm_head` is named too); `exclude_modules` alone means every linear
-        layer but those (the head included); with no selection at all, `target_modules: *_proj`.
+        layer but those, the head included, and a pattern may match nothing (ours refuses a
+        dead pattern), so it becomes one `re:` target of every path their patterns do not
+        match; with no selection at all, `target_modules: *_proj`.
         """
         peft = self.data.get("peft")
         if not isinstance(peft, dict) or peft.get(TARGET_KEY) != _PEFT:
             return
-        targets = peft.get("target_modules") or peft.get("include_modules")
         excluded = peft.get("exclude_modules")
         excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
-        if targets:
+        if peft.get("target_modules") or peft.get("include_modules"):
             return
-        if peft.get("match_all_linear") or excluded:
-            peft["match_all_linear"] = True
-            loss = self.data.get("loss_fn")
-            fused = isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy")  # fmt: skip
-            quant = self.data.get("quantization")
-            qlora = isinstance(quant, dict) and quant.get("load_in_4bit")
-            if any(fnmatchcase("lm_head", p) for p in excluded if isinstance(p, str)):
-                pass
-            elif qlora:
-                self.fail(
-                    "peft",
-                    "their QLoRA adapts the LM head too but keeps its weight unquantized "
-                    "(bitsandbytes skips it); here the base of every adapted layer is NF4: "
-                    "exclude the head (exclude_modules: ['lm_head']) or name target_modules",
-                )
-            elif fused:
-                self.fail(
-                    "peft",
-                    "their LoRA here adapts the LM head too, which FusedLinearCrossEntropy reads "
-                    "by its weight (the adapter would be left out): use MaskedCrossEntropy, or "
-                    "exclude the head (exclude_modules: ['lm_head'])",
-                )
-            else:
-                peft["target_modules"] = ["lm_head"]
-                self.changed["peft.target_modules"] = (
-                    "their match_all_linear adapts the LM head too; ours leaves output heads out"
-                )
-            if excluded:
-                self.changed["peft.match_all_linear"] = "their exclude_modules alone: every linear layer but those"  # fmt: skip
-        else:
+        if not (peft.get("match_all_linear") or excluded):
             peft["target_modules"] = ["*_proj"]
             self.changed["peft.target_modules"] = "NeMo AutoModel's default, written out"
+            return
+        if not _their_match(excluded, "lm_head"):  # their selection adapts the LM head
+            self.adapted_head()
+        if excluded:
+            peft.pop("exclude_modules")
+            peft.pop("match_all_linear", None)
+            alternatives = "|".join(_their_regex(p) for p in excluded)
+            peft["target_modules"] = [f"re:(?!(?:{alternatives})$).*"]
+            self.move("peft.exclude_modules", "peft.target_modules", f"was exclude_modules: {excluded} (every linear layer but those, the LM head included)")  # fmt: skip
+        else:
+            peft["target_modules"] = ["lm_head"]
+            self.changed["peft.target_modules"] = (
+                "their match_all_linear adapts the LM head too; ours leaves output heads out"
+            )
+
+    def adapted_head(self) -> None:
+        """Their LoRA adapts the LM head: refused where ours could not do the same."""
+        loss = self.data.get("loss_fn")
+        quant = self.data.get("quantization")
+        if isinstance(quant, dict) and quant.get("load_in_4bit"):
+            self.fail(
+                "peft",
+                "their QLoRA adapts the LM head too but keeps its weight unquantized "
+                "(bitsandbytes skips it); here the base of every adapted layer is NF4: "
+                "exclude the head (exclude_modules: ['lm_head']) or name target_modules",
+            )
+        elif isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy"):  # fmt: skip
+            self.fail(
+                "peft",
+                "their LoRA here adapts the LM head too, which FusedLinearCrossEntropy reads "
+                "by its weight (the adapter would be left out): use MaskedCrossEntropy, or "
+                "exclude the head (exclude_modules: ['lm_head'])",
+            )
 
     def dequantize(self) -> None:
         """`checkpoint.dequantize_base_checkpoint`: a quantized base checkpoint (FP8, MXFP4) is
@@ -233,3 +238,13 @@ class _FeaturePasses(_TranslatorBase):
             return
         del self.data["wandb"]
         self.note("wandb", "dropped (enable: false: no W&B logging)")
+
+
+def _their_regex(pattern: str) -> str:
+    """Their module pattern as a regex: `*` is any characters, `.` any one character."""
+    return "(?:" + re.sub(r"\*", "(?:.*)", str(pattern)) + ")"
+
+
+def _their_match(patterns: list[Any], path: str) -> bool:
+    """Whether one of their module patterns selects `path` (equal, or its regex matches)."""
+    return any(p == path or re.fullmatch(_their_regex(p), path) for p in patterns)

@@ -22,6 +22,7 @@ from ._aliases import NEMO_PREFIX, TARGET_KEY
 from ._moe_families import SWAPPED, moe_family
 from ._translator_base import _TranslatorBase
 
+_MOE_RECIPES = ("finetune.llm", "kd.llm", "benchmark.llm")  # the recipes with a moe: section
 NEMO_BALANCING = "nemo_automodel"  # moe.balancing: their family's balancing, read at model build
 # their BackendConfig.experts -> our moe.backend (the same expert products)
 _EXPERTS = {"torch": "loop", "torch_mm": "grouped_mm", "gmm": "auto", "te": "auto"}
@@ -54,6 +55,8 @@ class _MoePasses(_TranslatorBase):
         name_key, name = _model_name(model, "model")
         family = moe_family(name) if name else None
         if "moe" in self.data:  # our own moe: section, written out: it says what to do
+            return
+        if self.recipe not in (None, *_MOE_RECIPES):  # e.g. finetune.vlm: its own checks say
             return
         if family is not None and not family.swapped:
             if family.balancing is not None:
