@@ -25,6 +25,9 @@ What is measured, identically for every run:
 - tokens/s (step only): the same tokens divided by the summed time from "micro-batches in hand" to
   "optimizer step done" (hf: `on_step_begin` -> `on_step_end`; ours: the recipe's own `tps`
   window). This leaves out fetching/collating the batches.
+- tokens/s (outside, `--outside SHORT`): each run again with SHORT steps; the real tokens of
+  steps SHORT+1..N over the difference of the two processes' whole wall times. Start-up cancels
+  out and nothing inside the trainer is timed: data loading, logging and host waits all count.
 - peak RSS: `ru_maxrss` of the run's process at the end.
 - loss per optimizer step. With transformers >= 4.46 (here 5.x) the Trainer passes
   `num_items_in_batch` (label tokens of all micro-batches of the step) to the model's loss, so, like
@@ -43,12 +46,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import _trainer_compare as compare
+from _outside_clock import print_outside, run_outside
 
 ASSETS = compare.ROOT / "examples" / "llm_finetune" / "assets"
 RUNS = ("hf", "ours", "ours_packed")
@@ -138,11 +143,13 @@ def _write_model_config(args, tokenizer_vocab: int, out_dir: Path) -> str:
     return str(model_dir)
 
 
-def _write_varied_chat(path: Path, seed: int, samples: int = 4000) -> Path:
+def _write_varied_chat(path: Path, seed: int, samples: int = 4000, lognormal: bool = False) -> Path:
     """Word-reversal chats whose lengths spread like real SFT data: mostly short, a long tail.
 
     70% ask to reverse 2-8 words, 25% 9-30 and 5% 31-70 (words drawn with replacement), so a
-    padded batch is dominated by its longest sample while packing wastes almost nothing.
+    padded batch is dominated by its longest sample while packing wastes almost nothing. With
+    `lognormal` the word count is log-normal (median 30, sigma 0.8) up to 270 words: chats of
+    ~10 to ~550 tokens, a few of them longer than a 512-token sequence.
     """
     import random
 
@@ -152,7 +159,10 @@ def _write_varied_chat(path: Path, seed: int, samples: int = 4000) -> Path:
     rng = random.Random(seed)
     rows = []
     for _ in range(samples):
-        low, high = rng.choices([(2, 8), (9, 30), (31, 70)], weights=[70, 25, 5])[0]
+        if lognormal:
+            low = high = min(270, max(2, round(rng.lognormvariate(math.log(30), 0.8))))
+        else:
+            low, high = rng.choices([(2, 8), (9, 30), (31, 70)], weights=[70, 25, 5])[0]
         words = rng.choices(WORDS, k=rng.randint(low, high))
         rows.append(
             {
@@ -204,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data",
         default=str(ASSETS / "reverse_train.jsonl"),
-        help="chat jsonl, or `varied`: generated samples of very different lengths (see below)",
+        help="chat jsonl, or generated samples of very different lengths: `varied` (10-146 "
+        "tokens) or `lognormal` (a log-normal mix with a long tail, up to ~550 tokens)",
+    )
+    p.add_argument(
+        "--outside",
+        type=int,
+        default=0,
+        metavar="SHORT",
+        help="also time whole processes: each run again at SHORT steps (see above)",
     )
     p.add_argument("--tokenizer", default=str(ASSETS / "tiny_tokenizer"))
     p.add_argument("--seq-length", type=int, default=64)
@@ -234,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     acc = compare.grad_acc(args)
 
     work = Path(tempfile.mkdtemp(prefix="finetune_vs_hf_"))
-    if args.data == "varied":
-        args.data = str(_write_varied_chat(work / "varied_chat.jsonl", args.seed))
+    if args.data in ("varied", "lognormal"):
+        path = work / f"{args.data}_chat.jsonl"
+        args.data = str(_write_varied_chat(path, args.seed, lognormal=args.data == "lognormal"))
     from automodel.core.models import load_tokenizer
 
     vocab = len(load_tokenizer(args.tokenizer))
@@ -272,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         results, REAL_TOKENS, width=12, every=every, step_only=False, loss_diff=False
     )
 
+    outside = None
+    if args.outside:
+        outside = run_outside(__file__, args, spec_path, work, args.outside, attempts)
+        print_outside(outside)
+
     compare.write_report(
         args.out,
         spec=spec,
@@ -279,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         data=data_info,
         results=results,
         ratios_vs_hf=compare.ratios_vs_hf(results, REAL_TOKENS.rates),
+        outside=outside,
     )
     return 0
 

@@ -233,6 +233,14 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         "Nsight Systems on a GPU (CUDA)"
     ),
     # --- docs/checkpoint.md, docs/cli.md -----------------------------------------------------
+    f"{AM} finetune llm -c {SFT} --optimizer.lr 1e4 --nonfinite.patience 3": Shared(
+        test="tests/recipes/test_faults.py::test_a_diverging_run_skips_nonfinite_steps_then_stops_naming_them",
+        why="the same diverging run (lr 1e4, patience 3) on the tiny example, in-process",
+    ),
+    f"{AM} finetune llm -c {SFT} --dataset.path other.jsonl": Shared(
+        test="tests/recipes/test_faults.py::test_resuming_on_changed_data_is_refused_unless_asked_for",
+        why="a resume of the tiny example over another file, refused, then accepted on purpose",
+    ),
     "python -m automodel.checkpoint consolidate SRC DST [--max-shard-size 5GB]": Skip(SYNOPSIS),
     "python -m automodel.checkpoint inspect PATH [--tensors] [--json]": Skip(SYNOPSIS),
     "automodel <command> <domain> -c CONFIG [launch options] [--debug] [--dry-run] [overrides...]": Skip(

@@ -13,9 +13,13 @@ class NonFiniteWeightsError(CheckpointError):
 
 @torch.no_grad()
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters whose local values (this rank's shard) are not all finite."""
+    """Names of the trainable parameters whose local values (this rank's shard) are not all
+    finite. Frozen ones are left out: training cannot change them (and a quantized base's
+    tensors do not support the check)."""
     named = []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         local = param.detach()
         local = local.to_local() if hasattr(local, "to_local") else local  # a DTensor's shard
         if local.is_floating_point() and local.numel():
