@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Skipped without CUDA, or run on CPU there: here they run on the GPU (the recipe's device is
 # "auto"). The resume test trains with attention dropout, so it draws from the CUDA generator
 # and checks that a run resumed from a checkpoint continues bitwise (CUDA RNG state included).
+# The sync test counts, on CUDA, what torch.cuda's sync debug mode reports during four steps.
 # The Triton test comes last: it compiles and autotunes many kernels, and a per-test time limit
 # (pytest-timeout, preinstalled there) keeps it from costing the others' results.
 CUDA_TESTS = (
@@ -27,6 +28,7 @@ CUDA_TESTS = (
     "tests/core/test_training.py::test_cuda_rng_state_round_trip",
     "tests/core/test_training.py::test_mfu_and_peak_flops",
     "tests/recipes/test_llm_resume.py::test_stop_at_step_3_and_resume_is_bitwise_identical",
+    "tests/recipes/test_step_sync.py::test_no_step_reads_a_tensor_until_the_log_step_reads_them_all",
     "tests/peft/test_triton_lora.py::test_fused_matches_plain_on_cuda",
 )
 TEST_LIMIT_S = 90  # per test

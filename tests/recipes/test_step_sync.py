@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ class HostReads(TorchFunctionMode):
         self.reads: list[str] = []  # "name file:line" of each read
         self.model_reads: list[str] = []  # those of transformers' mask preparation
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if self.counting and name in READS:
             frame = sys._getframe(1)
@@ -48,6 +49,11 @@ class HostReads(TorchFunctionMode):
             where = f"{name} {frame.f_code.co_filename}:{frame.f_lineno}"
             (self.model_reads if MODEL_MASKS in where else self.reads).append(where)
         return func(*args, **(kwargs or {}))
+
+
+def _is_sync(warning: warnings.WarningMessage) -> bool:
+    """A warning of torch.cuda's sync debug mode."""
+    return "synchroniz" in str(warning.message)
 
 
 def _counted(mode: HostReads, fn: Callable, counting: bool) -> Callable:
@@ -95,9 +101,19 @@ def test_no_step_reads_a_tensor_until_the_log_step_reads_them_all(
     # counting a host batch's labels and tokens reads host memory, which waits for nothing
     recipe.count_targets = _counted(mode, recipe.count_targets, False)
     recipe.real_tokens = _counted(mode, recipe.real_tokens, False)
-    with mode:
-        assert recipe.train_steps()
+    on_cuda = recipe.device.type == "cuda"  # the GPU suite runs this test there
+    with mode, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if on_cuda:  # also the waits no Python read shows: pageable copies, nonzero, ...
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            assert recipe.train_steps()
+        finally:
+            if on_cuda:
+                torch.cuda.set_sync_debug_mode(0)
         assert mode.reads == []
+        syncs = [f"{w.filename}:{w.lineno} {w.message}" for w in caught if _is_sync(w)]
+        assert [sync for sync in syncs if MODEL_MASKS not in sync] == []
         mode.counting = True
         float(recorded[0].values[0])  # the guard sees a read where there is one
         mode.counting = False
