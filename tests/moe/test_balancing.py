@@ -157,3 +157,23 @@ def test_metrics_count_tokens_and_reset() -> None:
     assert metrics["moe/layer_0/dead_experts"] == 3
     assert metrics["moe/imbalance_max"] == pytest.approx(4.0)
     assert moe_metrics(layers) == {}  # reset: nothing routed since
+
+
+def test_balanced_routing_gives_every_expert_the_same_load() -> None:
+    """`routing="balanced"` (throughput benchmarks): token t's slot j goes to expert
+    (t * k + j) mod E with weight 1/k, whatever the gate says; no balancing loss."""
+    router, x = _skewed_router("aux_loss", routing="balanced")
+    router.train()
+    logits, weights, ids = router(x)
+    k, experts = 2, 8
+    assert torch.equal(ids, torch.arange(512 * k).view(512, k) % experts)
+    assert torch.equal(weights, torch.full((512, k), 1.0 / k))
+    assert router.aux_loss is None and logits.shape == (512, experts)
+    assert torch.equal(router.load_counts, torch.full((experts,), 512 * k / experts))
+    block = MoE(MoEConfig(16, 8, 8, 2, routing="balanced"))
+    nn.init.normal_(block.experts.gate_up_proj)
+    nn.init.normal_(block.experts.down_proj)
+    block(torch.randn(1, 4, 16)).sum().backward()
+    assert block.gate.weight.grad is None  # the gate is not used
+    with pytest.raises(ValueError, match="routing"):
+        MoEConfig(16, 8, 8, 2, routing="random")

@@ -715,6 +715,9 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     single = translate(their_moe("Qwen/Qwen3-30B-A3B", 1, dispatcher="deepep"), {}, "cfg.yaml")
     assert single.data["moe"] == {"balancing": "nemo_automodel"}
     assert "moe" not in translate(their_moe("Qwen/Qwen3-0.6B", 1), {}, "cfg.yaml").data
+    # their FakeBalancedGate (benchmarks): every expert the same load, the gate unused
+    fake = their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True)
+    assert translate(fake, {}, "cfg.yaml", 8).data["moe"]["routing"] == "balanced"
 
     refused = {
         # families whose blocks automodel.moe does not swap
@@ -725,8 +728,9 @@ def test_their_moe_configs_get_a_moe_section() -> None:
             their_moe("inclusionAI/Ling-mini-2.0", 8), "set distributed.ep_size: 1"
         ),
         # what changes the numbers, not only the kernels
-        "model.backend.fake_balanced_gate": (
-            their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True), "set it false"
+        "model.backend.fake_gate_noise": (
+            their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True, fake_gate_noise=0.1),
+            "moe.routing: balanced",
         ),
         "model.backend.te_fp8": (
             their_moe("Qwen/Qwen3-30B-A3B", 8, te_fp8={"recipe": "mxfp8"}), "te_fp8"

@@ -11,6 +11,7 @@ ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu2")
 GATED_ACTIVATIONS = ("swiglu", "geglu")
 BALANCING = ("none", "aux_loss", "bias")
 BACKENDS = ("auto", "grouped_mm", "loop")
+ROUTINGS = ("learned", "balanced")
 
 
 @dataclass
@@ -59,6 +60,9 @@ class MoEConfig:
     bias_update_rate: float = 1e-3
     input_jitter: float = 0.0  # Mixtral router jitter: x *= U(1 - j, 1 + j) in training
     backend: str = "auto"  # expert matmuls: "grouped_mm" (torch._grouped_mm), "loop", "auto"
+    # "balanced" (for throughput benchmarks): the gate is not used; token t's j-th slot goes to
+    # expert (t * k + j) mod E with weight 1 / k, so every expert gets the same load
+    routing: str = "learned"
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "moe_intermediate_size", "n_routed_experts"):
@@ -81,6 +85,7 @@ class MoEConfig:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("balancing", self.balancing, BALANCING)
         _choice("backend", self.backend, BACKENDS)
+        _choice("routing", self.routing, ROUTINGS)
         _positive_int("n_groups", self.n_groups)
         _positive_int("topk_groups", self.topk_groups)
         if self.n_routed_experts % self.n_groups:

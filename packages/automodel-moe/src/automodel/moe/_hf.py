@@ -21,7 +21,7 @@ from automodel.moe._block import MoE
 from automodel.moe._config import MoEConfig, check_fields
 
 # MoEConfig fields a caller may choose; everything else is read from the HF block.
-OVERRIDABLE = ("balancing", "aux_loss_coeff", "bias_update_rate", "backend")
+OVERRIDABLE = ("balancing", "aux_loss_coeff", "bias_update_rate", "backend", "routing")
 
 _ACTIVATIONS = {
     "SiLUActivation": "swiglu",
@@ -144,8 +144,9 @@ def patch_hf_moe(model: nn.Module, **overrides: Any) -> list[str]:
     """Replace every supported HF MoE block in ``model`` by ``MoE``; return their names.
 
     ``overrides`` set MoEConfig fields the HF model does not define: ``balancing``,
-    ``aux_loss_coeff``, ``bias_update_rate``, ``backend``. Call it before creating the optimizer
-    or sharding the model: the parameters are re-wrapped (same storage, new ``Parameter``s).
+    ``aux_loss_coeff``, ``bias_update_rate``, ``backend``, ``routing``. Call it before creating
+    the optimizer or sharding the model: the parameters are re-wrapped (same storage, new
+    ``Parameter``s).
     """
     replaced = []
     hf_config = _text_config(model)

@@ -74,6 +74,8 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Route ``x`` ``[..., H]``: ``(logits [T, E], topk_weights [T, k] fp32, topk_ids [T, k])``."""
         x = x.reshape(-1, self.config.hidden_size)
+        if self.config.routing == "balanced":
+            return self.balanced(x)
         logits, scores = self.scores(x)
         topk_ids = self.select(scores)
         weights = scores.gather(1, topk_ids)
@@ -82,6 +84,19 @@ class TopKRouter(nn.Module):
         if self.config.route_scale != 1.0:
             weights = weights * self.config.route_scale
         self._record(scores, topk_ids)
+        return logits, weights, topk_ids
+
+    def balanced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``routing="balanced"``: every expert the same load, no gate, no balancing loss."""
+        tokens, k = x.shape[0], self.top_k
+        topk_ids = torch.arange(tokens * k, device=x.device).view(tokens, k) % self.num_experts
+        weights = torch.full((tokens, k), 1.0 / k, device=x.device)
+        logits = torch.zeros(tokens, self.num_experts, device=x.device)
+        counted = topk_ids if self.token_mask is None else topk_ids[self.token_mask.reshape(-1)]
+        with torch.no_grad():
+            counts = torch.bincount(counted.reshape(-1), minlength=self.num_experts)
+            self.load_counts += counts.to(self.load_counts.dtype)
+        self.aux_loss = None
         return logits, weights, topk_ids
 
     def _record(self, scores: torch.Tensor, topk_ids: torch.Tensor) -> None:

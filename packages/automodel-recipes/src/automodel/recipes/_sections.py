@@ -117,11 +117,14 @@ class Distributed:
 class Moe:
     """`moe:` swap the model's Hugging Face MoE blocks for automodel.moe's (same weight names)."""
 
-    balancing: str = "aux_loss"  # aux_loss | bias (auxiliary-loss-free) | none
+    # aux_loss | bias (auxiliary-loss-free) | none | nemo_automodel (NeMo AutoModel's for the
+    # model's family: see _moe_nemo)
+    balancing: str = "aux_loss"
     aux_loss_coeff: float = 1e-3  # with aux_loss: weight of the load-balancing loss
     bias_update_rate: float = 1e-3  # with bias: step of the per-expert bias after each update
     backend: str = "auto"  # auto | grouped_mm | loop
     dispatcher: str = "all_to_all"  # with ep_size > 1: all_to_all | deepep (CUDA, the extra)
+    routing: str = "learned"  # learned | balanced (benchmarks: equal load per expert, no gate)
 
 
 @dataclass(frozen=True)

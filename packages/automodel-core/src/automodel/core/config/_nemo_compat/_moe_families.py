@@ -39,12 +39,14 @@ MOE_FAMILIES = (
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss"),
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss"),
     MoeFamily("Qwen3-Next", r"qwen3-next", "aux_loss"),
+    MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss"),
     MoeFamily("Laguna", r"laguna", "aux_loss"),
     MoeFamily("DeepSeek-V3.2", r"deepseek-v3(\.2|2)", "bias"),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias"),
     MoeFamily("GLM-4.5/4.7 MoE", r"glm-4\.[5-7]", "bias"),
     MoeFamily("GLM-5", r"glm-5", "bias"),
-    MoeFamily("MiniMax-M2", r"minimax-m2", "bias"),
+    MoeFamily("MiniMax-M2/M3", r"minimax-m[23]", "bias"),
+    MoeFamily("Mistral Small 4", r"mistral-small-4", "bias"),
     MoeFamily("Ling 2.0", r"(^|/)(ling|ring)-(mini|flash|1t)", None),
     MoeFamily("Nemotron 3", r"nemotron-3(\.5)?-", None),
     MoeFamily("Hy-MT2", r"hy-mt2", None),
@@ -52,6 +54,7 @@ MOE_FAMILIES = (
     MoeFamily("Kimi-Linear", r"kimi-linear", None),
     MoeFamily("Kimi-K3", r"kimi-k3", None),
     MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None),
+    MoeFamily("Gemma 4 MoE", r"gemma-4-\d+b-a\d+b", None),
 )  # fmt: skip
 
 # the families automodel.moe swaps (for messages)

@@ -56,8 +56,6 @@ class _MoePasses(_TranslatorBase):
         family = moe_family(name) if name else None
         if "moe" in self.data:  # our own moe: section, written out: it says what to do
             return
-        if self.recipe not in (None, *_MOE_RECIPES):  # e.g. finetune.vlm: its own checks say
-            return
         if family is not None and not family.swapped:
             if family.balancing is not None:
                 self.fail(
@@ -76,9 +74,17 @@ class _MoePasses(_TranslatorBase):
                     "the training is the same)",
                 )
             return
-        if family is None and ep <= 1:
+        if self.recipe not in (None, *_MOE_RECIPES):  # e.g. finetune.vlm: its own checks say
+            if backend.get("fake_balanced_gate"):
+                self.fail("model.backend.fake_balanced_gate", f"fake_balanced_gate: {self.recipe} has no moe: section (balanced routing); set it false")  # fmt: skip
+            return
+        balanced = bool(backend.pop("fake_balanced_gate", False))
+        if family is None and ep <= 1 and not balanced:
             return  # a dense model, or one their code runs as Hugging Face's (no balancing)
         section: dict[str, Any] = {"balancing": NEMO_BALANCING}
+        if balanced:  # their FakeBalancedGate: the same expert for the same slot, weights 1/k
+            section["routing"] = "balanced"
+            self.move("model.backend.fake_balanced_gate", "moe.routing", "was model.backend.fake_balanced_gate: true")  # fmt: skip
         experts = backend.pop("experts", None)
         if experts is not None:
             section["backend"] = _EXPERTS[experts]
@@ -122,11 +128,11 @@ class _MoePasses(_TranslatorBase):
 
     def backend_numerics(self, backend: dict[str, Any]) -> None:
         """`backend:` keys that change the numbers (not only the kernels): refused."""
-        if backend.get("fake_balanced_gate"):
+        if backend.get("fake_balanced_gate") and backend.get("fake_gate_noise"):
             self.fail(
-                "model.backend.fake_balanced_gate",
-                "fake_balanced_gate: true (tokens spread evenly, not by the learned router, for "
-                "benchmarks) is not supported; set it false to route with the model's gate",
+                "model.backend.fake_gate_noise",
+                "fake_gate_noise (random routing around the balanced one) is not supported; "
+                "drop it for equal load per expert (moe.routing: balanced)",
             )
         if backend.get("te_fp8") is not None:
             self.fail(
