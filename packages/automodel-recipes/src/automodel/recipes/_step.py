@@ -121,6 +121,8 @@ class OptimizerStep:
         window_tokens = sum(row[1] for row in rows)
         tps = window_tokens / seconds if seconds > 0 else None  # every rank's tokens
         per_gpu = tps / self.parallel.world_size if tps is not None else None
+        flops = self.flops_per_token
+        mfu_all = mfu(per_gpu, flops, self.peak_flops) if per_gpu and flops else None
         extra_last = self.moe.window_metrics() if self.moe is not None else {}
         out = []
         for i, (p, row) in enumerate(zip(pending, rows, strict=True)):
@@ -139,7 +141,7 @@ class OptimizerStep:
                     mem=p.mem,
                     tps=tps,
                     tps_per_gpu=per_gpu,
-                    mfu=mfu(per_gpu, self.flops_per_token, self.peak_flops) if per_gpu else None,
+                    mfu=mfu_all,
                     num_label_tokens=int(labels),
                     num_real_tokens=int(row[1]),
                     skipped=bool(skipped),
