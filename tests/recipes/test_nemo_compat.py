@@ -579,8 +579,8 @@ def test_their_lr_scheduler_defaults_are_written_out() -> None:
 
 
 def test_their_qlora_fp8_wandb_and_packing_sections() -> None:
-    """`quantization:` NF4 under LoRA is our peft.quantize_base; fp8 on and 8-bit or fp4
-    weights are refused naming what to do; switched-off sections are dropped."""
+    """`quantization:` NF4 under LoRA is our peft.quantize_base; 8-bit or fp4 weights are
+    refused naming what to do; switched-off sections are dropped."""
     peft = {
         "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
         "target_modules": ["*_proj"],
@@ -615,7 +615,6 @@ def test_their_qlora_fp8_wandb_and_packing_sections() -> None:
     assert "wandb" not in off.data and any("no W&B logging" in n for n in off.notes)
 
     refused = {
-        "fp8": ({"fp8": {"enabled": True}}, "remove the section to train in the model's dtype"),
         "quantization.load_in_8bit": (
             {"peft": peft, "quantization": {"load_in_8bit": True}},
             "use load_in_4bit: true",
@@ -927,4 +926,63 @@ def test_their_fused_adam_is_adamw_over_float32_master_weights() -> None:
         ddp = {"strategy": "ddp"} if key == "optimizer.master_weights" else {"strategy": "fsdp2"}
         with pytest.raises(ConfigError) as info:
             translate({**data, "distributed": ddp, "optimizer": optimizer}, {}, "cfg.yaml")
+        assert [p.key for p in info.value.problems] == [key]
+
+
+def test_their_fp8_section_is_torchao_float8_training() -> None:
+    """Their `fp8:` (torchao float8 training) is our `fp8:`: the same conversion of the same
+    layers (their filter_fqns by substring, dims multiple of 16); speed/memory keys dropped."""
+    from automodel.core.config import ConfigNode
+    from automodel.core.models import AutoModelForCausalLM
+    from automodel.recipes._fp8 import apply_fp8, read_fp8
+
+    theirs = {
+        "enabled": True,
+        "recipe_name": "tensorwise",
+        "enable_fsdp_float8_all_gather": True,
+        "precompute_float8_dynamic_scale_for_fsdp": True,
+        "force_recompute_fp8_weight_in_bwd": True,
+        "filter_fqns": ["lm_head", "layers.1.mlp"],
+        "emulate": True,
+    }
+    t = translate({"fp8": theirs}, {}, "cfg.yaml")
+    assert t.data["fp8"] == {
+        "recipe": "tensorwise",
+        "skip_modules": ["lm_head", "layers.1.mlp"],
+        "fsdp_float8_all_gather": True,
+        "emulate": True,
+    }
+    rowwise = translate({"fp8": {**theirs, "recipe_name": "rowwise"}}, {}, "cfg.yaml")
+    assert "fsdp_float8_all_gather" not in rowwise.data["fp8"]  # tensorwise only, there too
+    with pytest.raises(ConfigError, match=r"fp8\.amax_history_len is not supported"):
+        translate({"fp8": {"enabled": True, "amax_history_len": 16}}, {}, "cfg.yaml")
+
+    cfg = ConfigNode(t.data)
+    model = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny_llama_base")
+    names = list(model.state_dict())
+    batch = torch.tensor([[5, 9, 13, 21, 34, 55, 8, 3]])
+    before = model(batch, labels=batch).loss
+    converted = apply_fp8(model, read_fp8(cfg), cfg)
+    assert {p.split(".", 3)[-1] for p in converted} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    }  # fmt: skip
+    assert not any(".layers.1.mlp." in p or "lm_head" in p for p in converted)
+    assert type(model.model.layers[0].mlp.up_proj).__name__ == "Float8Linear"
+    assert list(model.state_dict()) == names  # checkpoints are unchanged
+    after = model(batch, labels=batch).loss
+    after.backward()
+    assert after.item() == pytest.approx(before.item(), rel=0.05) and after.item() != before.item()
+
+    for bad, key in (
+        ({"recipe": "delayed"}, "fp8.recipe"),
+        ({"emulate": False}, "fp8.emulate"),  # no float8 matmuls on this machine
+        ({"emulate": True, "peft": True}, "fp8"),
+    ):
+        data = {"fp8": {k: v for k, v in bad.items() if k != "peft"}}
+        if "peft" in bad:
+            data["peft"] = {"_target_": "automodel.peft.LoraConfig", "match_all_linear": True}
+        cfg = ConfigNode(data)
+        with pytest.raises(ConfigError) as info:
+            apply_fp8(torch.nn.Sequential(torch.nn.Linear(16, 16)), read_fp8(cfg), cfg)
         assert [p.key for p in info.value.problems] == [key]

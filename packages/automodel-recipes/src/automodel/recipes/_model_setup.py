@@ -11,6 +11,7 @@ from torch import nn
 from automodel.peft import LoraConfig
 
 from ._context_parallel import attend_across_ranks
+from ._fp8 import apply_fp8, read_fp8
 from ._freeze import apply_freeze
 from ._moe import apply_moe
 from ._peft import apply_peft
@@ -38,7 +39,10 @@ def prepare_model(
         apply_moe(model, moe, cfg)
     if lora is not None:
         apply_peft(model, lora, cfg, loss_fn, run.device)
-    # FP8 and QAT plug in here, before the restore, as their packages land.
+    fp8 = read_fp8(cfg)
+    if fp8 is not None:  # float8 linear layers (the weights keep their names)
+        apply_fp8(model, fp8, cfg)
+    # QAT plugs in here, before the restore, as its package lands.
     apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
     restore_weights(run, model)
     return model

@@ -84,6 +84,17 @@ class Compile:
 
 
 @dataclass(frozen=True)
+class Fp8:
+    """`fp8:` train the linear layers in float8 (torchao's Float8Linear: float8 matmuls with
+    dynamic scales, float32/bfloat16 weights and optimizer); CUDA SM 8.9+ unless `emulate`."""
+
+    recipe: str = "tensorwise"  # tensorwise | rowwise | rowwise_with_gw_hp (torchao's recipes)
+    skip_modules: tuple[str, ...] = ()  # a linear layer whose path contains one stays as it is
+    fsdp_float8_all_gather: bool = False  # tensorwise + fsdp2: gather the weights in float8
+    emulate: bool = False  # float8 matmuls emulated (any device; for tests)
+
+
+@dataclass(frozen=True)
 class Distributed:
     """`distributed:` data parallelism over the processes torchrun launched (`--nproc-per-node`).
 
@@ -179,6 +190,7 @@ MODEL_SECTIONS = {
     "moe": Section(keys_of=Moe),
     "freeze": Section(keys_of=Freeze),
     "compile": Section(keys_of=Compile),
+    "fp8": Section(keys_of=Fp8),
 }
 OPTIMIZER_SECTIONS = {
     "optimizer": Section(required=True, needs_target=True, provided=("params",)),

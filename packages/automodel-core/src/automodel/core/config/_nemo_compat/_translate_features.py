@@ -14,6 +14,18 @@ from ._translator_base import _TranslatorBase
 # weights are stored or computed with, not what they are.
 _BNB_LAYOUT = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage", "bnb_4bit_use_double_quant")
 _PEFT = "nemo_automodel.components._peft.lora.PeftConfig"
+# Their `fp8:` keys (torchao float8 training) -> ours, and those that only say how fast or in
+# what memory the same float8 numbers are computed.
+_FP8_KEYS = {
+    "recipe_name": "recipe",
+    "filter_fqns": "skip_modules",
+    "enable_fsdp_float8_all_gather": "fsdp_float8_all_gather",
+    "emulate": "emulate",
+}
+_FP8_DROPS = {
+    "precompute_float8_dynamic_scale_for_fsdp": "the same scales, computed once per step",
+    "force_recompute_fp8_weight_in_bwd": "the same float8 weights, recomputed for memory",
+}
 # Their pipeline schedule names (torch's, any case) -> ours.
 _SCHEDULES = {
     "1f1b": "1f1b",
@@ -104,19 +116,28 @@ class _FeaturePasses(_TranslatorBase):
             self.move("checkpoint.dequantize_base_checkpoint", "model.dequantize")
 
     def fp8(self) -> None:
-        """`fp8:` trains linear layers in float8: refused when enabled, dropped when off."""
+        """`fp8:` their torchao float8 training is our `fp8:` section (the same conversion)."""
         fp8 = self.data.get("fp8")
         if fp8 is None:
             return
-        if isinstance(fp8, dict) and fp8.get("enabled"):
-            self.fail(
-                "fp8",
-                "FP8 training (their fp8: section, torchao float8 linears) is not supported "
-                "here yet; remove the section to train in the model's dtype (bfloat16)",
-            )
+        if not (isinstance(fp8, dict) and fp8.get("enabled")):
+            del self.data["fp8"]
+            self.note("fp8", "dropped (enabled: false, nothing to do)")
             return
-        del self.data["fp8"]
-        self.note("fp8", "dropped (enabled: false, nothing to do)")
+        unknown = sorted(set(fp8) - {"enabled", *_FP8_KEYS, *_FP8_DROPS})
+        for key in unknown:
+            self.fail(f"fp8.{key}", f"fp8.{key} is not supported; drop it")
+        ours: dict[str, Any] = {"recipe": fp8.get("recipe_name") or "tensorwise"}
+        for theirs, key in _FP8_KEYS.items():
+            if key != "recipe" and fp8.get(theirs) is not None:
+                ours[key] = fp8[theirs]
+                self.move(f"fp8.{theirs}", f"fp8.{key}")
+        if ours["recipe"] != "tensorwise" and ours.pop("fsdp_float8_all_gather", None):
+            self.note("fp8", "enable_fsdp_float8_all_gather dropped (tensorwise only, as there)")
+        for key, why in _FP8_DROPS.items():
+            if key in fp8:
+                self.note("fp8", f"{key} dropped ({why})")
+        self.data["fp8"] = ours
 
     def quantization(self) -> None:
         """`quantization:` 4-bit NF4 base weights under LoRA (QLoRA) is `peft.quantize_base: nf4`."""
