@@ -60,14 +60,14 @@ class _MoePasses(_TranslatorBase):
             if family.balancing is not None:
                 self.fail(
                     name_key,
-                    f"{name}: NeMo AutoModel trains it with its own {family.name} model class, "
+                    f"{name!r}: NeMo AutoModel trains it with its own {family.name!r} model class, "
                     f"which {_BALANCED_BY[family.balancing]}; automodel.moe does not swap this "
                     f"family's MoE blocks (it swaps {SWAPPED}), so the run cannot be the same here",
                 )
             elif ep > 1:
                 self.fail(
                     "distributed.ep_size",
-                    f"{name}: automodel.moe does not swap the MoE blocks of the {family.name} "
+                    f"{name!r}: automodel.moe does not swap the MoE blocks of the {family.name!r} "
                     f"family (it swaps {SWAPPED}), so its experts cannot be expert-parallel; set "
                     "distributed.ep_size: 1 to shard its experts with FSDP2 like the other "
                     "weights (their implementation does no load balancing for this family, so "
