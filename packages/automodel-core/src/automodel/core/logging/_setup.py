@@ -13,6 +13,18 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _MARK = "_automodel_handler"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes, not the one at set-up: a stream
+    replaced later (redirected, captured, then closed) neither loses records nor fails."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # no fixed stream
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def setup_logging(
     level: int | str = "INFO", rank: int | None = None, stream: TextIO | None = None
 ) -> None:
@@ -27,7 +39,7 @@ def setup_logging(
     if rank != 0:
         numeric = max(numeric, logging.WARNING)
     prefix = "" if rank == 0 else f"[rank {rank}] "
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(logging.Formatter(prefix + LOG_FORMAT, DATE_FORMAT))
     setattr(handler, _MARK, True)
     root = logging.getLogger()
