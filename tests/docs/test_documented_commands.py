@@ -16,7 +16,8 @@ COMMANDS classifies each one:
   example config on the same multi-process layout through the CLI (its file, and the layout
   or test name in it); here the documented command then runs as `automodel validate ...`,
   which checks its keys, values and parallel sizes against its process count without
-  starting a process, so a misspelt or renamed override in the docs still fails.
+  starting a process, so a misspelt or renamed override in the docs still fails. All of
+  these validate runs go through the CLI's `main` in one process (`_validate_batch.py`).
 - `Skip`: not runnable here, with the reason (a GPU, a cluster, the network, a placeholder).
 
 A key is a normalised command (wherever it is documented), `(file, command)` (in that file
@@ -29,6 +30,7 @@ with `broken` set is a documented command known not to work: a strict xfail with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -63,6 +65,7 @@ CROSS = "examples/retrieval/tiny_cross_encoder.yaml"
 MINE = "examples/retrieval/mine_hard_negatives.yaml"
 B = f"{AM} benchmark llm -c {BENCH} --nproc-per-node 2"  # docs/benchmark_recipe.md's $B
 TIMEOUT = 300  # seconds, per command
+VALIDATE_BATCH = "validate runs"  # the group of every Shared(test=...) command's validate run
 
 
 @dataclass(frozen=True)
@@ -581,7 +584,7 @@ def launch_of(command: Command) -> tuple[str, Run] | None:
         return entry.group or command.id, entry
     if isinstance(entry, Shared) and entry.test:
         run = Run(subs=entry.subs, validate=True, expect=("config OK",))
-        return f"validate {prepared(command, run)}", run  # one launch per distinct command
+        return VALIDATE_BATCH, run  # all of them in one process: see run_validate_batch
     return None
 
 
@@ -705,13 +708,60 @@ class Outcome:
     problems: list[str]
 
 
+def _problems(entry: Run, code: int, output: str, cwd: Path) -> list[str]:
+    """What is wrong with a command's outcome: its exit code, output and files against `entry`."""
+    problems = []
+    if (code != 0) != entry.fails:
+        problems.append(f"exit code {code}" + (", a failure expected" if entry.fails else ""))
+    problems += [f"no {text!r} in the output" for text in entry.expect if text not in output]
+    problems += [f"{name} was not written" for name in entry.files if not (cwd / name).exists()]
+    problems += [
+        f"{written} differs from {shipped}"
+        for written, shipped in entry.identical
+        if not (cwd / written).is_file()
+        or (cwd / written).read_bytes() != (REPO / shipped).read_bytes()
+    ]
+    return problems
+
+
+def run_validate_batch(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcome]:
+    """The validate runs of the Shared(test=...) commands, each distinct one once, all in one
+    process (tests/docs/_validate_batch.py) through the CLI's `main`: one start-up for all."""
+    texts = {command.id: prepared(command, entry) for command, entry in members}
+    distinct = list(dict.fromkeys(texts.values()))
+    jobs = []
+    for text in distinct:
+        extra, words = argv(text)
+        assert words[1:3] == ["-m", "automodel.cli"], text
+        jobs.append({"args": words[3:], "env": extra})
+    script = Path(__file__).with_name("_validate_batch.py")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script)], input=json.dumps(jobs), cwd=cwd, capture_output=True,
+        text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    seconds = (time.monotonic() - start) / max(len(distinct), 1)
+    if proc.returncode != 0:
+        results = [{"code": proc.returncode, "output": proc.stderr[-4000:]}] * len(distinct)
+    else:
+        results = json.loads(proc.stdout)
+    by_text = dict(zip(distinct, results, strict=True))
+    outcomes = {}
+    for command, entry in members:
+        result = by_text[texts[command.id]]
+        problems = _problems(entry, result["code"], result["output"], cwd)
+        outcomes[command.id] = Outcome(
+            texts[command.id], result["code"], result["output"], seconds, problems
+        )
+    return outcomes
+
+
 def run_group(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcome]:
     """Run a group's commands in order in `cwd`; their outcomes by command id."""
+    if all(entry.validate for _, entry in members):
+        return run_validate_batch(members, cwd)
     outcomes: dict[str, Outcome] = {}
     for command, entry in members:
-        if entry.validate and outcomes:  # the same validate run, documented in several places
-            outcomes[command.id] = next(iter(outcomes.values()))
-            continue
         if entry.setup:
             entry.setup(cwd)
         text = prepared(command, entry)
@@ -726,17 +776,7 @@ def run_group(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcom
         except subprocess.TimeoutExpired as e:
             code, output = -1, f"timed out after {TIMEOUT} s\n{e.stdout or ''}{e.stderr or ''}"
         seconds = time.monotonic() - start
-        problems = []
-        if (code != 0) != entry.fails:
-            problems.append(f"exit code {code}" + (", a failure expected" if entry.fails else ""))
-        problems += [f"no {text!r} in the output" for text in entry.expect if text not in output]
-        problems += [f"{name} was not written" for name in entry.files if not (cwd / name).exists()]
-        problems += [
-            f"{written} differs from {shipped}"
-            for written, shipped in entry.identical
-            if not (cwd / written).is_file()
-            or (cwd / written).read_bytes() != (REPO / shipped).read_bytes()
-        ]
+        problems = _problems(entry, code, output, cwd)
         outcomes[command.id] = Outcome(text, code, output, seconds, problems)
     return outcomes
 
