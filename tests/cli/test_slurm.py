@@ -478,7 +478,7 @@ def _session_gone(leader: subprocess.Popen) -> bool:
 
 @pytest.mark.slow
 def test_a_requeued_job_continues_where_the_preempted_one_stopped(
-    run_cli, slurm_env, fake_bin, tmp_path, cli_env
+    run_cli, slurm_env, fake_bin, tmp_path, cli_env, request
 ):
     """The generated script, run as SLURM would: SIGTERM to the whole job, then the same
     script again as the requeued job (SLURM_RESTART_COUNT=1) finishes the run exactly."""
@@ -497,12 +497,16 @@ def test_a_requeued_job_continues_where_the_preempted_one_stopped(
         "--step_scheduler.log_every_steps=1", "--lr_scheduler.warmup_steps=2",
         "--+logging.progress=false", f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
     ]  # fmt: skip
-    reference = run_cli(
-        "finetune", "llm", "-c", "sft.yaml", "--no-slurm", *overrides,
-        f"--logging.run_dir={tmp_path}/reference", f"--checkpoint.checkpoint_dir={tmp_path}/ref",
-        env=slurm_env, timeout=180,
+    reference = subprocess.Popen(  # the uninterrupted run, meanwhile: CI time
+        [
+            str(Path(sys.executable).with_name("automodel")), "finetune", "llm", "-c", "sft.yaml",
+            "--no-slurm", *overrides, f"--logging.run_dir={tmp_path}/reference",
+            f"--checkpoint.checkpoint_dir={tmp_path}/ref",
+        ],
+        env={**cli_env, **slurm_env}, cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    request.addfinalizer(reference.kill)  # a no-op once it has ended
     submit = run_cli(
         "finetune", "llm", "-c", "sft.yaml", *overrides, f"--logging.run_dir={run_dir}",
         env=slurm_env,
@@ -530,6 +534,8 @@ def test_a_requeued_job_continues_where_the_preempted_one_stopped(
     )  # fmt: skip
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert f"at step {stopped}" in requeued.stderr  # resumed, not started over
+    _, reference_err = reference.communicate(timeout=180)
+    assert reference.returncode == 0, reference_err[-3000:]
     for name in ("training.jsonl", "validation.jsonl"):
         assert _rows(run_dir / name) == _rows(tmp_path / "reference" / name), name
     final = "epoch_4_step_40/model/model.safetensors"
