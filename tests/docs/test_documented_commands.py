@@ -65,7 +65,7 @@ CROSS = "examples/retrieval/tiny_cross_encoder.yaml"
 MINE = "examples/retrieval/mine_hard_negatives.yaml"
 B = f"{AM} benchmark llm -c {BENCH} --nproc-per-node 2"  # docs/benchmark_recipe.md's $B
 TIMEOUT = 300  # seconds, per command
-VALIDATE_BATCH = "validate runs"  # the group of every Shared(test=...) command's validate run
+VALIDATE_BATCH = "validate runs"  # the group of the validate runs that share one process
 
 
 @dataclass(frozen=True)
@@ -580,12 +580,24 @@ def launch_of(command: Command) -> tuple[str, Run] | None:
     """(group, what runs) for a command this module launches itself: a Run, or the validate run
     of a Shared(test=...)."""
     entry = entry_of(command)
+    if isinstance(entry, Run) and _batched(command, entry):
+        return VALIDATE_BATCH, entry
     if isinstance(entry, Run):
         return entry.group or command.id, entry
     if isinstance(entry, Shared) and entry.test:
         run = Run(subs=entry.subs, validate=True, expect=("config OK",))
         return VALIDATE_BATCH, run  # all of them in one process: see run_validate_batch
     return None
+
+
+def _batched(command: Command, entry: Run) -> bool:
+    """A lone `automodel validate ...` Run that needs nothing but its exit code and output: it
+    joins the validate runs' one process."""
+    lone = not (entry.group or entry.setup or entry.env or entry.files or entry.identical)
+    text = prepared(command, entry)
+    return (
+        lone and not entry.broken and re.match(r"(uv run )?automodel validate ", text) is not None
+    )
 
 
 def prepared(command: Command, entry: Run) -> str:
@@ -725,8 +737,9 @@ def _problems(entry: Run, code: int, output: str, cwd: Path) -> list[str]:
 
 
 def run_validate_batch(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcome]:
-    """The validate runs of the Shared(test=...) commands, each distinct one once, all in one
-    process (tests/docs/_validate_batch.py) through the CLI's `main`: one start-up for all."""
+    """The validate runs (of the Shared(test=...) commands, and the documented `automodel
+    validate` commands), each distinct one once, all in one process
+    (tests/docs/_validate_batch.py) through the CLI's `main`: one start-up for all."""
     texts = {command.id: prepared(command, entry) for command, entry in members}
     distinct = list(dict.fromkeys(texts.values()))
     jobs = []
@@ -758,7 +771,7 @@ def run_validate_batch(members: list[tuple[Command, Run]], cwd: Path) -> dict[st
 
 def run_group(members: list[tuple[Command, Run]], cwd: Path) -> dict[str, Outcome]:
     """Run a group's commands in order in `cwd`; their outcomes by command id."""
-    if all(entry.validate for _, entry in members):
+    if all(entry.validate or _batched(command, entry) for command, entry in members):
         return run_validate_batch(members, cwd)
     outcomes: dict[str, Outcome] = {}
     for command, entry in members:
