@@ -34,7 +34,7 @@ def test_a_diverging_run_skips_nonfinite_steps_then_stops_naming_them(
     """lr 1e4: the gradients turn NaN; those steps change nothing, and the third in a row stops
     the run with the steps named. The checkpoints saved meanwhile hold the last good weights."""
     overrides = short_run(
-        tmp_path, small_data, 12, 1, "--optimizer.lr=1e4", "--+nonfinite.patience=3"
+        tmp_path, small_data, 20, 1, "--optimizer.lr=1e4", "--+nonfinite.patience=3"
     )
     with pytest.raises(UserError, match="training diverged") as error:
         run_recipe(SFT, overrides)
