@@ -46,6 +46,7 @@ DEFAULT_ALLOWED_TARGETS: tuple[str, ...] = (
         for cls in (
             "transformers.Auto*",
             "transformers.*Config",
+            "transformers.models.*.configuration_*.*Config",
             "transformers.*For*",
             "transformers.*Model",
             "transformers.*Tokenizer*",

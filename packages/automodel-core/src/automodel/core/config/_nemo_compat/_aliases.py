@@ -61,6 +61,7 @@ _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockI
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 _VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
 _VLM = "automodel.core.models.AutoModelForImageTextToText"
+_THEIR_MODELS = "nemo_automodel.components.models"
 # retrieval (finetune.bi_encoder, finetune.cross_encoder): their model classes, collators and
 # dataset configs; `_translate_retrieval` moves what they carry into our sections
 BI_ENCODERS = (
@@ -246,6 +247,42 @@ TARGET_ALIASES: dict[str, Alias] = {
             "fp32_upcast": ((True,), "the KL is computed in float32 here"),
         },
     ),
+    "nemo_automodel.components.loss.te_parallel_ce.TEParallelCrossEntropy": Alias(
+        "automodel.core.losses.MaskedCrossEntropy",
+        refused={"reduction": (("sum",), "their default, the sum over label tokens")},
+        note=(
+            "Transformer Engine's parallel cross-entropy kernel is not shipped: torch's computes "
+            "the same float32 sum over label tokens, divided by the step's label tokens"
+        ),
+    ),
+    # their own config classes of families transformers now has: the checkpoint's config.json
+    # read by transformers' class of the same model_type (their extra keyword arguments are
+    # config attributes, set the same way)
+    **{
+        f"{_THEIR_MODELS}.{family}.config.{theirs}.from_pretrained": Alias(
+            f"transformers.{ours}.from_pretrained"
+        )
+        for family, theirs, ours in (
+            ("deepseek_v32", "DeepseekV32Config", "DeepseekV32Config"),
+            ("deepseek_v4", "DeepseekV4Config", "DeepseekV4Config"),
+            ("glm_moe_dsa", "GlmMoeDsaConfig", "GlmMoeDsaConfig"),
+            ("hy_v3", "HYV3Config", "HYV3Config"),
+            ("kimi_linear", "KimiLinear48BConfig", "KimiLinearConfig"),
+            ("laguna", "LagunaConfig", "LagunaConfig"),
+            ("mimo_v2_flash", "MiMoV2FlashConfig", "MiMoV2FlashConfig"),
+        )
+    },
+    # their MoE parallelizer: FSDP2 (and expert parallelism) over their MoE model classes;
+    # here distributed: and moe: lay the model out (`_translate_sections` drops the section)
+    "nemo_automodel.components.moe.parallelizer.parallelize_model": Alias(None),
+    # their newer spellings of the distributed: section and its pipeline: subsection
+    "nemo_automodel.components.distributed.config.FSDP2Config": Alias(
+        None, section={"strategy": "fsdp2"}
+    ),
+    "nemo_automodel.components.distributed.config.DDPConfig": Alias(
+        None, section={"strategy": "ddp"}
+    ),
+    "nemo_automodel.components.distributed.pipelining.config.PipelineConfig": Alias(None),
     _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
@@ -314,14 +351,18 @@ NOT_SUPPORTED: dict[str, str] = {
     "nemo_automodel.components.distributed.nvfsdp.NVFSDPManager": (
         "nvFSDP is not supported; use distributed.strategy: fsdp2"
     ),
-    "nemo_automodel.components.loss.te_parallel_ce.TEParallelCrossEntropy": (
-        "the Transformer Engine parallel cross-entropy is not shipped; use "
-        "automodel.core.losses.MaskedCrossEntropy (or FusedLinearCrossEntropy)"
-    ),
-    "nemo_automodel.components.moe.parallelizer.parallelize_model": (
-        "their parallelizer shards their own MoE model classes; drop the parallelizer: section "
-        "(sharding is distributed:, MoE blocks the moe: section)"
-    ),
+    **{
+        f"{_THEIR_MODELS}.{family}.config.{cls}.from_pretrained": (
+            f"transformers has no {cls.removesuffix('Config')} model class; their own "
+            "implementation of this family is not available here"
+        )
+        for family, cls in (
+            ("hy_mt2", "HyMT2Config"),
+            ("kimi_k2", "KimiK2Config"),
+            ("kimi_k3", "KimiK3Config"),
+            ("ling_v2", "BailingMoeV2Config"),
+        )
+    },
 }
 
 # Their recipe classes -> our recipe names (`automodel finetune llm`, ...).

@@ -13,6 +13,8 @@ KEY_RENAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("lr_scheduler", "lr_warmup_steps"): ("lr_scheduler", "warmup_steps"),
     ("dist_env", "timeout_minutes"): ("distributed", "timeout_minutes"),
     ("wandb", "save_dir"): ("wandb", "dir"),
+    # their per-layer torch.compile of the decoder layers: the same computation compiled
+    ("distributed", "enable_compile"): ("compile", "enabled"),
 }
 
 # Their keys we drop, each with why that cannot change results.
@@ -23,6 +25,13 @@ KEY_DROPS: dict[tuple[str, str], str] = {
     ("step_scheduler", "save_checkpoint_every_epoch"): "when checkpoints are written",
     ("checkpoint", "save_consolidated"): "checkpoints here always hold the HF safetensors model",
     ("compile", "backend"): "null is the default backend (inductor)",
+    ("distributed", "enable_fsdp2_prefetch"): "when FSDP2 gathers the next layers' weights",
+    ("distributed", "fsdp2_backward_prefetch_depth"): "when FSDP2 gathers the next layers' weights",
+    ("distributed", "fsdp2_forward_prefetch_depth"): "when FSDP2 gathers the next layers' weights",
+    ("distributed", "enable_async_tensor_parallel"): "overlaps tensor-parallel communication "
+    "with compute",
+    ("distributed", "patch_is_packed_sequence"): "skips a host sync in transformers' packed-row "
+    "check",
 }
 
 _LR_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "WSD": "wsd"}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 from .._errors import did_you_mean
-from ._aliases import _LOADER, RECIPES, TARGET_KEY
+from ._aliases import _LOADER, _MOCK_DATA, RECIPES, TARGET_KEY
 from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES
 from ._translator_base import _TranslatorBase
+
+_TORCH_LOADER = "torch.utils.data.DataLoader"
 
 
 class _SectionPasses(_TranslatorBase):
@@ -29,6 +31,16 @@ class _SectionPasses(_TranslatorBase):
                 self.notes.append(
                     f"{self.at('recipe')}: recipe: {cls} is `automodel {self.recipe.replace('.', ' ')}`"
                 )
+        dataset = data.get("dataset")
+        mock = isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _MOCK_DATA
+        if self.recipe == "finetune.llm" and mock:
+            self.fail(
+                f"dataset.{TARGET_KEY}",
+                "their mock dataset (random token rows) has no fine-tune equivalent here; to time "
+                "training steps on synthetic rows use `automodel benchmark llm` (recipe: "
+                "BenchmarkingRecipeForNextTokenPrediction), whose rows are benchmark.seq_length "
+                "tokens (their seq_len)",
+            )
         if "ci" in data:
             data.pop("ci")
             self.notes.append(f"{self.at('ci')}: ci: their CI settings are ignored")
@@ -53,6 +65,14 @@ class _SectionPasses(_TranslatorBase):
 
     def sections(self) -> None:
         data = self.data
+        self.merge_section("distributed_config", "distributed")  # their FSDP2Config object
+        self.merge_section("autopipeline", "distributed.pipeline")  # their PipelineConfig
+        self.merge_section(
+            "parallelizer",
+            "distributed",
+            "their MoE parallelizer lays out their MoE model classes with FSDP2 and expert "
+            "parallelism; distributed: with moe: does here",
+        )
         dist_env = data.get("dist_env")
         if isinstance(dist_env, dict):
             for key in list(dist_env):
@@ -173,6 +193,29 @@ class _SectionPasses(_TranslatorBase):
         elif strategy is not None:
             self.note("packed_sequence", "packing_strategy: thd dropped (how packs work here)")
 
+    def merge_section(self, theirs: str, ours: str, why: str = "") -> None:
+        """Their section object `theirs` (its target already dropped): its keys into `ours`;
+        a key both give with different values is an error."""
+        node = self.data.get(theirs)
+        if not isinstance(node, dict):
+            return
+        del self.data[theirs]
+        parent, _, leaf = ours.rpartition(".")
+        target = self.section(parent) if parent else self.data
+        into = target.get(leaf)
+        if not isinstance(into, dict):
+            into = target[leaf] = {}
+        for key, value in node.items():
+            if key in into and into[key] != value:
+                self.fail(
+                    f"{theirs}.{key}",
+                    f"{theirs}.{key}: {value!r} and {ours}.{key}: {into[key]!r} disagree; keep one",
+                )
+                continue
+            into[key] = value
+            self.move(f"{theirs}.{key}", f"{ours}.{key}")
+        self.note(ours, f"{theirs}: merged into {ours}" + (f"; {why}" if why else ""))
+
     def renames(self) -> None:
         for (sec, key), (new_sec, new_key) in KEY_RENAMES.items():
             node = self.data.get(sec)
@@ -275,19 +318,19 @@ class _SectionPasses(_TranslatorBase):
                 continue
             target = node.get(TARGET_KEY)
             if target is not None:
-                if target != _LOADER:
+                if target not in (_LOADER, _TORCH_LOADER):
                     self.fail(
                         f"{name}.{TARGET_KEY}",
                         f"{name} is built here from plain keys; '{target}' cannot be used (drop _target_)",
                     )
                     continue
                 del node[TARGET_KEY]
-                self.changed[name] = f"was _target_: {_LOADER}"
-                # a StatefulDataLoader neither shuffles nor drops the last batch unless told
+                self.changed[name] = f"was _target_: {target}"
+                # their loaders neither shuffle nor drop the last batch unless told
                 for key, value in (("shuffle", False), ("drop_last", False)):
                     if key not in node:
                         node[key] = value
-                        self.changed[f"{name}.{key}"] = "StatefulDataLoader's default, written out"
+                        self.changed[f"{name}.{key}"] = "their loader's default, written out"
             collate = node.get("collate_fn")
             if isinstance(collate, dict) and not collate:  # default_collater, its target dropped
                 del node["collate_fn"]

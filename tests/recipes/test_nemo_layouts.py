@@ -1,0 +1,121 @@
+"""Their newer layout spellings (section objects with a `_target_`), their own config classes,
+the kernel-only loss and the keys that only schedule communication, translated (in-process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from automodel.core.config import ConfigError, resolve_target
+from automodel.core.config._nemo_compat import translate
+
+RECIPE = "TrainFinetuneRecipeForNextTokenPrediction"
+THEIRS = "nemo_automodel.components"
+
+
+def test_their_section_objects_merge_into_distributed() -> None:
+    """`distributed_config: FSDP2Config`, `autopipeline: PipelineConfig` and their MoE
+    `parallelizer:` become keys of `distributed:` (the pipeline read as their subsection)."""
+    data = {
+        "recipe": RECIPE,
+        "step_scheduler": {"global_batch_size": 16, "local_batch_size": 4},
+        "distributed": {"pp_size": 2, "ep_size": 1},
+        "distributed_config": {
+            "_target_": f"{THEIRS}.distributed.config.FSDP2Config",
+            "sequence_parallel": False,
+            "enable_fsdp2_prefetch": True,
+            "fsdp2_backward_prefetch_depth": 2,
+            "enable_async_tensor_parallel": False,
+            "patch_is_packed_sequence": True,
+            "enable_compile": True,
+        },
+        "autopipeline": {
+            "_target_": f"{THEIRS}.distributed.pipelining.config.PipelineConfig",
+            "pp_schedule": "interleaved1f1b",
+            "pp_microbatch_size": 4,
+            "layers_per_stage": 2,
+            "patch_inner_model": False,
+        },
+        "parallelizer": {
+            "_target_": f"{THEIRS}.moe.parallelizer.parallelize_model",
+            "activation_checkpointing": True,
+        },
+    }
+    t = translate(data, {"autopipeline.layers_per_stage": "cfg.yaml:12"}, "cfg.yaml", 4)
+    assert t.data["distributed"] == {
+        "pp_size": 2,
+        "ep_size": 1,
+        "strategy": "fsdp2",
+        "sequence_parallel": False,
+        "activation_checkpointing": True,
+        "pp_schedule": "interleaved_1f1b",
+        "pp_layers_per_stage": 2,
+    }
+    assert t.data["compile"] == {"enabled": True}  # their per-layer compile
+    assert not {"distributed_config", "autopipeline", "parallelizer"} & set(t.data)
+    assert t.where["distributed.pp_layers_per_stage"] == "cfg.yaml:12"  # errors point there
+    assert any("enable_fsdp2_prefetch dropped" in n for n in t.notes)
+    assert any("parallelizer: merged into distributed" in n for n in t.notes)
+
+    data["distributed_config"] = {
+        "_target_": f"{THEIRS}.distributed.config.FSDP2Config",
+        "pp_size": 4,  # says otherwise than distributed.pp_size
+    }
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 4)
+    assert [p.key for p in info.value.problems] == ["distributed_config.pp_size"]
+
+
+def test_their_kernel_loss_and_config_classes() -> None:
+    """TEParallelCrossEntropy is our masked CE (same sum, same normaliser); their config class
+    of a family transformers has is transformers' class, which a config may call."""
+    model = {
+        "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_config",
+        "config": {
+            "_target_": f"{THEIRS}.models.deepseek_v4.config.DeepseekV4Config.from_pretrained",
+            "pretrained_model_name_or_path": "/checkpoints/base",
+            "num_nextn_predict_layers": 0,
+        },
+    }
+    loss = {"_target_": f"{THEIRS}.loss.te_parallel_ce.TEParallelCrossEntropy", "reduction": "sum"}
+    t = translate({"recipe": RECIPE, "model": model, "loss_fn": loss}, {}, "cfg.yaml", 1)
+    assert t.data["loss_fn"] == {"_target_": "automodel.core.losses.MaskedCrossEntropy"}
+    assert any("Transformer Engine" in n for n in t.notes)
+    config = t.data["model"]["config"]
+    assert config["_target_"] == "transformers.DeepseekV4Config.from_pretrained"
+    assert config["num_nextn_predict_layers"] == 0
+    resolved = resolve_target(config["_target_"])
+    assert resolved.__self__.model_type == "deepseek_v4"
+    # a config class named by its module path, as their configs sometimes do
+    glm = resolve_target("transformers.models.glm4_moe_lite.configuration_glm4_moe_lite.Glm4MoeLiteConfig")  # fmt: skip
+    assert glm.model_type == "glm4_moe_lite"
+
+    ling = f"{THEIRS}.models.ling_v2.config.BailingMoeV2Config.from_pretrained"
+    bad = {
+        "recipe": RECIPE,
+        "loss_fn": {**loss, "reduction": "mean"},
+        "model": {**model, "config": {"_target_": ling}},
+    }
+    with pytest.raises(ConfigError) as info:
+        translate(bad, {}, "cfg.yaml", 1)
+    problems = {p.key: p.message for p in info.value.problems}
+    assert "reduction='mean' is not supported" in problems["loss_fn.reduction"]
+    assert "transformers has no BailingMoeV2 model class" in problems["model.config._target_"]
+
+
+def test_their_loaders_and_mock_data() -> None:
+    """A torch DataLoader target is our plain keys (its defaults written out); their mock
+    dataset under their fine-tune recipe says to use the benchmark recipe."""
+    data = {
+        "recipe": RECIPE,
+        "dataloader": {"_target_": "torch.utils.data.DataLoader", "num_workers": 0},
+    }
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["dataloader"] == {"num_workers": 0, "shuffle": False, "drop_last": False}
+    data["dataset"] = {
+        "_target_": f"{THEIRS}.datasets.llm.mock_iterable_dataset.MockIterableDataset",
+        "seq_len": 128,
+    }
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 1)
+    (problem,) = info.value.problems
+    assert problem.key == "dataset._target_" and "automodel benchmark llm" in problem.message
