@@ -202,6 +202,8 @@ def test_bad_files_and_paths_are_named(tmp_path) -> None:
         ([], "paths is empty"),
         ([0.5, prefix, 0.5], "weight, prefix pairs"),
         ([0.0, prefix, 1.0, prefix], "must be > 0"),
+        (str(tmp_path / "nothing_*"), "no .bin/.idx files match"),
+        ([0.5, str(tmp_path / "c*"), 0.5, prefix], "a weight applies to one prefix"),
     ]:
         with pytest.raises(DataError, match=message):
             indexed_dataset(paths, 8)

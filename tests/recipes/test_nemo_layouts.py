@@ -119,3 +119,41 @@ def test_their_loaders_and_mock_data() -> None:
         translate(data, {}, "cfg.yaml", 1)
     (problem,) = info.value.problems
     assert problem.key == "dataset._target_" and "automodel benchmark llm" in problem.message
+
+
+def test_their_megatron_pretraining_reads_our_indexed_windows(tmp_path) -> None:
+    """MegatronPretraining is `indexed_dataset`: a glob of their prefixes, their split string,
+    and windows of their seq_length inputs plus the last target (seq_length + 1 tokens)."""
+    from _shared import REPO
+
+    from automodel.core.data import BlendedWindows
+
+    their = {
+        "_target_": f"{THEIRS}.datasets.llm.megatron_dataset.MegatronPretraining",
+        "paths": str(REPO / "examples/llm_pretrain/assets/indexed/*"),
+        "index_mapping_dir": str(tmp_path / "mapping"),
+        "tokenizer": {"_target_": "nemo_automodel.NeMoAutoTokenizer.from_pretrained"},
+        "seq_length": 16,
+        "split": "0.9, 0.1, 0.0",
+        "splits_to_build": "validation",
+        "num_val_samples": 40,
+    }
+    loader = {
+        "_target_": "torchdata.stateful_dataloader.StatefulDataLoader",
+        "collate_fn": "torch.utils.data.default_collate",
+        "dataloader_type": "single",
+    }
+    data = {"recipe": RECIPE, "validation_dataset": their, "validation_dataloader": loader}
+    t = translate(data, {}, "cfg.yaml", 1)
+    node = t.data["validation_dataset"]
+    assert node["_target_"] == "automodel.core.data.indexed_dataset"
+    assert t.data["validation_dataloader"] == {"shuffle": False, "drop_last": False}
+    args = {k: v for k, v in node.items() if k != "_target_"}
+    assert args["seq_length"] == 17 and args["part"] == "validation" and args["seed"] == 1234
+    dataset = resolve_target(node["_target_"])(**args)
+    assert isinstance(dataset, BlendedWindows) and len(dataset) == 40
+    assert len(dataset.datasets) == 2  # copy and reverse, both matched by the pattern
+    assert dataset[0]["input_ids"].shape == (17,)
+    loader["dataloader_type"] = "random"
+    with pytest.raises(ConfigError, match="dataloader_type 'random'"):
+        translate(data, {}, "cfg.yaml", 1)

@@ -13,6 +13,7 @@ a restart memory-maps them instead of building them again.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -165,7 +166,8 @@ def indexed_dataset(
 ) -> TokenWindows | BlendedWindows:
     """Pre-training samples of `seq_length` tokens from Megatron indexed datasets (`.bin` +
     `.idx`, by prefix): one path, or a blend `[0.7, corpus_a, 0.3, corpus_b]` (a list of paths
-    without weights blends them by size). `split: "969,30,1"` cuts each dataset's documents into
+    without weights blends them by size; a glob pattern such as `data/shard_*` is the sorted
+    prefixes of the files it matches). `split: "969,30,1"` cuts each dataset's documents into
     train / validation / test parts (`part` picks one). A blend has `num_samples` samples
     (default: as many as its datasets hold). `tokenizer` (given by the recipes) is checked
     against the token ids of each dataset's first sequence."""
@@ -194,12 +196,12 @@ def indexed_dataset(
 def _blend(paths: str | Sequence[Any]) -> tuple[list[float] | None, list[str]]:
     """(weights or None, prefixes) of `paths`: a prefix, prefixes, or weight, prefix, ... pairs."""
     if isinstance(paths, str | os.PathLike):
-        return None, [str(paths)]
+        return None, _expand(str(paths))
     items = list(paths)
     if not items:
         raise DataError("paths is empty: give a dataset prefix, or [weight, prefix, ...]")
     if all(isinstance(p, str | os.PathLike) for p in items):
-        return None, [str(p) for p in items]
+        return None, [prefix for p in items for prefix in _expand(str(p))]
     pairs = items[0::2], items[1::2]
     if (
         len(items) % 2
@@ -210,9 +212,23 @@ def _blend(paths: str | Sequence[Any]) -> tuple[list[float] | None, list[str]]:
             f"paths: expected a prefix, a list of prefixes, or weight, prefix pairs "
             f"([0.7, corpus_a, 0.3, corpus_b]); got {items!r}"
         )
+    globbed = [p for p in pairs[1] if glob.has_magic(str(p))]
+    if globbed:
+        raise DataError(f"paths: a weight applies to one prefix, not a pattern ({globbed[0]!r})")
     if any(w <= 0 for w in pairs[0]):
         raise DataError(f"paths: every weight must be > 0, got {list(pairs[0])}")
     return [float(w) for w in pairs[0]], [str(p) for p in pairs[1]]
+
+
+def _expand(path: str) -> list[str]:
+    """`path` itself, or for a glob pattern the dataset prefixes of the files it matches."""
+    if not glob.has_magic(path):
+        return [path]
+    files = glob.glob(os.path.expanduser(path))
+    prefixes = sorted({f.removesuffix(".bin").removesuffix(".idx") for f in files if f.endswith((".bin", ".idx"))})  # fmt: skip
+    if not prefixes:
+        raise DataError(f"paths: no .bin/.idx files match the pattern {path!r}")
+    return prefixes
 
 
 def _part_range(split: str | None, part: str, documents: int, prefix: Any) -> tuple[int, int]:

@@ -42,6 +42,7 @@ class Alias:
     hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
     json_unshuffled: bool = False  # their `shuffle_seed` leaves local JSON(L) files in order
     moved: Mapping[str, str] = field(default_factory=dict)
+    token_windows: bool = False  # their seq_length counts inputs (windows of seq_length + 1)
 
 
 _MODEL_DROPPED = {
@@ -197,6 +198,34 @@ TARGET_ALIASES: dict[str, Alias] = {
         },
         hf_padding=True,
         json_unshuffled=True,
+    ),
+    "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining": Alias(
+        "automodel.core.data.indexed_dataset",
+        args={
+            "splits_to_build": "part",
+            "index_mapping_dir": "index_cache_dir",
+            "num_train_samples": "num_samples",
+            "num_val_samples": "num_samples",
+            "num_test_samples": "num_samples",
+        },
+        dropped={
+            "tokenizer": "the recipe's tokenizer checks the corpus",
+            "num_dataset_builder_threads": "how fast the sample index is built",
+            "mmap_bin_files": "how the token file is read",
+            "micro_batch_size": "batches are step_scheduler's",
+            "global_batch_size": "batches are step_scheduler's",
+        },
+        refused={
+            "create_attention_mask": ((False,), "causal attention needs no mask here; drop it"),
+            "object_storage_config": ((None,), "read the files from a local or mounted path"),
+        },
+        defaults={"split": "900,50,50", "seed": 1234},
+        note=(
+            "the same seq_length-token training windows over the same documents of each split "
+            "part; the order of documents and windows is this library's own seeded shuffle, "
+            "not Megatron's sample index"
+        ),
+        token_windows=True,
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
         "automodel.core.losses.MaskedCrossEntropy", dropped=_LOSS_DROPPED

@@ -10,6 +10,8 @@ from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES
 from ._translator_base import _TranslatorBase
 
 _TORCH_LOADER = "torch.utils.data.DataLoader"
+_STACK = "torch.utils.data.default_collate"
+_WINDOWS = "automodel.core.data.indexed_dataset"  # their MegatronPretraining, translated
 
 
 class _SectionPasses(_TranslatorBase):
@@ -331,13 +333,36 @@ class _SectionPasses(_TranslatorBase):
                     if key not in node:
                         node[key] = value
                         self.changed[f"{name}.{key}"] = "their loader's default, written out"
+            self.megatron_sampler(name, node)
             collate = node.get("collate_fn")
+            if collate == _STACK and self.windows(name):
+                del node["collate_fn"]  # rows of one length: our collate stacks them the same
+                self.note(name, f"collate_fn: {_STACK} dropped (the rows are of one length)")
             if isinstance(collate, dict) and not collate:  # default_collater, its target dropped
                 del node["collate_fn"]
                 if name not in self.moved_collators:  # a retrieval collator says so itself
                     said = self.changed.get(name)
                     default = "default_collater is the default collate"
                     self.changed[name] = f"{said}; {default}" if said else default
+
+    def windows(self, loader: str) -> bool:
+        """Whether the loader's dataset is Megatron token windows (rows of one length)."""
+        dataset = self.data.get(loader.replace("dataloader", "dataset"))
+        return isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _WINDOWS
+
+    def megatron_sampler(self, name: str, node: dict) -> None:
+        """Their `dataloader_type` (Megatron's samplers): `single` reads every sample once per
+        epoch in the dataset's order, `cyclic` in a new random order each epoch."""
+        kind = node.pop("dataloader_type", None)
+        if kind is None:
+            return
+        if kind == "single":
+            self.note(name, "dataloader_type: single dropped (each sample once, in order)")
+        elif kind == "cyclic":
+            node["shuffle"] = True
+            self.changed[f"{name}.shuffle"] = "was dataloader_type: cyclic (a new order each epoch)"
+        else:
+            self.fail(f"{name}.dataloader_type", f"dataloader_type {kind!r}: use single or cyclic")
 
     def step_scheduler(self) -> None:
         steps = self.data.get("step_scheduler")

@@ -96,6 +96,9 @@ class _TargetPasses(_TranslatorBase):
             self.note(path, "shuffle_seed dropped (they shuffle Hub and parquet data only)")
         if alias.hf_padding:
             self.hf_padding(node, path)
+        if alias.token_windows and isinstance(node.get("seq_length"), int):
+            node["seq_length"] += 1  # their inputs plus the last input's target
+            self.changed[f"{path}.seq_length"] = "their seq_length + 1 (window tokens)"
         for ours, value in alias.defaults.items():
             if ours not in node:
                 node[ours] = value
