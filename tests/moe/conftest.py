@@ -8,8 +8,6 @@ from typing import Any
 import pytest
 import torch
 
-FAMILIES = ("qwen3_moe", "olmoe", "qwen2_moe", "mixtral", "deepseek_v3")
-
 _COMMON = {
     "vocab_size": 64,
     "hidden_size": 32,
@@ -18,49 +16,193 @@ _COMMON = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
+_MLA = {  # DeepSeek's multi-head latent attention
+    "num_key_value_heads": 4,
+    "q_lora_rank": 16,
+    "kv_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+}
+# DeepSeek-V3-style routing: sigmoid, selection bias, 2 of 4 expert groups, a route scale
+_GROUPED = {
+    "moe_intermediate_size": 16,
+    "num_experts_per_tok": 3,
+    "n_group": 4,
+    "topk_group": 2,
+    "routed_scaling_factor": 2.5,
+}
+_DSA = {"index_topk": 4, "index_head_dim": 8, "index_n_heads": 2}  # their sparse attention
+_QWEN_SHARED = {
+    "head_dim": 8,
+    "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 24,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "layer_types": ["full_attention"] * 2,
+}
+_FIRST_DENSE = {"mlp_layer_types": ["dense", "sparse"]}
+
+# family -> (transformers config class, its arguments beyond _COMMON)
+_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        {"head_dim": 8, "moe_intermediate_size": 16, "num_experts": 8, "num_experts_per_tok": 2},
+    ),
+    "olmoe": ("OlmoeConfig", {"num_experts": 8, "num_experts_per_tok": 3}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "norm_topk_prob": False,
+        },
+    ),
+    "mixtral": ("MixtralConfig", {"head_dim": 8, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "deepseek_v3": (
+        "DeepseekV3Config",
+        {
+            **_MLA,
+            **_GROUPED,
+            "head_dim": 8,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),
+    "deepseek_v32": (
+        "DeepseekV32Config",
+        {
+            **_MLA,
+            **_GROUPED,
+            **_DSA,
+            "head_dim": 8,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        {
+            **_GROUPED,
+            "head_dim": 8,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),
+    "glm4_moe_lite": (
+        "Glm4MoeLiteConfig",
+        {**_MLA, **_GROUPED, **_FIRST_DENSE, "n_routed_experts": 8, "n_shared_experts": 1},
+    ),
+    "glm_moe_dsa": (
+        "GlmMoeDsaConfig",
+        {
+            **_MLA,
+            **_GROUPED,
+            **_DSA,
+            "head_dim": 8,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),
+    "kimi_linear": (
+        "KimiLinearConfig",
+        {
+            **_MLA,
+            **_GROUPED,
+            **_FIRST_DENSE,
+            "num_local_experts": 8,
+            "n_shared_experts": 1,
+            "layer_types": ["full_attention"] * 2,
+            "pad_token_id": None,
+            "bos_token_id": None,
+            "eos_token_id": None,
+        },
+    ),
+    "mimo_v2_flash": (
+        "MiMoV2FlashConfig",
+        {
+            **_GROUPED,
+            **_FIRST_DENSE,
+            "head_dim": 8,
+            "v_head_dim": 8,
+            "n_routed_experts": 8,
+            "layer_types": ["full_attention"] * 2,
+        },
+    ),
+    "nemotron_h": (  # attention + MoE layers only (no Mamba); relu2 experts, latent projections
+        "NemotronHConfig",
+        {
+            **_GROUPED,
+            "head_dim": 8,
+            "layers_block_type": ["attention", "moe"],
+            "n_routed_experts": 8,
+            "moe_shared_expert_intermediate_size": 24,
+            "moe_latent_size": 24,
+        },
+    ),
+    "minimax_m2": (
+        "MiniMaxM2Config",
+        {
+            "head_dim": 8,
+            "intermediate_size": 16,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 3,
+            "bos_token_id": None,
+            "eos_token_id": None,
+        },
+    ),
+    "hy_v3": (
+        "HYV3Config",
+        {
+            **_FIRST_DENSE,
+            "head_dim": 8,
+            "moe_intermediate_size": 16,
+            "num_experts": 8,
+            "num_experts_per_tok": 3,
+            "num_shared_experts": 1,
+            "router_scaling_factor": 2.5,
+        },
+    ),
+    "laguna": (
+        "LagunaConfig",
+        {
+            "head_dim": 8,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 8,
+            "num_experts_per_tok": 3,
+            "moe_routed_scaling_factor": 2.5,
+        },
+    ),
+    "qwen3_next": ("Qwen3NextConfig", {**_QWEN_SHARED, "norm_topk_prob": False}),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", _QWEN_SHARED),
+}
+FAMILIES = tuple(_CONFIGS)
+# the MoE blocks of each family's tiny model (the others' first layer is a dense MLP)
+_MOE_EVERY_LAYER = ("qwen3_moe", "olmoe", "qwen2_moe", "mixtral", "minimax_m2", "qwen3_next")
+_MOE_EVERY_LAYER += ("qwen3_5_moe",)
+
+
+def moe_blocks(family: str) -> list[str]:
+    """The names of the MoE blocks in the tiny model of ``family``."""
+    if family == "nemotron_h":
+        return ["model.layers.1.mixer"]
+    layers = (0, 1) if family in _MOE_EVERY_LAYER else (1,)
+    return [f"model.layers.{i}.mlp" for i in layers]
 
 
 def make_config(family: str) -> Any:
     """A tiny config of ``family`` using the eager (per-expert loop) experts implementation."""
     import transformers
 
-    if family == "qwen3_moe":
-        cfg = transformers.Qwen3MoeConfig(
-            **_COMMON, head_dim=8, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2
-        )
-    elif family == "olmoe":
-        cfg = transformers.OlmoeConfig(**_COMMON, num_experts=8, num_experts_per_tok=3)
-    elif family == "qwen2_moe":
-        cfg = transformers.Qwen2MoeConfig(
-            **_COMMON,
-            moe_intermediate_size=16,
-            shared_expert_intermediate_size=24,
-            num_experts=8,
-            num_experts_per_tok=2,
-            norm_topk_prob=False,
-        )
-    elif family == "mixtral":
-        cfg = transformers.MixtralConfig(
-            **_COMMON, head_dim=8, num_local_experts=4, num_experts_per_tok=2
-        )
-    else:
-        cfg = transformers.DeepseekV3Config(
-            **{**_COMMON, "num_key_value_heads": 4},
-            moe_intermediate_size=16,
-            n_routed_experts=8,
-            num_experts_per_tok=3,
-            n_group=4,
-            topk_group=2,
-            n_shared_experts=1,
-            first_k_dense_replace=1,
-            q_lora_rank=16,
-            kv_lora_rank=16,
-            qk_rope_head_dim=8,
-            qk_nope_head_dim=8,
-            v_head_dim=8,
-            head_dim=8,
-            routed_scaling_factor=2.5,
-        )
+    class_name, options = _CONFIGS[family]
+    cfg = getattr(transformers, class_name)(**{**_COMMON, **options})
     cfg._experts_implementation = "eager"
     return cfg
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from automodel.moe import MoE, moe_aux_loss, patch_hf_moe, unpatch_hf_moe, update_moe_bias
 
-from .conftest import FAMILIES, make_config, randomize_
+from .conftest import FAMILIES, make_config, moe_blocks, randomize_
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -22,8 +22,12 @@ def _hf_block(family: str) -> nn.Module:
     cfg = make_config(family)
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     holder = nn.Module()
-    holder.mlp = model.model.layers[1].mlp
+    holder.mlp = model.get_submodule(moe_blocks(family)[-1])
     return randomize_(holder, seed=1)
+
+
+def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {k: p for k, p in module.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -33,9 +37,12 @@ def test_block_forward_backward_match_hf(family: str) -> None:
     assert patch_hf_moe(ours) == ["mlp"]
     assert isinstance(ours.mlp, MoE)
     # Same parameter names and shapes: the weight mapping is the identity.
-    ref_params, our_params = dict(ref.named_parameters()), dict(ours.named_parameters())
+    ref_params, our_params = _trainable(ref), _trainable(ours)
     assert {k: v.shape for k, v in ref_params.items()} == {
         k: v.shape for k, v in our_params.items()
+    }
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
     }
 
     x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(2))
@@ -56,12 +63,11 @@ def test_patched_model_logits_and_unpatch(family: str, hf_model) -> None:
     ref = hf_model(family)
     ours = copy.deepcopy(ref)
     names = patch_hf_moe(ours)
-    expected_layers = [1] if family == "deepseek_v3" else [0, 1]  # first_k_dense_replace=1
-    assert names == [f"model.layers.{i}.mlp" for i in expected_layers]
+    assert names == moe_blocks(family)
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ours(ids).logits, ref(ids).logits, **TOL)
     assert unpatch_hf_moe(ours) == names
-    assert type(ours.model.layers[1].mlp) is type(ref.model.layers[1].mlp)
+    assert type(ours.get_submodule(names[-1])) is type(ref.get_submodule(names[-1]))
     torch.testing.assert_close(ours(ids).logits, ref(ids).logits, **TOL)
 
 
@@ -72,6 +78,8 @@ def test_patched_model_logits_and_unpatch(family: str, hf_model) -> None:
         ("qwen2_moe", "none"),
         ("mixtral", "aux_loss"),
         ("deepseek_v3", "bias"),
+        ("minimax_m2", "bias"),  # the bias is the block's, not the gate's
+        ("nemotron_h", "none"),  # relu2 experts between latent projections
     ],
 )
 def test_train_step_then_save_pretrained_loads_in_plain_transformers(
@@ -93,7 +101,8 @@ def test_train_step_then_save_pretrained_loads_in_plain_transformers(
         opt.zero_grad()
         update_moe_bias(model)
     if balancing == "bias":
-        assert model.model.layers[1].mlp.gate.e_score_correction_bias.abs().sum() > 0
+        block = model.get_submodule(moe_blocks(family)[-1])
+        assert block.gate.e_score_correction_bias.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         expected = model(ids).logits
@@ -104,8 +113,9 @@ def test_train_step_then_save_pretrained_loads_in_plain_transformers(
         torch.testing.assert_close(plain(ids).logits, expected, **TOL)
 
 
-def test_state_dict_keys_unchanged_by_patch(hf_model) -> None:
-    ref = hf_model("deepseek_v3")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_dict_keys_unchanged_by_patch(family: str, hf_model) -> None:
+    ref = hf_model(family)
     ours = copy.deepcopy(ref)
     patch_hf_moe(ours)
     ref_sd, our_sd = ref.state_dict(), ours.state_dict()
@@ -157,3 +167,20 @@ def test_activation_checkpointing_trains(hf_model) -> None:
     our_params = dict(ours.named_parameters())
     for name, p in ref.named_parameters():
         torch.testing.assert_close(our_params[name].grad, p.grad, **TOL, msg=name)
+
+
+def test_block_owned_bias_follows_its_block() -> None:
+    """MiniMax-M2 keeps the selection bias on the block: the router reads the block's buffer,
+    also after a copy, a dtype change and an assigning load."""
+    holder = _hf_block("minimax_m2")
+    patch_hf_moe(holder)
+    block = holder.mlp
+    assert "e_score_correction_bias" in dict(block.named_buffers(recurse=False))
+    assert "e_score_correction_bias" not in dict(block.gate.named_buffers())
+    twin = copy.deepcopy(block).double()
+    assert twin.gate.e_score_correction_bias is twin.e_score_correction_bias
+    assert twin.e_score_correction_bias.dtype == torch.float64
+    assert block.gate.e_score_correction_bias is block.e_score_correction_bias
+    new_bias = torch.full_like(block.e_score_correction_bias, 0.5)
+    block.load_state_dict({**block.state_dict(), "e_score_correction_bias": new_bias}, assign=True)
+    assert block.gate.e_score_correction_bias is new_bias

@@ -8,7 +8,7 @@ from torch import nn
 
 from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
 from automodel.moe._experts import GroupedExperts, activate, activate_gated
-from automodel.moe._router import TopKRouter
+from automodel.moe._router import BlockBiasRouter, TopKRouter
 
 
 class SharedMLP(nn.Module):
@@ -37,13 +37,25 @@ class MoE(nn.Module):
     Submodules keep Hugging Face names: ``gate`` (router), ``experts``, and the shared MLP
     under ``shared_name`` (``"shared_experts"`` for DeepSeek, ``"shared_expert"`` with a
     ``shared_expert_gate`` for Qwen2-MoE), so state dicts match the HF blocks key for key.
+    ``bias_on_block``: the selection bias is the block's ``e_score_correction_bias`` (MiniMax-M2,
+    Hy3) rather than ``gate.e_score_correction_bias``. With ``config.latent_size`` the experts
+    run between ``fc1_latent_proj`` and ``fc2_latent_proj`` (Nemotron 3).
     """
 
-    def __init__(self, config: MoEConfig, shared_name: str = "shared_experts") -> None:
+    def __init__(
+        self, config: MoEConfig, shared_name: str = "shared_experts", bias_on_block: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
-        self.gate = TopKRouter(config)
+        if bias_on_block and config.has_selection_bias:
+            self.gate = BlockBiasRouter(config, self)
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
+        else:
+            self.gate = TopKRouter(config)
         self.experts = GroupedExperts(config)
+        if config.latent_size is not None:
+            self.fc1_latent_proj = nn.Linear(config.hidden_size, config.latent_size, bias=False)
+            self.fc2_latent_proj = nn.Linear(config.latent_size, config.hidden_size, bias=False)
         self.shared_name = shared_name if config.n_shared_experts else None
         if self.shared_name is not None:
             shared = SharedMLP(config.hidden_size, config.shared_size, config.activation)
@@ -60,7 +72,11 @@ class MoE(nn.Module):
         if self.training and jitter > 0:
             routed_in = x * torch.empty_like(x).uniform_(1.0 - jitter, 1.0 + jitter)
         _, topk_weights, topk_ids = self.gate(routed_in)
-        out = self.experts(routed_in, topk_ids, topk_weights)
+        if self.config.latent_size is None:
+            out = self.experts(routed_in, topk_ids, topk_weights)
+        else:
+            latent = self.experts(self.fc1_latent_proj(routed_in), topk_ids, topk_weights)
+            out = self.fc2_latent_proj(latent)
         if self.shared_name is not None:
             shared = getattr(self, self.shared_name)(x)
             if self.config.shared_expert_gate:

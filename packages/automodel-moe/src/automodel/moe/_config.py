@@ -55,6 +55,9 @@ class MoEConfig:
     router_bias: bool = False  # a learned bias on the router logits (nn.Linear bias)
     score_correction_bias: bool = False  # keep an `e_score_correction_bias` buffer (DeepSeek-V3)
     activation: str = "swiglu"
+    # Nemotron 3 LatentMoE: the routed experts run at this width, between the block's
+    # fc1_latent_proj [L, H] and fc2_latent_proj [H, L] (the router still sees the hidden states)
+    latent_size: int | None = None
     balancing: str = "none"
     aux_loss_coeff: float = 1e-3
     bias_update_rate: float = 1e-3
@@ -79,6 +82,8 @@ class MoEConfig:
             )
         if self.shared_intermediate_size is not None:
             _positive_int("shared_intermediate_size", self.shared_intermediate_size)
+        if self.latent_size is not None:
+            _positive_int("latent_size", self.latent_size)
         if self.shared_expert_gate and self.n_shared_experts == 0:
             raise ValueError("MoEConfig.shared_expert_gate=True needs n_shared_experts >= 1")
         _choice("score_func", self.score_func, SCORE_FUNCS)
@@ -115,6 +120,11 @@ class MoEConfig:
     def gated(self) -> bool:
         """Whether the experts are gated (``gate_up_proj``) rather than plain (``up_proj``)."""
         return self.activation in GATED_ACTIVATIONS
+
+    @property
+    def expert_dim(self) -> int:
+        """Input and output width of the routed experts (``latent_size`` when set)."""
+        return self.hidden_size if self.latent_size is None else self.latent_size
 
     @property
     def has_selection_bias(self) -> bool:

@@ -126,7 +126,7 @@ class GroupedExperts(nn.Module):
     """``E`` expert MLPs stored stacked, in the Hugging Face v5 layout.
 
     Gated activations: ``gate_up_proj`` ``[E, 2I, H]`` (gate rows first) and ``down_proj``
-    ``[E, H, I]``; non-gated: ``up_proj`` ``[E, I, H]`` and ``down_proj``.
+    ``[E, H, I]``; non-gated: ``up_proj`` ``[E, I, H]`` and ``down_proj`` (``H``: ``expert_dim``).
     ``dispatcher`` (optional, for expert parallelism) is a ``TokenDispatcher``:
     ``dispatch(x, topk_ids, topk_weights) -> (rows sorted by local expert, tokens per local
     expert, handle)`` and ``combine(y, handle)``; this module then holds only its local experts.
@@ -136,7 +136,7 @@ class GroupedExperts(nn.Module):
         super().__init__()
         self.config = config
         self.num_experts = config.n_routed_experts
-        e, h, i = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+        e, h, i = config.n_routed_experts, config.expert_dim, config.moe_intermediate_size
         if config.gated:
             self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
         else:

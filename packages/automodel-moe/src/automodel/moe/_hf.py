@@ -2,10 +2,12 @@
 
 transformers is never imported: blocks are recognised by class name and read duck-typed.
 Our block keeps the HF parameter names and shapes (``mlp.gate.weight``,
-``mlp.experts.gate_up_proj`` ``[E, 2I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``, the shared
-expert's ``gate_proj``/``up_proj``/``down_proj``, DeepSeek's ``mlp.gate.e_score_correction_bias``),
-so the weight mapping in both directions is the identity and ``state_dict()`` /
-``save_pretrained`` output loads in plain transformers unchanged.
+``mlp.experts.gate_up_proj`` ``[E, 2I, H]`` or, for experts without gate, ``mlp.experts.up_proj``
+``[E, I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``, the shared expert's
+``gate_proj``/``up_proj``/``down_proj``, the selection bias ``mlp.gate.e_score_correction_bias``
+or, where the HF block keeps it itself, ``mlp.e_score_correction_bias``), so the weight mapping
+in both directions is the identity and ``state_dict()`` / ``save_pretrained`` output loads in
+plain transformers unchanged.
 """
 
 from __future__ import annotations
@@ -23,30 +25,43 @@ from automodel.moe._config import MoEConfig, check_fields
 # MoEConfig fields a caller may choose; everything else is read from the HF block.
 OVERRIDABLE = ("balancing", "aux_loss_coeff", "bias_update_rate", "backend", "routing")
 
+# HF expert activation class -> ours: gated experts (``gate_up_proj``), plain ones (``up_proj``)
 _ACTIVATIONS = {
     "SiLUActivation": "swiglu",
     "SiLU": "swiglu",
     "GELUActivation": "geglu",
     "GELU": "geglu",
 }
+_PLAIN_ACTIVATIONS = {"ReLUSquaredActivation": "relu2"}
 
 
 def _base(block: nn.Module) -> dict[str, Any]:
     gate, experts = block.gate, block.experts
     num_experts, hidden = gate.weight.shape
+    gated = hasattr(experts, "gate_up_proj")
+    table = _ACTIVATIONS if gated else _PLAIN_ACTIVATIONS
     act_name = type(experts.act_fn).__name__
-    if act_name not in _ACTIVATIONS:
+    if act_name not in table:
         raise ValueError(
-            f"{type(block).__name__}: expert activation {act_name} is not supported; "
-            f"supported: {sorted(_ACTIVATIONS)}"
+            f"{type(block).__name__}: {'gated' if gated else 'non-gated'} expert activation "
+            f"{act_name} is not supported; supported: {sorted(table)}"
         )
+    in_proj = experts.gate_up_proj if gated else experts.up_proj
     return {
         "hidden_size": int(hidden),
-        "moe_intermediate_size": int(experts.gate_up_proj.shape[1] // 2),
+        "moe_intermediate_size": int(in_proj.shape[1] // (2 if gated else 1)),
         "n_routed_experts": int(num_experts),
         "experts_per_token": int(gate.top_k),
-        "activation": _ACTIVATIONS[act_name],
+        "activation": table[act_name],
     }
+
+
+def _shared(block: nn.Module, name: str = "shared_experts") -> dict[str, Any]:
+    """The fields of the block's one shared MLP ``name`` (none when it has none)."""
+    shared = getattr(block, name, None)
+    if shared is None:
+        return {}
+    return {"n_shared_experts": 1, "shared_intermediate_size": int(shared.down_proj.in_features)}
 
 
 def _qwen3(block: nn.Module) -> tuple[dict[str, Any], str]:
@@ -54,11 +69,21 @@ def _qwen3(block: nn.Module) -> tuple[dict[str, Any], str]:
 
 
 def _qwen2(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields, _ = _qwen3(block)
-    fields["n_shared_experts"] = 1
-    fields["shared_intermediate_size"] = int(block.shared_expert.gate_proj.out_features)
-    fields["shared_expert_gate"] = True
-    return fields, "shared_expert"
+    fields = {**_base(block), "norm_topk_prob": bool(block.gate.norm_topk_prob)}
+    return {
+        **fields,
+        **_shared(block, "shared_expert"),
+        "shared_expert_gate": True,
+    }, "shared_expert"
+
+
+def _qwen3_5(block: nn.Module) -> tuple[dict[str, Any], str]:
+    fields = {**_base(block), "norm_topk_prob": True}  # its router always renormalises
+    return {
+        **fields,
+        **_shared(block, "shared_expert"),
+        "shared_expert_gate": True,
+    }, "shared_expert"
 
 
 def _mixtral(block: nn.Module) -> tuple[dict[str, Any], str]:
@@ -78,11 +103,47 @@ def _deepseek_v3(block: nn.Module) -> tuple[dict[str, Any], str]:
         "norm_topk_prob": bool(gate.norm_topk_prob),
         "score_correction_bias": True,
     }
-    shared = getattr(block, "shared_experts", None)
-    if shared is not None:
-        fields["n_shared_experts"] = 1
-        fields["shared_intermediate_size"] = int(shared.gate_proj.out_features)
+    return {**fields, **_shared(block)}, "shared_experts"
+
+
+def _nemotron_h(block: nn.Module) -> tuple[dict[str, Any], str]:
+    fields, shared_name = _deepseek_v3(block)
+    if isinstance(block.fc1_latent_proj, nn.Linear):
+        fields["latent_size"] = int(block.fc1_latent_proj.out_features)
+    return fields, shared_name
+
+
+def _sigmoid_renormalised(block: nn.Module, route_scale: float) -> dict[str, Any]:
+    """Sigmoid scores, selection biased, top-k renormalised, times ``route_scale``."""
+    return {
+        **_base(block),
+        "score_func": "sigmoid",
+        "norm_topk_prob": True,
+        "score_correction_bias": True,
+        "route_scale": float(route_scale),
+    }
+
+
+def _minimax_m2(block: nn.Module) -> tuple[dict[str, Any], str]:
+    fields = _sigmoid_renormalised(block, 1.0)
+    fields["input_jitter"] = float(getattr(block, "jitter_noise", 0.0) or 0.0)
     return fields, "shared_experts"
+
+
+def _hy_v3(block: nn.Module) -> tuple[dict[str, Any], str]:
+    fields = _sigmoid_renormalised(block, block.gate.router_scaling_factor)
+    return {**fields, **_shared(block)}, "shared_experts"
+
+
+def _laguna(block: nn.Module) -> tuple[dict[str, Any], str]:
+    softcap = float(block.gate.router_logit_softcapping or 0.0)
+    if softcap > 0:
+        raise ValueError(
+            f"{type(block).__name__}: router logit softcapping "
+            f"(moe_router_logit_softcapping={softcap}) is not supported; only 0"
+        )
+    fields = _sigmoid_renormalised(block, block.routed_scaling_factor)
+    return {**fields, **_shared(block)}, "shared_experts"
 
 
 # HF block class name -> reader of (MoEConfig fields, shared-expert attribute name).
@@ -90,8 +151,21 @@ SUPPORTED: dict[str, Callable[[nn.Module], tuple[dict[str, Any], str]]] = {
     "Qwen3MoeSparseMoeBlock": _qwen3,
     "OlmoeSparseMoeBlock": _qwen3,
     "Qwen2MoeSparseMoeBlock": _qwen2,
+    "Qwen3NextSparseMoeBlock": _qwen2,
+    "Qwen3_5MoeSparseMoeBlock": _qwen3_5,
     "MixtralSparseMoeBlock": _mixtral,
+    # DeepSeek-V3's router and shared experts, unchanged
     "DeepseekV3MoE": _deepseek_v3,
+    "DeepseekV32MoE": _deepseek_v3,
+    "Glm4MoeMoE": _deepseek_v3,
+    "Glm4MoeLiteMoE": _deepseek_v3,
+    "GlmMoeDsaMoE": _deepseek_v3,
+    "KimiLinearMoE": _deepseek_v3,
+    "MiMoV2FlashMoE": _deepseek_v3,  # without shared experts
+    "NemotronHMoE": _nemotron_h,  # relu2 experts without gate, optional latent projections
+    "MiniMaxM2SparseMoeBlock": _minimax_m2,
+    "HYV3MoE": _hy_v3,
+    "LagunaSparseMoeBlock": _laguna,
 }
 
 
@@ -154,8 +228,9 @@ def patch_hf_moe(model: nn.Module, **overrides: Any) -> list[str]:
         if type(module).__name__ not in SUPPORTED:
             continue
         config, shared_name = moe_config_from_hf(module, **overrides)
+        bias_on_block = "e_score_correction_bias" in dict(module.named_buffers(recurse=False))
         with torch.device("meta"):
-            ours = MoE(config, shared_name=shared_name)
+            ours = MoE(config, shared_name=shared_name, bias_on_block=bias_on_block)
         ours.hf_class = type(module)
         own_config = getattr(module, "config", None)
         ours.hf_config = hf_config if own_config is None else own_config
@@ -197,7 +272,8 @@ def unpatch_hf_moe(model: nn.Module) -> list[str]:
 
 def _check_restorable(name: str, module: MoE, hf_keys: set[str]) -> None:
     bias = module.gate.e_score_correction_bias
-    if "gate.e_score_correction_bias" not in hf_keys and bias is not None and bias.any():
+    homes = {"gate.e_score_correction_bias", "e_score_correction_bias"}
+    if not homes & hf_keys and bias is not None and bias.any():
         warnings.warn(
             f"{name}: the HF block has no e_score_correction_bias; the learned balancing bias "
             "is dropped and routing in plain transformers ignores it",

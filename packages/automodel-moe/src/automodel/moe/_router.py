@@ -26,10 +26,7 @@ class TopKRouter(nn.Module):
         self.bias = (
             nn.Parameter(torch.zeros(config.n_routed_experts)) if config.router_bias else None
         )
-        if config.has_selection_bias:
-            self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
-        else:
-            self.e_score_correction_bias = None
+        self._register_selection_bias()
         # Token counts per expert: since the last bias update, and since the last metrics read.
         self.register_buffer("bias_counts", torch.zeros(config.n_routed_experts), persistent=False)
         self.register_buffer("load_counts", torch.zeros(config.n_routed_experts), persistent=False)
@@ -40,6 +37,12 @@ class TopKRouter(nn.Module):
         # the load nor the aux loss, as transformers' attention_mask does for its aux loss
         self.token_mask: torch.Tensor | None = None
         self.reset_parameters()
+
+    def _register_selection_bias(self) -> None:
+        if self.config.has_selection_bias:
+            self.register_buffer("e_score_correction_bias", torch.zeros(self.num_experts))
+        else:
+            self.e_score_correction_bias = None
 
     def reset_parameters(self) -> None:
         """Initialise the router weight like ``nn.Linear`` and zero the biases."""
@@ -134,8 +137,28 @@ class TopKRouter(nn.Module):
         load = self.bias_counts if counts is None else counts.to(self.bias_counts)
         if load.sum() > 0:
             step = self.config.bias_update_rate * torch.sign(load.mean() - load)
-            self.e_score_correction_bias += step.to(self.e_score_correction_bias.dtype)
+            self.e_score_correction_bias.add_(step.to(self.e_score_correction_bias.dtype))
         self.bias_counts.zero_()
+
+
+class BlockBiasRouter(TopKRouter):
+    """A ``TopKRouter`` whose ``e_score_correction_bias`` is a buffer of its MoE block.
+
+    For HF blocks that keep the bias beside the gate (MiniMax-M2, Hy3:
+    ``mlp.e_score_correction_bias``): the block owns the tensor, this router reads it there.
+    """
+
+    def __init__(self, config: MoEConfig, block: nn.Module) -> None:
+        super().__init__(config)
+        self._block = [block]  # a list, so that the block is not registered as a child
+
+    def _register_selection_bias(self) -> None:
+        pass  # the block registers it
+
+    @property
+    def e_score_correction_bias(self) -> torch.Tensor:
+        """The block's ``e_score_correction_bias`` buffer."""
+        return self._block[0].e_score_correction_bias
 
 
 def switch_aux_loss(scores: torch.Tensor, counts: torch.Tensor, normalize: bool) -> torch.Tensor:
