@@ -155,3 +155,45 @@ def test_packed_loss_equals_separate_documents(attn_implementation: str, tiny_ll
         masked = model(**batch, attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False)
     assert not torch.allclose(cached, out.logits, atol=1e-4)
     assert not torch.allclose(masked.logits, out.logits, atol=1e-4)
+
+
+# ------------------------------------------------- padding-free batches
+
+
+def test_padding_free_collate_puts_the_samples_end_to_end() -> None:
+    samples = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+        {"input_ids": [8, 9], "labels": [8, 9]},  # its first label is never a target
+    ]
+    batch = collate(samples, pad_token_id=PAD, padding_free=True)
+    assert {k: v.tolist() for k, v in batch.items()} == {
+        "input_ids": [[5, 6, 7, 8, 9]],
+        "labels": [[-100, 6, 7, -100, 9]],
+        "position_ids": [[0, 1, 2, 0, 1]],
+    }
+    assert samples[1]["labels"] == [8, 9]  # the samples are left as they were
+    wide = collate(samples, pad_token_id=PAD, padding_free=True, pad_to_multiple_of=4)
+    assert wide["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # padding: its own document
+    with pytest.raises(DataError, match="concatenate documents, not rows"):
+        collate([pack_dataset(make_dataset([[1, 2]]), 4)[0]], padding_free=True)
+
+
+def test_which_models_keep_documents_apart(tiny_llama_config) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+    from automodel.core.models import document_masking_problem
+
+    llama = LlamaForCausalLM(tiny_llama_config())
+    assert document_masking_problem(llama, rows=4) is None  # sdpa: a block-causal mask per row
+    llama.config._attn_implementation = "flash_attention_2"
+    assert document_masking_problem(llama) is None  # one row: a varlen sequence per document
+    assert "only in a batch of one row" in document_masking_problem(llama, rows=2)
+    small = {"hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 64}
+    mamba = AutoModelForCausalLM.from_config(AutoConfig.for_model("mamba", **small))
+    assert "masking_utils" in document_masking_problem(mamba)
+    hybrid = AutoConfig.for_model(
+        "qwen3_next", **small, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, num_experts=2, moe_intermediate_size=8, head_dim=8,
+    )  # fmt: skip
+    problem = document_masking_problem(AutoModelForCausalLM.from_config(hybrid))
+    assert "linear_attention layers, which carry a state" in problem

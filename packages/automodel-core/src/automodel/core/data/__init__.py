@@ -8,6 +8,9 @@ dataset = pack_dataset(dataset, packed_sequence_size=1024)
 loader = build_dataloader(dataset, batch_size=8, seed=0, dp_rank=rank, dp_size=world)
 ```
 
+Instead of packing, `build_dataloader(..., padding_free=True)` puts each batch's samples end to
+end in one row (no padding, the same batches and losses as padded ones).
+
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
 For vision-language models, `image_chat_dataset` reads image-text conversations (images decoded
 when read) and `VisionChatCollator(processor)` batches them with the processor.
@@ -38,7 +41,13 @@ from ._formats import (
 from ._indexed import IndexedTokens, token_dtype, write_indexed
 from ._loader import DataChangedError, build_dataloader
 from ._loading import load_rows, require_columns
-from ._packing import PackedDataset, block_causal_mask, document_ids, pack_dataset
+from ._packing import (
+    PackedDataset,
+    block_causal_mask,
+    concat_documents,
+    document_ids,
+    pack_dataset,
+)
 from ._preprocess import PreprocessSummary, preprocess_text
 from ._retrieval import (
     BiEncoderCollator,
@@ -85,6 +94,7 @@ __all__ = [
     "chat_labels",
     "chat_labels_many",
     "collate",
+    "concat_documents",
     "document_ids",
     "hellaswag_dataset",
     "image_chat_dataset",

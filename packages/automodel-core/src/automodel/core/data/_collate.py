@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..losses import IGNORE_INDEX
+from ._packing import concat_documents
 
 
 def collate(
@@ -15,6 +16,7 @@ def collate(
     pad_token_id: int = 0,
     *,
     pad_to_multiple_of: int | None = None,
+    padding_free: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Right-pad samples to the longest one (rounded up to a multiple): ids with pad, labels with -100.
 
@@ -22,9 +24,14 @@ def collate(
     (0, 1, ...), and get no `attention_mask`: transformers derives the per-document causal mask
     from `position_ids` only when no attention mask is given and the model is called with
     `use_cache=False`. Other samples get an `attention_mask`.
+
+    `padding_free`: the samples end to end in one row of their real tokens (`concat_documents`),
+    like a packed row: no compute on padding, and the same per-token losses as the padded batch.
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
+    if padding_free:
+        batch = [concat_documents(batch)]
     rows = [
         {k: torch.as_tensor(v, dtype=torch.long) for k, v in sample.items()} for sample in batch
     ]

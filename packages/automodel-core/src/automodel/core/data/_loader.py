@@ -83,10 +83,14 @@ def build_dataloader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     pad_token_id: int | None = None,
     pad_to_multiple_of: int | None = None,
+    padding_free: bool = False,
     pin_memory: bool = False,
     on_data_change: Literal["error", "restart_epoch"] = "error",
 ) -> StatefulDataLoader:
     """A StatefulDataLoader over this rank's shard; `state_dict()` mid-epoch resumes at the next batch.
+
+    `padding_free`: each batch is one row holding its samples end to end, `position_ids`
+    restarting per sample (see `collate`); the model must keep them apart by those positions.
 
     Its state holds the dataset's fingerprint: resuming over other data is a DataChangedError,
     or with `on_data_change="restart_epoch"` starts the saved epoch of the new data.
@@ -99,11 +103,17 @@ def build_dataloader(
         raise DataError(f"batch_size must be a positive integer; got {batch_size!r}")
     if on_data_change not in ("error", "restart_epoch"):
         raise DataError(f"on_data_change must be error or restart_epoch; got {on_data_change!r}")
+    if padding_free and collate_fn is not None:
+        raise DataError(
+            "padding_free batches are made by automodel's collate; this loader has a "
+            "collate_fn of its own"
+        )
     if collate_fn is None:
         pad = getattr(dataset, "pad_token_id", 0) if pad_token_id is None else pad_token_id
         collate_fn = functools.partial(
-            collate, pad_token_id=pad, pad_to_multiple_of=pad_to_multiple_of
-        )
+            collate, pad_token_id=pad, pad_to_multiple_of=pad_to_multiple_of,
+            padding_free=padding_free,
+        )  # fmt: skip
     if isinstance(dataset, IterableDataset):  # a stream: it shards itself, in its own order
         if hasattr(dataset, "shard"):
             dataset.shard(dp_rank, dp_size)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -60,21 +62,12 @@ def pack_dataset(
 
     buffer = SampleBuffer(("input_ids", "labels", "position_ids"))
     for row in rows:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for index in row:
-            sample = dataset[index]
-            doc_labels = sample["labels"].tolist()
-            doc_labels[0] = IGNORE_INDEX
-            input_ids += sample["input_ids"].tolist()
-            labels += doc_labels
-            positions += range(len(doc_labels))
-        padding = size - len(input_ids)
-        input_ids += [pad] * padding
-        labels += [IGNORE_INDEX] * padding
-        positions += range(padding)
-        buffer.add(input_ids=input_ids, labels=labels, position_ids=positions)
+        documents = [dataset[index] for index in row]
+        padding = size - sum(lengths[index] for index in row)
+        if padding:  # padding at the end of the row: a document of its own, with no labels
+            ids = torch.full((padding,), pad, dtype=torch.long)
+            documents.append({"input_ids": ids, "labels": torch.full_like(ids, IGNORE_INDEX)})
+        buffer.add(**{k: v.tolist() for k, v in concat_documents(documents).items()})
 
     columns, offsets = buffer.tensors()
     packed = PackedDataset(
@@ -96,6 +89,32 @@ def pack_dataset(
         100 * packed.efficiency,
     )
     return packed
+
+
+def concat_documents(documents: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Documents end to end in one row: `input_ids`, `labels` (default: the ids) with each
+    document's first label -100, and `position_ids` restarting at 0 for every document.
+
+    The first label is masked because the loss shifts labels by one: it would be predicted from
+    the previous document's last token. A document run alone has no target there either, so
+    the row's loss is the documents' own. Transformers models keep the documents apart by their
+    `position_ids` when called with `use_cache=False` and no `attention_mask` (see `collate`).
+    """
+    if not documents:
+        raise DataError("no documents to concatenate")
+    if "position_ids" in documents[0]:
+        raise DataError(
+            "these samples already hold several documents (packed rows with position_ids); "
+            "concatenate documents, not rows"
+        )
+    ids = [torch.as_tensor(d["input_ids"], dtype=torch.long) for d in documents]
+    labels = [torch.as_tensor(d.get("labels", d["input_ids"]), dtype=torch.long) for d in documents]
+    lengths = torch.tensor([len(i) for i in ids])
+    starts = lengths.cumsum(0) - lengths
+    row_labels = torch.cat(labels)  # a copy: the samples stay as they were
+    row_labels[starts[lengths > 0]] = IGNORE_INDEX
+    positions = torch.arange(int(lengths.sum())) - starts.repeat_interleave(lengths)
+    return {"input_ids": torch.cat(ids), "labels": row_labels, "position_ids": positions}
 
 
 def _best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -29,6 +29,7 @@ from ._auto_model import (
 )
 from ._bi_encoder import POOLINGS, BiEncoder, bidirectional, pool
 from ._config import check_auto_class, check_causal_lm, load_model_config
+from ._documents import document_masking_problem
 from ._dtype import DTYPE_NAMES, resolve_dtype
 from ._tokenizer import load_processor, load_tokenizer
 
@@ -44,6 +45,7 @@ __all__ = [
     "bidirectional",
     "check_auto_class",
     "check_causal_lm",
+    "document_masking_problem",
     "load_model_config",
     "load_processor",
     "load_tokenizer",
