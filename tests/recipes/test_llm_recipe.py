@@ -93,21 +93,36 @@ def test_checkpoint_loads_in_transformers_with_identical_logits(sft_run):
     assert saved.step_scheduler.max_steps == 4  # the resolved config, overrides applied
 
 
-def test_grad_accumulation_matches_one_big_batch(tmp_path, monkeypatch_module):
-    """Loss normalised by the step's label tokens: 2 micro-batches of 8 == 1 batch of 16."""
+def test_grad_accumulation_and_padding_free_match_one_big_batch(tmp_path, monkeypatch_module):
+    """Loss normalised by the step's label tokens: 2 micro-batches of 8 == 1 batch of 16 ==
+    the same 2 micro-batches padding-free (each one row of its samples end to end, no padding;
+    validation too)."""
     common = ["--step_scheduler.global_batch_size=16", "--dataloader.shuffle=false"]
     acc = _train(SFT, tmp_path / "acc", *common, "--step_scheduler.local_batch_size=8", steps=2)
     big = _train(SFT, tmp_path / "big", *common, "--step_scheduler.local_batch_size=16", steps=2)
+    free = _train(
+        SFT, tmp_path / "free", *common, "--step_scheduler.local_batch_size=8",
+        "--+dataloader.padding_free=true", "--+validation_dataloader.padding_free=true", steps=2,
+    )  # fmt: skip
     assert acc.step_scheduler.grad_acc_steps == 2 and big.step_scheduler.grad_acc_steps == 1
-    acc_rows, big_rows = (
-        _rows(tmp_path / "acc/training.jsonl"),
-        _rows(tmp_path / "big/training.jsonl"),
+    samples = [free.train_set[i] for i in range(8)]
+    for loader in (free.train_loader, free.val_loader):  # one row, every token real
+        batch = loader.collate_fn(samples)
+        assert batch["input_ids"].shape == (1, sum(len(s["input_ids"]) for s in samples))
+    for name in ("acc", "free"):
+        rows = _rows(tmp_path / name / "training.jsonl")
+        for a, b in zip(rows, _rows(tmp_path / "big/training.jsonl"), strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+            assert a["num_label_tokens"] == b["num_label_tokens"]
+    free_val, acc_val = (
+        _rows(tmp_path / "free/validation.jsonl"),
+        _rows(tmp_path / "acc/validation.jsonl"),
     )
-    for a, b in zip(acc_rows, big_rows, strict=True):
+    for a, b in zip(free_val, acc_val, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["num_label_tokens"] == b["num_label_tokens"]
-    for (name, p), q in zip(acc.model.named_parameters(), big.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    for model in (acc.model, free.model):
+        for (name, p), q in zip(model.named_parameters(), big.model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_pretrain_with_packing_and_fused_loss(tmp_path, monkeypatch_module, caplog):
@@ -137,6 +152,24 @@ def test_bad_batch_math_fails_before_the_model_loads(tmp_path, monkeypatch_modul
     assert not (tmp_path / "training.jsonl").exists()
     with pytest.raises(ConfigError, match="not divisible"):
         FinetuneRecipeForCausalLM(load_config(SFT, ["--step_scheduler.local_batch_size=5"])).setup()
+
+
+def test_padding_free_is_refused_where_documents_would_mix(monkeypatch_module, capsys):
+    """With packing (rows without padding already), and with a model whose layers would carry
+    one document into the next: config errors naming the key."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from automodel.recipes.llm._data import check_documents
+
+    free = ["--+dataloader.padding_free=true"]
+    assert main(["-c", str(PRETRAIN), *free]) == 2  # before any model is built
+    err = capsys.readouterr().err
+    assert "dataloader.padding_free" in err and "not both" in err
+    small = {"hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 64}
+    mamba = AutoModelForCausalLM.from_config(AutoConfig.for_model("mamba", **small))
+    with pytest.raises(ConfigError, match="rows of several documents need a model") as caught:
+        check_documents(load_config(SFT, free), mamba, local_batch_size=16, cp_size=1)
+    assert caught.value.problems[0].key == "dataloader.padding_free"
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ _PARTS = {
     "Logging": "_sections",
     "Moe": "_sections",
     "PackedSequence": "_sections",
+    "document_rows": "_sections",
     "Rng": "_sections",
     "read_section": "_sections",
     # builders

@@ -31,7 +31,7 @@ from automodel.distributed import (
 )
 
 from ._errors import config_problem
-from ._sections import Distributed, PackedSequence, read_section
+from ._sections import Distributed, document_rows, read_section
 
 log = logging.getLogger("automodel.recipes")
 
@@ -228,6 +228,5 @@ def setup_parallel(cfg: ConfigNode, unused_parameters: bool = False) -> Parallel
 
 
 def _context_parallel(cfg: ConfigNode, mesh: Any) -> AllGatherContextParallel:
-    """The cp group's sequence splitter; packed rows keep their documents apart."""
-    packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
-    return AllGatherContextParallel(submesh(mesh, "cp"), documents=bool(packed))
+    """The cp group's sequence splitter; packed and padding-free rows keep their documents apart."""
+    return AllGatherContextParallel(submesh(mesh, "cp"), documents=bool(document_rows(cfg)))

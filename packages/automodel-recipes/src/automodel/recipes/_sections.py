@@ -162,6 +162,18 @@ def check_plot(cfg: ConfigNode) -> None:
         raise config_problem(cfg, "logging.plot", message)
 
 
+def document_rows(cfg: ConfigNode) -> str | None:
+    """The key that puts several documents in one row (`position_ids` restarting at 0 for each,
+    no attention mask): `packed_sequence.packed_sequence_size`, or `padding_free` of a loader
+    section; None where each row holds one sample."""
+    if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
+        return "packed_sequence.packed_sequence_size"
+    for name in ("dataloader", "validation_dataloader"):
+        if cfg.get(f"{name}.padding_free"):
+            return f"{name}.padding_free"
+    return None
+
+
 def read_section(cfg: ConfigNode, name: str, kind: type) -> Any:
     """The section `name` as an instance of its dataclass, defaults filled in."""
     node = cfg.get(name)

@@ -11,7 +11,8 @@ from automodel.core.data import pack_dataset
 from automodel.core.losses import MaskedCrossEntropy
 
 from .._builders import build_dataset_loaders, build_preprocessor
-from .._sections import PackedSequence, read_section
+from .._errors import config_problem
+from .._sections import PackedSequence, document_rows, read_section
 
 # What the LLM recipes read beside the standard sections: text data and the loss over it.
 LM_SECTIONS = {
@@ -21,6 +22,33 @@ LM_SECTIONS = {
     "packed_sequence": Section(keys_of=PackedSequence),
     "loss_fn": Section(needs_target=True),
 }
+
+
+def check_rows(cfg: ConfigNode) -> None:
+    """Packing and padding-free batches are two ways of one thing: rows of several documents."""
+    packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
+    for name in ("dataloader", "validation_dataloader") if packed else ():
+        if cfg.get(f"{name}.padding_free"):
+            message = (
+                "packed rows hold no padding to leave out; use packed_sequence or "
+                "padding_free, not both"
+            )
+            raise config_problem(cfg, f"{name}.padding_free", message)
+
+
+def check_documents(cfg: ConfigNode, model: Any, local_batch_size: int, cp_size: int) -> None:
+    """Refuse rows of several documents (`document_rows`) where `model` would let them mix."""
+    from automodel.core.models import document_masking_problem
+
+    key = document_rows(cfg)
+    if key is None:
+        return
+    # packed: local_batch_size rows per forward; padding-free: one; cp: its own attention
+    packed = key.startswith("packed_sequence") and cp_size == 1
+    problem = document_masking_problem(model, rows=local_batch_size if packed else 1)
+    if problem is not None:
+        message = f"rows of several documents need a model that keeps them apart: {problem}"
+        raise config_problem(cfg, key, message)
 
 
 def build_tokenizer(cfg: ConfigNode) -> Any:

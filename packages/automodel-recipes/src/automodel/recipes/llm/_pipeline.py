@@ -18,7 +18,7 @@ from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
 
 from .._errors import config_problem
 from .._parallel import Parallel
-from .._sections import Distributed, PackedSequence, read_section
+from .._sections import Distributed, document_rows, read_section
 from ._data import real_tokens
 
 log = logging.getLogger("automodel.recipes.llm")
@@ -58,10 +58,10 @@ def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = 
             "one stage: set it false and merge the saved adapter afterwards (peft's "
             "merge_and_unload, or a one-process run restoring the checkpoint)",
         )  # fmt: skip
-    if read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size:
-        raise config_problem(
-            cfg, "packed_sequence", "packed rows with pp_size > 1 are not supported yet"
-        )
+    rows = document_rows(cfg)  # the stages' masks and positions are those of plain rows
+    if rows is not None:
+        what = "padding-free batches" if rows.endswith("padding_free") else "packed rows"
+        raise config_problem(cfg, rows, f"{what} with pp_size > 1 are not supported yet")
     if cfg.get("compile.enabled"):
         raise config_problem(
             cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet"

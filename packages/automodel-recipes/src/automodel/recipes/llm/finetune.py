@@ -49,7 +49,15 @@ from .. import (
     training_session,
     validate,
 )
-from ._data import LM_SECTIONS, build_loaders, build_loss, build_tokenizer, real_tokens
+from ._data import (
+    LM_SECTIONS,
+    build_loaders,
+    build_loss,
+    build_tokenizer,
+    check_documents,
+    check_rows,
+    real_tokens,
+)
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ._pipeline import Pipeline, check_pipeline
 
@@ -77,12 +85,15 @@ class FinetuneRecipeForCausalLM(RunViews):
         self.lora = build_lora_config(cfg)
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.run = ctx = start_run(cfg, default_run_dir="runs/llm", weights_format=weights)
+        check_rows(cfg)
         pipeline_len = check_pipeline(cfg, ctx.distributed)  # pp_size > 1: micro-batch length
         self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         moe = read_moe(cfg, ctx.distributed.ep_size)
         model = build_model(cfg)
+        local, cp_size = self.step_scheduler.local_batch_size, ctx.distributed.cp_size
+        check_documents(cfg, model, local, cp_size)  # packed or padding-free rows
         packed = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
         seq_len = packed or cfg.get("dataset.seq_length") or 2048
         self.flops_per_token = model_flops_per_token(model, seq_len)  # whole, without adapters
@@ -103,7 +114,6 @@ class FinetuneRecipeForCausalLM(RunViews):
             model = shard_model(with_fused_loss(model, self.loss_fn), ctx, experts)
         self.model = model
 
-        local = self.step_scheduler.local_batch_size
         shard = (self.parallel.dp_rank, self.parallel.dp_size)  # each dp rank reads its shard
         self.train_set, self.train_loader, self.val_loader = build_loaders(
             cfg, self.tokenizer, local, ctx.seed, *shard
@@ -261,6 +271,7 @@ def run(cfg: ConfigNode) -> None:
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones, the pipeline and the fused loss."""
     distributed = preflight(cfg)
+    check_rows(cfg)
     check_pipeline(cfg, distributed)
     check_fused_loss(cfg, build_loss(cfg), distributed)
 

@@ -43,7 +43,7 @@ from .. import (
     start_run,
 )
 from .._errors import config_problem
-from ._data import build_loaders, build_tokenizer, real_tokens
+from ._data import build_loaders, build_tokenizer, check_documents, check_rows, real_tokens
 from .finetune import SECTIONS as FINETUNE_SECTIONS
 from .finetune import FinetuneRecipeForCausalLM as Finetune
 
@@ -147,6 +147,7 @@ class KDRecipeForCausalLM(RunViews):
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)
         student = build_model(cfg)
+        check_documents(cfg, student, self.step_scheduler.local_batch_size, cp_size=1)
         self.unwrapped = prepare_model(student, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.write_hf_extras = (adapter_extras_writer if adapter else hf_extras_writer)(
             student, cfg, self.tokenizer
@@ -154,7 +155,9 @@ class KDRecipeForCausalLM(RunViews):
         self.moe = MoeStep(student, moe, self.parallel)
         wrapped = StudentWithKDLoss(student, kd_loss, self.loss_fn)
         self.model = shard_model(wrapped, ctx, self.moe.shard_experts(cfg))
-        self.teacher = self.place_teacher(build_teacher(cfg))
+        teacher = build_teacher(cfg)
+        check_documents(cfg, teacher, self.step_scheduler.local_batch_size, cp_size=1)
+        self.teacher = self.place_teacher(teacher)
 
         batch_size, shard = self.step_scheduler.local_batch_size, self.parallel.dp_rank
         self.train_set, self.train_loader, self.val_loader = build_loaders(
@@ -277,6 +280,7 @@ def check(cfg: ConfigNode) -> None:
         if getattr(distributed, key) > 1:
             message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
             raise config_problem(cfg, f"distributed.{key}", message)
+    check_rows(cfg)
     read_kd(cfg)
     check_teacher(cfg)
 
