@@ -436,9 +436,9 @@ def add_output_args(p: argparse.ArgumentParser, runs: tuple[str, ...], *, out: P
 
 
 def accelerate_missing(runs: list[str], script: str, without: str) -> bool:
-    """True (after saying so) if `hf` is to run and `accelerate`, which the Trainer needs, is not
-    installed."""
-    if "hf" not in runs:
+    """True (after saying so) if a Trainer run (`hf`, `hf_...`) is to run and `accelerate`, which
+    the Trainer needs, is not installed."""
+    if not any(run == "hf" or run.startswith("hf_") for run in runs):
         return False
     try:
         import accelerate  # noqa: F401

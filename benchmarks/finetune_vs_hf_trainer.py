@@ -1,14 +1,20 @@
 """Throughput, peak memory and loss of `finetune.llm` against the transformers `Trainer` on CPU.
 
-Three runs, each in its own subprocess (so `ru_maxrss` is per run), on the same randomly
+Five runs, each in its own subprocess (so `ru_maxrss` is per run), on the same randomly
 initialised tiny Llama (same config, same seed: bitwise-identical initial weights), the same
 tokenized chat samples and the same hyper-parameters:
 
-  hf           transformers `Trainer`, batches padded by `automodel.core.data.collate`
-  ours         `FinetuneRecipeForCausalLM`, no packing (same collate, same sample order as hf)
-  ours_packed  `FinetuneRecipeForCausalLM` with `packed_sequence_size` rows
+  hf            transformers `Trainer`, batches padded by `automodel.core.data.collate`
+  hf_padfree    the `Trainer` with transformers' `DataCollatorWithFlattening` (each batch one
+                row of its samples end to end, position_ids restarting per sample) and
+                `model.config.use_cache = False` (with a cache transformers does not look for
+                the samples' boundaries and they would attend to each other)
+  ours          `FinetuneRecipeForCausalLM`, no packing (same collate, same sample order as hf)
+  ours_padfree  the recipe with `dataloader.padding_free: true`: the same batches as `ours`,
+                each one row of its samples' real tokens
+  ours_packed   `FinetuneRecipeForCausalLM` with `packed_sequence_size` rows
 
-    uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py            # ~3-4 min on 2 cores
+    uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py            # ~5-6 min on 2 cores
     uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py --steps 30 --runs hf ours
 
 (`Trainer` needs `accelerate`, which the workspace does not depend on: `--with accelerate` adds it
@@ -33,7 +39,8 @@ What is measured, identically for every run:
   `num_items_in_batch` (label tokens of all micro-batches of the step) to the model's loss, so, like
   our `MaskedCrossEntropy` normalised by `count_label_tokens` of the step, each logged value is the
   token-weighted mean over the whole optimizer step (not a mean of per-micro-batch means). With the
-  same initial weights and the same sample order, `hf` and `ours` losses should agree closely;
+  same initial weights and the same sample order, `hf`, `hf_padfree`, `ours` and `ours_padfree`
+  losses should agree closely (the padding-free runs see the same samples in the same steps);
   `ours_packed` sees different batches (whole packed rows), so only its trend is comparable.
 
 The optimizer (AdamW over `automodel.core.optim.param_groups`: no decay for norms/biases) and the LR
@@ -56,7 +63,7 @@ import _trainer_compare as compare
 from _outside_clock import print_outside, run_outside
 
 ASSETS = compare.ROOT / "examples" / "llm_finetune" / "assets"
-RUNS = ("hf", "ours", "ours_packed")
+RUNS = ("hf", "hf_padfree", "ours", "ours_padfree", "ours_packed")
 # real (non-padding) tokens of the micro-batches of each optimizer step
 REAL_TOKENS = compare.Measure(
     rate="tokens",
@@ -73,7 +80,9 @@ REAL_TOKENS = compare.Measure(
 # --------------------------------------------------------------------------------------------
 
 
-def child_hf(spec: dict) -> dict:
+def child_hf(spec: dict, padding_free: bool = False) -> dict:
+    from transformers import DataCollatorWithFlattening
+
     from automodel.core.data import chat_dataset, collate
     from automodel.core.models import AutoModelForCausalLM, load_tokenizer
 
@@ -82,15 +91,21 @@ def child_hf(spec: dict) -> dict:
     dataset = chat_dataset(tokenizer, spec["data"], seq_length=spec["seq_length"])
     model = AutoModelForCausalLM.from_config(spec["model_config"], seed=spec["seed"])
     pad = tokenizer.pad_token_id
-    counter = compare.CountingCollate(lambda samples: collate(samples, pad_token_id=pad), pad)
+    if padding_free:  # without a cache, so that transformers finds the samples' boundaries
+        model.config.use_cache = False
+        batches = DataCollatorWithFlattening()
+    else:
+        batches = functools.partial(collate, pad_token_id=pad)
+    counter = compare.CountingCollate(batches, pad)
     run = compare.train_with_trainer(spec, model, dataset, counter, t0, prefix="hf_trainer_")
     return run.result(spec, REAL_TOKENS, step_real_tokens=run.per_step(counter.tokens))
 
 
-def child_ours(spec: dict, packed: bool) -> dict:
+def child_ours(spec: dict, packed: bool = False, padding_free: bool = False) -> dict:
     from automodel.recipes.llm import SECTIONS, FinetuneRecipeForCausalLM
 
-    run_dir = Path(tempfile.mkdtemp(prefix="ours_packed_" if packed else "ours_"))
+    prefix = "ours_packed_" if packed else "ours_padfree_" if padding_free else "ours_"
+    run_dir = Path(tempfile.mkdtemp(prefix=prefix))
     cfg = compare.recipe_config(
         spec,
         run_dir,
@@ -110,6 +125,7 @@ def child_ours(spec: dict, packed: bool) -> dict:
     )
     if packed:
         cfg["packed_sequence"] = {"packed_sequence_size": spec["packed_size"]}
+    cfg["dataloader"]["padding_free"] = padding_free
     run = compare.run_recipe(FinetuneRecipeForCausalLM, SECTIONS, cfg, run_dir)
     result = run.result(spec, REAL_TOKENS)
     efficiency = getattr(run.recipe.train_set, "efficiency", None)
@@ -243,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         children = {
             "hf": child_hf,
-            "ours": functools.partial(child_ours, packed=False),
+            "hf_padfree": functools.partial(child_hf, padding_free=True),
+            "ours": child_ours,
+            "ours_padfree": functools.partial(child_ours, padding_free=True),
             "ours_packed": functools.partial(child_ours, packed=True),
         }
         return compare.child_main(args, children)
-    if compare.accelerate_missing(args.runs, "finetune_vs_hf_trainer.py", "ours ours_packed"):
+    ours = "ours ours_padfree ours_packed"
+    if compare.accelerate_missing(args.runs, "finetune_vs_hf_trainer.py", ours):
         return 2
     acc = compare.grad_acc(args)
 
