@@ -430,6 +430,23 @@ def test_validation_reports_every_problem_with_key_line_and_suggestion(write):
     assert len(info.value.problems) == 6
 
 
+def test_config_classes_take_their_older_rope_keys(write):
+    """transformers converts `rope_theta` into `rope_parameters` outside its signature."""
+    path = write(
+        """
+        model:
+          _target_: transformers.AutoModelForCausalLM.from_config
+          config: {_target_: transformers.LlamaConfig, rope_theta: 10000.0, hiden_size: 8}
+        optimizer: {_target_: torch.optim.SGD, lr: 0.1}
+        step_scheduler: {max_steps: 5}
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        validate_config(load_config(path), SECTIONS)
+    assert [p.key for p in info.value.problems] == ["model.config.hiden_size"]
+    assert "(did you mean 'hidden_size'?)" in info.value.problems[0].message
+
+
 def test_validation_required_sections_and_targets(write):
     with pytest.raises(ConfigError) as info:
         validate_config(load_config(write("optimizer: {lr: 0.1}\n")), SECTIONS)

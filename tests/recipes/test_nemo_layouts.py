@@ -157,3 +157,45 @@ def test_their_megatron_pretraining_reads_our_indexed_windows(tmp_path) -> None:
     loader["dataloader_type"] = "random"
     with pytest.raises(ConfigError, match="dataloader_type 'random'"):
         translate(data, {}, "cfg.yaml", 1)
+
+
+def test_their_squad_padding_dataset_tokenizer_and_teacher_meshes() -> None:
+    """SQuAD padded to `max_length` and truncated there is our truncation at seq_length (the
+    padding is masked out); a dataset's own tokenizer becomes the run's; a teacher on ranks of
+    its own is refused by name."""
+    squad = {
+        "_target_": f"{THEIRS}.datasets.llm.squad.make_squad_dataset",
+        "dataset_name": "rajpurkar/squad",
+        "seq_length": 256,
+        "padding": "max_length",
+        "truncation": True,
+        "tokenizer": {"pretrained_model_name_or_path": "org/their-tokenizer"},
+    }
+    model = {
+        "_target_": "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained",
+        "pretrained_model_name_or_path": "/checkpoints/base",
+    }
+    val = {**squad, "truncation": False, "padding": False}
+    data = {"recipe": RECIPE, "model": model, "dataset": squad, "validation_dataset": val}
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["dataset"] == {
+        "_target_": "automodel.core.data.squad_dataset",
+        "path": "rajpurkar/squad",
+        "seq_length": 256,
+        "truncation": "truncate",
+    }
+    # without truncation their seq_length only pads: dropped
+    assert "seq_length" not in t.data["validation_dataset"]
+    assert t.data["tokenizer"] == {
+        "_target_": "automodel.core.models.load_tokenizer",
+        "path_or_name": "org/their-tokenizer",
+    }
+    data["tokenizer"] = {
+        "_target_": "nemo_automodel.NeMoAutoTokenizer.from_pretrained",
+        "pretrained_model_name_or_path": "org/another",
+    }
+    data["separate_meshes"] = True
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 1)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["separate_meshes", "dataset.tokenizer", "validation_dataset.tokenizer"]

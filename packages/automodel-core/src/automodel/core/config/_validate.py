@@ -142,25 +142,17 @@ def _bind(
     check_required: bool,
     label: str,
 ) -> None:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
+    accepted = _accepted(fn)
+    if accepted is None:
         return  # some builtins expose no signature; they are checked when called
+    params = inspect.signature(fn).parameters
     kinds = inspect.Parameter
-    if any(p.kind is kinds.VAR_KEYWORD for p in params.values()):
-        names = None
-    else:
-        names = [
-            n
-            for n, p in params.items()
-            if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
-        ]
     given = [k for k in node if k != TARGET_KEY]
-    if names is not None:
+    if not accepted.open:
         for key in given:
-            if key not in names:
+            if key not in accepted.names:
                 full = f"{node.key_path}.{key}"
-                hint = did_you_mean(key, names)
+                hint = did_you_mean(key, sorted(accepted.names))
                 problems.append(
                     Problem(full, f"{label} takes no argument '{key}'{hint}", cfg.where(full))
                 )
@@ -218,6 +210,11 @@ def section_schema(sections: Mapping[str, Section], allowed: Iterable[str] = ())
     return keys
 
 
+# keys a transformers config class still takes, outside its signature: the older spelling of
+# `rope_parameters`, which it converts
+_LEGACY_CONFIG_KEYS = frozenset({"rope_theta", "rope_scaling"})
+
+
 def _accepted(fn: Callable[..., Any]) -> Accepted | None:
     """The keyword names `fn` takes, or None when it has no signature."""
     try:
@@ -227,4 +224,6 @@ def _accepted(fn: Callable[..., Any]) -> Accepted | None:
     kinds = inspect.Parameter
     named = (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
     names = frozenset(n for n, p in params.items() if p.kind in named and n not in ("self", "cls"))
+    if any(c.__name__ == "PreTrainedConfig" for c in getattr(fn, "__mro__", ())):
+        names |= _LEGACY_CONFIG_KEYS
     return Accepted(names, any(p.kind is kinds.VAR_KEYWORD for p in params.values()))

@@ -163,12 +163,11 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"dataset_name": "path"},  # limit_dataset_samples: a slice of `split`
         refused={
             "fp8": ((False,), "fp8 padding of samples is not supported; drop it"),
-            "padding": ((False,), "batches are padded by the dataloader; drop it"),
-            "truncation": ((False,), "use seq_length (with truncation: truncate|drop|error)"),
             "chat_template": ((None,), "use automodel.core.data.chat_dataset for chat data"),
         },
         defaults={"path": "squad"},
         limit="limit_dataset_samples",
+        hf_padding=True,
     ),
     "nemo_automodel.components.datasets.llm.hellaswag.HellaSwag": Alias(
         "automodel.core.data.hellaswag_dataset",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from ._translate_data import _DataPasses
 from ._translate_features import _FeaturePasses
 from ._translate_moe import _MoePasses
 from ._translate_optim import _OptimizerPasses
@@ -38,7 +39,13 @@ def translate(
 
 
 class _Translator(
-    _RetrievalPasses, _MoePasses, _OptimizerPasses, _TargetPasses, _SectionPasses, _FeaturePasses
+    _RetrievalPasses,
+    _MoePasses,
+    _OptimizerPasses,
+    _TargetPasses,
+    _SectionPasses,
+    _DataPasses,
+    _FeaturePasses,
 ):
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:

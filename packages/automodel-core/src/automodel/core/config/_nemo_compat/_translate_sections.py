@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 
 from .._errors import did_you_mean
-from ._aliases import _LOADER, _MOCK_DATA, RECIPES, TARGET_KEY
+from ._aliases import _MOCK_DATA, RECIPES, TARGET_KEY
 from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES
 from ._translator_base import _TranslatorBase
-
-_TORCH_LOADER = "torch.utils.data.DataLoader"
-_STACK = "torch.utils.data.default_collate"
-_WINDOWS = "automodel.core.data.indexed_dataset"  # their MegatronPretraining, translated
 
 
 class _SectionPasses(_TranslatorBase):
@@ -246,6 +242,19 @@ class _SectionPasses(_TranslatorBase):
     def kd(self) -> None:
         """Their KD recipe's top-level `kd_ratio` and `kd_loss_fn` are our `kd:` section."""
         data = self.data
+        separate = data.pop("separate_meshes", None)
+        if separate:
+            self.fail(
+                "separate_meshes",
+                "a teacher on ranks of its own (separate_meshes, teacher_distributed) is not "
+                "supported: the teacher here runs on every rank in the student's layout (drop "
+                "both keys; its weights are sharded like the student's)",
+            )
+        elif separate is not None or "teacher_distributed" in data:
+            data.pop("teacher_distributed", None)
+            self.note(
+                "distributed", "separate_meshes: false: the teacher uses the student's layout"
+            )
         if "kd_ratio" not in data and "kd_loss_fn" not in data:
             return
         kd = self.section("kd")
@@ -312,57 +321,6 @@ class _SectionPasses(_TranslatorBase):
             self.section("step_scheduler")["ckpt_every_steps"] = None
             self.changed["checkpoint.save_final"] = "was enabled: false"
             self.changed["step_scheduler.ckpt_every_steps"] = "was checkpoint.enabled: false"
-
-    def loaders(self) -> None:
-        for name in ("dataloader", "validation_dataloader"):
-            node = self.data.get(name)
-            if not isinstance(node, dict):
-                continue
-            target = node.get(TARGET_KEY)
-            if target is not None:
-                if target not in (_LOADER, _TORCH_LOADER):
-                    self.fail(
-                        f"{name}.{TARGET_KEY}",
-                        f"{name} is built here from plain keys; '{target}' cannot be used (drop _target_)",
-                    )
-                    continue
-                del node[TARGET_KEY]
-                self.changed[name] = f"was _target_: {target}"
-                # their loaders neither shuffle nor drop the last batch unless told
-                for key, value in (("shuffle", False), ("drop_last", False)):
-                    if key not in node:
-                        node[key] = value
-                        self.changed[f"{name}.{key}"] = "their loader's default, written out"
-            self.megatron_sampler(name, node)
-            collate = node.get("collate_fn")
-            if collate == _STACK and self.windows(name):
-                del node["collate_fn"]  # rows of one length: our collate stacks them the same
-                self.note(name, f"collate_fn: {_STACK} dropped (the rows are of one length)")
-            if isinstance(collate, dict) and not collate:  # default_collater, its target dropped
-                del node["collate_fn"]
-                if name not in self.moved_collators:  # a retrieval collator says so itself
-                    said = self.changed.get(name)
-                    default = "default_collater is the default collate"
-                    self.changed[name] = f"{said}; {default}" if said else default
-
-    def windows(self, loader: str) -> bool:
-        """Whether the loader's dataset is Megatron token windows (rows of one length)."""
-        dataset = self.data.get(loader.replace("dataloader", "dataset"))
-        return isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _WINDOWS
-
-    def megatron_sampler(self, name: str, node: dict) -> None:
-        """Their `dataloader_type` (Megatron's samplers): `single` reads every sample once per
-        epoch in the dataset's order, `cyclic` in a new random order each epoch."""
-        kind = node.pop("dataloader_type", None)
-        if kind is None:
-            return
-        if kind == "single":
-            self.note(name, "dataloader_type: single dropped (each sample once, in order)")
-        elif kind == "cyclic":
-            node["shuffle"] = True
-            self.changed[f"{name}.shuffle"] = "was dataloader_type: cyclic (a new order each epoch)"
-        else:
-            self.fail(f"{name}.dataloader_type", f"dataloader_type {kind!r}: use single or cyclic")
 
     def step_scheduler(self) -> None:
         steps = self.data.get("step_scheduler")
