@@ -35,30 +35,37 @@ MOE_FAMILIES = (
     # families whose Hugging Face blocks automodel.moe swaps
     MoeFamily("Qwen3-MoE", r"qwen3-(coder-)?\d+b-a\d+b", "aux_loss", swapped=True),
     MoeFamily("DeepSeek-V3", r"moonlight-16b|deepseek-(v3(\.1)?(?![.\d])|r1(?!-distill))", "bias", swapped=True),
+    MoeFamily("DeepSeek-V3.2", r"deepseek-v3(\.2|2)", "bias", swapped=True),
+    MoeFamily("GLM-4.5/4.7 MoE", r"glm-4\.[5-7]", "bias", swapped=True),
+    MoeFamily("GLM-5", r"glm-5", "bias", swapped=True),
+    MoeFamily("MiniMax-M2", r"minimax-m2", "bias", swapped=True),
+    MoeFamily("Qwen3-Next", r"qwen3-next", "aux_loss", swapped=True),
+    MoeFamily("Laguna", r"laguna", "aux_loss", swapped=True),
+    MoeFamily("Nemotron 3", r"nemotron-3(\.5)?-(?!.*omni)", None, swapped=True),
+    MoeFamily("Hy3", r"(^|/)hy3", None, swapped=True),
+    MoeFamily("Kimi-Linear", r"kimi-linear", None, swapped=True),
+    MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None, swapped=True),
     # their own implementations of families automodel.moe does not swap
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss"),
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss"),
-    MoeFamily("Qwen3-Next", r"qwen3-next", "aux_loss"),
+    # automodel.moe swaps its blocks too, but it is mostly trained as a VLM, where the
+    # translation writes no moe: section (their aux loss would be silently dropped)
     MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss"),
-    MoeFamily("Laguna", r"laguna", "aux_loss"),
-    MoeFamily("DeepSeek-V3.2", r"deepseek-v3(\.2|2)", "bias"),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias"),
-    MoeFamily("GLM-4.5/4.7 MoE", r"glm-4\.[5-7]", "bias"),
-    MoeFamily("GLM-5", r"glm-5", "bias"),
-    MoeFamily("MiniMax-M2/M3", r"minimax-m[23]", "bias"),
+    MoeFamily("MiniMax-M3", r"minimax-m3", "bias"),
     MoeFamily("Mistral Small 4", r"mistral-small-4", "bias"),
     MoeFamily("Ling 2.0", r"(^|/)(ling|ring)-(mini|flash|1t)", None),
-    MoeFamily("Nemotron 3", r"nemotron-3(\.5)?-", None),
+    MoeFamily("Nemotron 3 Omni", r"nemotron-3(\.5)?-.*omni", None),
     MoeFamily("Hy-MT2", r"hy-mt2", None),
-    MoeFamily("Hy3", r"(^|/)hy3", None),
-    MoeFamily("Kimi-Linear", r"kimi-linear", None),
     MoeFamily("Kimi-K3", r"kimi-k3", None),
-    MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None),
     MoeFamily("Gemma 4 MoE", r"gemma-4-\d+b-a\d+b", None),
 )  # fmt: skip
 
 # the families automodel.moe swaps (for messages)
-SWAPPED = "DeepSeek-V3, Qwen3-MoE, Qwen2-MoE, Mixtral and OLMoE"
+SWAPPED = (
+    "DeepSeek-V3, DeepSeek-V3.2, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, Nemotron 3, "
+    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen2-MoE, Mixtral and OLMoE"
+)
 
 
 def moe_family(model_name: str) -> MoeFamily | None:
