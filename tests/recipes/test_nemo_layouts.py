@@ -199,3 +199,51 @@ def test_their_squad_padding_dataset_tokenizer_and_teacher_meshes() -> None:
         translate(data, {}, "cfg.yaml", 1)
     keys = [p.key for p in info.value.problems]
     assert keys == ["separate_meshes", "dataset.tokenizer", "validation_dataset.tokenizer"]
+
+
+def test_their_vlm_datasets_collate_and_triton_lora() -> None:
+    """RDR, CORD-v2 and Shopify are image_qa_dataset with their question and answer columns
+    (CORD's parse as Donut tags); their Qwen2.5 collate is the recipe's own; their Triton
+    LoRA with dropout after the adapter input is the plain path here."""
+    vlm = f"{THEIRS}.datasets.vlm"
+    data = {
+        "recipe": "FinetuneRecipeForVLM",
+        "dataset": {
+            "_target_": f"{vlm}.datasets.make_cord_v2_dataset",
+            "path_or_dataset": "/data/cord",
+            "split": "train",
+            "limit_dataset_samples": 100,
+        },
+        "validation_dataset": {"_target_": f"{vlm}.datasets.make_rdr_dataset"},
+        "dataloader": {"collate_fn": {"_target_": f"{vlm}.collate_fns.qwen2_5_collate_fn"}},
+        "peft": {
+            "_target_": f"{THEIRS}._peft.lora.PeftConfig",
+            "target_modules": ["*_proj"],
+            "dropout": 0.1,
+            "use_triton": True,
+        },
+    }
+    t = translate(data, {}, "cfg.yaml", 1)
+    qa = "automodel.core.data.image_qa_dataset"
+    assert t.data["dataset"] == {
+        "_target_": qa,
+        "path": "/data/cord",
+        "split": "train[:100]",
+        "answer_column": "ground_truth",
+        "answer_format": "donut",
+        "question": "Describe this image.",
+    }
+    assert t.data["validation_dataset"] == {
+        "_target_": qa,
+        "path": "quintend/rdr-items",
+        "answer_column": "text",
+        "question": "Describe this image.",
+    }
+    assert "dataloader" not in t.data or "collate_fn" not in t.data["dataloader"]
+    assert "use_triton" not in t.data["peft"] and t.data["peft"]["dropout_position"] == "post"
+    data["dataset"] = {"_target_": f"{vlm}.datasets.make_shopify_product_catalogue_dataset"}
+    data["peft"]["dropout_position"] = "pre"
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["dataset"]["image_column"] == "product_image"
+    assert t.data["dataset"]["answer_column"] == "ground_truth_category"
+    assert t.data["peft"]["use_triton"] is True  # dropout before the adapter: our kernel's

@@ -303,6 +303,34 @@ def test_vqa_rows_from_jsonl_and_from_a_parquet_image_feature(tmp_path):
         image_qa_dataset(path, image_column="img")
 
 
+def test_one_question_for_every_row_and_donut_parses(tmp_path):
+    """`question` asks every row the same; `answer_format: donut` writes a CORD-style ground
+    truth (JSON text with gt_parse) as Donut's tags, keys in reverse order, lists by <sep/>."""
+    from automodel.core.data import image_qa_dataset
+
+    image = str(VLM_ASSETS / "images/validation/00000.png")
+    parse = {"menu": [{"nm": "tea", "cnt": "2"}, {"nm": "cake"}], "total": {"price": "9"}}
+    rows = [
+        {"image": image, "ground_truth": json.dumps({"gt_parse": parse, "meta": {}})},
+        {"image": image, "ground_truth": json.dumps({"valid_line": []})},
+    ]
+    path = tmp_path / "receipts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = image_qa_dataset(
+        path, answer_column="ground_truth", question="Describe this image.", answer_format="donut"
+    )
+    user, answer = data[0]["messages"]
+    assert user["content"][1] == {"type": "text", "text": "Describe this image."}
+    assert answer["content"][0]["text"] == (
+        "<s_total><s_price>9</s_price></s_total>"
+        "<s_menu><s_nm>tea</s_nm><s_cnt>2</s_cnt><sep/><s_nm>cake</s_nm></s_menu>"
+    )
+    with pytest.raises(DataError, match="sample 1: answer_format donut needs a JSON object"):
+        data[1]
+    with pytest.raises(DataError, match="answer_format must be one of text, donut"):
+        image_qa_dataset(path, answer_column="ground_truth", question="q", answer_format="xml")
+
+
 def test_chat_rows_from_parquet_take_images_from_the_images_column(tmp_path):
     """image_chat_dataset on parquet with a `datasets` Image list column: each image part
     without a file takes the row's next image, in order."""

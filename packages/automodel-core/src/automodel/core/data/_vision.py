@@ -15,7 +15,9 @@ when an item is read, so the dataloader's workers do it and a dataset never hold
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from ._errors import DataError
 from ._loading import JsonRows, load_rows, require_columns
 
 VISION_INSTALL = "pip install 'automodel-core[vision]'"
+ANSWER_FORMATS = ("text", "donut")
 
 
 class ImageChatDataset(Dataset):
@@ -38,20 +41,20 @@ class ImageChatDataset(Dataset):
         images_column: str,
         base: Path | None,
         source: str,
-        qa_columns: tuple[str, str, str] | None = None,
+        qa: QAColumns | None = None,
     ):
         self.rows, self.source, self.base = rows, source, base
         self.messages_column, self.images_column = messages_column, images_column
         self.has_images_column = images_column in rows.column_names
-        self.qa_columns = qa_columns  # (image, question, answer): rows are VQA, not chats
+        self.qa = qa  # rows are VQA (an image, a question, an answer), not chats
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        if self.qa_columns is not None:
-            messages, refs = _qa_conversation(row, self.qa_columns)
+        if self.qa is not None:
+            messages, refs = self.qa.conversation(row, index, self.source)
         else:
             messages, refs = _split_images(row[self.messages_column], index, self.source)
         supplied = list(row.get(self.images_column) or []) if self.has_images_column else []
@@ -102,16 +105,26 @@ def image_qa_dataset(
     image_column: str = "image",
     question_column: str = "question",
     answer_column: str = "answer",
+    question: str | None = None,
+    answer_format: str = "text",
     name: str | None = None,
     cache_dir: str | None = None,
     shuffle_seed: int | None = None,
 ) -> ImageChatDataset:
     """Visual question answering rows (an image, a question, an answer) as one-turn
-    conversations: the user sends the image and the question, the assistant the answer."""
+    conversations: the user sends the image and the question, the assistant the answer.
+
+    `question` asks the same question of every row (captioning, classification; the rows then
+    need no question column). `answer_format: donut` reads the answer column as a document
+    parse (JSON with `gt_parse`, as CORD-v2 and other Donut-style datasets ship) and writes it
+    as Donut's tags: `{"menu": [{"nm": "tea"}]}` is `<s_menu><s_nm>tea</s_nm></s_menu>`."""
     _require_pil()
+    if answer_format not in ANSWER_FORMATS:
+        raise DataError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")  # fmt: skip
     rows = load_rows(path, split, name=name, cache_dir=cache_dir, shuffle_seed=shuffle_seed)
     source = f"image_qa_dataset({path}, split={split})"
-    columns = (image_column, question_column, answer_column)
+    qa = QAColumns(image_column, None if question else question_column, question, answer_column, answer_format)  # fmt: skip
+    columns = [c for c in (image_column, qa.question_column, answer_column) if c]
     require_columns(rows, columns, source)
     if not isinstance(rows, JsonRows) and type(rows.features[image_column]).__name__ == "Image":
         import datasets
@@ -120,16 +133,61 @@ def image_qa_dataset(
     base = _folder_of(path)
     if isinstance(rows, JsonRows):
         _check_files(enumerate(rows[image_column]), base, source)
-    return ImageChatDataset(rows, "", "", base, source, qa_columns=columns)
+    return ImageChatDataset(rows, "", "", base, source, qa=qa)
 
 
-def _qa_conversation(row: dict, columns: tuple[str, str, str]) -> tuple[list[dict], list[Any]]:
-    image, question, answer = (row[c] for c in columns)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": str(question)}]},
-        {"role": "assistant", "content": [{"type": "text", "text": str(answer)}]},
-    ]
-    return messages, [image]
+@dataclass(frozen=True)
+class QAColumns:
+    """Where a VQA row keeps its image, question (or the one question asked of every row) and
+    answer, and how the answer is written."""
+
+    image_column: str
+    question_column: str | None
+    question: str | None
+    answer_column: str
+    answer_format: str
+
+    def conversation(self, row: dict, index: int, source: str) -> tuple[list[dict], list[Any]]:
+        """(the user's image and question, then the answer; the row's image reference)."""
+        question = self.question if self.question_column is None else row[self.question_column]
+        answer = row[self.answer_column]
+        if self.answer_format == "donut":
+            answer = donut_tags(_document_parse(answer, index, source))
+        user = [{"type": "image"}, {"type": "text", "text": str(question)}]
+        messages = [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": str(answer)}]},
+        ]
+        return messages, [row[self.image_column]]
+
+
+def donut_tags(value: Any) -> str:
+    """A JSON value as Donut's token sequence: a mapping's keys in reverse sorted order, each as
+    `<s_key>value</s_key>`, list items joined by `<sep/>`, `{"text_sequence": t}` as `t`."""
+    if isinstance(value, dict):
+        if list(value) == ["text_sequence"]:
+            return str(value["text_sequence"])
+        return "".join(f"<s_{k}>{donut_tags(value[k])}</s_{k}>" for k in sorted(value, reverse=True))  # fmt: skip
+    if isinstance(value, list):
+        return "<sep/>".join(donut_tags(item) for item in value)
+    return str(value)
+
+
+def _document_parse(value: Any, index: int, source: str) -> Any:
+    """The parse of a Donut-style ground truth (`{"gt_parse": ...}`, or the first of
+    `gt_parses`), given as JSON text or already decoded."""
+    try:
+        truth = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source}: sample {index}: the answer is not JSON ({e})") from None
+    if isinstance(truth, dict) and isinstance(truth.get("gt_parses"), list) and truth["gt_parses"]:
+        return truth["gt_parses"][0]
+    if isinstance(truth, dict) and "gt_parse" in truth:
+        return truth["gt_parse"]
+    raise DataError(
+        f"{source}: sample {index}: answer_format donut needs a JSON object with 'gt_parse' (or "
+        "'gt_parses'), as Donut-style datasets write their ground truth"
+    )
 
 
 def _split_images(messages: Any, index: int, source: str) -> tuple[list[dict], list[Any]]:

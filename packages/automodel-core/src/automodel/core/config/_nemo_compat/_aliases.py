@@ -61,6 +61,7 @@ _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
 _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 _VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
+_VLM_DATA = "nemo_automodel.components.datasets.vlm.datasets"
 _VLM = "automodel.core.models.AutoModelForImageTextToText"
 _THEIR_MODELS = "nemo_automodel.components.models"
 # retrieval (finetune.bi_encoder, finetune.cross_encoder): their model classes, collators and
@@ -326,6 +327,42 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"path_or_dataset": "path"},
         defaults={"path": "medpix-dataset/medpix-dataset", "image_column": "image_id"},
     ),
+    f"{_VLM_DATA}.make_rdr_dataset": Alias(
+        "automodel.core.data.image_qa_dataset",
+        args={"path_or_dataset": "path"},
+        defaults={
+            "path": "quintend/rdr-items",
+            "answer_column": "text",
+            "question": "Describe this image.",
+        },
+    ),
+    f"{_VLM_DATA}.make_cord_v2_dataset": Alias(
+        "automodel.core.data.image_qa_dataset",
+        args={"path_or_dataset": "path"},
+        defaults={
+            "path": "naver-clova-ix/cord-v2",
+            "answer_column": "ground_truth",
+            "answer_format": "donut",
+            "question": "Describe this image.",
+        },
+        limit="limit_dataset_samples",
+        note=(
+            "a row with several parses (gt_parses) trains on its first here; theirs picks one "
+            "at random each time (CORD-v2's rows have one)"
+        ),
+    ),
+    f"{_VLM_DATA}.make_shopify_product_catalogue_dataset": Alias(
+        "automodel.core.data.image_qa_dataset",
+        args={"path_or_dataset": "path"},
+        defaults={
+            "path": "Shopify/product-catalogue",
+            "image_column": "product_image",
+            "answer_column": "ground_truth_category",
+            "question": "What product category does this item belong to?",
+        },
+        limit="limit_dataset_samples",
+    ),
+    "nemo_automodel.components.datasets.vlm.collate_fns.qwen2_5_collate_fn": Alias(None),
     _VLM_COLLATER: Alias(
         None,  # finetune.vlm's VisionChatCollator: the processor's template, labels on answers
         dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},

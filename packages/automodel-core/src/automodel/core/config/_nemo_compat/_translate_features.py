@@ -58,6 +58,7 @@ class _FeaturePasses(_TranslatorBase):
         peft = self.data.get("peft")
         if not isinstance(peft, dict) or peft.get(TARGET_KEY) != _PEFT:
             return
+        self.triton_lora(peft)
         excluded = peft.get("exclude_modules")
         excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
         if peft.get("target_modules") or peft.get("include_modules"):
@@ -79,6 +80,15 @@ class _FeaturePasses(_TranslatorBase):
             self.changed["peft.target_modules"] = (
                 "their match_all_linear adapts the LM head too; ours leaves output heads out"
             )
+
+    def triton_lora(self, peft: dict) -> None:
+        """Their `use_triton` with dropout after the adapter input (their default): our Triton
+        kernel drops out before it, so the plain path computes theirs."""
+        dropout = peft.get("dropout", 0.0)
+        after = peft.get("dropout_position", "post") == "post"
+        if peft.get("use_triton") and after and isinstance(dropout, int | float) and dropout > 0:
+            peft.pop("use_triton")
+            self.note("peft", "use_triton dropped (a kernel choice; ours takes dropout before the adapter, theirs after it: the plain path computes theirs)")  # fmt: skip
 
     def adapted_head(self) -> None:
         """Their LoRA adapts the LM head: refused where ours could not do the same."""
