@@ -712,3 +712,22 @@ def test_a_processor_needing_a_missing_library_is_a_clear_error(tmp_path: Path) 
     with pytest.raises(UserError, match="requires the Torchvision library") as info:
         load_processor(tmp_path)
     assert "the build that matches your torch" in str(info.value)
+
+
+def test_an_assistant_prefix_goes_before_every_answer_with_no_loss() -> None:
+    """`assistant_prefix` (Gemma 4's empty thinking channel, say) is written at the start of
+    every assistant turn; the labels are the same answers as without it, the prefix has none."""
+    family = BUILDERS["qwen2_vl"]()
+    plain = VisionChatCollator(family.processor)(_samples())
+    prefixed = VisionChatCollator(family.processor, assistant_prefix="<|endoftext|>")(_samples())
+    prefix_id = _ids(family, ["<|endoftext|>"])[0]  # also the pad token: counted in the rows
+    for row, conversation in enumerate(CONVERSATIONS):
+        ids, labels = prefixed["input_ids"][row], prefixed["labels"][row]
+        runs = _runs(labels.tolist(), IGNORE_INDEX.__ne__)
+        assert len(runs) == len(conversation["answers"])
+        assert [int(ids[start - 1]) for start, _ in runs] == [prefix_id] * len(runs)
+        length = int(prefixed["attention_mask"][row].sum())
+        assert int((ids[:length] == prefix_id).sum()) == len(runs)
+        assert length == int(plain["attention_mask"][row].sum()) + len(runs)
+        before = plain["labels"][row]
+        assert labels[labels != IGNORE_INDEX].tolist() == before[before != IGNORE_INDEX].tolist()

@@ -247,3 +247,37 @@ def test_their_vlm_datasets_collate_and_triton_lora() -> None:
     assert t.data["dataset"]["image_column"] == "product_image"
     assert t.data["dataset"]["answer_column"] == "ground_truth_category"
     assert t.data["peft"]["use_triton"] is True  # dropout before the adapter: our kernel's
+
+
+def test_their_gemma4_collate_and_processor_keys() -> None:
+    """Their Gemma 4 collate is `collate.assistant_prefix` (its empty thinking channel, no loss
+    on it); their target-less `processor:` keys go to the model's own processor."""
+    gemma4 = f"{THEIRS}.datasets.vlm.collate_fns.gemma4_prefix_collate_fn"
+    data = {
+        "recipe": "FinetuneRecipeForVLM",
+        "model": {
+            "_target_": "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained",
+            "pretrained_model_name_or_path": "google/gemma-4-31B-it",
+        },
+        "processor": {"padding_side": "right"},
+        "dataloader": {"collate_fn": {"_target_": gemma4}},
+        "validation_dataloader": {"collate_fn": {"_target_": gemma4, "max_length": 4096}},
+    }
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["collate"] == {"assistant_prefix": "<|channel>thought\n<channel|>"}
+    assert "processor" not in t.data  # the model's own, padded on the right as here
+    assert not t.data.get("dataloader") and not t.data.get("validation_dataloader")
+    data["processor"] = {"padding_side": "right", "max_pixels": 1003520}
+    data["validation_dataloader"] = {
+        "collate_fn": {"_target_": f"{THEIRS}.datasets.vlm.collate_fns.default_collate_fn"}
+    }
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 1)
+    assert [p.key for p in info.value.problems] == ["validation_dataloader.collate_fn"]
+    del data["validation_dataloader"]
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["processor"] == {
+        "_target_": "automodel.core.models.load_processor",
+        "path_or_name": "google/gemma-4-31B-it",
+        "max_pixels": 1003520,
+    }

@@ -26,11 +26,19 @@ class VisionChatCollator:
     """`collate(samples)` for `ImageChatDataset` items: the processor's tensors (input ids,
     attention mask, pixel values and whatever else the model takes) plus unshifted labels."""
 
-    def __init__(self, processor: Any, chat_template: str | None = None):
+    def __init__(
+        self,
+        processor: Any,
+        chat_template: str | None = None,
+        assistant_prefix: str | None = None,
+    ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "right"  # training: positions count from each row's start
         self.chat_template = chat_template_of(processor, chat_template, "processor")
+        # text the model writes at the start of every answer (e.g. Gemma 4's empty thinking
+        # channel): put before each assistant turn's text, with no loss on it
+        self.assistant_prefix = assistant_prefix or ""
 
     def render(self, messages: list, generation_prompt: bool) -> str:
         """The conversation as the chat template writes it (image parts as placeholders)."""
@@ -45,6 +53,7 @@ class VisionChatCollator:
         texts, plain = [], []  # rendered text; (ids, labels) before image expansion
         for sample in samples:
             text, spans = assistant_char_spans(self.render, sample["messages"])
+            text, spans = _prefixed(text, spans, self.assistant_prefix)
             encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ids = list(encoding["input_ids"])
             texts.append(text)
@@ -63,6 +72,22 @@ class VisionChatCollator:
             expanded = batch["input_ids"][row, :length].tolist()
             labels[row, :length] = torch.tensor(_follow(ids, row_labels, expanded, row))
         return {**batch, "labels": labels}
+
+
+def _prefixed(
+    text: str, spans: list[tuple[int, int]], prefix: str
+) -> tuple[str, list[tuple[int, int]]]:
+    """`text` with `prefix` put at the start of every span, and the spans (the prefix not in
+    them) where they moved to."""
+    if not prefix:
+        return text, spans
+    pieces, moved, last = [], [], 0
+    for start, end in spans:
+        pieces += [text[last:start], prefix]
+        shift = len(prefix) * (len(moved) + 1)
+        moved.append((start + shift, end + shift))
+        last = start
+    return "".join([*pieces, text[last:]]), moved
 
 
 def _follow(ids: list[int], labels: list[int], expanded: list[int], row: int) -> list[int]:

@@ -363,6 +363,11 @@ TARGET_ALIASES: dict[str, Alias] = {
         limit="limit_dataset_samples",
     ),
     "nemo_automodel.components.datasets.vlm.collate_fns.qwen2_5_collate_fn": Alias(None),
+    # their default collate with Gemma 4's thinking prefix: `collate.assistant_prefix` here
+    "nemo_automodel.components.datasets.vlm.collate_fns.gemma4_prefix_collate_fn": Alias(
+        None,
+        dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},
+    ),
     _VLM_COLLATER: Alias(
         None,  # finetune.vlm's VisionChatCollator: the processor's template, labels on answers
         dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},

@@ -54,6 +54,7 @@ class _Translator(
         self.moe()  # before the targets: it reads their model's backend, which they drop
         self.lora_selection()  # before the targets: their PeftConfig's selection rules
         self.optimizer()
+        self.vlm_collators()  # before the targets: they drop the collate's target
         self.targets(self.data, "")
         self.sections()
         self.features()

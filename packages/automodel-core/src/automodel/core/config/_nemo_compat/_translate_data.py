@@ -8,11 +8,58 @@ from ._translator_base import _TranslatorBase
 _TORCH_LOADER = "torch.utils.data.DataLoader"
 _STACK = "torch.utils.data.default_collate"
 _TOKENIZER = "automodel.core.models.load_tokenizer"
+_PROCESSOR = "automodel.core.models.load_processor"
 _WINDOWS = "automodel.core.data.indexed_dataset"  # their MegatronPretraining, translated
+# their Gemma 4 collate: their default one, with Gemma 4's empty thinking channel (no loss on
+# it) after every model-turn marker, i.e. at the start of every answer
+GEMMA4_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.gemma4_prefix_collate_fn"
+GEMMA4_THINKING = "<|channel>thought\n<channel|>"
 
 
 class _DataPasses(_TranslatorBase):
+    def vlm_collators(self) -> None:
+        """Their Gemma 4 collate as our `collate.assistant_prefix` (run before the targets:
+        the collate target is dropped there). One collate serves training and validation."""
+        prefixes = {}
+        for name in ("dataloader", "validation_dataloader"):
+            node = self.data.get(name)
+            collate = node.get("collate_fn") if isinstance(node, dict) else None
+            if isinstance(collate, dict) and TARGET_KEY in collate:
+                prefixes[name] = GEMMA4_THINKING if collate[TARGET_KEY] == GEMMA4_COLLATER else None
+        if GEMMA4_THINKING not in prefixes.values():
+            return
+        if len(set(prefixes.values())) > 1:
+            self.fail(
+                "validation_dataloader.collate_fn",
+                "training and validation batches are made by one collate here; give both "
+                "loaders the same collate_fn",
+            )
+            return
+        self.section("collate")["assistant_prefix"] = GEMMA4_THINKING
+        where = next(iter(prefixes))
+        self.move(f"{where}.collate_fn", "collate.assistant_prefix", "was gemma4_prefix_collate_fn: Gemma 4's empty thinking channel before every answer, with no loss on it")  # fmt: skip
+
+    def processor_keys(self) -> None:
+        """Their `processor:` without a target: keys for their AutoProcessor of the model's own
+        processor; `padding_side: right` is how batches are padded here already."""
+        node = self.data.get("processor")
+        if not isinstance(node, dict) or TARGET_KEY in node:
+            return
+        side = node.pop("padding_side", "right")
+        if side != "right":
+            self.fail("processor.padding_side", "batches are padded on the right here (training positions count from each row's start)")  # fmt: skip
+        if not node:
+            del self.data["processor"]
+            self.note("processor", "dropped: the model's own processor, padded on the right")
+            return
+        model = self.data.get("model")
+        name = model.get("pretrained_model_name_or_path") if isinstance(model, dict) else None
+        node[TARGET_KEY] = _PROCESSOR
+        node.setdefault("path_or_name", node.pop("pretrained_model_name_or_path", name))
+        self.changed["processor"] = "their processor keys, for the model's own processor"
+
     def loaders(self) -> None:
+        self.processor_keys()
         self.dataset_tokenizers()
         for name in ("dataloader", "validation_dataloader"):
             node = self.data.get(name)
