@@ -39,6 +39,7 @@ class TopKRouter(nn.Module):
         self.reset_parameters()
 
     def _register_selection_bias(self) -> None:
+        """Register ``e_score_correction_bias`` (None without a selection bias)."""
         if self.config.has_selection_bias:
             self.register_buffer("e_score_correction_bias", torch.zeros(self.num_experts))
         else:
