@@ -76,14 +76,30 @@ def problems_of(path: Path, recipe: str) -> list[str]:
     return []
 
 
+def _validates_at_some_size(path: Path, recipe: str) -> bool:
+    """Whether the config validates with 1, 2, 4, ... or 512 processes."""
+    for size in (2**i for i in range(10)):
+        os.environ["WORLD_SIZE"] = str(size)
+        if not problems_of(path, recipe):
+            return True
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="a folder of their YAML configs")
-    parser.add_argument("--world-size", type=int, default=1, help="processes (WORLD_SIZE)")
+    parser.add_argument(
+        "--world-size",
+        default="1",
+        help="processes (WORLD_SIZE); `auto`: also try each config at 1, 2, 4, ... 512 "
+        "processes and count it at the first that validates (the problems listed are at 8)",
+    )
     parser.add_argument("--top", type=int, default=20, help="how many problems to list")
     args = parser.parse_args()
-    os.environ["WORLD_SIZE"] = str(args.world_size)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a pre-flight Hub read fails fast, no retries
+    auto = args.world_size == "auto"
     valid, total = collections.Counter(), collections.Counter()
+    sized: collections.Counter[str] = collections.Counter()  # validate at some world size
     problems: collections.Counter[str] = collections.Counter()
     for path in sorted(args.root.rglob("*.yaml")):
         recipe = recipe_of(path)
@@ -91,12 +107,17 @@ def main() -> None:
             problems[f"recipe {recipe} is not installed here"] += 1
             total[recipe] += 1
             continue
+        os.environ["WORLD_SIZE"] = "8" if auto else args.world_size
         found = problems_of(path, recipe)
         total[recipe] += 1
         valid[recipe] += not found
         problems.update(found)
+        if auto and (not found or _validates_at_some_size(path, recipe)):
+            sized[recipe] += 1
     for recipe in sorted(total):
-        print(f"{recipe}: {valid[recipe]} of {total[recipe]} validate")
+        at = "8 processes" if auto else f"{args.world_size} process(es)"
+        line = f"{recipe}: {valid[recipe]} of {total[recipe]} validate at {at}"
+        print(line + (f"; {sized[recipe]} at the size each needs" if auto else ""))
     print(f"\nmost common problems (of {sum(problems.values())}):")
     for problem, count in problems.most_common(args.top):
         print(f"{count:4d}  {problem}")

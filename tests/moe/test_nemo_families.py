@@ -26,6 +26,7 @@ SWAPPED_FAMILIES = {
     "Hy3": ("hy_v3",),
     "Kimi-Linear": ("kimi_linear",),
     "MiMo-V2-Flash": ("mimo_v2_flash",),
+    "Qwen3.5 MoE": ("qwen3_5_moe",),
 }
 CASES = [(name, kind) for name, kinds in SWAPPED_FAMILIES.items() for kind in kinds]
 
@@ -85,7 +86,7 @@ def test_qwen3_5_moe_balancing_and_its_default_coefficient() -> None:
         ("MiniMaxAI/MiniMax-M3", "MiniMax-M3", False),  # clamped SwiGLU experts
         ("zai-org/GLM-4.7-Flash", "GLM-4.5/4.7 MoE", True),
         ("/path/to/deepseek-v32", "DeepSeek-V3.2", True),
-        ("Qwen/Qwen3.5-35B-A3B", "Qwen3.5 MoE", False),
+        ("Qwen/Qwen3.5-35B-A3B", "Qwen3.5 MoE", True),
         ("openai/gpt-oss-20b", "gpt-oss", False),
         ("deepseek-ai/DeepSeek-V4-Flash", "DeepSeek-V4", False),
     ],

@@ -281,3 +281,19 @@ def test_their_gemma4_collate_and_processor_keys() -> None:
         "path_or_name": "google/gemma-4-31B-it",
         "max_pixels": 1003520,
     }
+
+
+def test_a_swapped_family_that_balances_is_refused_where_no_moe_section_is() -> None:
+    """finetune.vlm trains the Hugging Face model as it is: their Qwen3.5 MoE class's aux loss
+    cannot be kept there, so the config is refused (finetune.llm gets a moe: section)."""
+    model = {
+        "_target_": "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained",
+        "pretrained_model_name_or_path": "Qwen/Qwen3.5-35B-A3B",
+    }
+    with pytest.raises(ConfigError) as info:
+        translate({"recipe": "FinetuneRecipeForVLM", "model": model}, {}, "cfg.yaml", 1)
+    (problem,) = info.value.problems
+    assert "finetune.vlm has no moe: section" in problem.message
+    model["_target_"] = "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained"
+    t = translate({"recipe": RECIPE, "model": model}, {}, "cfg.yaml", 1)
+    assert t.data["moe"] == {"balancing": "nemo_automodel"}

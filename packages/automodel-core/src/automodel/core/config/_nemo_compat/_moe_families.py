@@ -45,12 +45,11 @@ MOE_FAMILIES = (
     MoeFamily("Hy3", r"(^|/)hy3", None, swapped=True),
     MoeFamily("Kimi-Linear", r"kimi-linear", None, swapped=True),
     MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None, swapped=True),
+    # mostly trained as a VLM: finetune.vlm has no moe: section, so their aux loss is refused there
+    MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss", swapped=True),
     # their own implementations of families automodel.moe does not swap
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss"),
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss"),
-    # automodel.moe swaps its blocks too, but it is mostly trained as a VLM, where the
-    # translation writes no moe: section (their aux loss would be silently dropped)
-    MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss"),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias"),
     MoeFamily("MiniMax-M3", r"minimax-m3", "bias"),
     MoeFamily("Mistral Small 4", r"mistral-small-4", "bias"),
@@ -64,7 +63,7 @@ MOE_FAMILIES = (
 # the families automodel.moe swaps (for messages)
 SWAPPED = (
     "DeepSeek-V3, DeepSeek-V3.2, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, Nemotron 3, "
-    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen2-MoE, Mixtral and OLMoE"
+    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral and OLMoE"
 )
 
 

@@ -75,6 +75,13 @@ class _MoePasses(_TranslatorBase):
                 )
             return
         if self.recipe not in (None, *_MOE_RECIPES):  # e.g. finetune.vlm: its own checks say
+            if family is not None and family.balancing is not None:
+                self.fail(
+                    name_key,
+                    f"{name!r}: NeMo AutoModel trains it with its own {family.name!r} model class, "
+                    f"which {_BALANCED_BY[family.balancing]}; {self.recipe} has no moe: section "
+                    "(it trains the Hugging Face model as it is), so the run cannot be the same here",
+                )
             if backend.get("fake_balanced_gate"):
                 self.fail("model.backend.fake_balanced_gate", f"fake_balanced_gate: {self.recipe} has no moe: section (balanced routing); set it false")  # fmt: skip
             return
