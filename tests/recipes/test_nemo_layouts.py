@@ -17,7 +17,11 @@ def test_their_section_objects_merge_into_distributed() -> None:
     `parallelizer:` become keys of `distributed:` (the pipeline read as their subsection)."""
     data = {
         "recipe": RECIPE,
-        "step_scheduler": {"global_batch_size": 16, "local_batch_size": 4},
+        "step_scheduler": {
+            "global_batch_size": 16,
+            "local_batch_size": 4,
+            "loss_average_window_steps": 50,  # their rolling mean of the logged loss
+        },
         "distributed": {"pp_size": 2, "ep_size": 1},
         "distributed_config": {
             "_target_": f"{THEIRS}.distributed.config.FSDP2Config",
@@ -51,6 +55,7 @@ def test_their_section_objects_merge_into_distributed() -> None:
         "pp_layers_per_stage": 2,
     }
     assert t.data["compile"] == {"enabled": True}  # their per-layer compile
+    assert "loss_average_window_steps" not in t.data["step_scheduler"]
     assert not {"distributed_config", "autopipeline", "parallelizer"} & set(t.data)
     assert t.where["distributed.pp_layers_per_stage"] == "cfg.yaml:12"  # errors point there
     assert any("enable_fsdp2_prefetch dropped" in n for n in t.notes)

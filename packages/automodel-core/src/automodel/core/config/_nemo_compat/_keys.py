@@ -21,6 +21,7 @@ KEY_RENAMES: dict[tuple[str, str], tuple[str, str]] = {
 KEY_DROPS: dict[tuple[str, str], str] = {
     ("dist_env", "backend"): "the process-group backend follows the device (nccl on GPU)",
     ("step_scheduler", "gc_every_steps"): "Python garbage collection timing",
+    ("step_scheduler", "loss_average_window_steps"): "a rolling mean of the logged loss",
     ("step_scheduler", "log_remote_every_steps"): "remote loggers get every logged step",
     ("step_scheduler", "save_checkpoint_every_epoch"): "when checkpoints are written",
     ("checkpoint", "save_consolidated"): "checkpoints here always hold the HF safetensors model",
@@ -53,6 +54,7 @@ _THEIR_KEYS = {
         "log_interval",
         "grad_accumulation_steps",
         "save_checkpoint_every_epoch",
+        "loss_average_window_steps",
     ],
     "checkpoint": [
         "enabled",
