@@ -204,14 +204,7 @@ class _SectionPasses(_TranslatorBase):
         if not isinstance(into, dict):
             into = target[leaf] = {}
         for key, value in node.items():
-            if key in into and into[key] != value:
-                self.fail(
-                    f"{theirs}.{key}",
-                    f"{theirs}.{key}: {value!r} and {ours}.{key}: {into[key]!r} disagree; keep one",
-                )
-                continue
-            into[key] = value
-            self.move(f"{theirs}.{key}", f"{ours}.{key}")
+            self.put(into, key, value, f"{theirs}.{key}", f"{ours}.{key}")
         self.note(ours, f"{theirs}: merged into {ours}" + (f"; {why}" if why else ""))
 
     def renames(self) -> None:
@@ -220,15 +213,7 @@ class _SectionPasses(_TranslatorBase):
             if not isinstance(node, dict) or key not in node:
                 continue
             value = node.pop(key)
-            target = self.section(new_sec)
-            if new_key in target and target[new_key] != value:
-                self.fail(
-                    f"{sec}.{key}",
-                    f"{sec}.{key} and {new_sec}.{new_key} say different things; keep one",
-                )
-                continue
-            target[new_key] = value
-            self.move(f"{sec}.{key}", f"{new_sec}.{new_key}")
+            self.put(self.section(new_sec), new_key, value, f"{sec}.{key}", f"{new_sec}.{new_key}")
         for (sec, key), why in KEY_DROPS.items():
             node = self.data.get(sec)
             if isinstance(node, dict) and key in node:

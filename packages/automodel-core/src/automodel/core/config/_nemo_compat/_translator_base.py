@@ -43,6 +43,15 @@ class _TranslatorBase:
             self.where.setdefault(new + key[len(old) :], self.where[key])
         self.changed[new] = message or f"was {old}"
 
+    def put(self, node: dict[str, Any], key: str, value: Any, old: str, new: str) -> None:
+        """`node[key] = value`: what the user wrote at `old` is our `new`; another value
+        already there is an error."""
+        if key in node and node[key] != value:
+            self.fail(old, f"{old}: {value!r} and {new}: {node[key]!r} say different things; keep one")  # fmt: skip
+            return
+        node[key] = value
+        self.move(old, new)
+
     def section(self, name: str) -> dict[str, Any]:
         node = self.data.get(name)
         if not isinstance(node, dict):
