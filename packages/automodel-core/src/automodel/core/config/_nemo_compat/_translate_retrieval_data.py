@@ -26,28 +26,6 @@ _TO_OURS = (
 
 
 class _RetrievalDataPasses(_TranslatorBase):
-    # -- helpers -------------------------------------------------------------------------------
-    def put(
-        self, ours: str, value: Any, old: str | None = None, message: str | None = None
-    ) -> None:
-        """Set our `section.key` to `value`, which the user wrote at `old` (None: a default)."""
-        section, key = ours.split(".")
-        node = self.section(section)
-        if old is None and key in node:  # a default: what the user set there wins
-            return
-        if key in node and node[key] != value:
-            where = old or ours
-            self.fail(
-                where,
-                f"{where} gives {ours} = {value!r} but {ours} is {node[key]!r}; keep one",
-            )
-            return
-        node[key] = value
-        if old is not None:
-            self.move(old, ours, message)
-        else:
-            self.changed.setdefault(ours, message or "NeMo AutoModel's default, written out")
-
     # -- the datasets --------------------------------------------------------------------------
     def retrieval_data(self, name: str, kind: str | None) -> None:
         """`RetrievalDatasetConfig` of one local inline JSONL file is `retrieval_dataset`."""

@@ -198,13 +198,8 @@ class _SectionPasses(_TranslatorBase):
         if not isinstance(node, dict):
             return
         del self.data[theirs]
-        parent, _, leaf = ours.rpartition(".")
-        target = self.section(parent) if parent else self.data
-        into = target.get(leaf)
-        if not isinstance(into, dict):
-            into = target[leaf] = {}
         for key, value in node.items():
-            self.put(into, key, value, f"{theirs}.{key}", f"{ours}.{key}")
+            self.put(f"{ours}.{key}", value, f"{theirs}.{key}")
         self.note(ours, f"{theirs}: merged into {ours}" + (f"; {why}" if why else ""))
 
     def renames(self) -> None:
@@ -213,7 +208,7 @@ class _SectionPasses(_TranslatorBase):
             if not isinstance(node, dict) or key not in node:
                 continue
             value = node.pop(key)
-            self.put(self.section(new_sec), new_key, value, f"{sec}.{key}", f"{new_sec}.{new_key}")
+            self.put(f"{new_sec}.{new_key}", value, f"{sec}.{key}")
         for (sec, key), why in KEY_DROPS.items():
             node = self.data.get(sec)
             if isinstance(node, dict) and key in node:

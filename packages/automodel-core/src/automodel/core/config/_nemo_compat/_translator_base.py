@@ -43,14 +43,29 @@ class _TranslatorBase:
             self.where.setdefault(new + key[len(old) :], self.where[key])
         self.changed[new] = message or f"was {old}"
 
-    def put(self, node: dict[str, Any], key: str, value: Any, old: str, new: str) -> None:
-        """`node[key] = value`: what the user wrote at `old` is our `new`; another value
-        already there is an error."""
+    def put(
+        self, ours: str, value: Any, old: str | None = None, message: str | None = None
+    ) -> None:
+        """Set our `section.key` (or `section.sub.key`) to `value`, which the user wrote at
+        `old` (None: a default, which a value already there wins over); another value already
+        there is an error."""
+        path, key = ours.rsplit(".", 1)
+        node = self.data
+        for part in path.split("."):
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        if old is None and key in node:
+            return
         if key in node and node[key] != value:
-            self.fail(old, f"{old}: {value!r} and {new}: {node[key]!r} say different things; keep one")  # fmt: skip
+            where = old or ours
+            self.fail(where, f"{where} gives {ours} = {value!r} but {ours} is {node[key]!r}; keep one")  # fmt: skip
             return
         node[key] = value
-        self.move(old, new)
+        if old is not None:
+            self.move(old, ours, message)
+        else:
+            self.changed.setdefault(ours, message or "NeMo AutoModel's default, written out")
 
     def section(self, name: str) -> dict[str, Any]:
         node = self.data.get(name)
