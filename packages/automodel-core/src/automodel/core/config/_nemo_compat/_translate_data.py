@@ -36,6 +36,7 @@ class _DataPasses(_TranslatorBase):
             )
             return
         self.section("collate")["assistant_prefix"] = GEMMA4_THINKING
+        self.moved_collators.update(prefixes)  # their collate is the collate: section now
         where = next(iter(prefixes))
         self.move(f"{where}.collate_fn", "collate.assistant_prefix", "was gemma4_prefix_collate_fn: Gemma 4's empty thinking channel before every answer, with no loss on it")  # fmt: skip
 
