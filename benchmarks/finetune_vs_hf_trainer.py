@@ -14,7 +14,7 @@ tokenized chat samples and the same hyper-parameters:
                 each one row of its samples' real tokens
   ours_packed   `FinetuneRecipeForCausalLM` with `packed_sequence_size` rows
 
-    uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py            # ~5-6 min on 2 cores
+    uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py            # 5 runs x 2 repeats
     uv run --with accelerate python benchmarks/finetune_vs_hf_trainer.py --steps 30 --runs hf ours
 
 (`Trainer` needs `accelerate`, which the workspace does not depend on: `--with accelerate` adds it

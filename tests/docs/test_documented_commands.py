@@ -442,6 +442,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test=f"{MOE_TEST}::fsdp2", why="tiny_moe.yaml with FSDP2 on 2 processes"
     ),
     ("docs/llm_recipe.md", MOE_EP): Shared(test=f"{MOE_TEST}::ep_fsdp2", why=SAME),
+    f"{AM} finetune llm -c {SFT} --+dataloader.padding_free true --+validation_dataloader.padding_free true": Shared(
+        test="tests/recipes/test_llm_recipe.py::test_grad_accumulation_and_padding_free_match_one_big_batch",
+        why="the tiny example padding-free (training and validation) in-process, against padded batches",
+    ),
     # --- docs/logging.md ---------------------------------------------------------------------
     "pip install 'automodel-core[wandb]'": Skip(INSTALL),
     "pip install 'automodel-core[mlflow]'": Skip(INSTALL),
