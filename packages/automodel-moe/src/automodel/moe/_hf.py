@@ -69,21 +69,17 @@ def _qwen3(block: nn.Module) -> tuple[dict[str, Any], str]:
 
 
 def _qwen2(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields = {**_base(block), "norm_topk_prob": bool(block.gate.norm_topk_prob)}
-    return {
-        **fields,
-        **_shared(block, "shared_expert"),
-        "shared_expert_gate": True,
-    }, "shared_expert"
+    return _gated_shared_expert(block, bool(block.gate.norm_topk_prob))
 
 
 def _qwen3_5(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields = {**_base(block), "norm_topk_prob": True}  # its router always renormalises
-    return {
-        **fields,
-        **_shared(block, "shared_expert"),
-        "shared_expert_gate": True,
-    }, "shared_expert"
+    return _gated_shared_expert(block, True)  # its router always renormalises
+
+
+def _gated_shared_expert(block: nn.Module, norm_topk_prob: bool) -> tuple[dict[str, Any], str]:
+    """Qwen2-MoE's layout: one `shared_expert`, its output scaled by a sigmoid gate."""
+    fields = {**_base(block), "norm_topk_prob": norm_topk_prob, **_shared(block, "shared_expert")}
+    return {**fields, "shared_expert_gate": True}, "shared_expert"
 
 
 def _mixtral(block: nn.Module) -> tuple[dict[str, Any], str]:
