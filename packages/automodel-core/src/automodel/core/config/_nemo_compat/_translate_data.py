@@ -53,10 +53,10 @@ class _DataPasses(_TranslatorBase):
             del self.data["processor"]
             self.note("processor", "dropped: the model's own processor, padded on the right")
             return
-        model = self.data.get("model")
-        name = model.get("pretrained_model_name_or_path") if isinstance(model, dict) else None
         node[TARGET_KEY] = _PROCESSOR
-        node.setdefault("path_or_name", node.pop("pretrained_model_name_or_path", name))
+        node.setdefault(
+            "path_or_name", node.pop("pretrained_model_name_or_path", self.model_path())
+        )
         self.changed["processor"] = "their processor keys, for the model's own processor"
 
     def loaders(self) -> None:
@@ -96,8 +96,7 @@ class _DataPasses(_TranslatorBase):
     def dataset_tokenizers(self) -> None:
         """Their dataset's own `tokenizer:` (it tokenizes with that one): the run's tokenizer
         here, which the recipe hands to every dataset."""
-        model = self.data.get("model")
-        model_name = model.get("pretrained_model_name_or_path") if isinstance(model, dict) else None
+        model_name = self.model_path()
         for name in ("dataset", "validation_dataset"):
             node = self.data.get(name)
             theirs = node.pop("tokenizer", None) if isinstance(node, dict) else None
@@ -117,6 +116,11 @@ class _DataPasses(_TranslatorBase):
             else:
                 self.data["tokenizer"] = {TARGET_KEY: _TOKENIZER, "path_or_name": wanted}
                 self.move(f"{name}.tokenizer", "tokenizer", f"was {name}.tokenizer")
+
+    def model_path(self) -> str | None:
+        """The model's `pretrained_model_name_or_path` (where its tokenizer and processor are)."""
+        model = self.data.get("model")
+        return model.get("pretrained_model_name_or_path") if isinstance(model, dict) else None
 
     def windows(self, loader: str) -> bool:
         """Whether the loader's dataset is Megatron token windows (rows of one length)."""
