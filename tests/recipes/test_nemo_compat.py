@@ -911,7 +911,7 @@ def test_their_fused_adam_is_adamw_over_float32_master_weights() -> None:
         "weight_decay": 0.1,
     }
     assert t.data["model"]["torch_dtype"] == "float32"
-    assert t.data["distributed"] == {"strategy": "fsdp2", "mp_param_dtype": "bf16"}
+    assert t.data["distributed"] == {"strategy": "fsdp2", "mp_param_dtype": "bfloat16"}
     assert t.where["distributed.mp_param_dtype"] == "cfg.yaml:9"
     adam = {**data["optimizer"], "adam_w_mode": False, "master_weights": False}
     plain = translate({**data, "optimizer": adam}, {}, "cfg.yaml").data

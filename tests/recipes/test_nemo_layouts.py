@@ -302,3 +302,58 @@ def test_a_swapped_family_that_balances_is_refused_where_no_moe_section_is() -> 
     model["_target_"] = "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained"
     t = translate({"recipe": RECIPE, "model": model}, {}, "cfg.yaml", 1)
     assert t.data["moe"] == {"balancing": "nemo_automodel"}
+
+
+def test_their_mixed_precision_policy_pipeline_dtype_and_no_validation() -> None:
+    """`distributed.mp_policy` (torch's MixedPrecisionPolicy) is FSDP2's param and reduce
+    dtypes here; `pipeline.dtype` equal to the compute dtype is dropped, another is an error;
+    `validation_dataset: none` turns validation off, as there."""
+    policy = {
+        "_target_": "torch.distributed.fsdp.MixedPrecisionPolicy",
+        "param_dtype": "bfloat16",
+        "reduce_dtype": "float32",
+        "output_dtype": "bfloat16",
+        "cast_forward_inputs": True,
+    }
+    data = {
+        "recipe": RECIPE,
+        "model": {"pretrained_model_name_or_path": "x", "torch_dtype": "bf16"},
+        "step_scheduler": {"global_batch_size": 8, "local_batch_size": 4},
+        "distributed": {
+            "pp_size": 2,
+            "mp_policy": policy,
+            "pipeline": {"pp_schedule": "1f1b", "dtype": "torch.bfloat16"},
+        },
+        "validation_dataset": "none",
+        "validation_dataloader": "none",
+    }
+    t = translate(data, {}, "cfg.yaml", 4)
+    dist = t.data["distributed"]
+    assert (dist["mp_param_dtype"], dist["mp_reduce_dtype"]) == ("bfloat16", "float32")
+    assert "mp_policy" not in dist and "pipeline" not in dist
+    assert not {"validation_dataset", "validation_dataloader"} & set(t.data)
+    assert any("pipeline.dtype: torch.bfloat16 dropped" in n for n in t.notes)
+
+    data["distributed"]["pipeline"]["dtype"] = "float32"  # the blocks compute in bf16
+    data["distributed"]["mp_policy"] = dict(policy, output_dtype="float32", foo=1)
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 4)
+    assert sorted(p.key for p in info.value.problems) == [
+        "distributed.mp_policy.foo",
+        "distributed.mp_policy.output_dtype",
+        "distributed.pipeline.dtype",
+    ]
+
+
+def test_mp_reduce_dtype_reaches_fsdp2() -> None:
+    """`distributed.mp_reduce_dtype` is FSDP2's gradient-reduction dtype (default float32)."""
+    import torch
+
+    from automodel.core.config import ConfigNode
+    from automodel.recipes._parallel import read_distributed, strategy_of
+
+    for given, reduced in (({"mp_reduce_dtype": "bf16"}, torch.bfloat16), ({}, torch.float32)):
+        dist = {"strategy": "fsdp2", "mp_param_dtype": "bf16", **given}
+        cfg = ConfigNode({"distributed": dist})
+        policy = strategy_of(cfg, read_distributed(cfg, world_size=2)[0]).mp_policy()
+        assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, reduced)

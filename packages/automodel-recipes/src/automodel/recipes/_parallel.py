@@ -36,7 +36,13 @@ from ._sections import Distributed, document_rows, read_section
 log = logging.getLogger("automodel.recipes")
 
 _STRATEGIES = ("fsdp2", "ddp", "none")
-_OPTIONS = ("mp_param_dtype", "reshard_after_forward", "cpu_offload", "activation_checkpointing")
+_OPTIONS = (
+    "mp_param_dtype",
+    "mp_reduce_dtype",
+    "reshard_after_forward",
+    "cpu_offload",
+    "activation_checkpointing",
+)
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -182,20 +188,26 @@ class Parallel:
         return all_reduce_sum(values, self.group if self.pp_group is None else None)
 
 
+def strategy_of(cfg: ConfigNode, section: Distributed, unused_parameters: bool = False) -> Strategy:
+    """The data-parallel strategy `section` (read by `read_distributed`) asks for, with its
+    options; no process group needed."""
+    options = {k: getattr(section, k) for k in _OPTIONS if getattr(section, k) is not None}
+    unused = section.find_unused_parameters
+    if unused is not None or (unused_parameters and section.strategy == "ddp"):
+        options["find_unused_parameters"] = unused_parameters if unused is None else unused
+    try:
+        return build_strategy(section.strategy, **options)
+    except (TypeError, ValueError) as e:
+        raise config_problem(cfg, "distributed", str(e)) from e
+
+
 def setup_parallel(cfg: ConfigNode, unused_parameters: bool = False) -> Parallel:
     """Initialise the process group from the torchrun environment, the mesh and the strategy.
 
     `unused_parameters`: the recipe's default for DDP's `find_unused_parameters`.
     """
     section, dp_size = read_distributed(cfg)
-    options = {k: getattr(section, k) for k in _OPTIONS if getattr(section, k) is not None}
-    unused = section.find_unused_parameters
-    if unused is not None or (unused_parameters and section.strategy == "ddp"):
-        options["find_unused_parameters"] = unused_parameters if unused is None else unused
-    try:
-        strategy = build_strategy(section.strategy, **options)
-    except (TypeError, ValueError) as e:
-        raise config_problem(cfg, "distributed", str(e)) from e
+    strategy = strategy_of(cfg, section, unused_parameters)
     world = _world_size()
     backend = "gloo" if section.device == "cpu" else "auto"
     env = init_distributed(backend=backend, timeout_minutes=section.timeout_minutes)

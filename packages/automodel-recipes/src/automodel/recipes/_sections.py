@@ -113,6 +113,7 @@ class Distributed:
     pp_stage_rounding: str | None = None  # up | down: round the stage count to a pp_size multiple
     ep_size: int = 1  # with a moe: section, experts shared out over this many dp ranks
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
+    mp_reduce_dtype: str | None = None  # fsdp2: dtype gradients are reduced in (default float32)
     reshard_after_forward: bool | None = None  # fsdp2
     cpu_offload: bool | None = None  # fsdp2
     activation_checkpointing: bool | None = None  # fsdp2, ddp, none

@@ -11,6 +11,7 @@ from ._translate_data import _DataPasses
 from ._translate_features import _FeaturePasses
 from ._translate_moe import _MoePasses
 from ._translate_optim import _OptimizerPasses
+from ._translate_parallel import _ParallelPasses
 from ._translate_retrieval import _RetrievalPasses
 from ._translate_sections import _SectionPasses
 from ._translate_targets import _TargetPasses
@@ -46,6 +47,7 @@ class _Translator(
     _SectionPasses,
     _DataPasses,
     _FeaturePasses,
+    _ParallelPasses,
 ):
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -57,6 +59,7 @@ class _Translator(
         self.vlm_collators()  # before the targets: they drop the collate's target
         self.targets(self.data, "")
         self.sections()
+        self.mixed_precision()  # after sections: their FSDP2Config object merges into ours
         self.features()
         self.renames()
         self.checkpoint_enabled()

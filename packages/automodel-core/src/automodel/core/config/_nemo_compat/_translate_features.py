@@ -1,6 +1,5 @@
 """The translator's passes over their feature sections: `fp8:`, `quantization:`,
-`wandb.enable`, `checkpoint.dequantize_base_checkpoint` and the pipeline's
-`distributed.pipeline:`."""
+`wandb.enable` and `checkpoint.dequantize_base_checkpoint`."""
 
 from __future__ import annotations
 
@@ -26,17 +25,6 @@ _FP8_DROPS = {
     "precompute_float8_dynamic_scale_for_fsdp": "the same scales, computed once per step",
     "force_recompute_fp8_weight_in_bwd": "the same float8 weights, recomputed for memory",
 }
-# Their pipeline schedule names (torch's, any case) -> ours.
-_SCHEDULES = {
-    "1f1b": "1f1b",
-    "gpipe": "gpipe",
-    "interleaved1f1b": "interleaved_1f1b",
-    "interleaved_1f1b": "interleaved_1f1b",
-    "loopedbfs": "looped_bfs",
-    "looped_bfs": "looped_bfs",
-}
-# Their pipeline keys about how stages are built or patched, not what they compute.
-_PIPELINE_DROPS = ("patch_inner_model", "patch_causal_lm_model", "pp_seq_len")
 
 
 class _FeaturePasses(_TranslatorBase):
@@ -196,68 +184,6 @@ class _FeaturePasses(_TranslatorBase):
             "NormalFloat weights in blocks of 64, computed in the model's dtype; losses are "
             "close to bitsandbytes', not identical (needs automodel-peft[qlora])",
         )
-
-    def pipeline(self) -> None:
-        """`distributed.pipeline:` (pp_size > 1): schedule, stage sizes, micro-batch rows.
-
-        Run after the step scheduler pass: their `pp_microbatch_size` rows per micro-batch is our
-        `local_batch_size`, the global batch staying what it was, so each optimizer step sees
-        the same samples, normalised over the same label tokens.
-        """
-        dist = self.data.get("distributed")
-        pipe = dist.get("pipeline") if isinstance(dist, dict) else None
-        if not isinstance(pipe, dict):
-            return
-        del dist["pipeline"]
-        schedule = pipe.pop("pp_schedule", "1f1b")
-        if str(schedule).lower() not in _SCHEDULES:
-            self.fail(
-                "distributed.pipeline.pp_schedule",
-                f"pipeline schedule {schedule!r} is not supported; use one of "
-                f"{', '.join(sorted(set(_SCHEDULES.values())))}",
-            )
-        else:
-            dist["pp_schedule"] = _SCHEDULES[str(schedule).lower()]
-            self.move("distributed.pipeline.pp_schedule", "distributed.pp_schedule")
-        for theirs, ours in (
-            ("layers_per_stage", "pp_layers_per_stage"),
-            ("round_virtual_stages_to_pp_multiple", "pp_stage_rounding"),
-        ):
-            if pipe.get(theirs) is not None:
-                dist[ours] = pipe.pop(theirs)
-                self.move(f"distributed.pipeline.{theirs}", f"distributed.{ours}")
-        rows = pipe.pop("pp_microbatch_size", None)
-        if rows is not None:
-            steps = self.section("step_scheduler")
-            steps["local_batch_size"] = rows
-            if steps.pop("grad_acc_steps", None) is not None:  # now global / (rows x dp)
-                self.changed["step_scheduler"] = "grad_acc_steps dropped: the micro-batches changed"
-            self.move(
-                "distributed.pipeline.pp_microbatch_size",
-                "step_scheduler.local_batch_size",
-                "was distributed.pipeline.pp_microbatch_size (the rows of a micro-batch; "
-                "the global batch is unchanged)",
-            )
-        if pipe.pop("scale_grads_in_schedule", False):
-            self.fail(
-                "distributed.pipeline.scale_grads_in_schedule",
-                "scaling gradients by the micro-batch count is not supported: the loss here is "
-                "normalised by the step's label tokens; set it false",
-            )
-        for key in _PIPELINE_DROPS:
-            if key in pipe:
-                pipe.pop(key)
-                self.note(
-                    "distributed", f"pipeline.{key} dropped (how stages are built and padded)"
-                )
-        if pipe.get("dtype") is not None:
-            self.fail(
-                "distributed.pipeline.dtype",
-                "a separate dtype for the pipeline's activations is not supported; drop it",
-            )
-        pipe.pop("dtype", None)
-        for key in pipe:
-            self.fail(f"distributed.pipeline.{key}", f"pipeline.{key} is not supported; drop it")
 
     def wandb_enable(self) -> None:
         """`wandb.enable: false` turns their W&B logging off; here that is no `wandb:` section."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._aliases import TARGET_KEY
-from ._translator_base import _TranslatorBase
+from ._translator_base import _TranslatorBase, dtype_name
 
 _FUSED_ADAM = (
     "transformer_engine.pytorch.optimizers.fused_adam.FusedAdam",
@@ -85,7 +85,7 @@ class _OptimizerPasses(_TranslatorBase):
             )
             return
         dist.setdefault("strategy", "fsdp2")
-        dist["mp_param_dtype"] = str(dtype).removeprefix("torch.")
+        dist["mp_param_dtype"] = dtype_name(dtype)
         model["torch_dtype"] = "float32"
         self.move("optimizer.master_weights", "distributed.mp_param_dtype", f"was model.torch_dtype: {dtype} with optimizer.master_weights: true")  # fmt: skip
         self.changed["model.torch_dtype"] = "float32 master weights (optimizer.master_weights)"

@@ -39,6 +39,10 @@ class _SectionPasses(_TranslatorBase):
                 "BenchmarkingRecipeForNextTokenPrediction), whose rows are benchmark.seq_length "
                 "tokens (their seq_len)",
             )
+        for key in ("validation_dataset", "validation_dataloader"):
+            if key in data and str(data[key]).lower() == "none":  # their way to turn it off
+                del data[key]
+                self.note(key, "none: dropped (no validation), as there")
         if "ci" in data:
             data.pop("ci")
             self.notes.append(f"{self.at('ci')}: ci: their CI settings are ignored")

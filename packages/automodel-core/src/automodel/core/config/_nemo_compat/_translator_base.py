@@ -74,6 +74,17 @@ class _TranslatorBase:
         return node
 
 
+def dtype_name(value: Any) -> str:
+    """A dtype name as torch spells it ("bf16", "torch.bfloat16" -> "bfloat16"); a name that is
+    not a dtype comes back as written, for validation to report."""
+    from ...models._dtype import DtypeNameError, parse_dtype  # torch: only where a dtype is named
+
+    try:
+        return str(parse_dtype(value)).removeprefix("torch.")
+    except DtypeNameError:
+        return str(value)
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
