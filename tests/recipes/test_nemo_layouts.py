@@ -357,3 +357,23 @@ def test_mp_reduce_dtype_reaches_fsdp2() -> None:
         cfg = ConfigNode({"distributed": dist})
         policy = strategy_of(cfg, read_distributed(cfg, world_size=2)[0]).mp_policy()
         assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, reduced)
+
+
+def test_their_autopipeline_object_and_benchmark_json_path() -> None:
+    """`autopipeline: {_target_: ...AutoPipeline}` reads as their PipelineConfig; the
+    benchmark's `json_output_path` is our `summary_file`."""
+    data = {
+        "recipe": "BenchmarkingRecipeForNextTokenPrediction",
+        "step_scheduler": {"global_batch_size": 8, "local_batch_size": 2, "max_steps": 5},
+        "distributed": {"pp_size": 2},
+        "autopipeline": {
+            "_target_": f"{THEIRS}.distributed.pipelining.AutoPipeline",
+            "pp_schedule": "1f1b",
+            "layers_per_stage": 2,
+        },
+        "benchmark": {"seq_len": 64, "json_output_path": "logs/b.json"},
+    }
+    t = translate(data, {}, "cfg.yaml", 4)
+    assert t.data["distributed"]["pp_layers_per_stage"] == 2
+    assert t.data["benchmark"]["summary_file"] == "logs/b.json"
+    assert "json_output_path" not in t.data["benchmark"]

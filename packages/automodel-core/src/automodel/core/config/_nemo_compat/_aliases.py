@@ -312,6 +312,9 @@ TARGET_ALIASES: dict[str, Alias] = {
         None, section={"strategy": "ddp"}
     ),
     "nemo_automodel.components.distributed.pipelining.config.PipelineConfig": Alias(None),
+    # the pipeline object itself as `autopipeline:` (the same keys as PipelineConfig)
+    "nemo_automodel.components.distributed.pipelining.AutoPipeline": Alias(None),
+    "nemo_automodel.components.distributed.pipelining.autopipeline.AutoPipeline": Alias(None),
     _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own

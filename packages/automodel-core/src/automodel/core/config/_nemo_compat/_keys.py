@@ -9,6 +9,8 @@ KEY_RENAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("step_scheduler", "log_interval"): ("step_scheduler", "log_every_steps"),
     ("step_scheduler", "grad_accumulation_steps"): ("step_scheduler", "grad_acc_steps"),
     ("checkpoint", "save_every_steps"): ("step_scheduler", "ckpt_every_steps"),
+    # where the benchmark's summary JSON goes (its fields are ours: docs/benchmark_recipe.md)
+    ("benchmark", "json_output_path"): ("benchmark", "summary_file"),
     ("lr_scheduler", "lr_decay_style"): ("lr_scheduler", "style"),
     ("lr_scheduler", "lr_warmup_steps"): ("lr_scheduler", "warmup_steps"),
     ("dist_env", "timeout_minutes"): ("distributed", "timeout_minutes"),
