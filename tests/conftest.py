@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,22 @@ def tiny_llama_config_fixture() -> Callable[..., Any]:
         return LlamaConfig(**{**TINY_LLAMA, **overrides})
 
     return make
+
+
+@pytest.fixture
+def single_rank_group(tmp_path: Path) -> Iterator[None]:
+    """A one-process gloo group (so DTensor / FSDP2 / DDP work on CPU), torn down afterwards."""
+    import torch
+
+    dist = torch.distributed
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group already running")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 # Fixtures that start torchrun jobs: a test that uses one (directly or through another

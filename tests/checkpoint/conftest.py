@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -135,17 +134,3 @@ def tiny_llama_fixture() -> Callable[..., torch.nn.Module]:
 def assert_same_fixture() -> Callable[[dict[str, Any], dict[str, Any]], None]:
     """The snapshot comparison, for test modules (conftest cannot be imported)."""
     return assert_same
-
-
-@pytest.fixture
-def single_rank_group(tmp_path: Path) -> Iterator[None]:
-    """A one-process gloo group (so DTensor / FSDP2 / DDP work on CPU), torn down afterwards."""
-    dist = torch.distributed
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no process group already running")
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
