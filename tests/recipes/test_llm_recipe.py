@@ -241,3 +241,20 @@ def test_dataloader_target_is_called_with_the_dataset(tmp_path, monkeypatch_modu
     )  # fmt: skip
     assert recipe.train_loader.sampler.shuffle is False
     assert recipe.train_loader.batch_size == 16
+
+
+def test_neftune_adds_bounded_noise_to_embeddings_in_training_only(tmp_path, monkeypatch_module):
+    """`neftune.noise_alpha: a`: the input embeddings get uniform noise in [-b, b] with
+    b = a / sqrt(L × d) while training, none in eval; a negative alpha is a config error."""
+    recipe = _train(SFT, tmp_path, "--+neftune.noise_alpha=5.0", steps=1)
+    embed = recipe.unwrapped.get_input_embeddings()
+    ids = torch.arange(24).reshape(2, 12) % embed.num_embeddings
+    clean = torch.nn.functional.embedding(ids, embed.weight.detach())
+    embed.train()
+    noisy = embed(ids).detach()
+    bound = 5.0 / (12 * embed.embedding_dim) ** 0.5
+    assert 0.5 * bound < (noisy - clean).abs().max() <= bound
+    embed.eval()
+    assert torch.equal(embed(ids).detach(), clean)
+    with pytest.raises(ConfigError, match=r"neftune\.noise_alpha: expected a number >= 0"):
+        _train(SFT, tmp_path / "bad", "--+neftune.noise_alpha=-1", steps=1)

@@ -14,6 +14,7 @@ from ._context_parallel import attend_across_ranks
 from ._fp8 import apply_fp8, read_fp8
 from ._freeze import apply_freeze
 from ._moe import apply_moe
+from ._neftune import apply_neftune
 from ._peft import apply_peft
 from ._run import RunContext, restore_weights
 from ._sections import Compile, Freeze, Moe, read_section
@@ -44,6 +45,7 @@ def prepare_model(
         apply_fp8(model, fp8, cfg)
     # QAT plugs in here, before the restore, as its package lands.
     apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
+    apply_neftune(model, cfg, run.distributed.cp_size)
     restore_weights(run, model)
     return model
 

@@ -29,6 +29,7 @@ from ._builders import build_step_scheduler
 from ._checkpointing import build_checkpointer, reported_saves, restoring
 from ._errors import config_problem
 from ._moe import read_moe
+from ._neftune import read_neftune
 from ._parallel import Parallel, read_distributed, setup_parallel
 from ._peft import build_lora_config
 from ._preemption import PreemptionWatcher
@@ -88,7 +89,7 @@ _SPLITTING = ("tp_size", "cp_size", "pp_size", "ep_size")
 def preflight(cfg: ConfigNode, data_parallel_only: str | None = None) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
-    arithmetic, `peft:`, `moe:`, the metric loggers' extras and `logging.plot`'s. Returns the
+    arithmetic, `peft:`, `moe:`, `neftune:`, the metric loggers' extras and `logging.plot`'s. Returns the
     layout.
 
     `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
@@ -102,6 +103,7 @@ def preflight(cfg: ConfigNode, data_parallel_only: str | None = None) -> Distrib
     build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)
+    read_neftune(cfg)
     check_metric_loggers(cfg)
     check_plot(cfg)
     return distributed

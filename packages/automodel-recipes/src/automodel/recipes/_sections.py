@@ -95,6 +95,14 @@ class Fp8:
 
 
 @dataclass(frozen=True)
+class Neftune:
+    """`neftune:` uniform noise on the input embeddings while training (NEFTune, arXiv
+    2310.05914), of magnitude `noise_alpha / sqrt(sequence length × hidden size)`."""
+
+    noise_alpha: float = 5.0
+
+
+@dataclass(frozen=True)
 class Distributed:
     """`distributed:` data parallelism over the processes torchrun launched (`--nproc-per-node`).
 
@@ -204,6 +212,7 @@ MODEL_SECTIONS = {
     "freeze": Section(keys_of=Freeze),
     "compile": Section(keys_of=Compile),
     "fp8": Section(keys_of=Fp8),
+    "neftune": Section(keys_of=Neftune),
 }
 OPTIMIZER_SECTIONS = {
     "optimizer": Section(required=True, needs_target=True, provided=("params",)),
