@@ -25,13 +25,12 @@ N-token windows, one dataset or a weighted blend; `streaming_text_dataset` token
 """
 
 from ..losses import IGNORE_INDEX
+from ._building import TEXT_TRUNCATION_MODES, TRUNCATION_MODES
 from ._chat import assistant_char_spans, chat_labels, chat_labels_many
 from ._collate import collate
 from ._dataset import TokenizedDataset
 from ._errors import DataError
 from ._formats import (
-    TEXT_TRUNCATION_MODES,
-    TRUNCATION_MODES,
     chat_dataset,
     hellaswag_dataset,
     instruction_dataset,
