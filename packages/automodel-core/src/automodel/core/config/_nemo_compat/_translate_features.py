@@ -49,7 +49,7 @@ class _FeaturePasses(_TranslatorBase):
         self.triton_lora(peft)
         excluded = peft.get("exclude_modules")
         excluded = [excluded] if isinstance(excluded, str) else list(excluded or [])
-        if peft.get("target_modules") or peft.get("include_modules"):
+        if any(peft.get(k) for k in ("target_modules", "include_modules", "target_parameters")):
             return
         if not (peft.get("match_all_linear") or excluded):
             peft["target_modules"] = ["*_proj"]
