@@ -192,7 +192,9 @@ def test_their_config_runs_and_migrated_matches_bitwise(
     text = migrated.read_text()
     assert text == migrate(str(theirs))
     code = [line.split("#")[0] for line in text.splitlines()]
-    assert not any("nemo_automodel" in c or c.startswith(("recipe:", "ci:")) for c in code)
+    # no target of theirs is left (`prompt_format: nemo_automodel` names their encoding)
+    assert not any("nemo_automodel." in c or c.startswith(("recipe:", "ci:")) for c in code)
+    assert "prompt_format: nemo_automodel" in [c.strip() for c in code]
     assert "  # was nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained" in text
     assert "automodel finetune llm" in text
     losses = []
@@ -417,8 +419,8 @@ def test_their_hellaswag_config(tmp_path: Path) -> None:
     assert len(dataset) == 2  # num_samples_limit
     sample = dataset[0]
     answer = [t for t in sample["labels"].tolist() if t != IGNORE_INDEX]
-    expected = tokenizer(" dog cat", add_special_tokens=False)["input_ids"]
-    assert answer == [*expected, tokenizer.eos_token_id]
+    # their encoding: the ending tokenized on its own after the context, no EOS added
+    assert answer == tokenizer("dog cat", add_special_tokens=False)["input_ids"]
 
 
 def test_column_mapped_and_chat_datasets() -> None:
@@ -449,6 +451,8 @@ def test_column_mapped_and_chat_datasets() -> None:
         "path": "data.jsonl",
         "split": "train[:10]",
         "truncation": "truncate",
+        "answer_only_loss": True,
+        "prompt_format": "nemo_automodel",
     }
     # without truncation their seq_length only pads
     assert t["validation_dataset"] == {
@@ -714,6 +718,8 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     single = translate(their_moe("Qwen/Qwen3-30B-A3B", 1, dispatcher="deepep"), {}, "cfg.yaml")
     assert single.data["moe"] == {"balancing": "nemo_automodel"}
     assert "moe" not in translate(their_moe("Qwen/Qwen3-0.6B", 1), {}, "cfg.yaml").data
+    gpt_oss = translate(their_moe("openai/gpt-oss-20b", 8), {}, "cfg.yaml", 8)  # swapped too
+    assert gpt_oss.data["moe"] == {"balancing": "nemo_automodel"}
     # their FakeBalancedGate (benchmarks): every expert the same load, the gate unused
     fake = their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True)
     assert translate(fake, {}, "cfg.yaml", 8).data["moe"]["routing"] == "balanced"
@@ -721,7 +727,8 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     refused = {
         # families whose blocks automodel.moe does not swap
         "model.pretrained_model_name_or_path": (
-            their_moe("openai/gpt-oss-20b", 1), "adds an aux loss weighted by router_aux_loss_coef"
+            their_moe("baidu/ERNIE-4.5-21B-A3B-PT", 1),
+            "adds an aux loss weighted by router_aux_loss_coef",
         ),
         "distributed.ep_size": (
             their_moe("inclusionAI/Ling-mini-2.0", 8), "set distributed.ep_size: 1"

@@ -188,6 +188,7 @@ def test_their_squad_padding_dataset_tokenizer_and_teacher_meshes() -> None:
         "path": "rajpurkar/squad",
         "seq_length": 256,
         "truncation": "truncate",
+        "prompt_format": "nemo_automodel",
     }
     # without truncation their seq_length only pads: dropped
     assert "seq_length" not in t.data["validation_dataset"]
@@ -204,6 +205,57 @@ def test_their_squad_padding_dataset_tokenizer_and_teacher_meshes() -> None:
         translate(data, {}, "cfg.yaml", 1)
     keys = [p.key for p in info.value.problems]
     assert keys == ["separate_meshes", "dataset.tokenizer", "validation_dataset.tokenizer"]
+
+
+def test_their_text_datasets_keep_their_tokens() -> None:
+    """Their SQuAD, HellaSwag and column-mapped datasets are ours with `prompt_format:
+    nemo_automodel` (their prompts, tokens and loss masks), their chat_template, chat-template
+    switch and whole-text loss kept: arguments our builders take."""
+    import inspect
+
+    llm = f"{THEIRS}.datasets.llm"
+    column = f"{llm}.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset"
+    data = {
+        "recipe": RECIPE,
+        "dataset": {"_target_": f"{llm}.squad.make_squad_dataset", "chat_template": "t.jinja"},
+        "validation_dataset": {
+            "_target_": f"{llm}.hellaswag.HellaSwag",
+            "path_or_dataset": "rowan/hellaswag",
+            "pad_to_max_length": True,
+        },
+    }
+    t = translate(data, {}, "cfg.yaml", 1).data
+    theirs = {"prompt_format": "nemo_automodel"}
+    assert t["dataset"] == {
+        "_target_": "automodel.core.data.squad_dataset",
+        "chat_template": "t.jinja",
+        "path": "squad",
+        **theirs,
+    }
+    assert t["validation_dataset"] == {
+        "_target_": "automodel.core.data.hellaswag_dataset",
+        "path": "rowan/hellaswag",
+        **theirs,
+    }
+    data["dataset"] = {
+        "_target_": column,
+        "path_or_dataset_id": "rows.jsonl",
+        "column_mapping": {"context": "c", "answer": "a"},
+        "answer_only_loss_mask": False,
+        "use_hf_chat_template": True,
+    }
+    t = translate(data, {}, "cfg.yaml", 1).data
+    assert t["dataset"] == {
+        "_target_": "automodel.core.data.instruction_dataset",
+        "path": "rows.jsonl",
+        "column_mapping": {"context": "c", "answer": "a"},
+        "answer_only_loss": False,
+        "use_chat_template": True,
+        **theirs,
+    }
+    for node in (t["dataset"], t["validation_dataset"]):
+        arguments = {k: v for k, v in node.items() if k != "_target_"}
+        inspect.signature(resolve_target(node["_target_"])).bind(None, **arguments)
 
 
 def test_their_vlm_datasets_collate_and_triton_lora() -> None:

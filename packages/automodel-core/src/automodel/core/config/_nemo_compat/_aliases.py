@@ -63,6 +63,8 @@ _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_co
 _VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
 _VLM_DATA = "nemo_automodel.components.datasets.vlm.datasets"
 _VLM = "automodel.core.models.AutoModelForImageTextToText"
+# their SQuAD, HellaSwag and column-mapped rows: their prompts, tokens and loss masks
+_THEIR_TOKENS = {"prompt_format": "nemo_automodel"}
 _THEIR_MODELS = "nemo_automodel.components.models"
 # retrieval (finetune.bi_encoder, finetune.cross_encoder): their model classes, collators and
 # dataset configs; `_translate_retrieval` moves what they carry into our sections
@@ -162,11 +164,8 @@ TARGET_ALIASES: dict[str, Alias] = {
     "nemo_automodel.components.datasets.llm.squad.make_squad_dataset": Alias(
         "automodel.core.data.squad_dataset",
         args={"dataset_name": "path"},  # limit_dataset_samples: a slice of `split`
-        refused={
-            "fp8": ((False,), "fp8 padding of samples is not supported; drop it"),
-            "chat_template": ((None,), "use automodel.core.data.chat_dataset for chat data"),
-        },
-        defaults={"path": "squad"},
+        refused={"fp8": ((False,), "fp8 padding of samples is not supported; drop it")},
+        defaults={"path": "squad", **_THEIR_TOKENS},
         limit="limit_dataset_samples",
         hf_padding=True,
     ),
@@ -174,15 +173,17 @@ TARGET_ALIASES: dict[str, Alias] = {
         "automodel.core.data.hellaswag_dataset",
         args={"path_or_dataset": "path"},
         dropped={"pad_to_max_length": "padding is masked out of attention and loss"},
+        defaults=_THEIR_TOKENS,
         limit="num_samples_limit",
     ),
     "nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset": Alias(
         "automodel.core.data.instruction_dataset",
-        args={"path_or_dataset_id": "path"},
-        refused={
-            "answer_only_loss_mask": ((True,), "loss on the whole text: text_dataset"),
-            "use_hf_chat_template": ((False,), "chat data: automodel.core.data.chat_dataset"),
+        args={
+            "path_or_dataset_id": "path",
+            "answer_only_loss_mask": "answer_only_loss",
+            "use_hf_chat_template": "use_chat_template",
         },
+        defaults=_THEIR_TOKENS,
         limit="limit_dataset_samples",
         hf_padding=True,
     ),
