@@ -1,4 +1,5 @@
-"""LoRA, DoRA and QLoRA for any PyTorch module, saved and loaded in the Hugging Face PEFT format."""
+"""LoRA, DoRA and QLoRA for any PyTorch module (and LoRA on stacked MoE expert weights), saved
+and loaded in the Hugging Face PEFT format."""
 
 from ._adapter_io import (
     ADAPTER_CONFIG_NAME,
@@ -16,6 +17,7 @@ from ._apply import (
     apply_lora,
     lora_disabled,
     lora_modules,
+    lora_parameters,
     lora_state_dict,
     lora_summary,
     merge_lora,
@@ -25,6 +27,7 @@ from ._apply import (
 from ._config import LoraConfig, LoraConfigError
 from ._export import merged_state_dict
 from ._lora_linear import LoraLinear
+from ._stacked import StackedLora
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -35,11 +38,13 @@ __all__ = [
     "LoraConfigError",
     "LoraLinear",
     "LoraSummary",
+    "StackedLora",
     "adapter_config",
     "apply_lora",
     "load_adapter",
     "lora_disabled",
     "lora_modules",
+    "lora_parameters",
     "lora_state_dict",
     "lora_summary",
     "merge_lora",

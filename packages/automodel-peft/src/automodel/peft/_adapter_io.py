@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._apply import apply_lora, lora_modules, lora_state_dict
+from ._apply import apply_lora, lora_modules, lora_parameters, lora_state_dict
 from ._atomic import write_atomic
 from ._config import LoraConfig, LoraConfigError
 from ._matching import few_names
@@ -33,7 +34,6 @@ _UNSUPPORTED_OPTIONS = (
     "alpha_pattern",
     "lora_bias",
     "use_qalora",
-    "target_parameters",
     "trainable_token_indices",
     "layer_replication",
     "megatron_config",
@@ -63,19 +63,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 def adapter_config(
     model: nn.Module, base_model_name_or_path: str | None = None, task_type: str | None = None
 ) -> dict[str, Any]:
-    """The adapter_config.json content describing the LoRA on ``model`` (one setting for all)."""
+    """The adapter_config.json content describing the LoRA on ``model`` (one setting for all).
+
+    With adapted stacked weights (``target_parameters``) ``lora_dropout`` is written as 0: peft
+    refuses dropout on those adapters, and dropout only matters in training.
+    """
     modules = list(lora_modules(unwrap(model)))
-    if not modules:
+    stacked = list(lora_parameters(unwrap(model)))
+    adapted = [*modules, *stacked]
+    if not adapted:
         raise AdapterError("the model has no LoRA modules: call apply_lora(model, config) first")
-    first = modules[0][1]
-    for path, module in modules[1:]:
+    first_path, first = adapted[0]
+    for path, module in adapted[1:]:
         for attr in ("rank", "alpha", "use_rslora", "use_dora"):
             if getattr(module, attr) != getattr(first, attr):
                 raise AdapterError(
-                    f"LoRA {attr} differs between {modules[0][0]} and {path}; the adapter format "
+                    f"LoRA {attr} differs between {first_path} and {path}; the adapter format "
                     "written here needs one setting for all modules"
                 )
-    dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    dropouts = [m.lora_dropout.p for _, m in modules if isinstance(m.lora_dropout, nn.Dropout)]
+    dropout = dropouts[0] if dropouts and not stacked else 0.0
+    init = first.init_a
     return {
         "peft_type": "LORA",
         "task_type": task_type if task_type is not None else _infer_task_type(unwrap(model)),
@@ -84,13 +92,14 @@ def adapter_config(
         "lora_alpha": first.alpha,
         "lora_dropout": dropout,
         "target_modules": [path for path, _ in modules],
+        "target_parameters": [path for path, _ in stacked] or None,
         "exclude_modules": None,
         "use_rslora": first.use_rslora,
         "use_dora": first.use_dora,
         "bias": "none",
         # peft's flag for (in, out) weights; peft sets it when it meets a Conv1D (GPT-2).
         "fan_in_fan_out": any(module.fan_in_fan_out for _, module in modules),
-        "init_lora_weights": True if first.init_a == "kaiming" else "gaussian",
+        "init_lora_weights": True if init == "kaiming" else "gaussian",
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -156,6 +165,15 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
     if raw.get("bias", "none") != "none":
         raise AdapterError(f"{path}: option bias={raw['bias']!r} is not supported (only 'none')")
     targets = raw.get("target_modules")
+    parameters = raw.get("target_parameters") or []
+    if not isinstance(parameters, list) or not all(isinstance(p, str) for p in parameters):
+        raise AdapterError(f"{path}: target_parameters must be a list of names, got {parameters!r}")
+    if parameters and _version(raw.get("peft_version")) < (0, 19):
+        raise AdapterError(
+            f"{path}: written by peft {raw['peft_version']}, which lays out the LoRA factors of "
+            "target_parameters the other way round (peft 0.19 changed it); load it with that "
+            "peft version and save it again with peft >= 0.19"
+        )
     all_linear = isinstance(targets, str) and targets.lower() == "all-linear"  # peft's wildcard
     if all_linear:
         targets = []
@@ -169,6 +187,7 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
             dropout=raw.get("lora_dropout", 0.0) or 0.0,
             target_modules=targets or [],
             match_all_linear=all_linear,
+            target_parameters=parameters,
             exclude_modules=_exclude_list(raw.get("exclude_modules")),
             use_rslora=bool(raw.get("use_rslora", False)),
             use_dora=bool(raw.get("use_dora", False)),
@@ -183,7 +202,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     folder = Path(directory)
     config = read_adapter_config(folder)
     target = unwrap(model)
-    if not any(True for _ in lora_modules(target)):
+    if not lora_state_dict(target):
         try:
             apply_lora(target, config)
         except LoraConfigError as exc:
@@ -206,13 +225,18 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     for name, tensor in saved.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             module_path = name.rsplit(".lora_", 1)[0]
-            module = modules[module_path]
+            module = modules.get(module_path)
+            what = (
+                f"module {module_path} (in_features={module.in_features}, "
+                f"out_features={module.out_features}, rank={module.rank})"
+                if module is not None
+                else f"the stacked weight adapted at {module_path}"
+            )
             raise AdapterError(
                 f"adapter {folder / WEIGHTS_NAME}: {name} has shape {list(tensor.shape)} but "
-                f"module {module_path} (in_features={module.in_features}, "
-                f"out_features={module.out_features}, rank={module.rank}) needs "
-                f"{list(expected[name].shape)}; the adapter was trained on a different base model "
-                "or rank"
+                f"{what} needs {list(expected[name].shape)}; the adapter was trained on a "
+                "different base model or rank (or, for stacked expert weights, saved by peft "
+                "< 0.19, whose factors are laid out the other way round)"
             )
     with torch.no_grad():
         for name, tensor in saved.items():
@@ -243,6 +267,14 @@ def _read_adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (OSError, RuntimeError, ValueError) as exc:
         raise AdapterError(f"cannot read {path}: {exc}") from exc
     return out
+
+
+def _version(value: object) -> tuple[int, ...]:
+    """``"0.18.1"`` as ``(0, 18, 1)``; unknown or absent: as new as can be."""
+    try:
+        return tuple(int(part) for part in str(value).split(".")[:2])
+    except ValueError:
+        return (sys.maxsize,)
 
 
 def _exclude_list(value: object) -> list[str]:

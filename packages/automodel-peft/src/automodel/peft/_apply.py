@@ -12,20 +12,28 @@ from torch import nn
 
 from ._config import LoraConfig
 from ._lora_linear import LoraLinear
-from ._matching import select_linear_modules
+from ._matching import select_linear_modules, select_stacked_parameters
 from ._quant import check_nf4, is_quantized, quantize_nf4
+from ._stacked import (
+    StackedLora,
+    add_stacked_lora,
+    holder_path,
+    remove_stacked_lora,
+    stacked_adapters,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoraSummary:
-    """What :func:`apply_lora` did: modules wrapped, trainable and total parameter counts."""
+    """What :func:`apply_lora` did: modules wrapped, stacked weights adapted, parameter counts."""
 
     modules: tuple[str, ...]
     trainable_params: int
     total_params: int
     quantized_modules: int = 0
+    parameters: tuple[str, ...] = ()  # stacked expert weights (target_parameters)
 
     @property
     def trainable_percent(self) -> float:
@@ -34,21 +42,25 @@ class LoraSummary:
 
     def __str__(self) -> str:
         quant = f", {self.quantized_modules} base weights in NF4" if self.quantized_modules else ""
+        stacked = f" and {len(self.parameters)} stacked weights" if self.parameters else ""
         return (
-            f"LoRA on {len(self.modules)} modules{quant}: {self.trainable_params:,} trainable "
+            f"LoRA on {len(self.modules)} modules{stacked}{quant}: {self.trainable_params:,} trainable "
             f"parameters of {self.total_params:,} ({self.trainable_percent:.3f}%)"
         )
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Wrap the selected linear modules of ``model`` in place and freeze everything else.
+    """Wrap the selected linear modules of ``model`` in place, adapt the selected stacked
+    weights (``target_parameters``), and freeze everything else.
 
     Linear modules are ``nn.Linear`` and transformers ``Conv1D`` (GPT-2) whose forward is the
     plain linear map; subclasses that override ``forward`` (MoE routers) are never wrapped
-    (see :func:`~automodel.peft._matching.select_linear_modules`).
+    (see :func:`~automodel.peft._matching.select_linear_modules`). Stacked weights are 3-D
+    ``[E, ., .]`` parameters such as MoE experts' (see :mod:`automodel.peft._stacked`).
     Returns ``model``; :func:`lora_summary` reports what was wrapped (it is also logged).
     """
     paths = select_linear_modules(model, config)
+    stacked = select_stacked_parameters(model, config)
     if config.quantize_base is not None:  # check every module before changing any
         for path in paths:
             check_nf4(model.get_submodule(path).weight, config.nf4_block_size, path)
@@ -64,6 +76,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         if config.quantize_base is not None:
             wrapped.weight = quantize_nf4(wrapped.weight, config.nf4_block_size, path)
         setattr(parent, name, wrapped)
+    for path, names in stacked.items():
+        add_stacked_lora(model.get_submodule(path), names, config)
     logger.info("%s", lora_summary(model))
     return model
 
@@ -75,8 +89,15 @@ def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:
             yield path, module
 
 
+def lora_parameters(model: nn.Module) -> Iterator[tuple[str, StackedLora]]:
+    """``(parameter path, adapter)`` for every adapted stacked weight, in module order."""
+    for path, name, adapter in stacked_adapters(model):
+        yield f"{path}.{name}", adapter
+
+
 def lora_summary(model: nn.Module) -> LoraSummary:
-    """Modules carrying LoRA and trainable/total parameter counts (NF4 counted unpacked)."""
+    """Modules and stacked weights carrying LoRA, trainable/total parameter counts (NF4
+    counted unpacked)."""
     modules = tuple(path for path, _ in lora_modules(model))
     params = list({id(p): p for p in model.parameters()}.values())
     return LoraSummary(
@@ -84,34 +105,41 @@ def lora_summary(model: nn.Module) -> LoraSummary:
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params),
         quantized_modules=sum(is_quantized(m.weight) for _, m in lora_modules(model)),
+        parameters=tuple(path for path, _ in lora_parameters(model)),
     )
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors under the model's own parameter names (``<path>.lora_A.weight``, ...)."""
+    """The adapter tensors under the model's own parameter names (``<path>.lora_A.weight``, ...;
+    a stacked weight's under peft's names, see :mod:`automodel.peft._stacked`)."""
     out = {}
     for path, module in lora_modules(model):
         for name, tensor in _adapter_tensors(module).items():
             out[f"{path}.{name}"] = tensor
+    for path, _, adapter in stacked_adapters(model):
+        holder = holder_path(path, adapter)
+        out[f"{holder}.lora_A.weight"] = adapter.lora_A
+        out[f"{holder}.lora_B.weight"] = adapter.lora_B
     return out
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (forward then costs what the base costs)."""
-    for _, module in lora_modules(model):
+    for module in _adapted(model):
         module.merge()
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Undo :func:`merge_lora`, so training the adapters can continue."""
-    for _, module in lora_modules(model):
+    for module in _adapted(model):
         module.unmerge()
     return model
 
 
 def unload_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRA wrapper by a plain ``nn.Linear`` (or ``Conv1D``) holding its current weight.
+    """Replace every LoRA wrapper by a plain ``nn.Linear`` (or ``Conv1D``) holding its current
+    weight, and take the adapters off stacked weights (their modules get their class back).
 
     Call :func:`merge_lora` first to keep what was learned; otherwise the adapters are
     dropped. The result has the base model's module types and state_dict keys again.
@@ -119,13 +147,16 @@ def unload_lora(model: nn.Module) -> nn.Module:
     for path, module in list(lora_modules(model)):
         parent, name = _parent(model, path)
         setattr(parent, name, module.to_linear())
+    owners = {id(a.owner): a.owner for _, _, a in stacked_adapters(model)}
+    for owner in owners.values():
+        remove_stacked_lora(owner)
     return model
 
 
 @contextmanager
 def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the base model alone inside the block (e.g. a reference model for DPO or KD)."""
-    modules = [m for _, m in lora_modules(model)]
+    modules = list(_adapted(model))
     previous = [m.disabled for m in modules]
     for m in modules:
         m.disabled = True
@@ -134,6 +165,12 @@ def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, was in zip(modules, previous, strict=True):
             m.disabled = was
+
+
+def _adapted(model: nn.Module) -> Iterator[LoraLinear | StackedLora]:
+    """Every LoRA-wrapped linear and every adapted stacked weight."""
+    yield from (m for _, m in lora_modules(model))
+    yield from (a for _, a in lora_parameters(model))
 
 
 def _adapter_tensors(module: LoraLinear) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ class LoraConfigError(ValueError):
 
 @dataclass
 class LoraConfig:
-    """LoRA settings: rank, scaling, which linear modules to adapt, and variants.
+    """LoRA settings: rank, scaling, which linear modules and stacked weights to adapt, variants.
 
     Linear modules are ``nn.Linear`` and transformers ``Conv1D`` whose forward is the plain
     linear map; subclasses that override ``forward`` (MoE routers) are never adapted.
@@ -30,6 +30,12 @@ class LoraConfig:
     (``*.q_proj``, ``model.layers.0.mlp.*``); a bare name such as ``q_proj`` matches
     that last path component anywhere; a ``re:`` prefix makes the rest a regex that
     must match the whole path.
+
+    ``target_parameters`` entries are the same kind of patterns, matched against the paths of
+    stacked 3-D weights ``[E, ., .]`` (MoE experts: ``mlp.experts.gate_up_proj``,
+    ``*.experts.down_proj``), which get one rank-``dim`` update per expert, as peft's
+    ``target_parameters`` does (no dropout and no DoRA on those; ``exclude_modules`` applies
+    to ``target_modules`` and ``match_all_linear`` only).
     """
 
     dim: int = 8
@@ -39,6 +45,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=list)
     exclude_modules: list[str] = field(default_factory=list)
     match_all_linear: bool = False
+    target_parameters: list[str] = field(default_factory=list)
     use_rslora: bool = False
     use_dora: bool = False
     init_a: Literal["kaiming", "gaussian"] = "kaiming"
@@ -50,6 +57,7 @@ class LoraConfig:
     def __post_init__(self) -> None:
         self.target_modules = _pattern_list(self.target_modules, "target_modules")
         self.exclude_modules = _pattern_list(self.exclude_modules, "exclude_modules")
+        self.target_parameters = _pattern_list(self.target_parameters, "target_parameters")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise LoraConfigError(
                 f"dim (the LoRA rank) must be a positive integer, got {self.dim!r}"
@@ -71,10 +79,16 @@ class LoraConfig:
                 f"nf4_block_size must be an integer >= 2, got {self.nf4_block_size!r}"
             )
         self.lora_dtype = _dtype(self.lora_dtype)
-        if not self.target_modules and not self.match_all_linear:
+        if not (self.target_modules or self.match_all_linear or self.target_parameters):
             raise LoraConfigError(
                 "LoraConfig selects no modules: set target_modules (e.g. ['*.q_proj', '*.v_proj']) "
-                "or match_all_linear: true"
+                "or match_all_linear: true for linear layers, or target_parameters for stacked "
+                "MoE expert weights (e.g. ['*.experts.gate_up_proj', '*.experts.down_proj'])"
+            )
+        if self.use_dora and self.target_parameters:
+            raise LoraConfigError(
+                "use_dora cannot be combined with target_parameters: DoRA on stacked expert "
+                "weights is not supported (peft does not support it either); turn one of them off"
             )
         if self.use_triton and self.use_dora:
             raise LoraConfigError(

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._apply import lora_modules
+from ._apply import lora_modules, lora_parameters, lora_state_dict
 from ._lora_linear import LoraLinear, merge_weight
 from ._quant import dequantize, is_quantized
+from ._stacked import StackedLora, holder_path
 
 _ADAPTER_LEAVES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
 
@@ -25,11 +26,19 @@ def merged_state_dict(
     from ``model``.
     """
     wrapped = dict(lora_modules(model))
+    stacked = dict(lora_parameters(model))
     adapter_keys = {f"{path}.{leaf}" for path in wrapped for leaf in _ADAPTER_LEAVES}
+    adapter_keys |= set(lora_state_dict(model))
     source = model.state_dict() if state is None else state
     out = {}
     for name, tensor in source.items():
         if name in adapter_keys:
+            continue
+        if name in stacked:
+            adapter = stacked[name]
+            out[name] = (
+                adapter.merged_weight() if state is None else _merge_stacked(name, adapter, state)
+            )
             continue
         module = wrapped.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
         if module is None:
@@ -53,3 +62,14 @@ def _merge_from_state(
     if module.fan_in_fan_out:  # Conv1D stores (in, out): merge in (out, in), store transposed
         return merge_weight(weight.T, (b @ a) * module.scaling, magnitude).T.contiguous()
     return merge_weight(weight, (b @ a) * module.scaling, magnitude)
+
+
+def _merge_stacked(
+    name: str, adapter: StackedLora, state: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    weight = state[name]
+    if adapter.merged:
+        return weight.detach().clone()
+    holder = holder_path(name.rsplit(".", 1)[0], adapter)
+    a, b = state[f"{holder}.lora_A.weight"].float(), state[f"{holder}.lora_B.weight"].float()
+    return merge_weight(weight, adapter.delta_from(a, b))

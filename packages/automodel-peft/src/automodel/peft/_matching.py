@@ -120,12 +120,16 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     from ._lora_linear import LoraLinear
 
     modules = dict(model.named_modules())
-    already = [p for p, m in modules.items() if isinstance(m, LoraLinear)]
+    already = [
+        p for p, m in modules.items() if isinstance(m, LoraLinear) or "_lora_stacked" in m.__dict__
+    ]
     if already:
         raise LoraConfigError(
             f"the model already has LoRA on {len(already)} module(s) ({few_names(already)}); "
             "apply_lora adds one adapter per module: load or merge the existing one instead"
         )
+    if not (config.target_modules or config.match_all_linear):
+        return []  # stacked weights only (target_parameters)
     candidates = [p for p, m in modules.items() if p and is_linear_like(m)]
     opaque = {p: _NOT_PLAIN for p in candidates if not has_plain_forward(modules[p])}
     for path in candidates:
@@ -181,6 +185,46 @@ def select_linear_modules(model: nn.Module, config: LoraConfig) -> list[str]:
             "LoraConfig selects no module after exclude_modules and the output-head rule; "
             f"linear modules in this model include: {few_names(_examples(linear))}"
         )
+    return selected
+
+
+def select_stacked_parameters(model: nn.Module, config: LoraConfig) -> dict[str, list[str]]:
+    """``{owner module path: [parameter names]}`` of the stacked 3-D weights ``[E, ., .]`` that
+    ``target_parameters`` selects, in module order; a LoraConfigError for a dead pattern."""
+    if not config.target_parameters:
+        return {}
+    stacked, other = [], []
+    for path, module in model.named_modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                (stacked if param.dim() == 3 else other).append((path, name, tuple(param.shape)))
+    full = {(path, name): f"{path}.{name}" if path else name for path, name, _ in stacked}
+    for pattern in config.target_parameters:
+        _check_pattern(pattern)
+        if any(pattern_matches(pattern, p) for p in full.values()):
+            continue
+        flat = [f"{p}.{n}" if p else n for p, n, _ in other]
+        hits = [f"{f} {list(shape)}" for f, (_, _, shape) in zip(flat, other, strict=True)
+                if pattern_matches(pattern, f)]  # fmt: skip
+        hint = (
+            f"; it matches only {few_names(hits)}, not stacked 3-D weights [E, ., .] (adapt "
+            "linear layers with target_modules)"
+            if hits
+            else ""
+        )
+        raise LoraConfigError(
+            f"target_parameters pattern {pattern!r} matches no stacked expert weight{hint}. "
+            f"Stacked weights in this model include: {few_names(_examples(list(full.values())))}"
+        )
+    selected: dict[str, list[str]] = {}
+    for (path, name), path_name in full.items():
+        if any(pattern_matches(p, path_name) for p in config.target_parameters):
+            if not path:
+                raise LoraConfigError(
+                    f"target_parameters selects {name!r}, a parameter of the top-level module; "
+                    "only parameters of a submodule (such as mlp.experts) can be adapted"
+                )
+            selected.setdefault(path, []).append(name)
     return selected
 
 
