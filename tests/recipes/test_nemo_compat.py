@@ -744,17 +744,7 @@ def test_their_moe_configs_get_a_moe_section() -> None:
         "model.backend.experts": (
             their_moe("Qwen/Qwen3-30B-A3B", 8, experts="torch_mm_mxfp8"), "use torch_mm"
         ),
-        # their LoRA adapts the experts a pattern matches; ours adapts linear layers only
-        "peft.target_modules": (
-            {
-                **their_moe("Qwen/Qwen3-30B-A3B", 8),
-                "peft": {
-                    "_target_": "nemo_automodel.components._peft.lora.PeftConfig",
-                    "target_modules": ["*"],
-                },
-            },
-            "matches the MoE experts",
-        ),
+        # (their LoRA on the MoE experts: tests/recipes/test_llm_expert_lora.py)
     }  # fmt: skip
     for key, (bad, message) in refused.items():
         with pytest.raises(ConfigError) as info:

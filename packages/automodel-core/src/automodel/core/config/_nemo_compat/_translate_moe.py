@@ -15,11 +15,11 @@ target pass, which drops what is left of `backend:` (attention, linear and norm 
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
 from ._aliases import NEMO_PREFIX, TARGET_KEY
 from ._moe_families import SWAPPED, moe_family
+from ._translate_features import _their_match, _their_regex
 from ._translator_base import _TranslatorBase
 
 _MOE_RECIPES = ("finetune.llm", "kd.llm", "benchmark.llm")  # the recipes with a moe: section
@@ -34,7 +34,10 @@ _DISPATCHERS = {
     "uccl_ep": "all_to_all",
     "mok": "all_to_all",
 }
-_EXPERTS_PATH = "model.layers.0.mlp.experts"  # where their MoE classes keep a layer's experts
+# where their MoE classes keep each layer's experts (a pattern may name some layers only)
+_LAYER_EXPERTS = [f"model.layers.{i}.mlp.experts" for i in range(512)]
+# the stacked weights their expert LoRA adapts: the input projection (gated or not) and down_proj
+_EXPERT_WEIGHTS = r"\.(?:gate_up_proj|up_proj|down_proj)"
 _BALANCED_BY = {
     "aux_loss": "adds an aux loss weighted by router_aux_loss_coef",
     "bias": "moves a routing bias after each step (auxiliary-loss-free balancing)",
@@ -103,7 +106,7 @@ class _MoePasses(_TranslatorBase):
             section["dispatcher"] = _DISPATCHERS.get(dispatcher, "all_to_all")
             self.move("model.backend.dispatcher", "moe.dispatcher", f"was model.backend.dispatcher: {dispatcher}")  # fmt: skip
         self.data["moe"] = section
-        self.expert_lora()
+        self.expert_lora(ep)
         self.where.setdefault("moe", self.at("distributed.ep_size" if ep > 1 else name_key))
         self.changed["moe"] = f"their {family.name if family else 'MoE'} model class" + (
             f", distributed.ep_size: {ep}" if ep > 1 else ""
@@ -116,22 +119,44 @@ class _MoePasses(_TranslatorBase):
         if experts in ("gmm", "te"):
             self.note("moe.backend", f"{experts} grouped GEMMs are auto here (torch._grouped_mm where it runs)")  # fmt: skip
 
-    def expert_lora(self) -> None:
-        """Their LoRA adapts the MoE experts a `target_modules` pattern matches; ours does not."""
+    def expert_lora(self, ep: int) -> None:
+        """Their LoRA adapts the MoE experts a `target_modules` pattern matches (a rank-`dim`
+        A and B per expert on the input and down projections, no dropout): here the experts'
+        stacked weights, `target_parameters`; a pattern that selects nothing but experts leaves
+        `target_modules`."""
         peft = self.data.get("peft")
-        targets = peft.get("target_modules") if isinstance(peft, dict) else None
-        targets = [targets] if isinstance(targets, str) else targets or []
-        # their wildcard: `*` matches any characters, dots included (as fnmatch's does)
-        hits = [p for p in targets if isinstance(p, str) and fnmatchcase(_EXPERTS_PATH, p)]
-        if hits:
+        if not (isinstance(peft, dict) and str(peft.get(TARGET_KEY, "")).startswith(NEMO_PREFIX)):
+            return
+        targets = peft.get("target_modules")
+        targets = [targets] if isinstance(targets, str) else list(targets or [])
+        hits = {p: _experts_of(p) for p in targets if isinstance(p, str)}
+        hits = {p: path for p, path in hits.items() if path is not None}
+        if not hits:
+            return
+        first, path = next(iter(hits.items()))
+        why = f"{first!r} matches the MoE experts ({path}), which their LoRA adapts"
+        if ep > 1:
             self.fail(
-                "peft.target_modules",
-                f"{hits[0]!r} matches the MoE experts ({_EXPERTS_PATH}), which NeMo AutoModel "
-                "adapts with LoRA too; LoRA here adapts linear layers, not automodel.moe's grouped "
-                "experts, so the run would differ. List the linear layers instead (e.g. "
-                "['*.q_proj', '*.k_proj', '*.v_proj', '*.o_proj']), knowing the experts then "
-                "stay frozen",
+                "distributed.ep_size",
+                f"peft.target_modules {why}; LoRA on the experts is not expert-parallel here: "
+                "set distributed.ep_size: 1 (FSDP2 then shards the experts and their adapters "
+                "over the ranks), or list only linear layers in target_modules",
             )
+        for key, hint in (
+            ("moe_rank_scaling", "the experts' adapters take dim here, as the other adapters"),
+            ("use_dora", "DoRA on the experts is refused there too"),
+        ):
+            if peft.get(key):
+                self.fail(f"peft.{key}", f"{why} and {key} is not supported with them ({hint}); set {key}: false")  # fmt: skip
+        # a pattern that also selects a module below the experts' path selects linear layers too
+        peft["target_modules"] = [
+            p for p in targets if p not in hits or _their_match([p], hits[p] + ".x")
+        ]
+        peft["target_parameters"] = [f"re:{_their_regex(p)}{_EXPERT_WEIGHTS}" for p in hits]
+        self.changed["peft.target_parameters"] = (
+            f"was target_modules {list(hits)}: the experts' stacked weights (a LoRA A and B per "
+            "expert)"
+        )
 
     def backend_numerics(self, backend: dict[str, Any]) -> None:
         """`backend:` keys that change the numbers (not only the kernels): refused."""
@@ -157,6 +182,11 @@ class _MoePasses(_TranslatorBase):
                 + instead,
             )  # fmt: skip
             backend.pop("experts")
+
+
+def _experts_of(pattern: str) -> str | None:
+    """The first layer's experts path their module `pattern` selects, if any."""
+    return next((p for p in _LAYER_EXPERTS if _their_match([pattern], p)), None)
 
 
 def _model_name(node: Any, path: str) -> tuple[str, str | None]:
