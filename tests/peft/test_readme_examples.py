@@ -1,11 +1,12 @@
-"""The examples of packages/automodel-peft/README.md run as written, each in its own process.
+"""The examples of packages/automodel-peft/README.md run as written (each in a process of its own but one).
 
 A runnable example is a fenced ``python`` block right after an HTML comment
 ``<!-- test: NAME -->``; a block marked ``<!-- test: NAME (continued) -->`` is appended
 to the example NAME (it goes on from that example's variables). Every example runs in
 one fresh, isolated (``-I``) ``sys.executable`` process with ``TMPDIR`` pointing into
 the test's own temporary directory, so the files it writes (through ``tempfile``) can
-be checked.
+be checked; the MoE experts example runs in the test's own process instead (its imports
+are loaded there already).
 The packaging tests run the torch-only example inside the wheel's own environment,
 through :func:`readme_examples`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def _folders_with(tmp: Path, names: set[str]) -> list[Path]:
 
 def test_readme_marks_the_examples():
     examples = readme_examples()
-    assert set(examples) == {"plain-loop", "trainer", "qlora"}, sorted(examples)
+    assert set(examples) == {"plain-loop", "trainer", "qlora", "moe-experts"}, sorted(examples)
     assert _readme.unmarked_blocks(README.read_text()) == []
     assert "merge_lora" in examples["trainer"], "the export block is not appended to 'trainer'"
     # The first example must run with the wheel alone: torch, safetensors and the stdlib.
@@ -116,3 +118,14 @@ def test_readme_trainer_peft_and_export(started):
 def test_readme_qlora(started):
     out, _ = _succeeded(started, "qlora")
     assert "LoRA on 14 modules, 14 base weights in NF4" in out, out
+
+
+@pytest.mark.skipif(not HAS_TRAINER_DEPS, reason="the MoE example needs transformers")
+def test_readme_moe_experts(capsys, tmp_path, monkeypatch):
+    """Run in this process (transformers is imported here already: no process to start)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    exec(compile(readme_examples()["moe-experts"], "README:moe-experts", "exec"), {})
+    out = capsys.readouterr().out
+    assert "LoRA on 4 modules and 4 stacked weights" in out, out
+    assert "expert adapter reloaded from" in out, out
+    assert len(_folders_with(tmp_path, ADAPTER_FILES)) == 1
