@@ -181,12 +181,23 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "qwen3_next": ("Qwen3NextConfig", {**_QWEN_SHARED, "norm_topk_prob": False}),
+    "gpt_oss": (  # router bias; clamped swiglu_oai experts with biases, [E, in, out], interleaved
+        "GptOssConfig",
+        {
+            "head_dim": 8,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 3,
+            "swiglu_limit": 1.0,  # low enough that the clamps bite on the random weights
+            "layer_types": ["sliding_attention", "full_attention"],
+            "sliding_window": 4,
+        },
+    ),
     "qwen3_5_moe": ("Qwen3_5MoeTextConfig", _QWEN_SHARED),
 }
 FAMILIES = tuple(_CONFIGS)
 # the MoE blocks of each family's tiny model (the others' first layer is a dense MLP)
 _MOE_EVERY_LAYER = ("qwen3_moe", "olmoe", "qwen2_moe", "mixtral", "minimax_m2", "qwen3_next")
-_MOE_EVERY_LAYER += ("qwen3_5_moe",)
+_MOE_EVERY_LAYER += ("qwen3_5_moe", "gpt_oss")
 
 
 def moe_blocks(family: str) -> list[str]:

@@ -33,6 +33,16 @@ BASE = {
         ({"n_shared_experts": -1}, r"n_shared_experts=-1 must be an int >= 0"),
         ({"shared_expert_gate": True}, r"shared_expert_gate=True needs n_shared_experts >= 1"),
         ({"input_jitter": 1.5}, r"input_jitter=1.5 must be < 1"),
+        ({"activation_limit": 0}, r"activation_limit=0 must be a number > 0"),
+        ({"activation_alpha": -1.0}, r"activation_alpha=-1.0 must be a number > 0"),
+        (
+            {"activation": "relu2", "gate_up_interleaved": True},
+            r"gate_up_interleaved=True needs a gated activation .*not activation='relu2'",
+        ),
+        (
+            {"activation": "gelu", "activation_limit": 7.0},
+            r"activation_limit=7.0 needs a gated activation \['swiglu', 'geglu', 'swiglu_oai'\]",
+        ),
     ],
 )
 def test_config_errors_name_field_value_and_allowed(changes: dict, message: str) -> None:

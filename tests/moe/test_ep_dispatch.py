@@ -143,6 +143,36 @@ def test_indivisible_experts_refused_on_every_rank(ep_run: dict, rank: int, work
     assert message and "num_experts=5 is not divisible" in message and "ep_size=2" in message
 
 
+def test_shard_experts_shards_the_expert_biases_too(single_rank_group: None, hf_model) -> None:
+    """gpt-oss's experts have biases: shard_experts makes every expert parameter, biases
+    included, a Shard(0) DTensor (the recipe reduces their gradients as the experts'), and the
+    block through the all_to_all dispatcher (one rank) gives the same output and gradients."""
+    import copy
+
+    from torch.distributed.tensor import DTensor, Shard
+
+    from automodel.moe import patch_hf_moe
+
+    whole = torch.nn.Module()
+    whole.mlp = hf_model("gpt_oss").model.layers[0].mlp
+    patch_hf_moe(whole)
+    sharded = copy.deepcopy(whole)
+    assert shard_experts(sharded, None) == ["mlp.experts"]
+    experts = dict(sharded.mlp.experts.named_parameters())
+    assert set(experts) == {"gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"}
+    for name, param in experts.items():
+        assert isinstance(param, DTensor) and param.placements == (Shard(0),), name
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(7))
+    outputs = [model.mlp(x)[0] for model in (whole, sharded)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for out in outputs:
+        out.square().sum().backward()
+    grads = {n: p.grad for n, p in whole.named_parameters()}
+    for name, param in sharded.named_parameters():
+        grad = param.grad.to_local() if isinstance(param, DTensor) else param.grad
+        torch.testing.assert_close(grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_experts_per_rank() -> None:
     assert experts_per_rank(8, 2) == 4
     assert experts_per_rank(3, 1) == 3

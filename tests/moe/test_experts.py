@@ -25,15 +25,28 @@ def _reference(experts: GroupedExperts, x, ids, weights) -> torch.Tensor:
     for t in range(x.shape[0]):
         for j in range(ids.shape[1]):
             e = ids[t, j]
-            h = experts.in_proj[e] @ x[t]
-            if cfg.gated:
+            h = _project(experts, "gate_up_proj" if cfg.gated else "up_proj", e, x[t])
+            if cfg.gated and cfg.activation == "swiglu_oai":  # gpt-oss's own formula
+                gate, up = h[::2], h[1::2]
+                gate = gate.clamp(max=cfg.activation_limit)
+                up = up.clamp(-cfg.activation_limit, cfg.activation_limit)
+                h = (up + 1) * gate * torch.sigmoid(gate * cfg.activation_alpha)
+            elif cfg.gated:
                 gate, up = h.chunk(2)
                 act = {"swiglu": F.silu, "geglu": F.gelu}[cfg.activation]
                 h = act(gate) * up
             else:
                 h = F.gelu(h) if cfg.activation == "gelu" else F.relu(h) ** 2
-            out[t] += weights[t, j] * (experts.down_proj[e] @ h)
+            out[t] += weights[t, j] * _project(experts, "down_proj", e, h)
     return out
+
+
+def _project(experts: GroupedExperts, name: str, e: int, v: torch.Tensor) -> torch.Tensor:
+    """Expert ``e``'s projection ``name`` of the vector ``v``, with its bias if it has one."""
+    w = getattr(experts, name)[e]
+    y = v @ w if experts.config.transposed_experts else w @ v
+    bias = experts._parameters.get(f"{name}_bias")
+    return y if bias is None else y + bias[e]
 
 
 def _inputs(num_experts: int = 6, tokens: int = 20, k: int = 2, seed: int = 0):
@@ -92,6 +105,46 @@ def test_loop_backend_gradients_match_reference() -> None:
         torch.testing.assert_close(a, b)
 
 
+# gpt-oss's experts: [E, in, out] weights with biases, gate/up interleaved, clamped swiglu_oai
+GPT_OSS_LAYOUT = {
+    "activation": "swiglu_oai",
+    "activation_limit": 0.8,
+    "gate_up_interleaved": True,
+    "expert_bias": True,
+    "transposed_experts": True,
+}
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "loop",
+        pytest.param(
+            "grouped_mm",
+            marks=pytest.mark.skipif(not _grouped_mm_works_on_cpu(), reason="no CPU kernel"),
+        ),
+    ],
+)
+def test_biased_transposed_experts_match_reference_forward_and_backward(backend: str) -> None:
+    """Each expert row gets its own expert's biases, and the routing weight scales the output
+    after down_proj's bias (the bias is not linear in the weight)."""
+    torch.manual_seed(0)
+    experts = GroupedExperts(MoEConfig(24, 16, 6, 2, backend=backend, **GPT_OSS_LAYOUT))
+    assert experts.gate_up_proj.shape == (6, 24, 32) and experts.down_proj.shape == (6, 16, 24)
+    assert experts.gate_up_proj_bias.shape == (6, 32) and experts.down_proj_bias.shape == (6, 24)
+    assert experts.is_transposed  # as transformers' GptOssExperts says (LoRA reads it)
+    x, ids, weights = _inputs(seed=2)
+    ours = _run(experts, x, ids, weights)
+    xr, wr = x.clone().requires_grad_(), weights.clone().requires_grad_()
+    experts.zero_grad()
+    y = _reference(experts, xr, ids, wr)
+    y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+    ref = (y, xr.grad, wr.grad, [p.grad.clone() for p in experts.parameters()])
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert experts.down_proj_bias.grad[3].abs().sum() == 0  # expert 3 got no token
+
+
 def test_bfloat16_forward_close_to_float32() -> None:
     torch.manual_seed(0)
     experts = GroupedExperts(MoEConfig(24, 16, 6, 2))
@@ -123,9 +176,10 @@ class _SingleRankDispatcher:
         return (out.view(*shape, -1) * topk_weights.unsqueeze(-1)).sum(1)
 
 
-def test_dispatcher_hook_gives_the_same_result() -> None:
+@pytest.mark.parametrize("layout", [{}, GPT_OSS_LAYOUT], ids=["plain", "gpt_oss"])
+def test_dispatcher_hook_gives_the_same_result(layout: dict) -> None:
     torch.manual_seed(0)
-    experts = GroupedExperts(MoEConfig(24, 16, 6, 2))
+    experts = GroupedExperts(MoEConfig(24, 16, 6, 2, **layout))
     x, ids, weights = _inputs()
     expected = _run(experts, x, ids, weights)
     experts.dispatcher = _SingleRankDispatcher(6)
@@ -133,6 +187,45 @@ def test_dispatcher_hook_gives_the_same_result() -> None:
     assert experts.dispatcher.calls == 1
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+class _LocalExpertsDispatcher:
+    """One of two simulated expert-parallel ranks, in one process: it computes the rows of its
+    experts ``local`` only (numbered from 0 here) and adds them, weighted, into the tokens."""
+
+    def __init__(self, local: range) -> None:
+        self.local_experts = local
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        local_ids = topk_ids - self.local_experts.start
+        mine = (local_ids >= 0) & (local_ids < len(self.local_experts))
+        token, slot = torch.nonzero(mine, as_tuple=True)
+        local_ids = local_ids[token, slot]
+        order = torch.argsort(local_ids, stable=True)
+        counts = torch.bincount(local_ids, minlength=len(self.local_experts))
+        rows_weight = topk_weights[token, slot][order]
+        return x[token[order]], counts, (token[order], rows_weight, x.shape[0])
+
+    def combine(self, y, handle):
+        token, rows_weight, tokens = handle
+        return y.new_zeros(tokens, y.shape[1]).index_add(0, token, y * rows_weight[:, None])
+
+
+def test_biased_experts_split_over_two_ranks_add_up_to_all_experts() -> None:
+    """Expert parallelism's contract with biases: each rank holds its experts' weights and
+    biases only (as shard_experts slices them) and the ranks' outputs sum to the whole layer."""
+    torch.manual_seed(0)
+    whole = GroupedExperts(MoEConfig(24, 16, 6, 2, **GPT_OSS_LAYOUT))
+    x, ids, weights = _inputs()
+    expected = whole(x, ids, weights)
+    total = torch.zeros_like(expected)
+    for local in (range(0, 3), range(3, 6)):
+        rank = GroupedExperts(MoEConfig(24, 16, 6, 2, **GPT_OSS_LAYOUT))
+        for name, param in whole.named_parameters():
+            setattr(rank, name, torch.nn.Parameter(param.detach()[local.start : local.stop]))
+        rank.dispatcher = _LocalExpertsDispatcher(local)
+        total += rank(x, ids, weights)
+    torch.testing.assert_close(total, expected)
 
 
 @pytest.mark.parametrize("backend", ["auto", "loop"])

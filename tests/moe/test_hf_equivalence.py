@@ -30,6 +30,11 @@ def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
     return {k: p for k, p in module.named_parameters() if p.requires_grad}
 
 
+def _sorted(scores: torch.Tensor) -> torch.Tensor:
+    """Each token's top-k scores in ascending order (transformers' top-k is sorted, ours not)."""
+    return scores.float().sort(dim=-1).values
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_forward_backward_match_hf(family: str) -> None:
     ref = _hf_block(family).train()
@@ -48,6 +53,10 @@ def test_block_forward_backward_match_hf(family: str) -> None:
     x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(2))
     x_ref, x_our = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_our = ref.mlp(x_ref), ours.mlp(x_our)
+    assert type(y_our) is type(y_ref)
+    if isinstance(y_ref, tuple):  # gpt-oss: (output, router scores [T, k]) for its decoder layer
+        (y_ref, scores_ref), (y_our, scores_our) = y_ref, y_our
+        torch.testing.assert_close(_sorted(scores_our), _sorted(scores_ref), **TOL)
     torch.testing.assert_close(y_our, y_ref, **TOL)
     grad_out = torch.randn_like(y_ref)
     y_ref.backward(grad_out)
@@ -80,6 +89,7 @@ def test_patched_model_logits_and_unpatch(family: str, hf_model) -> None:
         ("deepseek_v3", "bias"),
         ("minimax_m2", "bias"),  # the bias is the block's, not the gate's
         ("nemotron_h", "none"),  # relu2 experts between latent projections
+        ("gpt_oss", "aux_loss"),  # router and expert biases, [E, in, out] expert weights
     ],
 )
 def test_train_step_then_save_pretrained_loads_in_plain_transformers(
@@ -124,6 +134,22 @@ def test_state_dict_keys_unchanged_by_patch(family: str, hf_model) -> None:
         assert torch.equal(our_sd[key], value), key
 
 
+def test_gpt_oss_aux_loss_is_transformers_load_balancing_loss() -> None:
+    """gpt-oss's router softmaxes over its top k only; the aux loss still uses the softmax over
+    every expert, as transformers' gpt-oss load_balancing_loss_func (and NeMo AutoModel) do."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import load_balancing_loss_func
+
+    ref = _hf_block("gpt_oss")
+    ours = copy.deepcopy(ref)
+    patch_hf_moe(ours, balancing="aux_loss", aux_loss_coeff=0.5)
+    ours.train()
+    x = torch.randn(4, 9, 32, generator=torch.Generator().manual_seed(6))
+    ours.mlp(x)
+    logits, _, _ = ref.mlp.router(x.reshape(-1, 32))
+    expected = load_balancing_loss_func((logits,), num_experts=8, top_k=3)
+    torch.testing.assert_close(moe_aux_loss(ours), 0.5 * expected, **TOL)
+
+
 def test_patch_errors(hf_model, tiny_llama_config) -> None:
     import transformers
 
@@ -133,6 +159,17 @@ def test_patch_errors(hf_model, tiny_llama_config) -> None:
         patch_hf_moe(hf_model("qwen3_moe"), n_routed_experts=4)
     with pytest.raises(TypeError, match="unknown MoEConfig field"):
         patch_hf_moe(hf_model("qwen3_moe"), balance="bias")
+
+
+def test_mxfp4_quantized_gpt_oss_says_to_load_it_dequantized(hf_model) -> None:
+    """transformers keeps gpt-oss's MXFP4 experts packed where its kernels are installed."""
+    from transformers.integrations.mxfp4 import Mxfp4GptOssExperts, Mxfp4GptOssMLP
+
+    model = hf_model("gpt_oss")
+    layer = model.model.layers[0]
+    layer.mlp = Mxfp4GptOssMLP(layer.mlp.router, Mxfp4GptOssExperts(model.config))
+    with pytest.raises(ValueError, match=r"layers\.0\.mlp: gpt-oss with MXFP4.*dequantize: true"):
+        patch_hf_moe(model)
 
 
 def test_patch_warns_that_router_logits_are_not_recorded(hf_model) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
+from automodel.moe._config import MoEConfig
 from automodel.moe._experts import GroupedExperts, activate, activate_gated
 from automodel.moe._router import BlockBiasRouter, TopKRouter
 
@@ -14,56 +14,71 @@ from automodel.moe._router import BlockBiasRouter, TopKRouter
 class SharedMLP(nn.Module):
     """A dense MLP with HF names ``gate_proj``/``up_proj``/``down_proj`` (no biases)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str) -> None:
+    def __init__(self, config: MoEConfig) -> None:
         super().__init__()
-        self.activation = activation
-        if activation in GATED_ACTIVATIONS:
+        self.config = config  # its activation
+        hidden_size, intermediate_size = config.hidden_size, config.shared_size
+        if config.gated:
             self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``down(act(gate(x)) * up(x))`` for gated activations, else ``down(act(up(x)))``."""
-        if self.activation in GATED_ACTIVATIONS:
-            h = activate_gated(self.gate_proj(x), self.up_proj(x), self.activation)
+        if self.config.gated:
+            h = activate_gated(self.gate_proj(x), self.up_proj(x), self.config)
         else:
-            h = activate(self.up_proj(x), self.activation)
+            h = activate(self.up_proj(x), self.config)
         return self.down_proj(h)
 
 
 class MoE(nn.Module):
     """Drop-in MoE block: ``forward(x [..., H]) -> [..., H]``.
 
-    Submodules keep Hugging Face names: ``gate`` (router), ``experts``, and the shared MLP
-    under ``shared_name`` (``"shared_experts"`` for DeepSeek, ``"shared_expert"`` with a
-    ``shared_expert_gate`` for Qwen2-MoE), so state dicts match the HF blocks key for key.
-    ``bias_on_block``: the selection bias is the block's ``e_score_correction_bias`` (MiniMax-M2,
-    Hy3) rather than ``gate.e_score_correction_bias``. With ``config.latent_size`` the experts
-    run between ``fc1_latent_proj`` and ``fc2_latent_proj`` (Nemotron 3).
+    Submodules keep Hugging Face names: the router (``router_name``: ``gate``, or ``router`` for
+    gpt-oss), ``experts``, and the shared MLP under ``shared_name`` (``"shared_experts"`` for
+    DeepSeek, ``"shared_expert"`` with a ``shared_expert_gate`` for Qwen2-MoE), so state dicts
+    match the HF blocks key for key. ``bias_on_block``: the selection bias is the block's
+    ``e_score_correction_bias`` (MiniMax-M2, Hy3) rather than the router's. With
+    ``config.latent_size`` the experts run between ``fc1_latent_proj`` and ``fc2_latent_proj``
+    (Nemotron 3). ``return_router_scores``: return ``(output, topk_weights [T, k])``, as the
+    gpt-oss block does for its decoder layer.
     """
 
     def __init__(
-        self, config: MoEConfig, shared_name: str = "shared_experts", bias_on_block: bool = False
+        self,
+        config: MoEConfig,
+        shared_name: str = "shared_experts",
+        bias_on_block: bool = False,
+        router_name: str = "gate",
+        return_router_scores: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
+        self.router_name = router_name
+        self.return_router_scores = return_router_scores
         if bias_on_block and config.has_selection_bias:
-            self.gate = BlockBiasRouter(config, self)
+            router: TopKRouter = BlockBiasRouter(config, self)
             self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
         else:
-            self.gate = TopKRouter(config)
+            router = TopKRouter(config)
+        self.add_module(router_name, router)
         self.experts = GroupedExperts(config)
         if config.latent_size is not None:
             self.fc1_latent_proj = nn.Linear(config.hidden_size, config.latent_size, bias=False)
             self.fc2_latent_proj = nn.Linear(config.latent_size, config.hidden_size, bias=False)
         self.shared_name = shared_name if config.n_shared_experts else None
         if self.shared_name is not None:
-            shared = SharedMLP(config.hidden_size, config.shared_size, config.activation)
-            self.add_module(self.shared_name, shared)
+            self.add_module(self.shared_name, SharedMLP(config))
         if config.shared_expert_gate:
             self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    @property
+    def topk_router(self) -> TopKRouter:
+        """The router, whatever its HF name (``gate`` or ``router``)."""
+        return getattr(self, self.router_name)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Route each token to its top-k experts, add the shared experts' output."""
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
@@ -71,7 +86,7 @@ class MoE(nn.Module):
         jitter = self.config.input_jitter
         if self.training and jitter > 0:
             routed_in = x * torch.empty_like(x).uniform_(1.0 - jitter, 1.0 + jitter)
-        _, topk_weights, topk_ids = self.gate(routed_in)
+        _, topk_weights, topk_ids = self.topk_router(routed_in)
         if self.config.latent_size is None:
             out = self.experts(routed_in, topk_ids, topk_weights)
         else:
@@ -82,4 +97,5 @@ class MoE(nn.Module):
             if self.config.shared_expert_gate:
                 shared = F.sigmoid(self.shared_expert_gate(x)) * shared
             out = out + shared
-        return out.view(shape)
+        out = out.view(shape)
+        return (out, topk_weights) if self.return_router_scores else out

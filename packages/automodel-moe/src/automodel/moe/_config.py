@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SCORE_FUNCS = ("softmax", "sigmoid")
-ACTIVATIONS = ("swiglu", "geglu", "gelu", "relu2")
-GATED_ACTIVATIONS = ("swiglu", "geglu")
+ACTIVATIONS = ("swiglu", "geglu", "swiglu_oai", "gelu", "relu2")
+GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_oai")
 BALANCING = ("none", "aux_loss", "bias")
 BACKENDS = ("auto", "grouped_mm", "loop")
 ROUTINGS = ("learned", "balanced")
@@ -38,6 +38,11 @@ class MoEConfig:
         scores for selection only, moved by ``bias_update_rate * sign(mean_load - load)`` on
         each ``update_moe_bias(model)`` call (once per optimizer step).
       * ``"none"``: no balancing (a pre-existing ``e_score_correction_bias`` is still applied).
+
+    Experts: ``down(act(in(x)))`` with ``in`` = ``gate_up_proj`` for the gated activations
+    (``act(gate) * up``; swiglu: SiLU, geglu: GELU, swiglu_oai: ``gate * sigmoid(alpha * gate)
+    * (up + 1)``) or ``up_proj`` for gelu and relu2; each projection adds a per-expert bias
+    with ``expert_bias``.
     """
 
     hidden_size: int
@@ -55,6 +60,15 @@ class MoEConfig:
     router_bias: bool = False  # a learned bias on the router logits (nn.Linear bias)
     score_correction_bias: bool = False  # keep an `e_score_correction_bias` buffer (DeepSeek-V3)
     activation: str = "swiglu"
+    # swiglu_oai (gpt-oss): gate * sigmoid(activation_alpha * gate) * (up + 1)
+    activation_alpha: float = 1.702
+    # gated activations: gate clamped to <= limit and up to [-limit, limit] first (None: no clamp)
+    activation_limit: float | None = None
+    gate_up_interleaved: bool = False  # gate_up_proj's outputs alternate gate, up (gpt-oss)
+    # a bias per expert on each projection: gate_up_proj_bias (or up_proj_bias), down_proj_bias
+    expert_bias: bool = False
+    # expert weights stored [E, in, out] (gpt-oss) instead of nn.Linear's [E, out, in]
+    transposed_experts: bool = False
     # Nemotron 3 LatentMoE: the routed experts run at this width, between the block's
     # fc1_latent_proj [L, H] and fc2_latent_proj [H, L] (the router still sees the hidden states)
     latent_size: int | None = None
@@ -109,6 +123,15 @@ class MoEConfig:
                     f"MoEConfig.topk_groups={self.topk_groups} groups of {per_group} experts hold "
                     f"fewer than experts_per_token={self.experts_per_token} experts"
                 )
+        if self.activation_limit is not None:
+            _positive_number("activation_limit", self.activation_limit)
+        for name in ("activation_limit", "gate_up_interleaved"):
+            if getattr(self, name) not in (None, False) and not self.gated:
+                raise ValueError(
+                    f"MoEConfig.{name}={getattr(self, name)!r} needs a gated activation "
+                    f"{list(GATED_ACTIVATIONS)}, not activation={self.activation!r}"
+                )
+        _positive_number("activation_alpha", self.activation_alpha)
         for name in ("route_scale", "aux_loss_coeff", "bias_update_rate", "input_jitter"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -157,6 +180,11 @@ def check_fields(changes: dict[str, Any]) -> None:
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"MoEConfig.{name}={value!r} must be an int >= 1")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"MoEConfig.{name}={value!r} must be a number > 0")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

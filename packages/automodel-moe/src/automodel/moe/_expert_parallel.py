@@ -52,9 +52,8 @@ def shard_experts(model: nn.Module, group: Group, dispatcher: str = "all_to_all"
         exchange = _make_dispatcher(dispatcher, mesh, experts.num_experts, first)
         first = first or exchange
         local = slice(exchange.local_experts.start, exchange.local_experts.stop)
-        for weight_name in ("gate_up_proj" if experts.config.gated else "up_proj", "down_proj"):
-            weight = getattr(experts, weight_name)
-            shard = weight.detach()[local].clone()
+        for weight_name, weight in list(experts.named_parameters(recurse=False)):
+            shard = weight.detach()[local].clone()  # experts first: weights and their biases
             kept = DTensor.from_local(shard, mesh, [Shard(0)], run_check=False)
             setattr(experts, weight_name, nn.Parameter(kept, requires_grad=weight.requires_grad))
         experts.dispatcher = exchange

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automodel.moe._config import GATED_ACTIVATIONS, MoEConfig
+from automodel.moe._config import MoEConfig
 
 
 class _LoopGroupedMM(torch.autograd.Function):
@@ -107,17 +107,27 @@ def _grouped_linear(
     return _LoopGroupedMM.apply(x, w, bounds)
 
 
-def activate_gated(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
-    """``act(gate) * up`` for the gated activations (swiglu: SiLU, geglu: GELU)."""
-    return (F.silu(gate) if activation == "swiglu" else F.gelu(gate)) * up
+def activate_gated(gate: torch.Tensor, up: torch.Tensor, config: MoEConfig) -> torch.Tensor:
+    """``act(gate) * up`` for the gated activations (see ``MoEConfig``), clamped first if set."""
+    limit = config.activation_limit
+    if limit is not None:
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+    if config.activation == "swiglu_oai":
+        return gate * torch.sigmoid(gate * config.activation_alpha) * (up + 1)
+    return (F.silu(gate) if config.activation == "swiglu" else F.gelu(gate)) * up
 
 
-def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
-    """Apply the expert activation; gated ones split ``h`` as ``[gate | up]`` (HF order)."""
-    if activation in GATED_ACTIVATIONS:
-        gate, up = h.chunk(2, dim=-1)
-        return activate_gated(gate, up, activation)
-    if activation == "gelu":
+def activate(h: torch.Tensor, config: MoEConfig) -> torch.Tensor:
+    """The expert activation; gated ones split ``h`` as ``[gate | up]`` or, interleaved,
+    ``[g0, u0, g1, u1, ...]``."""
+    if config.gated:
+        if config.gate_up_interleaved:
+            gate, up = h[..., ::2], h[..., 1::2]
+        else:
+            gate, up = h.chunk(2, dim=-1)
+        return activate_gated(gate, up, config)
+    if config.activation == "gelu":
         return F.gelu(h)
     return torch.square(F.relu(h))  # relu2
 
@@ -127,6 +137,8 @@ class GroupedExperts(nn.Module):
 
     Gated activations: ``gate_up_proj`` ``[E, 2I, H]`` (gate rows first) and ``down_proj``
     ``[E, H, I]``; non-gated: ``up_proj`` ``[E, I, H]`` and ``down_proj`` (``H``: ``expert_dim``).
+    With ``transposed_experts`` each is stored ``[E, in, out]`` instead, and with
+    ``expert_bias`` each has a bias ``<name>_bias`` ``[E, out]`` (gpt-oss's layout).
     ``dispatcher`` (optional, for expert parallelism) is a ``TokenDispatcher``:
     ``dispatch(x, topk_ids, topk_weights) -> (rows sorted by local expert, tokens per local
     expert, handle)`` and ``combine(y, handle)``; this module then holds only its local experts.
@@ -137,24 +149,41 @@ class GroupedExperts(nn.Module):
         self.config = config
         self.num_experts = config.n_routed_experts
         e, h, i = config.n_routed_experts, config.expert_dim, config.moe_intermediate_size
-        if config.gated:
-            self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
-        else:
-            self.up_proj = nn.Parameter(torch.empty(e, i, h))
-        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        in_name = "gate_up_proj" if config.gated else "up_proj"
+        in_width = 2 * i if config.gated else i
+        for name, (out, inp) in ((in_name, (in_width, h)), ("down_proj", (h, i))):
+            shape = (e, inp, out) if config.transposed_experts else (e, out, inp)
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+            if config.expert_bias:
+                self.register_parameter(f"{name}_bias", nn.Parameter(torch.empty(e, out)))
         self.dispatcher: Any = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise every expert matrix like ``nn.Linear`` (uniform, fan-in scaled)."""
-        for w in (self.in_proj, self.down_proj):
-            bound = w.shape[-1] ** -0.5
+        down_bias = self._parameters.get("down_proj_bias")
+        for w, bias in ((self.in_proj, self.in_proj_bias), (self.down_proj, down_bias)):
+            fan_in = w.shape[-2] if self.config.transposed_experts else w.shape[-1]
+            bound = fan_in**-0.5
             nn.init.uniform_(w, -bound, bound)
+            if bias is not None:
+                nn.init.uniform_(bias, -bound, bound)
 
     @property
     def in_proj(self) -> nn.Parameter:
         """The first projection: ``gate_up_proj`` or ``up_proj``."""
         return self.gate_up_proj if self.config.gated else self.up_proj
+
+    @property
+    def is_transposed(self) -> bool:
+        """Weights stored ``[E, in, out]`` (transformers' name for it on its expert modules)."""
+        return self.config.transposed_experts
+
+    @property
+    def in_proj_bias(self) -> nn.Parameter | None:
+        """The first projection's bias (None without ``expert_bias``)."""
+        name = "gate_up_proj_bias" if self.config.gated else "up_proj_bias"
+        return self._parameters.get(name)
 
     def ffn(
         self,
@@ -164,18 +193,33 @@ class GroupedExperts(nn.Module):
     ) -> torch.Tensor:
         """Expert MLPs on rows sorted by (local) expert, ``counts`` rows each -> ``[S, H]``.
 
-        ``row_weights`` ``[S]``, when given, scale each row (applied before ``down_proj``,
-        which is linear, so it equals scaling the output).
+        ``row_weights`` ``[S]``, when given, scale each row's output (applied before a
+        ``down_proj`` without bias, which is linear, so it equals scaling the output).
         """
-        in_proj, down_proj = (_local(w, x_sorted.dtype) for w in (self.in_proj, self.down_proj))
+        dtype = x_sorted.dtype
+        in_proj, down_proj = (self._out_in(w, dtype) for w in (self.in_proj, self.down_proj))
+        down_bias = self._parameters.get("down_proj_bias")
         backend = resolve_backend(self.config.backend, x_sorted.device, down_proj.dtype)
         offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
         bounds = [0, *offsets.tolist()] if backend == "loop" else None  # one host sync
+        row_expert = None  # each row's (local) expert, for the biases
+        if self.config.expert_bias:
+            experts = torch.arange(counts.numel(), device=counts.device)
+            row_expert = experts.repeat_interleave(counts, output_size=x_sorted.shape[0])
         h = _grouped_linear(x_sorted, in_proj, offsets, bounds)
-        h = activate(h, self.config.activation)
-        if row_weights is not None:
-            h = h * row_weights.unsqueeze(-1).to(h.dtype)
-        return _grouped_linear(h, down_proj, offsets, bounds)
+        h = activate(_add_bias(h, self.in_proj_bias, row_expert), self.config)
+        scale = None if row_weights is None else row_weights.unsqueeze(-1)
+        if scale is not None and down_bias is None:
+            h = h * scale.to(h.dtype)
+        y = _add_bias(_grouped_linear(h, down_proj, offsets, bounds), down_bias, row_expert)
+        if scale is not None and down_bias is not None:
+            y = y * scale.to(y.dtype)
+        return y
+
+    def _out_in(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """This rank's ``weight`` in ``dtype``, as ``[E, out, in]`` (a view when transposed)."""
+        weight = _local(weight, dtype)
+        return weight.transpose(-2, -1) if self.config.transposed_experts else weight
 
     def forward(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -194,6 +238,15 @@ class GroupedExperts(nn.Module):
         row_weights = topk_weights.reshape(-1).index_select(0, order)
         y = self.ffn(rows, counts, row_weights)
         return combine_rows(y, order, top_k, scatter=y.device.type == "cpu").to(x.dtype)
+
+
+def _add_bias(
+    h: torch.Tensor, bias: torch.Tensor | None, row_expert: torch.Tensor | None
+) -> torch.Tensor:
+    """``h`` ``[S, out]`` plus each row's expert's bias (``bias`` ``[E, out]``; None: none)."""
+    if bias is None or row_expert is None:
+        return h
+    return h + _local(bias, h.dtype).index_select(0, row_expert)
 
 
 def _local(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

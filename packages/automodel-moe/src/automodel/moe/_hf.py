@@ -3,7 +3,8 @@
 transformers is never imported: blocks are recognised by class name and read duck-typed.
 Our block keeps the HF parameter names and shapes (``mlp.gate.weight``,
 ``mlp.experts.gate_up_proj`` ``[E, 2I, H]`` or, for experts without gate, ``mlp.experts.up_proj``
-``[E, I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``, the shared expert's
+``[E, I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``; gpt-oss's ``mlp.router.weight``/``bias``
+and its experts' ``[E, in, out]`` weights with their ``*_bias``; the shared expert's
 ``gate_proj``/``up_proj``/``down_proj``, the selection bias ``mlp.gate.e_score_correction_bias``
 or, where the HF block keeps it itself, ``mlp.e_score_correction_bias``), so the weight mapping
 in both directions is the identity and ``state_dict()`` / ``save_pretrained`` output loads in
@@ -142,6 +143,32 @@ def _laguna(block: nn.Module) -> tuple[dict[str, Any], str]:
     return {**fields, **_shared(block)}, "shared_experts"
 
 
+def _gpt_oss(block: nn.Module) -> tuple[dict[str, Any], str]:
+    """gpt-oss: a router with a bias, top-k of the logits softmaxed over the k (the same weights
+    as a softmax over all experts renormalised over the top k), clamped swiglu_oai experts.
+
+    The expert layout is read from the flags transformers sets on its experts (gpt-oss's where
+    a version has none): ``[E, in, out]``, gate and up interleaved, with biases."""
+    router, experts = block.router, block.experts
+    num_experts, hidden = router.weight.shape
+    transposed = bool(getattr(experts, "is_transposed", True))
+    fields = {
+        "hidden_size": int(hidden),
+        "moe_intermediate_size": int(experts.down_proj.shape[1 if transposed else 2]),
+        "n_routed_experts": int(num_experts),
+        "experts_per_token": int(router.top_k),
+        "norm_topk_prob": True,
+        "router_bias": True,
+        "activation": "swiglu_oai",
+        "activation_alpha": float(experts.alpha),
+        "activation_limit": float(experts.limit),
+        "gate_up_interleaved": not getattr(experts, "is_concatenated", False),
+        "expert_bias": bool(getattr(experts, "has_bias", True)),
+        "transposed_experts": transposed,
+    }
+    return fields, "shared_experts"
+
+
 # HF block class name -> reader of (MoEConfig fields, shared-expert attribute name).
 SUPPORTED: dict[str, Callable[[nn.Module], tuple[dict[str, Any], str]]] = {
     "Qwen3MoeSparseMoeBlock": _qwen3,
@@ -162,6 +189,17 @@ SUPPORTED: dict[str, Callable[[nn.Module], tuple[dict[str, Any], str]]] = {
     "MiniMaxM2SparseMoeBlock": _minimax_m2,
     "HYV3MoE": _hy_v3,
     "LagunaSparseMoeBlock": _laguna,
+    "GptOssMLP": _gpt_oss,
+}
+# HF blocks of a supported family that cannot be swapped as loaded: why, and what to do
+_UNSWAPPABLE = {
+    "Mxfp4GptOssMLP": "gpt-oss with MXFP4-quantized experts (packed uint8 blocks, not "
+    "trainable); load the checkpoint dequantized: from_pretrained(..., "
+    "quantization_config=Mxfp4Config(dequantize=True)), in the recipes model.dequantize: true",
+}
+# HF blocks whose router is not ``gate`` or that return more than the hidden states
+_BLOCK_OPTIONS: dict[str, dict[str, Any]] = {
+    "GptOssMLP": {"router_name": "router", "return_router_scores": True},
 }
 
 
@@ -221,12 +259,15 @@ def patch_hf_moe(model: nn.Module, **overrides: Any) -> list[str]:
     replaced = []
     hf_config = _text_config(model)
     for name, module in list(model.named_modules()):
+        if type(module).__name__ in _UNSWAPPABLE:
+            raise ValueError(f"{name}: {_UNSWAPPABLE[type(module).__name__]}")
         if type(module).__name__ not in SUPPORTED:
             continue
         config, shared_name = moe_config_from_hf(module, **overrides)
         bias_on_block = "e_score_correction_bias" in dict(module.named_buffers(recurse=False))
         with torch.device("meta"):
-            ours = MoE(config, shared_name=shared_name, bias_on_block=bias_on_block)
+            options = _BLOCK_OPTIONS.get(type(module).__name__, {})
+            ours = MoE(config, shared_name, bias_on_block=bias_on_block, **options)
         ours.hf_class = type(module)
         own_config = getattr(module, "config", None)
         ours.hf_config = hf_config if own_config is None else own_config
@@ -267,7 +308,7 @@ def unpatch_hf_moe(model: nn.Module) -> list[str]:
 
 
 def _check_restorable(name: str, module: MoE, hf_keys: set[str]) -> None:
-    bias = module.gate.e_score_correction_bias
+    bias = module.topk_router.e_score_correction_bias
     homes = {"gate.e_score_correction_bias", "e_score_correction_bias"}
     if not homes & hf_keys and bias is not None and bias.any():
         warnings.warn(
