@@ -27,6 +27,7 @@ SWAPPED_FAMILIES = {
     "Kimi-Linear": ("kimi_linear",),
     "MiMo-V2-Flash": ("mimo_v2_flash",),
     "Qwen3.5 MoE": ("qwen3_5_moe",),
+    "gpt-oss": ("gpt_oss",),
 }
 CASES = [(name, kind) for name, kinds in SWAPPED_FAMILIES.items() for kind in kinds]
 
@@ -73,7 +74,7 @@ def test_qwen3_5_moe_balancing_and_its_default_coefficient() -> None:
     assert nemo_balancing(bare)["aux_loss_coeff"] == pytest.approx(0.001 / 4)
     zero = SimpleNamespace(model_type="laguna", num_experts_per_tok=4, router_aux_loss_coef=0)
     assert nemo_balancing(zero) == {"balancing": "none"}
-    assert nemo_balancing(SimpleNamespace(model_type="gpt_oss")) is None
+    assert nemo_balancing(SimpleNamespace(model_type="ernie4_5_moe")) is None
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_qwen3_5_moe_balancing_and_its_default_coefficient() -> None:
         ("zai-org/GLM-4.7-Flash", "GLM-4.5/4.7 MoE", True),
         ("/path/to/deepseek-v32", "DeepSeek-V3.2", True),
         ("Qwen/Qwen3.5-35B-A3B", "Qwen3.5 MoE", True),
-        ("openai/gpt-oss-20b", "gpt-oss", False),
+        ("openai/gpt-oss-20b", "gpt-oss", True),
         ("deepseek-ai/DeepSeek-V4-Flash", "DeepSeek-V4", False),
     ],
 )

@@ -8,9 +8,11 @@ Their classes, by the HF config's `model_type`:
     (MiniMax-M2): auxiliary-loss-free balancing, the routing bias moved by
     1e-3 x sign(mean load - load) after each optimizer step (their gate_bias_update_factor);
     no aux loss.
-  * `qwen3_moe`, `qwen3_next` (Qwen3-Next), `qwen3_5_moe` (Qwen3.5 MoE), `laguna` (Laguna): an
-    aux loss weighted by the config's `router_aux_loss_coef` (none when it is 0; Qwen3.5 takes
-    0.001 when the config has none); no bias update. Their loss divides the token fractions by
+  * `qwen3_moe`, `qwen3_next` (Qwen3-Next), `qwen3_5_moe` (Qwen3.5 MoE), `laguna` (Laguna),
+    `gpt_oss` (gpt-oss): an aux loss weighted by the config's `router_aux_loss_coef` (none when
+    it is 0; Qwen3.5 and gpt-oss take 0.001 when the config has none); no bias update. gpt-oss's
+    weights are a softmax over its top k logits, its aux loss's probabilities the softmax over
+    every expert, in theirs as in ours and transformers'. Their loss divides the token fractions by
     the top-k (they sum to 1); ours does not (they sum to k, as in transformers), so the same
     loss here has the weight router_aux_loss_coef / num_experts_per_tok. Laguna's sigmoid scores
     enter theirs divided by their sum (with their default norm_topk_prob, which transformers'
@@ -44,6 +46,7 @@ _AUX_LOSS = {
     "qwen3_5_moe": 0.001,
     "qwen3_5_moe_text": 0.001,
     "laguna": 0.0,
+    "gpt_oss": 0.001,
 }
 _BIAS = ("deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "minimax_m2")
 _NO_BALANCING = ("nemotron_h", "kimi_linear", "mimo_v2_flash", "hy_v3")

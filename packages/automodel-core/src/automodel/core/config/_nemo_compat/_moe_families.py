@@ -47,8 +47,8 @@ MOE_FAMILIES = (
     MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None, swapped=True),
     # mostly trained as a VLM: finetune.vlm has no moe: section, so their aux loss is refused there
     MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss", swapped=True),
+    MoeFamily("gpt-oss", r"gpt-oss", "aux_loss", swapped=True),
     # their own implementations of families automodel.moe does not swap
-    MoeFamily("gpt-oss", r"gpt-oss", "aux_loss"),
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss"),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias"),
     MoeFamily("MiniMax-M3", r"minimax-m3", "bias"),
@@ -63,7 +63,8 @@ MOE_FAMILIES = (
 # the families automodel.moe swaps (for messages)
 SWAPPED = (
     "DeepSeek-V3, DeepSeek-V3.2, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, Nemotron 3, "
-    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral and OLMoE"
+    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral, OLMoE and "
+    "gpt-oss"
 )
 
 
