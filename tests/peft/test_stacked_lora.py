@@ -79,8 +79,8 @@ def adapted(family: str, swapped: bool, randomize_adapters, **config) -> torch.n
 
 @pytest.mark.parametrize(
     ("family", "swapped"),
-    [("qwen3_moe", False), ("qwen3_moe", True), ("gpt_oss", False)],
-    ids=["transformers_experts", "automodel_moe_experts", "transposed_experts"],
+    [("qwen3_moe", False), ("qwen3_moe", True), ("gpt_oss", False), ("gpt_oss", True)],
+    ids=["transformers", "automodel_moe", "transposed_transformers", "transposed_automodel_moe"],
 )
 def test_peft_loads_our_expert_adapter_with_the_same_logits(
     family, swapped, randomize_adapters, tmp_path
@@ -151,6 +151,9 @@ def test_merge_unmerge_unload_and_the_merged_export(swapped, randomize_adapters)
     exported = merged_state_dict(model)  # the plain model's keys, with merged experts
     plain = base()
     assert set(exported) == set(plain.state_dict())
+    from_state = merged_state_dict(model, state=model.state_dict())  # as from FSDP2's full state
+    for name, tensor in exported.items():
+        torch.testing.assert_close(from_state[name], tensor, **TOL)
     plain.load_state_dict(exported)
     torch.testing.assert_close(logits(plain), expected, **TOL)
 
