@@ -215,3 +215,17 @@ def test_bad_expert_targets_say_what_exists(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "peft_version": "0.18.1"}))
     with pytest.raises(AdapterError, match=r"peft 0\.18\.1, which lays out the LoRA factors"):
         load_adapter(base(), tmp_path)
+
+
+def test_activation_checkpointing_recomputes_the_adapted_weights(randomize_adapters):
+    """Checkpointed layers drop the adapted copies and recompute them: the same gradients."""
+    grads, lora = [], adapted("qwen3_moe", True, randomize_adapters)
+    for checkpointing in (False, True):
+        model = copy.deepcopy(lora).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert len(grads[1]) == 8  # A and B of 2 weights in 2 layers
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, **TOL)
