@@ -447,6 +447,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_llm_recipe.py::test_grad_accumulation_and_padding_free_match_one_big_batch",
         why="the tiny example padding-free (training and validation) in-process, against padded batches",
     ),
+    f"{AM} finetune llm -c examples/llm_finetune/tiny_tool_calls.yaml": Shared(
+        test="tests/recipes/test_llm_recipe.py::test_tool_calls_example_trains_on_the_assistant_calls",
+        why="the example, 2 steps in-process, its labels checked against the assistant's writing",
+    ),
     f"{AM} finetune llm -c {SFT} --+neftune.noise_alpha 5": Shared(
         test="tests/recipes/test_llm_recipe.py::test_neftune_adds_bounded_noise_to_embeddings_in_training_only",
         why="the tiny example with NEFTune in-process, its noise checked against the bound",

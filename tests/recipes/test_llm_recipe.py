@@ -258,3 +258,24 @@ def test_neftune_adds_bounded_noise_to_embeddings_in_training_only(tmp_path, mon
     assert torch.equal(embed(ids).detach(), clean)
     with pytest.raises(ConfigError, match=r"neftune\.noise_alpha: expected a number >= 0"):
         _train(SFT, tmp_path / "bad", "--+neftune.noise_alpha=-1", steps=1)
+
+
+def test_tool_calls_example_trains_on_the_assistant_calls(tmp_path, monkeypatch_module):
+    """examples/llm_finetune/tiny_tool_calls.yaml: function-calling traces (ShareGPT layout,
+    tools column) train; the loss is on what the assistant writes (its call and its answer),
+    not on the tools, the user's turn or the tool's result."""
+    from automodel.core.data import IGNORE_INDEX
+
+    recipe = _train(REPO / "examples/llm_finetune/tiny_tool_calls.yaml", tmp_path, steps=2)
+    sample = recipe.train_set[0]
+    ids, labels = sample["input_ids"].tolist(), sample["labels"].tolist()
+    learned = [t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
+    row = json.loads(
+        (REPO / "examples/llm_finetune/assets/tool_calls_train.jsonl").read_text().splitlines()[0]
+    )
+    words = row["conversations"][0]["value"].removeprefix("reverse ")
+    answer = row["conversations"][3]["value"]
+    decode = recipe.tokenizer.decode
+    assert decode(learned) == f"reverse {words} <|end|> {answer} <|end|>"
+    assert decode(ids).count(answer) == 2  # the tool's result too, unlabeled
+    assert [r["step"] for r in _rows(tmp_path / "validation.jsonl")] == [0, 2]

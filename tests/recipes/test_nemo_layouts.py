@@ -429,3 +429,67 @@ def test_their_autopipeline_object_and_benchmark_json_path() -> None:
     assert t.data["distributed"]["pp_layers_per_stage"] == 2
     assert t.data["benchmark"]["summary_file"] == "logs/b.json"
     assert "json_output_path" not in t.data["benchmark"]
+
+
+def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
+    """make_agent_chat_dataset and make_xlam_dataset are tool_call_dataset in their format
+    (their turn spans); filter_overlong drops what truncate_history cannot fit; a limit the
+    split slice already gives is dropped; tool_call_eval and nvtx are dropped with notes."""
+    import inspect
+
+    llm = f"{THEIRS}.datasets.llm"
+    data = {
+        "recipe": RECIPE,
+        "nvtx": False,
+        "dataset": {
+            "_target_": f"{llm}.agent_chat.make_agent_chat_dataset",
+            "dataset_name": "julien-c/synthtraces",
+            "revision": "refs/convert/parquet",
+            "filter_no_assistant": True,
+            "filter_overlong": True,
+            "trim_incomplete_last_turn": True,
+            "truncate_history": True,
+            "truncation": True,
+            "seq_length": 8192,
+            "chat_template": "t.jinja",
+        },
+        "validation_dataset": {
+            "_target_": f"{llm}.xlam.make_xlam_dataset",
+            "split": "train[:256]",
+            "limit_dataset_samples": 256,
+        },
+        "tool_call_eval": {"_target_": f"{THEIRS}.eval.tool_call_evaluator.X", "split": "train"},
+    }
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert t.data["dataset"] == {
+        "_target_": "automodel.core.data.tool_call_dataset",
+        "path": "julien-c/synthtraces",
+        "revision": "refs/convert/parquet",
+        "trim_incomplete_last_turn": True,
+        "truncate_history": True,
+        "truncation": "drop",
+        "seq_length": 8192,
+        "chat_template": "t.jinja",
+        "prompt_format": "nemo_automodel",
+    }
+    assert t.data["validation_dataset"] == {
+        "_target_": "automodel.core.data.tool_call_dataset",
+        "split": "train[:256]",
+        "path": "Salesforce/xlam-function-calling-60k",
+        "schema": "xlam",
+        "prompt_format": "nemo_automodel",
+    }
+    assert not {"nvtx", "tool_call_eval"} & set(t.data)
+    assert any("tool-call accuracy evaluation is not run here" in n for n in t.notes)
+    for node in (t.data["dataset"], t.data["validation_dataset"]):
+        arguments = {k: v for k, v in node.items() if k != "_target_"}
+        inspect.signature(resolve_target(node["_target_"])).bind(None, **arguments)
+
+    data["dataset"] |= {"mask_reasoning_content": True, "filter_overlong": False}
+    data["validation_dataset"]["limit_dataset_samples"] = 100  # fewer rows than the slice
+    with pytest.raises(ConfigError) as info:
+        translate(data, {}, "cfg.yaml", 1)
+    assert sorted(p.key for p in info.value.problems) == [
+        "dataset.mask_reasoning_content",
+        "validation_dataset.limit_dataset_samples",
+    ]

@@ -22,6 +22,8 @@ into consecutive N-token samples instead of cutting them off, and `indexed_datas
 Megatron indexed datasets (`.bin` + `.idx`, memory-mapped; `write_indexed` writes them) as
 N-token windows, one dataset or a weighted blend; `streaming_text_dataset` tokenizes a
 `datasets` stream on the fly into the same windows, with its position in the checkpoint.
+For function calling, `tool_call_dataset` reads agent traces (OpenAI messages with tool calls,
+ShareGPT or chatml tool turns) and xLAM rows, rendered with their tool definitions.
 """
 
 from ..losses import IGNORE_INDEX
@@ -62,6 +64,7 @@ from ._retrieval import (
 from ._sampler import ShardedSampler
 from ._stream import TextStream, streaming_text_dataset
 from ._token_windows import BlendedWindows, TokenWindows, indexed_dataset
+from ._tool_calls import tool_call_dataset, tool_conversation
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
 
@@ -112,5 +115,7 @@ __all__ = [
     "streaming_text_dataset",
     "text_dataset",
     "token_dtype",
+    "tool_call_dataset",
+    "tool_conversation",
     "write_indexed",
 ]

@@ -20,14 +20,31 @@ def chat_labels(
 
 
 def chat_labels_many(
-    tokenizer: Any, conversations: list[list[dict[str, Any]]], *, chat_template: str | None = None
+    tokenizer: Any,
+    conversations: list[list[dict[str, Any]]],
+    *,
+    chat_template: str | None = None,
+    tools: list[list[dict[str, Any]] | None] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """`chat_labels` of each conversation; a template with {% generation %} markers renders and
-    tokenizes them all in one call, which is faster than one call each."""
+    tokenizes them all in one call, which is faster than one call each.
+
+    `tools`: each conversation's tool definitions (OpenAI function schemas, or None), which the
+    template renders into the prompt.
+    """
     template = chat_template_of(tokenizer, chat_template, "tokenizer")
+    tools = tools if tools is not None else [None] * len(conversations)
     if isinstance(template, str) and _GENERATION_TAG.search(template):
-        return _labels_from_generation_mask(tokenizer, conversations, template)
-    return [_labels_from_prefixes(tokenizer, messages, template) for messages in conversations]
+        if not any(tools):
+            return _labels_from_generation_mask(tokenizer, conversations, template)
+        return [
+            _labels_from_generation_mask(tokenizer, [messages], template, tools=t)[0]
+            for messages, t in zip(conversations, tools, strict=True)
+        ]
+    return [
+        _labels_from_prefixes(tokenizer, messages, template, t)
+        for messages, t in zip(conversations, tools, strict=True)
+    ]
 
 
 def chat_template_of(owner: Any, chat_template: str | None, kind: str) -> str:
@@ -41,10 +58,13 @@ def chat_template_of(owner: Any, chat_template: str | None, kind: str) -> str:
     return template
 
 
-def _render(tokenizer: Any, messages: list, template: str, *, generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any, messages: list, template: str, *, generation_prompt: bool, tools: Any = None
+) -> str:
     return tokenizer.apply_chat_template(
         messages,
         chat_template=template,
+        tools=tools,
         tokenize=False,
         add_generation_prompt=generation_prompt,
     )
@@ -89,12 +109,14 @@ def labels_in_spans(
 
 
 def _labels_from_prefixes(
-    tokenizer: Any, messages: list[dict[str, Any]], template: str
+    tokenizer: Any, messages: list[dict[str, Any]], template: str, tools: Any = None
 ) -> tuple[list[int], list[int]]:
     """Find each assistant turn's characters (`assistant_char_spans`), then map them to tokens."""
 
     def render(conversation: list, generation_prompt: bool) -> str:
-        return _render(tokenizer, conversation, template, generation_prompt=generation_prompt)
+        return _render(
+            tokenizer, conversation, template, generation_prompt=generation_prompt, tools=tools
+        )
 
     full, spans = assistant_char_spans(render, messages)
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -115,14 +137,16 @@ def _text_before(render: Callable[[list, bool], str], messages: list, i: int, fu
 
 
 def _labels_from_generation_mask(
-    tokenizer: Any, conversations: list[list[dict[str, Any]]], template: str
+    tokenizer: Any, conversations: list[list[dict[str, Any]]], template: str, tools: Any = None
 ) -> list[tuple[list[int], list[int]]]:
-    """Use the template's {% generation %} markers (`return_assistant_tokens_mask`)."""
+    """Use the template's {% generation %} markers (`return_assistant_tokens_mask`); `tools`
+    are the same for every conversation."""
     if not conversations:
         return []
     encoding = tokenizer.apply_chat_template(
         conversations,
         chat_template=template,
+        tools=tools,
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,

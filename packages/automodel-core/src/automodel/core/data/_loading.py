@@ -70,6 +70,7 @@ def load_rows(
     split: str = "train",
     *,
     name: str | None = None,
+    revision: str | None = None,
     cache_dir: str | None = None,
     shuffle_seed: int | None = None,
 ) -> datasets.Dataset | JsonRows:
@@ -79,10 +80,11 @@ def load_rows(
     `JsonRows`, parsed without `datasets`; everything else as a `datasets.Dataset`.
     `shuffle_seed` shuffles the whole split before its slice is taken (`train[:1000]`: 1000
     random rows), in the order `datasets.Dataset.shuffle(seed=shuffle_seed)` gives.
+    `revision`: a Hub dataset's branch, tag or commit.
     """
     if shuffle_seed is not None:
         base, window = _split_and_slice(split)
-        rows = load_rows(path, base, name=name, cache_dir=cache_dir)
+        rows = load_rows(path, base, name=name, revision=revision, cache_dir=cache_dir)
         order = np.random.default_rng(shuffle_seed).permutation(len(rows))[window]
         return rows.select(order.tolist())
     text = str(path)
@@ -115,7 +117,8 @@ def load_rows(
             if builder == "json":
                 _json_records(local)  # raises naming the first bad line
             raise
-    return _load(text, split, source=text, name=name, cache_dir=cache_dir)
+    hub = {"revision": revision} if revision is not None else {}
+    return _load(text, split, source=text, name=name, cache_dir=cache_dir, **hub)
 
 
 def _split_and_slice(split: str) -> tuple[str, slice]:

@@ -142,17 +142,25 @@ def chat(
     template: str,
     *,
     answer_only: bool = True,
+    tools: list[Any] | None = None,
 ) -> list[Encoded]:
     """Rendered and tokenized with `template`; loss on the tokenizer's assistant mask when the
     template has {% generation %} markers, else on each assistant turn's tokens: from the end
     of the tokenized messages before it (its header included) to the end of those through it
-    (every token with `answer_only=False`). A None conversation gives None."""
-    kept = [c for c in conversations if c is not None]
+    (every token with `answer_only=False`). A None conversation gives None. `tools`: each
+    conversation's tool definitions (or None), rendered by the template."""
+    tools = tools if tools is not None else [None] * len(conversations)
+    kept = [(c, t) for c, t in zip(conversations, tools, strict=True) if c is not None]
     if _GENERATION.search(template):
-        marked = _labels_from_generation_mask(tokenizer, kept, template)
+        if any(t for _, t in kept):
+            marked = [
+                _labels_from_generation_mask(tokenizer, [c], template, tools=t)[0] for c, t in kept
+            ]
+        else:  # one call for all, which is faster
+            marked = _labels_from_generation_mask(tokenizer, [c for c, _ in kept], template)
         encoded = iter(_labeled(ids, [t != IGNORE_INDEX for t in labels]) for ids, labels in marked)
     else:
-        encoded = iter(_turns(tokenizer, c, template, answer_only) for c in kept)
+        encoded = iter(_turns(tokenizer, c, template, answer_only, t) for c, t in kept)
     return [None if c is None else next(encoded) for c in conversations]
 
 
@@ -174,8 +182,10 @@ def context_target(tokenizer: Any, contexts: list[str], targets: list[str | None
     return out
 
 
-def _turns(tokenizer: Any, messages: Conversation, template: str, answer_only: bool) -> Encoded:
-    ids = _chat_ids(tokenizer, messages, template)
+def _turns(
+    tokenizer: Any, messages: Conversation, template: str, answer_only: bool, tools: Any = None
+) -> Encoded:
+    ids = chat_ids(tokenizer, messages, template, tools)
     if not answer_only:
         return _labeled(ids, [True] * len(ids))
     lengths = {len(messages): len(ids)}
@@ -183,7 +193,7 @@ def _turns(tokenizer: Any, messages: Conversation, template: str, answer_only: b
 
     def length(k: int, turn: int) -> int:  # tokens of messages[:k], a prefix of the whole
         if k not in lengths:
-            prefix = _chat_ids(tokenizer, messages[:k], template)
+            prefix = chat_ids(tokenizer, messages[:k], template, tools)
             n = len(prefix)
             ends_in_eos = n > 1 and prefix[-1] == eos and prefix[:-1] == ids[: n - 1]
             if prefix != ids[:n] and not ends_in_eos:
@@ -207,9 +217,10 @@ def _turn(role: str, content: Any) -> dict[str, Any]:
     return {"role": role, "content": content}
 
 
-def _chat_ids(tokenizer: Any, messages: Conversation, template: str) -> list[int]:
+def chat_ids(tokenizer: Any, messages: Conversation, template: str, tools: Any = None) -> list[int]:
+    """The token ids of `messages` rendered with `template` (and `tools`), as they tokenize it."""
     encoding = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=True, return_dict=True
+        messages, chat_template=template, tools=tools, tokenize=True, return_dict=True
     )
     return list(encoding["input_ids"])
 

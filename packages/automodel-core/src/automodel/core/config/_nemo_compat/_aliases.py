@@ -58,6 +58,7 @@ _LOSS_DROPPED = {
 _CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
 _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
 _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
+_NO_ASSISTANT = "a trace without an assistant turn has nothing to learn from: left out here"
 _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 _VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
@@ -199,6 +200,31 @@ TARGET_ALIASES: dict[str, Alias] = {
         },
         hf_padding=True,
         json_unshuffled=True,
+    ),
+    # function-calling traces and xLAM rows, with their tokens and labels (their turn spans)
+    "nemo_automodel.components.datasets.llm.agent_chat.make_agent_chat_dataset": Alias(
+        "automodel.core.data.tool_call_dataset",
+        args={"dataset_name": "path"},
+        dropped={"filter_no_assistant": _NO_ASSISTANT},
+        refused={
+            "mask_reasoning_content": ((False,), "reasoning is trained on here: drop it"),
+            "train_on_last_turn_only": ((False,), "every assistant turn is trained on: drop it"),
+        },
+        defaults={"prompt_format": "nemo_automodel"},
+        limit="limit_dataset_samples",
+        hf_padding=True,
+    ),
+    "nemo_automodel.components.datasets.llm.xlam.make_xlam_dataset": Alias(
+        "automodel.core.data.tool_call_dataset",
+        args={"dataset_name": "path"},
+        refused={"fp8": ((False,), "fp8 padding of samples is not supported; drop it")},
+        defaults={
+            "path": "Salesforce/xlam-function-calling-60k",
+            "schema": "xlam",
+            "prompt_format": "nemo_automodel",
+        },
+        limit="limit_dataset_samples",
+        hf_padding=True,
     ),
     "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining": Alias(
         "automodel.core.data.indexed_dataset",

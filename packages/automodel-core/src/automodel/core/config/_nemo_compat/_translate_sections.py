@@ -43,6 +43,15 @@ class _SectionPasses(_TranslatorBase):
             if key in data and str(data[key]).lower() == "none":  # their way to turn it off
                 del data[key]
                 self.note(key, "none: dropped (no validation), as there")
+        if "nvtx" in data:  # their NVTX ranges for Nsight profiles
+            data.pop("nvtx")
+            self.notes.append(f"{self.at('nvtx')}: nvtx: dropped (profiler markers only)")
+        if "tool_call_eval" in data:  # their generation-based tool-call accuracy check
+            data.pop("tool_call_eval")
+            self.notes.append(
+                f"{self.at('tool_call_eval')}: tool_call_eval: their tool-call accuracy "
+                "evaluation is not run here (training is unchanged; validation reports the loss)"
+            )
         if "ci" in data:
             data.pop("ci")
             self.notes.append(f"{self.at('ci')}: ci: their CI settings are ignored")

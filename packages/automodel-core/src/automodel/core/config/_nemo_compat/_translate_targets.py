@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .._errors import ConfigError, did_you_mean
@@ -84,11 +85,15 @@ class _TargetPasses(_TranslatorBase):
         if limit is not None:
             split = str(node.get("split", "train"))
             where = f"{path}.{alias.limit}"
-            if "[" in split:
+            rows = _slice_rows(split)
+            if rows is not None and int(limit) >= rows:  # the same rows with or without it
+                self.note(path, f"{alias.limit}: {limit} dropped (split {split} has {rows} rows)")
+            elif "[" in split:
                 self.fail(where, f"give either a split slice or {alias.limit}")
-            node["split"] = f"{split}[:{int(limit)}]"
-            self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
-            self.where[f"{path}.split"] = self.at(where)  # the slice is what the user set there
+            else:
+                node["split"] = f"{split}[:{int(limit)}]"
+                self.move(where, f"{path}.split", f"{alias.limit}: {limit} is a split slice")
+                self.where[f"{path}.split"] = self.at(where)  # the user set the slice there
         self.arg_typos(node, path, alias, target)
         local_json = str(node.get("path", "")).lower().endswith((".json", ".jsonl"))
         if alias.json_unshuffled and local_json and node.get("shuffle_seed") is not None:
@@ -126,16 +131,35 @@ class _TargetPasses(_TranslatorBase):
             node.pop("padding")
             self.note(path, "padding dropped (batches are padded; padding is masked out)")
         truncation = node.pop("truncation", "do_not_truncate")
-        if truncation in (True, "longest_first", "only_first"):
+        overlong = node.pop("filter_overlong", False)  # their agent traces: drop, not cut
+        if overlong:
+            if node.get("seq_length") is None:
+                self.fail(f"{path}.filter_overlong", "filter_overlong needs seq_length")
+            node["truncation"] = "drop"
+            self.move(f"{path}.filter_overlong", f"{path}.truncation")
+        elif truncation in (True, "longest_first", "only_first"):
             if node.get("seq_length") is None:
                 self.fail(f"{path}.truncation", "truncation needs seq_length")
             node["truncation"] = "truncate"
             self.changed[f"{path}.truncation"] = f"was {truncation}"
         elif truncation in (False, None, "do_not_truncate"):
-            if node.pop("seq_length", None) is not None:  # there it only pads to that length
+            if node.get("truncate_history"):
+                self.fail(
+                    f"{path}.truncate_history",
+                    "truncate_history without truncation (or filter_overlong) is not "
+                    "supported: a trace still too long would be kept whole there; set "
+                    "truncation: true",
+                )
+            elif node.pop("seq_length", None) is not None:  # there it only pads to that length
                 self.note(path, "seq_length dropped: without truncation it only pads there")
         else:
             self.fail(f"{path}.truncation", f"truncation {truncation!r} is not supported; use true")
+
+
+def _slice_rows(split: str) -> int | None:
+    """The row count of a split sliced by row numbers (`train[100:356]`: 256), else None."""
+    match = re.fullmatch(r"[^\[]+\[(\d*):(\d+)\]", split.replace(" ", ""))
+    return None if match is None else int(match[2]) - int(match[1] or 0)
 
 
 def _parameters(target: str) -> set[str]:
