@@ -223,7 +223,7 @@ def test_activation_checkpointing_recomputes_the_adapted_weights(randomize_adapt
     for checkpointing in (False, True):
         model = copy.deepcopy(lora).train()
         if checkpointing:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
         model(input_ids=IDS, labels=IDS).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert len(grads[1]) == 8  # A and B of 2 weights in 2 layers
