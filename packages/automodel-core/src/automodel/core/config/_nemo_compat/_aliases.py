@@ -188,8 +188,9 @@ TARGET_ALIASES: dict[str, Alias] = {
         limit="limit_dataset_samples",
         hf_padding=True,
     ),
+    # OpenAI messages (tools and tool calls too) or ShareGPT rows, with their turn spans
     "nemo_automodel.components.datasets.llm.chat_dataset.ChatDataset": Alias(
-        "automodel.core.data.chat_dataset",
+        "automodel.core.data.tool_call_dataset",
         args={"path_or_dataset_id": "path"},
         refused={
             "start_of_turn_token": ((None,), "the chat template marks the turns here"),
@@ -198,6 +199,7 @@ TARGET_ALIASES: dict[str, Alias] = {
             "unshifted": ((False,), "drop it"),
             "skip_invalid_samples": ((False,), "fix or filter the samples"),
         },
+        defaults={"prompt_format": "nemo_automodel"},
         hf_padding=True,
         json_unshuffled=True,
     ),
@@ -268,7 +270,7 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"include_modules": "target_modules"},
         dropped={
             "use_memory_efficient_lora": "a memory/speed choice for the same computation",
-            "moe_rank_scaling": "applies to MoE experts only, which need an explicit moe: here",
+            "moe_rank_scaling": "a rank for LoRA on the MoE experts only (refused where a pattern adapts them)",
         },
         refused={
             "lora_A_init": (("xavier",), "set init_a: kaiming or gaussian"),
