@@ -136,8 +136,8 @@ def test_agent_layouts_become_openai_messages() -> None:
     assert messages[1]["tool_calls"] == [
         {"id": "call_3_0", "type": "function", "function": call},
     ]
-    with pytest.raises(ValueError, match="unknown ShareGPT role 'bot'"):
-        tool_conversation({"conversations": [{"from": "bot", "value": "hi"}]})
+    with pytest.raises(ValueError, match="unknown ShareGPT role 'robot'"):
+        tool_conversation({"conversations": [{"from": "robot", "value": "hi"}]})
 
 
 @pytest.mark.parametrize("prompt_format", ["automodel", "nemo_automodel"])
@@ -147,7 +147,7 @@ def test_tool_calls_are_learned_and_tools_and_results_are_not(
     """The tools and the tool results are rendered but not labeled; each assistant turn is,
     its call included (with NeMo AutoModel's spans, its header too)."""
     path = tmp_path / "agent.jsonl"
-    bad = {"conversations": [{"from": "bot", "value": "x"}]}
+    bad = {"conversations": [{"from": "robot", "value": "x"}]}
     path.write_text(json.dumps(GLAIVE) + "\n")
     data = tool_call_dataset(
         tokenizer, path, chat_template=TOOL_TEMPLATE, prompt_format=prompt_format
@@ -164,7 +164,7 @@ def test_tool_calls_are_learned_and_tools_and_results_are_not(
     assert learned == f"{header}{call}{header}yes, rain<|end|>\n"
 
     path.write_text(json.dumps(GLAIVE) + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(DataError, match=r"sample 1: unknown ShareGPT role 'bot'"):
+    with pytest.raises(DataError, match=r"sample 1: unknown ShareGPT role 'robot'"):
         tool_call_dataset(tokenizer, path, chat_template=TOOL_TEMPLATE)
 
 

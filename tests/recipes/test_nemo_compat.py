@@ -456,9 +456,10 @@ def test_column_mapped_and_chat_datasets() -> None:
     }
     # without truncation their seq_length only pads
     assert t["validation_dataset"] == {
-        "_target_": "automodel.core.data.chat_dataset",
+        "_target_": "automodel.core.data.tool_call_dataset",
         "split": "train",
         "path": "chat.jsonl",
+        "prompt_format": "nemo_automodel",  # their turn spans (docs/migrating.md)
     }
     # their shuffle_seed shuffles Hub and parquet data before the slice, never local JSON
     data["validation_dataset"]["shuffle_seed"] = 42

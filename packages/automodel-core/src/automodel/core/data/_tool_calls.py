@@ -39,6 +39,9 @@ _SHAREGPT_ROLES = {
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
     "function_call": "tool_call",
     "tool_call": "tool_call",
     "observation": "tool_response",
@@ -229,6 +232,13 @@ def _from_sharegpt(turn: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _text(content: Any) -> str:
+    """A turn's text: a string as is, the text parts of a list of parts joined, "" for None."""
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, Mapping) and "text" in p)
+    return "" if content is None else str(content)
+
+
 def _call(call_id: str, name: Any, arguments: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"a tool call without a name: {arguments!r}")
@@ -275,8 +285,9 @@ def _openai_messages(raw: list, example_id: Any) -> Messages:
                 i, k = i + 1, k + 1
             continue
         pending = []
-        content = raw[i].get("content", "")
-        message = {"role": role, "content": content if isinstance(content, str) else ("" if content is None else str(content))}  # fmt: skip
+        message = {**raw[i], "content": _text(raw[i].get("content"))}  # other keys kept
+        if message.get("tool_calls") is None:
+            message.pop("tool_calls", None)
         if role == "assistant":
             if raw[i].get("reasoning_content"):
                 message["reasoning_content"] = str(raw[i]["reasoning_content"])
