@@ -721,6 +721,8 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     assert "moe" not in translate(their_moe("Qwen/Qwen3-0.6B", 1), {}, "cfg.yaml").data
     gpt_oss = translate(their_moe("openai/gpt-oss-20b", 8), {}, "cfg.yaml", 8)  # swapped too
     assert gpt_oss.data["moe"] == {"balancing": "nemo_automodel"}
+    assert gpt_oss.data["model"]["dequantize"] is True  # MXFP4 on the Hub, dequantized there
+    assert "dequantize" not in t.data["model"]
     # their FakeBalancedGate (benchmarks): every expert the same load, the gate unused
     fake = their_moe("Qwen/Qwen3-30B-A3B", 8, fake_balanced_gate=True)
     assert translate(fake, {}, "cfg.yaml", 8).data["moe"]["routing"] == "balanced"

@@ -57,6 +57,11 @@ class _MoePasses(_TranslatorBase):
         ep = ep if isinstance(ep, int) else 1
         name_key, name = _model_name(model, "model")
         family = moe_family(name) if name else None
+        loads = str(model.get(TARGET_KEY, "")).endswith(".from_pretrained")
+        if family is not None and family.name == "gpt-oss" and loads and "dequantize" not in model:
+            # its Hub checkpoints are MXFP4; their gpt-oss class dequantizes them while loading
+            model["dequantize"] = True
+            self.changed["model.dequantize"] = "their gpt-oss loading (MXFP4 experts dequantized)"
         if "moe" in self.data:  # our own moe: section, written out: it says what to do
             return
         if family is not None and not family.swapped:
