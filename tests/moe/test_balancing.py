@@ -10,10 +10,12 @@ from automodel.moe import (
     MoE,
     MoEConfig,
     TopKRouter,
+    attach_aux_loss,
     expert_load,
     moe_aux_loss,
     moe_metrics,
     routing_mask,
+    uncounted,
     update_moe_bias,
 )
 
@@ -177,3 +179,35 @@ def test_balanced_routing_gives_every_expert_the_same_load() -> None:
     assert block.gate.weight.grad is None  # the gate is not used
     with pytest.raises(ValueError, match="routing"):
         MoEConfig(16, 8, 8, 2, routing="random")
+
+
+def test_attach_aux_loss_adds_the_aux_gradient_as_a_summed_loss_would() -> None:
+    """The output is unchanged; backward through it gives the gradients of loss + aux."""
+    torch.manual_seed(0)
+    cfg = MoEConfig(16, 8, 8, 2, balancing="aux_loss", aux_loss_coeff=0.1)
+    block, x = MoE(cfg), torch.randn(3, 5, 16)
+    block.train()
+    out = block(x)
+    (out.square().mean() + 0.25 * moe_aux_loss(block)).backward()
+    expected = {name: p.grad.clone() for name, p in block.named_parameters()}
+    block.zero_grad()
+    out = block(x)
+    carried = attach_aux_loss(out, 0.25 * moe_aux_loss(block))
+    assert torch.equal(carried, out)
+    carried.square().mean().backward()
+    for name, p in block.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+    assert block.gate.weight.grad.abs().sum() > 0
+
+
+def test_uncounted_forwards_leave_the_counts_as_they_were() -> None:
+    router, x = _skewed_router("aux_loss", aux_loss_coeff=0.5)
+    router.train()
+    model = nn.ModuleDict({"gate": router})
+    router(x)
+    before = moe_metrics(model, reset=False)
+    with uncounted(model):
+        router(x[:100])
+        router(torch.randn(7, 16))
+    assert moe_metrics(model, reset=False) == before
+    assert int(router.load_counts.sum()) == 512 * 2  # the first forward's top-2 slots

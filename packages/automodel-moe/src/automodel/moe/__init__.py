@@ -12,10 +12,13 @@ from automodel.moe._expert_parallel import DISPATCHERS, shard_experts
 from automodel.moe._experts import GroupedExperts
 from automodel.moe._hf import patch_hf_moe, unpatch_hf_moe
 from automodel.moe._metrics import (
+    attach_aux_loss,
     expert_load,
     moe_aux_loss,
     moe_metrics,
     routing_mask,
+    set_routing_mask,
+    uncounted,
     update_moe_bias,
 )
 from automodel.moe._router import TopKRouter
@@ -28,12 +31,15 @@ __all__ = [
     "MoE",
     "MoEConfig",
     "TopKRouter",
+    "attach_aux_loss",
     "expert_load",
     "moe_aux_loss",
     "moe_metrics",
     "patch_hf_moe",
     "routing_mask",
+    "set_routing_mask",
     "shard_experts",
+    "uncounted",
     "unpatch_hf_moe",
     "update_moe_bias",
 ]

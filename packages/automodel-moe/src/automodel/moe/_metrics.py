@@ -29,15 +29,60 @@ def routing_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> Itera
     Tokens are still routed and computed; padding just does not count. Keep the backward inside
     too when activation checkpointing recomputes the forward. ``None``: every token counts.
     """
-    routers = [r for _, r in _routers(model)]
-    mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
-    for router in routers:
-        router.token_mask = mask
+    set_routing_mask(model, attention_mask)
     try:
         yield
     finally:
-        for router in routers:
-            router.token_mask = None
+        set_routing_mask(model, None)
+
+
+def set_routing_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> None:
+    """What ``routing_mask`` sets on entry (``None``: what it sets on exit), for code that
+    cannot hold a ``with`` block around forward and backward (pipeline stage hooks)."""
+    mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
+    for _, router in _routers(model):
+        router.token_mask = mask
+
+
+@contextlib.contextmanager
+def uncounted(model: nn.Module) -> Iterator[None]:
+    """Inside, forwards leave the routers' counts as they found them: expert load, bias counts
+    and the aux-loss metrics (for forwards that are not training steps, such as the shape probe
+    a pipeline schedule runs before its first micro-batch)."""
+    saved = [
+        (r, r.load_counts.clone(), r.bias_counts.clone(), r.aux_loss_sum, r.aux_loss_calls)
+        for _, r in _routers(model)
+    ]
+    try:
+        yield
+    finally:
+        for router, load, bias, aux_sum, aux_calls in saved:
+            router.load_counts.copy_(load)
+            router.bias_counts.copy_(bias)
+            router.aux_loss_sum, router.aux_loss_calls = aux_sum, aux_calls
+
+
+class _AuxLossGrad(torch.autograd.Function):
+    """Identity on ``output``; in backward, gradient 1 for ``aux_loss`` as well."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+        ctx.aux_shape, ctx.aux_dtype = aux_loss.shape, aux_loss.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, torch.ones(ctx.aux_shape, dtype=ctx.aux_dtype, device=grad.device)
+
+
+def attach_aux_loss(output: torch.Tensor, aux_loss: torch.Tensor) -> torch.Tensor:
+    """``output`` unchanged, carrying ``aux_loss`` into backward as if it were added to the loss.
+
+    For a balancing loss that cannot be added to the loss where it is computed: a pipeline
+    stage's, whose loss exists on the last stage only. Weight ``aux_loss`` as the loss is
+    weighted; every backward through the result adds its gradient once.
+    """
+    return _AuxLossGrad.apply(output, aux_loss)
 
 
 def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
@@ -75,10 +120,16 @@ def expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def moe_metrics(
-    model: nn.Module, reset: bool = True, sum_over: dist.ProcessGroup | None = None
+    model: nn.Module,
+    reset: bool = True,
+    sum_over: dist.ProcessGroup | None = None,
+    parts_group: dist.ProcessGroup | None = None,
 ) -> dict[str, float]:
     """Flat load-balance metrics since the last reset: this rank's tokens, or with ``sum_over``
     (a collective) the tokens of every rank of that group, e.g. the data-parallel ranks.
+
+    ``parts_group``: ranks that each hold other layers of the model (pipeline stages; a
+    collective): every rank returns the metrics of all their layers.
 
     Per layer: ``moe/layer_<i>/imbalance`` (max / mean tokens per expert, 1.0 is perfect),
     ``moe/layer_<i>/dead_experts`` (experts that got no token) and, with ``aux_loss``
@@ -86,35 +137,62 @@ def moe_metrics(
     Aggregates: ``moe/imbalance_max``, ``moe/imbalance_mean`` and ``moe/aux_loss`` (the sum
     over layers). Layers that saw no token since the reset are skipped.
     """
-    metrics: dict[str, float] = {}
-    imbalances, aux_total, has_aux = [], 0.0, False
     routers = _routers(model)
     loads = [r.load_counts.clone() for _, r in routers]
     aux = [[float(r.aux_loss_sum), float(r.aux_loss_calls)] for _, r in routers]
     if sum_over is not None and routers:
         loads, aux = _summed(loads, aux, sum_over)
-    for i, (name, router) in enumerate(routers):
-        key = f"moe/{_layer_key(name, i)}"
-        load = loads[i]
+    layers = {
+        _layer_key(name, i): (load, *pair)
+        for i, ((name, _), load, pair) in enumerate(zip(routers, loads, aux, strict=True))
+    }
+    if parts_group is not None and dist.get_world_size(parts_group) > 1:
+        layers = _gathered(layers, parts_group)
+    if reset:
+        for _, router in routers:
+            router.load_counts.zero_()
+            router.aux_loss_sum, router.aux_loss_calls = 0.0, 0
+    return _layer_metrics(layers)
+
+
+def _layer_metrics(layers: dict[str, tuple[torch.Tensor, float, float]]) -> dict[str, float]:
+    """The metrics of ``moe_metrics`` from each layer's (load, aux-loss sum, aux-loss calls)."""
+    metrics: dict[str, float] = {}
+    imbalances, aux_total, has_aux = [], 0.0, False
+    for layer, (load, aux_sum, aux_calls) in layers.items():
+        key = f"moe/{layer}"
         if load.sum() > 0:
             imbalance = float(load.max() / load.mean())
             metrics[f"{key}/imbalance"] = imbalance
             metrics[f"{key}/dead_experts"] = float((load == 0).sum())
             imbalances.append(imbalance)
-        aux_sum, aux_calls = aux[i]
         if aux_calls:
             metrics[f"{key}/aux_loss"] = aux_sum / aux_calls
             aux_total += aux_sum / aux_calls
             has_aux = True
-        if reset:
-            router.load_counts.zero_()
-            router.aux_loss_sum, router.aux_loss_calls = 0.0, 0
     if imbalances:
         metrics["moe/imbalance_max"] = max(imbalances)
         metrics["moe/imbalance_mean"] = sum(imbalances) / len(imbalances)
     if has_aux:
         metrics["moe/aux_loss"] = aux_total
     return metrics
+
+
+def _gathered(
+    layers: dict[str, tuple[torch.Tensor, float, float]], group: dist.ProcessGroup
+) -> dict[str, tuple[torch.Tensor, float, float]]:
+    """The layers of every rank of ``group`` (host objects), in layer order."""
+    mine = {
+        key: (load.double().cpu(), aux_sum, calls) for key, (load, aux_sum, calls) in layers.items()
+    }
+    parts: list[dict | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine, group=group)
+    merged = {key: value for part in parts for key, value in (part or {}).items()}
+    return {key: merged[key] for key in sorted(merged, key=_layer_number)}
+
+
+def _layer_number(key: str) -> int:
+    return int(key.removeprefix("layer_")) if key.startswith("layer_") else -1
 
 
 def _summed(
