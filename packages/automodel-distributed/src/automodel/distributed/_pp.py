@@ -7,10 +7,14 @@ one applies the final norm and the LM head and returns logits. A stage does what
 Face model's forward does around the layers: position ids ``0..seq-1``, rotary embeddings from
 the model's own ``rotary_emb`` and a causal mask (none for SDPA / flash attention, which are
 causal by themselves; an additive one for eager attention, and for SDPA when a layer's sliding
-window is shorter than the sequence). Padding masks, KV caches and packed
-sequences are not supported in stages. The layers keep their Hugging Face module paths
-(``model.layers.5...``), so checkpoints of a stage use the model's own parameter names, and
-``apply_tensor_parallel(stage, mesh["tp"])`` uses the model's own tensor-parallel plan.
+window is shorter than the sequence). KV caches and packed sequences are not supported in
+stages, nor padding masks in attention: padding goes at the end of each row, where under the
+causal mask no real token sees it. A stage's forward takes the micro-batch's ``token_mask``
+(1 for real tokens) as a keyword all the same, for forward hooks that must tell padding apart
+(MoE routers counting expert load); pass it to every stage in the schedule's ``kwarg_mbs``.
+The layers keep their Hugging Face module paths (``model.layers.5...``), so checkpoints of a
+stage use the model's own parameter names, and ``apply_tensor_parallel(stage, mesh["tp"])``
+uses the model's own tensor-parallel plan.
 
 A tied LM head (the input embedding's weight) is copied to the last stage under the
 embedding's name; call ``sum_tied_embedding_grads`` after each backward to keep the copies equal.
@@ -131,8 +135,11 @@ class DecoderStage(nn.Module):
         # Mistral: every layer; a heterogeneous config: this layer's own
         return getattr(layer_config(self.config, index), "sliding_window", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Token ids (first stage) or hidden states in; hidden states or logits (last) out."""
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (first stage) or hidden states in; hidden states or logits (last) out.
+
+        ``token_mask`` is for forward hooks; the stage does not use it (see the module notes).
+        """
         hidden = self.model.embed_tokens(x) if self.is_first else x
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         position_embeddings = self.model.rotary_emb(hidden, position_ids)
