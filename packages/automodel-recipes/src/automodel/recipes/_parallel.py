@@ -99,8 +99,8 @@ def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Di
             "pp_size",
             f"pipeline parallelism composes with strategy fsdp2 only, not {strategy}",
         )
-    if section.pp_size != 1 and (section.tp_size != 1 or section.ep_size != 1):
-        raise _problem(cfg, "pp_size", "pp_size with tp_size or ep_size is not supported yet")
+    if section.pp_size != 1 and section.tp_size != 1:
+        raise _problem(cfg, "pp_size", "pp_size with tp_size is not supported yet")
     if section.cp_size != 1 and section.pp_size != 1:
         raise _problem(cfg, "cp_size", "cp_size with pp_size is not supported yet")
     if section.ep_size != 1 and section.tp_size != 1:

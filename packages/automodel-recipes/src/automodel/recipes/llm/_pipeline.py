@@ -2,6 +2,9 @@
 
 The step scheduler's micro-batches go to the schedule as they are (``arg_mbs``/``target_mbs``),
 each padded to `dataset.seq_length` (a stage's activation shapes are fixed by its first step).
+With MoE blocks every stage also gets each micro-batch's real-token mask (``kwarg_mbs``), so
+that padding counts toward no routing statistic, and carries its balancing loss into backward
+(`MoeStep.pipeline_run`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from automodel.core.config import ConfigNode
 from automodel.core.losses import IGNORE_INDEX, count_label_tokens, shift_labels
 
 from .._errors import config_problem
+from .._moe import MoeStep
 from .._parallel import Parallel
 from .._sections import Distributed, document_rows, read_section
 from ._data import real_tokens
@@ -24,10 +28,6 @@ from ._data import real_tokens
 log = logging.getLogger("automodel.recipes.llm")
 
 SCHEDULES = ("1f1b", "gpipe", "interleaved_1f1b", "looped_bfs")  # the last two: several per rank
-# Sections (or loss) the stages do not support yet, and why.
-_REFUSED = {
-    "moe": "MoE blocks",
-}
 
 
 def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = None) -> int | None:
@@ -48,9 +48,6 @@ def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = 
             cfg, "distributed.pp_stage_rounding",
             f"expected up, down or null, got {section.pp_stage_rounding!r}",
         )  # fmt: skip
-    for name, what in _REFUSED.items():
-        if name in cfg:
-            raise config_problem(cfg, name, f"{what} with pp_size > 1 are not supported yet")
     if "peft" in cfg and cfg.get("checkpoint.save_merged_model"):
         raise config_problem(
             cfg, "checkpoint.save_merged_model",
@@ -87,6 +84,7 @@ class Pipeline:
         seq_len: int,
         pad_token_id: int | None,
         cfg: ConfigNode,
+        moe: MoeStep | None = None,
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
         try:
@@ -99,9 +97,13 @@ class Pipeline:
             )
         except (NotImplementedError, ValueError, AttributeError) as e:
             raise config_problem(cfg, "distributed.pp_size", str(e)) from e
-        self.stages = [parallel.shard(stage) for stage in stages]
+        self.moe = moe if moe is not None and moe.section is not None else None
+        experts = [self.moe.shard_experts(cfg, s) if self.moe else None for s in stages]
+        self.stages = [parallel.shard(s, e) for s, e in zip(stages, experts, strict=True)]
         # The module the recipe trains and saves: the stage, or this rank's stages as one module.
         self.stage = self.stages[0] if len(stages) == 1 else distributed.RankStages(self.stages)
+        if self.moe is not None:
+            self.moe.use_stages(self.stages, self.stage)
         # a tied LM head: the last stage's copy of the embedding, its gradient summed with the first's
         tied = stages[0].has_tied_head  # every rank: creating the group is a collective
         self.tied_group = distributed.tied_embedding_group(parallel.mesh) if tied else None
@@ -133,42 +135,51 @@ class Pipeline:
 
     def _micro_batches(
         self, batches: list[dict[str, torch.Tensor]], rows: int
-    ) -> tuple[list[tuple[torch.Tensor]], list[torch.Tensor]]:
-        """(input ids, labels) per micro-batch, `rows` × seq_len each; empty ones fill the step.
+    ) -> tuple[list[tuple[torch.Tensor]], list[torch.Tensor], list[torch.Tensor]]:
+        """(input ids, labels, real-token masks) per micro-batch, `rows` × seq_len each; empty
+        ones fill the step.
 
         `batches` hold next-token labels (already shifted).
         """
         device = next(self.stages[0].parameters()).device
-        inputs, targets = [], []
+        inputs, targets, masks = [], [], []
         for i in range(self.n_micro):
             if i < len(batches):
                 ids, labels = batches[i]["input_ids"], batches[i]["labels"]
+                mask = batches[i].get("attention_mask")  # none: every token of the batch is real
             else:  # a short last step or validation chunk: a micro-batch without labels
                 ids = torch.full((rows, 0), self.pad, dtype=torch.long)
-                labels = ids.clone()
+                labels, mask = ids.clone(), None
             if ids.shape[1] > self.seq_len:
                 raise ValueError(
                     f"a batch of {ids.shape[1]} tokens is longer than dataset.seq_length "
                     f"{self.seq_len}, which pipeline stages are built for"
                 )
             pad_cols, pad_rows = self.seq_len - ids.shape[1], rows - ids.shape[0]
+            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
             ids = nn.functional.pad(ids, (0, pad_cols, 0, pad_rows), value=self.pad)
             labels = nn.functional.pad(labels, (0, pad_cols, 0, pad_rows), value=IGNORE_INDEX)
             inputs.append((ids.to(device),))
             targets.append(labels.to(device))
-        return inputs, targets
+            masks.append(nn.functional.pad(mask, (0, pad_cols, 0, pad_rows)).to(device))
+        return inputs, targets, masks
 
     def _run(
         self, batches: list[dict[str, torch.Tensor]], rows: int, loss_kwargs: dict, train: bool
     ) -> torch.Tensor:
         """The step's (or chunk's) summed loss on the last stage, zero elsewhere."""
-        inputs, targets = self._micro_batches(batches, rows)
+        inputs, targets, masks = self._micro_batches(batches, rows)
         losses: list[torch.Tensor] = []
         kwargs = {"arg_mbs": inputs} if self.is_first else {}
         if self.is_last:
             kwargs.update(target_mbs=targets, losses=losses)
         run = self.schedule.step if train else self.schedule.eval
-        run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
+        if self.moe is None:
+            run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
+        else:  # every stage: each micro-batch's real tokens, for the routers
+            kwargs["kwarg_mbs"] = [{"token_mask": mask} for mask in masks]
+            with self.moe.pipeline_run(masks, len(batches), loss_kwargs["scale"]):
+                run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
         if not losses:
             return torch.zeros((), device=self.device)
         return torch.stack([loss.detach().float() for loss in losses]).sum()

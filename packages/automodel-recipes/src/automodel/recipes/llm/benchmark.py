@@ -106,7 +106,7 @@ class BenchmarkRecipeForCausalLM:
             self.model = shard_model(with_fused_loss(model, self.loss_fn), ctx, experts)
         else:  # this rank's stage, FSDP2 over its dp ranks
             n_micro = self.steps.grad_acc_steps
-            args = (self.parallel, self.loss_fn, n_micro, pipeline_len, None, cfg)
+            args = (self.parallel, self.loss_fn, n_micro, pipeline_len, None, cfg, self.moe)
             self.pipeline = Pipeline(model, *args)
             self.model = self.unwrapped = self.pipeline.stage
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)

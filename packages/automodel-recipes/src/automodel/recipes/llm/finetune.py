@@ -106,7 +106,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         if pipeline_len is not None:  # this rank keeps its stage (FSDP2 over its dp ranks)
             grad_acc, pad = self.step_scheduler.grad_acc_steps, self.tokenizer.pad_token_id
             self.pipeline = Pipeline(
-                model, self.parallel, self.loss_fn, grad_acc, pipeline_len, pad, cfg
+                model, self.parallel, self.loss_fn, grad_acc, pipeline_len, pad, cfg, self.moe
             )
             model = self.unwrapped = self.pipeline.stage
         else:  # a fused loss runs inside the forward the strategy wraps (it reads the LM head)
