@@ -497,6 +497,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     f"{AM} finetune llm -c {MOE} --nproc-per-node 4 --distributed.ep_size 2 --distributed.cp_size 2": Shared(
         test=f"{MOE_TEST}::ep_cp", why="tiny_moe.yaml on 4 processes, ep_size 2, cp_size 2"
     ),
+    f"{AM} finetune llm -c {MOE} --nproc-per-node 4 --distributed.pp_size 2 --distributed.ep_size 2": Shared(
+        test="tests/recipes/test_llm_pipeline_moe.py::test_stages_with_expert_parallelism",
+        why="tiny_moe.yaml on 4 processes, pp_size 2, ep_size 2 (one sample per micro-batch)",
+    ),
     f"{AM} finetune llm -c {MOE} --nproc-per-node 8 --distributed.ep_size 8 --moe.dispatcher deepep": Skip(
         "DeepEP's kernels need CUDA GPUs (8 on one node)"
     ),
