@@ -822,8 +822,9 @@ def test_their_lora_selection_rules() -> None:
     from automodel.core.models import AutoModelForCausalLM
     from automodel.peft import apply_lora
 
-    def adapted(theirs: dict) -> set[str]:
-        data = {"peft": {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", **theirs}}
+    def adapted(theirs: dict, **sections: dict) -> set[str]:
+        peft = {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", **theirs}
+        data = {"peft": peft, **sections}
         ours = translate(data, {}, "cfg.yaml").data["peft"]
         config = resolve_target(ours.pop("_target_"))(**ours)
         model = AutoModelForCausalLM.from_pretrained(ASSETS / "tiny_llama_base")
@@ -842,8 +843,12 @@ def test_their_lora_selection_rules() -> None:
 
     peft = {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "dim": 8}
     fused = {"_target_": "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy"}
-    with pytest.raises(ConfigError, match="FusedLinearCrossEntropy reads"):
-        translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "cfg.yaml")
+    # their fused loss reads the head's base weight: their head adapter never trains, so ours
+    # leaves the head out (the same run)
+    assert adapted({"match_all_linear": True}, loss_fn=fused) == linear
+    assert adapted({"exclude_modules": excluded}, loss_fn=fused) == {"k_proj", "v_proj", "o_proj"}
+    notes = translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "c.yaml")
+    assert any("adapter stays zero and never trains" in n for n in notes.notes)
     nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}  # bitsandbytes keeps the head
     with pytest.raises(ConfigError, match="keeps its weight unquantized"):
         translate({"peft": {**peft, "match_all_linear": True}, "quantization": nf4}, {}, "cfg.yaml")

@@ -55,15 +55,16 @@ class _FeaturePasses(_TranslatorBase):
             peft["target_modules"] = ["*_proj"]
             self.changed["peft.target_modules"] = "NeMo AutoModel's default, written out"
             return
-        if not _their_match(excluded, "lm_head"):  # their selection adapts the LM head
-            self.adapted_head()
+        if not _their_match(excluded, "lm_head") and not self.adapted_head():
+            excluded.append("lm_head")  # their adapter on it never trains (adapted_head)
+            peft["exclude_modules"] = excluded
         if excluded:
             peft.pop("exclude_modules")
             peft.pop("match_all_linear", None)
             alternatives = "|".join(_their_regex(p) for p in excluded)
             peft["target_modules"] = [f"re:(?!(?:{alternatives})$).*"]
             self.move("peft.exclude_modules", "peft.target_modules", f"was exclude_modules: {excluded} (every linear layer but those, the LM head included)")  # fmt: skip
-        else:
+        elif "lm_head" not in excluded:
             peft["target_modules"] = ["lm_head"]
             self.changed["peft.target_modules"] = (
                 "their match_all_linear adapts the LM head too; ours leaves output heads out"
@@ -78,8 +79,10 @@ class _FeaturePasses(_TranslatorBase):
             peft.pop("use_triton")
             self.note("peft", "use_triton dropped (a kernel choice; ours takes dropout before the adapter, theirs after it: the plain path computes theirs)")  # fmt: skip
 
-    def adapted_head(self) -> None:
-        """Their LoRA adapts the LM head: refused where ours could not do the same."""
+    def adapted_head(self) -> bool:
+        """Their LoRA adapts the LM head: whether ours adapts it too (False: their adapter on
+        it never trains, so ours leaves the head out); refused where ours could not do the same.
+        """
         loss = self.data.get("loss_fn")
         quant = self.data.get("quantization")
         if isinstance(quant, dict) and quant.get("load_in_4bit"):
@@ -90,12 +93,14 @@ class _FeaturePasses(_TranslatorBase):
                 "exclude the head (exclude_modules: ['lm_head']) or name target_modules",
             )
         elif isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy"):  # fmt: skip
-            self.fail(
+            self.note(
                 "peft",
-                "their LoRA here adapts the LM head too, which FusedLinearCrossEntropy reads "
-                "by its weight (the adapter would be left out): use MaskedCrossEntropy, or "
-                "exclude the head (exclude_modules: ['lm_head'])",
+                "the LM head is left out: their LoRA wraps it too, but their "
+                "FusedLinearCrossEntropy reads the head's base weight, so that adapter stays "
+                "zero and never trains (the same run)",
             )
+            return False
+        return True
 
     def dequantize(self) -> None:
         """`checkpoint.dequantize_base_checkpoint`: a quantized base checkpoint (FP8, MXFP4) is
