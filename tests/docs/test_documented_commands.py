@@ -317,6 +317,14 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_vlm.py::test_two_ranks_train_as_one_process",
         why="the example's data on 2 processes, FSDP2 and DDP, against one process",
     ),
+    (
+        f"{AM} finetune vlm -c {VLM} --dataset._target_ automodel.core.data.synthetic_image_chat_dataset "
+        "--~dataset.path --+dataset.num_samples 64 --+dataset.image_size [64,64] "
+        "--~validation_dataset --step_scheduler.max_steps 5"
+    ): Shared(
+        test="tests/recipes/test_vlm.py::test_synthetic_images_train_without_data",
+        why="the tiny VLM on synthetic images in-process (2 steps, 32x32 images)",
+    ),
     f"{AM} validate finetune vlm -c {VLM}": Run(expect=("config OK",)),
     # --- README.md and docs/retrieval_recipe.md: train, mine, train on the mined rows, rerank ---
     f"{AM} finetune bi_encoder -c {BI}": Run(

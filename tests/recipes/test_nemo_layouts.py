@@ -493,3 +493,30 @@ def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
         "dataset.mask_reasoning_content",
         "validation_dataset.limit_dataset_samples",
     ]
+
+
+def test_their_mock_vlm_data_is_synthetic_image_chats() -> None:
+    """build_mock_vlm_dataset: random-noise images and filler answers of their word count."""
+    import inspect
+
+    data = {
+        "recipe": "FinetuneRecipeForVLM",
+        "dataset": {
+            "_target_": f"{THEIRS}.datasets.vlm.mock.build_mock_vlm_dataset",
+            "num_samples": 16,
+            "image_size": [896, 896],
+            "max_length": 2048,
+            "seed": 43,
+            "pretokenize": False,
+        },
+    }
+    node = translate(data, {}, "cfg.yaml", 1).data["dataset"]
+    assert node == {
+        "_target_": "automodel.core.data.synthetic_image_chat_dataset",
+        "num_samples": 16,
+        "image_size": [896, 896],
+        "response_words": 2048,
+        "seed": 43,
+    }
+    arguments = {k: v for k, v in node.items() if k != "_target_"}
+    inspect.signature(resolve_target(node["_target_"])).bind(**arguments)

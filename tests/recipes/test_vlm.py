@@ -404,3 +404,45 @@ def test_sigterm_saves_after_the_step_and_the_same_command_finishes_the_run(vlm_
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {stopped}" in again.stderr
     assert steps() == list(range(1, 61))
+
+
+def test_synthetic_images_train_without_data(tmp_path, monkeypatch_module):
+    """synthetic_image_chat_dataset (their mock VLM data's equivalent): random-noise images of
+    the size asked and filler answers of the length asked, the same sample for the same index
+    and seed, through the recipe like any image chat data."""
+    from automodel.core.data import synthetic_image_chat_dataset
+
+    data = synthetic_image_chat_dataset(
+        6, num_images_per_sample=2, image_size=[40, 24], response_words=7, seed=3
+    )
+    item = data[4]
+    assert [im.size for im in item["images"]] == [(40, 24), (40, 24)]
+    assert [p["type"] for p in item["messages"][0]["content"]] == ["image", "image", "text"]
+    assert len(item["messages"][1]["content"][0]["text"].split()) == 7
+    again = synthetic_image_chat_dataset(6, num_images_per_sample=2, image_size=[40, 24], response_words=7, seed=3)[4]  # fmt: skip
+    assert again["messages"] == item["messages"]
+    assert all(
+        a.tobytes() == b.tobytes() for a, b in zip(again["images"], item["images"], strict=True)
+    )
+    other = synthetic_image_chat_dataset(6, image_size=[40, 24], response_words=7, seed=4)[4]
+    assert other["images"][0].tobytes() != item["images"][0].tobytes()
+    with pytest.raises(DataError, match=r"image_size must be \[width, height\]"):
+        synthetic_image_chat_dataset(2, image_size=[32])
+
+    synthetic = [
+        "--dataset._target_=automodel.core.data.synthetic_image_chat_dataset",
+        "--~dataset.path",
+        "--+dataset.num_samples=16",
+        "--+dataset.image_size=[32,32]",
+        "--+dataset.response_words=6",
+        "--~validation_dataset",
+    ]
+    overrides = [
+        o
+        for o in vlm_overrides(tmp_path, tmp_path, *synthetic)
+        if not o.startswith(("--dataset.path", "--validation_dataset.path", "--step_scheduler.v"))
+    ]
+    recipe = run_vlm([*overrides, "--step_scheduler.max_steps=2"])
+    assert len(recipe.train_set) == 16
+    rows = [json.loads(line) for line in (tmp_path / "training.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)

@@ -13,7 +13,8 @@ end in one row (no padding, the same batches and losses as padded ones).
 
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
 For vision-language models, `image_chat_dataset` reads image-text conversations (images decoded
-when read) and `VisionChatCollator(processor)` batches them with the processor.
+when read) and `VisionChatCollator(processor)` batches them with the processor;
+`synthetic_image_chat_dataset` makes random-noise ones, for timing steps without data.
 For retrieval, `retrieval_dataset` reads queries with a positive and hard-negative passages
 (inline or by id in a corpus), `retrieval_eval_set` held-out queries over their own corpus, and
 `BiEncoderCollator` / `CrossEncoderCollator` tokenize them for an embedding model or a reranker.
@@ -67,6 +68,7 @@ from ._token_windows import BlendedWindows, TokenWindows, indexed_dataset
 from ._tool_calls import tool_call_dataset, tool_conversation
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
 from ._vision_collate import VisionChatCollator
+from ._vision_synthetic import SyntheticImageChats, synthetic_image_chat_dataset
 
 __all__ = [
     "IGNORE_INDEX",
@@ -84,6 +86,7 @@ __all__ = [
     "RetrievalDataset",
     "RetrievalEvalSet",
     "ShardedSampler",
+    "SyntheticImageChats",
     "TextCollator",
     "TextStream",
     "TokenWindows",
@@ -113,6 +116,7 @@ __all__ = [
     "split_towers",
     "squad_dataset",
     "streaming_text_dataset",
+    "synthetic_image_chat_dataset",
     "text_dataset",
     "token_dtype",
     "tool_call_dataset",

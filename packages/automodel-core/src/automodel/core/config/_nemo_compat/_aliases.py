@@ -359,6 +359,18 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"path_or_dataset": "path"},
         defaults={"path": "medpix-dataset/medpix-dataset", "image_column": "image_id"},
     ),
+    # their random-noise images for timing steps: ours are noise of the same size too, and
+    # answers of the same number of words (not the same words or pixels)
+    "nemo_automodel.components.datasets.vlm.mock.build_mock_vlm_dataset": Alias(
+        "automodel.core.data.synthetic_image_chat_dataset",
+        args={"max_length": "response_words"},
+        dropped={
+            "pretokenize": "samples are tokenized when batched here",
+            "truncate": "samples are tokenized when batched here (their length follows the words)",
+        },
+        defaults={"response_words": 256},
+        note="the images are random noise and the answers filler words as theirs, not the same ones",
+    ),
     f"{_VLM_DATA}.make_rdr_dataset": Alias(
         "automodel.core.data.image_qa_dataset",
         args={"path_or_dataset": "path"},
