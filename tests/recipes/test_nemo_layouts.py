@@ -441,6 +441,7 @@ def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
     data = {
         "recipe": RECIPE,
         "nvtx": False,
+        "prewarm": {"mamba_ssd_autotune": True},
         "dataset": {
             "_target_": f"{llm}.agent_chat.make_agent_chat_dataset",
             "dataset_name": "julien-c/synthtraces",
@@ -479,7 +480,7 @@ def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
         "schema": "xlam",
         "prompt_format": "nemo_automodel",
     }
-    assert not {"nvtx", "tool_call_eval"} & set(t.data)
+    assert not {"nvtx", "prewarm", "tool_call_eval"} & set(t.data)
     assert any("tool-call accuracy evaluation is not run here" in n for n in t.notes)
     for node in (t.data["dataset"], t.data["validation_dataset"]):
         arguments = {k: v for k, v in node.items() if k != "_target_"}

@@ -37,6 +37,12 @@ KEY_DROPS: dict[tuple[str, str], str] = {
     "check",
 }
 
+# Their whole sections we drop, each with why that cannot change results.
+SECTION_DROPS: dict[str, str] = {
+    "nvtx": "NVTX ranges for Nsight profiles",
+    "prewarm": "kernel autotuning before the first step",
+}
+
 _LR_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "WSD": "wsd"}
 
 # Their known key names per section (for "did you mean" on a typo in their spelling).

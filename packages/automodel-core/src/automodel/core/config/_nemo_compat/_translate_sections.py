@@ -6,7 +6,7 @@ import os
 
 from .._errors import did_you_mean
 from ._aliases import _MOCK_DATA, RECIPES, TARGET_KEY
-from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES
+from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES, SECTION_DROPS
 from ._translator_base import _TranslatorBase
 
 
@@ -43,9 +43,10 @@ class _SectionPasses(_TranslatorBase):
             if key in data and str(data[key]).lower() == "none":  # their way to turn it off
                 del data[key]
                 self.note(key, "none: dropped (no validation), as there")
-        if "nvtx" in data:  # their NVTX ranges for Nsight profiles
-            data.pop("nvtx")
-            self.notes.append(f"{self.at('nvtx')}: nvtx: dropped (profiler markers only)")
+        for name, why in SECTION_DROPS.items():
+            if name in data:
+                data.pop(name)
+                self.notes.append(f"{self.at(name)}: {name}: dropped ({why})")
         if "tool_call_eval" in data:  # their generation-based tool-call accuracy check
             data.pop("tool_call_eval")
             self.notes.append(
