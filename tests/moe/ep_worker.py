@@ -266,6 +266,105 @@ def model_case(balancing: str, dispatcher: str = "all_to_all") -> dict:
     return result
 
 
+def expert_lora_case(strategy: str, **options) -> dict:
+    """LoRA on the experts (peft.target_parameters) of a tiny Qwen3-MoE, experts sharded over
+    both ranks (EP=2) under the FSDP2 or DDP strategy, against the whole model on both ranks'
+    tokens in this process: logits, the adapters' reduced gradients, the factors after one SGD
+    step (AdamW would magnify float32 rounding of gradients near its eps into its update), and
+    the merged export from the gathered state dict (what the recipe saves).
+
+    Each rank's loss is its tokens' summed CE over all the ranks' tokens, × 2 (the recipe's
+    normalisation: the strategy averages over the 2 dp ranks). With DDP, a hook sees each
+    expert factor's gradient on this rank before the average.
+    """
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from automodel.distributed import MeshConfig, build_mesh, build_strategy, submesh
+    from automodel.moe import GroupedExperts, patch_hf_moe, shard_experts
+    from automodel.peft import LoraConfig, apply_lora, merged_state_dict
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    config = Qwen3MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    whole = Qwen3MoeForCausalLM(config)
+    patch_hf_moe(whole, balancing="none")
+    experts = ["*.experts.gate_up_proj", "*.experts.down_proj"]
+    apply_lora(whole, LoraConfig(dim=2, alpha=4, target_modules=["q_proj"], target_parameters=experts))  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # B starts at zero: random factors, so that A learns too
+        for param in (p for p in whole.parameters() if p.requires_grad):
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    model = copy.deepcopy(whole)
+    mesh = build_mesh(MeshConfig(ep_size=world), device_type="cpu")
+    shard_experts(model, submesh(mesh, "ep"))
+    kept = {p for m in model.modules() if isinstance(m, GroupedExperts) for p in m.parameters(recurse=False)}  # fmt: skip
+    before_average: dict[str, torch.Tensor] = {}
+    if strategy == "ddp":
+        for name, param in model.named_parameters():
+            if "experts." in name and param.requires_grad:
+                param.register_hook(lambda g, n=name: before_average.setdefault(n, g.clone()))
+    parallel = build_strategy(strategy, **options).parallelize(model, mesh, ignored_params=kept)
+    model = getattr(parallel, "module", parallel)  # DDP wraps, FSDP2 shards in place
+
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(10 + rank))
+    all_ids = torch.empty(world * 2, 10, dtype=ids.dtype)
+    dist.all_gather_into_tensor(all_ids, ids)
+    logits, optimizers = [], []
+    for net, tokens, scale in ((whole, all_ids, 1.0), (parallel, ids, world)):
+        net.train()
+        out = net(input_ids=tokens).logits
+        loss = F.cross_entropy(out[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum")
+        (loss * scale / all_ids[:, 1:].numel()).backward()
+        logits.append(out.detach())
+        trained = [p for p in net.parameters() if p.requires_grad]
+        optimizers.append(torch.optim.SGD(trained, lr=0.1, momentum=0.9, weight_decay=0.01))
+
+    def full(t: torch.Tensor) -> torch.Tensor:
+        return t.full_tensor() if isinstance(t, DTensor) else t
+
+    def worst(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        """The largest relative (see max_rel) and absolute difference of any pair."""
+        rel = max(max_rel(full(a), b) for a, b in pairs)
+        return rel, max((full(a) - b).abs().max().item() for a, b in pairs)
+
+    reference = dict(whole.named_parameters())
+    factors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = worst([(p.grad, reference[n].grad) for n, p in factors.items()])
+    for optimizer in optimizers:
+        optimizer.step()
+    stepped = worst([(p.detach(), reference[n].detach()) for n, p in factors.items()])
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    exported, expected = merged_state_dict(model, state=state), merged_state_dict(whole)
+    assert exported.keys() == expected.keys()
+
+    def by_expert(name: str, grad: torch.Tensor) -> torch.Tensor:
+        """Row e: expert e's part (rows e*r..e*r+r-1 of A, columns k*E + e of B)."""
+        if name.endswith("lora_A.weight"):
+            return grad.view(config.num_experts, -1)
+        return grad.view(grad.shape[0], -1, config.num_experts).permute(2, 0, 1).flatten(1)
+
+    return {
+        "factors": len(factors),
+        "logits": max_rel(logits[1], logits[0][rank * 2 : rank * 2 + 2]),
+        "grads": grads[0],
+        "grads_abs": grads[1],
+        "stepped": stepped[0],
+        "stepped_abs": stepped[1],
+        "merged": worst([(exported[k], expected[k]) for k in expected])[0],
+        "experts_with_grads": {
+            n: by_expert(n, g).abs().sum(dim=1).nonzero().flatten().tolist()
+            for n, g in before_average.items()
+        },
+    }
+
+
 @contextlib.contextmanager
 def stand_in_deep_ep():
     """``require_deepep`` finds the stand-in module and CUDA (only for building dispatchers)."""
@@ -302,6 +401,8 @@ def main() -> None:
         "deepep_no_tokens_anywhere": lambda: ep_case([0, 0], backend="deepep"),
         "deepep_bf16": lambda: ep_case([7, 5], backend="deepep", exchange_dtype=torch.bfloat16),
         "deepep_model_ep2_aux_loss": lambda: model_case("aux_loss", dispatcher="deepep"),
+        "expert_lora_ep2_fsdp2": lambda: expert_lora_case("fsdp2", activation_checkpointing=True),
+        "expert_lora_ep2_ddp": lambda: expert_lora_case("ddp"),
     }
     run_cases(cases, out)
 

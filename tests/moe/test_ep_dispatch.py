@@ -75,6 +75,26 @@ def test_expert_parallel_model_equals_the_whole_model(
         assert summed[key] == pytest.approx(sum(ranks) / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("name", ["expert_lora_ep2_fsdp2", "expert_lora_ep2_ddp"])
+def test_expert_lora_with_expert_parallelism_equals_the_whole_model(
+    ep_run: dict, name: str, rank: int, worker_case
+) -> None:
+    """LoRA on the experts with EP=2 (FSDP2 with activation checkpointing, and DDP): each rank
+    adapts its 4 experts from their slices of the whole factors; logits, the strategy-averaged
+    adapter gradients, one optimizer step and the merged export equal the whole model's on
+    both ranks' tokens. Before DDP's average, a rank's expert factors have gradients for its
+    own experts only (rows e*r..e*r+r-1 of A, columns k*E + e of B)."""
+    result = worker_case(ep_run, rank, name)
+    assert result["factors"] == 12  # A and B of q_proj, gate_up_proj, down_proj in 2 layers
+    for metric in ("logits", "grads", "stepped", "merged"):
+        assert result[metric] < RTOL, (metric, result[metric])
+    assert result["grads_abs"] < 1e-6 and result["stepped_abs"] < 1e-6
+    if name.endswith("ddp"):
+        seen = result["experts_with_grads"]
+        assert len(seen) == 8 and all(e == [4 * rank + i for i in range(4)] for e in seen.values())
+
+
 DEEPEP_CASES = [f"deepep_{name}" for name in EP_CASES if name != "balanced_mesh"]
 
 

@@ -189,13 +189,70 @@ def test_fsdp2_shards_expert_adapters_like_other_weights(single_rank_group, rand
         torch.testing.assert_close(grad.full_tensor(), grads[0][name], **TOL)
 
 
-def test_expert_parallel_weights_are_refused_in_the_forward(single_rank_group):
-    model = base()
-    patch_hf_moe(model, balancing="none")
-    apply_lora(model, LoraConfig(target_parameters=EXPERTS))
-    shard_experts(model, None)  # the experts become DTensors (here all of them on one rank)
-    with pytest.raises(RuntimeError, match=r"expert parallelism.*train without expert parallel"):
-        model(input_ids=IDS)
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
+def test_a_part_of_the_update_comes_from_its_experts_factors_only(family, randomize_adapters):
+    """An expert-parallel rank's update: experts 1..2 of 4 (an offset that is no multiple of
+    their count) and a part of the other dimensions equal that part of the whole update, and
+    backward reaches only those experts' rows of A and columns k*E + e of B, as in the whole."""
+    adapter = adapted(family, True, randomize_adapters).model.layers[0].mlp.experts._lora_stacked
+    adapter = adapter["down_proj"]
+    block = (slice(1, 3), slice(2, 7), slice(1, None))
+    grads = []
+    for part in (lambda: adapter.delta_weight(block), lambda: adapter.delta_weight()[block]):
+        adapter.lora_A.grad = adapter.lora_B.grad = None
+        delta = part()
+        (delta * torch.linspace(-1, 1, delta.numel()).view_as(delta)).sum().backward()
+        grads.append((delta.detach(), adapter.lora_A.grad, adapter.lora_B.grad))
+    for ours, whole in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(ours, whole, rtol=0, atol=0)
+    r, e = adapter.rank, adapter.num_experts  # A row e*r + k, B column k*E + e
+    rows = torch.zeros(r * e, dtype=torch.bool)
+    rows[1 * r : 3 * r] = True
+    columns = torch.tensor([c % e in (1, 2) for c in range(r * e)])
+    _, grad_a, grad_b = grads[0]
+    assert grad_a[rows].abs().sum(dim=1).min() > 0 and not grad_a[~rows].any()
+    assert grad_b[:, columns].abs().sum(dim=0).min() > 0 and not grad_b[:, ~columns].any()
+
+
+def test_expert_parallel_weights_adapt_their_own_experts(single_rank_group, randomize_adapters):
+    """shard_experts after LoRA (the experts become Shard(0) DTensors, here all on one rank):
+    the forward reads each adapted weight as a DTensor laid out as the weight, and logits,
+    gradients and merge/unmerge equal the unsharded model's."""
+    from torch.distributed.tensor import DTensor, Partial, Shard
+
+    from automodel.peft._stacked import local_block
+
+    plain = adapted("qwen3_moe", True, randomize_adapters)
+    sharded = copy.deepcopy(plain)
+    shard_experts(sharded, None)
+    experts = sharded.model.layers[0].mlp.experts
+    weight = experts._parameters["down_proj"]
+    assert local_block(weight) == (slice(0, 4), slice(0, 24), slice(0, 8))
+    seen = []
+    experts.register_forward_pre_hook(lambda m, args: seen.append(m.down_proj))
+    grads = []
+    for model in (plain, sharded):
+        model.train()
+        out = model(input_ids=IDS, labels=IDS)
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert isinstance(seen[0], DTensor) and seen[0].placements == (Shard(0),)
+    assert len(grads[1]) == 8
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, **TOL)
+    torch.testing.assert_close(logits(sharded), logits(plain), **TOL)
+
+    before = weight.full_tensor().clone()
+    merge_lora(plain)
+    merge_lora(sharded)
+    merged = plain.model.layers[0].mlp.experts._parameters["down_proj"]
+    assert not torch.allclose(merged, before)
+    torch.testing.assert_close(weight.full_tensor(), merged, **TOL)
+    unmerge_lora(sharded)
+    torch.testing.assert_close(weight.full_tensor(), before, **TOL)
+    partial = DTensor.from_local(torch.zeros(4, 2, 2), weight.device_mesh, [Partial()])
+    with pytest.raises(RuntimeError, match="holds partial sums"):
+        local_block(partial)
 
 
 def test_bad_expert_targets_say_what_exists(tmp_path):

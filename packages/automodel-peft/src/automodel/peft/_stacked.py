@@ -20,6 +20,14 @@ copy of every adapted weight, and the matmuls that read it keep it for the backw
 layer holds one extra copy of its adapted expert weights from its forward to its backward
 (activation checkpointing frees it between the two). There is no dropout on these adapters
 (the input of an expert cannot be factored out of a weight update), and no DoRA.
+
+Expert parallelism: a weight that is a DTensor in the forward (each process holds some experts,
+``Shard(0)``) while its factors are whole tensors gets the update of the experts it holds only,
+computed from their rows of A and columns of B (the DTensor says where its shard sits), and
+reads as a DTensor laid out as the weight. Each expert's factors then get their gradient on
+the processes holding it, from every token routed to it there; averaging the factors'
+gradients over the data-parallel processes (FSDP2, DDP) gives the one-process gradient, as it
+does for the expert weights themselves. Outside a forward a DTensor weight reads as stored.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +43,7 @@ from torch import nn
 from ._config import LoraConfig, LoraConfigError
 from ._lora_linear import _default_lora_dtype, merge_weight
 
+Block = tuple[slice, slice, slice]  # a part of a stacked weight: one slice per dimension
 NEST = "base_layer"  # peft's name for the wrapped module, here the next parameter's adapter
 FACTORS = ("lora_A", "lora_B")
 
@@ -98,32 +107,41 @@ class StackedLora:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def delta_weight(self) -> torch.Tensor:
-        """``scaling * B_e @ A_e`` for every expert, in the weight's stored layout ``[E, d1, d2]``
-        and the adapter dtype (float32 on CPU for 16-bit adapters)."""
+    def delta_weight(self, block: Block | None = None) -> torch.Tensor:
+        """``scaling * B_e @ A_e`` in the weight's stored layout ``[E, d1, d2]`` and the adapter
+        dtype (float32 on CPU for 16-bit adapters); ``block``: only that part of it, from the
+        factors of its experts."""
         a, b = self.lora_A, self.lora_B
         if a.device.type == "cpu" and a.dtype in (torch.float16, torch.bfloat16):
-            return self.delta_from(a.float(), b.float()).to(a.dtype)
-        return self.delta_from(a, b)
+            return self.delta_from(a.float(), b.float(), block).to(a.dtype)
+        return self.delta_from(a, b, block)
 
-    def delta_from(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
-        """``scaling * B_e @ A_e`` from factors in this adapter's layout, as ``[E, d1, d2]``."""
-        a = lora_a.view(self.num_experts, self.rank, self.in_features)
-        b = lora_b.view(self.out_features, self.rank, self.num_experts).permute(2, 0, 1)
-        delta = torch.bmm(b, a) * self.scaling  # [E, out, in]
-        return delta.transpose(1, 2) if self.transposed else delta
+    def delta_from(
+        self, lora_a: torch.Tensor, lora_b: torch.Tensor, block: Block | None = None
+    ) -> torch.Tensor:
+        """``scaling * B_e @ A_e`` from factors in this adapter's layout, as ``[E, d1, d2]``
+        (``block``: that part, experts ``block[0]`` of it computed from their rows and columns)."""
+        experts = slice(None) if block is None else block[0]
+        a = lora_a.view(self.num_experts, self.rank, self.in_features)[experts]
+        b = lora_b.view(self.out_features, self.rank, self.num_experts)[:, :, experts]
+        delta = torch.bmm(b.permute(2, 0, 1), a) * self.scaling  # [experts, out, in]
+        delta = delta.transpose(1, 2) if self.transposed else delta
+        return delta if block is None else delta[:, block[1], block[2]]
 
     def adapted(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight + delta`` in ``weight``'s dtype (differentiable in the factors)."""
-        return weight + self.delta_weight().to(weight.dtype)
+        """``weight + delta`` in ``weight``'s dtype (differentiable in the factors); an
+        expert-parallel weight gets the update of its own experts (see the module's docs)."""
+        return self._on_local(
+            weight, lambda local, block: local + self.delta_weight(block).to(local.dtype)
+        )
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """``W + delta`` in the weight's dtype (a copy; the weight itself when merged)."""
-        weight = self.owner._parameters[self.name]
+        weight = self.owner._parameters[self.name].detach()
         if self.merged:
-            return weight.detach().clone()
-        return merge_weight(weight.detach(), self.delta_weight())
+            return weight.clone()
+        return self._on_local(weight, lambda w, block: merge_weight(w, self.delta_weight(block)))
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -137,8 +155,38 @@ class StackedLora:
         """Undo :meth:`merge` (subtract the update)."""
         if self.merged:
             weight = self.owner._parameters[self.name]
-            weight.sub_(self.delta_weight().to(weight.dtype))
+            unmerged = self._on_local(
+                weight.detach(), lambda w, block: w - self.delta_weight(block).to(w.dtype)
+            )
+            weight.copy_(unmerged)
             self.merged = False
+
+    def _on_local(
+        self, weight: torch.Tensor, compute: Callable[[torch.Tensor, Block | None], torch.Tensor]
+    ) -> torch.Tensor:
+        """``compute(tensor, block)`` on ``weight``: on its local shard and the shard's
+        ``block`` when it is expert-parallel (a DTensor with whole factors), the result laid
+        out as ``weight``; otherwise on ``weight`` itself with ``block`` None."""
+        if not _is_dtensor(weight) or _is_dtensor(self.lora_A):
+            return compute(weight, None)
+        from torch.distributed.tensor import DTensor
+
+        local = compute(weight.to_local(), local_block(weight))
+        return DTensor.from_local(
+            local, weight.device_mesh, weight.placements, run_check=False,
+            shape=weight.shape, stride=weight.stride(),
+        )  # fmt: skip
+
+
+def local_block(weight: torch.Tensor) -> Block:
+    """Where this process's shard of the DTensor ``weight`` sits in the whole weight."""
+    if any(placement.is_partial() for placement in weight.placements):
+        raise RuntimeError(
+            f"a stacked weight with placements {weight.placements} holds partial sums; LoRA on "
+            "it needs each process's shard to be a part of the weight (Shard or Replicate)"
+        )
+    (chunk,) = weight.__create_chunk_list__()  # the shard's offset and size in each dimension
+    return tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes, strict=True))
 
 
 def add_stacked_lora(owner: nn.Module, names: list[str], config: LoraConfig) -> None:
@@ -199,14 +247,6 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
 
 
 def _open_cache(owner: nn.Module, args: object) -> None:
-    for name, adapter in owner._lora_stacked.items():
-        if _is_dtensor(owner._parameters[name]) and not (adapter.merged or adapter.disabled):
-            raise RuntimeError(
-                f"{type(owner).__qualname__}.{name} is a distributed tensor in its forward "
-                "(expert parallelism: each rank holds some experts), and LoRA on stacked "
-                "weights adapts whole weights only; train without expert parallelism "
-                "(FSDP2 shards the experts and their adapters like any other weight)"
-            )
     owner._lora_cache = {}
 
 
@@ -217,9 +257,9 @@ def _close_cache(owner: nn.Module, args: object, output: object) -> None:
 def _adapted_weight(owner: nn.Module, name: str) -> torch.Tensor:
     weight = owner._parameters[name]
     adapter = owner._lora_stacked[name]
-    if adapter.merged or adapter.disabled or _is_dtensor(weight):  # sharded: outside forward
-        return weight
     cache = owner.__dict__.get("_lora_cache")
+    if adapter.merged or adapter.disabled or (cache is None and _is_dtensor(weight)):
+        return weight  # a DTensor outside the forward: FSDP2's shard or expert-parallel
     if cache is None:
         return adapter.adapted(weight)
     if name not in cache:
