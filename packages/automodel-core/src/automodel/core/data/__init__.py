@@ -16,7 +16,8 @@ For vision-language models, `image_chat_dataset` reads image-text conversations 
 when read) and `VisionChatCollator(processor)` batches them with the processor;
 `synthetic_image_chat_dataset` makes random-noise ones, for timing steps without data.
 For retrieval, `retrieval_dataset` reads queries with a positive and hard-negative passages
-(inline or by id in a corpus), `retrieval_eval_set` held-out queries over their own corpus, and
+(inline or by id in a corpus; one source, NeMo AutoModel's layouts or a list of sources),
+`retrieval_eval_set` held-out queries over their own corpus, and
 `BiEncoderCollator` / `CrossEncoderCollator` tokenize them for an embedding model or a reranker.
 For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits long documents
 into consecutive N-token samples instead of cutting them off, and `indexed_dataset` reads

@@ -9,12 +9,13 @@ A training row names its passages inline or by id in a corpus:
 (`question` is read for `query`; `pos_doc`/`neg_doc` may be one text or a list, and with a corpus
 they may hold ids, bare or as {"id": ...}.) A corpus is rows of {"id", "text"}. Every id is
 checked against the corpus before training starts, and a missing one is named with its row.
+NeMo AutoModel's layouts and lists of sources: `_retrieval_sources`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,33 +25,7 @@ from torch.utils.data import Dataset
 
 from ._errors import DataError
 from ._loading import load_rows
-
-_QUERY_COLUMNS = ("query", "question")
-_POSITIVE_COLUMNS = ("pos_ids", "pos_doc")
-_NEGATIVE_COLUMNS = ("neg_ids", "neg_doc")
-_COLUMNS = (_QUERY_COLUMNS, _POSITIVE_COLUMNS, _NEGATIVE_COLUMNS)
-
-
-def load_corpus(
-    path: str | Path, split: str = "train", *, id_column: str = "id", text_column: str = "text"
-) -> dict[str, str]:
-    """{document id: text} of a corpus file or `datasets` source; ids are compared as strings."""
-    rows = load_rows(path, split)
-    for column in (id_column, text_column):
-        if column not in rows.column_names:
-            raise DataError(
-                f"corpus {path}: missing column {column!r}; it has {', '.join(rows.column_names)}"
-            )
-    corpus: dict[str, str] = {}
-    for index, (doc_id, text) in enumerate(zip(rows[id_column], rows[text_column], strict=True)):
-        if not isinstance(text, str):
-            raise DataError(f"corpus {path}: row {index}: {text_column!r} is not text")
-        if str(doc_id) in corpus:
-            raise DataError(f"corpus {path}: row {index}: the id {doc_id!r} appears twice")
-        corpus[str(doc_id)] = text
-    if not corpus:
-        raise DataError(f"corpus {path}: no documents")
-    return corpus
+from ._retrieval_sources import NEGATIVE_COLUMNS, load_corpus, query_rows, read_rows
 
 
 class RetrievalDataset(Dataset):
@@ -88,7 +63,7 @@ class RetrievalDataset(Dataset):
 
 
 def retrieval_dataset(
-    path: str | Path,
+    path: str | Path | list[Any],
     split: str = "train",
     *,
     corpus: str | Path | None = None,
@@ -97,37 +72,59 @@ def retrieval_dataset(
     sample_negatives: bool = True,
     name: str | None = None,
     shuffle_seed: int | None = None,
+    instructions: bool = False,
 ) -> RetrievalDataset:
-    """Training rows (query, positive, hard negatives) from JSON(L), parquet or any `datasets`
-    source, with passages inline or as ids of `corpus`; `num_negatives` per query, sampled
-    from the row's with `seed`, or its first ones when `sample_negatives` is False."""
+    """Training rows (query, positive, hard negatives) from JSON(L), parquet, any `datasets`
+    source or NeMo AutoModel's layouts, or a list of them read in order (`{path, corpus,
+    num_samples}` entries draw `num_samples` rows with `seed`); passages inline or as ids of
+    `corpus`; `num_negatives` per query, sampled from the row's with `seed`, or its first ones
+    when `sample_negatives` is False; `instructions`: their metadata's query and passage
+    instructions joined before each text with a space."""
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 0:
         raise DataError(f"num_negatives must be an integer >= 0, got {num_negatives!r}")
-    source = f"retrieval_dataset({path}, split={split})"
-    rows = load_rows(path, split, name=name, shuffle_seed=shuffle_seed)
-    texts = load_corpus(corpus) if corpus is not None else None
-    if num_negatives and not any(c in rows.column_names for c in _NEGATIVE_COLUMNS):
+    rows = read_rows(path, split, corpus=corpus, name=name, shuffle_seed=shuffle_seed, seed=seed)
+    if num_negatives and rows and all(row.negative[0] is None for row in rows):
         raise DataError(
-            f"{source}: num_negatives is {num_negatives} but the rows have no 'neg_doc' or "
-            "'neg_ids' column; set num_negatives: 0 (in-batch negatives only) or mine hard "
+            f"{rows[0].source}: num_negatives is {num_negatives} but the rows have no 'neg_doc' "
+            "or 'neg_ids' column; set num_negatives: 0 (in-batch negatives only) or mine hard "
             "negatives first (automodel mine hard_negatives)"
         )
     queries, positives, negatives = [], [], []
-    for index, query, (pos_column, positive), (neg_column, negative) in _query_rows(rows, source):
-        pos = _passages(positive, texts, index, pos_column, source, corpus)
+    for row in rows:
+        source, index, (pos_column, positive), (neg_column, negative) = row.source, row.index, row.positive, row.negative  # fmt: skip
+        texts, where = (row.corpus.texts, row.corpus.where) if row.corpus else (None, None)
+        pos = _passages(positive, texts, index, pos_column, source, where)
         if not pos:
             raise DataError(f"{source}: row {index}: {pos_column!r} has no positive passage")
-        neg = _passages(negative, texts, index, neg_column, source, corpus)
+        neg = _passages(negative, texts, index, neg_column, source, where)
         if num_negatives and not neg:
             raise DataError(
                 f"{source}: row {index} has no negatives but num_negatives is {num_negatives}; "
                 "set num_negatives: 0 (in-batch negatives only) or mine hard negatives first "
                 "(automodel mine hard_negatives)"
             )
+        query = row.query
+        if instructions:
+            if row.corpus is None or row.corpus.instructions is None:
+                raise DataError(
+                    f"{source}: instructions: true reads each source's query_instruction and "
+                    "passage_instruction from NeMo AutoModel's metadata (dataset_metadata.json, "
+                    "merlin_metadata.json), and this source has none; put its instructions "
+                    "into its texts, or set instructions: false"
+                )
+            query_instruction, passage_instruction = row.corpus.instructions
+            query = _joined(query_instruction, query)
+            pos = [_joined(passage_instruction, p) for p in pos]
+            neg = [_joined(passage_instruction, p) for p in neg]
         queries.append(query)
         positives.append(pos)
         negatives.append(neg)
     return RetrievalDataset(queries, positives, negatives, num_negatives, seed, sample_negatives)
+
+
+def _joined(instruction: str, text: str) -> str:
+    """`text` after `instruction` and a space, as their collator joins them (none: `text`)."""
+    return f"{instruction} {text}" if instruction else text
 
 
 @dataclass
@@ -153,7 +150,7 @@ def retrieval_eval_set(
     ids = list(texts)
     position = {doc_id: i for i, doc_id in enumerate(ids)}
     queries, relevant, candidates = [], [], []
-    for index, query, (pos_column, positive), (neg_column, negative) in _query_rows(rows, source):
+    for index, query, (pos_column, positive), (neg_column, negative) in query_rows(rows, source):
         pos = [position[i] for i in _ids(positive, position, index, pos_column, source, corpus)]
         if not pos:
             raise DataError(f"{source}: row {index}: {pos_column!r} names no document")
@@ -161,7 +158,7 @@ def retrieval_eval_set(
         queries.append(query)
         relevant.append(set(pos))
         candidates.append(list(dict.fromkeys([*pos, *neg])))
-    reranking = any(c in rows.column_names for c in _NEGATIVE_COLUMNS)
+    reranking = any(c in rows.column_names for c in NEGATIVE_COLUMNS)
     return RetrievalEvalSet(
         queries, relevant, ids, list(texts.values()), candidates if reranking else None
     )
@@ -255,41 +252,6 @@ def split_towers(batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     query = {k[len("query_") :]: v for k, v in batch.items() if k.startswith("query_")}
     passage = {k[len("passage_") :]: v for k, v in batch.items() if k.startswith("passage_")}
     return query, passage
-
-
-def _require_any(rows: Any, names: Iterable[str], source: str) -> str:
-    """The first of `names` that is a column of `rows`; a DataError naming them if none is."""
-    names = tuple(names)
-    for name in names:
-        if name in rows.column_names:
-            return name
-    raise DataError(
-        f"{source}: no {' or '.join(repr(n) for n in names)} column; the rows have "
-        f"{', '.join(rows.column_names) or '(none)'}"
-    )
-
-
-def _query_rows(rows: Any, source: str) -> Iterator[tuple[int, str, tuple, tuple]]:
-    """(row number, query, (positive column, value), (negative column, value)) of each row, the
-    query checked to be text; a DataError for a missing query or positive column, or no rows."""
-    _require_any(rows, _QUERY_COLUMNS, source)
-    _require_any(rows, _POSITIVE_COLUMNS, source)
-    columns = zip(*(_per_row(rows, names) for names in _COLUMNS), strict=True)
-    for index, ((_, query), positive, negative) in enumerate(columns):
-        if not isinstance(query, str) or not query:
-            raise DataError(f"{source}: row {index}: needs a non-empty 'query' (or 'question')")
-        yield index, query, positive, negative
-    if not len(rows):
-        raise DataError(f"{source}: no rows")
-
-
-def _per_row(rows: Any, names: tuple[str, ...]) -> list[tuple[str | None, Any]]:
-    """Each row's (column, value) of the first of `names` it has a value in; (None, None)."""
-    present = [(name, rows[name]) for name in names if name in rows.column_names]
-    return [
-        next(((name, values[i]) for name, values in present if values[i] is not None), (None, None))
-        for i in range(len(rows))
-    ]
 
 
 def _as_list(value: Any) -> list[Any]:
