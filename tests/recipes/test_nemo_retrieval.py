@@ -20,6 +20,9 @@ ASSETS = REPO / "examples/retrieval/assets"
 BI = "nemo_automodel.NeMoAutoModelBiEncoder.from_pretrained"
 CROSS = "nemo_automodel.NeMoAutoModelCrossEncoder.from_pretrained"
 DATASET = "nemo_automodel.components.datasets.llm.retrieval_dataset.RetrievalDatasetConfig"
+INLINE_DATASET = (
+    "nemo_automodel.components.datasets.llm.retrieval_dataset_inline.InlineRetrievalDatasetConfig"
+)
 BI_COLLATOR = "nemo_automodel.components.datasets.llm.BiEncoderCollator"
 CROSS_COLLATOR = "nemo_automodel.components.datasets.llm.CrossEncoderCollator"
 
@@ -207,6 +210,7 @@ def test_their_bi_encoder_config_translates_and_passes_check(models: Path) -> No
         "_target_": "automodel.core.data.retrieval_dataset",
         "path": str(models / "train.jsonl"),
         "num_negatives": 1,  # n_passages: 2
+        "sample_negatives": False,  # their first n_passages - 1 negatives
         "seed": 42,
     }
     assert "collate_fn" not in cfg.dataloader and "recipe" not in cfg
@@ -289,6 +293,7 @@ def test_retrieval_values_follow_their_defaults() -> None:
         "_target_": "automodel.core.data.retrieval_dataset",
         "path": "rows.jsonl",
         "num_negatives": 2,
+        "sample_negatives": False,
         "shuffle_seed": 42,
         "split": "train[8:24]",
     }
@@ -316,30 +321,14 @@ def test_overrides_in_their_spelling(models: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key", "advice"),
     [
+        ({"data_dir_list": ["a.jsonl", "b.csv"]}, "dataset.data_dir_list", "'b.csv': their loader"),
         (
-            {"data_dir_list": "hf://nvidia/embed-nemotron-dataset-v1/FEVER"},
+            {"_target_": INLINE_DATASET, "data_dir_list": "hf://a/b/c"},
             "dataset.data_dir_list",
-            "retrieval_dataset cannot read|is not something retrieval_dataset reads",
-        ),
-        (
-            {"data_dir_list": ["a.jsonl", "hf://nvidia/embed-nemotron-dataset-v1/FEVER"]},
-            "dataset.data_dir_list",
-            "download it, write the rows as JSONL",
-        ),
-        ({"data_dir_list": ["a.jsonl", "b.jsonl"]}, "dataset.data_dir_list", "one JSONL file"),
-        (
-            {"data_dir_list": "train.json"},
-            "dataset.data_dir_list",
-            "corpus-id JSON",
-        ),
-        (
-            {"data_dir_list": [{"path": "a.jsonl", "num_samples": 10}]},
-            "dataset.data_dir_list.num_samples",
-            "write the rows to train on",
+            "their inline loader reads .json or .jsonl paths",
         ),
         ({"data_type": "eval"}, "dataset.data_type", "retrieval_eval_set"),
         ({"model_type": "cross_encoder"}, "dataset.model_type", "set bi_encoder"),
-        ({"use_dataset_instruction": True}, "dataset.use_dataset_instruction", "query_prefix"),
     ],
 )
 def test_dataset_sources_we_cannot_read_are_specific_errors(change, key, advice) -> None:
@@ -350,6 +339,70 @@ def test_dataset_sources_we_cannot_read_are_specific_errors(change, key, advice)
     message = problems(data)
     assert f"{key}:" in message
     assert re.search(advice, message), message
+
+
+def their_prepared_subset(root: Path, name: str, texts: list[str]) -> Path:
+    """<name>/<name>.json as their data_preparation.py writes it: rows naming corpus ids, over
+    a Merlin corpus folder whose metadata has instructions; row i's positive is text i, its
+    negative text i + 1."""
+    folder = root / name / "corpus"
+    folder.mkdir(parents=True)
+    docs = [{"id": f"{name}{i}", "text": text} for i, text in enumerate(texts)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    meta = {"class": "TextQADataset", "corpus_id": name, "query_instruction": f"Find {name}:"}
+    meta["passage_instruction"] = "Doc:"
+    (folder / "merlin_metadata.json").write_text(json.dumps(meta))
+    rows = [
+        {"question_id": str(i), "question": f"q{name}{i}", "corpus_id": name,
+         "pos_doc": [{"id": f"{name}{i}"}], "neg_doc": [{"id": f"{name}{(i + 1) % len(texts)}"}]}
+        for i in range(len(texts))
+    ]  # fmt: skip
+    path = root / name / f"{name}.json"
+    path.write_text(json.dumps({"data": rows, "corpus": {"path": str(folder)}}))
+    return path
+
+
+def test_their_several_sources_with_instructions_translate_and_read(tmp_path: Path) -> None:
+    """Their llama_embed_nemotron_8b dataset node: corpus-id JSON files (data_preparation.py's
+    output) and a Hub source, num_samples, use_dataset_instruction on dataset and collator."""
+    import random
+
+    import yaml
+
+    from automodel.core.config import instantiate
+
+    a = str(their_prepared_subset(tmp_path, "A", ["a0", "a1", "a2"]))
+    b = {"path": str(their_prepared_subset(tmp_path, "B", ["b0", "b1"])), "num_samples": 1}
+    data = bi()
+    dataset = {"data_dir_list": [a, "hf://org/repo/Sub", b], "n_passages": 2}
+    data["dataset"].update(dataset, use_dataset_instruction=True)
+    data["dataloader"] = {"collate_fn": {"_target_": BI_COLLATOR, "use_dataset_instruction": True}}
+    t = translate(data, {}, "cfg.yaml")
+    assert t.data["dataset"] == {
+        "_target_": "automodel.core.data.retrieval_dataset",
+        "path": ["hf://org/repo/Sub", a, b],  # their order: Hub sources first
+        "num_negatives": 1,
+        "sample_negatives": False,
+        "instructions": True,
+        "seed": 42,  # their default draws num_samples
+    }
+    prefixes = t.data["bi_encoder"]["query_prefix"], t.data["bi_encoder"]["passage_prefix"]
+    assert prefixes == ("", "")
+    assert "reordered as their loader concatenates the sources" in "\n".join(t.notes)
+    ours = {"dataset": {**t.data["dataset"], "path": [a, b]}}  # no Hub here
+    (tmp_path / "ours.yaml").write_text(yaml.safe_dump(ours))
+    built = instantiate(load_config(tmp_path / "ours.yaml").dataset)
+    drawn = random.Random(42).sample([0, 1], 1)[0]  # their draw of B's rows
+    assert [built[i] for i in range(len(built))] == [
+        {"query": "Find A: qA0", "passages": ["Doc: a0", "Doc: a1"]},
+        {"query": "Find A: qA1", "passages": ["Doc: a1", "Doc: a2"]},
+        {"query": "Find A: qA2", "passages": ["Doc: a2", "Doc: a0"]},
+        {"query": f"Find B: qB{drawn}", "passages": [f"Doc: b{drawn}", f"Doc: b{1 - drawn}"]},
+    ]
+    data["dataloader"] = {"collate_fn": {"_target_": BI_COLLATOR}}  # their collator ignores them
+    t = translate(data, {}, "cfg.yaml")
+    assert "instructions" not in t.data["dataset"]
+    assert "use_dataset_instruction dropped" in "\n".join(t.notes)
 
 
 def test_model_options_we_cannot_honour_are_specific_errors(tmp_path: Path) -> None:

@@ -118,10 +118,9 @@ _DATASET_MOVED = {
     "max_train_samples": "a split slice",
     "train_data_select_offset": "a split slice",
     "do_shuffle": "shuffle_seed (the run's seed)",
+    "use_dataset_instruction": "instructions (with their collator's use_dataset_instruction)",
 }
 _DATASET_REFUSED = {
-    "use_dataset_instruction": ((False,), "instructions come from their corpus metadata; put "
-                                "them into the texts or use bi_encoder.query_prefix"),
     "cycle_positive_docs": ((False,), "each row's first positive is trained on; write one "
                             "row per positive instead"),
     "use_text_in_document": ((False,), "retrieval here is text only"),
@@ -136,7 +135,7 @@ _BI_COLLATOR_MOVED = {
     "p_max_len": "bi_encoder.passage_max_length",
     "query_prefix": "bi_encoder.query_prefix (+ the space their collator adds)",
     "passage_prefix": "bi_encoder.passage_prefix (+ the space their collator adds)",
-    "use_dataset_instruction": "only false",
+    "use_dataset_instruction": "dataset.instructions (with the dataset's own)",
 }
 _CROSS_COLLATOR_MOVED = {
     "rerank_max_length": "cross_encoder.max_length",

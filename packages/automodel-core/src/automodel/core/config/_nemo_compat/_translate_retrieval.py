@@ -44,6 +44,7 @@ class _RetrievalPasses(_RetrievalDataPasses):
             kind = "cross"
             self.reranker(model)
         self.temperature(kind, their_model=target in BI_ENCODERS)
+        self.instruction_loaders = set()
         for name in ("dataloader", "validation_dataloader"):
             self.collator(name)
         for name in ("dataset", "validation_dataset"):
@@ -183,12 +184,14 @@ class _RetrievalPasses(_RetrievalDataPasses):
             self.changed[name] = f"collate_fn: {target.rsplit('.', 1)[-1]}, now {section}:"
         if target in BI_COLLATORS:
             if collate.pop("use_dataset_instruction", False):
+                self.instruction_loaders.add(name)
                 for key in ("query_prefix", "passage_prefix"):
                     collate[key] = ""
                 self.note(
                     path,
-                    "use_dataset_instruction: their collator then prefixes the dataset's "
-                    "instructions (none for inline rows) instead of query_prefix/passage_prefix",
+                    "use_dataset_instruction: their collator then joins the dataset's "
+                    "instructions (dataset.instructions here) to the texts instead of "
+                    "query_prefix/passage_prefix",
                 )
             for their, ours, default in (
                 ("q_max_len", "query_max_length", 512),

@@ -17,15 +17,19 @@ _EVAL_SET = (
     "validation_dataset: {_target_: automodel.core.data.retrieval_eval_set, path: <rows of "
     "query and pos_ids>, corpus: <rows of id and text>} (docs/retrieval_recipe.md)"
 )
-_TO_OURS = (
-    "write the rows as JSONL ({query, pos_ids, neg_ids}) and the corpus as JSONL ({id, text}), "
-    "then dataset: {_target_: automodel.core.data.retrieval_dataset, path: <rows>, corpus: "
-    "<corpus>, num_negatives: n_passages - 1}; or give inline rows ({query, pos_doc, neg_doc}) "
-    "in one .jsonl file"
-)
+
+
+def _group(entry: Any) -> int:
+    """Where their `make_retrieval_dataset` puts a source: Hub, corpus-id JSON, inline rows."""
+    path = str(entry.get("path") if isinstance(entry, dict) else entry)
+    if path.startswith("hf://"):
+        return 0
+    return 2 if Path(path).suffix.lower() in (".jsonl", ".tsv", ".csv") else 1
 
 
 class _RetrievalDataPasses(_TranslatorBase):
+    instruction_loaders: set[str]  # loaders whose bi-encoder collator joins the instructions
+
     # -- the datasets --------------------------------------------------------------------------
     def retrieval_data(self, name: str, kind: str | None) -> None:
         """`RetrievalDatasetConfig` of one local inline JSONL file is `retrieval_dataset`."""
@@ -74,13 +78,11 @@ class _RetrievalDataPasses(_TranslatorBase):
             self.move(f"{name}.n_passages", f"{name}.num_negatives", how)
         else:
             self.changed[f"{name}.num_negatives"] = f"NeMo AutoModel's default {how}"
-        if passages > 1:
-            self.note(
-                name,
-                "their rows give the first n_passages - 1 negatives in order (cycled when "
-                "fewer); here a row with more than num_negatives negatives has them sampled "
-                "with the seed: the same passages for rows with at most num_negatives",
-            )
+        node["sample_negatives"] = False
+        self.changed[f"{name}.sample_negatives"] = (
+            "their rows give their first n_passages - 1 negatives in order (cycled when fewer)"
+        )
+        self.instructions(name, node, kind)
         limit = node.pop("max_train_samples", None)
         offset = node.pop("train_data_select_offset", 0) or 0
         shuffle = node.pop("do_shuffle", False)
@@ -95,54 +97,61 @@ class _RetrievalDataPasses(_TranslatorBase):
                 f"max_train_samples: {limit} from train_data_select_offset: {offset}"
             )
 
-    def source(self, name: str, node: dict[str, Any], inline_only: bool) -> str | None:
-        """The one local inline JSONL file of `data_dir_list`; a problem for anything else."""
+    def instructions(self, name: str, node: dict[str, Any], kind: str | None) -> None:
+        """`use_dataset_instruction`: their metadata's instructions, which their bi-encoder
+        collator joins to the texts only when its own `use_dataset_instruction` is set too."""
+        if not node.pop("use_dataset_instruction", False):
+            return
+        if kind == "bi" and "dataloader" in self.instruction_loaders:
+            node["instructions"] = True
+            self.move(f"{name}.use_dataset_instruction", f"{name}.instructions")
+        else:
+            why = "their cross-encoder" if kind == "cross" else "their collator (without use_dataset_instruction)"  # fmt: skip
+            self.note(name, f"use_dataset_instruction dropped: {why} does not read the instructions")  # fmt: skip
+
+    def source(self, name: str, node: dict[str, Any], inline_only: bool) -> Any:
+        """`data_dir_list` in the order their loader concatenates it (Hub sources, then their
+        corpus-id JSON, then inline JSONL); a problem for a file it cannot read."""
         key = f"{name}.data_dir_list"
         sources = node.get("data_dir_list")
         if sources is None:
             self.fail(key, "data_dir_list is required: the training rows")
             return None
-        entries = sources if isinstance(sources, list) else [sources]
-        paths = [str(e.get("path") if isinstance(e, dict) else e) for e in entries]
-        hub = [p for p in paths if p.startswith("hf://")]
-        if hub:
-            self.fail(
-                key,
-                f"{', '.join(repr(p) for p in hub)}: their Hub layout (a '<subset>' split of "
-                "questions with pos_doc and neg_doc ids, a '<subset>_corpus' split and "
-                "dataset_metadata.json) is not something retrieval_dataset reads (online or "
-                f"not): download it, {_TO_OURS}",
-            )
+        entries = list(sources) if isinstance(sources, list) else [sources]
+        if not entries:
+            self.fail(key, "data_dir_list is empty: give the training rows")
             return None
-        if len(entries) != 1:
-            self.fail(
-                key,
-                f"{len(entries)} sources: retrieval_dataset here reads one file (or one Hub "
-                "dataset): put their rows into one JSONL file",
-            )
+        readable = True
+        for entry in entries:
+            path = str(entry.get("path") if isinstance(entry, dict) else entry)
+            suffix = Path(path).suffix.lower()
+            if inline_only and (isinstance(entry, dict) or path.startswith("hf://")):
+                self.fail(key, f"{entry!r}: their inline loader reads .json or .jsonl paths")
+            elif not (inline_only or path.startswith("hf://") or suffix in (".json", ".jsonl")):
+                self.fail(
+                    key,
+                    f"'{path}': their loader reads a .jsonl file as inline rows, another file "
+                    "as their corpus-id JSON and hf:// as their Hub layout; give one of those",
+                )
+            else:
+                continue
+            readable = False
+        if not readable:
             return None
-        entry = entries[0]
-        if isinstance(entry, dict) and entry.get("num_samples") is not None:
-            self.fail(
-                f"{key}.num_samples",
-                "num_samples (a seeded random sample of that many rows) is not supported: "
-                "write the rows to train on into the one file retrieval_dataset reads",
-            )
-            return None
-        path = paths[0]
-        suffix = Path(path).suffix.lower()
-        if suffix == ".jsonl" or (inline_only and suffix == ".json"):
-            return path
-        if inline_only:
-            self.fail(key, f"'{path}': their inline loader reads .json or .jsonl files")
-        else:
-            self.fail(
-                key,
-                f'\'{path}\' is read there as their corpus-id JSON ({{"corpus": [{{"path": '
-                '<corpus folder>}], "data": [{question, corpus_id, pos_doc: [{id}], neg_doc: '
-                f"[...]}}]}}), whose corpora are their Merlin corpus folders: {_TO_OURS}",
-            )
-        return None
+        sampled = any(isinstance(e, dict) and e.get("num_samples") is not None for e in entries)
+        if sampled and "seed" not in node:
+            node["seed"] = 42
+            self.changed[f"{name}.seed"] = "NeMo AutoModel's default (42) draws num_samples"
+        if not inline_only:
+            ordered = sorted(entries, key=_group)
+            if ordered != entries:
+                self.note(
+                    key,
+                    "reordered as their loader concatenates the sources: Hub (hf://) first, "
+                    "then corpus-id JSON, then inline JSONL, each in the order given",
+                )
+            entries = ordered
+        return entries if len(entries) > 1 else entries[0]
 
     # -- hard-negative mining ------------------------------------------------------------------
     def mining(self) -> None:
