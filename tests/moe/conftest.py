@@ -193,11 +193,76 @@ _CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "qwen3_5_moe": ("Qwen3_5MoeTextConfig", _QWEN_SHARED),
+    "deepseek_v4": (  # a hash-routed layer, then a biased top-k one; clamped SwiGLU
+        "DeepseekV4Config",
+        {
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "q_lora_rank": 16,
+            "moe_intermediate_size": 16,
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 3,
+            "routed_scaling_factor": 2.5,
+            "swiglu_limit": 1.0,  # low enough that the clamps bite on the random weights
+            "layer_types": ["sliding_attention"] * 2,
+            "mlp_layer_types": ["hash_moe", "moe"],
+            "sliding_window": 4,
+            "o_groups": 2,
+            "o_lora_rank": 8,
+            "hc_mult": 2,
+            "hc_sinkhorn_iters": 3,
+        },
+    ),
+    "ernie4_5_moe": (  # the selection bias in gate.moe_statics, [1, E]
+        "Ernie4_5_MoeConfig",
+        {
+            "moe_intermediate_size": 16,
+            "moe_num_experts": 8,
+            "moe_k": 3,
+            "moe_num_shared_experts": 2,
+            "moe_layer_start_index": 1,
+            "moe_layer_end_index": 1,
+        },
+    ),
+    "mistral4": (  # DeepSeek-V3's group-limited routing over softmax scores, no bias
+        "Mistral4Config",
+        {
+            **_MLA,
+            **_GROUPED,
+            "head_dim": 16,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 1,
+        },
+    ),
+    "minimax_m3": (  # clamped swiglu_oai experts; a shared MLP with a fused gate_up_proj
+        "MiniMaxM3VLTextConfig",
+        {
+            "head_dim": 8,
+            "intermediate_size": 16,
+            "num_local_experts": 8,
+            "num_experts_per_tok": 3,
+            "dense_intermediate_size": 48,
+            "shared_intermediate_size": 24,
+            "routed_scaling_factor": 2.5,
+            "swiglu_limit": 1.0,
+            "rotary_dim": 4,
+            "mlp_layer_types": ["dense", "sparse"],
+            "index_n_heads": 2,
+            "index_head_dim": 8,
+            "index_block_size": 4,
+            "index_topk_blocks": 2,
+            "bos_token_id": None,
+            "eos_token_id": None,
+        },
+    ),
 }
+# families whose causal LM is not in AutoModelForCausalLM's mapping
+_MODEL_CLASSES = {"mistral4": "Mistral4ForCausalLM"}
 FAMILIES = tuple(_CONFIGS)
 # the MoE blocks of each family's tiny model (the others' first layer is a dense MLP)
 _MOE_EVERY_LAYER = ("qwen3_moe", "olmoe", "qwen2_moe", "mixtral", "minimax_m2", "qwen3_next")
-_MOE_EVERY_LAYER += ("qwen3_5_moe", "gpt_oss")
+_MOE_EVERY_LAYER += ("qwen3_5_moe", "gpt_oss", "deepseek_v4")
 
 
 def moe_blocks(family: str) -> list[str]:
@@ -218,11 +283,27 @@ def make_config(family: str) -> Any:
     return cfg
 
 
+def causal_lm(family: str, config: Any = None) -> Any:
+    """The causal LM of ``family`` built from ``config`` (default: ``make_config(family)``)."""
+    import transformers
+
+    config = make_config(family) if config is None else config
+    if family in _MODEL_CLASSES:
+        return getattr(transformers, _MODEL_CLASSES[family])(config)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Fill every parameter and float buffer with small random values (HF inits experts empty)."""
+    """Fill every parameter and float buffer with small random values (HF inits experts empty),
+    and a hash router's ``tid2eid`` with random distinct experts."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in [*module.named_parameters(), *module.named_buffers()]:
+            if name.endswith("tid2eid"):  # a hash table: distinct random experts per token id
+                experts = max(m.num_experts for m in module.modules() if hasattr(m, "tid2eid"))
+                order = torch.rand(p.shape[0], experts, generator=gen).argsort(dim=-1)
+                p.copy_(order[:, : p.shape[1]])
+                continue
             if not p.is_floating_point() or "rotary" in name or "inv_freq" in name:
                 continue
             scale = 1.0 if "layernorm" in name or name.endswith("norm.weight") else 0.2
@@ -233,11 +314,10 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(name="hf_model")
 def hf_model_fixture() -> Callable[[str], Any]:
     """``hf_model(family)``: a tiny randomly initialised causal LM in eval mode."""
-    import transformers
 
     def make(family: str) -> Any:
         torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(make_config(family))
+        model = causal_lm(family)
         return randomize_(model).eval()
 
     return make

@@ -22,7 +22,13 @@ BASE = {
     [
         ({"hidden_size": 0}, r"MoEConfig.hidden_size=0 must be an int >= 1"),
         ({"experts_per_token": 9}, r"experts_per_token=9 must be <= n_routed_experts=8"),
-        ({"score_func": "tanh"}, r"score_func='tanh' is not one of \['softmax', 'sigmoid'\]"),
+        (
+            {"score_func": "tanh"},
+            r"score_func='tanh' is not one of \['softmax', 'sigmoid', 'sqrtsoftplus'\]",
+        ),
+        ({"routing": "hash"}, r"routing='hash' needs hash_vocab_size"),
+        ({"hash_vocab_size": 64}, r"hash_vocab_size=64 is the table of hash routing: set routing"),
+        ({"routing": "hash", "hash_vocab_size": 0}, r"hash_vocab_size=0 must be an int >= 1"),
         ({"activation": "swish"}, r"activation='swish' is not one of \['swiglu'"),
         ({"balancing": "loss"}, r"balancing='loss' is not one of \['none', 'aux_loss', 'bias'\]"),
         ({"backend": "cuda"}, r"backend='cuda' is not one of"),
@@ -54,6 +60,8 @@ def test_config_derived_properties_and_replace() -> None:
     cfg = MoEConfig(**BASE, n_shared_experts=2)
     assert cfg.gated and cfg.shared_size == 32 and not cfg.has_selection_bias
     assert cfg.replace(balancing="bias").has_selection_bias
+    hashed = cfg.replace(routing="hash", hash_vocab_size=64, balancing="bias")
+    assert not hashed.has_selection_bias  # the table chooses: no bias to move
     assert not cfg.replace(activation="relu2").gated
     with pytest.raises(TypeError, match="unknown MoEConfig field"):
         cfg.replace(top_k=3)

@@ -10,20 +10,21 @@ from torch import nn
 
 from automodel.moe import MoE, moe_aux_loss, patch_hf_moe, unpatch_hf_moe, update_moe_bias
 
-from .conftest import FAMILIES, make_config, moe_blocks, randomize_
+from .conftest import FAMILIES, causal_lm, moe_blocks, randomize_
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def _hf_block(family: str) -> nn.Module:
-    """The family's HF MoE block inside a holder module (as ``holder.mlp``)."""
-    import transformers
-
-    cfg = make_config(family)
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
+def _hf_block(family: str, index: int = -1) -> nn.Module:
+    """The family's HF MoE block ``index`` inside a holder module (as ``holder.mlp``)."""
+    model = causal_lm(family)
     holder = nn.Module()
-    holder.mlp = model.get_submodule(moe_blocks(family)[-1])
+    holder.mlp = model.get_submodule(moe_blocks(family)[index])
     return randomize_(holder, seed=1)
+
+
+# (family, which of its MoE blocks): the last of each, and DeepSeek-V4's hash-routed first one
+BLOCKS = [*((family, -1) for family in FAMILIES), ("deepseek_v4", 0)]
 
 
 def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -35,9 +36,9 @@ def _sorted(scores: torch.Tensor) -> torch.Tensor:
     return scores.float().sort(dim=-1).values
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_block_forward_backward_match_hf(family: str) -> None:
-    ref = _hf_block(family).train()
+@pytest.mark.parametrize(("family", "index"), BLOCKS, ids=[f"{f}{i}" for f, i in BLOCKS])
+def test_block_forward_backward_match_hf(family: str, index: int) -> None:
+    ref = _hf_block(family, index).train()
     ours = copy.deepcopy(ref)
     assert patch_hf_moe(ours) == ["mlp"]
     assert isinstance(ours.mlp, MoE)
@@ -52,7 +53,13 @@ def test_block_forward_backward_match_hf(family: str) -> None:
 
     x = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(2))
     x_ref, x_our = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref, y_our = ref.mlp(x_ref), ours.mlp(x_our)
+    kwargs = {}
+    if getattr(ref.mlp, "is_hash", False):  # DeepSeek-V4's layer passes the token ids
+        assert ours.mlp.gate.config.routing == "hash"
+        kwargs["input_ids"] = torch.randint(
+            0, 64, (3, 11), generator=torch.Generator().manual_seed(3)
+        )
+    y_ref, y_our = ref.mlp(x_ref, **kwargs), ours.mlp(x_our, **kwargs)
     assert type(y_our) is type(y_ref)
     if isinstance(y_ref, tuple):  # gpt-oss: (output, router scores [T, k]) for its decoder layer
         (y_ref, scores_ref), (y_our, scores_our) = y_ref, y_our
@@ -90,13 +97,15 @@ def test_patched_model_logits_and_unpatch(family: str, hf_model) -> None:
         ("minimax_m2", "bias"),  # the bias is the block's, not the gate's
         ("nemotron_h", "none"),  # relu2 experts between latent projections
         ("gpt_oss", "aux_loss"),  # router and expert biases, [E, in, out] expert weights
+        ("deepseek_v4", "bias"),  # a hash-routed layer (no bias) and a biased one
+        ("ernie4_5_moe", "bias"),  # the bias in gate.moe_statics, [1, E]
+        ("mistral4", "aux_loss"),  # its HF router has no bias to keep one in
+        ("minimax_m3", "bias"),  # a shared MLP with a fused gate_up_proj
     ],
 )
 def test_train_step_then_save_pretrained_loads_in_plain_transformers(
     family: str, balancing: str, hf_model, tmp_path
 ) -> None:
-    import transformers
-
     model = hf_model(family)
     patch_hf_moe(model, balancing=balancing, bias_update_rate=0.05)
     model.train()
@@ -117,7 +126,7 @@ def test_train_step_then_save_pretrained_loads_in_plain_transformers(
     with torch.no_grad():
         expected = model(ids).logits
     model.save_pretrained(tmp_path)
-    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    plain = type(model).from_pretrained(tmp_path).eval()  # the HF class: blocks are swapped
     assert not any(isinstance(m, MoE) for m in plain.modules())
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, expected, **TOL)
@@ -148,6 +157,75 @@ def test_gpt_oss_aux_loss_is_transformers_load_balancing_loss() -> None:
     logits, _, _ = ref.mlp.router(x.reshape(-1, 32))
     expected = load_balancing_loss_func((logits,), num_experts=8, top_k=3)
     torch.testing.assert_close(moe_aux_loss(ours), 0.5 * expected, **TOL)
+
+
+def test_ernie_aux_loss_is_transformers_load_balancing_loss() -> None:
+    """ERNIE-4.5's softmax router: with its selection bias at zero, our aux loss is
+    transformers' load_balancing_loss_func of the router logits (the bias moves only the
+    choice: ours counts the experts chosen, theirs the unbiased top-k)."""
+    from transformers.models.ernie4_5_moe.modeling_ernie4_5_moe import load_balancing_loss_func
+
+    ref = _hf_block("ernie4_5_moe")
+    with torch.no_grad():
+        ref.mlp.gate.moe_statics.e_score_correction_bias.zero_()
+    ours = copy.deepcopy(ref)
+    patch_hf_moe(ours, balancing="aux_loss", aux_loss_coeff=0.5)
+    ours.train()
+    x = torch.randn(4, 9, 32, generator=torch.Generator().manual_seed(6))
+    ours.mlp(x)
+    logits, _, _ = ref.mlp.gate(x.reshape(-1, 32))
+    expected = load_balancing_loss_func((logits,), num_experts=8, top_k=3)
+    torch.testing.assert_close(moe_aux_loss(ours), 0.5 * expected, **TOL)
+
+
+def test_deepseek_v4_hash_layer_routes_by_token_id_and_is_not_balanced(hf_model) -> None:
+    """The hash layer's experts are its table's row of each token id, whatever the scores;
+    it keeps no bias and gives no aux loss, while the learned layer is balanced as asked."""
+    model = hf_model("deepseek_v4")
+    patch_hf_moe(model, balancing="aux_loss", routing="learned")
+    hashed, learned = (model.model.layers[i].mlp.gate for i in (0, 1))
+    assert hashed.config.routing == "hash" and learned.config.routing == "learned"
+    assert hashed.e_score_correction_bias is None and "tid2eid" not in dict(learned.named_buffers())
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(8))
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(9))
+    hashed.train()
+    _, weights, chosen = hashed(x, ids)
+    assert torch.equal(chosen, hashed.tid2eid[ids.reshape(-1)])
+    assert hashed.aux_loss is None
+    _, scores = hashed.scores(x.reshape(-1, 32))
+    expected = scores.gather(1, chosen)
+    torch.testing.assert_close(weights, 2.5 * expected / expected.sum(-1, keepdim=True))
+    with pytest.raises(ValueError, match="hash routing picks each token's experts by its token"):
+        hashed(x)
+    model.train()
+    model(ids, labels=ids)
+    assert hashed.aux_loss is None and learned.aux_loss is not None
+    with pytest.raises(ValueError, match="routing='hash' is read from the HF model"):
+        patch_hf_moe(hf_model("deepseek_v4"), routing="hash")
+
+
+def test_deepseek_v4_hash_choice_dispatches_like_any_top_k(single_rank_group: None) -> None:
+    """Expert parallelism (the all_to_all dispatcher, experts as DTensor shards) on the hash
+    layer: the table's choice reaches the experts as any top-k does."""
+    from torch.distributed.tensor import DTensor
+
+    from automodel.moe import shard_experts
+
+    whole = _hf_block("deepseek_v4", 0)
+    patch_hf_moe(whole)
+    sharded = copy.deepcopy(whole)
+    assert shard_experts(sharded, None) == ["mlp.experts"]
+    assert sharded.mlp.experts.dispatcher is not None
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(10))
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(7))
+    outputs = [model.mlp(x, input_ids=ids) for model in (whole, sharded)]
+    torch.testing.assert_close(outputs[1], outputs[0], **TOL)
+    for out in outputs:
+        out.square().sum().backward()
+    grads = {n: p.grad for n, p in whole.named_parameters()}
+    for name, param in sharded.named_parameters():
+        grad = param.grad.to_local() if isinstance(param, DTensor) else param.grad
+        torch.testing.assert_close(grad, grads[name], **TOL, msg=name)
 
 
 def test_patch_errors(hf_model, tiny_llama_config) -> None:

@@ -6,12 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-SCORE_FUNCS = ("softmax", "sigmoid")
+SCORE_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
 ACTIVATIONS = ("swiglu", "geglu", "swiglu_oai", "gelu", "relu2")
 GATED_ACTIVATIONS = ("swiglu", "geglu", "swiglu_oai")
 BALANCING = ("none", "aux_loss", "bias")
 BACKENDS = ("auto", "grouped_mm", "loop")
-ROUTINGS = ("learned", "balanced")
+ROUTINGS = ("learned", "hash", "balanced")
 
 
 @dataclass
@@ -22,7 +22,8 @@ class MoEConfig:
     by exactly ``experts_per_token`` routed experts, plus the shared experts if any.
 
     Routing, per token: ``logits = x @ gate.weight.T (+ gate.bias)`` in float32;
-    ``scores = softmax(logits)`` or ``sigmoid(logits)``; the experts are chosen by top-k over
+    ``scores = softmax(logits)``, ``sigmoid(logits)`` or ``sqrt(softplus(logits))``
+    (``sqrtsoftplus``, DeepSeek-V4); the experts are chosen by top-k over
     ``scores + e_score_correction_bias`` (when there is such a bias), restricted to the
     ``topk_groups`` best of ``n_groups`` expert groups (a group's score is the sum of its two best
     experts) when ``n_groups > 1``; the combine weights are the *unbiased* scores of the chosen
@@ -32,12 +33,20 @@ class MoEConfig:
       * ``"aux_loss"``: the Switch-Transformer loss ``E * sum_e f_e * P_e`` over all tokens of the
         forward pass (batch level, the same formula as transformers' ``load_balancing_loss_func``),
         where ``f_e`` is the fraction of tokens routed to expert ``e`` (summing to ``k``) and
-        ``P_e`` the mean routing probability (sigmoid scores are normalised to sum to one).
+        ``P_e`` the mean routing probability (sigmoid and sqrtsoftplus scores are normalised to
+        sum to one).
         It is multiplied by ``aux_loss_coeff``; collect it with ``moe_aux_loss(model)``.
       * ``"bias"``: auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias added to the
         scores for selection only, moved by ``bias_update_rate * sign(mean_load - load)`` on
         each ``update_moe_bias(model)`` call (once per optimizer step).
       * ``"none"``: no balancing (a pre-existing ``e_score_correction_bias`` is still applied).
+
+    Hash routing (``routing="hash"``, DeepSeek-V4's first layers): token ``t``'s experts are the
+    row ``tid2eid[input_ids[t]]`` of a fixed ``[hash_vocab_size, k]`` table (a router buffer)
+    instead of the top-k of its scores; the scores still give the combine weights (gathered,
+    renormalised, scaled as above). The block's forward then needs the token ids. The choice
+    ignores the scores, so nothing balances a hash layer: it has no selection bias and no aux
+    loss (its load is still counted in the metrics).
 
     Experts: ``down(act(in(x)))`` with ``in`` = ``gate_up_proj`` for the gated activations
     (``act(gate) * up``; swiglu: SiLU, geglu: GELU, swiglu_oai: ``gate * sigmoid(alpha * gate)
@@ -77,9 +86,13 @@ class MoEConfig:
     bias_update_rate: float = 1e-3
     input_jitter: float = 0.0  # Mixtral router jitter: x *= U(1 - j, 1 + j) in training
     backend: str = "auto"  # expert matmuls: "grouped_mm" (torch._grouped_mm), "loop", "auto"
+    # "learned": the top-k of the scores; "hash": a fixed table by token id (see above);
     # "balanced" (for throughput benchmarks): the gate is not used; token t's j-th slot goes to
     # expert (t * k + j) mod E with weight 1 / k, so every expert gets the same load
     routing: str = "learned"
+    # rows of the hash router's `tid2eid` table (the vocabulary size); only with routing "hash"
+    # (or "balanced", which then keeps the table unused)
+    hash_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "moe_intermediate_size", "n_routed_experts"):
@@ -98,6 +111,8 @@ class MoEConfig:
             _positive_int("shared_intermediate_size", self.shared_intermediate_size)
         if self.latent_size is not None:
             _positive_int("latent_size", self.latent_size)
+        if self.hash_vocab_size is not None:
+            _positive_int("hash_vocab_size", self.hash_vocab_size)
         if self.shared_expert_gate and self.n_shared_experts == 0:
             raise ValueError("MoEConfig.shared_expert_gate=True needs n_shared_experts >= 1")
         _choice("score_func", self.score_func, SCORE_FUNCS)
@@ -105,6 +120,16 @@ class MoEConfig:
         _choice("balancing", self.balancing, BALANCING)
         _choice("backend", self.backend, BACKENDS)
         _choice("routing", self.routing, ROUTINGS)
+        if self.routing == "hash" and self.hash_vocab_size is None:
+            raise ValueError(
+                "MoEConfig.routing='hash' needs hash_vocab_size (the rows of the token-id -> "
+                "experts table tid2eid)"
+            )
+        if self.routing == "learned" and self.hash_vocab_size is not None:
+            raise ValueError(
+                f"MoEConfig.hash_vocab_size={self.hash_vocab_size} is the table of hash routing: "
+                "set routing='hash', or leave hash_vocab_size None"
+            )
         _positive_int("n_groups", self.n_groups)
         _positive_int("topk_groups", self.topk_groups)
         if self.n_routed_experts % self.n_groups:
@@ -151,7 +176,9 @@ class MoEConfig:
 
     @property
     def has_selection_bias(self) -> bool:
-        """Whether the router keeps an ``e_score_correction_bias`` buffer."""
+        """Whether the router keeps an ``e_score_correction_bias`` buffer (never a hash layer)."""
+        if self.hash_vocab_size is not None:
+            return False
         return self.score_correction_bias or self.balancing == "bias"
 
     @property

@@ -5,16 +5,19 @@ Our block keeps the HF parameter names and shapes (``mlp.gate.weight``,
 ``mlp.experts.gate_up_proj`` ``[E, 2I, H]`` or, for experts without gate, ``mlp.experts.up_proj``
 ``[E, I, H]``, ``mlp.experts.down_proj`` ``[E, H, I]``; gpt-oss's ``mlp.router.weight``/``bias``
 and its experts' ``[E, in, out]`` weights with their ``*_bias``; the shared expert's
-``gate_proj``/``up_proj``/``down_proj``, the selection bias ``mlp.gate.e_score_correction_bias``
-or, where the HF block keeps it itself, ``mlp.e_score_correction_bias``), so the weight mapping
+``gate_proj``/``up_proj``/``down_proj`` or MiniMax-M3's fused ``gate_up_proj``, the selection
+bias ``mlp.gate.e_score_correction_bias``, where the HF block keeps it itself
+``mlp.e_score_correction_bias``, ERNIE-4.5's ``mlp.gate.moe_statics.e_score_correction_bias``
+``[1, E]``; DeepSeek-V4's hash table ``mlp.gate.tid2eid``), so the weight mapping
 in both directions is the identity and ``state_dict()`` / ``save_pretrained`` output loads in
 plain transformers unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,184 +25,16 @@ from torch import nn
 
 from automodel.moe._block import MoE
 from automodel.moe._config import MoEConfig, check_fields
+from automodel.moe._hf_families import BLOCK_OPTIONS, SUPPORTED, UNSWAPPABLE
 
 # MoEConfig fields a caller may choose; everything else is read from the HF block.
 OVERRIDABLE = ("balancing", "aux_loss_coeff", "bias_update_rate", "backend", "routing")
 
-# HF expert activation class -> ours: gated experts (``gate_up_proj``), plain ones (``up_proj``)
-_ACTIVATIONS = {
-    "SiLUActivation": "swiglu",
-    "SiLU": "swiglu",
-    "GELUActivation": "geglu",
-    "GELU": "geglu",
-}
-_PLAIN_ACTIVATIONS = {"ReLUSquaredActivation": "relu2"}
-
-
-def _base(block: nn.Module) -> dict[str, Any]:
-    gate, experts = block.gate, block.experts
-    num_experts, hidden = gate.weight.shape
-    gated = hasattr(experts, "gate_up_proj")
-    table = _ACTIVATIONS if gated else _PLAIN_ACTIVATIONS
-    act_name = type(experts.act_fn).__name__
-    if act_name not in table:
-        raise ValueError(
-            f"{type(block).__name__}: {'gated' if gated else 'non-gated'} expert activation "
-            f"{act_name} is not supported; supported: {sorted(table)}"
-        )
-    in_proj = experts.gate_up_proj if gated else experts.up_proj
-    return {
-        "hidden_size": int(hidden),
-        "moe_intermediate_size": int(in_proj.shape[1] // (2 if gated else 1)),
-        "n_routed_experts": int(num_experts),
-        "experts_per_token": int(gate.top_k),
-        "activation": table[act_name],
-    }
-
-
-def _shared(block: nn.Module, name: str = "shared_experts") -> dict[str, Any]:
-    """The fields of the block's one shared MLP ``name`` (none when it has none)."""
-    shared = getattr(block, name, None)
-    if shared is None:
-        return {}
-    return {"n_shared_experts": 1, "shared_intermediate_size": int(shared.down_proj.in_features)}
-
-
-def _qwen3(block: nn.Module) -> tuple[dict[str, Any], str]:
-    return {**_base(block), "norm_topk_prob": bool(block.gate.norm_topk_prob)}, "shared_experts"
-
-
-def _qwen2(block: nn.Module) -> tuple[dict[str, Any], str]:
-    return _gated_shared_expert(block, bool(block.gate.norm_topk_prob))
-
-
-def _qwen3_5(block: nn.Module) -> tuple[dict[str, Any], str]:
-    return _gated_shared_expert(block, True)  # its router always renormalises
-
-
-def _gated_shared_expert(block: nn.Module, norm_topk_prob: bool) -> tuple[dict[str, Any], str]:
-    """Qwen2-MoE's layout: one `shared_expert`, its output scaled by a sigmoid gate."""
-    fields = {**_base(block), "norm_topk_prob": norm_topk_prob, **_shared(block, "shared_expert")}
-    return {**fields, "shared_expert_gate": True}, "shared_expert"
-
-
-def _mixtral(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields = {**_base(block), "norm_topk_prob": True}
-    fields["input_jitter"] = float(getattr(block, "jitter_noise", 0.0) or 0.0)
-    return fields, "shared_experts"
-
-
-def _deepseek_v3(block: nn.Module) -> tuple[dict[str, Any], str]:
-    gate = block.gate
-    fields = {
-        **_base(block),
-        "score_func": "sigmoid",
-        "n_groups": int(gate.num_group),
-        "topk_groups": int(gate.topk_group),
-        "route_scale": float(gate.routed_scaling_factor),
-        "norm_topk_prob": bool(gate.norm_topk_prob),
-        "score_correction_bias": True,
-    }
-    return {**fields, **_shared(block)}, "shared_experts"
-
-
-def _nemotron_h(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields, shared_name = _deepseek_v3(block)
-    if isinstance(block.fc1_latent_proj, nn.Linear):
-        fields["latent_size"] = int(block.fc1_latent_proj.out_features)
-    return fields, shared_name
-
-
-def _sigmoid_renormalised(block: nn.Module, route_scale: float) -> dict[str, Any]:
-    """Sigmoid scores, selection biased, top-k renormalised, times ``route_scale``."""
-    return {
-        **_base(block),
-        "score_func": "sigmoid",
-        "norm_topk_prob": True,
-        "score_correction_bias": True,
-        "route_scale": float(route_scale),
-    }
-
-
-def _minimax_m2(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields = _sigmoid_renormalised(block, 1.0)
-    fields["input_jitter"] = float(getattr(block, "jitter_noise", 0.0) or 0.0)
-    return fields, "shared_experts"
-
-
-def _hy_v3(block: nn.Module) -> tuple[dict[str, Any], str]:
-    fields = _sigmoid_renormalised(block, block.gate.router_scaling_factor)
-    return {**fields, **_shared(block)}, "shared_experts"
-
-
-def _laguna(block: nn.Module) -> tuple[dict[str, Any], str]:
-    softcap = float(block.gate.router_logit_softcapping or 0.0)
-    if softcap > 0:
-        raise ValueError(
-            f"{type(block).__name__}: router logit softcapping "
-            f"(moe_router_logit_softcapping={softcap}) is not supported; only 0"
-        )
-    fields = _sigmoid_renormalised(block, block.routed_scaling_factor)
-    return {**fields, **_shared(block)}, "shared_experts"
-
-
-def _gpt_oss(block: nn.Module) -> tuple[dict[str, Any], str]:
-    """gpt-oss: a router with a bias, top-k of the logits softmaxed over the k (the same weights
-    as a softmax over all experts renormalised over the top k), clamped swiglu_oai experts.
-
-    The expert layout is read from the flags transformers sets on its experts (gpt-oss's where
-    a version has none): ``[E, in, out]``, gate and up interleaved, with biases."""
-    router, experts = block.router, block.experts
-    num_experts, hidden = router.weight.shape
-    transposed = bool(getattr(experts, "is_transposed", True))
-    fields = {
-        "hidden_size": int(hidden),
-        "moe_intermediate_size": int(experts.down_proj.shape[1 if transposed else 2]),
-        "n_routed_experts": int(num_experts),
-        "experts_per_token": int(router.top_k),
-        "norm_topk_prob": True,
-        "router_bias": True,
-        "activation": "swiglu_oai",
-        "activation_alpha": float(experts.alpha),
-        "activation_limit": float(experts.limit),
-        "gate_up_interleaved": not getattr(experts, "is_concatenated", False),
-        "expert_bias": bool(getattr(experts, "has_bias", True)),
-        "transposed_experts": transposed,
-    }
-    return fields, "shared_experts"
-
-
-# HF block class name -> reader of (MoEConfig fields, shared-expert attribute name).
-SUPPORTED: dict[str, Callable[[nn.Module], tuple[dict[str, Any], str]]] = {
-    "Qwen3MoeSparseMoeBlock": _qwen3,
-    "OlmoeSparseMoeBlock": _qwen3,
-    "Qwen2MoeSparseMoeBlock": _qwen2,
-    "Qwen3NextSparseMoeBlock": _qwen2,
-    "Qwen3_5MoeSparseMoeBlock": _qwen3_5,
-    "MixtralSparseMoeBlock": _mixtral,
-    # DeepSeek-V3's router and shared experts, unchanged
-    "DeepseekV3MoE": _deepseek_v3,
-    "DeepseekV32MoE": _deepseek_v3,
-    "Glm4MoeMoE": _deepseek_v3,
-    "Glm4MoeLiteMoE": _deepseek_v3,
-    "GlmMoeDsaMoE": _deepseek_v3,
-    "KimiLinearMoE": _deepseek_v3,
-    "MiMoV2FlashMoE": _deepseek_v3,  # without shared experts
-    "NemotronHMoE": _nemotron_h,  # relu2 experts without gate, optional latent projections
-    "MiniMaxM2SparseMoeBlock": _minimax_m2,
-    "HYV3MoE": _hy_v3,
-    "LagunaSparseMoeBlock": _laguna,
-    "GptOssMLP": _gpt_oss,
-}
-# HF blocks of a supported family that cannot be swapped as loaded: why, and what to do
-_UNSWAPPABLE = {
-    "Mxfp4GptOssMLP": "gpt-oss with MXFP4-quantized experts (packed uint8 blocks, not "
-    "trainable); load the checkpoint dequantized: from_pretrained(..., "
-    "quantization_config=Mxfp4Config(dequantize=True)), in the recipes model.dequantize: true",
-}
-# HF blocks whose router is not ``gate`` or that return more than the hidden states
-_BLOCK_OPTIONS: dict[str, dict[str, Any]] = {
-    "GptOssMLP": {"router_name": "router", "return_router_scores": True},
+# where HF blocks keep the selection bias, besides the router's `e_score_correction_bias`
+_BIAS_KEYS = {
+    "block": "e_score_correction_bias",
+    "statics": "gate.moe_statics.e_score_correction_bias",
+    "router": "gate.e_score_correction_bias",
 }
 
 
@@ -215,7 +50,25 @@ def moe_config_from_hf(block: nn.Module, **overrides: Any) -> tuple[MoEConfig, s
             f"patch_hf_moe reads {fixed} from the HF model; only {list(OVERRIDABLE)} can be set"
         )
     fields, shared_name = SUPPORTED[name](block)
-    return MoEConfig(**fields, **overrides), shared_name
+    routing = overrides.get("routing")
+    if routing == "hash" and fields.get("routing") != "hash":
+        raise ValueError(
+            f"routing='hash' is read from the HF model (a block with a tid2eid table), and "
+            f"{name} has none; use routing 'learned' (the model's own) or 'balanced'"
+        )
+    if routing == "learned":  # the model's own routing: top-k, or hash where its block hashes
+        overrides = {k: v for k, v in overrides.items() if k != "routing"}
+    return MoEConfig(**{**fields, **overrides}), shared_name
+
+
+def _bias_home(block: nn.Module) -> str:
+    """Where ``block`` keeps its selection bias (see ``MoE``'s ``bias_home``)."""
+    if "e_score_correction_bias" in dict(block.named_buffers(recurse=False)):
+        return "block"
+    gate = getattr(block, "gate", None)
+    if gate is not None and hasattr(gate, "moe_statics"):
+        return "statics"
+    return "router"
 
 
 def _text_config(model: nn.Module) -> Any:
@@ -229,7 +82,7 @@ def _swap(parent: nn.Module, child_name: str, new: nn.Module, old: nn.Module) ->
     """Replace ``parent.child_name`` by ``new``, taking over ``old``'s tensors (no copy)."""
     state = old.state_dict()
     missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
-    allowed_missing = {"gate.e_score_correction_bias", "e_score_correction_bias"}
+    allowed_missing = set(_BIAS_KEYS.values())
     if unexpected or set(missing) - allowed_missing:
         raise RuntimeError(
             f"weights of {type(old).__name__} do not map onto {type(new).__name__}: "
@@ -252,23 +105,24 @@ def patch_hf_moe(model: nn.Module, **overrides: Any) -> list[str]:
     """Replace every supported HF MoE block in ``model`` by ``MoE``; return their names.
 
     ``overrides`` set MoEConfig fields the HF model does not define: ``balancing``,
-    ``aux_loss_coeff``, ``bias_update_rate``, ``backend``, ``routing``. Call it before creating
-    the optimizer or sharding the model: the parameters are re-wrapped (same storage, new
-    ``Parameter``s).
+    ``aux_loss_coeff``, ``bias_update_rate``, ``backend``, ``routing`` (``"balanced"`` replaces
+    every layer's routing; ``"learned"`` keeps the model's own, so DeepSeek-V4's hash layers
+    stay hash-routed). Call it before creating the optimizer or sharding the model: the
+    parameters are re-wrapped (same storage, new ``Parameter``s).
     """
     replaced = []
     hf_config = _text_config(model)
     for name, module in list(model.named_modules()):
-        if type(module).__name__ in _UNSWAPPABLE:
-            raise ValueError(f"{name}: {_UNSWAPPABLE[type(module).__name__]}")
+        if type(module).__name__ in UNSWAPPABLE:
+            raise ValueError(f"{name}: {UNSWAPPABLE[type(module).__name__]}")
         if type(module).__name__ not in SUPPORTED:
             continue
         config, shared_name = moe_config_from_hf(module, **overrides)
-        bias_on_block = "e_score_correction_bias" in dict(module.named_buffers(recurse=False))
         with torch.device("meta"):
-            options = _BLOCK_OPTIONS.get(type(module).__name__, {})
-            ours = MoE(config, shared_name, bias_on_block=bias_on_block, **options)
+            options = BLOCK_OPTIONS.get(type(module).__name__, {})
+            ours = MoE(config, shared_name, bias_home=_bias_home(module), **options)
         ours.hf_class = type(module)
+        ours.hf_args = _init_args(type(module), name)
         own_config = getattr(module, "config", None)
         ours.hf_config = hf_config if own_config is None else own_config
         parent_name, _, child = name.rpartition(".")
@@ -294,8 +148,14 @@ def unpatch_hf_moe(model: nn.Module) -> list[str]:
     for name, module in list(model.named_modules()):
         if not isinstance(module, MoE) or getattr(module, "hf_class", None) is None:
             continue
+        args = getattr(module, "hf_args", ())
+        if args is None:
+            raise ValueError(
+                f"{name}: {module.hf_class.__name__} is built per layer (layer_idx), and the "
+                "name it was swapped under has no 'layers.<i>' to rebuild it with"
+            )
         with torch.device("meta"):
-            hf_block = module.hf_class(module.hf_config)
+            hf_block = module.hf_class(module.hf_config, *args)
         state = module.state_dict()
         hf_keys = set(hf_block.state_dict())
         _check_restorable(name, module, hf_keys)
@@ -307,9 +167,19 @@ def unpatch_hf_moe(model: nn.Module) -> list[str]:
     return restored
 
 
+def _init_args(hf_class: type, name: str) -> tuple[Any, ...] | None:
+    """The HF block's constructor arguments after its config: the layer index, for blocks built
+    per layer (DeepSeek-V4: hash layers or not), read from the block's name ``...layers.<i>...``
+    (None when the name has none: then the block cannot be rebuilt)."""
+    if "layer_idx" not in inspect.signature(hf_class.__init__).parameters:
+        return ()
+    match = re.search(r"(?:^|\.)layers\.(\d+)(?:\.|$)", name)
+    return None if match is None else (int(match.group(1)),)
+
+
 def _check_restorable(name: str, module: MoE, hf_keys: set[str]) -> None:
     bias = module.topk_router.e_score_correction_bias
-    homes = {"gate.e_score_correction_bias", "e_score_correction_bias"}
+    homes = set(_BIAS_KEYS.values())
     if not homes & hf_keys and bias is not None and bias.any():
         warnings.warn(
             f"{name}: the HF block has no e_score_correction_bias; the learned balancing bias "

@@ -12,8 +12,9 @@ from automodel.moe._config import MoEConfig
 class TopKRouter(nn.Module):
     """Scores experts per token and picks ``experts_per_token`` of them (see ``MoEConfig``).
 
-    Parameters keep the Hugging Face names: ``weight`` ``[E, H]``, optional ``bias`` ``[E]`` and
-    the persistent buffer ``e_score_correction_bias`` ``[E]`` (the balancing bias).
+    Parameters keep the Hugging Face names: ``weight`` ``[E, H]``, optional ``bias`` ``[E]``,
+    the persistent buffer ``e_score_correction_bias`` ``[E]`` (the balancing bias) and, for hash
+    routing, the persistent int64 buffer ``tid2eid`` ``[hash_vocab_size, k]``.
     ``forward`` returns ``(logits, topk_weights, topk_ids)`` like transformers' routers.
     """
 
@@ -27,6 +28,9 @@ class TopKRouter(nn.Module):
             nn.Parameter(torch.zeros(config.n_routed_experts)) if config.router_bias else None
         )
         self._register_selection_bias()
+        if config.hash_vocab_size is not None:
+            shape = (config.hash_vocab_size, config.experts_per_token)
+            self.register_buffer("tid2eid", torch.zeros(shape, dtype=torch.long))
         # Token counts per expert: since the last bias update, and since the last metrics read.
         self.register_buffer("bias_counts", torch.zeros(config.n_routed_experts), persistent=False)
         self.register_buffer("load_counts", torch.zeros(config.n_routed_experts), persistent=False)
@@ -46,10 +50,16 @@ class TopKRouter(nn.Module):
             self.e_score_correction_bias = None
 
     def reset_parameters(self) -> None:
-        """Initialise the router weight like ``nn.Linear`` and zero the biases."""
+        """Initialise the router weight like ``nn.Linear``, zero the biases, and fill a hash
+        table so that token ``t`` takes the distinct experts ``(t * k + j) mod E``."""
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        table = getattr(self, "tid2eid", None)
+        if table is not None and not table.is_meta:
+            rows, k = table.shape
+            slots = torch.arange(rows * k, device=table.device).view(rows, k)
+            table.copy_(slots % self.num_experts)
 
     def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, scores)`` in float32 for ``x`` of shape ``[T, H]``."""
@@ -57,6 +67,8 @@ class TopKRouter(nn.Module):
         logits = F.linear(x.float(), self.weight.float(), bias)
         if self.config.score_func == "softmax":
             return logits, torch.softmax(logits, dim=-1)
+        if self.config.score_func == "sqrtsoftplus":
+            return logits, F.softplus(logits).sqrt()
         return logits, torch.sigmoid(logits)
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
@@ -75,13 +87,21 @@ class TopKRouter(nn.Module):
             choice = choice.masked_fill(~expert_mask, float("-inf"))
         return torch.topk(choice, k=self.top_k, dim=-1, sorted=False).indices
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Route ``x`` ``[..., H]``: ``(logits [T, E], topk_weights [T, k] fp32, topk_ids [T, k])``."""
+    def forward(
+        self, x: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Route ``x`` ``[..., H]``: ``(logits [T, E], topk_weights [T, k] fp32, topk_ids [T, k])``.
+
+        ``input_ids`` (the token ids of ``x``'s tokens) are read by hash routing only.
+        """
         x = x.reshape(-1, self.config.hidden_size)
         if self.config.routing == "balanced":
             return self.balanced(x)
         logits, scores = self.scores(x)
-        topk_ids = self.select(scores)
+        if self.config.routing == "hash":
+            topk_ids = self.hashed(input_ids, x.shape[0])
+        else:
+            topk_ids = self.select(scores)
         weights = scores.gather(1, topk_ids)
         if self.config.norm_topk_prob:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
@@ -89,6 +109,21 @@ class TopKRouter(nn.Module):
             weights = weights * self.config.route_scale
         self._record(scores, topk_ids)
         return logits, weights, topk_ids
+
+    def hashed(self, input_ids: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
+        """``routing="hash"``: each token's experts ``[T, k]``, the ``tid2eid`` row of its id."""
+        if input_ids is None:
+            raise ValueError(
+                "hash routing picks each token's experts by its token id, and this MoE block got "
+                "none: call the model with input_ids (not inputs_embeds alone), and let the "
+                "decoder layer pass them to its mlp (transformers' DeepSeek-V4 layers do)"
+            )
+        if input_ids.numel() != num_tokens:
+            raise ValueError(
+                f"hash routing got {input_ids.numel()} token ids for {num_tokens} tokens: pass "
+                "the input_ids of the hidden states being routed"
+            )
+        return self.tid2eid[input_ids.reshape(-1).long()].long()
 
     def balanced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``routing="balanced"``: every expert the same load, no gate, no balancing loss."""
@@ -119,9 +154,9 @@ class TopKRouter(nn.Module):
             if self.training and self.e_score_correction_bias is not None:
                 self.bias_counts += counts
         self.aux_loss = None
-        if self.training and self.config.balancing == "aux_loss":
+        if self.training and self.config.balancing == "aux_loss" and self.config.routing != "hash":
             self.aux_loss = self.config.aux_loss_coeff * switch_aux_loss(
-                scores, counts, normalize=self.config.score_func == "sigmoid"
+                scores, counts, normalize=self.config.score_func != "softmax"
             )
             self.aux_loss_sum = self.aux_loss_sum + self.aux_loss.detach()
             self.aux_loss_calls += 1
@@ -140,6 +175,22 @@ class TopKRouter(nn.Module):
             step = self.config.bias_update_rate * torch.sign(load.mean() - load)
             self.e_score_correction_bias.add_(step.to(self.e_score_correction_bias.dtype))
         self.bias_counts.zero_()
+
+
+class StaticsBiasRouter(TopKRouter):
+    """A ``TopKRouter`` whose selection bias is ``moe_statics.e_score_correction_bias``
+    ``[1, E]``, the layout of ERNIE-4.5 MoE's router (read and moved as its row 0)."""
+
+    def _register_selection_bias(self) -> None:
+        self.moe_statics = nn.Module()
+        self.moe_statics.register_buffer(
+            "e_score_correction_bias", torch.zeros(1, self.num_experts)
+        )
+
+    @property
+    def e_score_correction_bias(self) -> torch.Tensor:
+        """Row 0 of ``moe_statics.e_score_correction_bias`` (a view: updates write through)."""
+        return self.moe_statics.e_score_correction_bias[0]
 
 
 class BlockBiasRouter(TopKRouter):
@@ -165,8 +216,8 @@ class BlockBiasRouter(TopKRouter):
 def switch_aux_loss(scores: torch.Tensor, counts: torch.Tensor, normalize: bool) -> torch.Tensor:
     """Switch-Transformer balancing loss ``E * sum_e f_e * P_e`` (``f`` sums to top-k).
 
-    ``scores`` ``[T, E]`` are softmax probabilities, or sigmoid scores with ``normalize=True``
-    (divided by their per-token sum); ``counts`` ``[E]`` the (token, slot) assignments per expert.
+    ``scores`` ``[T, E]`` are softmax probabilities, or other positive scores (sigmoid,
+    sqrtsoftplus) with ``normalize=True`` (divided by their per-token sum); ``counts`` ``[E]`` the (token, slot) assignments per expert.
     """
     num_tokens, num_experts = scores.shape
     if num_tokens == 0:  # every token masked: nothing to balance
