@@ -10,7 +10,7 @@ from automodel.core.config._nemo_compat._moe_families import MOE_FAMILIES, moe_f
 from automodel.moe import MoE
 from automodel.moe._hf import SUPPORTED
 
-from .conftest import make_config
+from .conftest import causal_lm, make_config
 
 # their family -> the tiny transformers models of it (conftest families)
 SWAPPED_FAMILIES = {
@@ -28,6 +28,10 @@ SWAPPED_FAMILIES = {
     "MiMo-V2-Flash": ("mimo_v2_flash",),
     "Qwen3.5 MoE": ("qwen3_5_moe",),
     "gpt-oss": ("gpt_oss",),
+    "DeepSeek-V4": ("deepseek_v4",),
+    "ERNIE-4.5 MoE": ("ernie4_5_moe",),
+    "Mistral Small 4": ("mistral4",),
+    "MiniMax-M3": ("minimax_m3",),
 }
 CASES = [(name, kind) for name, kinds in SWAPPED_FAMILIES.items() for kind in kinds]
 
@@ -40,13 +44,11 @@ def test_every_swapped_family_is_covered() -> None:
 def test_swapped_family_blocks_and_their_balancing(name: str, kind: str) -> None:
     """A model of the family has supported MoE blocks, and `nemo_balancing` for its config is
     the balancing their class uses (`aux_loss` with router_aux_loss_coef / top-k)."""
-    import transformers
-
     from automodel.recipes._moe_nemo import nemo_balancing
 
     config = make_config(kind)
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
+        model = causal_lm(kind, config)
     assert any(type(m).__name__ in SUPPORTED for m in model.modules())
     family = next(f for f in MOE_FAMILIES if f.name == name)
     options = nemo_balancing(config)
@@ -74,7 +76,7 @@ def test_qwen3_5_moe_balancing_and_its_default_coefficient() -> None:
     assert nemo_balancing(bare)["aux_loss_coeff"] == pytest.approx(0.001 / 4)
     zero = SimpleNamespace(model_type="laguna", num_experts_per_tok=4, router_aux_loss_coef=0)
     assert nemo_balancing(zero) == {"balancing": "none"}
-    assert nemo_balancing(SimpleNamespace(model_type="ernie4_5_moe")) is None
+    assert nemo_balancing(SimpleNamespace(model_type="bailing_moe")) is None
 
 
 @pytest.mark.parametrize(
@@ -84,12 +86,15 @@ def test_qwen3_5_moe_balancing_and_its_default_coefficient() -> None:
         ("nvidia/NVIDIA-Nemotron-3.5-Lightning-30B-A3B-BF16", "Nemotron 3", True),
         ("nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16", "Nemotron 3 Omni", False),
         ("MiniMaxAI/MiniMax-M2.5", "MiniMax-M2", True),
-        ("MiniMaxAI/MiniMax-M3", "MiniMax-M3", False),  # clamped SwiGLU experts
+        ("MiniMaxAI/MiniMax-M3", "MiniMax-M3", True),
         ("zai-org/GLM-4.7-Flash", "GLM-4.5/4.7 MoE", True),
         ("/path/to/deepseek-v32", "DeepSeek-V3.2", True),
         ("Qwen/Qwen3.5-35B-A3B", "Qwen3.5 MoE", True),
         ("openai/gpt-oss-20b", "gpt-oss", True),
-        ("deepseek-ai/DeepSeek-V4-Flash", "DeepSeek-V4", False),
+        ("deepseek-ai/DeepSeek-V4-Flash", "DeepSeek-V4", True),
+        ("baidu/ERNIE-4.5-21B-A3B-PT", "ERNIE-4.5 MoE", True),
+        ("mistralai/Mistral-Small-4-119B-2603", "Mistral Small 4", True),
+        ("inclusionAI/Ling-mini-2.0", "Ling 2.0", False),
     ],
 )
 def test_family_of_model_name(model_name: str, family: str, swapped: bool) -> None:
@@ -97,18 +102,23 @@ def test_family_of_model_name(model_name: str, family: str, swapped: bool) -> No
     assert (found.name, found.swapped) == (family, swapped)
 
 
-@pytest.mark.parametrize(("kind", "balancing"), [("minimax_m2", "bias"), ("laguna", "aux_loss")])
+@pytest.mark.parametrize(
+    ("kind", "balancing"),
+    [("minimax_m2", "bias"), ("laguna", "aux_loss"), ("deepseek_v4", "bias")],
+)
 def test_recipe_applies_their_balancing(kind: str, balancing: str) -> None:
     """`moe.balancing: nemo_automodel` in the recipe sets the swapped blocks' balancing."""
-    import transformers
-
     from automodel.core.config import ConfigNode
     from automodel.recipes._moe import apply_moe
     from automodel.recipes._sections import Moe
 
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(make_config(kind))
+        model = causal_lm(kind)
     model.to_empty(device="cpu")
     apply_moe(model, Moe(balancing="nemo_automodel"), ConfigNode({"moe": {}}))
     blocks = [m for m in model.modules() if isinstance(m, MoE)]
     assert blocks and {b.config.balancing for b in blocks} == {balancing}
+    # the recipe's routing "learned" keeps DeepSeek-V4's hash layers hash-routed, unbalanced
+    hashed = [b for b in blocks if b.config.routing == "hash"]
+    assert len(hashed) == (kind == "deepseek_v4")
+    assert all(b.topk_router.e_score_correction_bias is None for b in hashed)

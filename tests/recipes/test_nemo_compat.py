@@ -719,6 +719,8 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     single = translate(their_moe("Qwen/Qwen3-30B-A3B", 1, dispatcher="deepep"), {}, "cfg.yaml")
     assert single.data["moe"] == {"balancing": "nemo_automodel"}
     assert "moe" not in translate(their_moe("Qwen/Qwen3-0.6B", 1), {}, "cfg.yaml").data
+    ernie = translate(their_moe("baidu/ERNIE-4.5-21B-A3B-PT", 1), {}, "cfg.yaml")  # swapped too
+    assert ernie.data["moe"] == {"balancing": "nemo_automodel"}
     gpt_oss = translate(their_moe("openai/gpt-oss-20b", 8), {}, "cfg.yaml", 8)  # swapped too
     assert gpt_oss.data["moe"] == {"balancing": "nemo_automodel"}
     assert gpt_oss.data["model"]["dequantize"] is True  # MXFP4 on the Hub, dequantized there
@@ -728,11 +730,7 @@ def test_their_moe_configs_get_a_moe_section() -> None:
     assert translate(fake, {}, "cfg.yaml", 8).data["moe"]["routing"] == "balanced"
 
     refused = {
-        # families whose blocks automodel.moe does not swap
-        "model.pretrained_model_name_or_path": (
-            their_moe("baidu/ERNIE-4.5-21B-A3B-PT", 1),
-            "adds an aux loss weighted by router_aux_loss_coef",
-        ),
+        # a family whose blocks automodel.moe does not swap (and whose class does not balance)
         "distributed.ep_size": (
             their_moe("inclusionAI/Ling-mini-2.0", 8), "set distributed.ep_size: 1"
         ),

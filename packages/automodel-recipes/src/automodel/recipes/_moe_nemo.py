@@ -3,14 +3,18 @@ model's family, chosen from the loaded model's config (a NeMo AutoModel config t
 says this, since their YAML leaves the balancing to the model class).
 
 Their classes, by the HF config's `model_type`:
-  * `deepseek_v3` (DeepSeek-V3, Moonlight, ...), `deepseek_v32` (DeepSeek-V3.2), `glm4_moe`
-    (GLM-4.5 / 4.7), `glm4_moe_lite` (GLM-4.7-Flash), `glm_moe_dsa` (GLM-5), `minimax_m2`
-    (MiniMax-M2): auxiliary-loss-free balancing, the routing bias moved by
+  * `deepseek_v3` (DeepSeek-V3, Moonlight, ...), `deepseek_v32` (DeepSeek-V3.2), `deepseek_v4`
+    (DeepSeek-V4), `glm4_moe` (GLM-4.5 / 4.7), `glm4_moe_lite` (GLM-4.7-Flash), `glm_moe_dsa`
+    (GLM-5), `minimax_m2` (MiniMax-M2), `minimax_m3_vl_text` (MiniMax-M3), `mistral4` (Mistral
+    Small 4): auxiliary-loss-free balancing, the routing bias moved by
     1e-3 x sign(mean load - load) after each optimizer step (their gate_bias_update_factor);
-    no aux loss.
+    no aux loss. DeepSeek-V4's hash-routed layers are not balanced (their hash gate has no
+    bias), nor are ours. Mistral 4's Hugging Face router has no bias: the one learned here is
+    saved under a key plain transformers does not read.
   * `qwen3_moe`, `qwen3_next` (Qwen3-Next), `qwen3_5_moe` (Qwen3.5 MoE), `laguna` (Laguna),
-    `gpt_oss` (gpt-oss): an aux loss weighted by the config's `router_aux_loss_coef` (none when
-    it is 0; Qwen3.5 and gpt-oss take 0.001 when the config has none); no bias update. gpt-oss's
+    `gpt_oss` (gpt-oss), `ernie4_5_moe` (ERNIE-4.5 MoE): an aux loss weighted by the config's
+    `router_aux_loss_coef` (none when it is 0; Qwen3.5 and gpt-oss take 0.001 when the config
+    has none); no bias update (ERNIE's checkpoint bias still steers the choice). gpt-oss's
     weights are a softmax over its top k logits, its aux loss's probabilities the softmax over
     every expert, in theirs as in ours and transformers'. Their loss divides the token fractions by
     the top-k (they sum to 1); ours does not (they sum to k, as in transformers), so the same
@@ -47,8 +51,12 @@ _AUX_LOSS = {
     "qwen3_5_moe_text": 0.001,
     "laguna": 0.0,
     "gpt_oss": 0.001,
+    "ernie4_5_moe": 0.0,
 }
-_BIAS = ("deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "minimax_m2")
+_BIAS = (
+    *("deepseek_v3", "deepseek_v32", "deepseek_v4", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa"),
+    *("minimax_m2", "minimax_m3_vl_text", "mistral4"),
+)
 _NO_BALANCING = ("nemotron_h", "kimi_linear", "mimo_v2_flash", "hy_v3")
 MAPPED = (*_BIAS, *_AUX_LOSS, *_NO_BALANCING)
 

@@ -48,11 +48,12 @@ MOE_FAMILIES = (
     # mostly trained as a VLM: finetune.vlm has no moe: section, so their aux loss is refused there
     MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss", swapped=True),
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss", swapped=True),
+    MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias", swapped=True),  # hash layers: no balancing
+    MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss", swapped=True),
+    # mostly trained as VLMs, refused in finetune.vlm (no moe: section) as Qwen3.5 MoE is
+    MoeFamily("Mistral Small 4", r"mistral-small-4", "bias", swapped=True),
+    MoeFamily("MiniMax-M3", r"minimax-m3", "bias", swapped=True),
     # their own implementations of families automodel.moe does not swap
-    MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss"),
-    MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias"),
-    MoeFamily("MiniMax-M3", r"minimax-m3", "bias"),
-    MoeFamily("Mistral Small 4", r"mistral-small-4", "bias"),
     MoeFamily("Ling 2.0", r"(^|/)(ling|ring)-(mini|flash|1t)", None),
     MoeFamily("Nemotron 3 Omni", r"nemotron-3(\.5)?-.*omni", None),
     MoeFamily("Hy-MT2", r"hy-mt2", None),
@@ -62,9 +63,9 @@ MOE_FAMILIES = (
 
 # the families automodel.moe swaps (for messages)
 SWAPPED = (
-    "DeepSeek-V3, DeepSeek-V3.2, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, Nemotron 3, "
-    "MiniMax-M2, Hy3, Laguna, Qwen3-MoE, Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral, OLMoE and "
-    "gpt-oss"
+    "DeepSeek-V3, DeepSeek-V3.2, DeepSeek-V4, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, "
+    "Mistral Small 4, Nemotron 3, MiniMax-M2, MiniMax-M3, Hy3, Laguna, ERNIE-4.5 MoE, Qwen3-MoE, "
+    "Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral, OLMoE and gpt-oss"
 )
 
 
