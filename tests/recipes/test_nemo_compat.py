@@ -682,6 +682,24 @@ def test_their_pipeline_subsection() -> None:
         assert [p.key for p in info.value.problems] == [f"distributed.pipeline.{key}"]
 
 
+def test_their_collate_padding_is_the_loaders_pad_to_multiple_of() -> None:
+    """Their default_collater's `pad_seq_len_divisible`: each batch's length a multiple of it,
+    as our loader's `pad_to_multiple_of` pads (with pp_size > 1: each step's)."""
+    collate = {
+        "_target_": "nemo_automodel.components.datasets.utils.default_collater",
+        "pad_seq_len_divisible": 160,
+    }
+    data = {
+        "dataloader": {"collate_fn": dict(collate), "shuffle": True},
+        "validation_dataloader": {"collate_fn": {**collate, "pad_seq_len_divisible": 8}},
+    }
+    where = {"dataloader.collate_fn.pad_seq_len_divisible": "cfg.yaml:5"}
+    t = translate(data, where, "cfg.yaml")
+    assert t.data["dataloader"] == {"shuffle": True, "pad_to_multiple_of": 160}
+    assert t.data["validation_dataloader"] == {"pad_to_multiple_of": 8}
+    assert t.where["dataloader.pad_to_multiple_of"] == "cfg.yaml:5"
+
+
 def their_moe(name: str, ep_size: int, **backend) -> dict:
     """Their MoE layout: the model's BackendConfig names the experts and the dispatcher."""
     return {

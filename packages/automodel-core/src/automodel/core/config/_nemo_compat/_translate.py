@@ -57,6 +57,7 @@ class _Translator(
         self.lora_selection()  # before the targets: their PeftConfig's selection rules
         self.optimizer()
         self.vlm_collators()  # before the targets: they drop the collate's target
+        self.collate_padding()  # the same
         self.targets(self.data, "")
         self.sections()
         self.mixed_precision()  # after sections: their FSDP2Config object merges into ours

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._aliases import _LOADER, TARGET_KEY
+from ._aliases import _COLLATER, _LOADER, TARGET_KEY
 from ._translator_base import _TranslatorBase
 
 _TORCH_LOADER = "torch.utils.data.DataLoader"
@@ -39,6 +39,18 @@ class _DataPasses(_TranslatorBase):
         self.moved_collators.update(prefixes)  # their collate is the collate: section now
         where = next(iter(prefixes))
         self.move(f"{where}.collate_fn", "collate.assistant_prefix", "was gemma4_prefix_collate_fn: Gemma 4's empty thinking channel before every answer, with no loss on it")  # fmt: skip
+
+    def collate_padding(self) -> None:
+        """Their default_collater's `pad_seq_len_divisible` is the loader's `pad_to_multiple_of`
+        here (run before the targets, which drop that collate's target)."""
+        for name in ("dataloader", "validation_dataloader"):
+            node = self.data.get(name)
+            collate = node.get("collate_fn") if isinstance(node, dict) else None
+            if not isinstance(collate, dict) or collate.get(TARGET_KEY) != _COLLATER:
+                continue
+            if "pad_seq_len_divisible" in collate:
+                node["pad_to_multiple_of"] = collate.pop("pad_seq_len_divisible")
+                self.move(f"{name}.collate_fn.pad_seq_len_divisible", f"{name}.pad_to_multiple_of")
 
     def processor_keys(self) -> None:
         """Their `processor:` without a target: keys for their AutoProcessor of the model's own
