@@ -66,15 +66,39 @@ def test_the_expert_adapter_checkpoint_loads_in_peft_and_merges(expert_run):
     torch.testing.assert_close(merged, ours, rtol=1e-5, atol=1e-5)
 
 
-def test_expert_parallel_expert_lora_is_a_config_error(short_run, small_data, tmp_path):
-    from automodel.recipes.llm import FinetuneRecipeForCausalLM
+def test_expert_parallel_experts_leave_their_adapters_to_the_strategy(single_rank_group):
+    """With ep_size > 1 (here on a one-process mesh) the recipe keeps each rank's experts and
+    the strategy leaves out exactly their weights: the experts' LoRA factors stay ordinary
+    parameters, which FSDP2/DDP average over the dp ranks like every other adapter (each
+    rank's forward adapts its own experts from their slices of the whole factors)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
 
-    overrides = [*short_run(tmp_path, small_data, 1, 1, *PEFT), "--distributed.ep_size=2"]
-    recipe = FinetuneRecipeForCausalLM(load_config(MOE, overrides, sections=SECTIONS))
-    with pytest.raises(ConfigError) as info:
-        recipe.setup()
-    assert [p.key for p in info.value.problems] == ["peft.target_parameters"]
-    assert "set distributed.ep_size: 1" in info.value.problems[0].message
+    from automodel.distributed import build_strategy
+    from automodel.moe import patch_hf_moe
+    from automodel.peft import LoraConfig, apply_lora
+    from automodel.recipes import Moe, MoeStep, Parallel
+    from automodel.recipes._peft import build_lora_config
+
+    overrides = ["--+distributed.ep_size=2", *PEFT]
+    config = build_lora_config(load_config(MOE, overrides, sections=SECTIONS))
+    assert config.target_parameters == ["*.experts.gate_up_proj", "*.experts.down_proj"]
+    model = _base()
+    patch_hf_moe(model, balancing="none")
+    apply_lora(model, LoraConfig(dim=4, target_parameters=config.target_parameters))
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("ep_replicas", "ep"))
+    parallel = Parallel(torch.device("cpu"), 1, 0, 1, mesh, None, build_strategy("none"), ep_size=2)
+    step = MoeStep(model, Moe(balancing="none"), parallel)
+    left_out = step.shard_experts(load_config(MOE, sections=SECTIONS))
+    names = {n for n, p in model.named_parameters() if p in left_out}
+    assert names == {f"model.layers.{i}.mlp.experts.{w}" for i in range(2) for w in ("gate_up_proj", "down_proj")}  # fmt: skip
+    assert all(isinstance(p, DTensor) and not p.requires_grad for p in left_out)
+    model.train()
+    model(IDS, labels=IDS).loss.backward()
+    step.reduce_expert_grads()  # the expert weights are frozen: nothing of theirs to reduce
+    factors = [p for p in model.parameters() if p.requires_grad]
+    assert len(factors) == 8 and all(type(p.grad) is torch.Tensor for p in factors)
+    assert sum(p.grad.abs().sum() for p in factors) > 0  # B's (A's is zero while B is)
 
 
 def _their_config(ep_size: int, **peft) -> dict:
@@ -91,8 +115,8 @@ def _their_config(ep_size: int, **peft) -> dict:
 
 def test_their_lora_on_the_experts_adapts_the_experts_weights():
     """Their `target_modules` pattern that matches `mlp.experts` adapts its stacked weights
-    (`*` also every linear layer, the LM head included); expert parallelism, their rank
-    scaling and DoRA with it are refused."""
+    (`*` also every linear layer, the LM head included), with expert parallelism too; their
+    rank scaling and DoRA with it are refused."""
     from automodel.moe import patch_hf_moe
     from automodel.peft import apply_lora, lora_modules, lora_parameters
 
@@ -113,8 +137,9 @@ def test_their_lora_on_the_experts_adapts_the_experts_weights():
         {w for w in weights if w.startswith("1.")},
     )
 
+    with_ep = translate(_their_config(8, target_modules=["*.mlp.experts"]), {}, "cfg.yaml", 8).data
+    assert with_ep["distributed"]["ep_size"] == 8 and with_ep["peft"]["target_parameters"]
     refused = {
-        "distributed.ep_size": (_their_config(8, target_modules=["*"]), "set distributed.ep_size: 1"),
         "peft.moe_rank_scaling": (
             _their_config(1, target_modules=["*"], moe_rank_scaling=True), "moe_rank_scaling: false"
         ),

@@ -98,7 +98,7 @@ class MoeStep:
             raise config_problem(cfg, "distributed.ep_size", str(e)) from e
         except RuntimeError as e:  # deepep: the extra or CUDA is missing
             raise config_problem(cfg, "moe.dispatcher", str(e)) from e
-        params = [p for m in experts for p in m.parameters()]
+        params = [p for m in experts for p in m.parameters(recurse=False)]  # not their LoRA
         self.experts.extend(params)
         return set(params)
 

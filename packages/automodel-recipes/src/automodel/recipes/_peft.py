@@ -43,15 +43,6 @@ def build_lora_config(cfg: ConfigNode) -> LoraConfig | None:
     if not isinstance(config, LoraConfig):
         message = f"_target_ built a {type(config).__name__}; use automodel.peft.LoraConfig"
         raise config_problem(cfg, "peft", message)
-    ep_size = cfg.get("distributed.ep_size") or 1
-    if config.target_parameters and ep_size > 1:
-        message = (
-            f"LoRA on stacked expert weights is not expert-parallel: with distributed.ep_size: "
-            f"{ep_size} each rank keeps some experts, but their adapters are whole; set "
-            "distributed.ep_size: 1 (FSDP2 then shards the experts and their adapters like the "
-            "other weights), or leave the experts out of LoRA"
-        )
-        raise config_problem(cfg, "peft.target_parameters", message)
     return config
 
 

@@ -111,7 +111,7 @@ class _MoePasses(_TranslatorBase):
             section["dispatcher"] = _DISPATCHERS.get(dispatcher, "all_to_all")
             self.move("model.backend.dispatcher", "moe.dispatcher", f"was model.backend.dispatcher: {dispatcher}")  # fmt: skip
         self.data["moe"] = section
-        self.expert_lora(ep)
+        self.expert_lora()
         self.where.setdefault("moe", self.at("distributed.ep_size" if ep > 1 else name_key))
         self.changed["moe"] = f"their {family.name if family else 'MoE'} model class" + (
             f", distributed.ep_size: {ep}" if ep > 1 else ""
@@ -124,11 +124,11 @@ class _MoePasses(_TranslatorBase):
         if experts in ("gmm", "te"):
             self.note("moe.backend", f"{experts} grouped GEMMs are auto here (torch._grouped_mm where it runs)")  # fmt: skip
 
-    def expert_lora(self, ep: int) -> None:
+    def expert_lora(self) -> None:
         """Their LoRA adapts the MoE experts a `target_modules` pattern matches (a rank-`dim`
         A and B per expert on the input and down projections, no dropout): here the experts'
-        stacked weights, `target_parameters`; a pattern that selects nothing but experts leaves
-        `target_modules`."""
+        stacked weights, `target_parameters` (with expert parallelism too); a pattern that
+        selects nothing but experts leaves `target_modules`."""
         peft = self.data.get("peft")
         if not (isinstance(peft, dict) and str(peft.get(TARGET_KEY, "")).startswith(NEMO_PREFIX)):
             return
@@ -140,13 +140,6 @@ class _MoePasses(_TranslatorBase):
             return
         first, path = next(iter(hits.items()))
         why = f"{first!r} matches the MoE experts ({path}), which their LoRA adapts"
-        if ep > 1:
-            self.fail(
-                "distributed.ep_size",
-                f"peft.target_modules {why}; LoRA on the experts is not expert-parallel here: "
-                "set distributed.ep_size: 1 (FSDP2 then shards the experts and their adapters "
-                "over the ranks), or list only linear layers in target_modules",
-            )
         for key, hint in (
             ("moe_rank_scaling", "the experts' adapters take dim here, as the other adapters"),
             ("use_dora", "DoRA on the experts is refused there too"),
