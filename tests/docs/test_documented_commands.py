@@ -373,6 +373,15 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         later=True,  # trains on what the mining command wrote
         files=("runs/tiny_bi_encoder_mined/checkpoints/epoch_0_step_4/model/modules.json",),
     ),
+    (
+        f'{AM} finetune bi_encoder -c {BI} --dataset.path "[examples/retrieval/assets/train.jsonl, '
+        "{path: runs/mined/train_hard_negatives.jsonl, corpus: examples/retrieval/assets/corpus.jsonl, "
+        'num_samples: 1000}]" --logging.run_dir runs/tiny_bi_encoder_mixed '
+        "--checkpoint.checkpoint_dir runs/tiny_bi_encoder_mixed/checkpoints"
+    ): Shared(
+        test="tests/core/test_retrieval_sources.py::test_several_sources_concatenate_sample_and_slice_as_theirs",
+        why="several sources, one with num_samples, read in process; the command validated here",
+    ),
     # --- docs/kd_recipe.md: distil, the same with CE alone, compare ---------------------------
     f"{AM} kd llm -c {KD} --nproc-per-node 2": Shared(
         test="tests/recipes/test_llm_kd.py::test_two_fsdp2_ranks_train_as_one_process",
