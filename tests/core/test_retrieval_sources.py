@@ -139,6 +139,7 @@ def test_hf_uri_reads_the_hub_cache(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     data = retrieval_dataset("hf://acme/embed-data/FEVER", num_negatives=2, sample_negatives=False)
     assert items(data) == items(retrieval_dataset(hub / "FEVER", num_negatives=2, sample_negatives=False))  # fmt: skip
+    assert len(retrieval_dataset("hf://acme/embed-data", num_negatives=1)) == 8  # every subset
     with pytest.raises(DataError, match=r"hf://acme/other/FEVER: could not download dataset 'acme/other'"):  # fmt: skip
         retrieval_dataset("hf://acme/other/FEVER")
 

@@ -227,7 +227,8 @@ def _download(uri: str) -> Path:
     repo, subset = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{subset}/*"] if subset else None
+    files = (_METADATA, "queries.parquet", "corpus.parquet")  # a subset's, and only those
+    patterns = [f"{subset or '*'}/{name}" for name in files]
     try:
         root = snapshot_download(repo, repo_type="dataset", allow_patterns=patterns)
     except Exception as exc:  # offline, not found, gated: say which source and why
