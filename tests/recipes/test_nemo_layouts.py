@@ -442,6 +442,7 @@ def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
         "recipe": RECIPE,
         "nvtx": False,
         "prewarm": {"mamba_ssd_autotune": True},
+        "_validation_dataset": {"_target_": f"{llm}.hellaswag.HellaSwag"},  # switched off
         "dataset": {
             "_target_": f"{llm}.agent_chat.make_agent_chat_dataset",
             "dataset_name": "julien-c/synthtraces",
@@ -480,7 +481,7 @@ def test_their_agent_and_xlam_datasets_are_tool_call_data() -> None:
         "schema": "xlam",
         "prompt_format": "nemo_automodel",
     }
-    assert not {"nvtx", "prewarm", "tool_call_eval"} & set(t.data)
+    assert not {"nvtx", "prewarm", "tool_call_eval", "_validation_dataset"} & set(t.data)
     assert any("tool-call accuracy evaluation is not run here" in n for n in t.notes)
     for node in (t.data["dataset"], t.data["validation_dataset"]):
         arguments = {k: v for k, v in node.items() if k != "_target_"}

@@ -43,6 +43,9 @@ class _SectionPasses(_TranslatorBase):
             if key in data and str(data[key]).lower() == "none":  # their way to turn it off
                 del data[key]
                 self.note(key, "none: dropped (no validation), as there")
+        for name in [k for k in data if isinstance(k, str) and k.startswith("_")]:
+            data.pop(name)  # their recipe reads no such section: one switched off, or anchors
+            self.notes.append(f"{self.at(name)}: {name}: dropped (their recipe never reads it)")
         for name, why in SECTION_DROPS.items():
             if name in data:
                 data.pop(name)
