@@ -173,7 +173,6 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
         (["--+distributed.pp_stage_rounding=sideways"], 2, "expected up, down or null"),
         (["--+packed_sequence.packed_sequence_size=64"], 2, "packed rows with pp_size > 1"),
         (["--+dataloader.padding_free=true"], 2, "padding-free batches with pp_size > 1"),
-        (["--~dataset.seq_length"], 2, "pads every micro-batch to one length"),
         (["--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"], 2, "fused loss"),
     ],
 )

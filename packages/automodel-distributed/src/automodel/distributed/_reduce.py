@@ -53,6 +53,13 @@ def all_reduce_sum(x: Number, group: dist.ProcessGroup | None = None) -> Number:
     return _all_reduce(x, group, dist.ReduceOp.SUM)
 
 
+def all_reduce_max(x: Number, group: dist.ProcessGroup | None = None) -> Number:
+    """Maximum of ``x`` over the ranks of ``group`` (default: all), as ``all_reduce_sum``."""
+    if not _active(group):
+        return x
+    return _all_reduce(x, group, dist.ReduceOp.MAX)
+
+
 def all_reduce_mean(
     x: int | float | torch.Tensor, group: dist.ProcessGroup | None = None
 ) -> float | torch.Tensor:

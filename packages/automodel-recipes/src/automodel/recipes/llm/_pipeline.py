@@ -1,7 +1,10 @@
 """Pipeline parallelism in the LLM recipes: this rank's stage and torch's schedule over it.
 
 The step scheduler's micro-batches go to the schedule as they are (``arg_mbs``/``target_mbs``),
-each padded to `dataset.seq_length` (a stage's activation shapes are fixed by its first step).
+all of a step padded to one length: `dataset.seq_length` where it is set, else the step's
+longest batch rounded up to `dataloader.pad_to_multiple_of`; the stages take the new shapes
+when that length changes (`distributed.PipelineSeqLen`). Padding goes at the end of each row,
+where no real token sees it, and carries no label, so the losses do not depend on the length.
 With MoE blocks every stage also gets each micro-batch's real-token mask (``kwarg_mbs``), so
 that padding counts toward no routing statistic, and carries its balancing loss into backward
 (`MoeStep.pipeline_run`).
@@ -30,14 +33,10 @@ log = logging.getLogger("automodel.recipes.llm")
 SCHEDULES = ("1f1b", "gpipe", "interleaved_1f1b", "looped_bfs")  # the last two: several per rank
 
 
-def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = None) -> int | None:
-    """The length every micro-batch is padded to with `pp_size` > 1 (None without a pipeline).
-
-    `seq_len`: that length where the recipe knows it (default: `dataset.seq_length`).
-    Refuses what stages do not support yet, before anything is built.
-    """
+def check_pipeline(cfg: ConfigNode, section: Distributed) -> None:
+    """With `pp_size` > 1: refuse what stages do not support yet, before anything is built."""
     if section.pp_size == 1:
-        return None
+        return
     if section.pp_schedule not in SCHEDULES:
         raise config_problem(
             cfg, "distributed.pp_schedule",
@@ -63,17 +62,19 @@ def check_pipeline(cfg: ConfigNode, section: Distributed, seq_len: int | None = 
         raise config_problem(
             cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet"
         )
-    seq_len = cfg.get("dataset.seq_length") if seq_len is None else seq_len
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise config_problem(
-            cfg, "dataset",
-            "pipeline parallelism pads every micro-batch to one length: set dataset.seq_length",
-        )  # fmt: skip
-    return seq_len
+
+
+def step_length(batches: list[dict[str, torch.Tensor]], multiple: int = 1) -> int:
+    """The longest of a step's (or validation chunk's) batches, rounded up to `multiple`."""
+    longest = max((batch["input_ids"].shape[1] for batch in batches), default=1)
+    return -(-max(longest, 1) // multiple) * multiple
 
 
 class Pipeline:
-    """This rank's stage of the model (FSDP2 over its data-parallel ranks) and the schedule."""
+    """This rank's stage of the model (FSDP2 over its data-parallel ranks) and the schedule.
+
+    `seq_len`: the length of every micro-batch (None: each step's own, see the module notes).
+    """
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class Pipeline:
         parallel: Parallel,
         loss_fn: nn.Module,
         n_micro: int,
-        seq_len: int,
+        seq_len: int | None,
         pad_token_id: int | None,
         cfg: ConfigNode,
         moe: MoeStep | None = None,
@@ -122,6 +123,11 @@ class Pipeline:
             )  # fmt: skip
         except ValueError as e:  # e.g. 1F1B with fewer micro-batches than stages
             raise config_problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
+        self.multiple = cfg.get("dataloader.pad_to_multiple_of") or 1
+        try:
+            self.lengths = distributed.PipelineSeqLen(self.schedule) if seq_len is None else None
+        except NotImplementedError as e:  # an older torch
+            raise config_problem(cfg, "dataset", f"{e}: set dataset.seq_length") from e
         for stage in self.stages:
             layers = list(stage.model.layers)
             log.info(
@@ -136,12 +142,21 @@ class Pipeline:
     def _micro_batches(
         self, batches: list[dict[str, torch.Tensor]], rows: int
     ) -> tuple[list[tuple[torch.Tensor]], list[torch.Tensor], list[torch.Tensor]]:
-        """(input ids, labels, real-token masks) per micro-batch, `rows` × seq_len each; empty
-        ones fill the step.
+        """(input ids, labels, real-token masks) per micro-batch, `rows` × the step's length
+        each; empty ones fill the step.
 
         `batches` hold next-token labels (already shifted).
         """
         device = next(self.stages[0].parameters()).device
+        length = self.seq_len
+        if self.lengths is not None:
+            # A deliberate host sync, one small all-reduce per step: every rank pads to the
+            # longest batch of all. The pipeline's P2P needs one length per pipeline, and where
+            # torch infers the stages' shapes again it runs the model once more (FSDP2 and
+            # expert-parallel collectives over a stage's dp ranks), so all pipelines must
+            # change length at the same steps.
+            length = distributed.all_reduce_max(step_length(batches, self.multiple))
+            self.lengths.set(length)  # the stages' shapes, where the length changed
         inputs, targets, masks = [], [], []
         for i in range(self.n_micro):
             if i < len(batches):
@@ -150,12 +165,12 @@ class Pipeline:
             else:  # a short last step or validation chunk: a micro-batch without labels
                 ids = torch.full((rows, 0), self.pad, dtype=torch.long)
                 labels, mask = ids.clone(), None
-            if ids.shape[1] > self.seq_len:
+            if ids.shape[1] > length:  # only a fixed length can be exceeded
                 raise ValueError(
                     f"a batch of {ids.shape[1]} tokens is longer than dataset.seq_length "
                     f"{self.seq_len}, which pipeline stages are built for"
                 )
-            pad_cols, pad_rows = self.seq_len - ids.shape[1], rows - ids.shape[0]
+            pad_cols, pad_rows = length - ids.shape[1], rows - ids.shape[0]
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
             ids = nn.functional.pad(ids, (0, pad_cols, 0, pad_rows), value=self.pad)
             labels = nn.functional.pad(labels, (0, pad_cols, 0, pad_rows), value=IGNORE_INDEX)

@@ -84,7 +84,7 @@ class BenchmarkRecipeForCausalLM:
         self.bench = bench = read_benchmark(cfg)
         self.run = ctx = start_run(cfg, default_run_dir="runs/benchmark", weights_format=None)
         self.steps, self.parallel, self.device = ctx.step_scheduler, ctx.parallel, ctx.device
-        pipeline_len = check_pipeline(cfg, ctx.distributed, bench.seq_length)  # pp_size > 1
+        check_pipeline(cfg, ctx.distributed)
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         self.lora, moe = build_lora_config(cfg), read_moe(cfg, ctx.distributed.ep_size)
@@ -101,12 +101,12 @@ class BenchmarkRecipeForCausalLM:
         self.vocab_size = model.config.get_text_config().vocab_size
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
-        if pipeline_len is None:  # a fused loss runs inside the forward the strategy wraps
+        if ctx.distributed.pp_size == 1:  # a fused loss runs inside the forward the strategy wraps
             self.unwrapped, experts = model, self.moe.shard_experts(cfg)
             self.model = shard_model(with_fused_loss(model, self.loss_fn), ctx, experts)
         else:  # this rank's stage, FSDP2 over its dp ranks
             n_micro = self.steps.grad_acc_steps
-            args = (self.parallel, self.loss_fn, n_micro, pipeline_len, None, cfg, self.moe)
+            args = (self.parallel, self.loss_fn, n_micro, bench.seq_length, None, cfg, self.moe)
             self.pipeline = Pipeline(model, *args)
             self.model = self.unwrapped = self.pipeline.stage
         self.optimizer = build_optimizer(self.unwrapped, cfg.optimizer)
@@ -273,7 +273,7 @@ def check(cfg: ConfigNode) -> None:
             f"context parallelism cuts rows into 2 x cp_size = {chunks} chunks: use a multiple"
         )
         raise config_problem(cfg, "benchmark.seq_length", message)
-    check_pipeline(cfg, distributed, bench.seq_length)
+    check_pipeline(cfg, distributed)
     check_fused_loss(cfg, build_loss(cfg), distributed)
 
 

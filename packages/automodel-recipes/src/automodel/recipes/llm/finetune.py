@@ -86,7 +86,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         weights = PEFT_ADAPTER if self.lora is not None else HF_WEIGHTS
         self.run = ctx = start_run(cfg, default_run_dir="runs/llm", weights_format=weights)
         check_rows(cfg)
-        pipeline_len = check_pipeline(cfg, ctx.distributed)  # pp_size > 1: micro-batch length
+        check_pipeline(cfg, ctx.distributed)
         self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
@@ -103,10 +103,11 @@ class FinetuneRecipeForCausalLM(RunViews):
         self.write_hf_extras = write_extras(model, cfg, self.tokenizer)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
-        if pipeline_len is not None:  # this rank keeps its stage (FSDP2 over its dp ranks)
+        if ctx.distributed.pp_size > 1:  # this rank keeps its stage (FSDP2 over its dp ranks)
             grad_acc, pad = self.step_scheduler.grad_acc_steps, self.tokenizer.pad_token_id
+            fixed = cfg.get("dataset.seq_length")  # else each step's own length
             self.pipeline = Pipeline(
-                model, self.parallel, self.loss_fn, grad_acc, pipeline_len, pad, cfg, self.moe
+                model, self.parallel, self.loss_fn, grad_acc, fixed, pad, cfg, self.moe
             )
             model = self.unwrapped = self.pipeline.stage
         else:  # a fused loss runs inside the forward the strategy wraps (it reads the LM head)

@@ -1,0 +1,94 @@
+"""Pipeline steps of changing length (`PipelineSeqLen`), in one process.
+
+A one-process group runs torch's schedule over every stage of a tiny Llama (one stage, or two
+stages on the one rank): each step's loss and gradients equal the whole model's, every
+stage's receive descriptors take the step's length, and after the first step (torch's shape
+probe) the model runs only the step's own micro-batches. The same over real P2P is the
+variable-length layout of tests/recipes/test_llm_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from automodel.distributed import (
+    PipelineSeqLen,
+    build_pipeline_schedule,
+    split_decoder_into_stages,
+)
+
+N_MICRO = 2
+
+
+def summed_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), reduction="sum"
+    )
+
+
+@pytest.mark.parametrize(("schedule", "num_stages"), [("gpipe", 1), ("interleaved_1f1b", 2)])
+def test_steps_of_changing_length_match_the_whole_model(
+    single_rank_group, tiny_llama_config, schedule: str, num_stages: int
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(num_hidden_layers=4, attn_implementation="sdpa")
+    whole = LlamaForCausalLM(config)
+    stages = split_decoder_into_stages(copy.deepcopy(whole), None, num_stages)
+    pipe = build_pipeline_schedule(
+        stages, N_MICRO, summed_ce, schedule, device="cpu", scale_grads=False
+    )
+    lengths = PipelineSeqLen(pipe)
+    forwards: dict[int, int] = {}
+    for stage in stages:
+        stage.register_forward_hook(
+            lambda m, *_: forwards.__setitem__(m.stage_index, forwards.get(m.stage_index, 0) + 1)
+        )
+    steps = [(12, True), (8, True), (8, True), (16, False), (16, True), (5, True)]
+    if num_stages > 1:  # torch's eval cannot hand activations between two stages of one rank
+        steps = [(length, True) for length, _ in steps]
+    previous = None
+    for step, (length, train) in enumerate(steps):
+        assert lengths.set(length) == (length != previous)
+        previous = length
+        ids = torch.randint(0, config.vocab_size, (N_MICRO, 2, length))
+        forwards.clear()
+        whole.zero_grad(set_to_none=True)
+        for stage in stages:
+            stage.zero_grad(set_to_none=True)
+        losses: list[torch.Tensor] = []
+        inputs = {"arg_mbs": [(mb,) for mb in ids], "target_mbs": list(ids), "losses": losses}
+        if train:
+            pipe.step(return_outputs=False, **inputs)
+        else:
+            with torch.no_grad():
+                pipe.eval(**inputs)
+        expected = sum(summed_ce(whole(mb).logits, mb) for mb in ids)
+        if train:
+            expected.backward()
+        torch.testing.assert_close(sum(losses), expected.detach(), rtol=1e-6, atol=1e-5)
+        grads = {name: p.grad for name, p in whole.named_parameters()}
+        for stage in stages if train else []:
+            for name, p in stage.named_parameters():
+                torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-6)
+        # the stages set up at this length: what they receive (activations, their gradients)
+        for stage in lengths.stages:
+            infos = [*stage.args_recv_info[0], *stage.grad_recv_info.get(0, ())]
+            assert {info.tensor_meta.shape[1] for info in infos} == {length}, (step, stage)
+        # torch's shape probe on the first step only: then each stage runs the micro-batches
+        probe = 1 if step == 0 else 0
+        assert forwards == {s.stage_index: N_MICRO + probe for s in stages}, step
+
+
+def test_lengths_below_one_are_refused(single_rank_group, tiny_llama_config) -> None:
+    from transformers import LlamaForCausalLM
+
+    stages = split_decoder_into_stages(LlamaForCausalLM(tiny_llama_config()), None, 1)
+    lengths = PipelineSeqLen(build_pipeline_schedule(stages, 1, summed_ce, "gpipe", device="cpu"))
+    with pytest.raises(ValueError, match="seq_len must be at least 1, got 0"):
+        lengths.set(0)
