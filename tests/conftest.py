@@ -124,7 +124,7 @@ def single_rank_group(tmp_path: Path) -> Iterator[None]:
 
 # Fixtures that start torchrun jobs: a test that uses one (directly or through another
 # fixture) starts several training processes, and is `slow`.
-_LAUNCHERS = {"run_torchrun", "cli_per_layout", "run_once_per_layout"}
+_LAUNCHERS = {"run_torchrun", "pooled_layouts", "run_once_per_layout"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 ASSETS = REPO / "examples/llm_finetune/assets"
 AUTOMODEL = Path(sys.executable).with_name("automodel")
+LAYOUTS_WORKER = Path(__file__).with_name("layouts_worker.py")
 
 
 @pytest.fixture(scope="module")
@@ -175,21 +177,56 @@ def run_once_per_layout(
     return run
 
 
-def cli_per_layout(
+def pooled_layouts(
     tmp_path_factory: pytest.TempPathFactory,
     prefix: str,
     config: Path,
     layouts: dict[str, tuple[int, list[str]]],
     overrides: Callable[..., list[str]],
+    recipe: tuple[str, str] = ("finetune", "llm"),
+    *,
+    run_torchrun: Callable[..., str],
 ) -> Callable[[str], tuple[Path, str]]:
-    """`run(layout)`: (run dir, stderr) of `automodel ... -c config` with `layouts[layout]`
-    (processes, extra overrides) on top of `overrides(run_dir, ...)`, launched once per layout."""
+    """`run(layout)`: (run dir, stderr) of `recipe -c config` with `layouts[layout]`
+    (processes, extra overrides) on top of `overrides(run_dir, ...)`, each run once.
 
-    def launch(run_dir: Path, layout: str) -> str:
-        nproc, extra = layouts[layout]
-        return run_cli(config, overrides(run_dir, *extra), nproc=nproc)
+    The layouts of one process count run in one torchrun launch (layouts_worker.py), in the
+    order of `layouts`, each in a process group of its own; a layout's stderr is that of its
+    ranks, rank 0's first. The first to be asked for launches its process count's layouts.
+    """
+    runs: dict[str, tuple[Path, str]] = {}
+    failures: dict[str, str] = {}
 
-    return run_once_per_layout(tmp_path_factory, prefix, launch)
+    def launch(nproc: int) -> None:
+        pool = [name for name, (n, _) in layouts.items() if n == nproc and name not in runs]
+        out = tmp_path_factory.mktemp(f"{prefix}_{nproc}proc")
+        run_dirs = {name: tmp_path_factory.mktemp(f"{prefix}_{name}") for name in pool}
+        argvs = {
+            name: ["-c", str(config), *overrides(run_dirs[name], *layouts[name][1])]
+            for name in pool
+        }
+        spec = {"recipe": ".".join(recipe), "out": str(out), "runs": argvs}
+        (out / "spec.json").write_text(json.dumps(spec))
+        try:
+            run_torchrun(LAYOUTS_WORKER, str(out / "spec.json"), nproc=nproc)
+            error = ""
+        except AssertionError as e:  # the failed run's log tail, or the launch's output
+            error = str(e)
+        for name in pool:
+            exits = [out / f"{name}.rank{r}.exit" for r in range(nproc)]
+            if all(f.exists() and f.read_text() == "0" for f in exits):
+                logs = [out / f"{name}.rank{r}.log" for r in range(nproc)]
+                runs[name] = run_dirs[name], "".join(log.read_text() for log in logs)
+            else:
+                failures[name] = error or f"run {name} did not finish"
+
+    def run(layout: str) -> tuple[Path, str]:
+        if layout not in runs and layout not in failures:
+            launch(layouts[layout][0])
+        assert layout in runs, failures[layout]
+        return runs[layout]
+
+    return run
 
 
 @pytest.fixture(name="run_once_per_layout", scope="session")
@@ -198,10 +235,11 @@ def run_once_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, s
     return run_once_per_layout
 
 
-@pytest.fixture(name="cli_per_layout", scope="session")
-def cli_per_layout_fixture() -> Callable[..., Callable[[str], tuple[Path, str]]]:
-    """`cli_per_layout(tmp_path_factory, prefix, config, layouts, overrides)`, for test modules."""
-    return cli_per_layout
+@pytest.fixture(name="pooled_layouts", scope="session")
+def pooled_layouts_fixture(run_torchrun) -> Callable[..., Callable[[str], tuple[Path, str]]]:
+    """`pooled_layouts(tmp_path_factory, prefix, config, layouts, overrides, recipe=...)`, for
+    test modules."""
+    return functools.partial(pooled_layouts, run_torchrun=run_torchrun)
 
 
 @pytest.fixture(name="assert_same_training", scope="session")

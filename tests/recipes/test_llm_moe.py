@@ -111,10 +111,10 @@ LAYOUTS = {  # (processes, overrides) of the same run
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, cli_per_layout):
-    """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
+def launched(tmp_path_factory, overrides, pooled_layouts):
+    """`launched(layout)`: (run dir, stderr) of LAYOUTS, one torchrun launch per process count."""
     without_aux = lambda run_dir, *extra: overrides(run_dir, NO_AUX, *extra)  # noqa: E731
-    return cli_per_layout(tmp_path_factory, "moe", MOE, LAYOUTS, without_aux)
+    return pooled_layouts(tmp_path_factory, "moe", MOE, LAYOUTS, without_aux)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -63,9 +63,9 @@ def one_process_four_layers(tmp_path_factory, overrides, run_recipe, monkeypatch
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, overrides, cli_per_layout):
-    """`launched(layout)`: (run dir, stderr) of the example in LAYOUTS, run once per module."""
-    return cli_per_layout(tmp_path_factory, "pp", SFT, LAYOUTS, overrides)
+def launched(tmp_path_factory, overrides, pooled_layouts):
+    """`launched(layout)`: (run dir, stderr) of LAYOUTS, one torchrun launch per process count."""
+    return pooled_layouts(tmp_path_factory, "pp", SFT, LAYOUTS, overrides)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
