@@ -156,3 +156,19 @@ def test_one_process_mesh_and_fsdp2() -> None:
     finally:
         destroy_distributed()
     assert not torch.distributed.is_initialized()
+
+
+def test_a_mesh_over_some_of_the_processes(single_rank_group) -> None:
+    """`ranks`: the mesh spans those global ranks (here the one process); its flattened views
+    are its plain dimensions, so layouts that need a flattened group are refused by key."""
+    mesh = build_mesh(MeshConfig(), device_type="cpu", ranks=range(1))
+    assert mesh.mesh.flatten().tolist() == [0] and mesh.get_coordinate() == (0, 0, 0, 0, 0)
+    assert dp_rank_and_size(mesh) == (0, 1)
+    assert torch.distributed.get_world_size(dp_group(mesh, include_cp=True)) == 1
+    with pytest.raises(MeshError, match="distinct global ranks of the 1 processes, got \\[1\\]"):
+        build_mesh(ranks=[1])
+    with pytest.raises(MeshError, match="world_size=2 was asked for, but ranks has 1"):
+        build_mesh(world_size=2, ranks=[0])
+    with pytest.raises(MeshError, match="pp_size 1 × dp_size 2") as e:
+        build_mesh(MeshConfig(dp_size=2), ranks=[0])
+    assert e.value.key is None

@@ -15,6 +15,7 @@ With ``ep_size`` > 1 the data-parallel ranks are also split for expert paralleli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -141,6 +142,7 @@ def build_mesh(
     config: MeshConfig | None = None,
     world_size: int | None = None,
     device_type: str | None = None,
+    ranks: Sequence[int] | None = None,
 ) -> DeviceMesh:
     """Build the device mesh for ``config`` (default: pure data parallel over every process).
 
@@ -148,8 +150,15 @@ def build_mesh(
     "cuda" with an nccl group (or CUDA and no group) and "cpu" otherwise. A single process
     without a process group gets a one-process group (gloo or nccl, in-memory store), so FSDP2
     and DDP work there too; ``destroy_distributed()`` removes it.
+
+    ``ranks``: the global ranks the mesh spans, in mesh order (default: every process), e.g.
+    ``range(2, 4)`` for a model on processes 2 and 3 beside another model's mesh on 0 and 1.
+    Every process of the group calls it even so (torch creates process groups collectively);
+    on a process outside ``ranks`` the mesh has no coordinate (``mesh.get_coordinate()`` is None).
     """
     config = config if config is not None else MeshConfig()
+    if ranks is not None:
+        return _sub_world_mesh(config, list(ranks), world_size, device_type)
     if dist.is_available() and dist.is_initialized():
         actual = dist.get_world_size()
         if world_size is not None and world_size != actual:
@@ -166,6 +175,47 @@ def build_mesh(
         device_type, tuple(sizes[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS
     )
     _add_views(mesh, sizes)
+    return mesh
+
+
+def _sub_world_mesh(
+    config: MeshConfig, ranks: list[int], world_size: int | None, device_type: str | None
+) -> DeviceMesh:
+    """The mesh over `ranks` of an initialised process group (see build_mesh).
+
+    torch cannot slice or flatten a mesh on a process outside it, so each flattened view must
+    be a plain dimension here: at most one of its dimensions larger than 1.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise MeshError(
+            "a mesh over some of the processes needs an initialised process group: launch with "
+            "torchrun and call automodel.distributed.init_distributed() first"
+        )
+    processes = dist.get_world_size()
+    if not ranks or len(set(ranks)) != len(ranks) or not all(0 <= r < processes for r in ranks):
+        raise MeshError(
+            f"ranks must be distinct global ranks of the {processes} processes, got {ranks}"
+        )
+    if world_size is not None and world_size != len(ranks):
+        raise MeshError(f"world_size={world_size} was asked for, but ranks has {len(ranks)}")
+    sizes = resolve_sizes(config, len(ranks))
+    unsupported = {
+        "dp_replicate_size > 1": sizes["dp_replicate"] > 1,
+        "ep_size > 1": sizes["ep"] > 1,
+        "cp_size > 1 with dp_size > 1": sizes["cp"] > 1 and sizes["dp_shard"] > 1,
+    }
+    for what, found in unsupported.items():
+        if found:
+            message = f"{what} is not supported yet on a mesh over some of the processes"
+            raise MeshError(message, key=what.split()[0])
+    device_type = device_type or _default_device_type()
+    layout = torch.tensor(ranks, dtype=torch.int).view(tuple(sizes[d] for d in MESH_DIMS))
+    mesh = DeviceMesh(device_type, layout, mesh_dim_names=MESH_DIMS)
+    views = {}
+    if mesh.get_coordinate() is not None:
+        for name, dims in FLATTENED_DIMS.items():  # each the one of its dims larger than 1
+            views[name] = mesh[max(dims, key=lambda d: sizes[d])]
+    setattr(mesh, _VIEWS_ATTR, views)
     return mesh
 
 
