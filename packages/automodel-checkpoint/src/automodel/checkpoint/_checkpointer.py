@@ -61,6 +61,10 @@ class Checkpointer:
     optimizer state (loadable by any layout), restoring the optimizer loads the stage's part.
     Restore the weights into the whole model before splitting it, then the optimizer with the
     stage and ``load_weights=False``.
+
+    ``group``: the processes that save and restore together when they are not all of them
+    (a model trained on some of the processes, another model on the rest); its rank 0 is the
+    one that writes. Default: every process.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Checkpointer:
         max_shard_size: str | int = "5GB",
         weights_format: WeightsFormat = HF_WEIGHTS,
         pp_group: dist.ProcessGroup | None = None,
+        group: dist.ProcessGroup | None = None,
     ) -> None:
         if keep_last_n is not None and (
             isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1
@@ -88,6 +93,7 @@ class Checkpointer:
         self.max_shard_size = parse_size(max_shard_size)
         self.weights_format = weights_format
         self.pp_group = pp_group
+        self.group = group
         self._group: dist.ProcessGroup | None = None
         self._writer = BackgroundWriter()
         self._buffers = SnapshotBuffers() if self.async_save else None
@@ -100,7 +106,7 @@ class Checkpointer:
 
     def _context(self) -> DistContext:
         """Rank, world size and the checkpointer's own gloo group (created on first use)."""
-        ctx = make_context(self._group)
+        ctx = make_context(self._group, self.group)
         self._group = ctx.group
         return ctx
 

@@ -58,14 +58,21 @@ class DistContext:
             raise error
 
 
-def make_context(group: dist.ProcessGroup | None) -> DistContext:
-    """The context of this process, creating the dedicated gloo group when ``group`` is None.
+def make_context(
+    group: dist.ProcessGroup | None, processes: dist.ProcessGroup | None = None
+) -> DistContext:
+    """The context of this process among ``processes`` (default: every process), creating the
+    dedicated gloo group when ``group`` is None.
 
-    Creating the group is a collective: every rank must get here (each ``save``/``restore``
-    call is one on every rank).
+    Creating the group is a collective: every rank of ``processes`` must get here (each
+    ``save``/``restore`` call is one on every rank).
     """
-    if not is_distributed() or dist.get_world_size() == 1:
+    if not is_distributed() or dist.get_world_size(processes) == 1:
         return DistContext()
-    if group is None:
+    if group is None and processes is None:
         group = dist.new_group(backend="gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size(), group)
+    elif group is None:  # only its members get here: local synchronisation
+        gloo = "gloo" in str(dist.get_backend(processes))
+        ranks = dist.get_process_group_ranks(processes)
+        group = processes if gloo else dist.new_group(ranks, backend="gloo", use_local_synchronization=True)  # fmt: skip
+    return DistContext(dist.get_rank(processes), dist.get_world_size(processes), group)
