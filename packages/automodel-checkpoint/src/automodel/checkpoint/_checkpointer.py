@@ -63,8 +63,9 @@ class Checkpointer:
     stage and ``load_weights=False``.
 
     ``group``: the processes that save and restore together when they are not all of them
-    (a model trained on some of the processes, another model on the rest); its rank 0 is the
-    one that writes. Default: every process.
+    (a model trained on some of the processes, another model on the rest); its rank 0, which
+    must be global rank 0 (torch gathers the full state there), writes. Default: every
+    process.
     """
 
     def __init__(

@@ -72,6 +72,11 @@ def make_context(
     if group is None and processes is None:
         group = dist.new_group(backend="gloo")
     elif group is None:  # only its members get here: local synchronisation
+        if dist.get_global_rank(processes, 0) != 0:
+            raise ValueError(
+                "a checkpointer's group must hold global rank 0 (as its rank 0): the full "
+                "model state is gathered there"
+            )
         gloo = "gloo" in str(dist.get_backend(processes))
         ranks = dist.get_process_group_ranks(processes)
         group = processes if gloo else dist.new_group(ranks, backend="gloo", use_local_synchronization=True)  # fmt: skip
