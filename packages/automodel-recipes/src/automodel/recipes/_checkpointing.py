@@ -32,10 +32,12 @@ def build_checkpointer(
     run_dir: Path,
     weights_format: WeightsFormat = HF_WEIGHTS,
     pp_group: Any = None,
+    group: Any = None,
 ) -> Checkpointer:
     """The checkpointer for `<checkpoint_dir>` (default `<run_dir>/checkpoints`).
 
-    `pp_group`: with pipeline parallelism, the model it saves is this rank's stage.
+    `pp_group`: with pipeline parallelism, the model it saves is this rank's stage. `group`:
+    the processes that save together (None: every process).
     """
     root = Path(section.checkpoint_dir or run_dir / "checkpoints")
     try:
@@ -46,6 +48,7 @@ def build_checkpointer(
             max_shard_size=section.max_shard_size,
             weights_format=weights_format,
             pp_group=pp_group,
+            group=group,
         )
     except ValueError as e:
         raise ConfigError(Problem("checkpoint", str(e))) from e

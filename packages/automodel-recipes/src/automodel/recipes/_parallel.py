@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from automodel.core.config import ConfigError, ConfigNode
@@ -51,62 +52,73 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _problem(cfg: ConfigNode, key: str, message: str) -> ConfigError:
-    return config_problem(cfg, f"distributed.{key}", message)
+def _problem(cfg: ConfigNode, name: str, key: str, message: str) -> ConfigError:
+    return config_problem(cfg, f"{name}.{key}", message)
 
 
-def read_distributed(cfg: ConfigNode, world_size: int | None = None) -> tuple[Distributed, int]:
+def read_distributed(
+    cfg: ConfigNode, world_size: int | None = None, name: str = "distributed"
+) -> tuple[Distributed, int]:
     """The checked `distributed:` section with its strategy filled in, and the dp size.
 
     Needs no process group (the world size comes from the torchrun environment), so the batch
-    arithmetic and `automodel validate` can use it before anything is built.
+    arithmetic and `automodel validate` can use it before anything is built. `world_size`: the
+    processes the model spans (default: every process launched); `name`: the section (a
+    second model's own layout, e.g. kd.llm's `teacher_distributed:`).
     """
-    section = read_section(cfg, "distributed", Distributed)
+    section = read_section(cfg, name, Distributed)
     world = _world_size() if world_size is None else world_size
     if section.device not in _DEVICES:
         raise _problem(
-            cfg, "device", f"expected one of {', '.join(_DEVICES)}, got {section.device!r}"
+            cfg, name, "device", f"expected one of {', '.join(_DEVICES)}, got {section.device!r}"
         )
     try:  # first: a size that the processes cannot hold is the root of any other complaint
         sizes = resolve_sizes(_mesh_config(section), world)
     except MeshError as e:  # a product that does not fit the processes: dp_size is "auto"'s
-        raise _problem(cfg, e.key or "dp_size", str(e)) from e
+        raise _problem(cfg, name, e.key or "dp_size", str(e)) from e
     strategy = section.strategy or "none"  # `none` on the command line arrives as null
     if strategy == "auto":
         strategy = "fsdp2" if world > 1 else "none"
     if strategy not in _STRATEGIES:
         raise _problem(
             cfg,
+            name,
             "strategy",
             f"unknown strategy {strategy!r}; expected auto, {', '.join(_STRATEGIES)}",
         )
     if strategy == "none" and world > 1:
         raise _problem(
-            cfg, "strategy", f"strategy none cannot train on {world} processes (each would train "
-            "its own model); use fsdp2 or ddp, or launch one process",
+            cfg, name, "strategy", f"strategy none cannot train on {world} processes (each "
+            "would train its own model); use fsdp2 or ddp, or launch one process",
         )  # fmt: skip
     if strategy != "fsdp2" and section.dp_replicate_size != 1:
-        raise _problem(cfg, "dp_replicate_size", "replication (HSDP) needs strategy fsdp2")
+        raise _problem(cfg, name, "dp_replicate_size", "replication (HSDP) needs strategy fsdp2")
     if strategy != "fsdp2" and section.tp_size != 1:
         raise _problem(
-            cfg, "tp_size", f"tensor parallelism composes with strategy fsdp2 only, not {strategy}"
+            cfg,
+            name,
+            "tp_size",
+            f"tensor parallelism composes with strategy fsdp2 only, not {strategy}",
         )
     if section.sequence_parallel and section.tp_size == 1:
-        raise _problem(cfg, "sequence_parallel", "sequence parallelism needs tp_size > 1")
+        raise _problem(cfg, name, "sequence_parallel", "sequence parallelism needs tp_size > 1")
     if section.pp_size != 1 and strategy != "fsdp2":
         raise _problem(
             cfg,
+            name,
             "pp_size",
             f"pipeline parallelism composes with strategy fsdp2 only, not {strategy}",
         )
     if section.pp_size != 1 and section.tp_size != 1:
-        raise _problem(cfg, "pp_size", "pp_size with tp_size is not supported yet")
+        raise _problem(cfg, name, "pp_size", "pp_size with tp_size is not supported yet")
     if section.cp_size != 1 and section.pp_size != 1:
-        raise _problem(cfg, "cp_size", "cp_size with pp_size is not supported yet")
+        raise _problem(cfg, name, "cp_size", "cp_size with pp_size is not supported yet")
     if section.ep_size != 1 and section.tp_size != 1:
-        raise _problem(cfg, "ep_size", "expert parallelism with tp_size > 1 is not supported yet")
+        raise _problem(
+            cfg, name, "ep_size", "expert parallelism with tp_size > 1 is not supported yet"
+        )
     if section.ep_size != 1 and "moe" not in cfg:
-        raise _problem(cfg, "ep_size", "expert parallelism needs a moe: section (MoE blocks)")
+        raise _problem(cfg, name, "ep_size", "expert parallelism needs a moe: section (MoE blocks)")
     section = Distributed(**{**section.__dict__, "strategy": strategy})
     return section, sizes["dp_replicate"] * sizes["dp_shard"]
 
@@ -138,6 +150,9 @@ class Parallel:
     ep_size: int = 1  # expert parallelism: dp ranks that share each MoE layer's experts out
     pp_group: Any = None  # the pipeline-parallel group (pp_size > 1); None without a pipeline
     cp: AllGatherContextParallel | None = None  # cp_size > 1: sequences split over the cp ranks
+    # every process of this model: None is the default group (all of them); a group when the
+    # model spans some of the processes (setup_parallel's `ranks`)
+    run_group: Any = None
 
     @property
     def averaged_over(self) -> int:
@@ -152,15 +167,21 @@ class Parallel:
             return batch
         return self.cp.shard_batch(batch, pad_token_id or 0)
 
-    def shard(self, model: nn.Module, ignored_params: set[nn.Parameter] | None = None) -> nn.Module:
+    def shard(
+        self,
+        model: nn.Module,
+        ignored_params: set[nn.Parameter] | None = None,
+        tp_plan: dict[str, Any] | None = None,
+    ) -> nn.Module:
         """The model spread over the mesh (TP, then FSDP2 in place or DDP wrapped), on the device.
 
-        `ignored_params` (expert-parallel weights) are left out of FSDP2/DDP.
+        `ignored_params` (expert-parallel weights) are left out of FSDP2/DDP. `tp_plan`: the
+        tensor-parallel plan (default: the model's, `automodel.distributed.tp_plan_for`).
         """
         if self.mesh is not None:
             tp_mesh = submesh(self.mesh, "tp")
             if tp_mesh.size() > 1:
-                model = apply_tensor_parallel(model, tp_mesh, self.sequence_parallel)
+                model = apply_tensor_parallel(model, tp_mesh, self.sequence_parallel, tp_plan)
             model = self.strategy.parallelize(model, self.mesh, ignored_params=ignored_params)
         else:
             model = self.strategy.parallelize(model)
@@ -185,12 +206,17 @@ class Parallel:
 
         With a pipeline, over every rank: only the last stages count loss and tokens.
         """
-        return all_reduce_sum(values, self.group if self.pp_group is None else None)
+        return all_reduce_sum(values, self.group if self.pp_group is None else self.run_group)
 
 
-def strategy_of(cfg: ConfigNode, section: Distributed, unused_parameters: bool = False) -> Strategy:
-    """The data-parallel strategy `section` (read by `read_distributed`) asks for, with its
-    options; no process group needed."""
+def strategy_of(
+    cfg: ConfigNode,
+    section: Distributed,
+    unused_parameters: bool = False,
+    name: str = "distributed",
+) -> Strategy:
+    """The data-parallel strategy `section` (read by `read_distributed` from section `name`)
+    asks for, with its options; no process group needed."""
     options = {k: getattr(section, k) for k in _OPTIONS if getattr(section, k) is not None}
     unused = section.find_unused_parameters
     if unused is not None or (unused_parameters and section.strategy == "ddp"):
@@ -198,25 +224,36 @@ def strategy_of(cfg: ConfigNode, section: Distributed, unused_parameters: bool =
     try:
         return build_strategy(section.strategy, **options)
     except (TypeError, ValueError) as e:
-        raise config_problem(cfg, "distributed", str(e)) from e
+        raise config_problem(cfg, name, str(e)) from e
 
 
-def setup_parallel(cfg: ConfigNode, unused_parameters: bool = False) -> Parallel:
+def setup_parallel(
+    cfg: ConfigNode,
+    unused_parameters: bool = False,
+    name: str = "distributed",
+    ranks: range | None = None,
+) -> Parallel | None:
     """Initialise the process group from the torchrun environment, the mesh and the strategy.
 
-    `unused_parameters`: the recipe's default for DDP's `find_unused_parameters`.
+    `unused_parameters`: the recipe's default for DDP's `find_unused_parameters`. `ranks`: the
+    processes the model spans, laid out by the section `name` (default: every process, by
+    `distributed:`). Every process calls it then (the mesh's process groups are created by
+    all of them), and those outside `ranks` get None.
     """
-    section, dp_size = read_distributed(cfg)
-    strategy = strategy_of(cfg, section, unused_parameters)
-    world = _world_size()
+    world = _world_size() if ranks is None else len(ranks)
+    section, dp_size = read_distributed(cfg, world, name)
+    strategy = strategy_of(cfg, section, unused_parameters, name)
     backend = "gloo" if section.device == "cpu" else "auto"
     env = init_distributed(backend=backend, timeout_minutes=section.timeout_minutes)
     device = env.device if section.device == "auto" else torch.device(section.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if world == 1 and section.strategy == "none":
+    if ranks is None and world == 1 and section.strategy == "none":
         return Parallel(device, 1, 0, 1, None, None, strategy)
-    mesh = build_mesh(_mesh_config(section), device_type=device.type)
+    mesh = build_mesh(_mesh_config(section), device_type=device.type, ranks=ranks)
+    run_group = None if ranks is None else dist.new_group(list(ranks))
+    if mesh.get_coordinate() is None:
+        return None  # another model's process
     dp_rank, dp_size = dp_rank_and_size(mesh)
     defer = section.defer_grad_sync
     defer = section.strategy == "ddp" if defer is None else defer  # fsdp2 would keep full grads
@@ -225,17 +262,20 @@ def setup_parallel(cfg: ConfigNode, unused_parameters: bool = False) -> Parallel
     tp += f", expert parallel {section.ep_size}" if section.ep_size > 1 else ""
     tp += f", pipeline parallel {section.pp_size}" if section.pp_size > 1 else ""
     tp += f", context parallel {section.cp_size}" if section.cp_size > 1 else ""
+    of = "" if ranks is None else f" {ranks.start}-{ranks.stop - 1} of {env.world_size}"
+    label = "data parallel" + ("" if name == "distributed" else f" ({name})")
     log.info(
-        "data parallel: %s over %d process(es) (rank %d of %d) on %s%s%s",
-        section.strategy, env.world_size, dp_rank, dp_size, device, tp,
+        "%s: %s over %d process(es)%s (rank %d of %d) on %s%s%s",
+        label, section.strategy, world, of, dp_rank, dp_size, device, tp,
         ", gradients reduced once per step" if defer else "",
     )  # fmt: skip
     group = dp_group(mesh, include_cp=True)
     return Parallel(
-        device, env.world_size, dp_rank, dp_size, mesh, group, strategy, defer,
+        device, world, dp_rank, dp_size, mesh, group, strategy, defer,
         section.sequence_parallel, section.ep_size,
         submesh(mesh, "pp").get_group() if section.pp_size > 1 else None,
         _context_parallel(cfg, mesh) if section.cp_size > 1 else None,
+        run_group,
     )  # fmt: skip
 
 

@@ -39,13 +39,15 @@ class PreemptionWatcher:
         """Whether a preemption signal arrived at this process."""
         return self.received is not None
 
-    def agreed(self) -> bool:
-        """Whether a signal arrived at any process (a collective: every rank calls it each step).
+    def agreed(self, group: Any = None) -> bool:
+        """Whether a signal arrived at any process of `group` (default: all); a collective: every
+        rank calls it each step.
 
         Signals reach the processes at different moments; a rank that stopped alone would wait
         forever for the others in the checkpoint's collectives.
         """
-        return all_reduce_sum(int(self.requested)) > 0  # a deliberate host sync, once per step
+        # a deliberate host sync, once per step
+        return all_reduce_sum(int(self.requested), group) > 0
 
     def uninstall(self) -> None:
         """Put the previous handlers back."""

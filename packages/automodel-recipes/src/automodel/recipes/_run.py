@@ -86,7 +86,9 @@ class RunViews:
 _SPLITTING = ("tp_size", "cp_size", "pp_size", "ep_size")
 
 
-def preflight(cfg: ConfigNode, data_parallel_only: str | None = None) -> Distributed:
+def preflight(
+    cfg: ConfigNode, data_parallel_only: str | None = None, world_size: int | None = None
+) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
     arithmetic, `peft:`, `moe:`, `neftune:`, the metric loggers' extras and `logging.plot`'s. Returns the
@@ -94,8 +96,9 @@ def preflight(cfg: ConfigNode, data_parallel_only: str | None = None) -> Distrib
 
     `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
     besides FSDP2/DDP over every process; tp/cp/pp/ep sizes above 1 are then refused.
+    `world_size`: the processes the model spans (default: every process launched).
     """
-    distributed, dp_size = read_distributed(cfg)
+    distributed, dp_size = read_distributed(cfg, world_size)
     for key in _SPLITTING if data_parallel_only else ():
         if getattr(distributed, key) != 1:
             message = f"{key} > 1 is not supported for {data_parallel_only} yet; use fsdp2 or ddp over every process"  # fmt: skip
@@ -115,30 +118,36 @@ def start_run(
     default_run_dir: str,
     weights_format: WeightsFormat | None,
     unused_parameters: bool = False,
+    parallel: Parallel | None = None,
 ) -> RunContext:
     """Seed, processes, run directory and checkpointer, in the order they must come.
 
     `weights_format`: how checkpoints hold the model (`HF_WEIGHTS`, `PEFT_ADAPTER`); None for
     a recipe that saves no checkpoint. `default_run_dir` applies without `logging.run_dir`.
     `unused_parameters`: whether the recipe's models may leave parameters without a gradient
-    in a step (DDP's `find_unused_parameters`, unless `distributed:` says).
+    in a step (DDP's `find_unused_parameters`, unless `distributed:` says). `parallel`: the
+    model's processes, mesh and strategy when the recipe set them up (`setup_parallel` with
+    `ranks`: the model on some of the processes); default: `distributed:` over every process.
     """
     started = time.monotonic()
     seed = read_section(cfg, "rng", Rng).seed
     set_seed(seed)  # the same seed on every rank: identical initial weights
-    distributed, dp_size = read_distributed(cfg)  # batch math first: no process group yet
+    world_size = parallel.world_size if parallel is not None else None
+    distributed, dp_size = read_distributed(cfg, world_size)  # batch math before any group
     step_scheduler = build_step_scheduler(cfg, dp_size)
     section = read_section(cfg, "logging", Logging)
     setup_logging(section.level)  # first, so every set-up step is reported
     run_dir = Path(section.run_dir or default_run_dir)
-    parallel = setup_parallel(cfg, unused_parameters)
+    parallel = parallel or setup_parallel(cfg, unused_parameters)
     if weights_format is None:
         preemption = PreemptionWatcher(())
         return RunContext(cfg, seed, distributed, step_scheduler, section, run_dir, parallel, preemption, started=started)  # fmt: skip
     checkpoint = read_section(cfg, "checkpoint", Checkpoint)
-    checkpointer = build_checkpointer(checkpoint, run_dir, weights_format, parallel.pp_group)
+    checkpointer = build_checkpointer(
+        checkpoint, run_dir, weights_format, parallel.pp_group, parallel.run_group
+    )
     # Resume by default; a new start first moves an earlier run here aside (rank 0)
-    restore_path = start_point(checkpointer, checkpoint.restore_from, run_dir)
+    restore_path = start_point(checkpointer, checkpoint.restore_from, run_dir, parallel.run_group)
     return RunContext(
         cfg, seed, distributed, step_scheduler, section, run_dir, parallel,
         PreemptionWatcher(checkpoint.preempt_signals), checkpoint, checkpointer, restore_path,
@@ -248,7 +257,7 @@ def checkpoint_if_due(run: RunContext, save: Callable[[], Any]) -> bool:
     A collective: every rank calls it after every step, so all stop after the same one.
     """
     steps = run.step_scheduler
-    preempted = run.preemption.agreed()
+    preempted = run.preemption.agreed(run.parallel.run_group)
     final = steps.is_last_step and run.checkpoint.save_final
     if preempted or steps.is_ckpt_step or final:
         with reported_saves():

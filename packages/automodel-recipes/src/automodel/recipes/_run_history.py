@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from automodel.checkpoint import Checkpointer, parse_checkpoint_dir_name
 from automodel.core.config import ConfigError, Problem, UserError
@@ -33,10 +34,12 @@ def start_point(
     checkpointer: Checkpointer,
     restore_from: str | None,
     run_dir: Path,
+    group: Any = None,
     environ: Mapping[str, str] | None = None,
 ) -> Path | None:
     """The checkpoint to resume (None: step 0), once rank 0 has moved aside what of an earlier
-    run the new start would overwrite. Every rank calls it (it ends with a barrier)."""
+    run the new start would overwrite. Every rank of `group` (default: all) calls it (it ends
+    with a barrier)."""
     environ = os.environ if environ is None else environ
     restarted = [
         f"{n}={environ[n]}" for n in RESTART_COUNTS if environ.get(n, "0") not in ("", "0")
@@ -57,7 +60,7 @@ def start_point(
                 f"cannot move the earlier run in {run_dir} aside ({e}); nothing was deleted. "
                 "Fix the permissions, or choose another logging.run_dir"
             ) from e
-    barrier()
+    barrier(group)
     return resume
 
 
