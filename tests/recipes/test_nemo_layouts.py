@@ -166,8 +166,8 @@ def test_their_megatron_pretraining_reads_our_indexed_windows(tmp_path) -> None:
 
 def test_their_squad_padding_dataset_tokenizer_and_teacher_meshes() -> None:
     """SQuAD padded to `max_length` and truncated there is our truncation at seq_length (the
-    padding is masked out); a dataset's own tokenizer becomes the run's; a teacher on ranks of
-    its own is refused by name."""
+    padding is masked out); a dataset's own tokenizer becomes the run's; `separate_meshes`
+    without the teacher's layout (teacher_distributed:) is refused by name."""
     squad = {
         "_target_": f"{THEIRS}.datasets.llm.squad.make_squad_dataset",
         "dataset_name": "rajpurkar/squad",

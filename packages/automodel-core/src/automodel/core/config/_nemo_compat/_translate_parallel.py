@@ -1,5 +1,6 @@
-"""The translator's passes over their parallelism settings: `distributed.pipeline:` and
-`distributed.mp_policy` (torch's MixedPrecisionPolicy for FSDP2)."""
+"""The translator's passes over their parallelism settings: `distributed.pipeline:`,
+`distributed.mp_policy` (torch's MixedPrecisionPolicy for FSDP2) and their KD teacher's own
+`teacher_distributed:`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ _SCHEDULES = {
 _PIPELINE_DROPS = ("patch_inner_model", "patch_causal_lm_model", "pp_seq_len")
 _MP_POLICY = "torch.distributed.fsdp.MixedPrecisionPolicy"
 _MP_POLICY_FULL = "torch.distributed.fsdp._fully_shard._fsdp_api.MixedPrecisionPolicy"
+
+
+# Their teacher_distributed: keys that are ours as they are, and those that say nothing here.
+_TEACHER_KEYS = (
+    "strategy",
+    "dp_size",
+    "dp_replicate_size",
+    "tp_size",
+    "cp_size",
+    "pp_size",
+    "ep_size",
+    "sequence_parallel",
+    "activation_checkpointing",
+)
+_TEACHER_DROPS = {
+    "defer_fsdp_grad_sync": "the teacher has no gradients",
+    "backend": "chosen from the device",
+}
 
 
 class _ParallelPasses(_TranslatorBase):
@@ -140,3 +159,37 @@ class _ParallelPasses(_TranslatorBase):
             )
         for key in policy:
             self.fail(f"distributed.mp_policy.{key}", f"mp_policy.{key} is not supported; drop it")
+
+    def teacher_distributed(self) -> None:
+        """`separate_meshes: true`: their teacher on ranks of its own, laid out by
+        `teacher_distributed:` (the same section here: its dp_size x tp_size processes, the
+        last ones; the student's `distributed:` the others)."""
+        node = self.data.get("teacher_distributed")
+        if not isinstance(node, dict):
+            self.fail(
+                "separate_meshes",
+                "separate_meshes: true needs a teacher_distributed: section (the teacher's "
+                "dp_size and tp_size)",
+            )
+            return
+        for key, what in (("pp_size", "in pipeline stages"), ("cp_size", "split along the sequence")):  # fmt: skip
+            if node.get(key, 1) not in (1, None):
+                self.fail(
+                    f"teacher_distributed.{key}",
+                    f"{key} {node[key]}: a teacher {what} is not supported yet; give it "
+                    "tp_size or dp_size instead (a teacher's layout changes its speed and "
+                    "memory, not the losses)",
+                )
+        pipeline = node.pop("pipeline", None)
+        if pipeline is not None and node.get("pp_size", 1) in (1, None):
+            self.note("teacher_distributed", "pipeline: dropped (pp_size 1)")
+        for key in [k for k in node if k in _TEACHER_DROPS]:
+            node.pop(key)
+            self.note("teacher_distributed", f"{key} dropped ({_TEACHER_DROPS[key]})")
+        for key in [k for k in node if k not in _TEACHER_KEYS]:
+            self.fail(f"teacher_distributed.{key}", f"{key} is not supported for the teacher; drop it")  # fmt: skip
+        self.note(
+            "teacher_distributed",
+            "separate_meshes: true: the teacher on processes of its own (the last dp_size x "
+            "tp_size), the student on the others",
+        )

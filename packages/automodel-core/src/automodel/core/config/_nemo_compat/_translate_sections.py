@@ -241,12 +241,7 @@ class _SectionPasses(_TranslatorBase):
         data = self.data
         separate = data.pop("separate_meshes", None)
         if separate:
-            self.fail(
-                "separate_meshes",
-                "a teacher on ranks of its own (separate_meshes, teacher_distributed) is not "
-                "supported: the teacher here runs on every rank in the student's layout (drop "
-                "both keys; its weights are sharded like the student's)",
-            )
+            self.teacher_distributed()
         elif separate is not None or "teacher_distributed" in data:
             data.pop("teacher_distributed", None)
             self.note(
