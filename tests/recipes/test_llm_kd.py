@@ -11,13 +11,17 @@ import transformers
 from _shared import REPO
 from safetensors.torch import load_file
 
-from automodel.core.config import load_config
+from automodel.core.config import ConfigError, load_config
+from automodel.core.config._nemo_compat import translate
+from automodel.recipes._kd_teacher import RankSplit, read_rank_split
 from automodel.recipes.llm.kd import KDRecipeForCausalLM, main
 
 KD = REPO / "examples/llm_kd/tiny_kd.yaml"
 TEACHER = REPO / "examples/llm_kd/assets/tiny_teacher/model.safetensors"
 STEPS, EVERY = 4, 2  # checkpoints (and validation) at steps 2 and 4
 T2 = "--kd.temperature=2.0"  # T^2 = 4 weighs the KL: a different loss from kd_ratio 0's
+# docs/kd_recipe.md's layout: the teacher on processes 2 and 3 (tp 2), the student on 0 and 1
+TEACHER_RANKS = "--+teacher_distributed={dp_size: 1, tp_size: 2}"
 
 
 @pytest.fixture(scope="module")
@@ -153,4 +157,88 @@ def test_two_fsdp2_ranks_train_as_one_process(
     """One torchrun launch: 2 ranks (the teacher FSDP2-sharded too) match the 1-process run."""
     _, run_dir = reference
     run_cli(KD, overrides(tmp_path, T2, "--+distributed.strategy=fsdp2"), recipe=("kd", "llm"))
+    assert_same_training(tmp_path, run_dir, range(1, STEPS + 1), EVERY)
+
+
+def test_the_teacher_takes_the_last_processes_and_serves_the_students_in_turn(monkeypatch_module):
+    """`teacher_distributed:` takes its dp_size x tp_size processes, the last ones; teacher
+    replica r (tp rank 0 talks) serves the student's dp ranks r, r + teacher dp, ..."""
+    split = RankSplit(range(4), range(4, 8), teacher_tp=2)  # student dp 4; teacher dp 2 x tp 2
+    assert [split.teacher_of(rank) for rank in range(4)] == [4, 6, 4, 6]
+    assert list(split.students_of(4)) == list(split.students_of(5)) == [0, 2]
+    assert list(split.students_of(6)) == list(split.students_of(7)) == [1, 3]
+    cfg = load_config(KD, [TEACHER_RANKS])
+    assert read_rank_split(cfg, world_size=4) == RankSplit(range(2), range(2, 4), 2)
+    assert read_rank_split(cfg, world_size=5) == RankSplit(range(3), range(3, 5), 2)
+    assert read_rank_split(load_config(KD), world_size=4) is None  # beside the student
+
+
+@pytest.mark.parametrize(
+    ("world", "overrides", "message"),
+    [
+        (4, ["--+teacher_distributed={dp_size: 1, pp_size: 2}"], "a teacher in pipeline stages"),
+        (4, ["--+teacher_distributed={tp_size: 2}"], "set dp_size to a number of processes"),
+        (
+            4,
+            ["--+teacher_distributed.dp_size=4"],
+            "= 4 processes and the student: 1+ need 5, but 4",
+        ),
+        (5, [TEACHER_RANKS, "--+distributed.dp_size=2"], "distributed: 2 need 4, but 5 were"),
+        (
+            5,
+            ["--+teacher_distributed.dp_size=2"],
+            "dp_size 2 does not divide the student's dp size 3",
+        ),
+        (
+            4,
+            [TEACHER_RANKS, "--kd.offload_teacher=true"],
+            "(teacher_distributed:) is not offloaded",
+        ),
+    ],
+)
+def test_teacher_layouts_that_cannot_run_are_exit_2(world, overrides, message, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WORLD_SIZE", str(world))  # what torchrun --nproc-per-node sets
+    assert main(["-c", str(KD), *overrides, "--validate-only"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_their_separate_meshes_translate_to_teacher_distributed():
+    """Their `separate_meshes: true` KD layouts (llama3_2_1b_kd_separate_mesh_teacher_*.yaml):
+    the teacher's tensor parallelism is ours as is; a teacher in pipeline stages or context
+    parallelism, and `separate_meshes` without the teacher's section, are refused by key."""
+    teacher = {"strategy": "fsdp2", "dp_size": 1, "tp_size": 2, "cp_size": 1, "pp_size": 1}
+    data = {
+        "recipe": "KnowledgeDistillationRecipeForNextTokenPrediction",
+        "separate_meshes": True,
+        "distributed": {"strategy": "fsdp2", "dp_size": 2},
+        "teacher_distributed": {**teacher, "sequence_parallel": False},
+    }
+    ours = translate(data, {}, "cfg.yaml", 4).data
+    assert ours["teacher_distributed"] == {**teacher, "sequence_parallel": False}
+    assert "separate_meshes" not in ours
+    cfg = load_config(KD, [f"--+teacher_distributed={ours['teacher_distributed']}"])
+    assert read_rank_split(cfg, world_size=4) == RankSplit(range(2), range(2, 4), 2)
+    for key in ("pp_size", "cp_size"):
+        layout = {**teacher, "tp_size": 1, key: 2, "pipeline": {"pp_schedule": "1f1b"}}
+        with pytest.raises(ConfigError) as info:
+            translate({**data, "teacher_distributed": layout}, {}, "cfg.yaml", 4)
+        assert [p.key for p in info.value.problems] == [f"teacher_distributed.{key}"]
+    with pytest.raises(ConfigError) as info:
+        translate({k: v for k, v in data.items() if k != "teacher_distributed"}, {}, "x", 4)
+    assert [p.key for p in info.value.problems] == ["separate_meshes"]
+
+
+@pytest.mark.slow
+def test_a_teacher_on_processes_of_its_own_trains_as_one_process(
+    reference, overrides, run_cli, assert_same_training, tmp_path
+):
+    """One torchrun launch of 4 processes: the student FSDP2 on 0 and 1, the teacher on 2 and
+    3 (tensor parallel, serving both): the same training as the 1-process run with the teacher
+    beside the student (float rounding aside: the teacher's tp sums in another order)."""
+    _, run_dir = reference
+    extra = (T2, "--+distributed.strategy=fsdp2", TEACHER_RANKS)
+    err = run_cli(KD, overrides(tmp_path, *extra), nproc=4, recipe=("kd", "llm"))
+    assert "data parallel: fsdp2 over 2 process(es) 0-1 of 4" in err
+    assert "teacher on processes 2-3" in err
     assert_same_training(tmp_path, run_dir, range(1, STEPS + 1), EVERY)

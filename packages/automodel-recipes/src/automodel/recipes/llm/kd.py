@@ -25,7 +25,10 @@ from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss, Fu
 from automodel.core.models import load_model_config
 
 from .. import (
+    Checkpoint,
+    Distributed,
     MoeStep,
+    Parallel,
     PendingStep,
     RunViews,
     adapter_extras_writer,
@@ -43,6 +46,15 @@ from .. import (
     start_run,
 )
 from .._errors import config_problem
+from .._kd_teacher import (
+    TEACHER_SECTION,
+    RankSplit,
+    RemoteTeacher,
+    read_rank_split,
+    serve_teacher,
+    setup_processes,
+    teacher_tp_plan,
+)
 from ._data import build_loaders, build_tokenizer, check_documents, check_rows, real_tokens
 from .finetune import SECTIONS as FINETUNE_SECTIONS
 from .finetune import FinetuneRecipeForCausalLM as Finetune
@@ -64,6 +76,7 @@ SECTIONS = {
     **{name: section for name, section in FINETUNE_SECTIONS.items() if name != "loss_fn"},
     "teacher_model": Section(required=True, needs_target=True),
     "kd": Section(keys_of=Kd),
+    TEACHER_SECTION: Section(keys_of=Distributed),  # the teacher on processes of its own
 }
 
 
@@ -79,8 +92,10 @@ class TeacherOutputs(FusedLossModel):
         self.eval()
 
     @torch.no_grad()
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    def forward(self, batch: dict[str, torch.Tensor], with_head: bool = True) -> tuple[Any, ...]:
         hidden = self.causal_lm.get_decoder()(**batch, use_cache=False).last_hidden_state
+        if not with_head:
+            return hidden, None, None
         head = self.causal_lm.get_output_embeddings()
         bias = None if head.bias is None else head.bias.to(torch.float32, copy=True)
         return hidden, head.weight.to(torch.float32, copy=True), bias
@@ -121,7 +136,6 @@ class KDRecipeForCausalLM(RunViews):
     prepare = Finetune.prepare
     forward_loss = Finetune.forward_loss
     training_state = Finetune.training_state
-    run_train_validation_loop = Finetune.run_train_validation_loop
     train_steps = Finetune.train_steps  # calls self.forward_backward and self.optimizer_step below
     count_targets = Finetune.count_targets  # label tokens
     real_tokens = Finetune.real_tokens
@@ -132,17 +146,27 @@ class KDRecipeForCausalLM(RunViews):
     def __init__(self, cfg: ConfigNode):
         self.cfg = cfg
         self.pipeline = None  # kd.llm has no pipeline parallelism (check refuses pp_size > 1)
+        self.remote: RemoteTeacher | None = None  # the teacher on processes of its own
+        self.serving: tuple[RankSplit, Parallel] | None = None  # this process serves the teacher
 
     def setup(self) -> None:
         """Build every piece from the config: the student exactly as finetune.llm builds its
-        model, then the teacher placed beside it, data, optimizer (the student's) and restore."""
+        model, then the teacher placed beside it (or on processes of its own), data, optimizer
+        (the student's) and restore."""
         cfg = self.cfg
         check(cfg)  # in-process too: the refused layouts, the vocabularies (before any weights)
         self.kd, kd_loss = read_kd(cfg)
+        split, processes = read_rank_split(cfg), None  # None: the teacher beside the student
+        if split is not None:  # both models' meshes, on every process; then this one's model
+            processes, teacher_processes = setup_processes(cfg, split)
+            if teacher_processes is not None:
+                return self.setup_teacher(split, teacher_processes)
         self.lora = build_lora_config(cfg)
         adapter = self.lora is not None
         weights = PEFT_ADAPTER if adapter else HF_WEIGHTS  # the student's weights, or its adapter
-        self.run = ctx = start_run(cfg, default_run_dir="runs/kd", weights_format=weights)
+        self.run = ctx = start_run(
+            cfg, default_run_dir="runs/kd", weights_format=weights, parallel=processes
+        )
         self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the student
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)
@@ -155,9 +179,12 @@ class KDRecipeForCausalLM(RunViews):
         self.moe = MoeStep(student, moe, self.parallel)
         wrapped = StudentWithKDLoss(student, kd_loss, self.loss_fn)
         self.model = shard_model(wrapped, ctx, self.moe.shard_experts(cfg))
-        teacher = build_teacher(cfg)
-        check_documents(cfg, teacher, self.step_scheduler.local_batch_size, cp_size=1)
-        self.teacher = self.place_teacher(teacher)
+        if split is None:
+            teacher = build_teacher(cfg)
+            check_documents(cfg, teacher, self.step_scheduler.local_batch_size, cp_size=1)
+            self.teacher = self.place_teacher(teacher, self.parallel)
+        else:
+            self.teacher, self.remote = None, RemoteTeacher(split, self.device)
 
         batch_size, shard = self.step_scheduler.local_batch_size, self.parallel.dp_rank
         self.train_set, self.train_loader, self.val_loader = build_loaders(
@@ -167,30 +194,42 @@ class KDRecipeForCausalLM(RunViews):
             ctx, student, self.train_loader, self.moe
         )  # never the teacher's
         restore_training_state(ctx, student, self.telemetry, **self.training_state())
-        sizes = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (student, self.teacher)]
+        where = "offloaded" if self.kd.offload_teacher else self.parallel.strategy.name
+        where = f"on processes {split.teacher.start}-{split.teacher.stop - 1}" if split else where
         log.info(
-            "student %.2fM parameters, teacher %.2fM (%s) on %s; %d training steps", *sizes,
-            "offloaded" if self.kd.offload_teacher else self.parallel.strategy.name,
-            self.device, steps,
+            "student %.2fM parameters on %s, teacher %s; %d training steps",
+            sum(p.numel() for p in student.parameters()) / 1e6, self.device, where, steps,
         )  # fmt: skip
 
-    def place_teacher(self, teacher: nn.Module) -> TeacherOutputs:
-        """FSDP2-sharded like the student under fsdp2, else whole on every rank; on the CPU
-        between its forwards with kd.offload_teacher."""
+    def setup_teacher(self, split: RankSplit, processes: Parallel) -> None:
+        """On the teacher's processes (`teacher_distributed:`): the teacher on its mesh, to
+        serve the student's processes (run_train_validation_loop)."""
+        teacher = build_teacher(self.cfg)
+        local_batch_size = self.cfg.get("step_scheduler.local_batch_size")
+        check_documents(self.cfg, teacher, local_batch_size, cp_size=1)
+        self.teacher = self.place_teacher(teacher, processes)
+        self.serving = split, processes
+
+    def place_teacher(self, teacher: nn.Module, processes: Parallel) -> TeacherOutputs:
+        """FSDP2-sharded (and TP) over `processes` under fsdp2, else whole on every rank; on
+        the CPU between its forwards with kd.offload_teacher."""
         teacher = TeacherOutputs(teacher)
         if self.kd.offload_teacher:
             return teacher
-        if self.parallel.mesh is not None and self.parallel.strategy.name == "fsdp2":
-            return self.parallel.shard(teacher)  # a frozen module: gathered per forward
-        return teacher.to(self.device)  # ddp, none: DDP has nothing of a teacher's to reduce
+        if processes.mesh is not None and processes.strategy.name == "fsdp2":
+            plan = teacher_tp_plan(teacher, processes)
+            return processes.shard(teacher, tp_plan=plan)  # frozen: gathered per forward
+        return teacher.to(processes.device)  # ddp, none: DDP has nothing of a teacher's to reduce
 
-    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    def teacher_outputs(
+        self, batch: dict[str, torch.Tensor], with_head: bool = True
+    ) -> tuple[Any, ...]:
         """The teacher's hidden states and head for `batch`; then its weights are back on the
         CPU (offloaded) or sharded (the FSDP2 root keeps them gathered for a backward)."""
         offload = self.kd.offload_teacher
         if offload:
             self.teacher.to(self.device)
-        outputs = self.teacher(batch)
+        outputs = self.teacher(batch, with_head=with_head)
         if offload:
             self.teacher.to("cpu")
         elif isinstance(self.teacher, FSDPModule):
@@ -204,10 +243,12 @@ class KDRecipeForCausalLM(RunViews):
         (loss sum, real tokens); the CE and KL parts add up in `self.parts`."""
         loss_sum, tokens = torch.zeros((), device=self.device), 0
         self.parts = torch.zeros(2, device=self.device)
+        if self.remote is not None:  # the teacher's processes start on every micro-batch now
+            self.remote.request(micro_batches)
         for i, micro_batch in enumerate(micro_batches):
             batch = {k: v.to(self.device) for k, v in micro_batch.items()}
             labels = batch.pop("labels")
-            teacher = self.teacher_outputs(batch)
+            teacher = self.remote.receive() if self.remote else self.teacher_outputs(batch)
             sync = self.parallel.micro_batch(self.model, last=i == len(micro_batches) - 1)
             with sync, self.moe.real_tokens_only(batch):
                 loss, ce, kl = self.model(batch, labels, num_label_tokens, teacher)
@@ -218,6 +259,16 @@ class KDRecipeForCausalLM(RunViews):
             self.parts += torch.stack([ce, kl])
             tokens += real_tokens(batch, self.tokenizer.pad_token_id)
         return loss_sum, tokens
+
+    def run_train_validation_loop(self) -> None:
+        """Train the student, validating and checkpointing on schedule (finetune.llm's loop);
+        on the teacher's processes, serve its forwards until the student's processes stop."""
+        if self.serving is not None:
+            signals = read_section(self.cfg, "checkpoint", Checkpoint).preempt_signals
+            return serve_teacher(self.teacher_outputs, *self.serving, signals)
+        Finetune.run_train_validation_loop(self)
+        if self.remote is not None:
+            self.remote.stop()
 
     def optimizer_step(self, *step: Any) -> PendingStep:
         """The shared optimizer step; its metrics add the step's CE and KL (over every rank)."""
@@ -275,13 +326,17 @@ def run(cfg: ConfigNode) -> None:
 
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that load no weights: the shared ones, layouts, kd:, the teacher."""
-    distributed = preflight(cfg)
+    split = read_rank_split(cfg)  # teacher_distributed: the processes left to the student
+    distributed = preflight(cfg, world_size=len(split.student) if split else None)
     for key in ("pp_size", "tp_size", "cp_size"):
         if getattr(distributed, key) > 1:
             message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
             raise config_problem(cfg, f"distributed.{key}", message)
     check_rows(cfg)
-    read_kd(cfg)
+    kd, _ = read_kd(cfg)
+    if split is not None and kd.offload_teacher:
+        message = "a teacher on processes of its own (teacher_distributed:) is not offloaded"
+        raise config_problem(cfg, "kd.offload_teacher", message)
     check_teacher(cfg)
 
 
