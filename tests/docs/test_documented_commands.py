@@ -472,6 +472,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_llm_recipe.py::test_neftune_adds_bounded_noise_to_embeddings_in_training_only",
         why="the tiny example with NEFTune in-process, its noise checked against the bound",
     ),
+    f"{AM} finetune llm -c {SFT} --+qat.scheme int8_dynact_int4weight --+qat.group_size 32 --+qat.start_step 501": Shared(
+        test="tests/recipes/test_llm_qat.py::test_documented_qat_run_saves_hf_checkpoints_and_resumes_with_fake_quantization_on",
+        why="its qat: overrides, read from the docs, on 3 steps from step 2 in-process, resumed",
+    ),
     # --- docs/logging.md ---------------------------------------------------------------------
     "pip install 'automodel-core[wandb]'": Skip(INSTALL),
     "pip install 'automodel-core[mlflow]'": Skip(INSTALL),

@@ -16,6 +16,7 @@ from ._freeze import apply_freeze
 from ._moe import apply_moe
 from ._neftune import apply_neftune
 from ._peft import apply_peft
+from ._qat import apply_qat, read_qat
 from ._run import RunContext, restore_weights
 from ._sections import Compile, Freeze, Moe, read_section
 
@@ -33,6 +34,8 @@ def prepare_model(
     The order matters: MoE blocks first (LoRA, the restore and sharding see the new blocks),
     LoRA before the restore (a PEFT checkpoint holds the adapter only), freezing before the
     restore (an adapter checkpoint holds exactly the parameters left trainable).
+    With `qat:` the fake quantization starts switched off: the training loop calls
+    `run.fake_quant.at_step(step)` before each step (as finetune.llm's `train_steps` does).
     """
     cfg = run.cfg
     attend_across_ranks(model, run.parallel.cp, cfg)  # cp_size > 1: the split sequence
@@ -43,7 +46,9 @@ def prepare_model(
     fp8 = read_fp8(cfg)
     if fp8 is not None:  # float8 linear layers (the weights keep their names)
         apply_fp8(model, fp8, cfg)
-    # QAT plugs in here, before the restore, as its package lands.
+    qat = read_qat(cfg)
+    if qat is not None:  # fake-quantized linear layers (the weights keep their names)
+        run.fake_quant = apply_qat(model, qat, cfg, loss_fn)
     apply_freeze(model, read_section(cfg, "freeze", Freeze), cfg)
     apply_neftune(model, cfg, run.distributed.cp_size)
     restore_weights(run, model)

@@ -33,6 +33,7 @@ from ._neftune import read_neftune
 from ._parallel import Parallel, read_distributed, setup_parallel
 from ._peft import build_lora_config
 from ._preemption import PreemptionWatcher
+from ._qat import FakeQuant, read_qat
 from ._run_history import start_point
 from ._sections import Checkpoint, Distributed, Logging, Rng, check_plot, read_section
 from ._summary import run_summary
@@ -57,6 +58,8 @@ class RunContext:
     checkpointer: Checkpointer | None = None
     restore_path: Path | None = None  # the checkpoint this run resumes; None: step 0
     started: float = field(default_factory=time.monotonic)  # for elapsed_s (Telemetry)
+    # `qat:` the model's fake quantization, set by prepare_model; the loop calls at_step(step)
+    fake_quant: FakeQuant = field(default_factory=FakeQuant)
 
     @property
     def device(self) -> Any:
@@ -91,8 +94,8 @@ def preflight(
 ) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
-    arithmetic, `peft:`, `moe:`, `neftune:`, the metric loggers' extras and `logging.plot`'s. Returns the
-    layout.
+    arithmetic, `peft:`, `moe:`, `neftune:`, `qat:`, the metric loggers' extras and
+    `logging.plot`'s. Returns the layout.
 
     `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
     besides FSDP2/DDP over every process; tp/cp/pp/ep sizes above 1 are then refused.
@@ -107,6 +110,7 @@ def preflight(
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)
     read_neftune(cfg)
+    read_qat(cfg)
     check_metric_loggers(cfg)
     check_plot(cfg)
     return distributed

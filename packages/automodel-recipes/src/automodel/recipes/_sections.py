@@ -95,6 +95,18 @@ class Fp8:
 
 
 @dataclass(frozen=True)
+class Qat:
+    """`qat:` quantization-aware training: from optimizer step `start_step` on, the linear layers
+    compute with weights (and activations) rounded to the integer grid of `scheme` and back
+    (torchao's fake quantization); the weights stay as they are, under their names."""
+
+    scheme: str = "int8_dynact_int4weight"  # | int4_weight_only
+    group_size: int = 256  # weights are quantized in groups of this many input features
+    start_step: int = 1  # the first optimizer step (counting from 1) with fake quantization
+    skip_modules: tuple[str, ...] = ()  # a linear layer whose path contains one stays as it is
+
+
+@dataclass(frozen=True)
 class Neftune:
     """`neftune:` uniform noise on the input embeddings while training (NEFTune, arXiv
     2310.05914), of magnitude `noise_alpha / sqrt(sequence length × hidden size)`."""
@@ -212,6 +224,7 @@ MODEL_SECTIONS = {
     "freeze": Section(keys_of=Freeze),
     "compile": Section(keys_of=Compile),
     "fp8": Section(keys_of=Fp8),
+    "qat": Section(keys_of=Qat),  # the training loop switches it on by step (FakeQuant.at_step)
     "neftune": Section(keys_of=Neftune),
 }
 OPTIMIZER_SECTIONS = {

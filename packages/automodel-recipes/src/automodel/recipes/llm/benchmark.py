@@ -144,6 +144,7 @@ class BenchmarkRecipeForCausalLM:
             self.model.train()
             for micro_batches in self.steps.steps(batches):
                 step, micro_batches = self.steps.step, [self.prepare(b) for b in micro_batches]
+                self.run.fake_quant.at_step(step)  # qat: on from its start_step
                 self.profile.before(step)
                 self.synchronize()
                 started = time.perf_counter()

@@ -175,6 +175,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         steps = self.step_scheduler
         for micro_batches in steps.steps(self.train_loader):
             start = time.perf_counter()
+            self.run.fake_quant.at_step(steps.step)  # qat: on from its start_step
             micro_batches = [self.prepare(batch) for batch in micro_batches]
             # Exact normalisation: every token of the global batch (all micro-batches, all dp and
             # cp ranks) weighs the same; × their number undoes the averaging of FSDP2/DDP.
