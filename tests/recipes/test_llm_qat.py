@@ -13,6 +13,7 @@ from _shared import REPO, SFT
 from safetensors import safe_open
 
 from automodel.core.config import ConfigError, load_config
+from automodel.core.config._nemo_compat import translate
 from automodel.recipes.llm import FinetuneRecipeForCausalLM
 from automodel.recipes.llm.finetune import SECTIONS, check
 
@@ -190,3 +191,39 @@ def test_a_head_a_fused_loss_reads_or_no_layer_at_all_is_a_config_error(
         _recipe(tmp_path, small_data, short_run, "--+qat.group_size=32", *fused)
     with pytest.raises(ConfigError, match="no linear layer to fake-quantize"):
         _recipe(tmp_path, small_data, short_run, "--+qat.group_size=128")
+
+
+THEIR_QAT = {
+    "enabled": True,
+    "fake_quant_after_n_steps": 1,
+    "qat_config": {
+        "_target_": "nemo_automodel.components.quantization.qat.QATConfig",
+        "quantizer_type": "int4_weight_only",
+        "groupsize": 128,
+    },
+}
+
+
+def test_their_qat_section_is_ours() -> None:
+    """Their QATConfig keys in ours; N steps without fake quantization: ours from step N + 1;
+    their fused loss never fake-quantizes the head, so ours leaves it out; off is dropped."""
+    where = {
+        "qat.fake_quant_after_n_steps": "cfg.yaml:9",
+        "qat.qat_config.groupsize": "cfg.yaml:12",
+    }
+    t = translate({"qat": THEIR_QAT}, where, "cfg.yaml")
+    assert t.data["qat"] == {"scheme": "int4_weight_only", "group_size": 128, "start_step": 2}
+    assert t.where["qat.start_step"] == "cfg.yaml:9" and t.where["qat.group_size"] == "cfg.yaml:12"
+
+    fused = {"_target_": "nemo_automodel.components.loss.linear_ce.FusedLinearCrossEntropy"}
+    t = translate({"qat": {**THEIR_QAT, "fake_quant_after_n_steps": None}, "loss_fn": fused}, {})
+    assert t.data["qat"]["start_step"] == 1 and t.data["qat"]["skip_modules"] == ["lm_head"]
+    assert any("their FusedLinearCrossEntropy reads the head's weight" in n for n in t.notes)
+
+    off = translate({"qat": {**THEIR_QAT, "enabled": False}}, {}, "cfg.yaml")
+    assert "qat" not in off.data
+
+    padded = {**THEIR_QAT["qat_config"], "padding_allowed": True}
+    with pytest.raises(ConfigError) as caught:
+        translate({"qat": {**THEIR_QAT, "qat_config": padded}}, {}, "cfg.yaml")
+    assert [p.key for p in caught.value.problems] == ["qat.qat_config.padding_allowed"]

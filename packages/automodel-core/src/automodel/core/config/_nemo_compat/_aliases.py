@@ -269,7 +269,7 @@ TARGET_ALIASES: dict[str, Alias] = {
         args={"include_modules": "target_modules"},
         dropped={
             "use_memory_efficient_lora": "a memory/speed choice for the same computation",
-            "moe_rank_scaling": "a rank for LoRA on the MoE experts only (refused where a pattern adapts them)",
+            "moe_rank_scaling": "a rank for LoRA on the MoE experts only (moe.lora_rank_scaling where a pattern adapts them)",
         },
         refused={
             "lora_A_init": (("xavier",), "set init_a: kaiming or gaussian"),
@@ -280,6 +280,26 @@ TARGET_ALIASES: dict[str, Alias] = {
         ),
         # their defaults where ours differ (alpha 32, dropout after the adapter input)
         defaults={"alpha": 32, "dropout_position": "post"},
+    ),
+    # their `qat.qat_config:` (the `qat:` pass of `_translate_features` makes its keys ours)
+    "nemo_automodel.components.quantization.qat.QATConfig": Alias(
+        None,
+        args={"quantizer_type": "scheme", "groupsize": "group_size"},
+        dropped={
+            "precision": "the weights keep their dtype (theirs are the model's, copied)",
+            "inner_k_tiles": "the int4 weight packing of a later conversion, not the training",
+        },
+        refused={
+            "padding_allowed": (
+                (False,),
+                "a layer whose input features are not a multiple of group_size stays "
+                "unquantized here (no padding)",
+            ),
+            "scales_precision": (
+                ("bfloat16", "bf16", "torch.bfloat16"),
+                "the weight scales are bfloat16 here (their recipe's default)",
+            ),
+        },
     ),
     "nemo_automodel.components.training.rng.StatefulRNG": Alias(
         None,

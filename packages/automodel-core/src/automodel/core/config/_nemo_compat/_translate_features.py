@@ -1,4 +1,4 @@
-"""The translator's passes over their feature sections: `fp8:`, `quantization:`,
+"""The translator's passes over their feature sections: `fp8:`, `qat:`, `quantization:`,
 `wandb.enable` and `checkpoint.dequantize_base_checkpoint`."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _FP8_DROPS = {
 class _FeaturePasses(_TranslatorBase):
     def features(self) -> None:
         self.fp8()
+        self.qat()
         self.quantization()
         self.wandb_enable()
         self.dequantize()
@@ -141,6 +142,45 @@ class _FeaturePasses(_TranslatorBase):
             if key in fp8:
                 self.note("fp8", f"{key} dropped ({why})")
         self.data["fp8"] = ours
+
+    def qat(self) -> None:
+        """`qat:` their torchao QAT is our `qat:` section: the keys of their QATConfig (the
+        target pass renamed them), fake quantization after `fake_quant_after_n_steps` steps,
+        i.e. from step N + 1 (ours count from 1)."""
+        qat = self.data.get("qat")
+        if qat is None:
+            return
+        if not (isinstance(qat, dict) and qat.get("enabled")):
+            del self.data["qat"]
+            self.note("qat", "dropped (enabled: false, nothing to do)")
+            return
+        known = ("enabled", "fake_quant_after_n_steps", "qat_config", "quantizer")
+        for key in sorted(set(qat) - set(known)):
+            self.fail(f"qat.{key}", f"qat.{key} is not supported; drop it")
+        name = "qat_config" if "qat_config" in qat else "quantizer"  # theirs: qat_config first
+        config = qat.get(name)
+        if not isinstance(config, dict):
+            del self.data["qat"]
+            self.note("qat", "dropped (no qat_config: their recipe then applies no QAT)")
+            return
+        if TARGET_KEY in config:  # not their QATConfig (the target pass dropped its target)
+            self.fail(f"qat.{name}._target_", "only their QATConfig translates (quantizer_type, groupsize); use it")  # fmt: skip
+            return
+        after = qat.get("fake_quant_after_n_steps", 0)
+        after = 0 if after is None else after  # null: their fake quantization is never off
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            self.fail("qat.fake_quant_after_n_steps", f"expected an integer >= 0, got {after!r}")
+            return
+        ours: dict[str, Any] = {**config, "start_step": after + 1}
+        self.move(f"qat.{name}", "qat")
+        self.move("qat.fake_quant_after_n_steps", "qat.start_step", f"their {after} step(s) without fake quantization: ours from step {after + 1}")  # fmt: skip
+        if self.recipe == "kd.llm":
+            self.fail("qat", "their KD student fake-quantizes its LM head, which kd.llm's fused KD loss reads unquantized; add qat.skip_modules: [lm_head] to train the head unquantized")  # fmt: skip
+        loss = self.data.get("loss_fn")
+        if isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy"):
+            ours["skip_modules"] = ["lm_head"]
+            self.note("qat", "the LM head is left out: their FusedLinearCrossEntropy reads the head's weight, so their fake quantization never reaches it (the same run)")  # fmt: skip
+        self.data["qat"] = ours
 
     def quantization(self) -> None:
         """`quantization:` 4-bit NF4 base weights under LoRA (QLoRA) is `peft.quantize_base: nf4`."""

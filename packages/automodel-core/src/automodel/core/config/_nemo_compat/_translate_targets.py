@@ -116,7 +116,7 @@ class _TargetPasses(_TranslatorBase):
         """An argument close to one of their names (and not one of ours): say which."""
         theirs = their_arguments(target)
         for key in list(node):
-            if key == TARGET_KEY or key in theirs:
+            if key == TARGET_KEY or key in theirs or key in alias.args.values():  # ours, renamed
                 continue
             hint = did_you_mean(key, sorted(theirs))
             # only then look at our signature (importing it): `automodel migrate` stays torch-free
