@@ -387,6 +387,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_llm_kd.py::test_two_fsdp2_ranks_train_as_one_process",
         why="tiny_kd.yaml with FSDP2 on 2 processes",
     ),
+    f"{AM} kd llm -c {KD} --nproc-per-node 4 --+teacher_distributed '{{dp_size: 1, tp_size: 2}}'": Shared(
+        test="tests/recipes/test_llm_kd.py::test_a_teacher_on_processes_of_its_own_trains_as_one_process",
+        why="tiny_kd.yaml, the student on 2 processes, the teacher (tp 2) on 2 more",
+    ),
     f"{AM} validate kd llm -c {KD}": Run(expect=("config OK",)),
     f"{AM} kd llm -c {KD} --kd.kd_ratio 0 --logging.run_dir runs/tiny_kd_ce": Run(
         group="kd", steps=2, files=("runs/tiny_kd_ce/checkpoints/LATEST",)
