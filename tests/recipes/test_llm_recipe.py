@@ -279,3 +279,9 @@ def test_tool_calls_example_trains_on_the_assistant_calls(tmp_path, monkeypatch_
     assert decode(learned) == f"reverse {words} <|end|> {answer} <|end|>"
     assert decode(ids).count(answer) == 2  # the tool's result too, unlabeled
     assert [r["step"] for r in _rows(tmp_path / "validation.jsonl")] == [0, 2]
+
+
+def test_fp8_settings_are_checked_before_the_model_loads(monkeypatch_module, capsys):
+    """`fp8:` is read by the pre-flight checks (`automodel validate` too), not at model build."""
+    assert main(["--validate-only", "-c", str(SFT), "--+fp8.recipe=bogus"]) == 2
+    assert "fp8.recipe: expected one of tensorwise" in capsys.readouterr().err

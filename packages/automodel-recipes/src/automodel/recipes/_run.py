@@ -28,6 +28,7 @@ from automodel.distributed import destroy_distributed
 from ._builders import build_step_scheduler
 from ._checkpointing import build_checkpointer, reported_saves, restoring
 from ._errors import config_problem
+from ._fp8 import read_fp8
 from ._moe import read_moe
 from ._neftune import read_neftune
 from ._parallel import Parallel, read_distributed, setup_parallel
@@ -94,7 +95,7 @@ def preflight(
 ) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
-    arithmetic, `peft:`, `moe:`, `neftune:`, `qat:`, the metric loggers' extras and
+    arithmetic, `peft:`, `moe:`, `neftune:`, `fp8:`, `qat:`, the metric loggers' extras and
     `logging.plot`'s. Returns the layout.
 
     `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
@@ -110,6 +111,7 @@ def preflight(
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)
     read_neftune(cfg)
+    read_fp8(cfg)
     read_qat(cfg)
     check_metric_loggers(cfg)
     check_plot(cfg)
