@@ -6,7 +6,8 @@ loss = (1 - kd_ratio) * CE + kd_ratio * T^2 * KL(teacher || student), over the a
 (labels != -100) and normalised by the step's label tokens like finetune.llm's loss. Both
 models' LM heads are applied chunk by chunk (FusedLinearKDLoss): neither model's [tokens,
 vocab] logits are built. The student is trained as finetune.llm trains its model (LoRA,
-freeze, MoE, FSDP2/DDP) and is all a checkpoint holds; the teacher is read-only.
+freeze, MoE, FSDP2/DDP) and is all a checkpoint holds; the teacher is read-only. It runs
+beside the student, or with `teacher_distributed:` on processes of its own (_kd_teacher).
 """
 
 from __future__ import annotations
