@@ -15,7 +15,7 @@ from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
 from automodel.recipes.llm._data import build_loss
 from automodel.recipes.llm._fused_loss import check_fused_loss
-from automodel.recipes.llm._pipeline import check_pipeline
+from automodel.recipes.llm._pipeline import check_pipeline, step_length
 
 NOT_MERGED = ["--checkpoint.save_merged_model=false"]  # a stage cannot merge the whole model
 STEPS, MIDDLE = 6, 3
@@ -23,10 +23,14 @@ UNTIED = ["--+model.tie_word_embeddings=false"]
 PP = ["--+distributed.pp_size=2"]
 FOUR_LAYERS = ["--+model.num_hidden_layers=4"]  # 2 stages per rank of one layer each
 INTERLEAVED = [*PP, "--+distributed.pp_schedule=interleaved_1f1b", *FOUR_LAYERS]
+GPIPE = [*PP, "--+distributed.pp_schedule=gpipe"]
+# each step padded to its longest batch over all ranks (the pipelines of both dp ranks agree)
+STEP_LENGTHS = ["--~dataset.seq_length", "--+dataloader.pad_to_multiple_of=2"]
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
     # the example's tied LM head: the last stage's copy of the embedding, gradients summed
     "1f1b": (2, PP),
-    "gpipe_dp2": (4, [*PP, "--+distributed.pp_schedule=gpipe"]),  # 2 × 2 × dp 2
+    "gpipe_dp2": (4, GPIPE),  # 2 × 2 × dp 2
+    "gpipe_dp2_step_lengths": (4, [*GPIPE, *STEP_LENGTHS]),
     "1f1b_untied": (2, [*PP, *UNTIED]),
     "interleaved": (2, INTERLEAVED),  # rank 0: stages 0 and 2, rank 1: 1 and 3 (tied head)
 }
@@ -75,7 +79,8 @@ def test_pipeline_matches_one_process(
 ):  # fmt: skip
     """Per-step losses, grad norms (over every stage, a tied embedding counted once),
     validation and the final weights, which rank 0 merges from the stages into one Hugging
-    Face file; interleaved, each rank runs two stages of the four."""
+    Face file; interleaved, each rank runs two stages of the four; with step lengths, the
+    micro-batches of each step are padded to its own length (no dataset.seq_length)."""
     run_dir, stderr = launched(layout)
     if layout == "interleaved":
         for stage in (0, 2):  # rank 0's (the log is rank 0's)
@@ -84,6 +89,8 @@ def test_pipeline_matches_one_process(
         return
     schedule = "gpipe" if "gpipe" in layout else "1f1b"
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
+    padded = "longest batch over all ranks, rounded up to a multiple of 2"
+    assert (padded in stderr) == layout.endswith("step_lengths")
     reference = one_process_untied if "untied" in layout else one_process
     assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
 
@@ -184,6 +191,12 @@ def test_unsupported_pipeline_settings_are_config_errors(
         section, _ = read_distributed(cfg, world_size=world_size)
         check_pipeline(cfg, section)
         check_fused_loss(cfg, build_loss(cfg), section)
+
+
+def test_a_step_is_padded_to_its_longest_batch_rounded_up() -> None:
+    batches = [{"input_ids": torch.zeros(2, n, dtype=torch.long)} for n in (5, 9, 0)]
+    assert [step_length(batches, m) for m in (1, 2, 4, 16)] == [9, 10, 12, 16]
+    assert step_length([{"input_ids": torch.zeros(2, 0, dtype=torch.long)}]) == 1
 
 
 def test_merging_lora_at_the_end_of_a_pipeline_run_is_a_config_error(monkeypatch_module):

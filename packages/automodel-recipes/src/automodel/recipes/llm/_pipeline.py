@@ -128,6 +128,10 @@ class Pipeline:
             self.lengths = distributed.PipelineSeqLen(self.schedule) if seq_len is None else None
         except NotImplementedError as e:  # an older torch
             raise config_problem(cfg, "dataset", f"{e}: set dataset.seq_length") from e
+        padded = f"{seq_len} tokens" if seq_len else "the step's longest batch over all ranks"
+        if not seq_len and self.multiple > 1:
+            padded += f", rounded up to a multiple of {self.multiple}"
+        log.info("pipeline: each step's micro-batches padded to %s", padded)
         for stage in self.stages:
             layers = list(stage.model.layers)
             log.info(
