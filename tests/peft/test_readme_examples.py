@@ -128,4 +128,6 @@ def test_readme_moe_experts(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "LoRA on 4 modules and 4 stacked weights" in out, out
     assert "expert adapter reloaded from" in out, out
-    assert len(_folders_with(tmp_path, ADAPTER_FILES)) == 1
+    patterns = "rank_pattern {'gate_up_proj': 2, 'down_proj': 2} alpha_pattern {'v_proj': 16}"
+    assert patterns in out, out
+    assert len(_folders_with(tmp_path, ADAPTER_FILES)) == 2

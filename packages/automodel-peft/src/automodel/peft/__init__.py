@@ -24,7 +24,7 @@ from ._apply import (
     unload_lora,
     unmerge_lora,
 )
-from ._config import LoraConfig, LoraConfigError
+from ._config import LoraConfig, LoraConfigError, pattern_key
 from ._export import merged_state_dict
 from ._lora_linear import LoraLinear
 from ._stacked import StackedLora
@@ -49,6 +49,7 @@ __all__ = [
     "lora_summary",
     "merge_lora",
     "merged_state_dict",
+    "pattern_key",
     "read_adapter_config",
     "save_adapter",
     "unload_lora",

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._apply import apply_lora, lora_modules, lora_parameters, lora_state_dict
+from ._apply import add_lora, lora_modules, lora_parameters, lora_state_dict
 from ._atomic import write_atomic
-from ._config import LoraConfig, LoraConfigError
+from ._config import LoraConfig, LoraConfigError, key_matches
 from ._matching import few_names
 
 # The Hugging Face PEFT adapter format: one statement of its names, for every writer and reader.
@@ -30,8 +32,6 @@ _UNSUPPORTED_OPTIONS = (
     "modules_to_save",
     "layers_to_transform",
     "layers_pattern",
-    "rank_pattern",
-    "alpha_pattern",
     "lora_bias",
     "use_qalora",
     "trainable_token_indices",
@@ -43,6 +43,9 @@ _UNSUPPORTED_OPTIONS = (
     "arrow_config",
     "monteclora_config",
 )
+
+
+V = TypeVar("V")
 
 
 class AdapterError(ValueError):
@@ -63,8 +66,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 def adapter_config(
     model: nn.Module, base_model_name_or_path: str | None = None, task_type: str | None = None
 ) -> dict[str, Any]:
-    """The adapter_config.json content describing the LoRA on ``model`` (one setting for all).
+    """The adapter_config.json content describing the LoRA on ``model``.
 
+    ``r`` and ``lora_alpha`` are the values most targets have; a target with another rank or
+    alpha is named in ``rank_pattern``/``alpha_pattern`` by the shortest end of its path that
+    names no target with a different value (peft's rule, e.g. ``experts.down_proj``).
     With adapted stacked weights (``target_parameters``) ``lora_dropout`` is written as 0: peft
     refuses dropout on those adapters, and dropout only matters in training.
     """
@@ -75,7 +81,7 @@ def adapter_config(
         raise AdapterError("the model has no LoRA modules: call apply_lora(model, config) first")
     first_path, first = adapted[0]
     for path, module in adapted[1:]:
-        for attr in ("rank", "alpha", "use_rslora", "use_dora"):
+        for attr in ("use_rslora", "use_dora"):
             if getattr(module, attr) != getattr(first, attr):
                 raise AdapterError(
                     f"LoRA {attr} differs between {first_path} and {path}; the adapter format "
@@ -84,12 +90,14 @@ def adapter_config(
     dropouts = [m.lora_dropout.p for _, m in modules if isinstance(m.lora_dropout, nn.Dropout)]
     dropout = dropouts[0] if dropouts and not stacked else 0.0
     init = first.init_a
+    rank, rank_pattern = _patterns({path: module.rank for path, module in adapted})
+    alpha, alpha_pattern = _patterns({path: module.alpha for path, module in adapted})
     return {
         "peft_type": "LORA",
         "task_type": task_type if task_type is not None else _infer_task_type(unwrap(model)),
         "base_model_name_or_path": base_model_name_or_path,
-        "r": first.rank,
-        "lora_alpha": first.alpha,
+        "r": rank,
+        "lora_alpha": alpha,
         "lora_dropout": dropout,
         "target_modules": [path for path, _ in modules],
         "target_parameters": [path for path, _ in stacked] or None,
@@ -103,8 +111,8 @@ def adapter_config(
         "modules_to_save": None,
         "layers_to_transform": None,
         "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
         "inference_mode": True,
         "revision": None,
     }
@@ -192,6 +200,8 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> LoraConfig:
             use_rslora=bool(raw.get("use_rslora", False)),
             use_dora=bool(raw.get("use_dora", False)),
             init_a="gaussian" if init == "gaussian" else "kaiming",
+            rank_pattern=raw.get("rank_pattern") or {},
+            alpha_pattern=raw.get("alpha_pattern") or {},
         )
     except LoraConfigError as exc:
         raise AdapterError(f"{path}: {exc}") from exc
@@ -204,7 +214,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     target = unwrap(model)
     if not lora_state_dict(target):
         try:
-            apply_lora(target, config)
+            add_lora(target, config, unused_patterns_ok=True)
         except LoraConfigError as exc:
             raise AdapterError(f"adapter {folder} does not fit this model: {exc}") from exc
     saved = _read_adapter_tensors(folder / WEIGHTS_NAME)
@@ -267,6 +277,31 @@ def _read_adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (OSError, RuntimeError, ValueError) as exc:
         raise AdapterError(f"cannot read {path}: {exc}") from exc
     return out
+
+
+def _patterns(values: dict[str, V]) -> tuple[V, dict[str, V]]:
+    """The most common of the targets' ``values`` (the first of equals), and peft pattern keys
+    naming the targets with another value, each as short as it can be."""
+    default = Counter(values.values()).most_common(1)[0][0]
+    pattern: dict[str, V] = {}
+    for path, value in values.items():
+        if value != default and not any(key_matches(key, path) for key in pattern):
+            pattern[_shortest_key(path, values)] = value
+    return default, pattern
+
+
+def _shortest_key(path: str, values: dict[str, V]) -> str:
+    """The shortest end of ``path`` (whole names) that, as a peft pattern key, names only
+    targets with the value of ``path``."""
+    parts = path.split(".")
+    ends = [".".join(re.escape(p) for p in parts[i:]) for i in reversed(range(len(parts)))]
+    for key in [*ends, re.escape(path)]:
+        if all(v == values[path] for t, v in values.items() if key_matches(key, t)):
+            return key
+    raise AdapterError(
+        f"the rank or alpha of {path} cannot be written in peft's rank_pattern/alpha_pattern: "
+        "every key naming it also names an adapted module with another value"
+    )
 
 
 def _version(value: object) -> tuple[int, ...]:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._config import LoraConfig
+from ._config import LoraConfig, LoraConfigError, key_matches
 from ._lora_linear import LoraLinear
-from ._matching import select_linear_modules, select_stacked_parameters
+from ._matching import few_names, select_linear_modules, select_stacked_parameters
 from ._quant import check_nf4, is_quantized, quantize_nf4
 from ._stacked import (
     StackedLora,
@@ -57,10 +57,21 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     plain linear map; subclasses that override ``forward`` (MoE routers) are never wrapped
     (see :func:`~automodel.peft._matching.select_linear_modules`). Stacked weights are 3-D
     ``[E, ., .]`` parameters such as MoE experts' (see :mod:`automodel.peft._stacked`).
+    Each target takes its rank and alpha from ``config.rank_pattern``/``alpha_pattern`` where
+    a key matches its path; a key that matches no target is a LoraConfigError.
     Returns ``model``; :func:`lora_summary` reports what was wrapped (it is also logged).
     """
+    return add_lora(model, config, unused_patterns_ok=False)
+
+
+def add_lora(model: nn.Module, config: LoraConfig, *, unused_patterns_ok: bool) -> nn.Module:
+    """:func:`apply_lora`; with ``unused_patterns_ok`` a pattern key may match no target (as
+    in peft, whose files may hold such keys)."""
     paths = select_linear_modules(model, config)
     stacked = select_stacked_parameters(model, config)
+    if not unused_patterns_ok:
+        targets = [*paths, *(f"{path}.{name}" for path, names in stacked.items() for name in names)]
+        _check_pattern_keys(config, targets)
     if config.quantize_base is not None:  # check every module before changing any
         for path in paths:
             check_nf4(model.get_submodule(path).weight, config.nf4_block_size, path)
@@ -69,7 +80,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     for path in paths:
         parent, name = _parent(model, path)
         original = getattr(parent, name)
-        wrapped = LoraLinear(original, config)
+        wrapped = LoraLinear(original, config.for_target(path))
         # Keep the train/eval mode of the module it replaces: a new nn.Module starts in train
         # mode, which would turn on LoRA dropout inside a model already in eval mode.
         wrapped.train(original.training)
@@ -77,7 +88,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
             wrapped.weight = quantize_nf4(wrapped.weight, config.nf4_block_size, path)
         setattr(parent, name, wrapped)
     for path, names in stacked.items():
-        add_stacked_lora(model.get_submodule(path), names, config)
+        add_stacked_lora(model.get_submodule(path), path, names, config)
     logger.info("%s", lora_summary(model))
     return model
 
@@ -171,6 +182,19 @@ def _adapted(model: nn.Module) -> Iterator[LoraLinear | StackedLora]:
     """Every LoRA-wrapped linear and every adapted stacked weight."""
     yield from (m for _, m in lora_modules(model))
     yield from (a for _, a in lora_parameters(model))
+
+
+def _check_pattern_keys(config: LoraConfig, targets: list[str]) -> None:
+    patterns = {"rank_pattern": config.rank_pattern, "alpha_pattern": config.alpha_pattern}
+    for name, pattern in patterns.items():
+        for key in pattern:
+            if not any(key_matches(key, path) for path in targets):
+                raise LoraConfigError(
+                    f"{name} key {key!r} matches none of the {len(targets)} adapted targets "
+                    f"({few_names(targets, 4)}); a key is a regex matched against the end of a "
+                    "target's path, from a '.' (as in peft): e.g. 'experts.down_proj' or "
+                    r"'layers\.0\.self_attn\.q_proj'"
+                )
 
 
 def _adapter_tensors(module: LoraLinear) -> dict[str, torch.Tensor]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -21,7 +23,7 @@ class LoraConfigError(ValueError):
 
 @dataclass
 class LoraConfig:
-    """LoRA settings: rank, scaling, which linear modules and stacked weights to adapt, variants.
+    r"""LoRA settings: rank, scaling, which linear modules and stacked weights to adapt, variants.
 
     Linear modules are ``nn.Linear`` and transformers ``Conv1D`` whose forward is the plain
     linear map; subclasses that override ``forward`` (MoE routers) are never adapted.
@@ -36,6 +38,15 @@ class LoraConfig:
     ``*.experts.down_proj``), which get one rank-``dim`` update per expert, as peft's
     ``target_parameters`` does (no dropout and no DoRA on those; ``exclude_modules`` applies
     to ``target_modules`` and ``match_all_linear`` only).
+
+    ``rank_pattern`` and ``alpha_pattern`` give some targets another rank or alpha than
+    ``dim`` and ``alpha``, as peft's options of those names do (and they are saved under those
+    names): each key is a regex matched against the end of a target's path, starting at a
+    ``.`` (peft's rule: ``re.match(rf"(.*\.)?({key})$", path)``), so ``experts.down_proj``
+    names that weight in every layer and ``layers\.0\.self_attn\.q_proj`` one module; the
+    first key that matches gives the value. They apply to linear modules and stacked weights
+    alike; the scaling of such a target is its alpha over its rank (rsLoRA: over its square
+    root). A key that matches no adapted target is an error in :func:`apply_lora`.
     """
 
     dim: int = 8
@@ -53,21 +64,17 @@ class LoraConfig:
     quantize_base: Literal["nf4"] | None = None
     nf4_block_size: int = 64
     use_triton: bool = False
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.rank_pattern = _value_pattern(self.rank_pattern, "rank_pattern", _rank)
+        self.alpha_pattern = _value_pattern(self.alpha_pattern, "alpha_pattern", _alpha)
         self.target_modules = _pattern_list(self.target_modules, "target_modules")
         self.exclude_modules = _pattern_list(self.exclude_modules, "exclude_modules")
         self.target_parameters = _pattern_list(self.target_parameters, "target_parameters")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise LoraConfigError(
-                f"dim (the LoRA rank) must be a positive integer, got {self.dim!r}"
-            )
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
-            raise LoraConfigError(f"alpha must be a number, got {self.alpha!r}")
-        if not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise LoraConfigError(
-                f"alpha must be positive (the update is scaled by alpha/dim), got {self.alpha!r}"
-            )
+        _rank(self.dim, "dim (the LoRA rank)")
+        _alpha(self.alpha, "alpha")
         if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise LoraConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         _choice(self.dropout_position, _DROPOUT_POSITIONS, "dropout_position")
@@ -110,12 +117,74 @@ class LoraConfig:
         """The factor on B @ A: alpha/dim, or alpha/sqrt(dim) with rsLoRA."""
         return self.alpha / (math.sqrt(self.dim) if self.use_rslora else self.dim)
 
+    def for_target(self, path: str) -> LoraConfig:
+        """The settings of the target at ``path``: ``dim`` and ``alpha`` from ``rank_pattern``
+        and ``alpha_pattern`` where a key matches it (peft's rule), no patterns left."""
+        if not (self.rank_pattern or self.alpha_pattern):
+            return self
+        rank_key = pattern_key(self.rank_pattern, path)
+        alpha_key = pattern_key(self.alpha_pattern, path)
+        return replace(
+            self,
+            dim=self.dim if rank_key is None else self.rank_pattern[rank_key],
+            alpha=self.alpha if alpha_key is None else self.alpha_pattern[alpha_key],
+            rank_pattern={},
+            alpha_pattern={},
+        )
+
     def to_dict(self) -> dict[str, object]:
         """Plain values (dtype as its name), for logs and reports."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(out["lora_dtype"], torch.dtype):
             out["lora_dtype"] = str(out["lora_dtype"]).removeprefix("torch.")
         return out
+
+
+def pattern_key(pattern: dict[str, object], path: str) -> str | None:
+    """The first key of a rank/alpha pattern that matches the target ``path`` (peft's rule: a
+    regex matching the end of the path, from its start or after a ``.``), or None."""
+    return next((key for key in pattern if key_matches(key, path)), None)
+
+
+def key_matches(key: str, path: str) -> bool:
+    """Whether the rank/alpha pattern ``key`` names the target ``path`` (peft's rule)."""
+    return re.match(rf"(.*\.)?({key})$", path) is not None
+
+
+def _rank(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LoraConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _alpha(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LoraConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise LoraConfigError(
+            f"{key} must be positive (the update is scaled by alpha/rank), got {value!r}"
+        )
+    return value
+
+
+def _value_pattern(value: object, name: str, check: Callable[[object, str], object]) -> dict:
+    """A rank/alpha pattern: regex keys (compiled to check them), each value checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LoraConfigError(
+            f"{name} must be a mapping from a path regex to a value (peft's format, e.g. "
+            f"{{'experts.down_proj': 4}}), got {value!r}"
+        )
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise LoraConfigError(f"{name} keys must be non-empty strings, got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as exc:
+            raise LoraConfigError(f"{name} key {key!r} is not a valid regex: {exc}") from None
+        check(item, f"{name}[{key!r}]")
+    return dict(value)
 
 
 def _choice(value: object, allowed: tuple[str, ...], key: str) -> None:

@@ -189,8 +189,9 @@ def local_block(weight: torch.Tensor) -> Block:
     return tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes, strict=True))
 
 
-def add_stacked_lora(owner: nn.Module, names: list[str], config: LoraConfig) -> None:
-    """Adapt ``owner``'s stacked parameters ``names`` (nested as peft nests them) in place."""
+def add_stacked_lora(owner: nn.Module, path: str, names: list[str], config: LoraConfig) -> None:
+    """Adapt the stacked parameters ``names`` of ``owner`` (the module at ``path``, which
+    ``config.rank_pattern``/``alpha_pattern`` see) in place, nested as peft nests them."""
     order = [n for n in owner._parameters if n in names]  # the module's own order
     for attr in (*FACTORS, NEST):
         if hasattr(owner, attr):
@@ -207,7 +208,8 @@ def add_stacked_lora(owner: nn.Module, names: list[str], config: LoraConfig) -> 
             nest = _Nest()
             holder.add_module(NEST, nest)
             holder = nest
-        adapters[name] = StackedLora(owner, name, holder, depth, config)
+        target = config.for_target(f"{path}.{name}")
+        adapters[name] = StackedLora(owner, name, holder, depth, target)
     owner._lora_stacked = {name: adapters[name] for name in order}
     owner._lora_cache = None
     owner._lora_hooks = (
