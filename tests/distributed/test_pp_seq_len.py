@@ -92,3 +92,17 @@ def test_lengths_below_one_are_refused(single_rank_group, tiny_llama_config) -> 
     lengths = PipelineSeqLen(build_pipeline_schedule(stages, 1, summed_ce, "gpipe", device="cpu"))
     with pytest.raises(ValueError, match="seq_len must be at least 1, got 0"):
         lengths.set(0)
+
+
+def test_a_model_with_several_residual_streams_is_not_split(single_rank_group) -> None:
+    """DeepSeek-V4 keeps hc_mult residual streams between layers: no stage boundary fits it."""
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+
+    config = DeepseekV4Config(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, q_lora_rank=16, moe_intermediate_size=16,
+        n_routed_experts=4, num_experts_per_tok=2, layer_types=["sliding_attention"] * 2,
+        mlp_layer_types=["moe", "moe"], sliding_window=4, o_groups=2, o_lora_rank=8, hc_mult=2,
+    )  # fmt: skip
+    with pytest.raises(NotImplementedError, match="passes 2 residual streams"):
+        split_decoder_into_stages(DeepseekV4ForCausalLM(config), None, 1)

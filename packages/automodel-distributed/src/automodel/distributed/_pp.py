@@ -309,6 +309,12 @@ def split_decoder_into_stages(
             f"split_decoder_into_stages needs a Llama-style causal LM (model.embed_tokens, "
             f"model.layers, model.norm, model.rotary_emb, lm_head); {type(model).__name__} is not"
         )
+    streams = getattr(getattr(model, "config", None), "hc_mult", 1) or 1
+    if streams > 1:  # hyper-connections (DeepSeek-V4): [B, S, streams, D] between layers
+        raise NotImplementedError(
+            f"{type(model).__name__} passes {streams} residual streams between its layers "
+            "(hc_mult); pipeline stages pass one hidden state"
+        )
     splits = _layer_split(len(base.layers), num_stages, layers_per_stage)
     tp_plan = hf_tp_plan(model)
     stages = [
