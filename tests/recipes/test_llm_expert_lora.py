@@ -4,6 +4,7 @@ configs (their `target_modules` matching the experts), on the tiny Qwen3-MoE exa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -115,8 +116,8 @@ def _their_config(ep_size: int, **peft) -> dict:
 
 def test_their_lora_on_the_experts_adapts_the_experts_weights():
     """Their `target_modules` pattern that matches `mlp.experts` adapts its stacked weights
-    (`*` also every linear layer, the LM head included), with expert parallelism too; their
-    rank scaling and DoRA with it are refused."""
+    (`*` also every linear layer, the LM head included), with expert parallelism too; DoRA
+    with it is refused."""
     from automodel.moe import patch_hf_moe
     from automodel.peft import apply_lora, lora_modules, lora_parameters
 
@@ -139,13 +140,65 @@ def test_their_lora_on_the_experts_adapts_the_experts_weights():
 
     with_ep = translate(_their_config(8, target_modules=["*.mlp.experts"]), {}, "cfg.yaml", 8).data
     assert with_ep["distributed"]["ep_size"] == 8 and with_ep["peft"]["target_parameters"]
-    refused = {
-        "peft.moe_rank_scaling": (
-            _their_config(1, target_modules=["*"], moe_rank_scaling=True), "moe_rank_scaling: false"
-        ),
-    }  # fmt: skip
-    for key, (theirs, message) in refused.items():
-        with pytest.raises(ConfigError) as info:
-            translate(theirs, {}, "cfg.yaml", 8)
-        assert [p.key for p in info.value.problems] == [key]
-        assert message in info.value.problems[0].message
+    with pytest.raises(ConfigError) as info:
+        translate(_their_config(1, target_modules=["*"], use_dora=True), {}, "cfg.yaml", 8)
+    assert [p.key for p in info.value.problems] == ["peft.use_dora"]
+    assert "use_dora: false" in info.value.problems[0].message
+
+
+def test_their_moe_rank_scaling_gives_the_experts_dim_over_top_k(tmp_path, caplog):
+    """Their `moe_rank_scaling` is `moe.lora_rank_scaling`: the experts' stacked weights take
+    rank dim // top-k (5 // 2 here, floored with a warning) and the same alpha, the linear
+    layers dim; the adapter file says so with peft's rank_pattern, and peft loads it on the
+    plain model with the same logits."""
+    from peft import PeftModel
+
+    from automodel.peft import lora_modules, lora_parameters, lora_state_dict, save_adapter
+    from automodel.recipes import read_moe
+    from automodel.recipes._peft import apply_peft
+
+    theirs = _their_config(
+        1, target_modules=["*.q_proj", "*.mlp.experts"], dim=5, alpha=20, moe_rank_scaling=True
+    )
+    ours = translate(theirs, {}, "cfg.yaml").data
+    assert ours["moe"]["lora_rank_scaling"] is True and "moe_rank_scaling" not in ours["peft"]
+    peft = dict(ours["peft"])
+    config = resolve_target(peft.pop("_target_"))(**peft)
+    scaling = ["--moe.balancing=none", "--+moe.lora_rank_scaling=true"]
+    cfg = load_config(MOE, scaling, sections=SECTIONS)
+    model = _base_swapped()
+    apply_peft(model, config, cfg, None, torch.device("cpu"))
+    assert "no multiple of 2 experts per token; the experts' LoRA takes rank 2" in caplog.text
+
+    q_proj = dict(lora_modules(model))["model.layers.1.self_attn.q_proj"]
+    assert q_proj.lora_A.weight.shape == (5, 64) and q_proj.scaling == 20 / 5
+    experts = dict(lora_parameters(model))
+    gate_up, down = (experts[f"model.layers.1.mlp.experts.{w}"] for w in ("gate_up_proj", "down_proj"))  # fmt: skip
+    assert gate_up.lora_A.shape == (2 * 8, 64) and gate_up.lora_B.shape == (2 * 32, 2 * 8)
+    assert down.lora_A.shape == (2 * 8, 32) and down.scaling == 20 / 2
+    with torch.no_grad():
+        for name, tensor in lora_state_dict(model).items():
+            if "lora_B" in name:
+                tensor.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    save_adapter(model, tmp_path)
+    written = json.loads((tmp_path / "adapter_config.json").read_text())
+    # the rank most targets have (4 expert weights, 2 q_proj), the others by their last names
+    assert (written["r"], written["lora_alpha"], written["alpha_pattern"]) == (2, 20, {})
+    assert written["rank_pattern"] == {"q_proj": 5}
+    with torch.no_grad():
+        peft_logits = PeftModel.from_pretrained(_base(), tmp_path).eval()(IDS).logits
+        torch.testing.assert_close(peft_logits, model.eval()(IDS).logits, rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(ConfigError, match=r"set peft\.dim to at least 2"):
+        apply_peft(_base_swapped(), replace(config, dim=1), cfg, None, torch.device("cpu"))
+    no_peft = load_config(MOE, ["--+moe.lora_rank_scaling=true"], sections=SECTIONS)
+    with pytest.raises(ConfigError, match="the config has no peft: section"):
+        read_moe(no_peft, 1)
+
+
+def _base_swapped():
+    from automodel.moe import patch_hf_moe
+
+    model = _base()
+    patch_hf_moe(model, balancing="none")
+    return model

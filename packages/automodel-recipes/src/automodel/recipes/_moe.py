@@ -43,6 +43,12 @@ def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
     if section.dispatcher not in DISPATCHERS:
         message = f"expected one of {', '.join(DISPATCHERS)}, got {section.dispatcher!r}"
         raise config_problem(cfg, "moe.dispatcher", message)
+    if section.lora_rank_scaling and "peft" not in cfg:
+        message = (
+            "it sets the rank of LoRA on the MoE experts, and the config has no peft: section; "
+            "add one (with target_parameters) or drop this option"
+        )
+        raise config_problem(cfg, "moe.lora_rank_scaling", message)
     if section.dispatcher == "deepep" and ep_size == 1:
         message = (
             "deepep moves tokens between expert-parallel ranks: set distributed.ep_size > 1, "
@@ -54,7 +60,8 @@ def read_moe(cfg: ConfigNode, ep_size: int) -> Moe | None:
 
 def apply_moe(model: nn.Module, section: Moe, cfg: ConfigNode) -> None:
     """Swap the MoE blocks in place; before LoRA, the restore, sharding and the optimizer."""
-    block_options = {k: v for k, v in section.__dict__.items() if k != "dispatcher"}
+    not_blocks = ("dispatcher", "lora_rank_scaling")  # read by expert parallelism and LoRA
+    block_options = {k: v for k, v in section.__dict__.items() if k not in not_blocks}
     if section.balancing == NEMO_BALANCING:  # their model class's balancing for this family
         block_options.update(resolve_nemo_balancing(model, cfg))
     try:

@@ -25,22 +25,33 @@ Their classes, by the HF config's `model_type`:
     `hy_v3` (Hy3): no balancing (gate_bias_update_factor and aux_loss_coeff 0); the
     checkpoint's routing bias is used, never moved.
 Any other family is an error naming it: the balancing to use is then set explicitly.
+
+`moe.lora_rank_scaling` is their `moe_rank_scaling` (their _peft/lora.py): LoRA on a layer's
+routed experts takes rank `dim // n_activated_experts` (floor, a warning where it does not
+divide, an error below 1) with the same alpha, so its scaling is alpha over that rank; linear
+layers, the shared experts among them, keep `dim`. Here that is a `rank_pattern` entry for the
+swapped experts' stacked weights, which the saved adapter_config.json carries for peft.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from automodel.core.config import ConfigNode
-from automodel.moe import MoE
+from automodel.moe import GroupedExperts, MoE
+from automodel.peft import LoraConfig, pattern_key
 
 from ._errors import config_problem
 from ._sections import Moe
 
 NEMO_BALANCING = "nemo_automodel"
+RANK_SCALING = "moe.lora_rank_scaling"
+log = logging.getLogger("automodel.recipes")
 
 
 # model_type -> the default of router_aux_loss_coef where their class reads the config's
@@ -110,3 +121,57 @@ def applied_section(model: nn.Module, section: Moe | None) -> Moe | None:
         aux_loss_coeff=cfg.aux_loss_coeff,
         bias_update_rate=cfg.bias_update_rate,
     )
+
+
+def scaled_expert_ranks(model: nn.Module, lora: LoraConfig, cfg: ConfigNode) -> LoraConfig:
+    """`lora` with the swapped experts' stacked weights at rank `lora.dim // experts_per_token`
+    (`moe.lora_rank_scaling`, see above), as `rank_pattern` entries; or a config problem."""
+    modules = dict(model.named_modules())
+    experts = {p: m for p, m in modules.items() if isinstance(m, GroupedExperts)}
+    if not (lora.target_parameters and experts):
+        message = (
+            "it scales the rank of LoRA on the swapped MoE experts' stacked weights, and "
+            + ("the model has no such experts" if lora.target_parameters else "peft adapts none")
+            + ": set peft.target_parameters (e.g. ['*.experts.gate_up_proj', "
+            "'*.experts.down_proj']) on a model with a moe: section, or drop this option"
+        )
+        raise config_problem(cfg, RANK_SCALING, message)
+    weights = [f"{p}.{n}" for p, m in experts.items() for n in m._parameters]
+    clash = next((w for w in weights if pattern_key(lora.rank_pattern, w) is not None), None)
+    if clash is not None:
+        key = pattern_key(lora.rank_pattern, clash)
+        message = f"peft.rank_pattern key {key!r} sets the rank of {clash} too: set it in one place"
+        raise config_problem(cfg, RANK_SCALING, message)
+    names = {*modules, *(n for n, _ in model.named_parameters())}
+    pattern: dict[str, int] = {}
+    for top_k in sorted({m.config.experts_per_token for m in experts.values()}):
+        rank = lora.dim // top_k
+        if rank < 1:
+            message = (
+                f"peft.dim {lora.dim} // {top_k} experts per token is 0, and the experts' LoRA "
+                f"needs a rank of at least 1: set peft.dim to at least {top_k}"
+            )
+            raise config_problem(cfg, RANK_SCALING, message)
+        if lora.dim % top_k:
+            log.warning(
+                "%s: peft.dim %d is no multiple of %d experts per token; the experts' LoRA "
+                "takes rank %d", RANK_SCALING, lora.dim, top_k, rank,
+            )  # fmt: skip
+        owners = {p for p, m in experts.items() if m.config.experts_per_token == top_k}
+        pattern[_weights_key(owners, names)] = rank
+    return replace(lora, rank_pattern={**pattern, **lora.rank_pattern})
+
+
+def _weights_key(owners: set[str], names: set[str]) -> str:
+    """A peft pattern key naming exactly the direct children of the modules `owners` among
+    `names` (every module and parameter path): their shared last names where that is exact
+    (`experts\\.[^.]+`), else each path."""
+    wanted = {n for n in names if n.rpartition(".")[0] in owners}
+    ends = [o.split(".") for o in owners]
+    for size in range(1, min(len(e) for e in ends) + 1):
+        if len({tuple(e[-size:]) for e in ends}) > 1:
+            break
+        key = r"\.".join(re.escape(part) for part in ends[0][-size:]) + r"\.[^.]+"
+        if {n for n in names if pattern_key({key: 0}, n) is not None} == wanted:
+            return key
+    return "(?:" + "|".join(re.escape(o) for o in sorted(owners)) + r")\.[^.]+"

@@ -25,6 +25,7 @@ from automodel.peft import (
 )
 
 from ._errors import config_problem
+from ._moe_nemo import RANK_SCALING, scaled_expert_ranks
 
 log = logging.getLogger("automodel.recipes")
 
@@ -61,6 +62,8 @@ def apply_peft(
             f"the fused Triton LoRA kernel needs a CUDA device and this run uses {device}; "
             "set use_triton: false",
         )
+    if cfg.get(RANK_SCALING):
+        config = scaled_expert_ranks(model, config, cfg)
     try:
         apply_lora(model, config)
     except ValueError as e:

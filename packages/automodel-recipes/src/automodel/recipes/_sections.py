@@ -157,6 +157,9 @@ class Moe:
     backend: str = "auto"  # auto | grouped_mm | loop
     dispatcher: str = "all_to_all"  # with ep_size > 1: all_to_all | deepep (CUDA, the extra)
     routing: str = "learned"  # learned | balanced (benchmarks: equal load per expert, no gate)
+    # LoRA on the experts' stacked weights (peft.target_parameters) at rank peft.dim // top-k,
+    # alpha unchanged: NeMo AutoModel's moe_rank_scaling (see _moe_nemo)
+    lora_rank_scaling: bool = False
 
 
 @dataclass(frozen=True)

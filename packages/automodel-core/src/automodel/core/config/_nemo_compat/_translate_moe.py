@@ -128,7 +128,8 @@ class _MoePasses(_TranslatorBase):
         """Their LoRA adapts the MoE experts a `target_modules` pattern matches (a rank-`dim`
         A and B per expert on the input and down projections, no dropout): here the experts'
         stacked weights, `target_parameters` (with expert parallelism too); a pattern that
-        selects nothing but experts leaves `target_modules`."""
+        selects nothing but experts leaves `target_modules`. Their `moe_rank_scaling` is
+        `moe.lora_rank_scaling`, which the recipe resolves from the model's top-k."""
         peft = self.data.get("peft")
         if not (isinstance(peft, dict) and str(peft.get(TARGET_KEY, "")).startswith(NEMO_PREFIX)):
             return
@@ -139,13 +140,15 @@ class _MoePasses(_TranslatorBase):
         if not hits:
             return
         first, path = next(iter(hits.items()))
-        why = f"{first!r} matches the MoE experts ({path}), which their LoRA adapts"
-        for key, hint in (
-            ("moe_rank_scaling", "the experts' adapters take dim here, as the other adapters"),
-            ("use_dora", "DoRA on the experts is refused there too"),
-        ):
-            if peft.get(key):
-                self.fail(f"peft.{key}", f"{why} and {key} is not supported with them ({hint}); set {key}: false")  # fmt: skip
+        if peft.get("use_dora"):
+            why = f"{first!r} matches the MoE experts ({path}), which their LoRA adapts"
+            self.fail("peft.use_dora", f"{why} and use_dora is not supported with them (DoRA on the experts is refused there too); set use_dora: false")  # fmt: skip
+        if peft.pop("moe_rank_scaling", False):  # their experts' rank: dim // top-k, same alpha
+            self.put("moe.lora_rank_scaling", True, "peft.moe_rank_scaling")
+            self.changed["moe.lora_rank_scaling"] = (
+                "was peft.moe_rank_scaling: the experts' LoRA takes rank dim // the model's "
+                "experts per token, its alpha unchanged"
+            )
         # a pattern that also selects a module below the experts' path selects linear layers too
         peft["target_modules"] = [
             p for p in targets if p not in hits or _their_match([p], hits[p] + ".x")
