@@ -153,6 +153,10 @@ THEIRS = (
 ZLOSS_ENV = (("PYTHONPATH", "{cwd}/site"),)  # where docs/recipes.md's install put the package
 MOE_TEST = "tests/recipes/test_llm_moe.py"
 MOE_EP = f"{AM} finetune llm -c {MOE} --nproc-per-node 2 --distributed.ep_size 2"
+EXPERT_LORA = (
+    '"--+peft={_target_: automodel.peft.LoraConfig, dim: 4, target_modules: [q_proj, v_proj], '
+    "target_parameters: ['*.experts.gate_up_proj', '*.experts.down_proj']}\""
+)
 
 COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip] = {
     # --- README.md ---------------------------------------------------------------------------
@@ -464,6 +468,13 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test=f"{MOE_TEST}::fsdp2", why="tiny_moe.yaml with FSDP2 on 2 processes"
     ),
     ("docs/llm_recipe.md", MOE_EP): Shared(test=f"{MOE_TEST}::ep_fsdp2", why=SAME),
+    (
+        "docs/llm_recipe.md",
+        f"{AM} finetune llm -c {MOE} --moe.balancing none {EXPERT_LORA} --+moe.lora_rank_scaling=true",
+    ): Shared(
+        test="tests/recipes/test_llm_expert_lora.py::test_the_expert_adapter_checkpoint_loads_in_peft_and_merges",
+        why="tiny_moe.yaml with this LoRA and moe.lora_rank_scaling, one process (in the test's)",
+    ),
     f"{AM} finetune llm -c {SFT} --+dataloader.padding_free true --+validation_dataloader.padding_free true": Shared(
         test="tests/recipes/test_llm_recipe.py::test_grad_accumulation_and_padding_free_match_one_big_batch",
         why="the tiny example padding-free (training and validation) in-process, against padded batches",

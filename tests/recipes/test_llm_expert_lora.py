@@ -24,6 +24,7 @@ PEFT = [
     f"--+peft.target_parameters={EXPERTS}",
 ]
 THEIRS = "nemo_automodel.components._peft.lora.PeftConfig"
+SCALING = "--+moe.lora_rank_scaling=true"  # the experts at rank dim // top-k = 2
 
 
 def _base():
@@ -36,13 +37,14 @@ def _base():
 @pytest.fixture(scope="module")
 def expert_run(tmp_path_factory, short_run, small_data, run_recipe, monkeypatch_module):
     run_dir = tmp_path_factory.mktemp("expert_lora")
-    extra = [*PEFT, "--+checkpoint.save_merged_model=true", "--moe.balancing=none"]
+    extra = [*PEFT, "--+checkpoint.save_merged_model=true", "--moe.balancing=none", SCALING]
     return run_recipe(MOE, short_run(run_dir, small_data, STEPS, STEPS, *extra)), run_dir
 
 
 def test_the_expert_adapter_checkpoint_loads_in_peft_and_merges(expert_run):
-    """The adapter folder names the experts' weights in `target_parameters`; peft puts it on
-    the plain transformers model with the trained logits, and the merged model gives them too."""
+    """The adapter folder names the experts' weights in `target_parameters` (at rank 2 with
+    `moe.lora_rank_scaling`, in `rank_pattern`); peft puts it on the plain transformers model
+    with the trained logits, and the merged model gives them too."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -56,6 +58,7 @@ def test_the_expert_adapter_checkpoint_loads_in_peft_and_merges(expert_run):
     assert config["target_parameters"] == [
         f"model.layers.{i}.mlp.experts.{p}" for i in range(2) for p in ("gate_up_proj", "down_proj")
     ]
+    assert (config["r"], config["rank_pattern"]) == (4, {"gate_up_proj": 2, "down_proj": 2})
     recipe.unwrapped.eval()
     with torch.no_grad():
         ours = recipe.unwrapped(IDS).logits
