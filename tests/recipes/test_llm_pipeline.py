@@ -171,7 +171,7 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
     ("extra", "world_size", "message"),
     [
         (["--+distributed.strategy=ddp"], 2, "composes with strategy fsdp2 only, not ddp"),
-        (["--+distributed.tp_size=2"], 4, "pp_size with tp_size or ep_size is not supported"),
+        (["--+distributed.tp_size=2"], 4, "pp_size with tp_size is not supported"),
         (
             ["--+distributed.pp_schedule=zb"],
             2,
