@@ -193,8 +193,6 @@ def model_case(balancing: str, dispatcher: str = "all_to_all") -> dict:
     """
     import copy
 
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
     from automodel.moe import (
         GroupedExperts,
         moe_aux_loss,
@@ -204,13 +202,9 @@ def model_case(balancing: str, dispatcher: str = "all_to_all") -> dict:
     )
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    config = Qwen3MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8,
-    )  # fmt: skip
     torch.manual_seed(0)
-    whole = Qwen3MoeForCausalLM(config)
+    whole = _tiny_qwen3_moe()
+    config = whole.config
     patch_hf_moe(whole, balancing=balancing, aux_loss_coeff=0.01)
     sharded = copy.deepcopy(whole)
     every_token = copy.deepcopy(whole)  # sees both ranks' rows: the load summed over ranks
@@ -280,20 +274,15 @@ def expert_lora_case(strategy: str, **options) -> dict:
     import copy
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     from automodel.distributed import MeshConfig, build_mesh, build_strategy, submesh
     from automodel.moe import GroupedExperts, patch_hf_moe, shard_experts
     from automodel.peft import LoraConfig, apply_lora, merged_state_dict
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    config = Qwen3MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8,
-    )  # fmt: skip
     torch.manual_seed(0)
-    whole = Qwen3MoeForCausalLM(config)
+    whole = _tiny_qwen3_moe()
+    config = whole.config
     patch_hf_moe(whole, balancing="none")
     experts = ["*.experts.gate_up_proj", "*.experts.down_proj"]
     apply_lora(whole, LoraConfig(dim=2, alpha=4, target_modules=["q_proj"], target_parameters=experts))  # fmt: skip
@@ -376,6 +365,18 @@ def stand_in_deep_ep():
         yield
     finally:
         _deepep._import_deep_ep, torch.cuda.is_available = saved
+
+
+def _tiny_qwen3_moe() -> torch.nn.Module:
+    """The tiny Qwen3-MoE both whole-model comparisons use: 8 experts, top-2, 2 layers."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    return Qwen3MoeForCausalLM(config)
 
 
 def main() -> None:
