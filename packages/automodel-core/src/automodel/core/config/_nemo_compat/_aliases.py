@@ -1,56 +1,48 @@
 """Their `_target_` paths and ours: the alias table and what it answers.
 
-`TARGET_ALIASES` is the one table of their targets and ours (docs/migrating.md prints it);
-`NOT_SUPPORTED` names their targets we know and do not have; `RECIPES` maps their recipe
+`TARGET_ALIASES` is the one table of their targets and ours (docs/migrating.md prints it): the
+LLM entries here, finetune.vlm's in `_aliases_vlm`, the retrieval recipes' in
+`_aliases_retrieval`. `NOT_SUPPORTED` names their targets we know and do not have; `RECIPES` maps their recipe
 classes to our recipe names. `looks_like_nemo` tells their configs apart from ours.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import ConfigError, Problem, did_you_mean
+from ._alias import MODEL_DROPPED, NEMO_PREFIX, TARGET_KEY, Alias
+from ._aliases_retrieval import (
+    BI_COLLATORS,
+    BI_ENCODERS,
+    CROSS_COLLATORS,
+    CROSS_ENCODERS,
+    INLINE_DATASETS,
+    RETRIEVAL_ALIASES,
+    RETRIEVAL_DATASETS,
+)
+from ._aliases_vlm import VLM_ALIASES
 from ._keys import MINING_KEYS
 
-NEMO_PREFIX = "nemo_automodel."
-TARGET_KEY = "_target_"
+__all__ = [
+    "BI_COLLATORS",
+    "BI_ENCODERS",
+    "CROSS_COLLATORS",
+    "CROSS_ENCODERS",
+    "INLINE_DATASETS",
+    "NEMO_PREFIX",
+    "NOT_SUPPORTED",
+    "RECIPES",
+    "RETRIEVAL_DATASETS",
+    "TARGET_ALIASES",
+    "TARGET_KEY",
+    "Alias",
+    "alias_for",
+    "looks_like_nemo",
+    "their_arguments",
+]
 
-
-@dataclass(frozen=True)
-class Alias:
-    """How one of their targets is spelled here.
-
-    `ours`: our target (None: the section is plain keys here, its `_target_` is dropped).
-    `args`: their argument name -> ours. `dropped`: their arguments we ignore, each with why it
-    cannot change results. `refused`: their arguments (with the values we accept anyway, e.g.
-    the default) we cannot honour, each with what to use instead. `defaults`: their defaults
-    that differ from ours, written out so the meaning stays theirs. `moved`: their arguments
-    that are keys of another section here (their name -> where it goes), moved by the
-    retrieval pass (`_translate_retrieval`) with their values converted.
-    """
-
-    ours: str | None
-    args: Mapping[str, str] = field(default_factory=dict)
-    dropped: Mapping[str, str] = field(default_factory=dict)
-    refused: Mapping[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    section: Mapping[str, Any] = field(default_factory=dict)  # keys the section gains
-    note: str = ""  # a difference to say whenever it is used
-    limit: str | None = None  # their argument that keeps the first N samples: a `split` slice
-    hf_padding: bool = False  # their tokenizer-style `padding` / `truncation` arguments
-    json_unshuffled: bool = False  # their `shuffle_seed` leaves local JSON(L) files in order
-    moved: Mapping[str, str] = field(default_factory=dict)
-    token_windows: bool = False  # their seq_length counts inputs (windows of seq_length + 1)
-
-
-_MODEL_DROPPED = {
-    "use_liger_kernel": "a fused-kernel choice for the same computation",
-    "use_sdpa_patching": "an attention-kernel choice for the same computation",
-    "backend": "their model-implementation kernel backend (attention/linear kernels)",
-    "force_hf": "the Hugging Face implementation is the one used here",
-}
 _LOSS_DROPPED = {
     "fp32_upcast": "the loss is always summed in float32 here (false there rounds in the "
     "logits' dtype)"
@@ -61,97 +53,19 @@ _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
 _NO_ASSISTANT = "a trace without an assistant turn has nothing to learn from: left out here"
 _MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
-_VLM_COLLATER = "nemo_automodel.components.datasets.vlm.collate_fns.default_collate_fn"
-_VLM_DATA = "nemo_automodel.components.datasets.vlm.datasets"
-_VLM = "automodel.core.models.AutoModelForImageTextToText"
 # their SQuAD, HellaSwag and column-mapped rows: their prompts, tokens and loss masks
 _THEIR_TOKENS = {"prompt_format": "nemo_automodel"}
 _THEIR_MODELS = "nemo_automodel.components.models"
-# retrieval (finetune.bi_encoder, finetune.cross_encoder): their model classes, collators and
-# dataset configs; `_translate_retrieval` moves what they carry into our sections
-BI_ENCODERS = (
-    "nemo_automodel.NeMoAutoModelBiEncoder.from_pretrained",
-    "nemo_automodel._transformers.NeMoAutoModelBiEncoder.from_pretrained",
-    "nemo_automodel._transformers.auto_model.NeMoAutoModelBiEncoder.from_pretrained",
-)
-CROSS_ENCODERS = (
-    "nemo_automodel.NeMoAutoModelCrossEncoder.from_pretrained",
-    "nemo_automodel._transformers.NeMoAutoModelCrossEncoder.from_pretrained",
-    "nemo_automodel._transformers.auto_model.NeMoAutoModelCrossEncoder.from_pretrained",
-)
-BI_COLLATORS = (
-    "nemo_automodel.components.datasets.llm.BiEncoderCollator",
-    "nemo_automodel.components.datasets.llm.retrieval_collator.BiEncoderCollator",
-)
-CROSS_COLLATORS = (
-    "nemo_automodel.components.datasets.llm.CrossEncoderCollator",
-    "nemo_automodel.components.datasets.llm.retrieval_collator.CrossEncoderCollator",
-)
-RETRIEVAL_DATASETS = (  # RetrievalDatasetConfig / make_retrieval_dataset: .jsonl is inline rows
-    "nemo_automodel.components.datasets.llm.retrieval_dataset.RetrievalDatasetConfig",
-    "nemo_automodel.components.datasets.llm.retrieval_dataset.make_retrieval_dataset",
-    "nemo_automodel.components.datasets.llm.make_retrieval_dataset",
-)
-INLINE_DATASETS = (  # their inline-only loader: every file is inline rows
-    "nemo_automodel.components.datasets.llm.retrieval_dataset_inline.InlineRetrievalDatasetConfig",
-    "nemo_automodel.components.datasets.llm.retrieval_dataset_inline.make_retrieval_dataset",
-)
-_EMBEDDER_MOVED = {
-    "pooling": "bi_encoder.pooling (avg -> mean)",
-    "l2_normalize": "bi_encoder.normalize",
-    "do_distributed_inbatch_negative": "bi_encoder.in_batch_negatives, gather_across_ranks",
-    "detach_distributed_inbatch_negatives": "only false (gradients flow through every rank)",
-    "extract_submodel": "not supported",
-}
-_RERANKER_MOVED = {
-    "pooling": "their bidirectional Llama's score head only",
-    "temperature": "their bidirectional Llama's score head only",
-}
-_RETRIEVAL_MODEL_DROPPED = {
-    **_MODEL_DROPPED,
-    "sdpa_method": "an attention-kernel choice for the same computation",
-}
-_DATASET_MOVED = {
-    "n_passages": "num_negatives (n_passages - 1)",
-    "data_type": "train only (eval: validation_dataset is retrieval_eval_set here)",
-    "model_type": "the recipe (bi_encoder or cross_encoder)",
-    "max_train_samples": "a split slice",
-    "train_data_select_offset": "a split slice",
-    "do_shuffle": "shuffle_seed (the run's seed)",
-    "use_dataset_instruction": "instructions (with their collator's use_dataset_instruction)",
-}
-_DATASET_REFUSED = {
-    "cycle_positive_docs": ((False,), "each row's first positive is trained on; write one "
-                            "row per positive instead"),
-    "use_text_in_document": ((False,), "retrieval here is text only"),
-}  # fmt: skip
-_DATASET_DROPPED = {"eval_negative_size": "used by data_type: eval only"}
-_COLLATOR_DROPPED = {
-    "padding": "how far batches are padded; padding is masked out",
-    "pad_to_multiple_of": "how far batches are padded; padding is masked out",
-}
-_BI_COLLATOR_MOVED = {
-    "q_max_len": "bi_encoder.query_max_length",
-    "p_max_len": "bi_encoder.passage_max_length",
-    "query_prefix": "bi_encoder.query_prefix (+ the space their collator adds)",
-    "passage_prefix": "bi_encoder.passage_prefix (+ the space their collator adds)",
-    "use_dataset_instruction": "dataset.instructions (with the dataset's own)",
-}
-_CROSS_COLLATOR_MOVED = {
-    "rerank_max_length": "cross_encoder.max_length",
-    "prompt_template": "only their default (see docs/migrating.md)",
-}
-
 # Their target -> ours. The one table (printed in docs/migrating.md).
 TARGET_ALIASES: dict[str, Alias] = {
     "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained": Alias(
-        f"{_CAUSAL_LM}.from_pretrained", dropped=_MODEL_DROPPED
+        f"{_CAUSAL_LM}.from_pretrained", dropped=MODEL_DROPPED
     ),
     "nemo_automodel.NeMoAutoModelForCausalLM.from_config": Alias(
-        f"{_CAUSAL_LM}.from_config", dropped=_MODEL_DROPPED
+        f"{_CAUSAL_LM}.from_config", dropped=MODEL_DROPPED
     ),
     "nemo_automodel.components._transformers.auto_model.NeMoAutoModelForCausalLM.from_pretrained": Alias(
-        f"{_CAUSAL_LM}.from_pretrained", dropped=_MODEL_DROPPED
+        f"{_CAUSAL_LM}.from_pretrained", dropped=MODEL_DROPPED
     ),
     "nemo_automodel.NeMoAutoTokenizer.from_pretrained": Alias(
         "automodel.core.models.load_tokenizer",
@@ -366,114 +280,8 @@ TARGET_ALIASES: dict[str, Alias] = {
     _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
-    # finetune.vlm
-    "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained": Alias(
-        f"{_VLM}.from_pretrained", dropped=_MODEL_DROPPED
-    ),
-    "nemo_automodel.NeMoAutoModelForImageTextToText.from_config": Alias(
-        f"{_VLM}.from_config", dropped=_MODEL_DROPPED
-    ),
-    "nemo_automodel.components.datasets.vlm.datasets.make_medpix_dataset": Alias(
-        "automodel.core.data.image_qa_dataset",
-        args={"path_or_dataset": "path"},
-        defaults={"path": "medpix-dataset/medpix-dataset", "image_column": "image_id"},
-    ),
-    # their random-noise images for timing steps: ours are noise of the same size too, and
-    # answers of the same number of words (not the same words or pixels)
-    "nemo_automodel.components.datasets.vlm.mock.build_mock_vlm_dataset": Alias(
-        "automodel.core.data.synthetic_image_chat_dataset",
-        args={"max_length": "response_words"},
-        dropped={
-            "pretokenize": "samples are tokenized when batched here",
-            "truncate": "samples are tokenized when batched here (their length follows the words)",
-        },
-        defaults={"response_words": 256},
-        note="the images are random noise and the answers filler words as theirs, not the same ones",
-    ),
-    f"{_VLM_DATA}.make_rdr_dataset": Alias(
-        "automodel.core.data.image_qa_dataset",
-        args={"path_or_dataset": "path"},
-        defaults={
-            "path": "quintend/rdr-items",
-            "answer_column": "text",
-            "question": "Describe this image.",
-        },
-    ),
-    f"{_VLM_DATA}.make_cord_v2_dataset": Alias(
-        "automodel.core.data.image_qa_dataset",
-        args={"path_or_dataset": "path"},
-        defaults={
-            "path": "naver-clova-ix/cord-v2",
-            "answer_column": "ground_truth",
-            "answer_format": "donut",
-            "question": "Describe this image.",
-        },
-        limit="limit_dataset_samples",
-        note=(
-            "a row with several parses (gt_parses) trains on its first here; theirs picks one "
-            "at random each time (CORD-v2's rows have one)"
-        ),
-    ),
-    f"{_VLM_DATA}.make_shopify_product_catalogue_dataset": Alias(
-        "automodel.core.data.image_qa_dataset",
-        args={"path_or_dataset": "path"},
-        defaults={
-            "path": "Shopify/product-catalogue",
-            "image_column": "product_image",
-            "answer_column": "ground_truth_category",
-            "question": "What product category does this item belong to?",
-        },
-        limit="limit_dataset_samples",
-    ),
-    "nemo_automodel.components.datasets.vlm.collate_fns.qwen2_5_collate_fn": Alias(None),
-    # their default collate with Gemma 4's thinking prefix: `collate.assistant_prefix` here
-    "nemo_automodel.components.datasets.vlm.collate_fns.gemma4_prefix_collate_fn": Alias(
-        None,
-        dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},
-    ),
-    _VLM_COLLATER: Alias(
-        None,  # finetune.vlm's VisionChatCollator: the processor's template, labels on answers
-        dropped={"max_length": "samples are not truncated here (longer ones would be cut)"},
-    ),
-    # finetune.bi_encoder / finetune.cross_encoder (what they carry: see _translate_retrieval)
-    **{
-        path: Alias(
-            "automodel.core.models.AutoModel.from_pretrained",
-            dropped=_RETRIEVAL_MODEL_DROPPED,
-            moved=_EMBEDDER_MOVED,
-        )
-        for path in BI_ENCODERS
-    },
-    **{
-        path: Alias(
-            "automodel.core.models.AutoModelForSequenceClassification.from_pretrained",
-            dropped=_RETRIEVAL_MODEL_DROPPED,
-            moved=_RERANKER_MOVED,
-        )
-        for path in CROSS_ENCODERS
-    },
-    **{
-        path: Alias(None, dropped=_COLLATOR_DROPPED, moved=_BI_COLLATOR_MOVED)
-        for path in BI_COLLATORS
-    },
-    **{
-        path: Alias(
-            None,
-            dropped={**_COLLATOR_DROPPED, "return_tensors": "tensors are what batches hold"},
-            moved=_CROSS_COLLATOR_MOVED,
-        )
-        for path in CROSS_COLLATORS
-    },
-    **{
-        path: Alias(
-            "automodel.core.data.retrieval_dataset",
-            args={"data_dir_list": "path"},
-            dropped=_DATASET_DROPPED,
-            refused=_DATASET_REFUSED,
-            moved=_DATASET_MOVED,
-        )
-        for path in (*RETRIEVAL_DATASETS, *INLINE_DATASETS)
-    },
+    **VLM_ALIASES,
+    **RETRIEVAL_ALIASES,
 }
 
 # Their targets we know and do not have, with what to use instead.
