@@ -64,13 +64,10 @@ LAYOUTS = {  # 2-rank layouts of the same run
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, cli, run_once_per_layout) -> Callable[[str], tuple[Path, str]]:
-    """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, run once per module."""
-
-    def launch(run_dir: Path, layout: str) -> str:
-        return cli(run_dir, *LAYOUTS[layout])
-
-    return run_once_per_layout(tmp_path_factory, "dp", launch)
+def two_ranks(tmp_path_factory, overrides, pooled_layouts) -> Callable[[str], tuple[Path, str]]:
+    """`two_ranks(layout)`: (run dir, stderr) of the example on 2 ranks, all in one launch."""
+    layouts = {name: (2, extra) for name, extra in LAYOUTS.items()}
+    return pooled_layouts(tmp_path_factory, "dp", SFT, layouts, overrides)
 
 
 @pytest.fixture(scope="module")
