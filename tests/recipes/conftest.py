@@ -150,7 +150,11 @@ def assert_same_training(
     assert ours_weights.keys() == reference_weights.keys()
     for name, tensor in ours_weights.items():
         torch.testing.assert_close(
-            tensor, reference_weights[name], rtol=1e-4, atol=weight_atol, msg=name
+            tensor,
+            reference_weights[name],
+            rtol=1e-4,
+            atol=weight_atol,
+            msg=lambda m, name=name: f"{name}: {m}",
         )
 
 
