@@ -152,6 +152,8 @@ THEIRS = (
 )
 ZLOSS_ENV = (("PYTHONPATH", "{cwd}/site"),)  # where docs/recipes.md's install put the package
 MOE_TEST = "tests/recipes/test_llm_moe.py"
+BENCH_TEST = "tests/recipes/test_llm_benchmark.py"
+BENCH_POOLED = "tiny_cpu.yaml on 2 processes with this layout's overrides, in its pooled launch"
 MOE_EP = f"{AM} finetune llm -c {MOE} --nproc-per-node 2 --distributed.ep_size 2"
 EXPERT_LORA = (
     '"--+peft={_target_: automodel.peft.LoraConfig, dim: 4, target_modules: [q_proj, v_proj], '
@@ -209,6 +211,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     "uv run ruff check && uv run ruff format --check": Skip(CI),
     "uv lock --check": Skip(CI),
     "bash .ci/run": Skip("everything CI runs, this suite included: it would recurse"),
+    f"{AM} finetune llm -c {SFT} --dataset._target_ automodel.core.data.synthetic_text_dataset --~dataset.path --+dataset.num_samples 64 --dataset.seq_length 48 --~validation_dataset --step_scheduler.max_steps 3": Shared(
+        test="tests/recipes/test_llm_recipe.py::test_synthetic_rows_fine_tune_without_data",
+        why="the same overrides on tiny_sft.yaml, in-process",
+    ),
     # --- docs/benchmark_recipe.md ------------------------------------------------------------
     f"{AM} validate benchmark llm -c examples/llm_benchmark/llama3_2_1b.yaml": Run(
         expect=("config OK",)
@@ -221,16 +227,15 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         GPU_NODE
     ),
     B: Run(steps=5),
-    f"{B} --distributed.strategy=ddp": Run(steps=5),
-    f"{B} --distributed.tp_size=2": Run(steps=5),
-    f"{B} --distributed.cp_size=2": Run(steps=5),
-    f"{B} --distributed.pp_size=2": Run(steps=5),
+    f"{B} --distributed.strategy=ddp": Shared(test=f"{BENCH_TEST}::ddp", why=BENCH_POOLED),
+    f"{B} --distributed.tp_size=2": Shared(test=f"{BENCH_TEST}::tp", why=BENCH_POOLED),
+    f"{B} --distributed.cp_size=2": Shared(test=f"{BENCH_TEST}::cp", why=BENCH_POOLED),
+    f"{B} --distributed.pp_size=2": Shared(test=f"{BENCH_TEST}::pp", why=BENCH_POOLED),
     f'{B} "--+peft={{_target_: automodel.peft.LoraConfig, match_all_linear: true, dim: 8}}"': Shared(
-        test="tests/recipes/test_llm_benchmark.py::test_fsdp2_lora_on_two_processes",
-        why="LoRA on all linear layers, FSDP2 on 2 processes, tiny_cpu.yaml",
+        test=f"{BENCH_TEST}::fsdp2_lora", why=BENCH_POOLED
     ),
-    f"{B} --model.config=examples/llm_finetune/assets/tiny_qwen3_moe --moe.balancing=aux_loss --distributed.ep_size=2": Run(
-        steps=5
+    f"{B} --model.config=examples/llm_finetune/assets/tiny_qwen3_moe --moe.balancing=aux_loss --distributed.ep_size=2": Shared(
+        test=f"{BENCH_TEST}::moe_ep", why=BENCH_POOLED
     ),
     f"{AM} benchmark llm -c {BENCH} --compile.enabled=true": Run(steps=5),
     f'{AM} benchmark llm -c {BENCH} "--benchmark.profile={{start_step: 5, end_step: 6}}"': Shared(

@@ -1,6 +1,7 @@
 """benchmark.llm: the summary's numbers agree with each other, warm-up and profiled steps are left
 out, the profile window writes a Chrome trace, bad `benchmark:` values exit 2, the examples
-validate, and a 2-process FSDP2 + LoRA run reports its world size."""
+validate, and the documented 2-process layouts (FSDP2 + LoRA, DDP, tp, cp, pp, MoE with ep)
+run and report themselves."""
 
 from __future__ import annotations
 
@@ -151,17 +152,55 @@ def test_examples_validate_offline(example, monkeypatch_module, capsys):
     assert "config OK" in capsys.readouterr().out
 
 
-def test_fsdp2_lora_on_two_processes(run_cli, tmp_path):
-    lora = "--+peft={_target_: automodel.peft.LoraConfig, match_all_linear: true, dim: 4}"
-    run_cli(
-        TINY,
-        overrides(tmp_path, 3, 1, lora, "--+distributed.strategy=fsdp2"),
-        recipe=("benchmark", "llm"),
-    )
-    summary = json.loads((tmp_path / "benchmark.json").read_text())
-    assert summary["world_size"] == 2 and summary["layout"]["dp_size"] == 2
-    assert summary["layout"]["strategy"] == "fsdp2" and summary["layout"]["lora"] is True
-    assert 0 < summary["model"]["trainable_parameters"] < summary["model"]["parameters"]
-    assert summary["tokens_per_step"] == GLOBAL_BATCH * SEQ and summary["measured_steps"] == 2
+# docs/benchmark_recipe.md's 2-process layouts (their overrides as documented), in one launch:
+# (processes, overrides), and the layout the summary must report.
+LORA = "--+peft={_target_: automodel.peft.LoraConfig, match_all_linear: true, dim: 8}"
+MOE_EP = [
+    "--model.config=examples/llm_finetune/assets/tiny_qwen3_moe",
+    "--moe.balancing=aux_loss",
+    "--distributed.ep_size=2",
+]
+LAYOUTS = {
+    "fsdp2_lora": (2, [LORA, "--+distributed.strategy=fsdp2"]),
+    "ddp": (2, ["--distributed.strategy=ddp"]),
+    "tp": (2, ["--distributed.tp_size=2"]),
+    "cp": (2, ["--distributed.cp_size=2"]),
+    "pp": (2, ["--distributed.pp_size=2"]),
+    "moe_ep": (2, MOE_EP),
+}
+REPORTED = {  # layout -> what benchmark.json's "layout" says of it
+    "fsdp2_lora": {"strategy": "fsdp2", "dp_size": 2, "lora": True},
+    "ddp": {"strategy": "ddp", "dp_size": 2, "lora": False},
+    "tp": {"tp_size": 2, "dp_size": 1},
+    "cp": {"cp_size": 2, "dp_size": 1},
+    "pp": {"pp_size": 2, "dp_size": 1},
+    "moe_ep": {"ep_size": 2, "dp_size": 2, "moe": True},
+}
+STEPS, WARMUP = 3, 1
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, pooled_layouts):
+    """`launched(layout)`: (run dir, stderr) of LAYOUTS, all in one torchrun launch."""
+    run = lambda run_dir, *extra: overrides(run_dir, STEPS, WARMUP, *extra)  # noqa: E731
+    return pooled_layouts(tmp_path_factory, "bench", TINY, LAYOUTS, run, ("benchmark", "llm"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_process_layouts_report_their_layout_and_per_device_rates(layout, launched):
+    """Each documented 2-process layout runs its steps and reports itself: the layout, the
+    world size, every step's row, the per-device rate as half the whole."""
+    run_dir, _ = launched(layout)
+    summary = json.loads((run_dir / "benchmark.json").read_text())
+    assert summary["world_size"] == 2
+    assert {k: summary["layout"][k] for k in REPORTED[layout]} == REPORTED[layout]
+    if summary["layout"]["lora"]:
+        assert 0 < summary["model"]["trainable_parameters"] < summary["model"]["parameters"]
+    assert summary["tokens_per_step"] == GLOBAL_BATCH * SEQ
+    assert (summary["steps"], summary["measured_steps"]) == (STEPS, STEPS - WARMUP)
     tps = summary["tokens_per_s"]["median"]
     assert summary["tokens_per_s_per_gpu"]["median"] == pytest.approx(tps / 2)
+    rows = [json.loads(line) for line in (run_dir / "training.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(0 < r["loss"] < 20 for r in rows)  # a real, finite cross-entropy over 128 ids

@@ -281,6 +281,23 @@ def test_tool_calls_example_trains_on_the_assistant_calls(tmp_path, monkeypatch_
     assert [r["step"] for r in _rows(tmp_path / "validation.jsonl")] == [0, 2]
 
 
+# docs/llm_recipe.md's random rows in place of the example's data
+SYNTHETIC = (
+    "--dataset._target_=automodel.core.data.synthetic_text_dataset", "--~dataset.path",
+    "--+dataset.num_samples=64", "--dataset.seq_length=48", "--~validation_dataset",
+)  # fmt: skip
+
+
+def test_synthetic_rows_fine_tune_without_data(tmp_path, monkeypatch_module):
+    """synthetic_text_dataset in place of tiny_sft.yaml's data: 48-token rows (47 targets each,
+    32 rows a step), no validation."""
+    recipe = _train(SFT, tmp_path, *SYNTHETIC, steps=3)
+    assert type(recipe.train_set).__name__ == "SyntheticTextRows" and recipe.val_loader is None
+    rows = _rows(tmp_path / "training.jsonl")
+    assert [r["num_label_tokens"] for r in rows] == [32 * 47] * 3
+    assert (tmp_path / "validation.jsonl").read_text() == ""  # no validation rows
+
+
 def test_fp8_settings_are_checked_before_the_model_loads(monkeypatch_module, capsys):
     """`fp8:` is read by the pre-flight checks (`automodel validate` too), not at model build."""
     assert main(["--validate-only", "-c", str(SFT), "--+fp8.recipe=bogus"]) == 2

@@ -209,6 +209,32 @@ def test_their_config_runs_and_migrated_matches_bitwise(
     assert losses[0] == losses[1]
 
 
+def test_their_mock_dataset_fine_tunes_on_random_rows(
+    theirs: Path, tmp_path: Path, run_recipe, jsonl_rows
+) -> None:
+    """Their fine-tune config with MockIterableDataset (no validation set): random rows of
+    seq_len tokens, each giving seq_len - 1 targets as their shifted labels do."""
+    text = theirs.read_text()
+    start, end = text.index("dataset:\n  _target_"), text.index("packed_sequence:")
+    mock = (
+        "dataset:\n"
+        "  _target_: nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset\n"
+        "  vocab_size: 64\n  seq_len: 24\n  num_samples: 64\n\n"
+        "validation_dataset: none\n\n"
+    )
+    cut = text.index("validation_dataset:\n"), text.index("optimizer:")
+    text = text[: cut[0]] + text[cut[1] :]
+    path = write(tmp_path, text[:start] + mock + text[end:])
+    run_dir = tmp_path / "run"
+    overrides = [f"--logging.run_dir={run_dir}", f"--checkpoint.checkpoint_dir={run_dir}/ck"]
+    recipe = run_recipe(path, [*overrides, "--+logging.progress=false"])
+    assert type(recipe.train_set).__name__ == "SyntheticTextRows"
+    rows = jsonl_rows(run_dir / "training.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["num_label_tokens"] for r in rows] == [8 * 23] * 3
+    assert all(0 < r["loss"] < 10 for r in rows)
+
+
 def test_unknown_nemo_target_is_a_specific_error(tmp_path: Path) -> None:
     text = THEIRS.replace(
         "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy",

@@ -109,21 +109,50 @@ def test_their_kernel_loss_and_config_classes() -> None:
 
 def test_their_loaders_and_mock_data() -> None:
     """A torch DataLoader target is our plain keys (its defaults written out); their mock
-    dataset under their fine-tune recipe says to use the benchmark recipe."""
+    datasets are random token rows (synthetic_text_dataset) with their defaults written out."""
+    import inspect
+
     data = {
         "recipe": RECIPE,
         "dataloader": {"_target_": "torch.utils.data.DataLoader", "num_workers": 0},
     }
     t = translate(data, {}, "cfg.yaml", 1)
     assert t.data["dataloader"] == {"num_workers": 0, "shuffle": False, "drop_last": False}
-    data["dataset"] = {
-        "_target_": f"{THEIRS}.datasets.llm.mock_iterable_dataset.MockIterableDataset",
-        "seq_len": 128,
+    mock = f"{THEIRS}.datasets.llm.mock_iterable_dataset.MockIterableDataset"
+    data["dataset"] = {"_target_": mock, "seq_len": 128, "vocab_size": 100}
+    node = translate(data, {}, "cfg.yaml", 1).data["dataset"]
+    assert node == {
+        "_target_": "automodel.core.data.synthetic_text_dataset",
+        "seq_length": 128,
+        "vocab_size": 100,
+        "num_samples": 1000000,  # their default
     }
+    unpacked = {
+        "_target_": f"{THEIRS}.datasets.llm.mock.build_unpacked_dataset",
+        "mean_len": 4096,
+        "std_len": 0,
+        "max_sentence_len": 4096,
+        "seed": 0,
+    }
+    node = translate({"recipe": RECIPE, "dataset": unpacked}, {}, "cfg.yaml", 1).data["dataset"]
+    assert node == {
+        "_target_": "automodel.core.data.synthetic_text_dataset",
+        "seq_length": 4096,
+        "length_std": 0,
+        "max_length": 4096,
+        "seed": 0,
+        "num_samples": 10,
+        "vocab_size": 100,
+    }
+    arguments = {k: v for k, v in node.items() if k != "_target_"}
+    inspect.signature(resolve_target(node["_target_"])).bind(None, **arguments)
+    data["dataset"] = {"_target_": mock, "batch_size": 4}
     with pytest.raises(ConfigError) as info:
         translate(data, {}, "cfg.yaml", 1)
     (problem,) = info.value.problems
-    assert problem.key == "dataset._target_" and "automodel benchmark llm" in problem.message
+    assert (
+        problem.key == "dataset.batch_size" and "step_scheduler.local_batch_size" in problem.message
+    )
 
 
 def test_their_megatron_pretraining_reads_our_indexed_windows(tmp_path) -> None:

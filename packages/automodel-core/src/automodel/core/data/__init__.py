@@ -14,7 +14,8 @@ end in one row (no padding, the same batches and losses as padded ones).
 Labels are not shifted (the loss shifts them) and are -100 where no loss is taken.
 For vision-language models, `image_chat_dataset` reads image-text conversations (images decoded
 when read) and `VisionChatCollator(processor)` batches them with the processor;
-`synthetic_image_chat_dataset` makes random-noise ones, for timing steps without data.
+`synthetic_image_chat_dataset` makes random-noise ones, for timing steps without data
+(`synthetic_text_dataset`: random token rows, for text models).
 For retrieval, `retrieval_dataset` reads queries with a positive and hard-negative passages
 (inline or by id in a corpus; one source, NeMo AutoModel's layouts or a list of sources),
 `retrieval_eval_set` held-out queries over their own corpus, and
@@ -65,6 +66,7 @@ from ._retrieval import (
 )
 from ._sampler import ShardedSampler
 from ._stream import TextStream, streaming_text_dataset
+from ._text_synthetic import SyntheticTextRows, synthetic_text_dataset
 from ._token_windows import BlendedWindows, TokenWindows, indexed_dataset
 from ._tool_calls import tool_call_dataset, tool_conversation
 from ._vision import ImageChatDataset, image_chat_dataset, image_qa_dataset
@@ -88,6 +90,7 @@ __all__ = [
     "RetrievalEvalSet",
     "ShardedSampler",
     "SyntheticImageChats",
+    "SyntheticTextRows",
     "TextCollator",
     "TextStream",
     "TokenWindows",
@@ -118,6 +121,7 @@ __all__ = [
     "squad_dataset",
     "streaming_text_dataset",
     "synthetic_image_chat_dataset",
+    "synthetic_text_dataset",
     "text_dataset",
     "token_dtype",
     "tool_call_dataset",

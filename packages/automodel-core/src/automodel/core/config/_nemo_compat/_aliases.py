@@ -141,6 +141,36 @@ TARGET_ALIASES: dict[str, Alias] = {
         limit="limit_dataset_samples",
         hf_padding=True,
     ),
+    # random token rows, as theirs (not the same ids: drawn by another generator); under
+    # benchmark.llm the section goes (it makes its own rows) and seq_length is the benchmark's
+    _MOCK_DATA: Alias(
+        "automodel.core.data.synthetic_text_dataset",
+        args={"seq_len": "seq_length"},
+        refused={
+            "batch_size": (
+                (1, None),
+                "rows per micro-batch are step_scheduler.local_batch_size here; drop batch_size",
+            )
+        },
+        defaults={"vocab_size": 1024, "seq_length": 1024, "num_samples": 1000000},
+    ),
+    "nemo_automodel.components.datasets.llm.mock.build_unpacked_dataset": Alias(
+        "automodel.core.data.synthetic_text_dataset",
+        args={
+            "num_sentences": "num_samples",
+            "mean_len": "seq_length",
+            "std_len": "length_std",
+            "max_sentence_len": "max_length",
+        },
+        defaults={
+            "num_samples": 10,
+            "seq_length": 20,
+            "length_std": 6.0,
+            "vocab_size": 100,
+            "max_length": 64,
+        },
+        note="rows end with the tokenizer's EOS inside their drawn length (theirs: id 1 after it)",
+    ),
     "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining": Alias(
         "automodel.core.data.indexed_dataset",
         args={
@@ -277,7 +307,6 @@ TARGET_ALIASES: dict[str, Alias] = {
     # the pipeline object itself as `autopipeline:` (the same keys as PipelineConfig)
     "nemo_automodel.components.distributed.pipelining.AutoPipeline": Alias(None),
     "nemo_automodel.components.distributed.pipelining.autopipeline.AutoPipeline": Alias(None),
-    _MOCK_DATA: Alias(None),  # benchmark.llm makes its own synthetic rows (see benchmark())
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
     **VLM_ALIASES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .._errors import did_you_mean
-from ._aliases import _MOCK_DATA, RECIPES, TARGET_KEY
+from ._aliases import RECIPES, TARGET_KEY
 from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES, SECTION_DROPS
 from ._translator_base import _TranslatorBase
 
@@ -29,16 +29,6 @@ class _SectionPasses(_TranslatorBase):
                 self.notes.append(
                     f"{self.at('recipe')}: recipe: {cls} is `automodel {self.recipe.replace('.', ' ')}`"
                 )
-        dataset = data.get("dataset")
-        mock = isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _MOCK_DATA
-        if self.recipe == "finetune.llm" and mock:
-            self.fail(
-                f"dataset.{TARGET_KEY}",
-                "their mock dataset (random token rows) has no fine-tune equivalent here; to time "
-                "training steps on synthetic rows use `automodel benchmark llm` (recipe: "
-                "BenchmarkingRecipeForNextTokenPrediction), whose rows are benchmark.seq_length "
-                "tokens (their seq_len)",
-            )
         for key in ("validation_dataset", "validation_dataloader"):
             if key in data and str(data[key]).lower() == "none":  # their way to turn it off
                 del data[key]
@@ -275,8 +265,8 @@ class _SectionPasses(_TranslatorBase):
             return
         bench = self.section("benchmark")
         dataset = data.pop("dataset", None)
-        if isinstance(dataset, dict) and "seq_len" in dataset:
-            bench.setdefault("seq_length", dataset["seq_len"])
+        if isinstance(dataset, dict) and "seq_length" in dataset and _synthetic(dataset):
+            bench.setdefault("seq_length", dataset["seq_length"])  # their mock's seq_len
             self.move("dataset.seq_len", "benchmark.seq_length")
         elif dataset is not None:
             self.fail("dataset", "benchmark.llm makes synthetic rows; give benchmark.seq_length")
@@ -380,3 +370,8 @@ class _SectionPasses(_TranslatorBase):
                 if hint:
                     full = f"{sec}.{key}"
                     self.fail(full, f"unknown key '{key}' (NeMo AutoModel spelling){hint}")
+
+
+def _synthetic(dataset: dict) -> bool:
+    """Their mock dataset, already translated (the targets pass runs first)."""
+    return dataset.get(TARGET_KEY) == "automodel.core.data.synthetic_text_dataset"
