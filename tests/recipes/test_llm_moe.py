@@ -189,10 +189,14 @@ def test_deepep_without_the_extra_stops_every_rank_with_the_key(overrides, run_c
     launch stops with the config error (exit 2) naming the key and the extra, no traceback.
 
     Both ranks raise it; torchrun may stop the slower one (SIGTERM) once the first has failed,
-    so only the first failure's exit code is fixed."""
+    so only the first failure's exit code is fixed, and its error must be on stderr whichever
+    rank it was (rank 1's prefixed with its rank)."""
     extra = ["--distributed.ep_size=2", "--moe.dispatcher=deepep"]
     err = run_cli(MOE, overrides(tmp_path, *extra), fails=True)
-    assert re.search(r"rank (\d) \(exit code 2\).*the first was rank \1,", err), err[-2000:]
-    assert "moe.dispatcher: the DeepEP backend needs" in err
+    first = re.search(r"rank (\d) \(exit code 2\).*the first was rank \1,", err)
+    assert first, err[-2000:]
+    prefix = "" if first.group(1) == "0" else f"rank {first.group(1)}: "
+    said = rf"\n{re.escape(prefix)}error: .*moe\.dispatcher: the DeepEP backend needs"
+    assert re.search(said, err), err[-2000:]
     assert "pip install automodel-moe[deepep]" in err
     assert "Traceback" not in err

@@ -101,10 +101,10 @@ def recipe_main(
     except UserError as e:
         if debug:
             traceback.print_exc()
-        _say(
-            f"error: {e}" + ("" if debug else "\n(run with --debug to see the traceback)"),
-            sys.stderr,
-        )
+        message = f"error: {e}" + ("" if debug else "\n(run with --debug to see the traceback)")
+        rank = os.environ.get("RANK", "0")
+        # every rank says why it stops: the first to fail may be one torchrun ends the others for
+        print(message if rank == "0" else f"rank {rank}: {message}", file=sys.stderr, flush=True)
         return 2
     return result if isinstance(result, int) else 0
 
