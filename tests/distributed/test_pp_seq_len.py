@@ -4,7 +4,8 @@ A one-process group runs torch's schedule over every stage of a tiny Llama (one 
 stages on the one rank): each step's loss and gradients equal the whole model's, every
 stage's receive descriptors take the step's length, and after the first step (torch's shape
 probe) the model runs only the step's own micro-batches. The same over real P2P is the
-variable-length layout of tests/recipes/test_llm_pipeline.py.
+variable-length layout of tests/recipes/test_llm_pipeline.py. Rows of several documents
+(packed rows) keep each document's attention to itself in the stages, as in the whole model.
 """
 
 from __future__ import annotations
@@ -106,3 +107,45 @@ def test_a_model_with_several_residual_streams_is_not_split(single_rank_group) -
     )  # fmt: skip
     with pytest.raises(NotImplementedError, match="passes 2 residual streams"):
         split_decoder_into_stages(DeepseekV4ForCausalLM(config), None, 1)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_stages_keep_the_documents_of_a_row_apart_as_the_whole_model(
+    tiny_llama_config, attention: str
+) -> None:
+    """Rows of several documents (`position_ids` restarting at 0): two stages give the whole
+    model's logits, and a document's logits are those it has alone."""
+    from transformers import LlamaForCausalLM
+
+    from automodel.distributed import DecoderStage
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(num_hidden_layers=2, attn_implementation=attention)
+    whole = LlamaForCausalLM(config).eval()
+    stages = [DecoderStage(whole.model, whole.lm_head, [i], i, 2, None) for i in (0, 1)]
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    positions = torch.stack([torch.cat([torch.arange(5), torch.arange(7)]), torch.arange(12)])
+    with torch.no_grad():
+        expected = whole(input_ids=ids, position_ids=positions, use_cache=False).logits
+        piped = stages[1](stages[0](ids, position_ids=positions), position_ids=positions)
+        alone = whole(input_ids=ids[:1, 5:], use_cache=False).logits
+        plain = stages[1](stages[0](ids))  # no positions: one document per row
+    torch.testing.assert_close(piped, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(piped[0, 5:], alone[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain[0, 5:], alone[0], atol=1e-3)  # the mask is what did it
+
+
+def test_documents_in_stages_are_refused_with_flash_attention(tiny_llama_config) -> None:
+    from types import SimpleNamespace
+
+    from transformers import LlamaForCausalLM
+
+    from automodel.distributed import DecoderStage
+
+    model = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=1))
+    stage = DecoderStage(model.model, model.lm_head, [0], 0, 1, None)
+    stage.config = SimpleNamespace(_attn_implementation="flash_attention_2")
+    hidden = torch.zeros(1, 4, model.config.hidden_size)
+    assert stage._mask(hidden, None, None) is None  # plain rows: the kernel is causal
+    with pytest.raises(NotImplementedError, match="need sdpa or eager attention"):
+        stage._mask(hidden, None, torch.arange(4)[None])

@@ -26,6 +26,9 @@ INTERLEAVED = [*PP, "--+distributed.pp_schedule=interleaved_1f1b", *FOUR_LAYERS]
 GPIPE = [*PP, "--+distributed.pp_schedule=gpipe"]
 # each step padded to its longest batch over all ranks (the pipelines of both dp ranks agree)
 STEP_LENGTHS = ["--~dataset.seq_length", "--+dataloader.pad_to_multiple_of=2"]
+# rows of several documents: each stage gets their position_ids and keeps attention within each
+PACKED = ["--+packed_sequence.packed_sequence_size=64"]  # fixed-length rows; epochs pass
+PADDING_FREE = [*STEP_LENGTHS, "--+dataloader.padding_free=true"]  # a row per micro-batch
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
     # the example's tied LM head: the last stage's copy of the embedding, gradients summed
     "1f1b": (2, PP),
@@ -33,6 +36,8 @@ LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batch
     "gpipe_dp2_step_lengths": (4, [*GPIPE, *STEP_LENGTHS]),
     "1f1b_untied": (2, [*PP, *UNTIED]),
     "interleaved": (2, INTERLEAVED),  # rank 0: stages 0 and 2, rank 1: 1 and 3 (tied head)
+    "1f1b_packed": (2, [*PP, *PACKED]),
+    "gpipe_dp2_padding_free": (4, [*GPIPE, *PADDING_FREE]),
 }
 
 
@@ -67,6 +72,21 @@ def one_process_four_layers(tmp_path_factory, overrides, run_recipe, monkeypatch
 
 
 @pytest.fixture(scope="module")
+def one_process_documents(tmp_path_factory, overrides, run_recipe, monkeypatch_module):
+    """`reference(layout)`: the one-process run of a layout's rows of several documents."""
+    runs: dict[str, Path] = {}
+
+    def reference(layout: str) -> Path:
+        if layout not in runs:
+            runs[layout] = tmp_path_factory.mktemp(f"pp_one_{layout}")
+            extra = PACKED if layout.endswith("packed") else PADDING_FREE
+            run_recipe(SFT, overrides(runs[layout], *extra))
+        return runs[layout]
+
+    return reference
+
+
+@pytest.fixture(scope="module")
 def launched(tmp_path_factory, overrides, pooled_layouts):
     """`launched(layout)`: (run dir, stderr) of LAYOUTS, one torchrun launch per process count."""
     return pooled_layouts(tmp_path_factory, "pp", SFT, LAYOUTS, overrides)
@@ -75,12 +95,13 @@ def launched(tmp_path_factory, overrides, pooled_layouts):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_pipeline_matches_one_process(
     layout, launched, one_process, one_process_untied, one_process_four_layers,
-    assert_same_training,
+    one_process_documents, assert_same_training,
 ):  # fmt: skip
     """Per-step losses, grad norms (over every stage, a tied embedding counted once),
     validation and the final weights, which rank 0 merges from the stages into one Hugging
     Face file; interleaved, each rank runs two stages of the four; with step lengths, the
-    micro-batches of each step are padded to its own length (no dataset.seq_length)."""
+    micro-batches of each step are padded to its own length (no dataset.seq_length); packed
+    rows and padding-free rows keep each document's attention to itself in every stage."""
     run_dir, stderr = launched(layout)
     if layout == "interleaved":
         for stage in (0, 2):  # rank 0's (the log is rank 0's)
@@ -90,8 +111,12 @@ def test_pipeline_matches_one_process(
     schedule = "gpipe" if "gpipe" in layout else "1f1b"
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
     padded = "longest batch over all ranks, rounded up to a multiple of 2"
-    assert (padded in stderr) == layout.endswith("step_lengths")
-    reference = one_process_untied if "untied" in layout else one_process
+    assert (padded in stderr) == layout.endswith(("step_lengths", "padding_free"))
+    if layout.endswith(("packed", "padding_free")):
+        assert ("packing efficiency" in stderr) == layout.endswith("packed")
+        reference = one_process_documents(layout)
+    else:
+        reference = one_process_untied if "untied" in layout else one_process
     assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
 
 
@@ -178,8 +203,6 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
             "1f1b, gpipe, interleaved_1f1b, looped_bfs, got 'zb'",
         ),
         (["--+distributed.pp_stage_rounding=sideways"], 2, "expected up, down or null"),
-        (["--+packed_sequence.packed_sequence_size=64"], 2, "packed rows with pp_size > 1"),
-        (["--+dataloader.padding_free=true"], 2, "padding-free batches with pp_size > 1"),
         (["--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"], 2, "fused loss"),
     ],
 )

@@ -7,11 +7,14 @@ one applies the final norm and the LM head and returns logits. A stage does what
 Face model's forward does around the layers: position ids ``0..seq-1``, rotary embeddings from
 the model's own ``rotary_emb`` and a causal mask (none for SDPA / flash attention, which are
 causal by themselves; an additive one for eager attention, and for SDPA when a layer's sliding
-window is shorter than the sequence). KV caches and packed sequences are not supported in
-stages, nor padding masks in attention: padding goes at the end of each row, where under the
-causal mask no real token sees it. A stage's forward takes the micro-batch's ``token_mask``
-(1 for real tokens) as a keyword all the same, for forward hooks that must tell padding apart
-(MoE routers counting expert load); pass it to every stage in the schedule's ``kwarg_mbs``.
+window is shorter than the sequence). Rows of several documents (packed rows, padding-free
+batches) pass their ``position_ids`` (restarting at 0 for every document) to every stage as a
+keyword: the rotary embeddings follow them and attention stays within each document (an
+additive block-causal mask; SDPA or eager attention). KV caches are not supported in stages, nor
+padding masks in attention: padding goes at the end of each row, where under the causal mask no
+real token sees it. A stage's forward takes the micro-batch's ``token_mask`` (1 for real tokens)
+as a keyword all the same, for forward hooks that must tell padding apart (MoE routers counting
+expert load). Pass such keywords to every stage in the schedule's ``kwarg_mbs``.
 The layers keep their Hugging Face module paths (``model.layers.5...``), so checkpoints of a
 stage use the model's own parameter names, and ``apply_tensor_parallel(stage, mesh["tp"])``
 uses the model's own tensor-parallel plan.
@@ -108,25 +111,38 @@ class DecoderStage(nn.Module):
         # the decoder-layer class names, so FSDP2 (decoder_blocks) shards the stage per layer
         self._no_split_modules = getattr(base, "_no_split_modules", None)
 
-    def _mask(self, hidden: torch.Tensor, window: int | None) -> torch.Tensor | None:
-        """The attention mask the Hugging Face model would build for a layer (no padding)."""
+    def _mask(
+        self, hidden: torch.Tensor, window: int | None, position_ids: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The attention mask the Hugging Face model would build for a layer (no padding);
+        with `position_ids` of rows of several documents, causal within each document."""
         impl = getattr(self.config, "_attn_implementation", None) or "eager"
         if impl not in (*MASKLESS_CAUSAL, "eager"):
             raise NotImplementedError(
                 f"pipeline stages support attention implementations {(*MASKLESS_CAUSAL, 'eager')}, "
                 f"not {impl!r}"
             )
+        if position_ids is not None and impl.startswith("flash"):
+            raise NotImplementedError(
+                "rows of several documents (packed rows, padding-free batches) in pipeline "
+                f"stages need sdpa or eager attention, not {impl!r}"
+            )
         batch, seq = hidden.shape[:2]
         windowed = window is not None and seq > window
-        if impl.startswith("flash") or (impl == "sdpa" and not windowed):
+        if position_ids is None and (impl.startswith("flash") or (impl == "sdpa" and not windowed)):
             return None  # the kernel is causal (and windowed, for flash) by itself
         pos = torch.arange(seq, device=hidden.device)
-        blocked = pos[None, :] > pos[:, None]
+        blocked = (pos[None, :] > pos[:, None])[None]
         if windowed:
-            blocked |= pos[:, None] - pos[None, :] >= window
-        mask = torch.zeros(seq, seq, dtype=hidden.dtype, device=hidden.device)
+            blocked = blocked | (pos[:, None] - pos[None, :] >= window)
+        if position_ids is not None:  # a new document wherever a position is not the last + 1
+            starts = torch.ones_like(position_ids, dtype=torch.bool)
+            starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+            documents = starts.long().cumsum(dim=1)
+            blocked = blocked | (documents[:, :, None] != documents[:, None, :])
+        mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
         mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)
-        return mask[None, None].expand(batch, 1, seq, seq)
+        return mask[:, None].expand(batch, 1, seq, seq)
 
     def _window(self, index: int, layer: nn.Module) -> int | None:
         attn = getattr(layer, "self_attn", None)
@@ -135,19 +151,27 @@ class DecoderStage(nn.Module):
         # Mistral: every layer; a heterogeneous config: this layer's own
         return getattr(layer_config(self.config, index), "sliding_window", None)
 
-    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Token ids (first stage) or hidden states in; hidden states or logits (last) out.
 
         ``token_mask`` is for forward hooks; the stage does not use it (see the module notes).
+        ``position_ids``: those of rows of several documents (None: ``0..seq-1``).
         """
         hidden = self.model.embed_tokens(x) if self.is_first else x
-        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        documents = position_ids
+        if position_ids is None:
+            position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         position_embeddings = self.model.rotary_emb(hidden, position_ids)
         masks: dict[int | None, torch.Tensor | None] = {}
         for index, layer in self.model.layers.items():
             window = self._window(int(index), layer)
             if window not in masks:
-                masks[window] = self._mask(hidden, window)
+                masks[window] = self._mask(hidden, window, documents)
             hidden = layer(
                 hidden,
                 attention_mask=masks[window],

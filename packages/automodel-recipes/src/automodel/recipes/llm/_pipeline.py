@@ -7,13 +7,15 @@ when that length changes (`distributed.PipelineSeqLen`). Padding goes at the end
 where no real token sees it, and carries no label, so the losses do not depend on the length.
 With MoE blocks every stage also gets each micro-batch's real-token mask (``kwarg_mbs``), so
 that padding counts toward no routing statistic, and carries its balancing loss into backward
-(`MoeStep.pipeline_run`).
+(`MoeStep.pipeline_run`). Rows of several documents (packed rows, padding-free batches) send
+their ``position_ids`` to every stage the same way; each stage keeps attention within a document.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +32,10 @@ from ._data import real_tokens
 
 log = logging.getLogger("automodel.recipes.llm")
 
+# (input ids, labels, real-token masks, positions or None) per micro-batch of a step
+MicroBatches = tuple[
+    list[tuple[torch.Tensor]], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None
+]
 SCHEDULES = ("1f1b", "gpipe", "interleaved_1f1b", "looped_bfs")  # the last two: several per rank
 
 
@@ -54,10 +60,6 @@ def check_pipeline(cfg: ConfigNode, section: Distributed) -> None:
             "one stage: set it false and merge the saved adapter afterwards (peft's "
             "merge_and_unload, or a one-process run restoring the checkpoint)",
         )  # fmt: skip
-    rows = document_rows(cfg)  # the stages' masks and positions are those of plain rows
-    if rows is not None:
-        what = "padding-free batches" if rows.endswith("padding_free") else "packed rows"
-        raise config_problem(cfg, rows, f"{what} with pp_size > 1 are not supported yet")
     if cfg.get("compile.enabled"):
         raise config_problem(
             cfg, "compile.enabled", "torch.compile with pp_size > 1 is not wired yet"
@@ -88,6 +90,14 @@ class Pipeline:
         moe: MoeStep | None = None,
     ) -> None:
         section = read_section(cfg, "distributed", Distributed)
+        rows = document_rows(cfg)
+        attention = str(getattr(model.config, "_attn_implementation", None))
+        if rows is not None and attention.startswith("flash"):
+            message = (
+                f"rows of several documents in pipeline stages need sdpa or eager attention "
+                f"(each stage masks the documents apart), not {attention}"
+            )
+            raise config_problem(cfg, rows, message)
         try:
             num_stages = distributed.pipeline_stage_count(
                 len(model.model.layers), section.pp_size, section.pp_schedule,
@@ -143,11 +153,10 @@ class Pipeline:
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.loss_fn(logits, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
 
-    def _micro_batches(
-        self, batches: list[dict[str, torch.Tensor]], rows: int
-    ) -> tuple[list[tuple[torch.Tensor]], list[torch.Tensor], list[torch.Tensor]]:
-        """(input ids, labels, real-token masks) per micro-batch, `rows` × the step's length
-        each; empty ones fill the step.
+    def _micro_batches(self, batches: list[dict[str, torch.Tensor]], rows: int) -> MicroBatches:
+        """(input ids, labels, real-token masks, positions) per micro-batch, `rows` × the
+        step's length each; empty ones fill the step. Positions only for rows of several
+        documents (their `position_ids`; padding starts a document of its own), else None.
 
         `batches` hold next-token labels (already shifted).
         """
@@ -162,13 +171,16 @@ class Pipeline:
             length = distributed.all_reduce_max(step_length(batches, self.multiple))
             self.lengths.set(length)  # the stages' shapes, where the length changed
         inputs, targets, masks = [], [], []
+        documents = any("position_ids" in b for b in batches)
+        positions: list[torch.Tensor] | None = [] if documents else None
         for i in range(self.n_micro):
             if i < len(batches):
                 ids, labels = batches[i]["input_ids"], batches[i]["labels"]
                 mask = batches[i].get("attention_mask")  # none: every token of the batch is real
+                position = batches[i].get("position_ids")
             else:  # a short last step or validation chunk: a micro-batch without labels
                 ids = torch.full((rows, 0), self.pad, dtype=torch.long)
-                labels, mask = ids.clone(), None
+                labels, mask, position = ids.clone(), None, None
             if ids.shape[1] > length:  # only a fixed length can be exceeded
                 raise ValueError(
                     f"a batch of {ids.shape[1]} tokens is longer than dataset.seq_length "
@@ -181,22 +193,33 @@ class Pipeline:
             inputs.append((ids.to(device),))
             targets.append(labels.to(device))
             masks.append(nn.functional.pad(mask, (0, pad_cols, 0, pad_rows)).to(device))
-        return inputs, targets, masks
+            if positions is not None:
+                positions.append(_padded_positions(position, ids.shape, device))
+        return inputs, targets, masks, positions
 
     def _run(
         self, batches: list[dict[str, torch.Tensor]], rows: int, loss_kwargs: dict, train: bool
     ) -> torch.Tensor:
         """The step's (or chunk's) summed loss on the last stage, zero elsewhere."""
-        inputs, targets, masks = self._micro_batches(batches, rows)
+        inputs, targets, masks, positions = self._micro_batches(batches, rows)
         losses: list[torch.Tensor] = []
-        kwargs = {"arg_mbs": inputs} if self.is_first else {}
+        kwargs: dict[str, Any] = {"arg_mbs": inputs} if self.is_first else {}
         if self.is_last:
             kwargs.update(target_mbs=targets, losses=losses)
+        # every stage: each micro-batch's documents, and its real tokens for MoE routers
+        keywords: list[dict[str, torch.Tensor]] = [{} for _ in masks]
+        if positions is not None:
+            for keyword, position in zip(keywords, positions, strict=True):
+                keyword["position_ids"] = position
+        if self.moe is not None:
+            for keyword, mask in zip(keywords, masks, strict=True):
+                keyword["token_mask"] = mask
+        if positions is not None or self.moe is not None:
+            kwargs["kwarg_mbs"] = keywords
         run = self.schedule.step if train else self.schedule.eval
         if self.moe is None:
             run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
-        else:  # every stage: each micro-batch's real tokens, for the routers
-            kwargs["kwarg_mbs"] = [{"token_mask": mask} for mask in masks]
+        else:
             with self.moe.pipeline_run(masks, len(batches), loss_kwargs["scale"]):
                 run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
         if not losses:
@@ -241,3 +264,18 @@ class Pipeline:
                 chunk = []
         if chunk:
             yield chunk
+
+
+def _padded_positions(
+    position: torch.Tensor | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    """`position` (a batch's `position_ids`, or None: one document per row) padded to `shape`;
+    the padding of each row counts from 0, a document of its own that no real token sees."""
+    rows, length = shape
+    if position is None:
+        return torch.arange(length, device=device).expand(rows, length).contiguous()
+    pad_rows, pad_cols = rows - position.shape[0], length - position.shape[1]
+    tail = torch.arange(pad_cols, dtype=position.dtype).expand(position.shape[0], pad_cols)
+    position = torch.cat([position, tail], dim=1)
+    filler = torch.arange(length, dtype=position.dtype).expand(pad_rows, length)
+    return torch.cat([position, filler]).to(device)

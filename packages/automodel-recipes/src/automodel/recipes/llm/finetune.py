@@ -105,7 +105,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         self.pipeline = None
         if ctx.distributed.pp_size > 1:  # this rank keeps its stage (FSDP2 over its dp ranks)
             grad_acc, pad = self.step_scheduler.grad_acc_steps, self.tokenizer.pad_token_id
-            fixed = cfg.get("dataset.seq_length")  # else each step's own length
+            fixed = packed or cfg.get("dataset.seq_length")  # else each step's own length
             self.pipeline = Pipeline(
                 model, self.parallel, self.loss_fn, grad_acc, fixed, pad, cfg, self.moe
             )
