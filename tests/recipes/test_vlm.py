@@ -246,27 +246,90 @@ def test_layouts_vlms_lack_yet_are_config_errors(monkeypatch_module):
     monkeypatch_module.delenv("WORLD_SIZE")
 
 
-LAYOUTS = {"fsdp2": ["--distributed.strategy=fsdp2"], "ddp": ["--distributed.strategy=ddp"]}
+@pytest.fixture(scope="module")
+def moe_vlm(tmp_path_factory) -> Path:
+    """The tiny LLaVA with a Qwen3-MoE language model (the LLM example's, 8 experts, top-2)
+    over the example's 32-token vocabulary: a folder of its config."""
+    folder = tmp_path_factory.mktemp("tiny_llava_moe")
+    config = json.loads((VLM_ASSETS / "tiny_llava/config.json").read_text())
+    text = json.loads(
+        (REPO / "examples/llm_finetune/assets/tiny_qwen3_moe/config.json").read_text()
+    )
+    keep = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+    config["text_config"] = {**text, **{k: config["text_config"][k] for k in keep}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def moe_overrides(folder: Path, balancing: str) -> list[str]:
+    return [f"--model.config={folder}", f"--+moe={{balancing: {balancing}}}"]
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, vlm_data, run_cli, run_once_per_layout):
-    """`launched(layout)`: (run dir, stderr) of the example on 2 processes, once per layout."""
+def moe_one_process(tmp_path_factory, vlm_data, moe_vlm, monkeypatch_module) -> Path:
+    """The MoE VLM without balancing loss in this process: the run expert parallelism matches
+    (the aux loss is per micro-batch, and 2 ranks group the samples otherwise)."""
+    run_dir = tmp_path_factory.mktemp("vlm_moe_one")
+    run_vlm(vlm_overrides(run_dir, vlm_data, *moe_overrides(moe_vlm, "none")))
+    return run_dir
 
-    def launch(run_dir: Path, layout: str) -> str:
-        overrides = vlm_overrides(run_dir, vlm_data, *LAYOUTS[layout])
-        return run_cli(VLM, overrides, nproc=2, recipe=("finetune", "vlm"))
 
-    return run_once_per_layout(tmp_path_factory, "vlm", launch)
+def test_moe_blocks_of_the_language_model_train_with_the_aux_loss(
+    vlm_data, moe_vlm, tmp_path, monkeypatch_module
+):
+    """`moe:` in finetune.vlm: the language model's MoE blocks are automodel.moe's (the vision
+    tower untouched), trained with the aux loss and reported; the checkpoint loads in plain
+    transformers (its own MoE blocks) with the same logits."""
+    from transformers import AutoModelForImageTextToText
+
+    recipe = run_vlm(vlm_overrides(tmp_path, vlm_data, *moe_overrides(moe_vlm, "aux_loss")))
+    blocks = [n for n, m in recipe.unwrapped.named_modules() if type(m).__name__ == "MoE"]
+    assert len(blocks) == 2 and all(".language_model." in n for n in blocks), blocks
+    rows = [json.loads(line) for line in (tmp_path / "training.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(r["moe/aux_loss"] > 0 and r["moe/imbalance_max"] >= 1.0 for r in rows)
+    folder = tmp_path / f"checkpoints/epoch_0_step_{STEPS}/model"
+    loaded = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    assert type(loaded.model.language_model.layers[0].mlp).__name__ == "Qwen3MoeSparseMoeBlock"
+    batch = next(iter(recipe.val_loader))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    recipe.unwrapped.eval()
+    with torch.no_grad():
+        ours, theirs = recipe.unwrapped(**inputs).logits, loaded(**inputs).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+LAYOUTS = {  # 2 processes each, in one launch; the last with its own model (see moe_vlm)
+    "fsdp2": (2, ["--distributed.strategy=fsdp2"]),
+    "ddp": (2, ["--distributed.strategy=ddp"]),
+    "moe_ep": (2, ["--distributed.strategy=fsdp2", "--+distributed.ep_size=2"]),
+}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, vlm_data, moe_vlm, pooled_layouts):
+    """`launched(layout)`: (run dir, stderr) of LAYOUTS, all in one torchrun launch."""
+
+    def overrides(run_dir: Path, *extra: str) -> list[str]:
+        moe = moe_overrides(moe_vlm, "none") if "--+distributed.ep_size=2" in extra else []
+        return vlm_overrides(run_dir, vlm_data, *moe, *extra)
+
+    return pooled_layouts(tmp_path_factory, "vlm", VLM, LAYOUTS, overrides, ("finetune", "vlm"))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_two_ranks_train_as_one_process(layout, launched, one_process, assert_same_training):
+def test_two_ranks_train_as_one_process(
+    layout, launched, one_process, moe_one_process, assert_same_training
+):
     """2 data-parallel ranks (each half of every global batch) give one process's losses,
-    gradient norms, validation and final weights; DDP lets the vision tower's unused norm be."""
+    gradient norms, validation and final weights; DDP lets the vision tower's unused norm be;
+    with MoE blocks, each rank holds 4 of every layer's 8 experts (the saved weights whole)."""
     run_dir, stderr = launched(layout)
-    assert f"data parallel: {layout} over 2 process(es)" in stderr
-    assert_same_training(run_dir, one_process[0], range(1, STEPS + 1), MIDDLE)
+    strategy = "ddp" if layout == "ddp" else "fsdp2"
+    assert f"data parallel: {strategy} over 2 process(es)" in stderr
+    assert ("expert parallel 2" in stderr) == (layout == "moe_ep")
+    reference = moe_one_process if layout == "moe_ep" else one_process[0]
+    assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
 
 
 def test_vqa_rows_from_jsonl_and_from_a_parquet_image_feature(tmp_path):

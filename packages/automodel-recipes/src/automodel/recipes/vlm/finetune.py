@@ -7,7 +7,9 @@ The model comes from `transformers.AutoModelForImageTextToText` (through
 data are image-text conversations whose loss is on the assistant's answers. What is the same as
 fine-tuning an LLM is finetune.llm's, by name below: next-token labels, the loop with gradient
 accumulation normalised by label tokens, checkpoints (HF folder with the processor, or a PEFT
-adapter), exact resume and preemption. Validation adds the answer accuracy of greedy decoding.
+adapter), exact resume and preemption, and MoE blocks in the language model (`moe:`, with
+expert parallelism over the data-parallel ranks). Validation adds the answer accuracy of greedy
+decoding.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .. import (
     hf_extras_writer,
     preflight,
     prepare_model,
+    read_moe,
     restore_training_state,
     run_then_shutdown,
     shard_model,
@@ -53,7 +56,7 @@ log = logging.getLogger("automodel.recipes.vlm")
 
 SECTIONS = {
     **RUN_SECTIONS,
-    **{name: section for name, section in MODEL_SECTIONS.items() if name != "moe"},
+    **MODEL_SECTIONS,
     **VLM_SECTIONS,
     **LOADER_SECTIONS,
     **OPTIMIZER_SECTIONS,
@@ -91,16 +94,18 @@ class FinetuneRecipeForVLM(RunViews):
         self.preprocessor = processor = build_processor(cfg)  # saved beside the model
         self.tokenizer = processor.tokenizer
         self.loss_fn = build_loss(cfg)
+        moe = read_moe(cfg, ctx.distributed.ep_size)
         model = build_model(cfg)
         self.flops_per_token = None  # no FLOPs count for image towers yet: no MFU
         if self.lora is not None:
             self.lora = language_model_only(self.lora, model)
-        model = prepare_model(model, ctx, lora=self.lora, loss_fn=self.loss_fn)
+        model = prepare_model(model, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.unwrapped = model
         write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
         self.write_hf_extras = write_extras(model, cfg, processor)  # while it is whole
-        self.moe = MoeStep(model, None, self.parallel)
-        self.model = shard_model(model, ctx)
+        self.moe = MoeStep(model, moe, self.parallel)  # the language model's MoE blocks
+        experts = self.moe.shard_experts(cfg)  # distributed.ep_size > 1: this rank's experts
+        self.model = shard_model(model, ctx, experts)
 
         local = self.step_scheduler.local_batch_size
         shard = (self.parallel.dp_rank, self.parallel.dp_size)  # each dp rank reads its shard
@@ -160,7 +165,8 @@ def run(cfg: ConfigNode) -> None:
 
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones and the layouts VLMs lack yet."""
-    preflight(cfg, data_parallel_only="VLMs")  # their image tokens and towers: not split yet
+    # their image tokens and towers are not split yet; experts are shared out over dp ranks
+    preflight(cfg, data_parallel_only="VLMs", expert_parallel=True)
     if is_fused(build_loss(cfg)):
         raise config_problem(
             cfg, "loss_fn", "the fused loss is for causal LMs; use MaskedCrossEntropy"

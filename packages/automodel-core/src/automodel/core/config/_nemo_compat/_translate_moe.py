@@ -22,7 +22,7 @@ from ._moe_families import SWAPPED, moe_family
 from ._translate_features import _their_match, _their_regex
 from ._translator_base import _TranslatorBase
 
-_MOE_RECIPES = ("finetune.llm", "kd.llm", "benchmark.llm")  # the recipes with a moe: section
+_MOE_RECIPES = ("finetune.llm", "kd.llm", "benchmark.llm", "finetune.vlm")  # with a moe: section
 NEMO_BALANCING = "nemo_automodel"  # moe.balancing: their family's balancing, read at model build
 # their BackendConfig.experts -> our moe.backend (the same expert products)
 _EXPERTS = {"torch": "loop", "torch_mm": "grouped_mm", "gmm": "auto", "te": "auto"}
