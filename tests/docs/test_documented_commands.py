@@ -210,6 +210,7 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     ),
     "uv run ruff check && uv run ruff format --check": Skip(CI),
     "uv lock --check": Skip(CI),
+    "uv sync --compile-bytecode": Skip(CI),
     "bash .ci/run": Skip("everything CI runs, this suite included: it would recurse"),
     f"{AM} finetune llm -c {SFT} --dataset._target_ automodel.core.data.synthetic_text_dataset --~dataset.path --+dataset.num_samples 64 --dataset.seq_length 48 --~validation_dataset --step_scheduler.max_steps 3": Shared(
         test="tests/recipes/test_llm_recipe.py::test_synthetic_rows_fine_tune_without_data",
