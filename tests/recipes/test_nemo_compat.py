@@ -563,6 +563,7 @@ def test_their_benchmark_config(tmp_path: Path, capsys) -> None:
             "  _target_: nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset",
             "  seq_len: 32",
             "  num_samples: 1000",
+            "  batch_size: 2",  # their rows per item: the benchmark makes its own batches
             "dataloader: {_target_: torch.utils.data.DataLoader, batch_size: null, num_workers: 0}",
             "optimizer: {_target_: torch.optim.Adam, lr: 1.0e-4}",
             "ci: {time: '00:30:00', nodes: 8}",

@@ -142,7 +142,7 @@ TARGET_ALIASES: dict[str, Alias] = {
         hf_padding=True,
     ),
     # random token rows, as theirs (not the same ids: drawn by another generator); under
-    # benchmark.llm the section goes (it makes its own rows) and seq_length is the benchmark's
+    # benchmark.llm the section goes first (it makes its own rows; see benchmark_data)
     _MOCK_DATA: Alias(
         "automodel.core.data.synthetic_text_dataset",
         args={"seq_len": "seq_length"},

@@ -52,6 +52,7 @@ class _Translator(
     # -- the passes ----------------------------------------------------------------------------
     def run(self) -> None:
         self.top_level()
+        self.benchmark_data()  # before the targets: their mock dataset is only a length there
         self.retrieval()  # first: it moves their retrieval arguments out of their targets
         self.moe()  # before the targets: it reads their model's backend, which they drop
         self.lora_selection()  # before the targets: their PeftConfig's selection rules

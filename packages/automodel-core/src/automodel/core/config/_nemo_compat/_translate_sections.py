@@ -258,18 +258,27 @@ class _SectionPasses(_TranslatorBase):
             data.pop("loss_fn")
             self.note("loss_fn", "dropped: the cross-entropy part of kd.llm's loss is this loss")
 
-    def benchmark(self) -> None:
-        """Their benchmark recipe: synthetic data of `seq_len` tokens, no checkpoints, nsys."""
-        data = self.data
-        if self.recipe != "benchmark.llm" and (self.recipe or "benchmark" not in data):
+    def _is_benchmark(self) -> bool:
+        """Their benchmark recipe (by `recipe:`, or a `benchmark:` section without one)."""
+        return self.recipe == "benchmark.llm" or (not self.recipe and "benchmark" in self.data)
+
+    def benchmark_data(self) -> None:
+        """Before the targets pass: their benchmark recipe's mock dataset is its `seq_len`."""
+        if not self._is_benchmark():
             return
-        bench = self.section("benchmark")
-        dataset = data.pop("dataset", None)
-        if isinstance(dataset, dict) and "seq_length" in dataset and _synthetic(dataset):
-            bench.setdefault("seq_length", dataset["seq_length"])  # their mock's seq_len
+        dataset = self.data.pop("dataset", None)
+        if isinstance(dataset, dict) and "seq_len" in dataset:
+            self.section("benchmark").setdefault("seq_length", dataset["seq_len"])
             self.move("dataset.seq_len", "benchmark.seq_length")
         elif dataset is not None:
             self.fail("dataset", "benchmark.llm makes synthetic rows; give benchmark.seq_length")
+
+    def benchmark(self) -> None:
+        """Their benchmark recipe: synthetic data of `seq_len` tokens, no checkpoints, nsys."""
+        data = self.data
+        if not self._is_benchmark():
+            return
+        bench = self.section("benchmark")
         for name in (
             "dataloader",
             "validation_dataset",
@@ -370,8 +379,3 @@ class _SectionPasses(_TranslatorBase):
                 if hint:
                     full = f"{sec}.{key}"
                     self.fail(full, f"unknown key '{key}' (NeMo AutoModel spelling){hint}")
-
-
-def _synthetic(dataset: dict) -> bool:
-    """Their mock dataset, already translated (the targets pass runs first)."""
-    return dataset.get(TARGET_KEY) == "automodel.core.data.synthetic_text_dataset"
