@@ -369,20 +369,22 @@ def test_their_gemma4_collate_and_processor_keys() -> None:
     }
 
 
-def test_a_swapped_family_that_balances_is_refused_where_no_moe_section_is() -> None:
-    """finetune.vlm trains the Hugging Face model as it is: their Qwen3.5 MoE class's aux loss
-    cannot be kept there, so the config is refused (finetune.llm gets a moe: section)."""
+def test_a_swapped_family_gets_a_moe_section_in_the_llm_and_vlm_recipes_only() -> None:
+    """Their Qwen3.5 MoE class's aux loss: finetune.llm and finetune.vlm get a moe: section that
+    keeps it; a recipe without one (the bi-encoder) trains the Hugging Face model as it is, so
+    the config is refused there."""
     model = {
         "_target_": "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained",
         "pretrained_model_name_or_path": "Qwen/Qwen3.5-35B-A3B",
     }
-    with pytest.raises(ConfigError) as info:
-        translate({"recipe": "FinetuneRecipeForVLM", "model": model}, {}, "cfg.yaml", 1)
-    (problem,) = info.value.problems
-    assert "finetune.vlm has no moe: section" in problem.message
+    t = translate({"recipe": "FinetuneRecipeForVLM", "model": model}, {}, "cfg.yaml", 1)
+    assert t.recipe == "finetune.vlm" and t.data["moe"] == {"balancing": "nemo_automodel"}
     model["_target_"] = "nemo_automodel.NeMoAutoModelForCausalLM.from_pretrained"
     t = translate({"recipe": RECIPE, "model": model}, {}, "cfg.yaml", 1)
     assert t.data["moe"] == {"balancing": "nemo_automodel"}
+    with pytest.raises(ConfigError) as info:
+        translate({"recipe": "TrainBiEncoderRecipe", "model": model}, {}, "cfg.yaml", 1)
+    assert "finetune.bi_encoder has no moe: section" in str(info.value)
 
 
 def test_their_mixed_precision_policy_pipeline_dtype_and_no_validation() -> None:

@@ -45,12 +45,12 @@ MOE_FAMILIES = (
     MoeFamily("Hy3", r"(^|/)hy3", None, swapped=True),
     MoeFamily("Kimi-Linear", r"kimi-linear", None, swapped=True),
     MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None, swapped=True),
-    # mostly trained as a VLM: finetune.vlm has no moe: section, so their aux loss is refused there
+    # mostly trained as VLMs: finetune.vlm gets the moe: section as finetune.llm does
     MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss", swapped=True),
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss", swapped=True),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias", swapped=True),  # hash layers: no balancing
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss", swapped=True),
-    # mostly trained as VLMs, refused in finetune.vlm (no moe: section) as Qwen3.5 MoE is
+    # mostly trained as VLMs (finetune.vlm's moe: section, as for Qwen3.5 MoE)
     MoeFamily("Mistral Small 4", r"mistral-small-4", "bias", swapped=True),
     MoeFamily("MiniMax-M3", r"minimax-m3", "bias", swapped=True),
     # their own implementations of families automodel.moe does not swap
