@@ -38,6 +38,7 @@ LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batch
     "interleaved": (2, INTERLEAVED),  # rank 0: stages 0 and 2, rank 1: 1 and 3 (tied head)
     "1f1b_packed": (2, [*PP, *PACKED]),
     "gpipe_dp2_padding_free": (4, [*GPIPE, *PADDING_FREE]),
+    "1f1b_tp2": (4, [*PP, "--+distributed.tp_size=2"]),  # each stage's layers over 2 ranks
 }
 
 
@@ -101,7 +102,8 @@ def test_pipeline_matches_one_process(
     validation and the final weights, which rank 0 merges from the stages into one Hugging
     Face file; interleaved, each rank runs two stages of the four; with step lengths, the
     micro-batches of each step are padded to its own length (no dataset.seq_length); packed
-    rows and padding-free rows keep each document's attention to itself in every stage."""
+    rows and padding-free rows keep each document's attention to itself in every stage; with
+    tp 2, each stage's layers are split over two ranks (the model's tensor-parallel plan)."""
     run_dir, stderr = launched(layout)
     if layout == "interleaved":
         for stage in (0, 2):  # rank 0's (the log is rank 0's)
@@ -117,7 +119,10 @@ def test_pipeline_matches_one_process(
         reference = one_process_documents(layout)
     else:
         reference = one_process_untied if "untied" in layout else one_process
-    assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
+    # tp sums each row of a layer's matmuls in two parts: Adam turns that rounding into ~3e-5
+    # on near-zero gradients (losses and grad norms match every step all the same)
+    atol = 5e-5 if layout.endswith("tp2") else 2e-5
+    assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE, weight_atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +201,11 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
     ("extra", "world_size", "message"),
     [
         (["--+distributed.strategy=ddp"], 2, "composes with strategy fsdp2 only, not ddp"),
-        (["--+distributed.tp_size=2"], 4, "pp_size with tp_size is not supported"),
+        (
+            ["--+distributed.tp_size=2", "--+distributed.sequence_parallel=true"],
+            4,
+            "sequence parallelism with pp_size > 1 is not supported yet",
+        ),
         (
             ["--+distributed.pp_schedule=zb"],
             2,

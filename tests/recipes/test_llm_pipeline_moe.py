@@ -128,5 +128,5 @@ def test_moe_and_expert_parallelism_are_accepted_with_pipeline_stages(monkeypatc
     section, dp_size = read_distributed(cfg, world_size=8)
     assert (section.pp_size, section.ep_size, dp_size) == (2, 2, 4)
     check_pipeline(cfg, section)  # no config problem
-    with pytest.raises(ConfigError, match="pp_size with tp_size is not supported yet"):
+    with pytest.raises(ConfigError, match="expert parallelism with tp_size > 1 is not supported"):
         read_distributed(load_config(MOE, [*PP_EP, "--+distributed.tp_size=2"]), world_size=8)

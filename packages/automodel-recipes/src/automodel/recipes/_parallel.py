@@ -109,8 +109,12 @@ def read_distributed(
             "pp_size",
             f"pipeline parallelism composes with strategy fsdp2 only, not {strategy}",
         )
-    if section.pp_size != 1 and section.tp_size != 1:
-        raise _problem(cfg, name, "pp_size", "pp_size with tp_size is not supported yet")
+    if section.pp_size != 1 and section.sequence_parallel:
+        message = (
+            "sequence parallelism with pp_size > 1 is not supported yet (the stages would hand "
+            "each other sequence shards); set it false to keep tensor parallelism in the stages"
+        )
+        raise _problem(cfg, name, "sequence_parallel", message)
     if section.cp_size != 1 and section.pp_size != 1:
         raise _problem(cfg, name, "cp_size", "cp_size with pp_size is not supported yet")
     if section.ep_size != 1 and section.tp_size != 1:

@@ -122,6 +122,10 @@ class Pipeline:
             s.model.embed_tokens.weight for s in self.stages if s.ties_embedding and s.is_last
         ]
         self.is_first, self.is_last = self.stage.is_first, self.stage.is_last
+        # the ranks whose loss and token counts the step reports: the last stage's, once per
+        # tensor-parallel group (its ranks all hold the same loss)
+        tp = distributed.submesh(parallel.mesh, "tp")
+        self.reports = self.is_last and tp.get_local_rank() == 0
         self.loss_fn, self.dp_size, self.device = loss_fn, parallel.dp_size, parallel.device
         self.n_micro, self.seq_len = n_micro, seq_len
         self.pad_token_id = pad_token_id
@@ -222,7 +226,7 @@ class Pipeline:
         else:
             with self.moe.pipeline_run(masks, len(batches), loss_kwargs["scale"]):
                 run(loss_kwargs=loss_kwargs, return_outputs=False, **kwargs)
-        if not losses:
+        if not losses or not self.reports:
             return torch.zeros((), device=self.device)
         return torch.stack([loss.detach().float() for loss in losses]).sum()
 
@@ -239,7 +243,7 @@ class Pipeline:
         if self.tied_group is not None:
             distributed.sum_tied_embedding_grads(self.stages, self.tied_group)
         tokens = (
-            sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.is_last else 0
+            sum(real_tokens(b, self.pad_token_id) for b in micro_batches) if self.reports else 0
         )
         return loss, tokens
 
@@ -250,7 +254,7 @@ class Pipeline:
         for chunk in self._chunks(batches):  # sums, not means
             total_loss += float(self._run(chunk, rows, {"num_label_tokens": 1, "scale": 1}, False))
             total_tokens += sum(int(count_label_tokens(b["labels"])) for b in chunk)
-        return total_loss, total_tokens if self.is_last else 0
+        return total_loss, total_tokens if self.reports else 0
 
     def _chunks(
         self, batches: Iterable[dict[str, torch.Tensor]]
