@@ -553,3 +553,11 @@ def test_their_mock_vlm_data_is_synthetic_image_chats() -> None:
     }
     arguments = {k: v for k, v in node.items() if k != "_target_"}
     inspect.signature(resolve_target(node["_target_"])).bind(**arguments)
+
+
+def test_their_chunked_loss_compile_switch_is_dropped_with_a_note() -> None:
+    """ChunkedCrossEntropy(compile=...) there only chooses torch.compile for the same loss."""
+    loss = {"_target_": f"{THEIRS}.loss.chunked_ce.ChunkedCrossEntropy", "compile": True}
+    t = translate({"recipe": RECIPE, "loss_fn": loss}, {}, "cfg.yaml", 1)
+    assert t.data["loss_fn"] == {"_target_": "automodel.core.losses.ChunkedCrossEntropy"}
+    assert any("compile dropped" in note for note in t.notes), t.notes

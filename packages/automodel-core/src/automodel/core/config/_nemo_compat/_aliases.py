@@ -206,7 +206,11 @@ TARGET_ALIASES: dict[str, Alias] = {
         "automodel.core.losses.FusedLinearCrossEntropy", dropped=_LOSS_DROPPED
     ),
     "nemo_automodel.components.loss.chunked_ce.ChunkedCrossEntropy": Alias(
-        "automodel.core.losses.ChunkedCrossEntropy", dropped=_LOSS_DROPPED
+        "automodel.core.losses.ChunkedCrossEntropy",
+        dropped={
+            **_LOSS_DROPPED,
+            "compile": "whether their chunk loss runs torch.compile'd: the same computation",
+        },
     ),
     "nemo_automodel.components._peft.lora.PeftConfig": Alias(
         "automodel.peft.LoraConfig",
