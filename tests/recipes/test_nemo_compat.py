@@ -213,14 +213,17 @@ def test_their_mock_dataset_fine_tunes_on_random_rows(
     theirs: Path, tmp_path: Path, run_recipe, jsonl_rows
 ) -> None:
     """Their fine-tune config with MockIterableDataset (no validation set): random rows of
-    seq_len tokens, each giving seq_len - 1 targets as their shifted labels do."""
+    seq_len tokens, each giving seq_len - 1 targets as their shifted labels do; its batch_size
+    is their micro-batch (local_batch_size 4), and the `benchmark:` section their llm_benchmark
+    fine-tunes carry is dropped (their fine-tune recipe never reads it)."""
     text = theirs.read_text()
     start, end = text.index("dataset:\n  _target_"), text.index("packed_sequence:")
     mock = (
         "dataset:\n"
         "  _target_: nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset\n"
-        "  vocab_size: 64\n  seq_len: 24\n  num_samples: 64\n\n"
+        "  vocab_size: 64\n  seq_len: 24\n  num_samples: 64\n  batch_size: 4\n\n"
         "validation_dataset: none\n\n"
+        "benchmark: {warmup_steps: 5, peak_tflops: 989, nsys_start: -1, nsys_end: -1}\n\n"
     )
     cut = text.index("validation_dataset:\n"), text.index("optimizer:")
     text = text[: cut[0]] + text[cut[1] :]

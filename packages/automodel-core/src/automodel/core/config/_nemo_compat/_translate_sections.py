@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .._errors import did_you_mean
-from ._aliases import RECIPES, TARGET_KEY
+from ._aliases import _MOCK_DATA, RECIPES, TARGET_KEY
 from ._keys import _LR_STYLES, _OURS, _THEIR_KEYS, KEY_DROPS, KEY_RENAMES, SECTION_DROPS
 from ._translator_base import _TranslatorBase
 
@@ -263,8 +263,11 @@ class _SectionPasses(_TranslatorBase):
         return self.recipe == "benchmark.llm" or (not self.recipe and "benchmark" in self.data)
 
     def benchmark_data(self) -> None:
-        """Before the targets pass: their benchmark recipe's mock dataset is its `seq_len`."""
+        """Before the targets pass: their benchmark recipe's mock dataset is its `seq_len`; in
+        their fine-tune recipe, a `benchmark:` section (which it never reads) goes, and their
+        mock's micro-batch of `local_batch_size` rows is the loader's own."""
         if not self._is_benchmark():
+            self._finetune_benchmarking()
             return
         dataset = self.data.pop("dataset", None)
         if isinstance(dataset, dict) and "seq_len" in dataset:
@@ -272,6 +275,26 @@ class _SectionPasses(_TranslatorBase):
             self.move("dataset.seq_len", "benchmark.seq_length")
         elif dataset is not None:
             self.fail("dataset", "benchmark.llm makes synthetic rows; give benchmark.seq_length")
+
+    def _finetune_benchmarking(self) -> None:
+        data = self.data
+        if "benchmark" in data:
+            data.pop("benchmark")
+            self.notes.append(
+                f"{self.at('benchmark')}: benchmark: dropped (their fine-tune recipe never reads "
+                "it; time training steps with `automodel benchmark llm`)"
+            )
+        dataset, steps = data.get("dataset"), data.get("step_scheduler")
+        if not (isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _MOCK_DATA):
+            return
+        local = steps.get("local_batch_size") if isinstance(steps, dict) else None
+        if "batch_size" in dataset and dataset["batch_size"] == local:
+            dataset.pop("batch_size")  # else the alias refuses it
+            self.note(
+                "dataset",
+                f"batch_size: {local} dropped (their mock yields micro-batches of "
+                "step_scheduler.local_batch_size rows; the loader batches as many here)",
+            )
 
     def benchmark(self) -> None:
         """Their benchmark recipe: synthetic data of `seq_len` tokens, no checkpoints, nsys."""
