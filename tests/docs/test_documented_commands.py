@@ -336,6 +336,9 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         why="the tiny VLM on synthetic images in-process (2 steps, 32x32 images)",
     ),
     f"{AM} validate finetune vlm -c {VLM}": Run(expect=("config OK",)),
+    f"{AM} validate finetune vlm -c {VLM} --nproc-per-node 2 --distributed.tp_size 2": Run(
+        expect=("config OK",)
+    ),
     f'{AM} validate finetune vlm -c {VLM} --nproc-per-node 2 "--+moe={{balancing: aux_loss}}" --distributed.ep_size 2': Run(
         expect=("config OK",)
     ),

@@ -239,9 +239,9 @@ def test_layouts_vlms_lack_yet_are_config_errors(monkeypatch_module):
     from automodel.recipes.vlm import SECTIONS
     from automodel.recipes.vlm.finetune import check
 
-    cfg = load_config(VLM, ["--+distributed.tp_size=2"], sections=SECTIONS)
+    cfg = load_config(VLM, ["--+distributed.cp_size=2"], sections=SECTIONS)
     monkeypatch_module.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="tp_size > 1 is not supported for VLMs yet"):
+    with pytest.raises(ConfigError, match="cp_size > 1 is not supported for VLMs yet"):
         check(cfg)
     monkeypatch_module.delenv("WORLD_SIZE")
 
@@ -303,6 +303,7 @@ LAYOUTS = {  # 2 processes each, in one launch; the last with its own model (see
     "fsdp2": (2, ["--distributed.strategy=fsdp2"]),
     "ddp": (2, ["--distributed.strategy=ddp"]),
     "moe_ep": (2, ["--distributed.strategy=fsdp2", "--+distributed.ep_size=2"]),
+    "tp": (2, ["--distributed.strategy=fsdp2", "--+distributed.tp_size=2"]),
 }
 
 
@@ -323,10 +324,14 @@ def test_two_ranks_train_as_one_process(
 ):
     """2 data-parallel ranks (each half of every global batch) give one process's losses,
     gradient norms, validation and final weights; DDP lets the vision tower's unused norm be;
-    with MoE blocks, each rank holds 4 of every layer's 8 experts (the saved weights whole)."""
+    with MoE blocks, each rank holds 4 of every layer's 8 experts (the saved weights whole);
+    with tp 2, the language model's layers are split over both ranks (its tensor-parallel plan)
+    and the vision tower replicated."""
     run_dir, stderr = launched(layout)
     strategy = "ddp" if layout == "ddp" else "fsdp2"
-    assert f"data parallel: {strategy} over 2 process(es)" in stderr
+    dp_size = 1 if layout == "tp" else 2
+    assert f"data parallel: {strategy} over 2 process(es) (rank 0 of {dp_size})" in stderr
+    assert ("tensor parallel 2" in stderr) == (layout == "tp")
     assert ("expert parallel 2" in stderr) == (layout == "moe_ep")
     reference = moe_one_process if layout == "moe_ep" else one_process[0]
     assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)

@@ -94,7 +94,7 @@ def preflight(
     cfg: ConfigNode,
     data_parallel_only: str | None = None,
     world_size: int | None = None,
-    expert_parallel: bool = False,
+    also: tuple[str, ...] = (),
 ) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
     group; `automodel validate` runs them too): the layout for the launched processes, the batch
@@ -102,12 +102,12 @@ def preflight(
     `logging.plot`'s. Returns the layout.
 
     `data_parallel_only`: what the recipe trains (e.g. "VLMs"), when it supports no layout
-    besides FSDP2/DDP over every process; tp/cp/pp/ep sizes above 1 are then refused (ep
-    allowed with `expert_parallel`: experts shared out over those data-parallel processes).
+    besides FSDP2/DDP over every process; tp/cp/pp/ep sizes above 1 are then refused, but for
+    those the recipe names in `also` (e.g. `("ep_size",)`).
     `world_size`: the processes the model spans (default: every process launched).
     """
     distributed, dp_size = read_distributed(cfg, world_size)
-    splitting = [k for k in _SPLITTING if not (expert_parallel and k == "ep_size")]
+    splitting = [k for k in _SPLITTING if k not in also]
     for key in splitting if data_parallel_only else ():
         if getattr(distributed, key) != 1:
             message = f"{key} > 1 is not supported for {data_parallel_only} yet; use fsdp2 or ddp over every process"  # fmt: skip

@@ -165,8 +165,9 @@ def run(cfg: ConfigNode) -> None:
 
 def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones and the layouts VLMs lack yet."""
-    # their image tokens and towers are not split yet; experts are shared out over dp ranks
-    preflight(cfg, data_parallel_only="VLMs", expert_parallel=True)
+    # sequences (image tokens) and stages are not split yet; the language model's layers over
+    # tp ranks (its tensor-parallel plan), its experts over dp ranks
+    preflight(cfg, data_parallel_only="VLMs", also=("tp_size", "ep_size"))
     if is_fused(build_loss(cfg)):
         raise config_problem(
             cfg, "loss_fn", "the fused loss is for causal LMs; use MaskedCrossEntropy"
