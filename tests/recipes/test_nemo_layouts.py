@@ -333,6 +333,12 @@ def test_their_vlm_datasets_collate_and_triton_lora() -> None:
     assert t.data["dataset"]["image_column"] == "product_image"
     assert t.data["dataset"]["answer_column"] == "ground_truth_category"
     assert t.data["peft"]["use_triton"] is True  # dropout before the adapter: our kernel's
+    # their LLaVA-OneVision-1.5 collate takes the same steps as the Qwen2.5 one: ours too
+    data["dataloader"] = {
+        "collate_fn": {"_target_": f"{vlm}.collate_fns.llava_onevision_collate_fn"}
+    }
+    t = translate(data, {}, "cfg.yaml", 1)
+    assert "dataloader" not in t.data or "collate_fn" not in t.data["dataloader"]
 
 
 def test_their_gemma4_collate_and_processor_keys() -> None:

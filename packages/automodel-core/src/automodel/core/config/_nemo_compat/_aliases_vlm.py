@@ -69,6 +69,8 @@ VLM_ALIASES: dict[str, Alias] = {
         limit="limit_dataset_samples",
     ),
     "nemo_automodel.components.datasets.vlm.collate_fns.qwen2_5_collate_fn": Alias(None),
+    # the same steps as their Qwen2.5-VL collate (template, answers' labels) for LLaVA-OV-1.5
+    "nemo_automodel.components.datasets.vlm.collate_fns.llava_onevision_collate_fn": Alias(None),
     # their default collate with Gemma 4's thinking prefix: `collate.assistant_prefix` here
     "nemo_automodel.components.datasets.vlm.collate_fns.gemma4_prefix_collate_fn": Alias(
         None,
