@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from _shared import MOE, SFT
+from safetensors.torch import load_file
 
 from automodel.core.config import ConfigError, load_config
 from automodel.recipes import read_distributed
@@ -98,6 +99,10 @@ def one_process(tmp_path_factory, overrides, run_recipe, monkeypatch_module) -> 
     return run_dir
 
 
+MERGED_LORA = [
+    "--+peft={_target_: automodel.peft.LoraConfig, dim: 4, target_modules: [q_proj, v_proj]}",
+    "--+checkpoint.save_merged_model=true",
+]
 LAYOUTS = {  # (processes, overrides) of the same run
     "fsdp2": (2, []),
     "ep_fsdp2": (2, ["--+distributed.ep_size=2"]),
@@ -107,6 +112,8 @@ LAYOUTS = {  # (processes, overrides) of the same run
     # dp 2 × cp 2: each ep group is the 2 dp ranks at one cp position; its cp peer holds the
     # same experts (for the other half of every sequence) and adds its gradient
     "ep_cp": (4, ["--+distributed.ep_size=2", "--+distributed.cp_size=2"]),
+    # LoRA on the attention with the experts shared out, merged into one folder at the end
+    "ep_lora_merged": (2, ["--+distributed.ep_size=2", *MERGED_LORA]),
 }
 
 
@@ -117,7 +124,7 @@ def launched(tmp_path_factory, overrides, pooled_layouts):
     return pooled_layouts(tmp_path_factory, "moe", MOE, LAYOUTS, without_aux)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [name for name in LAYOUTS if "lora" not in name])
 def test_parallel_layouts_match_one_process(layout, launched, one_process, assert_same_training):
     """Losses, grad norms, validation and the gathered final weights (all 8 experts of each
     layer, though each rank held 4 with ep_size 2) match one process.
@@ -127,6 +134,20 @@ def test_parallel_layouts_match_one_process(layout, launched, one_process, asser
     run_dir, stderr = launched(layout)
     assert ("expert parallel 2" in stderr) == layout.startswith("ep_")
     assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
+
+
+def test_a_merged_lora_model_of_expert_parallel_ranks_is_the_one_process_one(
+    launched, overrides, run_recipe, tmp_path, monkeypatch_module
+):
+    """EP 2 with LoRA, merged at the end: the same tensors under the same names as one process
+    writes (the tied LM head once, under the embedding's name, as save_pretrained keeps it)."""
+    run_dir, _ = launched("ep_lora_merged")
+    run_recipe(MOE, overrides(tmp_path, NO_AUX, *MERGED_LORA))
+    ours = load_file(run_dir / "merged_model/model.safetensors")
+    reference = load_file(tmp_path / "merged_model/model.safetensors")
+    assert ours.keys() == reference.keys() and "lm_head.weight" not in ours
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=2e-5, msg=name)
 
 
 def test_expert_parallel_checkpoint_resumes_on_one_process(

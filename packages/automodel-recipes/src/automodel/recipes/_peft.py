@@ -123,6 +123,10 @@ def save_merged_model(
         state = get_model_state_dict(model, options=options)
         if not is_main_process():
             return out_dir
+        # a tied weight (the LM head on the input embedding) comes gathered under every name
+        # where the model holds it once: keep its first name, as save_pretrained would
+        for name in _tied_aliases(model):
+            state.pop(name, None)
     staging = out_dir.with_name(f".staging-{out_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt's, never published
     model.save_pretrained(staging, state_dict=merged_state_dict(model, state=state))
@@ -131,3 +135,14 @@ def save_merged_model(
     publish_folder(staging, out_dir)  # fsynced; the earlier merged model goes only after
     log.info("wrote the merged model to %s", out_dir)
     return out_dir
+
+
+def _tied_aliases(model: torch.nn.Module) -> list[str]:
+    """The names of parameters that are another name's parameter (tied), but for the first."""
+    seen: set[int] = set()
+    aliases = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.append(name)
+        seen.add(id(param))
+    return aliases
