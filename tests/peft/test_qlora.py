@@ -208,3 +208,27 @@ def test_block_size_must_divide_element_count():
         LoraConfig(match_all_linear=True, quantize_base="nf4", nf4_block_size=6),
     )
     assert isinstance(small[0].weight, NF4Tensor)
+
+
+def test_quantize_skip_keeps_those_bases_in_their_dtype_and_trains_them(make_llama, input_ids):
+    """`quantize_skip: [lm_head]` (bitsandbytes' default for QLoRA): the adapted head keeps a
+    bfloat16 base, every other adapted module NF4; both adapters train; merging writes the
+    head's base plus its update."""
+    config = LoraConfig(**{**QLORA, "target_modules": ["lm_head"], "quantize_skip": ["lm_head"]})
+    model = apply_lora(make_llama(dtype=torch.bfloat16), config)
+    modules = dict(lora_modules(model))
+    assert len(modules) == 15 and "lm_head" in modules
+    assert modules["lm_head"].weight.dtype == torch.bfloat16
+    assert not isinstance(modules["lm_head"].weight, NF4Tensor)
+    assert all(isinstance(m.weight, NF4Tensor) for p, m in modules.items() if p != "lm_head")
+    assert lora_summary(model).quantized_modules == 14
+    model(input_ids=input_ids).logits.float().sum().backward()
+    assert modules["lm_head"].lora_B.weight.grad is not None
+    assert modules["model.layers.0.self_attn.q_proj"].lora_B.weight.grad is not None
+
+
+def test_quantize_skip_must_name_an_adapted_module_and_needs_quantize_base(make_llama):
+    with pytest.raises(LoraConfigError, match="quantize_skip pattern 'lm_head' matches no"):
+        apply_lora(make_llama(), LoraConfig(**{**QLORA, "quantize_skip": ["lm_head"]}))
+    with pytest.raises(LoraConfigError, match="quantize_base is not set"):
+        LoraConfig(dim=4, match_all_linear=True, quantize_skip=["lm_head"])

@@ -896,8 +896,14 @@ def test_their_lora_selection_rules() -> None:
     notes = translate({"peft": {**peft, "match_all_linear": True}, "loss_fn": fused}, {}, "c.yaml")
     assert any("adapter stays zero and never trains" in n for n in notes.notes)
     nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}  # bitsandbytes keeps the head
-    with pytest.raises(ConfigError, match="keeps its weight unquantized"):
-        translate({"peft": {**peft, "match_all_linear": True}, "quantization": nf4}, {}, "cfg.yaml")
+    t = translate({"peft": {**peft, "match_all_linear": True}, "quantization": nf4}, {}, "c.yaml")
+    assert t.data["peft"]["quantize_base"] == "nf4"
+    assert t.data["peft"]["quantize_skip"] == ["lm_head"]  # adapted, its base unquantized
+    assert t.data["peft"]["target_modules"] == ["lm_head"]
+    assert adapted({"match_all_linear": True}, quantization=nf4) == linear | {"lm_head"}
+    # their patterns leave the head out: nothing to keep unquantized
+    no_head = translate({"peft": {**peft, "exclude_modules": ["*lm_head*"]}, "quantization": nf4}, {}, "c.yaml")  # fmt: skip
+    assert "quantize_skip" not in no_head.data["peft"]
 
 
 def test_their_null_sizes_and_dequantized_checkpoints() -> None:

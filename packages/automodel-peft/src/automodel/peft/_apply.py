@@ -12,7 +12,12 @@ from torch import nn
 
 from ._config import LoraConfig, LoraConfigError, key_matches
 from ._lora_linear import LoraLinear
-from ._matching import few_names, select_linear_modules, select_stacked_parameters
+from ._matching import (
+    few_names,
+    pattern_matches,
+    select_linear_modules,
+    select_stacked_parameters,
+)
 from ._quant import check_nf4, is_quantized, quantize_nf4
 from ._stacked import (
     StackedLora,
@@ -72,8 +77,9 @@ def add_lora(model: nn.Module, config: LoraConfig, *, unused_patterns_ok: bool) 
     if not unused_patterns_ok:
         targets = [*paths, *(f"{path}.{name}" for path, names in stacked.items() for name in names)]
         _check_pattern_keys(config, targets)
-    if config.quantize_base is not None:  # check every module before changing any
-        for path in paths:
+    quantized = set(_quantized_paths(paths, config))
+    for path in paths:  # check every module before changing any
+        if path in quantized:
             check_nf4(model.get_submodule(path).weight, config.nf4_block_size, path)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -84,13 +90,27 @@ def add_lora(model: nn.Module, config: LoraConfig, *, unused_patterns_ok: bool) 
         # Keep the train/eval mode of the module it replaces: a new nn.Module starts in train
         # mode, which would turn on LoRA dropout inside a model already in eval mode.
         wrapped.train(original.training)
-        if config.quantize_base is not None:
+        if path in quantized:
             wrapped.weight = quantize_nf4(wrapped.weight, config.nf4_block_size, path)
         setattr(parent, name, wrapped)
     for path, names in stacked.items():
         add_stacked_lora(model.get_submodule(path), path, names, config)
     logger.info("%s", lora_summary(model))
     return model
+
+
+def _quantized_paths(paths: list[str], config: LoraConfig) -> list[str]:
+    """The adapted modules whose base weight `quantize_base` stores quantized: all of them but
+    those `quantize_skip` names (each of its patterns must name one)."""
+    if config.quantize_base is None:
+        return []
+    for pattern in config.quantize_skip:
+        if not any(pattern_matches(pattern, path) for path in paths):
+            raise LoraConfigError(
+                f"quantize_skip pattern {pattern!r} matches no adapted module; adapted: "
+                f"{few_names(paths)}"
+            )
+    return [p for p in paths if not any(pattern_matches(s, p) for s in config.quantize_skip)]
 
 
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoraLinear]]:

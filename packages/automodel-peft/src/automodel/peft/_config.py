@@ -47,6 +47,11 @@ class LoraConfig:
     first key that matches gives the value. They apply to linear modules and stacked weights
     alike; the scaling of such a target is its alpha over its rank (rsLoRA: over its square
     root). A key that matches no adapted target is an error in :func:`apply_lora`.
+
+    ``quantize_base="nf4"`` stores the frozen base weight of every adapted linear module in
+    4-bit NF4 (QLoRA), but for those ``quantize_skip`` patterns name (as ``target_modules``
+    entries; e.g. ``["lm_head"]``, which bitsandbytes also keeps in full precision), whose
+    base weight keeps its dtype. A pattern that names no adapted module is an error.
     """
 
     dim: int = 8
@@ -63,6 +68,7 @@ class LoraConfig:
     lora_dtype: str | torch.dtype | None = None
     quantize_base: Literal["nf4"] | None = None
     nf4_block_size: int = 64
+    quantize_skip: list[str] = field(default_factory=list)
     use_triton: bool = False
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
@@ -73,6 +79,12 @@ class LoraConfig:
         self.target_modules = _pattern_list(self.target_modules, "target_modules")
         self.exclude_modules = _pattern_list(self.exclude_modules, "exclude_modules")
         self.target_parameters = _pattern_list(self.target_parameters, "target_parameters")
+        self.quantize_skip = _pattern_list(self.quantize_skip, "quantize_skip")
+        if self.quantize_skip and self.quantize_base is None:
+            raise LoraConfigError(
+                "quantize_skip names adapted modules to keep unquantized, and quantize_base is "
+                "not set: set quantize_base='nf4' or drop quantize_skip"
+            )
         _rank(self.dim, "dim (the LoRA rank)")
         _alpha(self.alpha, "alpha")
         if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:

@@ -87,11 +87,10 @@ class _FeaturePasses(_TranslatorBase):
         loss = self.data.get("loss_fn")
         quant = self.data.get("quantization")
         if isinstance(quant, dict) and quant.get("load_in_4bit"):
-            self.fail(
-                "peft",
-                "their QLoRA adapts the LM head too but keeps its weight unquantized "
-                "(bitsandbytes skips it); here the base of every adapted layer is NF4: "
-                "exclude the head (exclude_modules: ['lm_head']) or name target_modules",
+            # their QLoRA adapts the head too, but bitsandbytes keeps its weight unquantized
+            self.section("peft")["quantize_skip"] = ["lm_head"]
+            self.changed["peft.quantize_skip"] = (
+                "their 4-bit quantization (bitsandbytes) leaves the LM head's weight unquantized"
             )
         elif isinstance(loss, dict) and str(loss.get(TARGET_KEY)).endswith("FusedLinearCrossEntropy"):  # fmt: skip
             self.note(
