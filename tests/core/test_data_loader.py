@@ -171,6 +171,22 @@ def test_resume_with_workers() -> None:
     assert head + run(resumed, 8) == reference
 
 
+def test_persistent_workers_keep_the_batches_and_need_workers() -> None:
+    """torch's persistent_workers with workers: the same two epochs as without; with no worker
+    processes it has nothing to keep and is off (torch would raise)."""
+    dataset = numbered_dataset(16)
+
+    def epochs(loader: StatefulDataLoader) -> list[list[int]]:
+        return [ids for _ in range(2) for batch in loader for ids in [sample_ids(batch)]]
+
+    kept = build_dataloader(dataset, batch_size=4, seed=1, num_workers=1, persistent_workers=True)
+    assert kept.persistent_workers
+    plain = build_dataloader(dataset, batch_size=4, seed=1, num_workers=1)
+    assert epochs(kept) == epochs(plain)
+    alone = build_dataloader(dataset, batch_size=4, persistent_workers=True)
+    assert not alone.persistent_workers and len(list(alone)) == 4
+
+
 def test_batches_are_collated_with_the_dataset_pad_token() -> None:
     loader = build_dataloader(numbered_dataset(8), batch_size=4, shuffle=False)
     batch = next(iter(loader))

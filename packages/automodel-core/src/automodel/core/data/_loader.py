@@ -85,6 +85,7 @@ def build_dataloader(
     pad_to_multiple_of: int | None = None,
     padding_free: bool = False,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
     on_data_change: Literal["error", "restart_epoch"] = "error",
 ) -> StatefulDataLoader:
     """A StatefulDataLoader over this rank's shard; `state_dict()` mid-epoch resumes at the next batch.
@@ -94,6 +95,9 @@ def build_dataloader(
 
     Its state holds the dataset's fingerprint: resuming over other data is a DataChangedError,
     or with `on_data_change="restart_epoch"` starts the saved epoch of the new data.
+
+    `persistent_workers`: with `num_workers` > 0, keep the worker processes between epochs
+    (torch's option; without workers there is nothing to keep, and it is ignored).
 
     Shuffling is deterministic from (seed, epoch) and each full pass moves to the next epoch.
     An `IterableDataset` (a stream) is read in its own order, told its shard through
@@ -125,6 +129,7 @@ def build_dataloader(
             num_workers=num_workers,
             collate_fn=collate_fn,
             pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
         )
     per_rank = len(dataset) // dp_size if drop_last else -(-len(dataset) // dp_size)
     if drop_last and per_rank < batch_size:
@@ -149,5 +154,6 @@ def build_dataloader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
