@@ -299,3 +299,33 @@ def test_block_owned_bias_follows_its_block() -> None:
     new_bias = torch.full_like(block.e_score_correction_bias, 0.5)
     block.load_state_dict({**block.state_dict(), "e_score_correction_bias": new_bias}, assign=True)
     assert block.gate.e_score_correction_bias is new_bias
+
+
+def test_qwen3_vl_moe_language_model_blocks_swap_as_the_same_model() -> None:
+    """Qwen3-VL-MoE's language model (its router always renormalises the top-k): swapped, the
+    text model gives transformers' hidden states and gradients, under the same weight names."""
+    from transformers import Qwen3VLMoeTextConfig
+    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextModel
+
+    config = Qwen3VLMoeTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        num_experts=8, num_experts_per_tok=3,
+    )  # fmt: skip
+    config._experts_implementation = "eager"
+    torch.manual_seed(0)
+    ref = randomize_(Qwen3VLMoeTextModel(config)).train()
+    ours = copy.deepcopy(ref)
+    assert patch_hf_moe(ours) == ["layers.0.mlp", "layers.1.mlp"]
+    assert ref.state_dict().keys() == ours.state_dict().keys()
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(4))
+    out_ref, out_ours = ref(input_ids=ids).last_hidden_state, ours(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(out_ours, out_ref, **TOL)
+    grad_out = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(5)) / 16
+    out_ref.backward(grad_out)
+    out_ours.backward(grad_out)
+    grads = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(
+            grads[name].grad, p.grad, **TOL, msg=lambda m, n=name: f"{n}: {m}"
+        )

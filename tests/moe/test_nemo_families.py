@@ -34,10 +34,32 @@ SWAPPED_FAMILIES = {
     "MiniMax-M3": ("minimax_m3",),
 }
 CASES = [(name, kind) for name, kinds in SWAPPED_FAMILIES.items() for kind in kinds]
+# families swapped in a VLM's language model, which has no causal LM class of its own
+VLM_ONLY = {"Qwen3-VL-MoE"}
 
 
 def test_every_swapped_family_is_covered() -> None:
-    assert {f.name for f in MOE_FAMILIES if f.swapped} == set(SWAPPED_FAMILIES)
+    assert {f.name for f in MOE_FAMILIES if f.swapped} == set(SWAPPED_FAMILIES) | VLM_ONLY
+
+
+def test_qwen3_vl_moe_language_model_blocks_and_their_balancing() -> None:
+    """Qwen3-VL-MoE's text model has supported blocks; their class's aux loss is the config's
+    router_aux_loss_coef (transformers' default 0.001) over the top-k, as for Qwen3-MoE."""
+    from transformers import Qwen3VLMoeTextConfig
+    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeTextModel
+
+    from automodel.core.config._nemo_compat._moe_families import moe_family
+    from automodel.recipes._moe_nemo import nemo_balancing
+
+    config = Qwen3VLMoeTextConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_experts=8, num_experts_per_tok=4,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = Qwen3VLMoeTextModel(config)
+    assert any(type(m).__name__ in SUPPORTED for m in model.modules())
+    assert moe_family("Qwen/Qwen3-VL-30B-A3B-Instruct").name == "Qwen3-VL-MoE"
+    assert nemo_balancing(config) == {"balancing": "aux_loss", "aux_loss_coeff": 0.001 / 4}
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES)

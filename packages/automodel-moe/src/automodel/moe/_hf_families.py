@@ -65,6 +65,10 @@ def _qwen3(block: nn.Module) -> tuple[dict[str, Any], str]:
     return {**_base(block), "norm_topk_prob": bool(block.gate.norm_topk_prob)}, "shared_experts"
 
 
+def _qwen3_vl(block: nn.Module) -> tuple[dict[str, Any], str]:
+    return {**_base(block), "norm_topk_prob": True}, "shared_experts"  # always renormalises
+
+
 def _qwen2(block: nn.Module) -> tuple[dict[str, Any], str]:
     return _gated_shared_expert(block, bool(block.gate.norm_topk_prob))
 
@@ -228,6 +232,7 @@ SUPPORTED: dict[str, Callable[[nn.Module], tuple[dict[str, Any], str]]] = {
     "Qwen2MoeSparseMoeBlock": _qwen2,
     "Qwen3NextSparseMoeBlock": _qwen2,
     "Qwen3_5MoeSparseMoeBlock": _qwen3_5,
+    "Qwen3VLMoeTextSparseMoeBlock": _qwen3_vl,  # Qwen3-VL-MoE's language model
     "MixtralSparseMoeBlock": _mixtral,
     # DeepSeek-V3's router and shared experts, unchanged
     "DeepseekV3MoE": _deepseek_v3,

@@ -11,7 +11,9 @@ Their classes, by the HF config's `model_type`:
     no aux loss. DeepSeek-V4's hash-routed layers are not balanced (their hash gate has no
     bias), nor are ours. Mistral 4's Hugging Face router has no bias: the one learned here is
     saved under a key plain transformers does not read.
-  * `qwen3_moe`, `qwen3_next` (Qwen3-Next), `qwen3_5_moe` (Qwen3.5 MoE), `laguna` (Laguna),
+  * `qwen3_moe`, `qwen3_next` (Qwen3-Next), `qwen3_5_moe` (Qwen3.5 MoE), `qwen3_vl_moe_text`
+    (Qwen3-VL-MoE's language model; their router renormalises the top-k weights only where
+    the config says `norm_topk_prob: true`, transformers' and ours always), `laguna` (Laguna),
     `gpt_oss` (gpt-oss), `ernie4_5_moe` (ERNIE-4.5 MoE): an aux loss weighted by the config's
     `router_aux_loss_coef` (none when it is 0; Qwen3.5 and gpt-oss take 0.001 when the config
     has none); no bias update (ERNIE's checkpoint bias still steers the choice). gpt-oss's
@@ -60,6 +62,7 @@ _AUX_LOSS = {
     "qwen3_next": 0.0,
     "qwen3_5_moe": 0.001,
     "qwen3_5_moe_text": 0.001,
+    "qwen3_vl_moe_text": 0.0,
     "laguna": 0.0,
     "gpt_oss": 0.001,
     "ernie4_5_moe": 0.0,

@@ -47,6 +47,7 @@ MOE_FAMILIES = (
     MoeFamily("MiMo-V2-Flash", r"mimo-v2-flash", None, swapped=True),
     # mostly trained as VLMs: finetune.vlm gets the moe: section as finetune.llm does
     MoeFamily("Qwen3.5 MoE", r"qwen3\.[5-6]-\d+b-a\d+b", "aux_loss", swapped=True),
+    MoeFamily("Qwen3-VL-MoE", r"qwen3-vl-\d+b-a\d+b", "aux_loss", swapped=True),
     MoeFamily("gpt-oss", r"gpt-oss", "aux_loss", swapped=True),
     MoeFamily("DeepSeek-V4", r"deepseek-v4", "bias", swapped=True),  # hash layers: no balancing
     MoeFamily("ERNIE-4.5 MoE", r"ernie-4\.5-\d+b-a\d+b", "aux_loss", swapped=True),
@@ -65,7 +66,7 @@ MOE_FAMILIES = (
 SWAPPED = (
     "DeepSeek-V3, DeepSeek-V3.2, DeepSeek-V4, GLM-4.5/4.7, GLM-5, Kimi-Linear, MiMo-V2-Flash, "
     "Mistral Small 4, Nemotron 3, MiniMax-M2, MiniMax-M3, Hy3, Laguna, ERNIE-4.5 MoE, Qwen3-MoE, "
-    "Qwen3-Next, Qwen3.5 MoE, Qwen2-MoE, Mixtral, OLMoE and gpt-oss"
+    "Qwen3-Next, Qwen3.5 MoE, Qwen3-VL-MoE, Qwen2-MoE, Mixtral, OLMoE and gpt-oss"
 )
 
 
