@@ -514,3 +514,22 @@ def test_synthetic_images_train_without_data(tmp_path, monkeypatch_module):
     assert len(recipe.train_set) == 16
     rows = [json.loads(line) for line in (tmp_path / "training.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
+
+
+def test_the_fused_loss_trains_as_the_cross_entropy(one_process, vlm_data, tmp_path):
+    """FusedLinearCrossEntropy on the VLM (their Qwen3.5 config's loss): the image features go
+    through the multimodal model before the fused head; the same losses, validation losses and
+    answer accuracy as the plain cross-entropy, step for step."""
+    fused = "--+loss_fn={_target_: automodel.core.losses.FusedLinearCrossEntropy}"
+    recipe = run_vlm(vlm_overrides(tmp_path, vlm_data, fused))
+    assert type(recipe.model).__name__ == "FusedLossModel"
+    reference, _ = one_process
+    for log in ("training.jsonl", "validation.jsonl"):
+        ours, theirs = (
+            [json.loads(line) for line in (d / log).read_text().splitlines()]
+            for d in (tmp_path, reference)
+        )
+        assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (log, a["step"])
+            assert a.get("answer/accuracy") == b.get("answer/accuracy")

@@ -21,7 +21,7 @@ import torch
 
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, recipe_main
-from automodel.core.losses import count_label_tokens
+from automodel.core.losses import MaskedCrossEntropy, count_label_tokens
 from automodel.core.training import exact_match_counts
 
 from .. import (
@@ -45,14 +45,15 @@ from .. import (
     shard_model,
     start_run,
 )
-from .._errors import config_problem
 from .._freeze import vlm_parts
 from ..llm._data import build_loss
-from ..llm._fused_loss import is_fused
+from ..llm._fused_loss import check_fused_loss, is_fused, with_fused_loss
 from ..llm.finetune import FinetuneRecipeForCausalLM as Finetune
 from ._data import VLM_SECTIONS, build_processor, build_vlm_loaders
 
 log = logging.getLogger("automodel.recipes.vlm")
+# validation's loss from the logits the answer accuracy needs (the fused loss's own value)
+_CROSS_ENTROPY = MaskedCrossEntropy()
 
 SECTIONS = {
     **RUN_SECTIONS,
@@ -105,7 +106,8 @@ class FinetuneRecipeForVLM(RunViews):
         self.write_hf_extras = write_extras(model, cfg, processor)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)  # the language model's MoE blocks
         experts = self.moe.shard_experts(cfg)  # distributed.ep_size > 1: this rank's experts
-        self.model = shard_model(model, ctx, experts)
+        # a fused loss runs inside the forward the strategy wraps (it reads the LM head)
+        self.model = shard_model(with_fused_loss(model, self.loss_fn), ctx, experts)
 
         local = self.step_scheduler.local_batch_size
         shard = (self.parallel.dp_rank, self.parallel.dp_size)  # each dp rank reads its shard
@@ -131,8 +133,10 @@ class FinetuneRecipeForVLM(RunViews):
             batch = {k: v.to(self.device) for k, v in self.prepare(batch).items()}
             labels = batch.pop("labels")
             tokens = int(count_label_tokens(labels))
-            logits = self.model(**batch, use_cache=False).logits  # every rank: FSDP2 gathers
-            loss = self.loss_fn(logits, labels, tokens)
+            # every rank: FSDP2 gathers; the fused loss's model gives logits without labels
+            fused = is_fused(self.loss_fn)
+            logits = self.model(batch) if fused else self.model(**batch, use_cache=False).logits
+            loss = (_CROSS_ENTROPY if fused else self.loss_fn)(logits, labels, tokens)
             right, counted = exact_match_counts(logits, labels)
             hits, answers = hits + right, answers + counted
             if tokens:
@@ -167,11 +171,8 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones and the layouts VLMs lack yet."""
     # sequences (image tokens) and stages are not split yet; the language model's layers over
     # tp ranks (its tensor-parallel plan), its experts over dp ranks
-    preflight(cfg, data_parallel_only="VLMs", also=("tp_size", "ep_size"))
-    if is_fused(build_loss(cfg)):
-        raise config_problem(
-            cfg, "loss_fn", "the fused loss is for causal LMs; use MaskedCrossEntropy"
-        )
+    distributed = preflight(cfg, data_parallel_only="VLMs", also=("tp_size", "ep_size"))
+    check_fused_loss(cfg, build_loss(cfg), distributed)
 
 
 def main(argv: list[str] | None = None) -> int:
