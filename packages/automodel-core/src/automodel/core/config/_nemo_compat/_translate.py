@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigError
+from ._translate_benchmark import _BenchmarkPasses
 from ._translate_data import _DataPasses
 from ._translate_features import _FeaturePasses
 from ._translate_moe import _MoePasses
@@ -45,6 +46,7 @@ class _Translator(
     _OptimizerPasses,
     _TargetPasses,
     _SectionPasses,
+    _BenchmarkPasses,
     _DataPasses,
     _FeaturePasses,
     _ParallelPasses,
