@@ -22,7 +22,12 @@ def test_their_section_objects_merge_into_distributed() -> None:
             "local_batch_size": 4,
             "loss_average_window_steps": 50,  # their rolling mean of the logged loss
         },
-        "distributed": {"pp_size": 2, "ep_size": 1},
+        "distributed": {
+            "pp_size": 2,
+            "ep_size": 1,
+            # their VLM towers' sharding and frame splitting: where, not what, is computed
+            "multimodal": {"frozen_sharding": "per_layer", "vision": {"frame_sharding": {}}},
+        },
         "distributed_config": {
             "_target_": f"{THEIRS}.distributed.config.FSDP2Config",
             "sequence_parallel": False,
@@ -59,6 +64,7 @@ def test_their_section_objects_merge_into_distributed() -> None:
     assert not {"distributed_config", "autopipeline", "parallelizer"} & set(t.data)
     assert t.where["distributed.pp_layers_per_stage"] == "cfg.yaml:12"  # errors point there
     assert any("enable_fsdp2_prefetch dropped" in n for n in t.notes)
+    assert any("multimodal dropped" in n for n in t.notes), t.notes
     assert any("parallelizer: merged into distributed" in n for n in t.notes)
 
     data["distributed_config"] = {

@@ -35,6 +35,8 @@ KEY_DROPS: dict[tuple[str, str], str] = {
     "with compute",
     ("distributed", "patch_is_packed_sequence"): "skips a host sync in transformers' packed-row "
     "check",
+    ("distributed", "multimodal"): "how a VLM's frozen towers are sharded (per layer or "
+    "replicated) and its vision frames spread over context-parallel ranks: the same computation",
 }
 
 # Their whole sections we drop, each with why that cannot change results.
