@@ -299,11 +299,14 @@ def test_moe_blocks_of_the_language_model_train_with_the_aux_loss(
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-LAYOUTS = {  # 2 processes each, in one launch; the last with its own model (see moe_vlm)
+FUSED = "automodel.core.losses.FusedLinearCrossEntropy"
+LAYOUTS = {  # 2 processes each, in one launch; moe_ep with its own model (see moe_vlm)
     "fsdp2": (2, ["--distributed.strategy=fsdp2"]),
     "ddp": (2, ["--distributed.strategy=ddp"]),
     "moe_ep": (2, ["--distributed.strategy=fsdp2", "--+distributed.ep_size=2"]),
     "tp": (2, ["--distributed.strategy=fsdp2", "--+distributed.tp_size=2"]),
+    # the fused loss's model is the FSDP2 root: its forward gives validation logits too
+    "fused_fsdp2": (2, ["--distributed.strategy=fsdp2", f"--+loss_fn={{_target_: {FUSED}}}"]),
 }
 
 
@@ -326,7 +329,8 @@ def test_two_ranks_train_as_one_process(
     gradient norms, validation and final weights; DDP lets the vision tower's unused norm be;
     with MoE blocks, each rank holds 4 of every layer's 8 experts (the saved weights whole);
     with tp 2, the language model's layers are split over both ranks (its tensor-parallel plan)
-    and the vision tower replicated."""
+    and the vision tower replicated; with the fused loss, the same training as the
+    cross-entropy, validation's answer accuracy included."""
     run_dir, stderr = launched(layout)
     strategy = "ddp" if layout == "ddp" else "fsdp2"
     dp_size = 1 if layout == "tp" else 2
@@ -335,6 +339,11 @@ def test_two_ranks_train_as_one_process(
     assert ("expert parallel 2" in stderr) == (layout == "moe_ep")
     reference = moe_one_process if layout == "moe_ep" else one_process[0]
     assert_same_training(run_dir, reference, range(1, STEPS + 1), MIDDLE)
+    val, val_ref = (
+        [json.loads(line)["answer/accuracy"] for line in (d / "validation.jsonl").open()]
+        for d in (run_dir, reference)
+    )
+    assert val == val_ref
 
 
 def test_vqa_rows_from_jsonl_and_from_a_parquet_image_feature(tmp_path):
@@ -520,7 +529,7 @@ def test_the_fused_loss_trains_as_the_cross_entropy(one_process, vlm_data, tmp_p
     """FusedLinearCrossEntropy on the VLM (their Qwen3.5 config's loss): the image features go
     through the multimodal model before the fused head; the same losses, validation losses and
     answer accuracy as the plain cross-entropy, step for step."""
-    fused = "--+loss_fn={_target_: automodel.core.losses.FusedLinearCrossEntropy}"
+    fused = f"--+loss_fn={{_target_: {FUSED}}}"
     recipe = run_vlm(vlm_overrides(tmp_path, vlm_data, fused))
     assert type(recipe.model).__name__ == "FusedLossModel"
     reference, _ = one_process
