@@ -18,6 +18,7 @@ from ._layout import (
     parse_checkpoint_dir_name,
 )
 from ._manifest import MANIFEST_FILE, CheckpointInfo, read_checkpoint_info
+from ._model_state import full_model_state
 from ._retention import find_latest, publish_folder
 from ._safetensors_io import load_consolidated, save_consolidated
 from ._sizes import parse_size
@@ -45,6 +46,7 @@ __all__ = [
     "atomic_write_text",
     "checkpoint_dir_name",
     "find_latest",
+    "full_model_state",
     "load_consolidated",
     "parse_checkpoint_dir_name",
     "parse_size",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, publish_folder
+from automodel.checkpoint import CONFIG_FILE, MODEL_DIR, full_model_state, publish_folder
 from automodel.core.config import ConfigNode, instantiate, save_config
 from automodel.core.losses import FusedLinearCrossEntropy
 from automodel.distributed import is_main_process
@@ -117,16 +117,10 @@ def save_merged_model(
     """
     state = None
     if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(model, options=options)
+        # a collective: the whole state on rank 0, a tied LM head once (as one process saves)
+        state = full_model_state(model)
         if not is_main_process():
             return out_dir
-        # a tied weight (the LM head on the input embedding) comes gathered under every name
-        # where the model holds it once: keep its first name, as save_pretrained would
-        for name in _tied_aliases(model):
-            state.pop(name, None)
     staging = out_dir.with_name(f".staging-{out_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)  # a killed earlier attempt's, never published
     model.save_pretrained(staging, state_dict=merged_state_dict(model, state=state))
@@ -135,14 +129,3 @@ def save_merged_model(
     publish_folder(staging, out_dir)  # fsynced; the earlier merged model goes only after
     log.info("wrote the merged model to %s", out_dir)
     return out_dir
-
-
-def _tied_aliases(model: torch.nn.Module) -> list[str]:
-    """The names of parameters that are another name's parameter (tied), but for the first."""
-    seen: set[int] = set()
-    aliases = []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            aliases.append(name)
-        seen.add(id(param))
-    return aliases
