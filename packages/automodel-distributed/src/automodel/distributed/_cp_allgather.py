@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
 
 from ._cp import IGNORE_INDEX
+from ._documents import document_ids
 
 _UNSUPPORTED_HF_KWARGS = ("sliding_window", "softcap", "sinks", "s_aux")
 
@@ -174,9 +175,7 @@ class AllGatherContextParallel:
             return cached[1]
         with torch.no_grad():
             positions = self._natural_order(position_ids[:, None, :, None])[:, 0, :, 0]
-            starts = torch.ones_like(positions, dtype=torch.bool)
-            starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-            documents = starts.long().cumsum(dim=1)
+            documents = document_ids(positions)
             masks = []
             for index in self.chunks:
                 end = (index + 1) * chunk

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._documents import document_ids
 from ._hf_config import layer_config
 
 #: attention implementations that are causal without a mask when given none
@@ -107,10 +108,8 @@ class DecoderStage(nn.Module):
         blocked = (pos[None, :] > pos[:, None])[None]
         if windowed:
             blocked = blocked | (pos[:, None] - pos[None, :] >= window)
-        if position_ids is not None:  # a new document wherever a position is not the last + 1
-            starts = torch.ones_like(position_ids, dtype=torch.bool)
-            starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-            documents = starts.long().cumsum(dim=1)
+        if position_ids is not None:  # each token sees its own document only
+            documents = document_ids(position_ids)
             blocked = blocked | (documents[:, :, None] != documents[:, None, :])
         mask = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
         mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)
