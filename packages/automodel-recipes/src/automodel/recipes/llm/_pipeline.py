@@ -218,7 +218,7 @@ class Pipeline:
         if self.moe is not None:
             for keyword, mask in zip(keywords, masks, strict=True):
                 keyword["token_mask"] = mask
-        if positions is not None or self.moe is not None:
+        if any(keywords):
             kwargs["kwarg_mbs"] = keywords
         run = self.schedule.step if train else self.schedule.eval
         if self.moe is None:
