@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._errors import DataError
+from ._errors import DataError, check_count
 
 
 class SyntheticTextRows(Dataset):
@@ -78,22 +78,19 @@ def synthetic_text_dataset(
 ) -> SyntheticTextRows:
     """Rows of random token ids in [0, `vocab_size`) (default: the tokenizer's vocabulary),
     `seq_length` tokens each, or lengths drawn from a normal of that mean and `length_std`
-    (within 1..`max_length`, default 4 standard deviations above), ended by the tokenizer's EOS: items as the text datasets', for
-    timing fine-tuning steps or packing without data."""
-    counts = {"num_samples": num_samples, "seq_length": seq_length}
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"synthetic_text_dataset: {name} must be an integer >= 1, got {value!r}")  # fmt: skip
+    (within 1..`max_length`, default 4 standard deviations above), ended by the tokenizer's
+    EOS: items as the text datasets', for timing fine-tuning steps or packing without data."""
+    where = "synthetic_text_dataset"
+    check_count(where, "num_samples", num_samples)
+    check_count(where, "seq_length", seq_length)
     if isinstance(length_std, bool) or not isinstance(length_std, (int, float)) or length_std < 0:
-        raise DataError(f"synthetic_text_dataset: length_std must be >= 0, got {length_std!r}")
+        raise DataError(f"{where}: length_std must be >= 0, got {length_std!r}")
     longest = seq_length + math.ceil(4 * length_std) if max_length is None else max_length
-    if isinstance(longest, bool) or not isinstance(longest, int) or longest < 1:
-        raise DataError(f"synthetic_text_dataset: max_length must be an integer >= 1, got {max_length!r}")  # fmt: skip
+    check_count(where, "max_length", longest)
     vocab = vocab_size if vocab_size is not None else (len(tokenizer) if tokenizer else None)
     if vocab is None:
-        raise DataError("synthetic_text_dataset: give vocab_size (no tokenizer to take it from)")
-    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2:
-        raise DataError(f"synthetic_text_dataset: vocab_size must be an integer >= 2, got {vocab!r}")  # fmt: skip
+        raise DataError(f"{where}: give vocab_size (no tokenizer to take it from)")
+    check_count(where, "vocab_size", vocab, minimum=2)
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = getattr(tokenizer, "pad_token_id", None)
     return SyntheticTextRows(

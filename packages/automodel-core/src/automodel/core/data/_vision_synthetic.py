@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from ._errors import DataError
+from ._errors import DataError, check_count
 from ._vision import _require_pil
 
 # filler for the answers: short common words, so token counts track word counts closely
@@ -85,8 +85,7 @@ def synthetic_image_chat_dataset(
         "response_words": response_words,
     }
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"synthetic_image_chat_dataset: {name} must be an integer >= 1, got {value!r}")  # fmt: skip
+        check_count("synthetic_image_chat_dataset", name, value)
     size = tuple(image_size)
     if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
         raise DataError(
