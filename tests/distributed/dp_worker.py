@@ -82,12 +82,16 @@ def mesh_checks() -> dict[str, object]:
         shard = fsdp_mesh(mesh)
         out[key]["fsdp_mesh"] = {"dims": list(shard.mesh_dim_names), "shape": list(shard.shape)}
         del mesh, shard
-    mesh = build_mesh(MeshConfig(ep_size=2))
-    out["ep2"] = {
-        name: dist.get_process_group_ranks(submesh(mesh, name).get_group())
-        for name in ("ep", "ep_replicas")
-    }
-    del mesh
+    for key, config in {
+        "ep2": MeshConfig(ep_size=2),
+        "ep2_cp2": MeshConfig(ep_size=2, cp_size=2),
+    }.items():
+        mesh = build_mesh(config)
+        out[key] = {
+            name: dist.get_process_group_ranks(submesh(mesh, name).get_group())
+            for name in ("ep", "ep_replicas")
+        }
+        del mesh
     for key, kwargs in {
         "error_dp3": {"config": MeshConfig(dp_size=3)},
         "error_auto": {"config": MeshConfig(tp_size=3)},

@@ -115,6 +115,8 @@ def test_mesh_dims_views_and_dp_rank(results, rank, key, sizes, views, fsdp_mesh
 def test_expert_parallel_views(results, rank) -> None:
     """ep_size 2 on 2 dp ranks: both ranks share the experts out, none holds a replica."""
     assert results[rank]["mesh"]["ep2"] == {"ep": [0, 1], "ep_replicas": [rank]}
+    # dp 1 × cp 2: the ep group is the cp ranks of the one dp rank
+    assert results[rank]["mesh"]["ep2_cp2"] == {"ep": [0, 1], "ep_replicas": [rank]}
 
 
 def test_mesh_errors_show_the_arithmetic(results) -> None:

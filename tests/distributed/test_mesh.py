@@ -76,17 +76,19 @@ def test_auto_dp_needs_a_divisible_world_size() -> None:
         resolve_sizes(MeshConfig(tp_size=3), 8)
 
 
-def test_ep_must_divide_dp_and_composes_with_cp() -> None:
+def test_ep_must_divide_dp_times_cp() -> None:
     with pytest.raises(
-        MeshError, match=r"ep_size 3 does not divide dp_size 4: .* multiple of 3"
+        MeshError, match=r"ep_size 3 does not divide dp_size 4 × cp_size 1 = 4: .* multiple of 3"
     ) as e:
         resolve_sizes(MeshConfig(ep_size=3), 4)
     assert e.value.key == "ep_size"
     sizes = resolve_sizes(MeshConfig(ep_size=2, cp_size=2), 8)
     assert (sizes["dp_shard"], sizes["cp"], sizes["ep"]) == (4, 2, 2)
-    with pytest.raises(MeshError, match="ep_size 4 does not divide dp_size 2") as e:
-        resolve_sizes(MeshConfig(ep_size=4, cp_size=2), 4)  # ep groups are dp ranks, not cp
-    assert e.value.key == "ep_size"
+    # ep groups span the cp ranks too (NeMo AutoModel's layout): 4 = dp 2 × cp 2
+    sizes = resolve_sizes(MeshConfig(ep_size=4, cp_size=2), 4)
+    assert (sizes["dp_shard"], sizes["cp"], sizes["ep"]) == (2, 2, 4)
+    with pytest.raises(MeshError, match=r"ep_size 8 does not divide dp_size 2 × cp_size 2 = 4"):
+        resolve_sizes(MeshConfig(ep_size=8, cp_size=2), 4)
 
 
 def test_dp_replicate_must_divide_dp() -> None:

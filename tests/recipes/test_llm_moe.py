@@ -109,9 +109,11 @@ LAYOUTS = {  # (processes, overrides) of the same run
     "ep_ddp": (2, ["--+distributed.ep_size=2", "--+distributed.strategy=ddp"]),
     # 2 expert-parallel groups of 2: each expert has a replica whose gradient it adds
     "ep_replicated": (4, ["--+distributed.ep_size=2"]),
-    # dp 2 × cp 2: each ep group is the 2 dp ranks at one cp position; its cp peer holds the
-    # same experts (for the other half of every sequence) and adds its gradient
+    # dp 2 × cp 2: each ep group is the 2 cp ranks of one dp rank; the other dp rank's group
+    # holds the same experts and adds its gradient
     "ep_cp": (4, ["--+distributed.ep_size=2", "--+distributed.cp_size=2"]),
+    # ep 4 over dp 2 × cp 2 (more than dp_size, as NeMo AutoModel allows): no replicas
+    "ep_over_cp": (4, ["--+distributed.ep_size=4", "--+distributed.cp_size=2"]),
     # LoRA on the attention with the experts shared out, merged into one folder at the end
     "ep_lora_merged": (2, ["--+distributed.ep_size=2", *MERGED_LORA]),
 }
@@ -132,7 +134,9 @@ def test_parallel_layouts_match_one_process(layout, launched, one_process, asser
     ep_replicated (4 processes: dp 4 = 2 replicas × ep 2) also passed with ep_size 4 by hand.
     """
     run_dir, stderr = launched(layout)
-    assert ("expert parallel 2" in stderr) == layout.startswith("ep_")
+    ep = next((a.split("=")[1] for a in LAYOUTS[layout][1] if "ep_size" in a), None)
+    assert ("expert parallel" in stderr) == (ep is not None)
+    assert ep is None or f"expert parallel {ep}" in stderr
     assert_same_training(run_dir, one_process, range(1, STEPS + 1), MIDDLE)
 
 
@@ -178,8 +182,10 @@ def test_expert_parallel_settings_checked_before_any_process_starts(monkeypatch_
 
     assert read("--+distributed.ep_size=2")[1] == 2  # no processes of its own: dp stays 2
     with_cp = read("--+distributed.ep_size=2", "--+distributed.cp_size=2", world_size=4)
-    assert (with_cp[0].cp_size, with_cp[1]) == (2, 2)  # ep within the 2 dp ranks
-    with pytest.raises(ConfigError, match=r"ep_size 2 does not divide dp_size 1"):
+    assert (with_cp[0].cp_size, with_cp[1]) == (2, 2)
+    over_cp = read("--+distributed.ep_size=4", "--+distributed.cp_size=2", world_size=4)
+    assert (over_cp[0].ep_size, over_cp[1]) == (4, 2)  # ep 4 over dp 2 × cp 2
+    with pytest.raises(ConfigError, match=r"ep_size 2 does not divide dp_size 1 × cp_size 1 = 1"):
         read("--+distributed.ep_size=2", "--+distributed.strategy=fsdp2", world_size=1)
     with pytest.raises(ConfigError, match="with tp_size > 1 is not supported"):
         read("--+distributed.ep_size=2", "--+distributed.tp_size=2", world_size=4)

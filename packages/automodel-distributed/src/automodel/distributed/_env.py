@@ -108,3 +108,20 @@ def destroy_distributed(barrier: bool = True) -> None:
     if barrier and dist.get_world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
+    _forget_dtensor_plans()
+
+
+def _forget_dtensor_plans() -> None:
+    """Drop DTensor's cached sharding plans, which hold the meshes they were made on.
+
+    The caches compare meshes by layout, not by process group: a later process group in this
+    process (a second run in a notebook) with a mesh of the same layout would be sent to the
+    destroyed groups ("could not resolve the process group").
+    """
+    clear = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
+    if clear is not None:  # the C++ dispatch's cache (torch >= 2.9)
+        clear()
+    from torch.distributed.tensor import DTensor
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagator.propagate_op_sharding.cache_clear()  # the Python cache behind it

@@ -8,9 +8,10 @@ is present (size 1 when unused), so code can always slice ``mesh["tp"]``. Flatte
 * ``"dp_cp"``: dp_replicate × dp_shard × cp, what gradients are reduced over.
 
 With ``ep_size`` > 1 the data-parallel ranks are also split for expert parallelism:
-``"ep"`` (consecutive dp ranks, at one cp position, that share their experts out) and
-``"ep_replicas"`` (every rank holding the same experts: the other ep groups, and with
-``cp_size`` > 1 the cp peers; their expert gradients are summed).
+``"ep"`` (consecutive ranks of ``"dp_cp"``, cp innermost, that share their experts out) and
+``"ep_replicas"`` (every rank holding the same experts, one per ep group; their expert
+gradients are summed). With ``cp_size`` > 1 an ep group takes the cp ranks of a dp rank first,
+so ``ep_size`` need only divide dp × cp (as NeMo AutoModel lays expert parallelism out).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class MeshConfig:
     what is left: world size / (tp_size × cp_size × pp_size). ``dp_replicate_size`` > 1 turns
     FSDP2 into HSDP: parameters sharded over dp_size / dp_replicate_size ranks and replicated
     dp_replicate_size times. ``ep_size`` > 1 shares the MoE experts out over groups of that many
-    data-parallel ranks (it divides dp_size; no extra processes).
+    data- and context-parallel ranks (it divides dp_size × cp_size; no extra processes).
     """
 
     dp_size: int | Literal["auto"] = "auto"
@@ -109,10 +110,11 @@ def resolve_sizes(config: MeshConfig, world_size: int) -> dict[str, int]:
             key="dp_replicate_size",
         )
     ep = config.ep_size
-    if dp % ep:
+    if (dp * cp) % ep:
         raise MeshError(
-            f"ep_size {ep} does not divide dp_size {dp}: the experts are shared out over groups "
-            f"of ep_size data-parallel ranks, so dp_size must be a multiple of {ep}",
+            f"ep_size {ep} does not divide dp_size {dp} × cp_size {cp} = {dp * cp}: the experts "
+            "are shared out over groups of ep_size data- and context-parallel ranks, so "
+            f"dp_size × cp_size must be a multiple of {ep}",
             key="ep_size",
         )
     sizes = {"pp": pp, "dp_replicate": replicate, "dp_shard": dp // replicate, "cp": cp, "tp": tp}
@@ -236,12 +238,10 @@ def _add_views(mesh: DeviceMesh, sizes: dict[str, int]) -> None:
             views[HSDP_VIEW] = views["dp_cp"]._unflatten(
                 0, (sizes["dp_replicate"], shard_cp), ("dp_replicate", "dp_shard_cp")
             )
-        if sizes["ep"] > 1:  # dp_cp is (dp, cp), cp innermost: split dp into (replica, ep)
-            ep, cp = sizes["ep"], sizes["cp"]
-            dp = sizes["dp_replicate"] * sizes["dp_shard"]
-            split = views["dp_cp"]._unflatten(0, (dp // ep, ep, cp), ("ep_replica", "ep", "ep_cp"))
-            views["ep"] = split["ep"]
-            views["ep_replicas"] = split["ep_replica", "ep_cp"]._flatten("ep_replicas")
+        if sizes["ep"] > 1:  # dp_cp (cp innermost) split into (replicas, ep)
+            ep, dp_cp = sizes["ep"], views["dp_cp"].size()
+            split = views["dp_cp"]._unflatten(0, (dp_cp // ep, ep), ("ep_replicas", "ep"))
+            views["ep"], views["ep_replicas"] = split["ep"], split["ep_replicas"]
     setattr(mesh, _VIEWS_ATTR, views)
 
 

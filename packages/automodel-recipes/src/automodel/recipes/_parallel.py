@@ -151,7 +151,7 @@ class Parallel:
     strategy: Strategy
     defer_grad_sync: bool = False  # micro-batches but the last of a step under no_sync
     sequence_parallel: bool = False  # with tensor parallelism (mesh["tp"] larger than 1)
-    ep_size: int = 1  # expert parallelism: dp ranks that share each MoE layer's experts out
+    ep_size: int = 1  # expert parallelism: dp × cp ranks that share each MoE layer's experts out
     pp_group: Any = None  # the pipeline-parallel group (pp_size > 1); None without a pipeline
     cp: AllGatherContextParallel | None = None  # cp_size > 1: sequences split over the cp ranks
     # every process of this model: None is the default group (all of them); a group when the

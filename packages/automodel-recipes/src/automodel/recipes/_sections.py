@@ -131,7 +131,7 @@ class Distributed:
     pp_schedule: str = "1f1b"  # 1f1b | gpipe (one stage per rank) | interleaved_1f1b | looped_bfs
     pp_layers_per_stage: int | None = None  # null: one stage per rank (two when interleaved)
     pp_stage_rounding: str | None = None  # up | down: round the stage count to a pp_size multiple
-    ep_size: int = 1  # with a moe: section, experts shared out over this many dp ranks
+    ep_size: int = 1  # with a moe: section, experts shared out over this many dp × cp ranks
     mp_param_dtype: str | None = None  # fsdp2: dtype parameters are gathered and computed in
     mp_reduce_dtype: str | None = None  # fsdp2: dtype gradients are reduced in (default float32)
     reshard_after_forward: bool | None = None  # fsdp2
