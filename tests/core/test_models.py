@@ -16,6 +16,7 @@ from automodel.core.models import (
     AutoModelForCausalLM,
     load_model_config,
     load_tokenizer,
+    repair_embedding_rows,
     resolve_dtype,
 )
 
@@ -247,3 +248,65 @@ def test_load_tokenizer_falls_back_to_eos_for_padding(
     assert "no pad token" in caplog.text
     with pytest.raises(UserError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")
+
+
+def _untied_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    config = LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": False})
+    return AutoModelForCausalLM.from_config(config, seed=3, torch_dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_repair_embedding_rows_gives_damaged_rows_the_head_direction_at_the_healthy_norm(dtype):
+    """Zero, tiny and NaN rows take their LM-head row's direction scaled to the RMS norm of the
+    healthy rows; every other weight stays bit for bit."""
+    model = _untied_llama(dtype)
+    assert model.get_input_embeddings().weight is not model.get_output_embeddings().weight
+    embed = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embed[5] = 0
+        embed[9] = 1e-8
+        embed[70, 3] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    healthy = [i for i in range(128) if i not in (5, 9, 70)]
+    rms = before["model.embed_tokens.weight"][healthy].double().norm(dim=1).square().mean().sqrt()
+    done = repair_embedding_rows(model, min_norm=1e-6)
+    assert done.row_ids == (5, 9, 70)
+    assert done.min_norm_before == 0.0 and done.target_norm == pytest.approx(float(rms))
+    head = model.get_output_embeddings().weight.double()
+    for i in done.row_ids:
+        row = embed[i].double()
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        assert float(row.norm()) == pytest.approx(float(rms), rel=tol)
+        expected = head[i] / head[i].norm() * rms
+        torch.testing.assert_close(row, expected, rtol=tol, atol=tol)
+    after = model.state_dict()
+    for name, value in before.items():
+        if name != "model.embed_tokens.weight":
+            assert torch.equal(after[name], value), name
+    embed_name = "model.embed_tokens.weight"
+    assert torch.equal(after[embed_name][healthy], before[embed_name][healthy])
+    again = repair_embedding_rows(model, min_norm=1e-6)  # nothing left to repair
+    assert again.row_ids == () and again.target_norm is None
+
+
+def test_repair_embedding_rows_refuses_what_it_cannot_do_and_changes_nothing():
+    model = _untied_llama()
+    embed = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embed[:4] = 0
+    snapshot = embed.clone()
+    with pytest.raises(ValueError, match=r"4 input-embedding rows have a norm <= 1e-06, more "):
+        repair_embedding_rows(model, max_rows=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[2] = 0
+    with pytest.raises(ValueError, match=r"output-embedding rows of tokens \[2\] are damaged too"):
+        repair_embedding_rows(model)
+    assert torch.equal(embed, snapshot)
+    config = LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": True})
+    tied = AutoModelForCausalLM.from_config(config, seed=3)
+    with torch.no_grad():
+        tied.get_input_embeddings().weight[7] = 0
+    with pytest.raises(ValueError, match=r"tied to the input embedding.* rows \[7\] from"):
+        repair_embedding_rows(tied)
+    with pytest.raises(ValueError, match="max_rows must be a positive integer, got 0"):
+        repair_embedding_rows(model, max_rows=0)

@@ -495,6 +495,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_llm_recipe.py::test_tool_calls_example_trains_on_the_assistant_calls",
         why="the example, 2 steps in-process, its labels checked against the assistant's writing",
     ),
+    f"{AM} finetune llm -c {SFT} --+model.tie_word_embeddings false --+embedding_row_repair.min_norm 1e-4": Shared(
+        test="tests/recipes/test_llm_recipe.py::test_embedding_row_repair_fixes_a_checkpoints_dead_rows_before_training",
+        why="its overrides on 1 step in-process (nothing to repair), beside a damaged checkpoint",
+    ),
     f"{AM} finetune llm -c {SFT} --+neftune.noise_alpha 5": Shared(
         test="tests/recipes/test_llm_recipe.py::test_neftune_adds_bounded_noise_to_embeddings_in_training_only",
         why="the tiny example with NEFTune in-process, its noise checked against the bound",

@@ -260,6 +260,48 @@ def test_neftune_adds_bounded_noise_to_embeddings_in_training_only(tmp_path, mon
         _train(SFT, tmp_path / "bad", "--+neftune.noise_alpha=-1", steps=1)
 
 
+def test_embedding_row_repair_fixes_a_checkpoints_dead_rows_before_training(tmp_path, caplog):
+    """`embedding_row_repair:` (NeMo AutoModel's section, same keys): the zeroed rows of a
+    checkpoint's input embedding are what `repair_embedding_rows` makes of them when the recipe
+    starts, and a tied head (nothing to repair from) is a config error before any step."""
+    import yaml
+    from transformers import AutoConfig
+
+    from automodel.core.models import AutoModelForCausalLM, repair_embedding_rows
+
+    config = AutoConfig.from_pretrained(REPO / "examples/llm_finetune/assets/tiny_llama")
+    config.tie_word_embeddings = False
+    model = AutoModelForCausalLM.from_config(config, seed=5)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[[3, 40]] = 0
+    model.save_pretrained(tmp_path / "damaged")
+    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "damaged")
+    assert repair_embedding_rows(expected).row_ids == (3, 40)
+    data = yaml.safe_load(SFT.read_text())
+    data["model"] = {
+        "_target_": "automodel.core.models.AutoModelForCausalLM.from_pretrained",
+        "pretrained_model_name_or_path": str(tmp_path / "damaged"),
+    }
+    data["embedding_row_repair"] = {"min_norm": 1.0e-4, "max_rows": 256}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    recipe = FinetuneRecipeForCausalLM(load_config(tmp_path / "cfg.yaml", _short(tmp_path)))
+    with caplog.at_level("WARNING", logger="automodel.recipes"):
+        recipe.setup()
+    assert "2 input-embedding row(s) repaired from the LM head (token ids [3, 40])" in caplog.text
+    ours = recipe.unwrapped.get_input_embeddings().weight
+    assert torch.equal(ours, expected.get_input_embeddings().weight)
+    assert not ours[config.pad_token_id].any()  # the padding row stays zero, as designed
+    with pytest.raises(ConfigError, match=r"embedding_row_repair: the LM head is tied"):
+        _train(SFT, tmp_path / "tied", "--+embedding_row_repair.min_norm=10.0", steps=1)
+    # docs/llm_recipe.md's command: an untied random model has nothing to repair
+    caplog.clear()
+    with caplog.at_level("INFO", logger="automodel.recipes"):
+        untied = ["--+model.tie_word_embeddings=false", "--+embedding_row_repair.min_norm=1e-4"]
+        recipe = _train(SFT, tmp_path / "untied", *untied, steps=1)
+    assert "embedding_row_repair: no input-embedding row of norm <= 0.0001" in caplog.text
+    assert recipe.unwrapped.lm_head.weight is not recipe.unwrapped.get_input_embeddings().weight
+
+
 def test_tool_calls_example_trains_on_the_assistant_calls(tmp_path, monkeypatch_module):
     """examples/llm_finetune/tiny_tool_calls.yaml: function-calling traces (ShareGPT layout,
     tools column) train; the loss is on what the assistant writes (its call and its answer),

@@ -1,5 +1,6 @@
-"""Model infrastructure in its fixed order: context parallel attention, MoE blocks, LoRA, (FP8/QAT),
-freezing and the restored weights on the whole model; then sharding and torch.compile."""
+"""Model infrastructure in its fixed order: repaired embedding rows, context parallel attention,
+MoE blocks, LoRA, (FP8/QAT), freezing and the restored weights on the whole model; then sharding
+and torch.compile."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from automodel.peft import LoraConfig
 
 from ._context_parallel import attend_across_ranks
+from ._embedding_repair import apply_embedding_repair
 from ._fp8 import apply_fp8, read_fp8
 from ._freeze import apply_freeze
 from ._moe import apply_moe
@@ -38,6 +40,7 @@ def prepare_model(
     `run.fake_quant.at_step(step)` before each step (as finetune.llm's `train_steps` does).
     """
     cfg = run.cfg
+    apply_embedding_repair(model, cfg)  # the checkpoint's weights, before anything wraps them
     attend_across_ranks(model, run.parallel.cp, cfg)  # cp_size > 1: the split sequence
     if moe is not None:
         apply_moe(model, moe, cfg)

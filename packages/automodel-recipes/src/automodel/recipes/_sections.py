@@ -107,6 +107,17 @@ class Qat:
 
 
 @dataclass(frozen=True)
+class EmbeddingRowRepair:
+    """`embedding_row_repair:` before training, input-embedding rows of norm <= `min_norm` (or
+    not finite) take their token's LM-head direction at the healthy rows' RMS norm
+    (`automodel.core.models.repair_embedding_rows`); more than `max_rows` of them is an error."""
+
+    enabled: bool = True
+    min_norm: float = 1e-6
+    max_rows: int = 256
+
+
+@dataclass(frozen=True)
 class Neftune:
     """`neftune:` uniform noise on the input embeddings while training (NEFTune, arXiv
     2310.05914), of magnitude `noise_alpha / sqrt(sequence length × hidden size)`."""
@@ -229,6 +240,7 @@ MODEL_SECTIONS = {
     "fp8": Section(keys_of=Fp8),
     "qat": Section(keys_of=Qat),  # the training loop switches it on by step (FakeQuant.at_step)
     "neftune": Section(keys_of=Neftune),
+    "embedding_row_repair": Section(keys_of=EmbeddingRowRepair),
 }
 OPTIMIZER_SECTIONS = {
     "optimizer": Section(required=True, needs_target=True, provided=("params",)),

@@ -18,6 +18,9 @@ encoder = BiEncoder(backbone, pooling="mean", normalize=True)
 batch = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)}
 queries, passages = encoder(batch, batch)  # [1, hidden] each, unit length
 ```
+
+`repair_embedding_rows(model)` gives input-embedding rows a checkpoint left near zero the
+direction of the token's LM-head row at the healthy rows' norm (before training).
 """
 
 from ._auto_model import (
@@ -31,6 +34,7 @@ from ._bi_encoder import POOLINGS, BiEncoder, bidirectional, pool
 from ._config import check_auto_class, check_causal_lm, load_model_config
 from ._documents import document_masking_problem
 from ._dtype import DTYPE_NAMES, resolve_dtype
+from ._embedding_repair import EmbeddingRepair, repair_embedding_rows
 from ._tokenizer import load_processor, load_tokenizer
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "AutoModelForImageTextToText",
     "AutoModelForSequenceClassification",
     "BiEncoder",
+    "EmbeddingRepair",
     "HFAutoModel",
     "bidirectional",
     "check_auto_class",
@@ -50,5 +55,6 @@ __all__ = [
     "load_processor",
     "load_tokenizer",
     "pool",
+    "repair_embedding_rows",
     "resolve_dtype",
 ]

@@ -43,6 +43,7 @@ KEY_DROPS: dict[tuple[str, str], str] = {
 SECTION_DROPS: dict[str, str] = {
     "nvtx": "NVTX ranges for Nsight profiles",
     "prewarm": "kernel autotuning before the first step",
+    "longalign": "none of their code reads it",
 }
 
 _LR_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "WSD": "wsd"}
