@@ -13,6 +13,7 @@ _PARTS = {
     "make_cp_batch_and_ctx": "_cp",
     "AllGatherContextParallel": "_cp_allgather",
     "load_balanced_positions": "_cp_allgather",
+    "token_mixers_outside_attention": "_hf_config",
     "DDPStrategy": "_ddp",
     "DistEnv": "_env",
     "destroy_distributed": "_env",

@@ -29,3 +29,29 @@ def layer_configs(config: Any) -> list[Any]:
     if not isinstance(layers, int):
         return [config]
     return [layer_config(config, i) for i in range(layers)]
+
+
+# layer_types of layers that mix tokens only through the attention interface with full causal
+# attention (sliding-window layers are refused by the context-parallel attention itself)
+_GLOBAL_ATTENTION_TYPES = ("full_attention", "sliding_attention", "attention", "global_attention")
+
+
+def token_mixers_outside_attention(model: nn.Module) -> list[str]:
+    """What in `model` mixes tokens along the sequence other than its (full) attention: layer
+    types of its config (``linear_attention``, ``mamba``, ``conv``, ``chunked_attention``...)
+    and the modules holding a ``Conv1d`` (state-space and short-convolution mixers). Context
+    parallelism splits the sequence over ranks and joins it again in attention only, so a
+    model with any of these cannot be split that way."""
+    found = []
+    configs = [getattr(model, "config", None), text_config(model)]
+    for config in configs:
+        for kind in getattr(config, "layer_types", None) or ():
+            label = f"{kind} layers (config.layer_types)"
+            if kind not in _GLOBAL_ATTENTION_TYPES and label not in found:
+                found.append(label)
+    for module in model.modules():
+        if any(isinstance(child, nn.Conv1d) for child in module.children()):
+            label = f"{type(module).__name__} (a causal convolution over the sequence)"
+            if label not in found:
+                found.append(label)
+    return found

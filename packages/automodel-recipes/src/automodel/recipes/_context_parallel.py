@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from automodel.core.config import ConfigNode
-from automodel.distributed import AllGatherContextParallel
+from automodel.distributed import AllGatherContextParallel, token_mixers_outside_attention
 
 from ._errors import config_problem
 
@@ -24,6 +24,14 @@ def attend_across_ranks(
     """Route `model`'s attention through `cp` (every rank's keys and values); nothing without cp."""
     if cp is None:
         return
+    mixers = token_mixers_outside_attention(model)
+    if mixers:
+        raise config_problem(
+            cfg, "distributed.cp_size",
+            f"{type(model).__name__} mixes tokens outside full attention: {'; '.join(mixers)}. "
+            "Context parallelism splits each sequence over ranks and joins it in attention "
+            "only, so these layers would each see a fragment; set cp_size: 1 for this model",
+        )  # fmt: skip
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, cp.hf_attention)
