@@ -71,6 +71,23 @@ def test_rows_hold_whole_documents_with_restarting_positions(caplog) -> None:
     assert sorted(seen) == sorted(docs)
 
 
+def test_max_packs_packs_the_first_documents_in_order(caplog) -> None:
+    """`max_packs`: documents in dataset order, a row closing when the next does not fit (NeMo
+    AutoModel's serial packing), at most max_packs rows; later documents are left out."""
+    docs = [list(range(10 + i, 10 + i + n)) for i, n in enumerate([5, 3, 7, 2, 6, 1, 4])]
+    with caplog.at_level(logging.INFO, logger="automodel.core.data"):
+        packed = pack_dataset(make_dataset(docs), packed_sequence_size=8, max_packs=3)
+    rows = [[row["input_ids"][a:b].tolist() for a, b in split_row(row)] for row in packed]
+    assert rows == [[docs[0], docs[1]], [docs[2], [PAD]], [docs[3], docs[4]]]
+    assert packed.num_documents == 5 and packed.efficiency == pytest.approx(23 / 24)
+    assert "max_packs 3: the first 5 of 7 documents packed, the rest left out" in caplog.text
+    everything = pack_dataset(make_dataset(docs), packed_sequence_size=8, max_packs=10)
+    assert everything.num_documents == 7 and len(everything) == 4
+    assert everything[3]["input_ids"][:5].tolist() == docs[5] + docs[6]  # in order, not best fit
+    with pytest.raises(DataError, match="pack_dataset: max_packs must be an integer >= 1, got 0"):
+        pack_dataset(make_dataset(docs), packed_sequence_size=8, max_packs=0)
+
+
 def test_prompt_masks_survive_packing() -> None:
     docs = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
     packed = pack_dataset(make_dataset(docs, all_labeled=False), packed_sequence_size=12)

@@ -643,8 +643,10 @@ def test_their_qlora_fp8_wandb_and_packing_sections() -> None:
     ours = {k: v for k, v in t.data["peft"].items() if k != "_target_"}
     assert resolve_target(t.data["peft"]["_target_"])(**ours).quantize_base == "nf4"
 
-    packed = {"packed_sequence": {"packed_sequence_size": 64, "packing_strategy": "thd"}}
-    assert translate(packed, {}, "cfg.yaml").data["packed_sequence"] == {"packed_sequence_size": 64}
+    packed = {"packed_sequence_size": 64, "packing_strategy": "thd", "max_packs": 9, "num_proc": 4}
+    packed = translate({"packed_sequence": packed}, {}, "cfg.yaml")
+    assert packed.data["packed_sequence"] == {"packed_sequence_size": 64, "max_packs": 9}
+    assert any("num_proc dropped" in n for n in packed.notes)
 
     off = translate({"wandb": {"enable": False, "project": "p"}}, {}, "cfg.yaml")
     assert "wandb" not in off.data and any("no W&B logging" in n for n in off.notes)

@@ -21,9 +21,11 @@ from ._errors import config_problem
 
 @dataclass(frozen=True)
 class PackedSequence:
-    """`packed_sequence:` pack documents into rows of this many tokens (0 or absent: no packing)."""
+    """`packed_sequence:` pack documents into rows of this many tokens (0 or absent: no packing);
+    `max_packs`: at most that many rows, of the first documents in dataset order."""
 
     packed_sequence_size: int = 0
+    max_packs: int | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 
 from ..losses import IGNORE_INDEX
 from ._dataset import SampleBuffer, TokenizedDataset
-from ._errors import DataError
+from ._errors import DataError, check_count
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,14 @@ def pack_dataset(
     packed_sequence_size: int,
     *,
     pad_token_id: int | None = None,
+    max_packs: int | None = None,
 ) -> PackedDataset:
     """Pack documents into rows by best-fit decreasing; documents are never split across rows.
+
+    `max_packs`: at most this many rows, of the dataset's first documents: they go into rows in
+    dataset order, a row closing when the next document does not fit, and packing stops at
+    `max_packs` rows (as NeMo AutoModel's serial packing with its `max_packs`); the documents
+    after them are not used.
 
     Each row carries `position_ids` restarting at 0 for every document; transformers models limit
     attention to each document from them when called with `use_cache=False` and no
@@ -57,7 +63,17 @@ def pack_dataset(
             f"sample {index} has {longest} tokens, more than packed_sequence_size={size}; "
             f"set the dataset's seq_length to at most {size}"
         )
-    rows = _best_fit_decreasing(lengths, size)
+    if max_packs is None:
+        rows = _best_fit_decreasing(lengths, size)
+    else:
+        check_count("pack_dataset", "max_packs", max_packs)
+        rows = _in_order(lengths, size, max_packs)
+        if len(rows) == max_packs and rows[-1][-1] + 1 < len(lengths):
+            logger.info(
+                "max_packs %d: the first %d of %d documents packed, the rest left out",
+                max_packs, rows[-1][-1] + 1, len(lengths),
+            )  # fmt: skip
+        lengths = lengths[: rows[-1][-1] + 1] if rows else []
     pad = dataset.pad_token_id if pad_token_id is None else pad_token_id
 
     buffer = SampleBuffer(("input_ids", "labels", "position_ids"))
@@ -115,6 +131,22 @@ def concat_documents(documents: Sequence[Mapping[str, Any]]) -> dict[str, torch.
     row_labels[starts[lengths > 0]] = IGNORE_INDEX
     positions = torch.arange(int(lengths.sum())) - starts.repeat_interleave(lengths)
     return {"input_ids": torch.cat(ids), "labels": row_labels, "position_ids": positions}
+
+
+def _in_order(lengths: list[int], capacity: int, max_rows: int) -> list[list[int]]:
+    """Documents in dataset order, each row closed when the next one does not fit; at most
+    `max_rows` rows."""
+    rows: list[list[int]] = []
+    space = 0
+    for index, length in enumerate(lengths):
+        if not rows or length > space:
+            if len(rows) == max_rows:
+                break
+            rows.append([])
+            space = capacity
+        rows[-1].append(index)
+        space -= length
+    return rows
 
 
 def _best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

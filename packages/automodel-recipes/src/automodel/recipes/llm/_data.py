@@ -61,9 +61,12 @@ def build_tokenizer(cfg: ConfigNode) -> Any:
 def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
     """The dataset of section `name` (`dataset` or `validation_dataset`), packed if configured."""
     dataset = instantiate(cfg[name], tokenizer=tokenizer)
-    size = read_section(cfg, "packed_sequence", PackedSequence).packed_sequence_size
-    if size:
-        dataset = pack_dataset(dataset, size, pad_token_id=tokenizer.pad_token_id)
+    packing = read_section(cfg, "packed_sequence", PackedSequence)
+    if packing.packed_sequence_size:
+        dataset = pack_dataset(
+            dataset, packing.packed_sequence_size, pad_token_id=tokenizer.pad_token_id,
+            max_packs=packing.max_packs,
+        )  # fmt: skip
     return dataset
 
 

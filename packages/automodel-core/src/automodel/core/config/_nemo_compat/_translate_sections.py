@@ -197,6 +197,9 @@ class _SectionPasses(_TranslatorBase):
             )
         elif strategy is not None:
             self.note("packed_sequence", "packing_strategy: thd dropped (how packs work here)")
+        if isinstance(packed, dict) and "num_proc" in packed:
+            del packed["num_proc"]  # their packing's worker processes: the same packs
+            self.note("packed_sequence", "num_proc dropped (worker processes; the same packs)")
 
     def merge_section(self, theirs: str, ours: str, why: str = "") -> None:
         """Their section object `theirs` (its target already dropped): its keys into `ours`;
