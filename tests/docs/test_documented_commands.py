@@ -545,6 +545,12 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     f"{AM} finetune llm -c {SFT} --nproc-per-node 2 --distributed.pp_size 2": Shared(
         test="tests/recipes/test_llm_pipeline.py::1f1b", why="tiny_sft.yaml, pp_size 2 (1F1B)"
     ),
+    f"{AM} finetune llm -c {SFT} --nproc-per-node 4 --distributed.pp_size 2 --distributed.cp_size 2": Shared(
+        test="tests/recipes/test_llm_pipeline.py::1f1b_cp2", why="tiny_sft.yaml, pp 2 × cp 2"
+    ),
+    f"{AM} finetune llm -c {MOE} --nproc-per-node 4 --distributed.pp_size 2 --distributed.cp_size 2 --distributed.ep_size 2": Shared(
+        test=f"{MOE_TEST}::ep_cp_pp", why="tiny_moe.yaml on 4 processes, pp 2 × cp 2, ep 2"
+    ),
     ("docs/parallelism.md", MOE_EP): Shared(test=f"{MOE_TEST}::ep_fsdp2", why=SAME),
     f"{AM} finetune llm -c {MOE} --nproc-per-node 4 --distributed.ep_size 2 --distributed.cp_size 2": Shared(
         test=f"{MOE_TEST}::ep_cp", why="tiny_moe.yaml on 4 processes, ep_size 2, cp_size 2"

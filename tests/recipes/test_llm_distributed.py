@@ -171,8 +171,9 @@ def test_validate_checks_context_parallel_sizes(monkeypatch, monkeypatch_module,
     monkeypatch.setenv("WORLD_SIZE", "4")  # as under torchrun: the sizes fit
     argv = ["--validate-only", "-c", str(SFT), "--+distributed.cp_size=2"]
     assert main(argv) == 0
-    assert main([*argv, "--+distributed.pp_size=2"]) == 2
-    assert "cp_size with pp_size is not supported yet" in capsys.readouterr().err
+    assert main([*argv, "--+distributed.pp_size=2"]) == 0  # pp 2 × cp 2 on 4 processes
+    assert main([*argv, "--+distributed.pp_size=4"]) == 2
+    assert "pp_size 4 × cp_size 2 × tp_size 1 = 8 does not divide" in capsys.readouterr().err
 
 
 def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):

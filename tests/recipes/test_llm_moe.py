@@ -114,6 +114,8 @@ LAYOUTS = {  # (processes, overrides) of the same run
     "ep_cp": (4, ["--+distributed.ep_size=2", "--+distributed.cp_size=2"]),
     # ep 4 over dp 2 × cp 2 (more than dp_size, as NeMo AutoModel allows): no replicas
     "ep_over_cp": (4, ["--+distributed.ep_size=4", "--+distributed.cp_size=2"]),
+    # 2 pipeline stages, each on cp 2 with its experts shared out over the 2 cp ranks
+    "ep_cp_pp": (4, [*(f"--+distributed.{k}_size=2" for k in ("ep", "cp", "pp"))]),
     # LoRA on the attention with the experts shared out, merged into one folder at the end
     "ep_lora_merged": (2, ["--+distributed.ep_size=2", *MERGED_LORA]),
 }

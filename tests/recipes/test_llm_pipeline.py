@@ -29,6 +29,7 @@ STEP_LENGTHS = ["--~dataset.seq_length", "--+dataloader.pad_to_multiple_of=2"]
 # rows of several documents: each stage gets their position_ids and keeps attention within each
 PACKED = ["--+packed_sequence.packed_sequence_size=64"]  # fixed-length rows; epochs pass
 PADDING_FREE = [*STEP_LENGTHS, "--+dataloader.padding_free=true"]  # a row per micro-batch
+CP = ["--+distributed.cp_size=2"]
 LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batches × dp 1, or
     # the example's tied LM head: the last stage's copy of the embedding, gradients summed
     "1f1b": (2, PP),
@@ -39,6 +40,11 @@ LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batch
     "1f1b_packed": (2, [*PP, *PACKED]),
     "gpipe_dp2_padding_free": (4, [*GPIPE, *PADDING_FREE]),
     "1f1b_tp2": (4, [*PP, "--+distributed.tp_size=2"]),  # each stage's layers over 2 ranks
+    # each stage on half of every row (cp 2); the step's own length rounded up to a multiple
+    # of 4 (2 × cp)
+    "1f1b_cp2": (4, [*PP, *CP]),
+    "1f1b_cp2_step_lengths": (4, [*PP, *CP, *STEP_LENGTHS]),
+    "1f1b_cp2_packed": (4, [*PP, *CP, *PACKED]),  # documents apart across the cp ranks too
 }
 
 
@@ -103,7 +109,8 @@ def test_pipeline_matches_one_process(
     Face file; interleaved, each rank runs two stages of the four; with step lengths, the
     micro-batches of each step are padded to its own length (no dataset.seq_length); packed
     rows and padding-free rows keep each document's attention to itself in every stage; with
-    tp 2, each stage's layers are split over two ranks (the model's tensor-parallel plan)."""
+    tp 2, each stage's layers are split over two ranks (the model's tensor-parallel plan); with
+    cp 2, each stage runs on half of every row and attends over both halves."""
     run_dir, stderr = launched(layout)
     if layout == "interleaved":
         for stage in (0, 2):  # rank 0's (the log is rank 0's)
@@ -112,7 +119,9 @@ def test_pipeline_matches_one_process(
         return
     schedule = "gpipe" if "gpipe" in layout else "1f1b"
     assert f"stage 0 of 2 holds layers 0-0 ({schedule} schedule" in stderr
-    padded = "longest batch over all ranks, rounded up to a multiple of 2"
+    padded = "longest batch over all ranks, rounded up to a multiple of "
+    padded += "4" if "cp2" in layout else "2"
+    assert ("context parallel 2" in stderr) == ("cp2" in layout)
     assert (padded in stderr) == layout.endswith(("step_lengths", "padding_free"))
     if layout.endswith(("packed", "padding_free")):
         assert ("packing efficiency" in stderr) == layout.endswith("packed")

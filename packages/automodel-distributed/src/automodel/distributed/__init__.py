@@ -12,6 +12,7 @@ from typing import Any
 _PARTS = {
     "make_cp_batch_and_ctx": "_cp",
     "AllGatherContextParallel": "_cp_allgather",
+    "HF_ATTENTION_NAME": "_cp_allgather",
     "load_balanced_positions": "_cp_allgather",
     "token_mixers_outside_attention": "_hf_config",
     "DDPStrategy": "_ddp",

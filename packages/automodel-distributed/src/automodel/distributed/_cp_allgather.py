@@ -27,6 +27,8 @@ from ._cp import IGNORE_INDEX
 from ._documents import document_ids
 
 _UNSUPPORTED_HF_KWARGS = ("sliding_window", "softcap", "sinks", "s_aux")
+#: the name `hf_attention` is registered under with transformers' AttentionInterface
+HF_ATTENTION_NAME = "automodel_cp_allgather"
 
 
 class _GatherRanks(torch.autograd.Function):

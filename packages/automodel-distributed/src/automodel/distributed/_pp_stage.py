@@ -7,8 +7,10 @@ SDPA / flash attention, which are causal by themselves; an additive one for eage
 and for SDPA when a layer's sliding window is shorter than the sequence). Rows of several
 documents (packed rows, padding-free batches) pass their ``position_ids`` (restarting at 0 for
 every document) to every stage as a keyword: the rotary embeddings follow them and attention
-stays within each document (an additive block-causal mask; SDPA or eager attention). KV caches
-are not supported in stages, nor padding masks in attention: padding goes at the end of each
+stays within each document (an additive block-causal mask; SDPA or eager attention). With
+context-parallel attention (``HF_ATTENTION_NAME``) a stage gets this rank's part of each row
+with its ``position_ids`` and builds no mask: that attention masks over every rank's
+positions. KV caches are not supported in stages, nor padding masks in attention: padding goes at the end of each
 row, where under the causal mask no real token sees it. A stage's forward takes the
 micro-batch's ``token_mask`` (1 for real tokens) as a keyword all the same, for forward hooks
 that must tell padding apart (MoE routers counting expert load). Pass such keywords to every
@@ -29,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._cp_allgather import HF_ATTENTION_NAME
 from ._documents import document_ids
 from ._hf_config import layer_config
 
@@ -90,6 +93,8 @@ class DecoderStage(nn.Module):
         """The attention mask the Hugging Face model would build for a layer (no padding);
         with `position_ids` of rows of several documents, causal within each document."""
         impl = getattr(self.config, "_attn_implementation", None) or "eager"
+        if impl == HF_ATTENTION_NAME:  # context parallel: it masks over every rank's positions
+            return None
         if impl not in (*MASKLESS_CAUSAL, "eager"):
             raise NotImplementedError(
                 f"pipeline stages support attention implementations {(*MASKLESS_CAUSAL, 'eager')}, "

@@ -1,7 +1,7 @@
 """Context parallelism in the recipes: sequences split over `cp_size` ranks (automodel.distributed).
 
 The model's attention becomes `AllGatherContextParallel.hf_attention`, registered with
-transformers under `ATTENTION_NAME`; each micro-batch is split along the sequence before its
+transformers under `HF_ATTENTION_NAME`; each micro-batch is split along the sequence before its
 forward, so label tokens are counted on the shards and summed over the dp × cp ranks. Packed
 rows keep their documents apart (`documents=True`: attention within each document).
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 from torch import nn
 
 from automodel.core.config import ConfigNode
-from automodel.distributed import AllGatherContextParallel, token_mixers_outside_attention
+from automodel.distributed import (
+    HF_ATTENTION_NAME,
+    AllGatherContextParallel,
+    token_mixers_outside_attention,
+)
 
 from ._errors import config_problem
-
-ATTENTION_NAME = "automodel_cp_allgather"
 
 
 def attend_across_ranks(
@@ -34,9 +36,9 @@ def attend_across_ranks(
         )  # fmt: skip
     from transformers import AttentionInterface
 
-    AttentionInterface.register(ATTENTION_NAME, cp.hf_attention)
+    AttentionInterface.register(HF_ATTENTION_NAME, cp.hf_attention)
     try:
-        model.set_attn_implementation(ATTENTION_NAME)
+        model.set_attn_implementation(HF_ATTENTION_NAME)
     except (ValueError, AttributeError, NotImplementedError) as e:
         raise config_problem(
             cfg, "distributed.cp_size",

@@ -115,8 +115,6 @@ def read_distributed(
             "each other sequence shards); set it false to keep tensor parallelism in the stages"
         )
         raise _problem(cfg, name, "sequence_parallel", message)
-    if section.cp_size != 1 and section.pp_size != 1:
-        raise _problem(cfg, name, "cp_size", "cp_size with pp_size is not supported yet")
     if section.ep_size != 1 and section.tp_size != 1:
         raise _problem(
             cfg, name, "ep_size", "expert parallelism with tp_size > 1 is not supported yet"

@@ -9,11 +9,16 @@ With MoE blocks every stage also gets each micro-batch's real-token mask (``kwar
 that padding counts toward no routing statistic, and carries its balancing loss into backward
 (`MoeStep.pipeline_run`). Rows of several documents (packed rows, padding-free batches) send
 their ``position_ids`` to every stage the same way; each stage keeps attention within a document.
+With context parallelism the step's micro-batches are padded to their one length first (a
+multiple of 2 × cp_size), then split along the sequence (`Parallel.split_sequence`): every
+stage runs on this rank's part, with its positions, and the attention of every stage joins the
+cp ranks' parts (`even_out`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -126,7 +131,7 @@ class Pipeline:
         # tensor-parallel group (its ranks all hold the same loss)
         tp = distributed.submesh(parallel.mesh, "tp")
         self.reports = self.is_last and tp.get_local_rank() == 0
-        self.loss_fn, self.dp_size, self.device = loss_fn, parallel.dp_size, parallel.device
+        self.loss_fn, self.device = loss_fn, parallel.device
         self.n_micro, self.seq_len = n_micro, seq_len
         self.pad_token_id = pad_token_id
         self.pad = pad_token_id if pad_token_id is not None else 0
@@ -137,7 +142,12 @@ class Pipeline:
             )  # fmt: skip
         except ValueError as e:  # e.g. 1F1B with fewer micro-batches than stages
             raise config_problem(cfg, "step_scheduler", f"{e} (micro-batches per step)") from e
-        self.multiple = cfg.get("dataloader.pad_to_multiple_of") or 1
+        self.parallel = parallel
+        cp = parallel.cp.size if parallel.cp is not None else 1
+        # lengths split evenly into 2 × cp_size chunks (context parallelism's head and tail)
+        self.multiple = math.lcm(cfg.get("dataloader.pad_to_multiple_of") or 1, 2 * cp)
+        if seq_len is not None and seq_len % self.multiple:
+            seq_len = self.seq_len = -(-seq_len // self.multiple) * self.multiple
         try:
             self.lengths = distributed.PipelineSeqLen(self.schedule) if seq_len is None else None
         except NotImplementedError as e:  # an older torch
@@ -157,14 +167,13 @@ class Pipeline:
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.loss_fn(logits, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
 
-    def _micro_batches(self, batches: list[dict[str, torch.Tensor]], rows: int) -> MicroBatches:
-        """(input ids, labels, real-token masks, positions) per micro-batch, `rows` × the
-        step's length each; empty ones fill the step. Positions only for rows of several
-        documents (their `position_ids`; padding starts a document of its own), else None.
+    def even_out(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """A step's (or validation chunk's) batches, next-token labels already shifted, padded
+        at the end of each row to one length, then this rank's part of each (cp).
 
-        `batches` hold next-token labels (already shifted).
+        The length is `seq_len`, else the longest batch of every rank rounded up to the
+        multiple (of `pad_to_multiple_of` and 2 × cp_size); the stages take it where it changed.
         """
-        device = next(self.stages[0].parameters()).device
         length = self.seq_len
         if self.lengths is not None:
             # A deliberate host sync, one small all-reduce per step: every rank pads to the
@@ -173,7 +182,24 @@ class Pipeline:
             # expert-parallel collectives over a stage's dp ranks), so all pipelines must
             # change length at the same steps.
             length = distributed.all_reduce_max(step_length(batches, self.multiple))
-            self.lengths.set(length)  # the stages' shapes, where the length changed
+        padded = []
+        for batch in batches:
+            if batch["input_ids"].shape[1] > length:  # only a fixed length can be exceeded
+                raise ValueError(
+                    f"a batch of {batch['input_ids'].shape[1]} tokens is longer than "
+                    f"dataset.seq_length {self.seq_len}, which pipeline stages are built for"
+                )
+            padded.append(self.parallel.split_sequence(_pad_columns(batch, length, self.pad)))
+        if self.lengths is not None:  # the stages' shapes: this rank's part of the length
+            self.lengths.set(length // (self.parallel.cp.size if self.parallel.cp else 1))
+        return padded
+
+    def _micro_batches(self, batches: list[dict[str, torch.Tensor]], rows: int) -> MicroBatches:
+        """(input ids, labels, real-token masks, positions) per micro-batch of `batches`
+        (`even_out`'s), `rows` rows each; empty ones fill the step. Positions only for rows of
+        several documents or parts of rows (their `position_ids`), else None."""
+        device = next(self.stages[0].parameters()).device
+        length = batches[0]["input_ids"].shape[1]
         inputs, targets, masks = [], [], []
         documents = any("position_ids" in b for b in batches)
         positions: list[torch.Tensor] | None = [] if documents else None
@@ -183,20 +209,16 @@ class Pipeline:
                 mask = batches[i].get("attention_mask")  # none: every token of the batch is real
                 position = batches[i].get("position_ids")
             else:  # a short last step or validation chunk: a micro-batch without labels
-                ids = torch.full((rows, 0), self.pad, dtype=torch.long)
-                labels, mask, position = ids.clone(), None, None
-            if ids.shape[1] > length:  # only a fixed length can be exceeded
-                raise ValueError(
-                    f"a batch of {ids.shape[1]} tokens is longer than dataset.seq_length "
-                    f"{self.seq_len}, which pipeline stages are built for"
-                )
-            pad_cols, pad_rows = length - ids.shape[1], rows - ids.shape[0]
+                ids = torch.full((rows, length), self.pad, dtype=torch.long)
+                labels = torch.full_like(ids, IGNORE_INDEX)
+                mask, position = torch.zeros_like(ids, dtype=torch.bool), None
+            pad_rows = rows - ids.shape[0]
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-            ids = nn.functional.pad(ids, (0, pad_cols, 0, pad_rows), value=self.pad)
-            labels = nn.functional.pad(labels, (0, pad_cols, 0, pad_rows), value=IGNORE_INDEX)
+            ids = nn.functional.pad(ids, (0, 0, 0, pad_rows), value=self.pad)
+            labels = nn.functional.pad(labels, (0, 0, 0, pad_rows), value=IGNORE_INDEX)
             inputs.append((ids.to(device),))
             targets.append(labels.to(device))
-            masks.append(nn.functional.pad(mask, (0, pad_cols, 0, pad_rows)).to(device))
+            masks.append(nn.functional.pad(mask, (0, 0, 0, pad_rows)).to(device))
             if positions is not None:
                 positions.append(_padded_positions(position, ids.shape, device))
         return inputs, targets, masks, positions
@@ -233,13 +255,15 @@ class Pipeline:
     def train_step(
         self, micro_batches: list[dict[str, torch.Tensor]], num_label_tokens: int, rows: int
     ) -> tuple[torch.Tensor, int]:
-        """Forward and backward of one optimizer step: (loss sum, real tokens), last stage only.
+        """Forward and backward of one optimizer step over `even_out`'s `micro_batches`:
+        (loss sum, real tokens), last stage only.
 
-        The loss is normalised by the global batch's label tokens and × dp_size, which FSDP2's
+        The loss is normalised by the global batch's label tokens and × dp × cp, which FSDP2's
         gradient averaging undoes, as without a pipeline.
         """
-        kwargs = {"num_label_tokens": num_label_tokens, "scale": self.dp_size}
-        loss = self._run(micro_batches, rows, kwargs, train=True) / self.dp_size
+        scale = self.parallel.averaged_over
+        kwargs = {"num_label_tokens": num_label_tokens, "scale": scale}
+        loss = self._run(micro_batches, rows, kwargs, train=True) / scale
         if self.tied_group is not None:
             distributed.sum_tied_embedding_grads(self.stages, self.tied_group)
         tokens = (
@@ -252,6 +276,7 @@ class Pipeline:
         """(summed per-token loss, label tokens) over `batches`, on the last stage (0 elsewhere)."""
         total_loss, total_tokens = 0.0, 0
         for chunk in self._chunks(batches):  # sums, not means
+            chunk = self.even_out(chunk)
             total_loss += float(self._run(chunk, rows, {"num_label_tokens": 1, "scale": 1}, False))
             total_tokens += sum(int(count_label_tokens(b["labels"])) for b in chunk)
         return total_loss, total_tokens if self.reports else 0
@@ -270,16 +295,31 @@ class Pipeline:
             yield chunk
 
 
+def _pad_columns(batch: dict[str, torch.Tensor], length: int, pad: int) -> dict[str, torch.Tensor]:
+    """`batch` with every row padded at its end to `length`: ids with `pad`, labels ignored, the
+    attention mask 0, and `position_ids` counting from 0 (a document of its own)."""
+    extra = length - batch["input_ids"].shape[1]
+    if not extra:
+        return batch
+    out = dict(batch)
+    fills = {"input_ids": pad, "labels": IGNORE_INDEX, "attention_mask": 0}
+    for key, fill in fills.items():
+        if key in out:
+            out[key] = nn.functional.pad(out[key], (0, extra), value=fill)
+    if "position_ids" in out:
+        position = out["position_ids"]
+        tail = torch.arange(extra, dtype=position.dtype, device=position.device)
+        out["position_ids"] = torch.cat([position, tail.expand(position.shape[0], extra)], dim=1)
+    return out
+
+
 def _padded_positions(
     position: torch.Tensor | None, shape: torch.Size, device: torch.device
 ) -> torch.Tensor:
-    """`position` (a batch's `position_ids`, or None: one document per row) padded to `shape`;
-    the padding of each row counts from 0, a document of its own that no real token sees."""
+    """`position` (a batch's `position_ids`, or None: one document per row) with rows of
+    padding added to `shape` (each counting from 0, a document that no real token sees)."""
     rows, length = shape
     if position is None:
         return torch.arange(length, device=device).expand(rows, length).contiguous()
-    pad_rows, pad_cols = rows - position.shape[0], length - position.shape[1]
-    tail = torch.arange(pad_cols, dtype=position.dtype).expand(position.shape[0], pad_cols)
-    position = torch.cat([position, tail], dim=1)
-    filler = torch.arange(length, dtype=position.dtype).expand(pad_rows, length)
+    filler = torch.arange(length, dtype=position.dtype).expand(rows - position.shape[0], length)
     return torch.cat([position, filler]).to(device)

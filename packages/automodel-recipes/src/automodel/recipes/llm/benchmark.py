@@ -144,6 +144,8 @@ class BenchmarkRecipeForCausalLM:
             self.model.train()
             for micro_batches in self.steps.steps(batches):
                 step, micro_batches = self.steps.step, [self.prepare(b) for b in micro_batches]
+                if self.pipeline is not None:  # split along the sequence (cp) by the pipeline
+                    micro_batches = self.pipeline.even_out(micro_batches)
                 self.run.fake_quant.at_step(step)  # qat: on from its start_step
                 self.profile.before(step)
                 self.synchronize()
@@ -161,8 +163,11 @@ class BenchmarkRecipeForCausalLM:
         return self.write_summary(seconds)
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Next-token labels, this rank's part of the sequence (cp), on the device."""
-        batch = self.parallel.split_sequence({**batch, "labels": shift_labels(batch["labels"])})
+        """Next-token labels, this rank's part of the sequence (cp; with a pipeline, its
+        `even_out` splits), on the device."""
+        batch = {**batch, "labels": shift_labels(batch["labels"])}
+        if self.pipeline is None:
+            batch = self.parallel.split_sequence(batch)
         return {key: value.to(self.device) for key, value in batch.items()}
 
     def forward_backward(self, micro_batches: list[dict], label_tokens: int) -> tuple[Any, int]:

@@ -177,6 +177,8 @@ class FinetuneRecipeForCausalLM(RunViews):
             start = time.perf_counter()
             self.run.fake_quant.at_step(steps.step)  # qat: on from its start_step
             micro_batches = [self.prepare(batch) for batch in micro_batches]
+            if self.pipeline is not None:  # one length for the schedule, then split (cp)
+                micro_batches = self.pipeline.even_out(micro_batches)
             # Exact normalisation: every token of the global batch (all micro-batches, all dp and
             # cp ranks) weighs the same; × their number undoes the averaging of FSDP2/DDP.
             # The counts are of host batches; their sum over the ranks stays on the device.
@@ -220,8 +222,11 @@ class FinetuneRecipeForCausalLM(RunViews):
         return real_tokens(batch, self.tokenizer.pad_token_id)
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Next-token targets, then this rank's part of the sequence (context parallel)."""
+        """Next-token targets, then this rank's part of the sequence (context parallel; with a
+        pipeline, `Pipeline.even_out` splits a step's batches once they have one length)."""
         batch = {**batch, "labels": shift_labels(batch["labels"])}
+        if self.pipeline is not None:
+            return batch
         return self.parallel.split_sequence(batch, self.tokenizer.pad_token_id)
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
