@@ -135,6 +135,33 @@ def test_stages_keep_the_documents_of_a_row_apart_as_the_whole_model(
     assert not torch.allclose(plain[0, 5:], alone[0], atol=1e-3)  # the mask is what did it
 
 
+def test_a_last_stage_with_a_head_loss_returns_the_loss_of_its_logits(tiny_llama_config) -> None:
+    """`head_loss` (the fused linear cross-entropy): the last stage given labels returns the
+    loss the logits give, and its gradients; without labels, the logits."""
+    from transformers import LlamaForCausalLM
+
+    from automodel.core.losses import FusedLinearCrossEntropy, MaskedCrossEntropy
+    from automodel.distributed import DecoderStage
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(num_hidden_layers=2)
+    whole = LlamaForCausalLM(config)
+    stages = [DecoderStage(whole.model, whole.lm_head, [i], i, 2, None) for i in (0, 1)]
+    ids = torch.randint(0, config.vocab_size, (2, 12))
+    labels = ids.roll(-1, dims=1)
+    labels[:, -3:] = -100
+    logits = stages[1](stages[0](ids))
+    expected = MaskedCrossEntropy()(logits, labels, 18)
+    (reference,) = torch.autograd.grad(expected, whole.lm_head.weight)
+    stages[1].head_loss = FusedLinearCrossEntropy().__call__
+    loss = stages[1](stages[0](ids), labels=labels, num_label_tokens=18)
+    assert loss.dim() == 0
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, whole.lm_head.weight)
+    torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+    assert stages[1](stages[0](ids)).shape == logits.shape  # no labels: the logits
+
+
 def test_documents_in_stages_are_refused_with_flash_attention(tiny_llama_config) -> None:
     from types import SimpleNamespace
 

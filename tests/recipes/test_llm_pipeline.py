@@ -38,6 +38,8 @@ LAYOUTS = {  # (processes, overrides): global batch 8 = local 2 × 4 micro-batch
     "1f1b_untied": (2, [*PP, *UNTIED]),
     "interleaved": (2, INTERLEAVED),  # rank 0: stages 0 and 2, rank 1: 1 and 3 (tied head)
     "1f1b_packed": (2, [*PP, *PACKED]),
+    # the last stage's loss from its hidden states and LM head (no whole logits)
+    "1f1b_fused": (2, [*PP, "--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"]),
     "gpipe_dp2_padding_free": (4, [*GPIPE, *PADDING_FREE]),
     "1f1b_tp2": (4, [*PP, "--+distributed.tp_size=2"]),  # each stage's layers over 2 ranks
     # each stage on half of every row (cp 2); the step's own length rounded up to a multiple
@@ -110,7 +112,8 @@ def test_pipeline_matches_one_process(
     micro-batches of each step are padded to its own length (no dataset.seq_length); packed
     rows and padding-free rows keep each document's attention to itself in every stage; with
     tp 2, each stage's layers are split over two ranks (the model's tensor-parallel plan); with
-    cp 2, each stage runs on half of every row and attends over both halves."""
+    cp 2, each stage runs on half of every row and attends over both halves; with the fused
+    loss, the last stage computes it from the LM head (the reference: cross-entropy on logits)."""
     run_dir, stderr = launched(layout)
     if layout == "interleaved":
         for stage in (0, 2):  # rank 0's (the log is rank 0's)
@@ -122,6 +125,8 @@ def test_pipeline_matches_one_process(
     padded = "longest batch over all ranks, rounded up to a multiple of "
     padded += "4" if "cp2" in layout else "2"
     assert ("context parallel 2" in stderr) == ("cp2" in layout)
+    fused = "the last stage computes the fused loss from its LM head"
+    assert (fused in stderr) == layout.endswith("fused")
     assert (padded in stderr) == layout.endswith(("step_lengths", "padding_free"))
     if layout.endswith(("packed", "padding_free")):
         assert ("packing efficiency" in stderr) == layout.endswith("packed")
@@ -221,7 +226,6 @@ def test_one_process_checkpoint_resumes_as_a_pipeline(
             "1f1b, gpipe, interleaved_1f1b, looped_bfs, got 'zb'",
         ),
         (["--+distributed.pp_stage_rounding=sideways"], 2, "expected up, down or null"),
-        (["--loss_fn._target_=automodel.core.losses.FusedLinearCrossEntropy"], 2, "fused loss"),
     ],
 )
 def test_unsupported_pipeline_settings_are_config_errors(

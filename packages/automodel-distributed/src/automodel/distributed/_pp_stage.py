@@ -19,13 +19,15 @@ stage in the schedule's ``kwarg_mbs``. The layers keep their Hugging Face module
 ``apply_tensor_parallel(stage, mesh["tp"])`` uses the model's own tensor-parallel plan.
 
 A tied LM head (the input embedding's weight) is copied to the last stage under the
-embedding's name; ``sum_tied_embedding_grads`` (`_pp`) keeps the copies equal.
+embedding's name; ``sum_tied_embedding_grads`` (`_pp`) keeps the copies equal. With a
+``head_loss`` (a fused linear cross-entropy: hidden states and the LM head in, the loss out,
+never the whole logits), the last stage given ``labels`` returns that loss instead of logits.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -83,6 +85,8 @@ class DecoderStage(nn.Module):
             self.model.embed_tokens = copy.deepcopy(base.embed_tokens)
             self.lm_head = copy.deepcopy(lm_head)
             self.lm_head.weight = self.model.embed_tokens.weight
+        # (hidden, head weight, labels, num_label_tokens, head bias) -> loss, on the last stage
+        self.head_loss: Callable[..., torch.Tensor] | None = None
         self._tp_plan = tp_plan  # the model's own TP plan: same module paths as the stage
         # the decoder-layer class names, so FSDP2 (decoder_blocks) shards the stage per layer
         self._no_split_modules = getattr(base, "_no_split_modules", None)
@@ -132,8 +136,11 @@ class DecoderStage(nn.Module):
         x: torch.Tensor,
         token_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_label_tokens: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """Token ids (first stage) or hidden states in; hidden states or logits (last) out.
+        """Token ids (first stage) or hidden states in; hidden states or logits (last) out,
+        or with ``head_loss`` and ``labels`` (next-token targets) the last stage's loss.
 
         ``token_mask`` is for forward hooks; the stage does not use it (see the module notes).
         ``position_ids``: those of rows of several documents (None: ``0..seq-1``).
@@ -156,9 +163,13 @@ class DecoderStage(nn.Module):
             )
             if isinstance(hidden, tuple):  # transformers 4 decoder layers return tuples
                 hidden = hidden[0]
-        if self.is_last:
-            return self.lm_head(self.model.norm(hidden))
-        return hidden
+        if not self.is_last:
+            return hidden
+        hidden = self.model.norm(hidden)
+        if self.head_loss is not None and labels is not None:
+            head = self.lm_head
+            return self.head_loss(hidden, head.weight, labels, num_label_tokens, head.bias)
+        return self.lm_head(hidden)
 
 
 class RankStages(nn.Module):

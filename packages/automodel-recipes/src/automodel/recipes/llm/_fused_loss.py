@@ -22,7 +22,7 @@ def is_fused(loss_fn: Any) -> bool:
 
 def check_fused_loss(cfg: ConfigNode, loss_fn: Any, distributed: Distributed) -> None:
     """Refuse layouts the fused loss cannot run under: a vocabulary-sharded head (tensor
-    parallel), or a head on the last pipeline stage only (not wired yet)."""
+    parallel). With pipeline stages the last stage computes it (`DecoderStage.head_loss`)."""
     if not is_fused(loss_fn):
         return
     if distributed.tp_size > 1:
@@ -31,12 +31,6 @@ def check_fused_loss(cfg: ConfigNode, loss_fn: Any, distributed: Distributed) ->
             "loss_fn",
             f"FusedLinearCrossEntropy needs the whole LM head on each rank; tp_size "
             f"{distributed.tp_size} shards it over the vocabulary: use MaskedCrossEntropy",
-        )
-    if distributed.pp_size > 1:
-        raise config_problem(
-            cfg,
-            "loss_fn",
-            "the fused loss with pp_size > 1 is not supported yet: use MaskedCrossEntropy",
         )
 
 

@@ -34,6 +34,7 @@ from .._moe import MoeStep
 from .._parallel import Parallel
 from .._sections import Distributed, document_rows, read_section
 from ._data import real_tokens
+from ._fused_loss import is_fused
 
 log = logging.getLogger("automodel.recipes.llm")
 
@@ -114,6 +115,10 @@ class Pipeline:
         except (NotImplementedError, ValueError, AttributeError) as e:
             raise config_problem(cfg, "distributed.pp_size", str(e)) from e
         self.moe = moe if moe is not None and moe.section is not None else None
+        self.fused = is_fused(loss_fn)  # the last stage computes it from the LM head itself
+        for stage in stages:
+            if self.fused and stage.is_last:  # a bound method: not registered as a submodule
+                stage.head_loss = loss_fn.__call__
         experts = [self.moe.shard_experts(cfg, s) if self.moe else None for s in stages]
         self.stages = [parallel.shard(s, e) for s, e in zip(stages, experts, strict=True)]
         # The module the recipe trains and saves: the stage, or this rank's stages as one module.
@@ -156,6 +161,8 @@ class Pipeline:
         if not seq_len and self.multiple > 1:
             padded += f", rounded up to a multiple of {self.multiple}"
         log.info("pipeline: each step's micro-batches padded to %s", padded)
+        if self.fused:
+            log.info("pipeline: the last stage computes the fused loss from its LM head")
         for stage in self.stages:
             layers = list(stage.model.layers)
             log.info(
@@ -164,8 +171,10 @@ class Pipeline:
                 section.pp_schedule, n_micro,
             )  # fmt: skip
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.loss_fn(logits, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
+    def _loss(self, output: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.fused:  # the last stage's output is already the loss (fused with the head)
+            return output * kwargs["scale"]
+        return self.loss_fn(output, labels, kwargs["num_label_tokens"]) * kwargs["scale"]
 
     def even_out(self, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         """A step's (or validation chunk's) batches, next-token labels already shifted, padded
@@ -240,6 +249,9 @@ class Pipeline:
         if self.moe is not None:
             for keyword, mask in zip(keywords, masks, strict=True):
                 keyword["token_mask"] = mask
+        if self.fused:  # the last stage's loss needs the targets and their count
+            for keyword, target in zip(keywords, targets, strict=True):
+                keyword.update(labels=target, num_label_tokens=loss_kwargs["num_label_tokens"])
         if any(keywords):
             kwargs["kwarg_mbs"] = keywords
         run = self.schedule.step if train else self.schedule.eval
