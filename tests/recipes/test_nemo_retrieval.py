@@ -245,6 +245,38 @@ def test_their_bi_encoder_config_runs_and_migrates(
     assert all(r["num_label_tokens"] == 8 and r["loss"] > 0 for r in rows)
 
 
+def test_their_submodel_of_a_vlm_trains_alone_and_saves_as_its_own_model(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`extract_submodel: language_model` (their Ministral-3 embedder): a LLaVA is loaded, its
+    Llama language model trains as the bi-encoder and is what the checkpoint holds."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(REPO / "examples/vlm_finetune/assets/tiny_llava")
+    config.text_config.vocab_size = 460  # the retrieval tokenizer's
+    AutoModel.from_config(config).save_pretrained(tmp_path / "llava")
+    text = THEIR_BI.replace("{models}/bert", str(tmp_path / "llava"))
+    text = text.replace("  pooling: avg\n", "  pooling: avg\n  extract_submodel: language_model\n")
+    theirs = their_file(models, text, "bi_submodel.yaml")
+    overrides = [f"--+logging.run_dir={tmp_path / 'run'}", "--+logging.progress=false"]
+    overrides.append(f"--checkpoint.checkpoint_dir={tmp_path / 'run/checkpoints'}")
+    cfg = load_config(theirs, overrides, sections=bi_encoder.SECTIONS)
+    assert cfg.model.submodel == "language_model"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    recipe = bi_encoder.BiEncoderRecipe(cfg)
+    recipe.setup()
+    recipe.run_train_validation_loop()
+    assert type(recipe.unwrapped).__name__ == "LlamaModel"
+    (saved,) = (tmp_path / "run/checkpoints").glob("epoch_0_step_2/model/config.json")
+    assert json.loads(saved.read_text())["model_type"] == "llama"  # the part, on its own
+    with pytest.raises(
+        Exception, match=r"submodel 'vision' of LlavaModel: no such part.*language_model"
+    ):
+        from automodel.core.models import AutoModel as Ours
+
+        Ours.from_pretrained(tmp_path / "llava", submodel="vision")
+
+
 def test_their_cross_encoder_config_translates_and_passes_check(models: Path) -> None:
     theirs = their_file(models, THEIR_CROSS, "cross.yaml")
     cfg = load_config(theirs, sections=cross_encoder.SECTIONS)
@@ -410,7 +442,8 @@ def test_model_options_we_cannot_honour_are_specific_errors(tmp_path: Path) -> N
     assert "model.do_distributed_inbatch_negative" in message
     assert "detach_distributed_inbatch_negatives: false" in message
     assert "use avg, cls or last" in problems(bi(pooling="weighted_avg"))
-    assert "save that submodel" in problems(bi(extract_submodel="language_model"))
+    part = translate(bi(extract_submodel="language_model"), {}, "cfg.yaml")
+    assert part.data["model"]["submodel"] == "language_model"
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))

@@ -45,14 +45,25 @@ class HFAutoModel:
         revision: str | None = None,
         init_device: Device | None = None,
         dequantize: bool = False,
+        submodel: str | None = None,
         **kwargs: Any,
     ) -> PreTrainedModel:
         """Load a pretrained model; `init_device="meta"` builds its skeleton without weights.
 
         `dequantize`: a checkpoint saved quantized (its config has a `quantization_config`, e.g.
         fine-grained FP8 or MXFP4) loads with its weights dequantized to `torch_dtype`, to train
-        as any other; a checkpoint that is not quantized loads as it is.
+        as any other; a checkpoint that is not quantized loads as it is. `submodel`: the part
+        of the loaded model to return (a dotted attribute path, e.g. a VLM's `language_model`
+        to train as a text embedder), a transformers model with its own config; the rest is
+        dropped.
         """
+        if submodel is not None:
+            model = cls.from_pretrained(
+                pretrained_model_name_or_path, torch_dtype=torch_dtype,
+                attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                revision=revision, init_device=init_device, dequantize=dequantize, **kwargs,
+            )  # fmt: skip
+            return part_of(model, submodel)
         dtype = resolve_dtype(torch_dtype)
         name = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
         if looks_like_local_path(name) and not os.path.exists(name):
@@ -127,6 +138,26 @@ class HFAutoModel:
             f", seed {seed}" if seed is not None else "",
         )
         return model
+
+
+def part_of(model: PreTrainedModel, path: str) -> PreTrainedModel:
+    """`model`'s submodule at the dotted attribute `path`, which must be a transformers model
+    (its own config, `save_pretrained`); a UserError naming the candidates otherwise."""
+    part: Any = model
+    for name in path.split("."):
+        part = getattr(part, name, None)
+    if not isinstance(part, PreTrainedModel):
+        candidates = sorted(
+            name for name, module in model.named_modules()
+            if name and isinstance(module, PreTrainedModel)
+        )  # fmt: skip
+        found = "no such part" if part is None else f"a {type(part).__name__}"
+        raise UserError(
+            f"submodel {path!r} of {type(model).__name__}: {found}, not a transformers model; "
+            f"its transformers submodels: {', '.join(candidates) or 'none'}"
+        )
+    logger.info("using %s's %s (%s) alone", type(model).__name__, path, type(part).__name__)
+    return part
 
 
 class AutoModelForCausalLM(HFAutoModel):

@@ -40,7 +40,7 @@ _EMBEDDER_MOVED = {
     "l2_normalize": "bi_encoder.normalize",
     "do_distributed_inbatch_negative": "bi_encoder.in_batch_negatives, gather_across_ranks",
     "detach_distributed_inbatch_negatives": "only false (gradients flow through every rank)",
-    "extract_submodel": "not supported",
+    "extract_submodel": "model.submodel (the part of the loaded model to train)",
 }
 _RERANKER_MOVED = {
     "pooling": "their bidirectional Llama's score head only",

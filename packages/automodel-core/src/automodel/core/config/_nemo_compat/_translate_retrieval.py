@@ -54,14 +54,10 @@ class _RetrievalPasses(_RetrievalDataPasses):
     # -- the model -----------------------------------------------------------------------------
     def embedder(self, model: dict[str, Any]) -> None:
         """`NeMoAutoModelBiEncoder.from_pretrained`: the backbone, pooled, made bidirectional."""
-        if model.get("extract_submodel") is not None:
-            self.fail(
-                "model.extract_submodel",
-                "training a submodel of a bigger model (e.g. a VLM's language_model) is not "
-                "supported: save that submodel with save_pretrained and point "
-                "pretrained_model_name_or_path at it",
-            )
-        model.pop("extract_submodel", None)
+        part = model.pop("extract_submodel", None)
+        if part is not None:  # e.g. a VLM's language_model, trained alone as the embedder
+            model["submodel"] = part
+            self.move("model.extract_submodel", "model.submodel")
         pooling = model.pop("pooling", None)
         if pooling is None:
             self.put("bi_encoder.pooling", "mean", None, "NeMo AutoModel's default (avg)")
