@@ -449,6 +449,9 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_indexed.yaml": Run(
         group="indexed", steps=2, files=("runs/tiny_pretrain_indexed/checkpoints/LATEST",)
     ),
+    f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_nanogpt.yaml": Run(
+        group="indexed", steps=2, files=("runs/tiny_pretrain_nanogpt/checkpoints/LATEST",)
+    ),
     f"{AM} pretrain llm -c examples/llm_pretrain/tiny_pretrain_streaming.yaml": Run(
         group="indexed", steps=2, files=("runs/tiny_pretrain_streaming/checkpoints/LATEST",)
     ),

@@ -24,7 +24,9 @@ For pre-training, `text_dataset(..., seq_length=N, truncation="chunk")` splits l
 into consecutive N-token samples instead of cutting them off, and `indexed_dataset` reads
 Megatron indexed datasets (`.bin` + `.idx`, memory-mapped; `write_indexed` writes them) as
 N-token windows, one dataset or a weighted blend; `streaming_text_dataset` tokenizes a
-`datasets` stream on the fly into the same windows, with its position in the checkpoint.
+`datasets` stream on the fly into the same windows, with its position in the checkpoint;
+`nanogpt_dataset` reads NanoGPT / llm.c token shards (`.bin`, memory-mapped; `write_shard`
+writes one).
 For function calling, `tool_call_dataset` reads agent traces (OpenAI messages with tool calls,
 ShareGPT or chatml tool turns) and xLAM rows, rendered with their tool definitions.
 """
@@ -45,6 +47,7 @@ from ._formats import (
 from ._indexed import IndexedTokens, token_dtype, write_indexed
 from ._loader import DataChangedError, build_dataloader
 from ._loading import load_rows, require_columns
+from ._nanogpt import nanogpt_dataset, read_shard, write_shard
 from ._packing import (
     PackedDataset,
     block_causal_mask,
@@ -112,8 +115,10 @@ __all__ = [
     "instruction_dataset",
     "load_corpus",
     "load_rows",
+    "nanogpt_dataset",
     "pack_dataset",
     "preprocess_text",
+    "read_shard",
     "require_columns",
     "retrieval_dataset",
     "retrieval_eval_set",
@@ -127,4 +132,5 @@ __all__ = [
     "tool_call_dataset",
     "tool_conversation",
     "write_indexed",
+    "write_shard",
 ]

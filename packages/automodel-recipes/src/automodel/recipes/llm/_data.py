@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Any
 
 import torch
 
-from automodel.core.config import ConfigNode, Section, instantiate
+from automodel.core.config import ConfigError, ConfigNode, Section, instantiate, resolve_target
 from automodel.core.data import pack_dataset
 from automodel.core.losses import MaskedCrossEntropy
 
 from .._builders import build_dataset_loaders, build_preprocessor
 from .._errors import config_problem
 from .._sections import PackedSequence, document_rows, read_section
+
+log = logging.getLogger("automodel.recipes.llm")
 
 # What the LLM recipes read beside the standard sections: text data and the loss over it.
 LM_SECTIONS = {
@@ -51,11 +55,36 @@ def check_documents(cfg: ConfigNode, model: Any, local_batch_size: int, cp_size:
         raise config_problem(cfg, key, message)
 
 
-def build_tokenizer(cfg: ConfigNode) -> Any:
-    """The tokenizer from `tokenizer:`, else the one next to `model.pretrained_model_name_or_path`."""
+def build_tokenizer(cfg: ConfigNode, optional: bool = False) -> Any:
+    """The tokenizer from `tokenizer:`, else the one next to `model.pretrained_model_name_or_path`.
+
+    `optional`: None when there is neither and the dataset reads token ids (its `tokenizer`
+    argument is optional, e.g. `indexed_dataset`, `nanogpt_dataset`): nothing to tokenize,
+    and checkpoints then hold no tokenizer.
+    """
     from automodel.core.models import load_tokenizer
 
+    given = "tokenizer" in cfg or cfg.get("model.pretrained_model_name_or_path") is not None
+    if optional and not given and _reads_token_ids(cfg):
+        log.info("no tokenizer: the dataset reads token ids (checkpoints hold no tokenizer)")
+        return None
     return build_preprocessor(cfg, "tokenizer", load_tokenizer)
+
+
+def _reads_token_ids(cfg: ConfigNode) -> bool:
+    """Whether every dataset of `cfg` takes its tokenizer as an optional argument."""
+    for name in ("dataset", "validation_dataset"):
+        if name not in cfg:
+            continue
+        try:
+            parameter = inspect.signature(resolve_target(cfg[name]._target_)).parameters.get(
+                "tokenizer"
+            )
+        except (ConfigError, TypeError, ValueError, AttributeError):
+            return False
+        if parameter is None or parameter.default is not None:
+            return False
+    return True
 
 
 def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
@@ -64,7 +93,7 @@ def build_dataset(cfg: ConfigNode, name: str, tokenizer: Any) -> Any:
     packing = read_section(cfg, "packed_sequence", PackedSequence)
     if packing.packed_sequence_size:
         dataset = pack_dataset(
-            dataset, packing.packed_sequence_size, pad_token_id=tokenizer.pad_token_id,
+            dataset, packing.packed_sequence_size, pad_token_id=pad_id(tokenizer),
             max_packs=packing.max_packs,
         )  # fmt: skip
     return dataset
@@ -76,8 +105,13 @@ def build_loaders(
     """(train dataset, train loader, validation loader or None): each dp rank reads its shard."""
     return build_dataset_loaders(
         cfg, lambda name: build_dataset(cfg, name, tokenizer), batch_size, dp_rank, dp_size,
-        seed=seed, pad_token_id=tokenizer.pad_token_id,
+        seed=seed, pad_token_id=pad_id(tokenizer),
     )  # fmt: skip
+
+
+def pad_id(tokenizer: Any) -> int | None:
+    """The tokenizer's pad id; None without a tokenizer (token-id datasets need no padding)."""
+    return getattr(tokenizer, "pad_token_id", None)
 
 
 def build_loss(cfg: ConfigNode) -> Any:

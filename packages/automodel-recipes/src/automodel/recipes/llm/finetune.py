@@ -56,6 +56,7 @@ from ._data import (
     build_tokenizer,
     check_documents,
     check_rows,
+    pad_id,
     real_tokens,
 )
 from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
@@ -87,7 +88,8 @@ class FinetuneRecipeForCausalLM(RunViews):
         self.run = ctx = start_run(cfg, default_run_dir="runs/llm", weights_format=weights)
         check_rows(cfg)
         check_pipeline(cfg, ctx.distributed)
-        self.tokenizer = self.preprocessor = build_tokenizer(cfg)  # saved beside the model
+        # saved beside the model; None for token ids without a tokenizer (build_tokenizer)
+        self.tokenizer = self.preprocessor = build_tokenizer(cfg, optional=True)
         self.loss_fn = build_loss(cfg)
         check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         moe = read_moe(cfg, ctx.distributed.ep_size)
@@ -100,11 +102,12 @@ class FinetuneRecipeForCausalLM(RunViews):
         model = prepare_model(model, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.unwrapped = model  # FSDP2 shards it in place, DDP wraps it
         write_extras = adapter_extras_writer if self.lora is not None else hf_extras_writer
-        self.write_hf_extras = write_extras(model, cfg, self.tokenizer)  # while it is whole
+        processors = [self.tokenizer] if self.tokenizer is not None else []
+        self.write_hf_extras = write_extras(model, cfg, *processors)  # while it is whole
         self.moe = MoeStep(model, moe, self.parallel)
         self.pipeline = None
         if ctx.distributed.pp_size > 1:  # this rank keeps its stage (FSDP2 over its dp ranks)
-            grad_acc, pad = self.step_scheduler.grad_acc_steps, self.tokenizer.pad_token_id
+            grad_acc, pad = self.step_scheduler.grad_acc_steps, pad_id(self.tokenizer)
             fixed = packed or cfg.get("dataset.seq_length")  # else each step's own length
             self.pipeline = Pipeline(
                 model, self.parallel, self.loss_fn, grad_acc, fixed, pad, cfg, self.moe
@@ -162,7 +165,8 @@ class FinetuneRecipeForCausalLM(RunViews):
             self.model.train()  # from_pretrained returns eval mode: dropout would be off on resume
             if self.train_steps() and merge:
                 sharded = self.parallel.mesh is not None
-                save_merged_model(self.unwrapped, merged_dir, self.preprocessor, sharded=sharded)
+                processors = [self.preprocessor] if self.preprocessor is not None else []
+                save_merged_model(self.unwrapped, merged_dir, *processors, sharded=sharded)
 
     def train_steps(self) -> bool:
         """The training loop; False when a preemption signal stopped it early.
@@ -219,7 +223,7 @@ class FinetuneRecipeForCausalLM(RunViews):
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """The micro-batch's tokens that are not padding, for throughput."""
-        return real_tokens(batch, self.tokenizer.pad_token_id)
+        return real_tokens(batch, pad_id(self.tokenizer))
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Next-token targets, then this rank's part of the sequence (context parallel; with a
@@ -227,7 +231,7 @@ class FinetuneRecipeForCausalLM(RunViews):
         batch = {**batch, "labels": shift_labels(batch["labels"])}
         if self.pipeline is not None:
             return batch
-        return self.parallel.split_sequence(batch, self.tokenizer.pad_token_id)
+        return self.parallel.split_sequence(batch, pad_id(self.tokenizer))
 
     def forward_loss(self, batch: dict[str, torch.Tensor], num_label_tokens: int) -> torch.Tensor:
         """Loss of one micro-batch (labels already shifted), normalised by the step's label tokens."""

@@ -1,9 +1,9 @@
 """Their `_target_` paths and ours: the alias table and what it answers.
 
 `TARGET_ALIASES` is the one table of their targets and ours (docs/migrating.md prints it): the
-LLM entries here, finetune.vlm's in `_aliases_vlm`, the retrieval recipes' in
-`_aliases_retrieval`. `NOT_SUPPORTED` names their targets we know and do not have; `RECIPES` maps their recipe
-classes to our recipe names. `looks_like_nemo` tells their configs apart from ours.
+LLM entries here, the pre-training data and GPT-2 in `_aliases_pretrain`, finetune.vlm's in
+`_aliases_vlm`, the retrieval recipes' in `_aliases_retrieval`. `NOT_SUPPORTED` names their
+targets we know and do not have; `RECIPES` maps their recipe classes to our recipe names. `looks_like_nemo` tells their configs apart from ours.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from .._errors import ConfigError, Problem, did_you_mean
 from ._alias import MODEL_DROPPED, NEMO_PREFIX, TARGET_KEY, Alias
+from ._aliases_pretrain import PRETRAIN_ALIASES
 from ._aliases_retrieval import (
     BI_COLLATORS,
     BI_ENCODERS,
@@ -51,7 +52,6 @@ _CAUSAL_LM = "automodel.core.models.AutoModelForCausalLM"
 _LOADER = "torchdata.stateful_dataloader.StatefulDataLoader"
 _COLLATER = "nemo_automodel.components.datasets.utils.default_collater"
 _NO_ASSISTANT = "a trace without an assistant turn has nothing to learn from: left out here"
-_MOCK_DATA = "nemo_automodel.components.datasets.llm.mock_iterable_dataset.MockIterableDataset"
 _THD_COLLATER = "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
 # their SQuAD, HellaSwag and column-mapped rows: their prompts, tokens and loss masks
 _THEIR_TOKENS = {"prompt_format": "nemo_automodel"}
@@ -140,64 +140,6 @@ TARGET_ALIASES: dict[str, Alias] = {
         },
         limit="limit_dataset_samples",
         hf_padding=True,
-    ),
-    # random token rows, as theirs (not the same ids: drawn by another generator); under
-    # benchmark.llm the section goes first (it makes its own rows; see benchmark_data)
-    _MOCK_DATA: Alias(
-        "automodel.core.data.synthetic_text_dataset",
-        args={"seq_len": "seq_length"},
-        refused={
-            "batch_size": (
-                (1, None),
-                "rows per micro-batch are step_scheduler.local_batch_size here; drop batch_size",
-            )
-        },
-        defaults={"vocab_size": 1024, "seq_length": 1024, "num_samples": 1000000},
-    ),
-    "nemo_automodel.components.datasets.llm.mock.build_unpacked_dataset": Alias(
-        "automodel.core.data.synthetic_text_dataset",
-        args={
-            "num_sentences": "num_samples",
-            "mean_len": "seq_length",
-            "std_len": "length_std",
-            "max_sentence_len": "max_length",
-        },
-        defaults={
-            "num_samples": 10,
-            "seq_length": 20,
-            "length_std": 6.0,
-            "vocab_size": 100,
-            "max_length": 64,
-        },
-        note="rows end with the tokenizer's EOS inside their drawn length (theirs: id 1 after it)",
-    ),
-    "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining": Alias(
-        "automodel.core.data.indexed_dataset",
-        args={
-            "splits_to_build": "part",
-            "index_mapping_dir": "index_cache_dir",
-            "num_train_samples": "num_samples",
-            "num_val_samples": "num_samples",
-            "num_test_samples": "num_samples",
-        },
-        dropped={
-            "tokenizer": "the recipe's tokenizer checks the corpus",
-            "num_dataset_builder_threads": "how fast the sample index is built",
-            "mmap_bin_files": "how the token file is read",
-            "micro_batch_size": "batches are step_scheduler's",
-            "global_batch_size": "batches are step_scheduler's",
-        },
-        refused={
-            "create_attention_mask": ((False,), "causal attention needs no mask here; drop it"),
-            "object_storage_config": ((None,), "read the files from a local or mounted path"),
-        },
-        defaults={"split": "900,50,50", "seed": 1234},
-        note=(
-            "the same seq_length-token training windows over the same documents of each split "
-            "part; the order of documents and windows is this library's own seeded shuffle, "
-            "not Megatron's sample index"
-        ),
-        token_windows=True,
     ),
     "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy": Alias(
         "automodel.core.losses.MaskedCrossEntropy", dropped=_LOSS_DROPPED
@@ -313,6 +255,7 @@ TARGET_ALIASES: dict[str, Alias] = {
     "nemo_automodel.components.distributed.pipelining.autopipeline.AutoPipeline": Alias(None),
     _COLLATER: Alias(None),  # our dataloader pads (with the tokenizer's pad id) by default
     _THD_COLLATER: Alias(None),  # packed rows (packed_sequence_size > 0) collate on their own
+    **PRETRAIN_ALIASES,
     **VLM_ALIASES,
     **RETRIEVAL_ALIASES,
 }

@@ -4,7 +4,8 @@ their fine-tunes in `llm_benchmark`."""
 
 from __future__ import annotations
 
-from ._aliases import _MOCK_DATA, TARGET_KEY
+from ._aliases import TARGET_KEY
+from ._aliases_pretrain import MOCK_DATA
 from ._translator_base import _TranslatorBase
 
 
@@ -36,7 +37,7 @@ class _BenchmarkPasses(_TranslatorBase):
                 "it; time training steps with `automodel benchmark llm`)"
             )
         dataset, steps = data.get("dataset"), data.get("step_scheduler")
-        if not (isinstance(dataset, dict) and dataset.get(TARGET_KEY) == _MOCK_DATA):
+        if not (isinstance(dataset, dict) and dataset.get(TARGET_KEY) == MOCK_DATA):
             return
         local = steps.get("local_batch_size") if isinstance(steps, dict) else None
         if "batch_size" in dataset and dataset["batch_size"] == local:
