@@ -431,19 +431,28 @@ def test_validation_reports_every_problem_with_key_line_and_suggestion(write):
 
 
 def test_config_classes_take_their_older_rope_keys(write):
-    """transformers converts `rope_theta` into `rope_parameters` outside its signature."""
+    """transformers converts `rope_theta` and `partial_rotary_factor` into `rope_parameters`
+    outside its signature: taken; a typo, or a key it keeps without reading
+    (`first_k_dense_replace` for GLM-4.7-Flash, whose layers come from `mlp_layer_types`), is
+    an error."""
+    glm = "transformers.models.glm4_moe_lite.configuration_glm4_moe_lite.Glm4MoeLiteConfig"
     path = write(
-        """
+        f"""
         model:
           _target_: transformers.AutoModelForCausalLM.from_config
-          config: {_target_: transformers.LlamaConfig, rope_theta: 10000.0, hiden_size: 8}
-        optimizer: {_target_: torch.optim.SGD, lr: 0.1}
-        step_scheduler: {max_steps: 5}
+          config: {{_target_: transformers.LlamaConfig, rope_theta: 10000.0, hiden_size: 8}}
+        teacher:
+          _target_: transformers.AutoModelForCausalLM.from_config
+          config: {{_target_: {glm}, partial_rotary_factor: 0.5, first_k_dense_replace: 2}}
+        optimizer: {{_target_: torch.optim.SGD, lr: 0.1}}
+        step_scheduler: {{max_steps: 5}}
         """
     )
+    sections = {**SECTIONS, "teacher": Section(needs_target=True)}
     with pytest.raises(ConfigError) as info:
-        validate_config(load_config(path), SECTIONS)
-    assert [p.key for p in info.value.problems] == ["model.config.hiden_size"]
+        validate_config(load_config(path), sections)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["model.config.hiden_size", "teacher.config.first_k_dense_replace"]
     assert "(did you mean 'hidden_size'?)" in info.value.problems[0].message
 
 

@@ -118,7 +118,12 @@ def test_one_process_checkpoint_resumes_with_context_parallel(
             "distributed.dp_size",
             r"cp_size 2 × tp_size 1 = 2 does not divide the world size 1",
         ),
-        (["--+distributed.pp_size=2"], 4, "distributed.cp_size", "cp_size with pp_size"),
+        (
+            ["--+distributed.pp_size=2"],  # pp × cp is supported: the sizes must still fit
+            6,
+            "distributed.dp_size",
+            r"pp_size 2 × cp_size 2 × tp_size 1 = 4 does not divide the world size 6",
+        ),
         (["--+distributed.cp_size=3"], 4, "distributed.dp_size", "cp_size 3 × tp_size 1 = 3"),
     ],
 )

@@ -8,7 +8,6 @@ import logging
 from torch import nn
 
 from automodel.core.config import ConfigNode
-from automodel.core.models import repair_embedding_rows
 
 from ._errors import config_problem
 from ._sections import EmbeddingRowRepair, read_section
@@ -23,6 +22,10 @@ def apply_embedding_repair(model: nn.Module, cfg: ConfigNode) -> None:
     section = read_section(cfg, "embedding_row_repair", EmbeddingRowRepair)
     if not section.enabled:
         return
+    # on use: automodel.core.models imports transformers' model code (and, through it,
+    # torchao), which `validate` never needs
+    from automodel.core.models import repair_embedding_rows
+
     try:
         done = repair_embedding_rows(model, section.min_norm, section.max_rows)
     except ValueError as e:

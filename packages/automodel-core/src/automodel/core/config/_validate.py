@@ -150,7 +150,7 @@ def _bind(
     given = [k for k in node if k != TARGET_KEY]
     if not accepted.open:
         for key in given:
-            if key not in accepted.names:
+            if key not in accepted.names and not _config_converts(fn, key, node[key]):
                 full = f"{node.key_path}.{key}"
                 hint = did_you_mean(key, sorted(accepted.names))
                 problems.append(
@@ -213,6 +213,22 @@ def section_schema(sections: Mapping[str, Section], allowed: Iterable[str] = ())
 # keys a transformers config class still takes, outside its signature: the older spelling of
 # `rope_parameters`, which it converts
 _LEGACY_CONFIG_KEYS = frozenset({"rope_theta", "rope_scaling"})
+
+
+def _config_converts(fn: Callable[..., Any], key: str, value: Any) -> bool:
+    """Whether `fn`, a transformers config class, turns `key` (outside its signature) into its
+    declared fields, as it does older spellings (`partial_rotary_factor` into
+    `rope_parameters`). A key it only keeps as a loose attribute, never read, is not."""
+    if not any(c.__name__ == "PreTrainedConfig" for c in getattr(fn, "__mro__", ())):
+        return False
+    plain = value.to_dict() if hasattr(value, "to_dict") else value
+    try:
+        default, given = fn().to_dict(), fn(**{key: plain}).to_dict()
+    except Exception:  # the class refused the value: not a spelling it converts
+        return False
+    default.pop(key, None)
+    given.pop(key, None)
+    return given != default
 
 
 def _accepted(fn: Callable[..., Any]) -> Accepted | None:
