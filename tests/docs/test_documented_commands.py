@@ -407,6 +407,10 @@ COMMANDS: dict[str | tuple[str, str] | tuple[str, str, int], Run | Shared | Skip
         test="tests/recipes/test_llm_kd.py::test_a_teacher_on_processes_of_its_own_trains_as_one_process",
         why="tiny_kd.yaml, the student on 2 processes, the teacher (tp 2) on 2 more",
     ),
+    f"{AM} kd llm -c {KD} --nproc-per-node 2 --distributed.cp_size 2": Shared(
+        test="tests/recipes/test_llm_kd.py::test_context_parallel_ranks_train_as_one_process",
+        why="tiny_kd.yaml with cp 2 on 2 processes (its overrides, plus the test's short run)",
+    ),
     f"{AM} validate kd llm -c {KD}": Run(expect=("config OK",)),
     f"{AM} kd llm -c {KD} --kd.kd_ratio 0 --logging.run_dir runs/tiny_kd_ce": Run(
         group="kd", steps=2, files=("runs/tiny_kd_ce/checkpoints/LATEST",)

@@ -143,7 +143,7 @@ def test_the_kd_section_is_checked(override, message, monkeypatch, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("key", ["pp_size", "tp_size", "cp_size"])
+@pytest.mark.parametrize("key", ["pp_size", "tp_size"])
 def test_model_parallel_layouts_are_refused(key, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun --nproc-per-node 2 sets
@@ -157,6 +157,18 @@ def test_two_fsdp2_ranks_train_as_one_process(
     """One torchrun launch: 2 ranks (the teacher FSDP2-sharded too) match the 1-process run."""
     _, run_dir = reference
     run_cli(KD, overrides(tmp_path, T2, "--+distributed.strategy=fsdp2"), recipe=("kd", "llm"))
+    assert_same_training(tmp_path, run_dir, range(1, STEPS + 1), EVERY)
+
+
+def test_context_parallel_ranks_train_as_one_process(
+    reference, overrides, run_cli, assert_same_training, tmp_path
+):
+    """cp 2 on 2 ranks: student and teacher each attend over both halves of every row, the
+    KL and CE on each rank's half; the same run as one process (their *_cp2 layouts, with the
+    teacher beside the student)."""
+    _, run_dir = reference
+    stderr = run_cli(KD, overrides(tmp_path, T2, "--+distributed.cp_size=2"), recipe=("kd", "llm"))
+    assert "context parallel 2" in stderr
     assert_same_training(tmp_path, run_dir, range(1, STEPS + 1), EVERY)
 
 
@@ -193,6 +205,11 @@ def test_the_teacher_takes_the_last_processes_and_serves_the_students_in_turn(mo
             4,
             [TEACHER_RANKS, "--kd.offload_teacher=true"],
             "(teacher_distributed:) is not offloaded",
+        ),
+        (
+            4,
+            [TEACHER_RANKS, "--+distributed.cp_size=2"],
+            "a student with cp_size > 1 and a teacher on processes of its own",
         ),
     ],
 )

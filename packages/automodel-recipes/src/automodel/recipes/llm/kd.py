@@ -46,6 +46,7 @@ from .. import (
     shard_model,
     start_run,
 )
+from .._context_parallel import attend_across_ranks
 from .._errors import config_problem
 from .._kd_teacher import (
     TEACHER_SECTION,
@@ -172,7 +173,8 @@ class KDRecipeForCausalLM(RunViews):
         self.loss_fn = FusedLinearCrossEntropy()  # the student's CE (validation); no LoRA head
         moe = read_moe(cfg, ctx.distributed.ep_size)
         student = build_model(cfg)
-        check_documents(cfg, student, self.step_scheduler.local_batch_size, cp_size=1)
+        cp_size = ctx.distributed.cp_size  # both models: this rank's part of each sequence
+        check_documents(cfg, student, self.step_scheduler.local_batch_size, cp_size)
         self.unwrapped = prepare_model(student, ctx, moe=moe, lora=self.lora, loss_fn=self.loss_fn)
         self.write_hf_extras = (adapter_extras_writer if adapter else hf_extras_writer)(
             student, cfg, self.tokenizer
@@ -182,7 +184,8 @@ class KDRecipeForCausalLM(RunViews):
         self.model = shard_model(wrapped, ctx, self.moe.shard_experts(cfg))
         if split is None:
             teacher = build_teacher(cfg)
-            check_documents(cfg, teacher, self.step_scheduler.local_batch_size, cp_size=1)
+            check_documents(cfg, teacher, self.step_scheduler.local_batch_size, cp_size)
+            attend_across_ranks(teacher, self.parallel.cp, cfg)  # as the student's (prepare_model)
             self.teacher = self.place_teacher(teacher, self.parallel)
         else:
             self.teacher, self.remote = None, RemoteTeacher(split, self.device)
@@ -329,10 +332,16 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that load no weights: the shared ones, layouts, kd:, the teacher."""
     split = read_rank_split(cfg)  # teacher_distributed: the processes left to the student
     distributed = preflight(cfg, world_size=len(split.student) if split else None)
-    for key in ("pp_size", "tp_size", "cp_size"):
+    for key in ("pp_size", "tp_size"):
         if getattr(distributed, key) > 1:
-            message = f"{key} > 1 is not supported yet for kd.llm: use data parallelism"
+            message = f"{key} > 1 is not supported yet for kd.llm: use data or context parallelism"
             raise config_problem(cfg, f"distributed.{key}", message)
+    if distributed.cp_size > 1 and split is not None:
+        message = (
+            "a student with cp_size > 1 and a teacher on processes of its own "
+            "(teacher_distributed:) is not supported yet: keep the teacher beside the student"
+        )
+        raise config_problem(cfg, "distributed.cp_size", message)
     check_rows(cfg)
     kd, _ = read_kd(cfg)
     if split is not None and kd.offload_teacher:
