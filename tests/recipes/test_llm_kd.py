@@ -236,25 +236,35 @@ def test_their_separate_meshes_translate_to_teacher_distributed():
     assert "separate_meshes" not in ours
     cfg = load_config(KD, [f"--+teacher_distributed={ours['teacher_distributed']}"])
     assert read_rank_split(cfg, world_size=4) == RankSplit(range(2), range(2, 4), 2)
-    for key in ("pp_size", "cp_size"):
-        layout = {**teacher, "tp_size": 1, key: 2, "pipeline": {"pp_schedule": "1f1b"}}
-        with pytest.raises(ConfigError) as info:
-            translate({**data, "teacher_distributed": layout}, {}, "cfg.yaml", 4)
-        assert [p.key for p in info.value.problems] == [f"teacher_distributed.{key}"]
+    layout = {**teacher, "tp_size": 1, "pp_size": 2, "pipeline": {"pp_schedule": "1f1b"}}
+    with pytest.raises(ConfigError) as info:
+        translate({**data, "teacher_distributed": layout}, {}, "cfg.yaml", 4)
+    assert [p.key for p in info.value.problems] == ["teacher_distributed.pp_size"]
+    cp = translate(
+        {**data, "teacher_distributed": {**teacher, "tp_size": 1, "cp_size": 2}}, {}, "x", 4
+    )
+    cfg = load_config(KD, [f"--+teacher_distributed={cp.data['teacher_distributed']}"])
+    assert read_rank_split(cfg, world_size=4) == RankSplit(range(2), range(2, 4), 1, 2)
     with pytest.raises(ConfigError) as info:
         translate({k: v for k, v in data.items() if k != "teacher_distributed"}, {}, "x", 4)
     assert [p.key for p in info.value.problems] == ["separate_meshes"]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "teacher",
+    [TEACHER_RANKS, "--+teacher_distributed={dp_size: 1, cp_size: 2}"],
+    ids=["teacher_tp2", "teacher_cp2"],
+)
 def test_a_teacher_on_processes_of_its_own_trains_as_one_process(
-    reference, overrides, run_cli, assert_same_training, tmp_path
+    teacher, reference, overrides, run_cli, assert_same_training, tmp_path
 ):
     """One torchrun launch of 4 processes: the student FSDP2 on 0 and 1, the teacher on 2 and
-    3 (tensor parallel, serving both): the same training as the 1-process run with the teacher
-    beside the student (float rounding aside: the teacher's tp sums in another order)."""
+    3 serving both, tensor parallel or (their *_teacher_cp2 layout) each on half of every row,
+    its hidden states gathered into whole rows: the same training as the 1-process run with
+    the teacher beside the student (float rounding aside: the teacher sums in another order)."""
     _, run_dir = reference
-    extra = (T2, "--+distributed.strategy=fsdp2", TEACHER_RANKS)
+    extra = (T2, "--+distributed.strategy=fsdp2", teacher)
     err = run_cli(KD, overrides(tmp_path, *extra), nproc=4, recipe=("kd", "llm"))
     assert "data parallel: fsdp2 over 2 process(es) 0-1 of 4" in err
     assert "teacher on processes 2-3" in err

@@ -128,6 +128,19 @@ class AllGatherContextParallel:
             out[key] = value.index_select(1, index)
         return out
 
+    @torch.no_grad()
+    def gather_sequence(self, local: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """Every rank's part of a batch's rows (``[b, 2 * chunk, ...]`` in ``shard_batch``'s
+        order) joined into whole rows ``[b, seq_len, ...]`` in position order, the padding
+        ``shard_batch`` added cut off; without gradient (a frozen model's outputs)."""
+        parts = [torch.empty_like(local) for _ in range(self.size)]
+        dist.all_gather(parts, local.contiguous(), group=self.group)
+        padded = local.shape[1] * self.size
+        whole = local.new_empty((local.shape[0], padded, *local.shape[2:]))
+        for rank, part in enumerate(parts):
+            whole[:, load_balanced_positions(padded, self.size, rank).to(local.device)] = part
+        return whole[:, :seq_len]
+
     def attention(
         self,
         query: torch.Tensor,

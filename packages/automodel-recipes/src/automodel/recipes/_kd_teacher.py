@@ -1,9 +1,10 @@
 """A frozen teacher on processes of its own (kd.llm's `teacher_distributed:`).
 
 The processes split in two: the student's first (laid out by `distributed:`), the teacher's
-last (by `teacher_distributed:`, whose dp_size says how many). A teacher replica (a tp group
-of the teacher's processes) serves the student's dp ranks d with d % teacher dp = its dp rank,
-one after the other. Each optimizer step, a student process sends all of its micro-batches at
+last (by `teacher_distributed:`, whose dp_size says how many). A teacher replica (its cp × tp
+processes: tensor parallel, and with context parallelism each on a part of every row, the
+hidden states gathered back into whole rows) serves the student's dp ranks d with
+d % teacher dp = its dp rank, one after the other. Each optimizer step, a student process sends all of its micro-batches at
 once; the teacher answers each, in order, with its final hidden states, working on micro-batch
 i + 1 while the student works on i. The first answer also carries the teacher's LM head
 (float32, frozen: sent once). The student's loss is then the one it computes beside a teacher
@@ -54,20 +55,26 @@ class RankSplit:
     student: range
     teacher: range
     teacher_tp: int = 1
+    teacher_cp: int = 1
+
+    @property
+    def replica_size(self) -> int:
+        """The processes of one teacher replica (cp × tp, consecutive)."""
+        return self.teacher_tp * self.teacher_cp
 
     @property
     def teacher_dp(self) -> int:
         """The number of teacher replicas."""
-        return len(self.teacher) // self.teacher_tp
+        return len(self.teacher) // self.replica_size
 
     def teacher_of(self, student_rank: int) -> int:
-        """The teacher process (tp rank 0 of its replica) that serves `student_rank`."""
+        """The teacher process (cp and tp rank 0 of its replica) that serves `student_rank`."""
         replica = (student_rank - self.student.start) % self.teacher_dp
-        return self.teacher.start + replica * self.teacher_tp
+        return self.teacher.start + replica * self.replica_size
 
     def students_of(self, teacher_rank: int) -> range:
         """The student processes that `teacher_rank`'s replica serves, in the order it does."""
-        replica = (teacher_rank - self.teacher.start) // self.teacher_tp
+        replica = (teacher_rank - self.teacher.start) // self.replica_size
         return self.student[replica :: self.teacher_dp]
 
 
@@ -87,18 +94,19 @@ def read_rank_split(cfg: ConfigNode, world_size: int | None = None) -> RankSplit
     if not isinstance(dp, int) or isinstance(dp, bool) or dp < 1:
         message = (
             f"set dp_size to a number of processes (got {dp!r}): the teacher takes dp_size x "
-            "tp_size processes, the last ones, and the student the others"
+            "tp_size x cp_size processes, the last ones, and the student the others"
         )
         raise config_problem(cfg, f"{TEACHER_SECTION}.dp_size", message)
-    size, student_size = teacher.dp_size * teacher.tp_size, _processes(student)
+    size, student_size = _processes(teacher), _processes(student)
     if world - size < max(student_size, 1) or (student_size and size + student_size != world):
         student_part = f"distributed: {student_size}" if student_size else "the student: 1+"
         message = (
-            f"the teacher's dp_size x tp_size = {size} processes and {student_part} need "
+            f"the teacher's dp_size x tp_size x cp_size = {size} processes and {student_part} need "
             f"{size + max(student_size, 1)}, but {world} were launched (--nproc-per-node)"
         )
         raise config_problem(cfg, f"{TEACHER_SECTION}.dp_size", message)
-    split = RankSplit(range(world - size), range(world - size, world), teacher.tp_size)
+    teacher_ranks = range(world - size, world)
+    split = RankSplit(range(world - size), teacher_ranks, teacher.tp_size, teacher.cp_size)
     _, student_dp = read_distributed(cfg, len(split.student))
     read_distributed(cfg, size, TEACHER_SECTION)
     if student_dp % split.teacher_dp:
@@ -112,13 +120,12 @@ def read_rank_split(cfg: ConfigNode, world_size: int | None = None) -> RankSplit
 
 def _refuse_layouts(cfg: ConfigNode, teacher: Distributed, student: Distributed) -> None:
     """The layouts a teacher on processes of its own does not support yet, by key."""
-    for key, what in (("pp_size", "pipeline stages"), ("cp_size", "context parallelism")):
-        if getattr(teacher, key) != 1:
-            message = (
-                f"a teacher in {what} is not supported yet: give it tp_size or dp_size (a "
-                "teacher's layout changes its speed and memory, not the losses)"
-            )
-            raise config_problem(cfg, f"{TEACHER_SECTION}.{key}", message)
+    if teacher.pp_size != 1:
+        message = (
+            "a teacher in pipeline stages is not supported yet: give it tp_size, cp_size or "
+            "dp_size (a teacher's layout changes its speed and memory, not the losses)"
+        )
+        raise config_problem(cfg, f"{TEACHER_SECTION}.pp_size", message)
     if teacher.sequence_parallel:
         message = "sequence parallelism is not supported for the teacher: set it false"
         raise config_problem(cfg, f"{TEACHER_SECTION}.sequence_parallel", message)
@@ -240,14 +247,27 @@ class _Inbox:
         self.leader = split.teacher_of(self.students[0])
         self.is_leader = rank == self.leader
         self.tp = submesh(parallel.mesh, "tp").get_group() if split.teacher_tp > 1 else None
+        self.cp = submesh(parallel.mesh, "cp").get_group() if split.teacher_cp > 1 else None
+        self.splitter = parallel.cp  # context parallel: each process runs a part of each row
         self.device = parallel.device
+
+    def part(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This process's part of each row of `batch` (itself without context parallelism)."""
+        return batch if self.splitter is None else self.splitter.shard_batch(batch)
+
+    def whole_rows(self, hidden: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """The hidden states of whole rows from every cp process's part (collective)."""
+        return hidden if self.splitter is None else self.splitter.gather_sequence(hidden, seq_len)
 
     def recv(self, student: int, *shape: int) -> torch.Tensor:
         tensor = torch.empty(shape, dtype=torch.int64, device=self.device)
         if self.is_leader:
             dist.recv(tensor, student)
-        if self.tp is not None:
-            dist.broadcast(tensor, src=self.leader, group=self.tp)
+        # the leader's tp group first (cp rank 0 of the replica), then each cp group from it
+        first_row = self.cp is None or dist.get_rank(self.cp) == 0
+        for group in (self.tp if first_row else None, self.cp):
+            if group is not None:
+                dist.broadcast(tensor, src=dist.get_global_rank(group, 0), group=group)
         return tensor
 
     def step(self, student: int) -> list[dict[str, torch.Tensor]] | None:
@@ -297,10 +317,12 @@ def _serve(forward: TeacherForward, inbox: _Inbox) -> None:
         sending.clear()
         for i in range(len(steps[0])):
             for student, batches in zip(inbox.students, steps, strict=True):
-                hidden, weight, bias = forward(batches[i], with_head=head is None)
+                batch = batches[i]
+                hidden, weight, bias = forward(inbox.part(batch), with_head=head is None)
                 if head is None:  # frozen: the first forward's is every forward's
                     head = _whole(weight).contiguous(), _whole(bias)
-                hidden = _whole(hidden).contiguous()
+                length = batch["input_ids"].shape[1]
+                hidden = inbox.whole_rows(_whole(hidden), length).contiguous()
                 if inbox.is_leader:
                     first = student in headless
                     headless.discard(student)

@@ -210,7 +210,9 @@ class KDRecipeForCausalLM(RunViews):
         serve the student's processes (run_train_validation_loop)."""
         teacher = build_teacher(self.cfg)
         local_batch_size = self.cfg.get("step_scheduler.local_batch_size")
-        check_documents(self.cfg, teacher, local_batch_size, cp_size=1)
+        cp_size = processes.cp.size if processes.cp is not None else 1
+        check_documents(self.cfg, teacher, local_batch_size, cp_size)
+        attend_across_ranks(teacher, processes.cp, self.cfg)  # its parts of each row
         self.teacher = self.place_teacher(teacher, processes)
         self.serving = split, processes
 

@@ -162,8 +162,8 @@ class _ParallelPasses(_TranslatorBase):
 
     def teacher_distributed(self) -> None:
         """`separate_meshes: true`: their teacher on ranks of its own, laid out by
-        `teacher_distributed:` (the same section here: its dp_size x tp_size processes, the
-        last ones; the student's `distributed:` the others)."""
+        `teacher_distributed:` (the same section here: its dp_size x tp_size x cp_size
+        processes, the last ones; the student's `distributed:` the others)."""
         node = self.data.get("teacher_distributed")
         if not isinstance(node, dict):
             self.fail(
@@ -172,14 +172,13 @@ class _ParallelPasses(_TranslatorBase):
                 "dp_size and tp_size)",
             )
             return
-        for key, what in (("pp_size", "in pipeline stages"), ("cp_size", "split along the sequence")):  # fmt: skip
-            if node.get(key, 1) not in (1, None):
-                self.fail(
-                    f"teacher_distributed.{key}",
-                    f"{key} {node[key]}: a teacher {what} is not supported yet; give it "
-                    "tp_size or dp_size instead (a teacher's layout changes its speed and "
-                    "memory, not the losses)",
-                )
+        if node.get("pp_size", 1) not in (1, None):
+            self.fail(
+                "teacher_distributed.pp_size",
+                f"pp_size {node['pp_size']}: a teacher in pipeline stages is not supported yet; "
+                "give it tp_size, cp_size or dp_size instead (a teacher's layout changes its "
+                "speed and memory, not the losses)",
+            )
         pipeline = node.pop("pipeline", None)
         if pipeline is not None and node.get("pp_size", 1) in (1, None):
             self.note("teacher_distributed", "pipeline: dropped (pp_size 1)")
@@ -191,5 +190,5 @@ class _ParallelPasses(_TranslatorBase):
         self.note(
             "teacher_distributed",
             "separate_meshes: true: the teacher on processes of its own (the last dp_size x "
-            "tp_size), the student on the others",
+            "tp_size x cp_size), the student on the others",
         )
