@@ -60,6 +60,9 @@ LAYOUTS = {  # 2-rank layouts of the same run
     "ddp": ["--+distributed.strategy=ddp"],
     "tp_sp": ["--+distributed.tp_size=2", "--+distributed.sequence_parallel=true"],
     "fused_fsdp2": ["--+distributed.strategy=fsdp2", *FUSED],
+    # the head sharded over the vocabulary: each rank's share of every chunk's logits
+    "fused_tp": ["--+distributed.tp_size=2", *FUSED],
+    "fused_tp_sp": ["--+distributed.tp_size=2", "--+distributed.sequence_parallel=true", *FUSED],
 }
 
 
@@ -126,6 +129,17 @@ def test_fused_loss_on_two_fsdp2_ranks_matches_one_process(
     same_training(run_dir, one_process_fused, range(1, STEPS + 1))
     # the checkpoint keeps the Hugging Face names: the wrapper is not part of it
     assert load_file(run_dir / WEIGHTS).keys() == load_file(one_process / WEIGHTS).keys()
+
+
+@pytest.mark.parametrize("layout", ["fused_tp", "fused_tp_sp"])
+def test_fused_loss_over_a_vocabulary_sharded_head_matches_one_process(
+    layout, two_ranks, one_process_fused, same_training
+):
+    """tp 2 (with and without sequence parallel): each rank computes its half of every
+    chunk's logits, the cross-entropy joins them; the one-process fused run's training."""
+    run_dir, stderr = two_ranks(layout)
+    assert "tensor parallel 2" in stderr
+    same_training(run_dir, one_process_fused, range(1, STEPS + 1), 1e-4)  # as tp_sp's below
 
 
 def test_tensor_and_sequence_parallel_match_one_process(two_ranks, one_process, same_training):
@@ -197,13 +211,14 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
         read_distributed(load_config(SFT, bad), world_size=2)
 
 
-def test_the_fused_loss_with_tensor_parallel_is_refused_before_training(monkeypatch_module):
+def test_the_fused_loss_in_tensor_parallel_stages_is_refused_before_training(monkeypatch_module):
     from automodel.recipes.llm._data import build_loss
     from automodel.recipes.llm._fused_loss import check_fused_loss
 
-    cfg = load_config(SFT, [*FUSED, "--+distributed.tp_size=2"])
-    section, _ = read_distributed(cfg, world_size=2)
-    with pytest.raises(ConfigError, match="tp_size 2 shards it over the vocabulary"):
+    layout = ["--+distributed.tp_size=2", "--+distributed.pp_size=2"]
+    cfg = load_config(SFT, [*FUSED, *layout])
+    section, _ = read_distributed(cfg, world_size=4)
+    with pytest.raises(ConfigError, match="in pipeline stages with tp_size > 1 is not supported"):
         check_fused_loss(cfg, build_loss(cfg), section)
 
 

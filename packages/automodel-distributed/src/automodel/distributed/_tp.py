@@ -56,6 +56,17 @@ def _output_projection(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
+def _sole_holder(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, child) when `model` holds no parameters of its own and one child holds them
+    all, that child not being a decoder on its own terms (a wrapper around a model)."""
+    if hf_tp_plan(model) or next(model.parameters(recurse=False), None) is not None:
+        return None
+    holders = [(n, c) for n, c in model.named_children() if next(c.parameters(), None) is not None]
+    if len(holders) != 1 or not hasattr(holders[0][1], "config"):
+        return None
+    return holders[0]
+
+
 def _decoder_layers(model: nn.Module) -> str | None:
     """Path of a Llama-style layer stack: layers with ``self_attn.q_proj`` and ``mlp.gate_proj``."""
     for name, module in model.named_modules():
@@ -98,6 +109,10 @@ def tp_plan_for(model: nn.Module, sequence_parallel: bool = False) -> dict[str, 
             "sequence parallelism inside pipeline stages is not supported: stages exchange "
             "plain hidden states; use tensor parallelism without it"
         )
+    wrapped = _sole_holder(model)
+    if wrapped is not None:  # a wrapper (e.g. a loss around the model): the model's plan
+        name, inner = wrapped
+        return {f"{name}.{k}": v for k, v in tp_plan_for(inner, sequence_parallel).items()}
     hf_plan = hf_tp_plan(model)
     lm_head = _output_projection(model)
     if not hf_plan:

@@ -2,7 +2,10 @@
 
 The chunk loop, the grads it accumulates and the autograd Function are shared with the other
 fused-linear losses (`FusedLinearKDLoss`): each supplies only a `ChunkLoss`, the loss of one
-chunk of float32 logits and its gradient wrt those logits.
+chunk of float32 logits and its gradient wrt those logits. A head sharded over the vocabulary
+(tensor parallelism: a DTensor `Shard(0)`) computes each rank's share of the logits; the
+cross-entropy joins them with three small all-reduces per chunk (max, sum of exponentials,
+target logit) and the hidden states' gradient with one at the end.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
 
 from ._labels import IGNORE_INDEX, check_chunk_len, flatten, normaliser
 
@@ -65,6 +70,70 @@ def cross_entropy_chunk(
     return loss_sum, grad_logits
 
 
+def vocab_parallel_cross_entropy_chunk(group: Any, offset: int) -> ChunkLoss:
+    """`ChunkLoss` of cross-entropy over logits of the vocabulary ids `offset`... held here,
+    the rest on the other ranks of `group`: the same sums and this rank's part of the grads."""
+
+    def chunk(
+        rows: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        inv_norm: torch.Tensor,
+        want_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        local = targets - offset
+        held = (local >= 0) & (local < logits.shape[1])
+        local = local.clamp(0, logits.shape[1] - 1)
+        target_logits = logits.gather(1, local) * held  # the target's rank: its logit
+        dist.all_reduce(target_logits, group=group)
+        row_max = logits.amax(dim=-1, keepdim=True)
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        exp = logits.sub_(row_max).exp_()
+        sum_exp = exp.sum(dim=-1, keepdim=True)
+        dist.all_reduce(sum_exp, group=group)
+        loss_sum = (sum_exp.log() + row_max - target_logits).sum().reshape(1)
+        if not want_grad:
+            return loss_sum, None
+        grad_logits = exp.mul_(inv_norm / sum_exp)
+        grad_logits.scatter_add_(1, local, -inv_norm * held.to(grad_logits.dtype))
+        return loss_sum, grad_logits
+
+    return chunk
+
+
+def vocab_shard(
+    weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, Any, int]:
+    """(this rank's rows of the head, of its bias, the group sharing the vocabulary out, the
+    first vocabulary id held here) of a head sharded over the vocabulary (a 1-D DTensor
+    `Shard(0)`); a head held whole (a plain tensor, or a replicated DTensor) gives group None."""
+    if not isinstance(weight, DTensor):
+        return weight, bias, None, 0
+    mesh, placements = weight.device_mesh, weight.placements
+    if mesh.ndim != 1 or not placements[0].is_shard(0):
+        whole = (t.full_tensor() if isinstance(t, DTensor) else t for t in (weight, bias))
+        return *whole, None, 0
+    rows = -(-weight.shape[0] // mesh.size())  # torch.chunk's share: the last rank's may be short
+    local_bias = bias.to_local() if isinstance(bias, DTensor) else bias
+    return weight.to_local(), local_bias, mesh.get_group(), mesh.get_local_rank() * rows
+
+
+def _whole_rows(
+    hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, group: Any
+) -> torch.Tensor:
+    """`hidden` of whole rows: under sequence parallelism (a vocabulary-sharded head whose tp
+    ranks each hold a part of every row, in order) gathered from the head's tp group."""
+    if isinstance(hidden, DTensor):
+        return hidden.full_tensor()
+    if group is None or hidden.dim() < 2 or labels.dim() < 1:
+        return hidden
+    parts = weight.device_mesh.size()
+    if hidden.shape[-2] == labels.shape[-1] or hidden.shape[-2] * parts != labels.shape[-1]:
+        return hidden
+    sharded = DTensor.from_local(hidden, weight.device_mesh, [Shard(hidden.dim() - 2)])
+    return sharded.full_tensor()
+
+
 def _loss_and_grads(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -75,9 +144,13 @@ def _loss_and_grads(
     ignore_index: int,
     chunk_loss: ChunkLoss,
     num_sums: int,
+    vocab_group: Any,
     needs_grad: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, _Grads]:
-    """Normalised sums [num_sums] and, where asked, grads of the first wrt hidden, weight, bias."""
+    """Normalised sums [num_sums] and, where asked, grads of the first wrt hidden, weight, bias.
+
+    `vocab_group`: the ranks holding the rest of the vocabulary's rows (None: all here); the
+    hidden states' gradient is then summed over them."""
     need_hidden, need_weight, need_bias = needs_grad
     # Only tokens with a label do any work: ignored ones add nothing to the loss or the grads.
     rows = torch.nonzero(labels != ignore_index).squeeze(1)
@@ -107,6 +180,8 @@ def _loss_and_grads(
                 grad_bias += grad_logits.sum(dim=0)
             # Free this chunk's logits before the next chunk allocates its own.
             del grad_logits
+    if grad_hidden is not None and vocab_group is not None:
+        dist.all_reduce(grad_hidden, group=vocab_group)  # each rank's vocabulary's share
     return sums * inv_norm, (grad_hidden, grad_weight, grad_bias)
 
 
@@ -122,7 +197,7 @@ class _FusedLinearFn(torch.autograd.Function):
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        *args: Any,  # labels, norm, chunk_len, ignore_index, chunk_loss, num_sums
+        *args: Any,  # labels, norm, chunk_len, ignore_index, chunk_loss, num_sums, group
     ) -> tuple[torch.Tensor, torch.Tensor]:
         needs_grad = tuple(ctx.needs_input_grad[:3])
         sums, grads = _loss_and_grads(hidden, weight, bias, *args, needs_grad)
@@ -161,16 +236,18 @@ def fused_linear_loss(
     ignore_index: int,
     chunk_loss: ChunkLoss = cross_entropy_chunk,
     num_sums: int = 1,
+    vocab_group: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of `hidden` [N, H] through the head `weight` [V, H] chunk by chunk, and its parts.
 
     Returns the normalised first sum of `chunk_loss` (differentiable wrt hidden, weight and
     bias; its grads are computed here, in the forward) and the other normalised sums [k - 1],
     which carry no gradient. Without grad mode or inputs that need grads, only the loss is
-    computed.
+    computed. `vocab_group`: `weight` holds this rank's rows of a head sharded over the
+    vocabulary among that group (see `vocab_parallel_cross_entropy_chunk`).
     """
     inputs = (hidden, weight, bias)
-    args = (labels, norm, chunk_len, ignore_index, chunk_loss, num_sums)
+    args = (labels, norm, chunk_len, ignore_index, chunk_loss, num_sums, vocab_group)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _FusedLinearFn.apply(*inputs, *args)
     sums, _ = _loss_and_grads(*inputs, *args, (False, False, False))
@@ -199,12 +276,18 @@ class FusedLinearCrossEntropy(nn.Module):
         lm_head_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of hidden states [..., H] through the LM head [V, H] against aligned labels [...]."""
+        weight, bias, group, offset = vocab_shard(lm_head_weight, lm_head_bias)
+        hidden_states = _whole_rows(hidden_states, labels, lm_head_weight, group)
         hidden, labels = flatten(hidden_states, labels, "hidden_states")
-        check_head(lm_head_weight, hidden, "lm_head_weight")
+        check_head(weight, hidden, "lm_head_weight")
         norm = normaliser(labels, num_label_tokens, self.ignore_index)
+        chunk_loss = cross_entropy_chunk
+        if group is not None:  # tensor parallel: this rank's share of the vocabulary
+            chunk_loss = vocab_parallel_cross_entropy_chunk(group, offset)
         loss, _ = fused_linear_loss(
-            hidden, lm_head_weight, lm_head_bias, labels, norm, self.chunk_len, self.ignore_index
-        )
+            hidden, weight, bias, labels, norm, self.chunk_len, self.ignore_index, chunk_loss,
+            vocab_group=group,
+        )  # fmt: skip
         return loss
 
     def extra_repr(self) -> str:
