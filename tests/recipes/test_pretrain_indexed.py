@@ -13,7 +13,8 @@ ASSETS = REPO / "examples/llm_pretrain/assets"
 STEPS, MIDDLE = 6, 3
 
 
-def overrides(run_dir: Path, *extra: str) -> list[str]:
+def short_run(run_dir: Path, *extra: str) -> list[str]:
+    """STEPS steps, validation and a checkpoint every MIDDLE, in `run_dir`."""
     return [
         f"--step_scheduler.max_steps={STEPS}",
         f"--step_scheduler.ckpt_every_steps={MIDDLE}",
@@ -21,12 +22,19 @@ def overrides(run_dir: Path, *extra: str) -> list[str]:
         "--step_scheduler.log_every_steps=1",
         f"--logging.run_dir={run_dir}",
         f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
-        f"--dataset.index_cache_dir={run_dir}/index_cache",
-        f"--validation_dataset.index_cache_dir={run_dir}/index_cache",
         "--logging.progress=false",
         "--lr_scheduler.warmup_steps=1",
         *extra,
     ]
+
+
+def overrides(run_dir: Path, *extra: str) -> list[str]:
+    """`short_run` of the indexed example, its index cache in `run_dir` too."""
+    cache = [
+        f"--{name}.index_cache_dir={run_dir}/index_cache"
+        for name in ("dataset", "validation_dataset")
+    ]
+    return short_run(run_dir, *cache, *extra)
 
 
 def test_the_blend_trains_on_full_windows_and_resumes_exactly(
@@ -97,27 +105,13 @@ def test_the_stream_trains_and_resumes_exactly(
 NANOGPT = REPO / "examples/llm_pretrain/tiny_pretrain_nanogpt.yaml"
 
 
-def nanogpt_overrides(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"--step_scheduler.max_steps={STEPS}",
-        f"--step_scheduler.ckpt_every_steps={MIDDLE}",
-        f"--step_scheduler.val_every_steps={MIDDLE}",
-        "--step_scheduler.log_every_steps=1",
-        f"--logging.run_dir={run_dir}",
-        f"--checkpoint.checkpoint_dir={run_dir}/checkpoints",
-        "--logging.progress=false",
-        "--lr_scheduler.warmup_steps=1",
-        *extra,
-    ]
-
-
 def test_nanogpt_shards_train_without_a_tokenizer_and_resume_exactly(
     tmp_path, run_recipe, jsonl_rows, resume_dir_from
 ) -> None:
     """The example: full 64-token windows, no tokenizer (none saved beside the model), and a
     run resumed mid-way reads exactly the next windows."""
     first = tmp_path / "first"
-    recipe = run_recipe(NANOGPT, nanogpt_overrides(first))
+    recipe = run_recipe(NANOGPT, short_run(first))
     assert recipe.tokenizer is None
     rows = jsonl_rows(first / "training.jsonl")
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
@@ -126,7 +120,7 @@ def test_nanogpt_shards_train_without_a_tokenizer_and_resume_exactly(
     assert "config.json" in saved and not any(name.startswith("tokenizer") for name in saved)
     second = tmp_path / "second"
     resume_dir_from(first, second, MIDDLE)
-    run_recipe(NANOGPT, nanogpt_overrides(second, "--checkpoint.restore_from=latest"))
+    run_recipe(NANOGPT, short_run(second, "--checkpoint.restore_from=latest"))
     assert [r["loss"] for r in jsonl_rows(second / "training.jsonl")] == [r["loss"] for r in rows]
 
 
