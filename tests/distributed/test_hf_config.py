@@ -107,3 +107,27 @@ def test_context_parallel_refuses_a_hybrid_model_before_touching_it() -> None:
     ):
         attend_across_ranks(model, object(), cfg)
     assert model.config._attn_implementation != "automodel_cp_allgather"
+
+
+def test_validation_refuses_a_hybrid_model_under_context_parallelism_from_its_config(
+    monkeypatch,
+) -> None:
+    """`automodel validate` (the recipe's check) reads the model's config, not its weights."""
+    import json
+
+    from _shared import SFT
+
+    from automodel.core.config import ConfigError, load_config
+    from automodel.recipes.llm.finetune import SECTIONS, check
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node 2 sets
+    config = json.dumps({"model_type": "qwen3_next", **TINY, **QWEN3_NEXT})
+    cfg = load_config(
+        SFT, ["--+distributed.cp_size=2", f"--model.config={config}"], sections=SECTIONS
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"distributed\.cp_size: the model mixes tokens outside full attention: linear_attention layers",
+    ):
+        check(cfg)
+    check(load_config(SFT, ["--+distributed.cp_size=2"], sections=SECTIONS))  # a Llama: fine

@@ -36,6 +36,20 @@ def layer_configs(config: Any) -> list[Any]:
 _GLOBAL_ATTENTION_TYPES = ("full_attention", "sliding_attention", "attention", "global_attention")
 
 
+def layer_types_outside_attention(config: Any) -> list[str]:
+    """The kinds of layers in `config.layer_types` (and its text config's) that mix tokens
+    other than by full attention, as `"<kind> layers (config.layer_types)"`; read from the
+    config alone (before any weights)."""
+    found = []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else None
+    for part in (config, text):
+        for kind in getattr(part, "layer_types", None) or ():
+            label = f"{kind} layers (config.layer_types)"
+            if kind not in _GLOBAL_ATTENTION_TYPES and label not in found:
+                found.append(label)
+    return found
+
+
 def token_mixers_outside_attention(model: nn.Module) -> list[str]:
     """What in `model` mixes tokens along the sequence other than its (full) attention: layer
     types of its config (``linear_attention``, ``mamba``, ``conv``, ``chunked_attention``...)
@@ -43,12 +57,8 @@ def token_mixers_outside_attention(model: nn.Module) -> list[str]:
     parallelism splits the sequence over ranks and joins it again in attention only, so a
     model with any of these cannot be split that way."""
     found = []
-    configs = [getattr(model, "config", None), text_config(model)]
-    for config in configs:
-        for kind in getattr(config, "layer_types", None) or ():
-            label = f"{kind} layers (config.layer_types)"
-            if kind not in _GLOBAL_ATTENTION_TYPES and label not in found:
-                found.append(label)
+    for config in (getattr(model, "config", None), text_config(model)):
+        found += [k for k in layer_types_outside_attention(config) if k not in found]
     for module in model.modules():
         if any(isinstance(child, nn.Conv1d) for child in module.children()):
             label = f"{type(module).__name__} (a causal convolution over the sequence)"

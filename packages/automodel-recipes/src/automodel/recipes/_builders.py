@@ -36,6 +36,22 @@ def build_preprocessor(cfg: ConfigNode, section: str, load: Callable[[str], Any]
     return load(source)
 
 
+def model_config(cfg: ConfigNode, section: str) -> Any:
+    """The HF config of a model section, read without weights; None when its `_target_` is
+    neither from_pretrained- nor from_config-like."""
+    from automodel.core.models import load_model_config  # on use: transformers' model code
+
+    node = cfg[section]
+    source = node.get("config", node.get("pretrained_model_name_or_path"))
+    if isinstance(source, ConfigNode):
+        source = None if "_target_" in source else source.to_dict()
+    if source is None:
+        return None
+    overrides = {k: node[k] for k in ("vocab_size", "pad_token_id") if k in node}
+    remote, revision = bool(node.get("trust_remote_code")), node.get("revision")
+    return load_model_config(source, trust_remote_code=remote, revision=revision, **overrides)
+
+
 def build_dataset_loaders(
     cfg: ConfigNode,
     make_dataset: Callable[[str], Any],

@@ -27,6 +27,7 @@ from automodel.distributed import destroy_distributed
 
 from ._builders import build_step_scheduler
 from ._checkpointing import build_checkpointer, reported_saves, restoring
+from ._context_parallel import check_context_parallel_layers
 from ._errors import config_problem
 from ._fp8 import read_fp8
 from ._moe import read_moe
@@ -97,7 +98,8 @@ def preflight(
     also: tuple[str, ...] = (),
 ) -> Distributed:
     """The checks every training recipe runs before anything is built (no model, no process
-    group; `automodel validate` runs them too): the layout for the launched processes, the batch
+    group; `automodel validate` runs them too): the layout for the launched processes (with
+    context parallelism, the model's layer kinds where its config is at hand), the batch
     arithmetic, `peft:`, `moe:`, `neftune:`, `fp8:`, `qat:`, the metric loggers' extras and
     `logging.plot`'s. Returns the layout.
 
@@ -112,6 +114,7 @@ def preflight(
         if getattr(distributed, key) != 1:
             message = f"{key} > 1 is not supported for {data_parallel_only} yet; use fsdp2 or ddp over every process"  # fmt: skip
             raise config_problem(cfg, f"distributed.{key}", message)
+    check_context_parallel_layers(cfg, distributed.cp_size)
     build_step_scheduler(cfg, dp_size)
     build_lora_config(cfg)
     read_moe(cfg, distributed.ep_size)

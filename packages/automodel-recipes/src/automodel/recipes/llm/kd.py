@@ -23,7 +23,6 @@ from torch.distributed.fsdp import FSDPModule
 from automodel.checkpoint import HF_WEIGHTS, PEFT_ADAPTER
 from automodel.core.config import ConfigNode, Section, recipe_main
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLinearKDLoss, FusedLossModel
-from automodel.core.models import load_model_config
 
 from .. import (
     Checkpoint,
@@ -46,6 +45,7 @@ from .. import (
     shard_model,
     start_run,
 )
+from .._builders import model_config
 from .._context_parallel import attend_across_ranks
 from .._errors import config_problem
 from .._kd_teacher import (
@@ -295,20 +295,6 @@ def read_kd(cfg: ConfigNode) -> tuple[Kd, FusedLinearKDLoss]:
         return kd, FusedLinearKDLoss(kd.kd_ratio, kd.temperature)
     except (TypeError, ValueError) as e:
         raise config_problem(cfg, "kd", str(e)) from e
-
-
-def model_config(cfg: ConfigNode, section: str) -> Any:
-    """The HF config of a model section, read without weights; None when its `_target_` is
-    neither from_pretrained- nor from_config-like (then the loss compares the heads)."""
-    node = cfg[section]
-    source = node.get("config", node.get("pretrained_model_name_or_path"))
-    if isinstance(source, ConfigNode):
-        source = None if "_target_" in source else source.to_dict()
-    if source is None:
-        return None
-    overrides = {k: node[k] for k in ("vocab_size", "pad_token_id") if k in node}
-    remote, revision = bool(node.get("trust_remote_code")), node.get("revision")
-    return load_model_config(source, trust_remote_code=remote, revision=revision, **overrides)
 
 
 def check_teacher(cfg: ConfigNode) -> None:
