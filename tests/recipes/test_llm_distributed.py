@@ -211,17 +211,6 @@ def test_strategy_and_sizes_checked_against_the_world_size(monkeypatch_module):
         read_distributed(load_config(SFT, bad), world_size=2)
 
 
-def test_the_fused_loss_in_tensor_parallel_stages_is_refused_before_training(monkeypatch_module):
-    from automodel.recipes.llm._data import build_loss
-    from automodel.recipes.llm._fused_loss import check_fused_loss
-
-    layout = ["--+distributed.tp_size=2", "--+distributed.pp_size=2"]
-    cfg = load_config(SFT, [*FUSED, *layout])
-    section, _ = read_distributed(cfg, world_size=4)
-    with pytest.raises(ConfigError, match="in pipeline stages with tp_size > 1 is not supported"):
-        check_fused_loss(cfg, build_loss(cfg), section)
-
-
 def test_lora_on_two_fsdp2_ranks_saves_the_adapter_and_a_merged_model(cli, tmp_path):
     """LoRA + FSDP2: adapter-only checkpoint, merged export gathered from shards by rank 0."""
     from peft import PeftModel

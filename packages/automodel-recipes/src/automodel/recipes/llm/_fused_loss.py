@@ -1,6 +1,8 @@
-"""The recipes' use of the fused loss: which layouts it runs under, and the module to
-parallelize (`automodel.core.losses.FusedLossModel`, which puts it inside the forward that
-FSDP2 and DDP wrap)."""
+"""The recipes' use of the fused loss: the module to parallelize
+(`automodel.core.losses.FusedLossModel`, which puts it inside the forward that FSDP2 and DDP
+wrap). It runs under every layout: a vocabulary-sharded head (tensor parallel) computes each
+rank's share of the logits, and pipeline stages compute it on the last stage
+(`DecoderStage.head_loss`)."""
 
 from __future__ import annotations
 
@@ -8,32 +10,12 @@ from typing import Any
 
 from torch import nn
 
-from automodel.core.config import ConfigNode
 from automodel.core.losses import FusedLinearCrossEntropy, FusedLossModel
-
-from .._errors import config_problem
-from .._sections import Distributed
 
 
 def is_fused(loss_fn: Any) -> bool:
     """Whether the loss takes hidden states and the LM head rather than logits."""
     return isinstance(loss_fn, FusedLinearCrossEntropy)
-
-
-def check_fused_loss(cfg: ConfigNode, loss_fn: Any, distributed: Distributed) -> None:
-    """Refuse layouts the fused loss cannot run under. A head sharded over the vocabulary
-    (tensor parallel) computes each rank's share of the logits; with pipeline stages the last
-    stage computes it (`DecoderStage.head_loss`); pipeline stages with tensor parallelism
-    are not wired for it yet."""
-    if not is_fused(loss_fn):
-        return
-    if distributed.tp_size > 1 and distributed.pp_size > 1:
-        raise config_problem(
-            cfg,
-            "loss_fn",
-            "the fused loss in pipeline stages with tp_size > 1 is not supported yet: use "
-            "MaskedCrossEntropy, or tp_size 1",
-        )
 
 
 def with_fused_loss(model: nn.Module, loss_fn: Any) -> nn.Module:

@@ -58,7 +58,7 @@ from ._benchmark import (
     synthetic_batches,
 )
 from ._data import LM_SECTIONS, build_loss
-from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
+from ._fused_loss import is_fused, with_fused_loss
 from ._pipeline import Pipeline, check_pipeline
 
 log = logging.getLogger("automodel.recipes.llm")
@@ -86,7 +86,6 @@ class BenchmarkRecipeForCausalLM:
         self.steps, self.parallel, self.device = ctx.step_scheduler, ctx.parallel, ctx.device
         check_pipeline(cfg, ctx.distributed)
         self.loss_fn = build_loss(cfg)
-        check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         self.lora, moe = build_lora_config(cfg), read_moe(cfg, ctx.distributed.ep_size)
         model = build_model(cfg)
         self.flops = model_flops_per_token(model, bench.seq_length)  # whole, without adapters
@@ -280,7 +279,6 @@ def check(cfg: ConfigNode) -> None:
         )
         raise config_problem(cfg, "benchmark.seq_length", message)
     check_pipeline(cfg, distributed)
-    check_fused_loss(cfg, build_loss(cfg), distributed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ from ._data import (
     pad_id,
     real_tokens,
 )
-from ._fused_loss import check_fused_loss, is_fused, with_fused_loss
+from ._fused_loss import is_fused, with_fused_loss
 from ._pipeline import Pipeline, check_pipeline
 
 log = logging.getLogger("automodel.recipes.llm")
@@ -91,7 +91,6 @@ class FinetuneRecipeForCausalLM(RunViews):
         # saved beside the model; None for token ids without a tokenizer (build_tokenizer)
         self.tokenizer = self.preprocessor = build_tokenizer(cfg, optional=True)
         self.loss_fn = build_loss(cfg)
-        check_fused_loss(cfg, self.loss_fn, ctx.distributed)
         moe = read_moe(cfg, ctx.distributed.ep_size)
         model = build_model(cfg)
         local, cp_size = self.step_scheduler.local_batch_size, ctx.distributed.cp_size
@@ -280,11 +279,10 @@ def run(cfg: ConfigNode) -> None:
 
 
 def check(cfg: ConfigNode) -> None:
-    """Pre-flight checks that need no model: the shared ones, the pipeline and the fused loss."""
+    """Pre-flight checks that need no model: the shared ones and the pipeline's."""
     distributed = preflight(cfg)
     check_rows(cfg)
     check_pipeline(cfg, distributed)
-    check_fused_loss(cfg, build_loss(cfg), distributed)
 
 
 def main(argv: list[str] | None = None) -> int:

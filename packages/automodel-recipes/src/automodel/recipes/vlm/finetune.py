@@ -47,7 +47,7 @@ from .. import (
 )
 from .._freeze import vlm_parts
 from ..llm._data import build_loss
-from ..llm._fused_loss import check_fused_loss, is_fused, with_fused_loss
+from ..llm._fused_loss import is_fused, with_fused_loss
 from ..llm.finetune import FinetuneRecipeForCausalLM as Finetune
 from ._data import VLM_SECTIONS, build_processor, build_vlm_loaders
 
@@ -171,8 +171,7 @@ def check(cfg: ConfigNode) -> None:
     """Pre-flight checks that need no model: the shared ones and the layouts VLMs lack yet."""
     # sequences (image tokens) and stages are not split yet; the language model's layers over
     # tp ranks (its tensor-parallel plan), its experts over dp ranks
-    distributed = preflight(cfg, data_parallel_only="VLMs", also=("tp_size", "ep_size"))
-    check_fused_loss(cfg, build_loss(cfg), distributed)
+    preflight(cfg, data_parallel_only="VLMs", also=("tp_size", "ep_size"))
 
 
 def main(argv: list[str] | None = None) -> int:
