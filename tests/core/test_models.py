@@ -310,3 +310,7 @@ def test_repair_embedding_rows_refuses_what_it_cannot_do_and_changes_nothing():
         repair_embedding_rows(tied)
     with pytest.raises(ValueError, match="max_rows must be a positive integer, got 0"):
         repair_embedding_rows(model, max_rows=0)
+    config = LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": False})
+    skeleton = AutoModelForCausalLM.from_config(config, init_device="meta")
+    with pytest.raises(ValueError, match=r"on the meta device .* once the checkpoint.s weights"):
+        repair_embedding_rows(skeleton)

@@ -40,6 +40,11 @@ def repair_embedding_rows(
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
     inputs = _weight(model, "get_input_embeddings", "input embedding")
+    if inputs.is_meta:
+        raise ValueError(
+            "the input embedding is on the meta device (built without its weights, e.g. "
+            "init_device: meta): rows can only be repaired once the checkpoint's weights are in"
+        )
     norms = _row_norms(inputs)
     considered = torch.ones_like(norms, dtype=torch.bool)
     padding = getattr(model.get_input_embeddings(), "padding_idx", None)
