@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from ._errors import DataError
 from ._loading import load_rows
-from ._retrieval_sources import NEGATIVE_COLUMNS, load_corpus, query_rows, read_rows
+from ._retrieval_sources import read_rows
+from ._retrieval_tables import NEGATIVE_COLUMNS, load_corpus, query_rows
 
 
 class RetrievalDataset(Dataset):
