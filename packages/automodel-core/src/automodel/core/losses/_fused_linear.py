@@ -57,17 +57,7 @@ def cross_entropy_chunk(
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`ChunkLoss` of cross-entropy: summed loss [1] and, if asked, (softmax - onehot) / norm."""
-    target_logits = logits.gather(1, targets)
-    # Log-sum-exp and softmax share one exp pass, in place of the logits.
-    row_max = logits.amax(dim=-1, keepdim=True)
-    exp = logits.sub_(row_max).exp_()
-    sum_exp = exp.sum(dim=-1, keepdim=True)
-    loss_sum = (sum_exp.log() + row_max - target_logits).sum().reshape(1)
-    if not want_grad:
-        return loss_sum, None
-    grad_logits = exp.mul_(inv_norm / sum_exp)
-    grad_logits.scatter_add_(1, targets, -inv_norm.expand(targets.shape))
-    return loss_sum, grad_logits
+    return _cross_entropy(logits, targets, inv_norm, want_grad)
 
 
 def vocab_parallel_cross_entropy_chunk(group: Any, offset: int) -> ChunkLoss:
@@ -81,24 +71,47 @@ def vocab_parallel_cross_entropy_chunk(group: Any, offset: int) -> ChunkLoss:
         inv_norm: torch.Tensor,
         want_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return _cross_entropy(logits, targets, inv_norm, want_grad, group, offset)
+
+    return chunk
+
+
+def _cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    inv_norm: torch.Tensor,
+    want_grad: bool,
+    group: Any = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-entropy of a chunk of logits; with `group`, the logits of this rank's vocabulary
+    ids `offset`..., the row maximum, sum of exponentials and target logit joined over it."""
+
+    def joined(value: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+        if group is not None:
+            dist.all_reduce(value, op=op, group=group)
+        return value
+
+    held = None  # without a group every target is held here
+    local = targets
+    if group is not None:
         local = targets - offset
         held = (local >= 0) & (local < logits.shape[1])
         local = local.clamp(0, logits.shape[1] - 1)
-        target_logits = logits.gather(1, local) * held  # the target's rank: its logit
-        dist.all_reduce(target_logits, group=group)
-        row_max = logits.amax(dim=-1, keepdim=True)
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        exp = logits.sub_(row_max).exp_()
-        sum_exp = exp.sum(dim=-1, keepdim=True)
-        dist.all_reduce(sum_exp, group=group)
-        loss_sum = (sum_exp.log() + row_max - target_logits).sum().reshape(1)
-        if not want_grad:
-            return loss_sum, None
-        grad_logits = exp.mul_(inv_norm / sum_exp)
-        grad_logits.scatter_add_(1, local, -inv_norm * held.to(grad_logits.dtype))
-        return loss_sum, grad_logits
-
-    return chunk
+    target_logits = logits.gather(1, local)
+    if held is not None:
+        target_logits = joined(target_logits * held)  # the target's rank: its logit
+    # Log-sum-exp and softmax share one exp pass, in place of the logits.
+    row_max = joined(logits.amax(dim=-1, keepdim=True), dist.ReduceOp.MAX)
+    exp = logits.sub_(row_max).exp_()
+    sum_exp = joined(exp.sum(dim=-1, keepdim=True))
+    loss_sum = (sum_exp.log() + row_max - target_logits).sum().reshape(1)
+    if not want_grad:
+        return loss_sum, None
+    grad_logits = exp.mul_(inv_norm / sum_exp)
+    step = -inv_norm.expand(local.shape) if held is None else -inv_norm * held.to(exp.dtype)
+    grad_logits.scatter_add_(1, local, step)
+    return loss_sum, grad_logits
 
 
 def vocab_shard(
