@@ -14,6 +14,7 @@ _PARTS = {
     "AllGatherContextParallel": "_cp_allgather",
     "HF_ATTENTION_NAME": "_cp_allgather",
     "load_balanced_positions": "_cp_allgather",
+    "pad_row_ends": "_cp_allgather",
     "layer_types_outside_attention": "_hf_config",
     "token_mixers_outside_attention": "_hf_config",
     "DDPStrategy": "_ddp",

@@ -104,28 +104,14 @@ class AllGatherContextParallel:
                 "context parallelism needs right padding (a real token after padding was found); "
                 "pad on the right (tokenizer.padding_side = 'right')"
             )
-        seq_len = ids.shape[1]
-        padded = -(-seq_len // (2 * self.size)) * (2 * self.size)
-        out: dict[str, Any] = dict(batch)
-        # padding continues a plain row's positions, or starts a new document in a packed row
-        tail_start = 0 if "position_ids" in batch else seq_len
-        if "position_ids" not in out:
-            out["position_ids"] = torch.arange(seq_len, device=ids.device).expand(ids.shape)
-        fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+        padded = -(-ids.shape[1] // (2 * self.size)) * (2 * self.size)
+        out = pad_row_ends(batch, padded, pad_token_id)  # a packed row's padding: a document
+        if "position_ids" not in batch:  # a plain row's positions continue into its padding
+            out["position_ids"] = torch.arange(padded, device=ids.device).expand(len(ids), -1)
         index = load_balanced_positions(padded, self.size, self.rank).to(ids.device)
         for key, value in out.items():
-            if not (isinstance(value, torch.Tensor) and value.dim() > 1):
-                continue
-            if value.shape[1] != seq_len:
-                raise ValueError(
-                    f"batch[{key!r}] has {value.shape[1]} positions, input_ids has {seq_len}"
-                )
-            if key == "position_ids":
-                tail = torch.arange(tail_start, tail_start + padded - seq_len, device=ids.device)
-                value = torch.cat([value, tail.expand(value.shape[0], -1)], dim=1)
-            else:
-                value = _pad(value, padded - seq_len, fills.get(key, 0))
-            out[key] = value.index_select(1, index)
+            if isinstance(value, torch.Tensor) and value.dim() > 1:
+                out[key] = value.index_select(1, index)
         return out
 
     @torch.no_grad()
@@ -238,13 +224,34 @@ class AllGatherContextParallel:
         return out.transpose(1, 2).contiguous(), None
 
 
+def pad_row_ends(batch: Mapping[str, Any], length: int, pad_token_id: int = 0) -> dict[str, Any]:
+    """`batch` with every ``[batch, seq]`` tensor padded at the end of its rows to `length`:
+    ids with `pad_token_id`, ``labels`` with -100, others (the attention mask) with 0, and
+    ``position_ids`` counting from 0 again (the padding is a document of its own, which no real
+    token sees under causal attention). A ValueError for a tensor of another length."""
+    seq_len = batch["input_ids"].shape[1]
+    fills = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
+    out: dict[str, Any] = dict(batch)
+    for key, value in batch.items():
+        if not (isinstance(value, torch.Tensor) and value.dim() > 1):
+            continue
+        if value.shape[1] != seq_len:
+            raise ValueError(f"batch[{key!r}] has {value.shape[1]} positions, input_ids has {seq_len}")  # fmt: skip
+        if key == "position_ids":
+            tail = torch.arange(length - seq_len, dtype=value.dtype, device=value.device)
+            out[key] = torch.cat([value, tail.expand(value.shape[0], -1)], dim=1)
+        else:
+            out[key] = _pad(value, length - seq_len, fills.get(key, 0))
+    return out
+
+
 def _pad(value: torch.Tensor, amount: int, fill: int) -> torch.Tensor:
     if amount == 0:
         return value
     return torch.cat([value, value.new_full((value.shape[0], amount, *value.shape[2:]), fill)], 1)
 
 
-__all__ = ["AllGatherContextParallel", "load_balanced_positions"]
+__all__ = ["AllGatherContextParallel", "load_balanced_positions", "pad_row_ends"]
 
 
 def _causal_lower_right(rows: int, columns: int) -> Any:

@@ -198,7 +198,8 @@ class Pipeline:
                     f"a batch of {batch['input_ids'].shape[1]} tokens is longer than "
                     f"dataset.seq_length {self.seq_len}, which pipeline stages are built for"
                 )
-            padded.append(self.parallel.split_sequence(_pad_columns(batch, length, self.pad)))
+            whole = distributed.pad_row_ends(batch, length, self.pad)
+            padded.append(self.parallel.split_sequence(whole))
         if self.lengths is not None:  # the stages' shapes: this rank's part of the length
             self.lengths.set(length // (self.parallel.cp.size if self.parallel.cp else 1))
         return padded
@@ -305,24 +306,6 @@ class Pipeline:
                 chunk = []
         if chunk:
             yield chunk
-
-
-def _pad_columns(batch: dict[str, torch.Tensor], length: int, pad: int) -> dict[str, torch.Tensor]:
-    """`batch` with every row padded at its end to `length`: ids with `pad`, labels ignored, the
-    attention mask 0, and `position_ids` counting from 0 (a document of its own)."""
-    extra = length - batch["input_ids"].shape[1]
-    if not extra:
-        return batch
-    out = dict(batch)
-    fills = {"input_ids": pad, "labels": IGNORE_INDEX, "attention_mask": 0}
-    for key, fill in fills.items():
-        if key in out:
-            out[key] = nn.functional.pad(out[key], (0, extra), value=fill)
-    if "position_ids" in out:
-        position = out["position_ids"]
-        tail = torch.arange(extra, dtype=position.dtype, device=position.device)
-        out["position_ids"] = torch.cat([position, tail.expand(position.shape[0], extra)], dim=1)
-    return out
 
 
 def _padded_positions(
