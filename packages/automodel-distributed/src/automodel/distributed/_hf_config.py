@@ -56,9 +56,7 @@ def token_mixers_outside_attention(model: nn.Module) -> list[str]:
     and the modules holding a ``Conv1d`` (state-space and short-convolution mixers). Context
     parallelism splits the sequence over ranks and joins it again in attention only, so a
     model with any of these cannot be split that way."""
-    found = []
-    for config in (getattr(model, "config", None), text_config(model)):
-        found += [k for k in layer_types_outside_attention(config) if k not in found]
+    found = layer_types_outside_attention(getattr(model, "config", None))  # and its text config
     for module in model.modules():
         if any(isinstance(child, nn.Conv1d) for child in module.children()):
             label = f"{type(module).__name__} (a causal convolution over the sequence)"

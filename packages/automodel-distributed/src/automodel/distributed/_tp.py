@@ -57,8 +57,8 @@ def _output_projection(model: nn.Module) -> str | None:
 
 
 def _sole_holder(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """(name, child) when `model` holds no parameters of its own and one child holds them
-    all, that child not being a decoder on its own terms (a wrapper around a model)."""
+    """(name, child) when `model` (no tensor-parallel plan of its own) holds no parameters
+    itself and one child, a model with a config, holds them all: a wrapper around a model."""
     if hf_tp_plan(model) or next(model.parameters(recurse=False), None) is not None:
         return None
     holders = [(n, c) for n, c in model.named_children() if next(c.parameters(), None) is not None]

@@ -4,11 +4,11 @@ The processes split in two: the student's first (laid out by `distributed:`), th
 last (by `teacher_distributed:`, whose dp_size says how many). A teacher replica (its cp × tp
 processes: tensor parallel, and with context parallelism each on a part of every row, the
 hidden states gathered back into whole rows) serves the student's dp ranks d with
-d % teacher dp = its dp rank, one after the other. Each optimizer step, a student process sends all of its micro-batches at
-once; the teacher answers each, in order, with its final hidden states, working on micro-batch
-i + 1 while the student works on i. The first answer also carries the teacher's LM head
-(float32, frozen: sent once). The student's loss is then the one it computes beside a teacher
-on its own processes.
+d % teacher dp = its dp rank, one after the other. Each optimizer step, a student process
+sends all of its micro-batches at once; the teacher answers each, in order, with its final
+hidden states, working on micro-batch i + 1 while the student works on i. The first answer
+also carries the teacher's LM head (float32, frozen: sent once). The student's loss is then
+the one it computes beside a teacher on its own processes.
 
 Messages are point-to-point in the default group, each pair's in one order (what NCCL needs):
 the student sends a step's micro-batches, then receives their answers; the teacher receives
